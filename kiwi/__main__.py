@@ -1,0 +1,5 @@
+import sys
+
+from kiwi.cli import main
+
+sys.exit(main())

@@ -1,0 +1,682 @@
+"""One container's cgroup: cgroup v2 where the host offers the controllers, v1 otherwise.
+
+Where the cgroups go:
+  KIWI_CGROUP_PARENT (default "/kiwi") names the parent cgroup. An absolute
+  value is taken from the root of each hierarchy; a relative one (no leading
+  '/') is taken below the calling process's own cgroup in that hierarchy, as
+  /proc/self/cgroup shows it (per hierarchy on v1). The paths are resolved once,
+  when the Cgroup object is made, so moving the caller later changes nothing.
+
+  A container's cgroup is "<parent>/kiwi-<cid>". The "kiwi-" prefix lets
+  `cleanup` recognise Kiwi's own cgroups even under a parent shared with others.
+
+This layer never prints; user problems raise KiwiError.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import re
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiwi.errors import KiwiError
+
+PARENT_ENV = "KIWI_CGROUP_PARENT"
+DEFAULT_PARENT = "/kiwi"
+NAME_PREFIX = "kiwi-"
+V2_CONTROLLERS = ("memory", "cpu", "cpuset", "pids")
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer")
+V1_REQUIRED = ("memory", "cpu", "cpuacct", "cpuset", "pids")
+DEFAULT_PIDS = 1024
+WAIT_SECONDS = 5.0
+_POLL = 0.02
+_CID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_UNIFIED = "unified"  # key of the single v2 hierarchy in path maps
+
+
+# ---------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One cgroup filesystem mount from /proc/self/mountinfo."""
+
+    mountpoint: str
+    root: str  # the cgroup path that the mountpoint shows
+    fstype: str  # "cgroup" (v1) or "cgroup2"
+    options: frozenset  # super options; v1 controller names live here
+
+
+def _unescape_mountinfo(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """The cgroup and cgroup2 mounts listed in a mountinfo text."""
+    mounts = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
+            continue
+        mounts.append(
+            Mount(
+                mountpoint=_unescape_mountinfo(fields[4]),
+                root=_unescape_mountinfo(fields[3]),
+                fstype=tail[0],
+                options=frozenset(tail[2].split(",")),
+            )
+        )
+    return mounts
+
+
+def parse_proc_cgroup(text: str) -> dict[str, str]:
+    """Map controller name -> cgroup path from /proc/<pid>/cgroup.
+
+    The v2 entry ("0::/path") is stored under the key "unified"."""
+    paths = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            paths[_UNIFIED] = path
+            continue
+        for name in controllers.split(","):
+            paths[name] = path
+    return paths
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """'0-3,8,10-11' -> [0, 1, 2, 3, 8, 10, 11] (sorted, no duplicates)."""
+    cpus = set()
+    for part in text.strip().split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return sorted(cpus)
+
+
+def format_cpu_list(cpus: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    ranges: list[list[int]] = []
+    for cpu in sorted(set(cpus)):
+        if ranges and cpu == ranges[-1][1] + 1:
+            ranges[-1][1] = cpu
+        else:
+            ranges.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def validate_parent(value: str) -> str:
+    """Normalise a KIWI_CGROUP_PARENT value; refuse '.', '..' and empty parts."""
+    if not value or "\0" in value:
+        raise KiwiError(f"{PARENT_ENV} is empty; unset it or give a cgroup path such as /kiwi")
+    absolute = value.startswith("/")
+    parts = [p for p in value.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise KiwiError(f"{PARENT_ENV}={value!r} may not contain '.' or '..'")
+    if not parts and not absolute:
+        raise KiwiError(f"{PARENT_ENV}={value!r} names no cgroup")
+    joined = "/".join(parts)
+    return "/" + joined if absolute else joined
+
+
+def validate_cid(cid: str) -> str:
+    if not isinstance(cid, str) or not _CID_RE.fullmatch(cid):
+        raise KiwiError(f"invalid container id for a cgroup: {cid!r}")
+    return cid
+
+
+def cgroup_name(cid: str) -> str:
+    return NAME_PREFIX + validate_cid(cid)
+
+
+def parent_cgroup_path(setting: str, own_path: str) -> str:
+    """The parent's cgroup path: absolute settings as they are, relative ones below own_path."""
+    if setting.startswith("/"):
+        return setting
+    return posixpath.join(own_path or "/", setting)
+
+
+def fs_path(mount: Mount, cgroup_path: str) -> Path:
+    """Filesystem directory of a cgroup path inside a mount (which may show a subtree)."""
+    rel = posixpath.relpath(cgroup_path, mount.root)
+    if rel == ".." or rel.startswith("../"):
+        raise KiwiError(
+            f"cgroup {cgroup_path} is outside what {mount.mountpoint} shows; "
+            f"set {PARENT_ENV} to a relative path"
+        )
+    return Path(mount.mountpoint) if rel == "." else Path(mount.mountpoint) / rel
+
+
+# ---------------------------------------------------------------- host discovery
+
+
+def _read(path: Path | str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _write(path: Path, value: str) -> None:
+    """One write() per value, as cgroup files expect; errors surface here, not at close."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _host_mounts() -> list[Mount]:
+    return parse_mountinfo(_read("/proc/self/mountinfo"))
+
+
+def _own_cgroups() -> dict[str, str]:
+    return parse_proc_cgroup(_read("/proc/self/cgroup"))
+
+
+def _prefer_whole(mounts: list[Mount]) -> list[Mount]:
+    # A mount showing the whole hierarchy ("/") beats a bind mount of a subtree.
+    return sorted(mounts, key=lambda m: m.root != "/")
+
+
+def _usable_v2_mount(mounts: list[Mount]) -> Mount | None:
+    """The cgroup2 mount to use, or None when v2 cannot carry our limits."""
+    v2 = _prefer_whole([m for m in mounts if m.fstype == "cgroup2"])
+    for mount in v2:
+        if mount.mountpoint == "/sys/fs/cgroup":
+            return mount  # pure v2 host
+    for mount in v2:
+        try:
+            available = set(_read(Path(mount.mountpoint) / "cgroup.controllers").split())
+        except OSError:
+            continue
+        if available.issuperset(V2_CONTROLLERS):
+            return mount
+    return None
+
+
+def _v1_mounts(mounts: list[Mount]) -> dict[str, Mount]:
+    """Controller -> mount for the v1 controllers Kiwi uses (comounts share one)."""
+    found: dict[str, Mount] = {}
+    for mount in _prefer_whole([m for m in mounts if m.fstype == "cgroup"]):
+        for name in V1_CONTROLLERS:
+            if name in mount.options and name not in found:
+                found[name] = mount
+    return found
+
+
+def backend() -> str:
+    """'v2' when /sys/fs/cgroup is cgroup2 or the unified mount has our controllers, else 'v1'."""
+    return "v2" if _usable_v2_mount(_host_mounts()) else "v1"
+
+
+def _parent_paths() -> tuple[str, dict[str, tuple[Mount, str]]]:
+    """(version, {hierarchy key: (mount, parent cgroup path)}) for the current settings."""
+    setting = validate_parent(os.environ.get(PARENT_ENV) or DEFAULT_PARENT)
+    mounts = _host_mounts()
+    return resolve_parents(setting, mounts, _own_cgroups(), _usable_v2_mount(mounts))
+
+
+def resolve_parents(
+    setting: str, mounts: list[Mount], own: dict[str, str], v2: Mount | None
+) -> tuple[str, dict[str, tuple[Mount, str]]]:
+    """Where the parent cgroup is in each hierarchy; `own` is the caller's /proc/self/cgroup."""
+    if v2 is not None:
+        return "v2", {_UNIFIED: (v2, parent_cgroup_path(setting, own.get(_UNIFIED, "/")))}
+    v1 = _v1_mounts(mounts)
+    missing = [name for name in V1_REQUIRED if name not in v1]
+    if missing:
+        raise KiwiError(
+            "no usable cgroups: cgroup v2 lacks the memory/cpu/cpuset/pids controllers "
+            f"and the v1 controllers {', '.join(missing)} are not mounted"
+        )
+    return "v1", {
+        name: (mount, parent_cgroup_path(setting, own.get(name, "/")))
+        for name, mount in v1.items()
+    }
+
+
+def _parent_dirs() -> tuple[str, dict[str, Path]]:
+    version, parents = _parent_paths()
+    return version, {key: fs_path(mount, path) for key, (mount, path) in parents.items()}
+
+
+def list_container_cgroups() -> list[str]:
+    """Container ids that have a cgroup under the parent, in any hierarchy (for cleanup)."""
+    _, parents = _parent_dirs()
+    cids = set()
+    for directory in parents.values():
+        try:
+            entries = list(directory.iterdir())
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            cid = entry.name[len(NAME_PREFIX):]
+            if entry.name.startswith(NAME_PREFIX) and _CID_RE.fullmatch(cid) and entry.is_dir():
+                cids.add(cid)
+    return sorted(cids)
+
+
+def remove_parent_if_empty() -> None:
+    """rmdir the parent cgroup in every hierarchy when nothing is left below it."""
+    _, parents = _parent_dirs()
+    for directory in set(parents.values()):
+        try:
+            directory.rmdir()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.EBUSY, errno.ENOTEMPTY):
+                raise
+
+
+# ---------------------------------------------------------------- the cgroup
+
+
+def _wait_until(condition, seconds: float = WAIT_SECONDS) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL)
+
+
+def _chain(mount: Mount, cgroup_path: str) -> list[str]:
+    """Cgroup paths from the mount's root down to cgroup_path, both included."""
+    rel = posixpath.relpath(cgroup_path, mount.root)
+    paths = [mount.root]
+    if rel != ".":
+        for part in rel.split("/"):
+            paths.append(posixpath.join(paths[-1], part))
+    return paths
+
+
+def _limit_error(path: Path, value: str, exc: OSError) -> KiwiError:
+    if exc.errno == errno.EBUSY and path.name.startswith("memory."):
+        return KiwiError(f"cannot lower the memory limit to {value} bytes: the container uses more")
+    return KiwiError(f"cannot set {path.name} to {value} in {path.parent}: {exc.strerror}")
+
+
+class Cgroup:
+    """The cgroup of one container; paths fixed at construction."""
+
+    def __init__(self, cid: str, version: str, parents: dict[str, tuple[Mount, str]]):
+        self.cid = validate_cid(cid)
+        self.version = version
+        self.name = cgroup_name(cid)
+        self._mounts = {key: mount for key, (mount, _) in parents.items()}
+        self._cgroup_paths = {
+            key: posixpath.join(path, self.name) for key, (_, path) in parents.items()
+        }
+        self._dirs = {key: fs_path(self._mounts[key], p) for key, p in self._cgroup_paths.items()}
+
+    @classmethod
+    def for_container(cls, cid: str) -> "Cgroup":
+        version, parents = _parent_paths()
+        return cls(cid, version, parents)
+
+    # -- paths
+
+    def path(self, controller: str) -> Path | None:
+        """Directory holding a controller's files (None when that v1 controller is absent)."""
+        return self._dirs.get(_UNIFIED if self.version == "v2" else controller)
+
+    def _unique_dirs(self) -> list[Path]:
+        return list(dict.fromkeys(self._dirs.values()))
+
+    def _file(self, controller: str, name: str) -> Path:
+        directory = self.path(controller)
+        if directory is None:
+            raise KiwiError(f"the v1 {controller} cgroup controller is not mounted on this host")
+        return directory / name
+
+    def describe(self) -> dict:
+        """What `list` shows: the version in use and the cgroup directories."""
+        return {
+            "version": self.version,
+            "name": self.name,
+            "paths": {key: str(path) for key, path in self._dirs.items()},
+        }
+
+    def exists(self) -> bool:
+        return any(d.is_dir() for d in self._unique_dirs())
+
+    # -- creation
+
+    def create(self) -> None:
+        """Make the cgroup (and the parent chain) in every hierarchy; idempotent."""
+        if self.version == "v2":
+            self._create_v2()
+        else:
+            self._create_v1()
+
+    def _create_v2(self) -> None:
+        mount = self._mounts[_UNIFIED]
+        chain = _chain(mount, self._cgroup_paths[_UNIFIED])
+        for cgroup_path in chain[:-1]:
+            directory = fs_path(mount, cgroup_path)
+            directory.mkdir(exist_ok=True)
+            self._enable_v2_controllers(directory)
+        self._dirs[_UNIFIED].mkdir(exist_ok=True)
+
+    @staticmethod
+    def _enable_v2_controllers(directory: Path) -> None:
+        """Delegate our controllers to the children of `directory`."""
+        enabled = set(_read(directory / "cgroup.subtree_control").split())
+        wanted = [c for c in V2_CONTROLLERS if c not in enabled]
+        if not wanted:
+            return
+        available = set(_read(directory / "cgroup.controllers").split())
+        absent = [c for c in wanted if c not in available]
+        if absent:
+            raise KiwiError(f"cgroup {directory} lacks the {', '.join(absent)} controller(s)")
+        try:
+            _write(directory / "cgroup.subtree_control", " ".join("+" + c for c in wanted))
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                # cgroup v2 forbids controllers below a cgroup that holds processes.
+                raise KiwiError(
+                    f"cannot enable cgroup controllers in {directory}: it holds processes; "
+                    f"set {PARENT_ENV} to an absolute path such as /kiwi"
+                ) from exc
+            raise KiwiError(f"cannot enable cgroup controllers in {directory}: {exc.strerror}") from exc
+
+    def _create_v1(self) -> None:
+        for key, mount in self._mounts.items():
+            for cgroup_path in _chain(mount, self._cgroup_paths[key])[1:]:
+                directory = fs_path(mount, cgroup_path)
+                directory.mkdir(exist_ok=True)
+                if key == "cpuset":
+                    self._fill_v1_cpuset(directory)
+
+    @staticmethod
+    def _fill_v1_cpuset(directory: Path) -> None:
+        # New v1 cpusets start with no CPUs and no memory nodes; no task can join them.
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            if not _read(directory / name).strip():
+                _write(directory / name, _read(directory.parent / name).strip())
+
+    # -- limits
+
+    def set_limits(self, memory: int | None, cpus: int | None, pids: int | None = DEFAULT_PIDS) -> None:
+        """Apply limits (None = no limit); works again on a live cgroup."""
+        _check_limit("memory", memory)
+        _check_limit("cpus", cpus)
+        _check_limit("pids", pids)
+        if self.version == "v2":
+            self._set_memory_v2(memory)
+            self._set_cpus_v2(cpus)
+            self._write_limit(self._file("pids", "pids.max"), "max" if pids is None else str(pids))
+        else:
+            self._set_memory_v1(memory)
+            self._set_cpus_v1(cpus)
+            self._write_limit(self._file("pids", "pids.max"), "max" if pids is None else str(pids))
+
+    @staticmethod
+    def _write_limit(path: Path, value: str) -> None:
+        try:
+            _write(path, value)
+        except OSError as exc:
+            raise _limit_error(path, value, exc) from exc
+
+    def _set_memory_v2(self, memory: int | None) -> None:
+        self._write_limit(self._file("memory", "memory.max"), "max" if memory is None else str(memory))
+        swap = self._file("memory", "memory.swap.max")
+        if swap.exists():  # absent when the kernel does no swap accounting
+            self._write_limit(swap, "max" if memory is None else "0")
+
+    def _set_memory_v1(self, memory: int | None) -> None:
+        limit = self._file("memory", "memory.limit_in_bytes")
+        memsw = self._file("memory", "memory.memsw.limit_in_bytes")
+        has_memsw = memsw.exists()
+        # memsw must never be below the memory limit: lift it first, then tie it to the limit
+        # so swap adds nothing.
+        if has_memsw:
+            self._write_limit(memsw, "-1")
+        try:
+            self._write_limit(limit, "-1" if memory is None else str(memory))
+        finally:
+            if has_memsw and memory is not None:
+                # On failure the old limit stays; tie memsw to it again.
+                self._write_limit(memsw, _read(limit).strip())
+
+    def usable_cpus(self) -> list[int]:
+        """CPUs the parent may use; a limit of N takes the first N of them."""
+        if self.version == "v2":
+            source = self._dirs[_UNIFIED].parent / "cpuset.cpus.effective"
+        else:
+            parent = self._file("cpuset", "cpuset.cpus").parent.parent
+            source = parent / "cpuset.effective_cpus"
+            if not source.exists():
+                source = parent / "cpuset.cpus"
+        return parse_cpu_list(_read(source))
+
+    def _cpuset_for(self, cpus: int | None) -> str:
+        usable = self.usable_cpus()
+        if cpus is not None and cpus > len(usable):
+            raise KiwiError(
+                f"cannot limit to {cpus} CPUs: only {len(usable)} are usable here; "
+                f"use at most {len(usable)} or 'host'"
+            )
+        return format_cpu_list(usable if cpus is None else usable[:cpus])
+
+    def _set_cpus_v2(self, cpus: int | None) -> None:
+        cpuset = self._cpuset_for(cpus)
+        cpu_max = self._file("cpu", "cpu.max")
+        period = int(_read(cpu_max).split()[1])
+        quota = "max" if cpus is None else str(cpus * period)
+        self._write_limit(cpu_max, f"{quota} {period}")
+        self._write_limit(self._file("cpuset", "cpuset.cpus"), cpuset)
+
+    def _set_cpus_v1(self, cpus: int | None) -> None:
+        cpuset = self._cpuset_for(cpus)
+        period = int(_read(self._file("cpu", "cpu.cfs_period_us")))
+        quota = "-1" if cpus is None else str(cpus * period)
+        self._write_limit(self._file("cpu", "cpu.cfs_quota_us"), quota)
+        self._write_limit(self._file("cpuset", "cpuset.cpus"), cpuset)
+
+    def limits(self) -> dict:
+        """Read back the limits: memory bytes, cpus (quota/period), cpuset, pids; None = none."""
+        if self.version == "v2":
+            memory = _parse_max(_read(self._file("memory", "memory.max")))
+            quota, period = _read(self._file("cpu", "cpu.max")).split()
+            cpu = None if quota == "max" else int(quota) / int(period)
+        else:
+            memory = int(_read(self._file("memory", "memory.limit_in_bytes")))
+            memory = None if memory >= _V1_UNLIMITED else memory
+            quota = int(_read(self._file("cpu", "cpu.cfs_quota_us")))
+            period = int(_read(self._file("cpu", "cpu.cfs_period_us")))
+            cpu = None if quota < 0 else quota / period
+        return {
+            "memory": memory,
+            "cpus": cpu,
+            "cpuset": _read(self._file("cpuset", "cpuset.cpus")).strip(),
+            "pids": _parse_max(_read(self._file("pids", "pids.max"))),
+        }
+
+    # -- processes
+
+    def add_pid(self, pid: int) -> None:
+        """Move a process into the cgroup in every hierarchy."""
+        for directory in self._unique_dirs():
+            try:
+                _write(directory / "cgroup.procs", str(pid))
+            except OSError as exc:
+                raise KiwiError(f"cannot move process {pid} into {directory}: {exc.strerror}") from exc
+
+    def pids(self) -> list[int]:
+        """Processes in the cgroup (union over hierarchies); [] when it does not exist."""
+        found = set()
+        for directory in self._unique_dirs():
+            try:
+                found.update(int(line) for line in _read(directory / "cgroup.procs").split())
+            except FileNotFoundError:
+                continue
+        return sorted(found)
+
+    # -- freezer
+
+    def _freezer_v1(self) -> Path:
+        return self._file("freezer", "freezer.state")
+
+    def is_frozen(self) -> bool:
+        if self.version == "v2":
+            return _events(self._file("cpu", "cgroup.events")).get("frozen") == 1
+        return _read(self._freezer_v1()).strip() == "FROZEN"
+
+    def freeze(self, timeout: float = WAIT_SECONDS) -> None:
+        self._set_frozen(True, timeout)
+
+    def thaw(self, timeout: float = WAIT_SECONDS) -> None:
+        self._set_frozen(False, timeout)
+
+    def _set_frozen(self, frozen: bool, timeout: float) -> None:
+        if self.version == "v2":
+            _write(self._file("cpu", "cgroup.freeze"), "1" if frozen else "0")
+        else:
+            _write(self._freezer_v1(), "FROZEN" if frozen else "THAWED")
+        if not _wait_until(lambda: self.is_frozen() == frozen, timeout):
+            state = "freeze" if frozen else "thaw"
+            raise KiwiError(f"cgroup {self.name} did not {state} within {timeout:g} s")
+
+    def _can_freeze(self) -> bool:
+        return self.version == "v2" or self.path("freezer") is not None
+
+    # -- teardown
+
+    def kill_all(self, timeout: float = WAIT_SECONDS) -> None:
+        """SIGKILL every process in the cgroup and wait until none is left."""
+        if not self.exists():
+            return
+        kill_file = self._file("cpu", "cgroup.kill") if self.version == "v2" else None
+        if kill_file is not None and kill_file.exists():
+            _write(kill_file, "1")
+        elif self.pids():
+            self._kill_loop(timeout)
+        if not _wait_until(lambda: not self.pids(), timeout):
+            raise KiwiError(f"processes in cgroup {self.name} survived SIGKILL: {self.pids()}")
+
+    def _kill_loop(self, timeout: float) -> None:
+        # Freezing stops forks racing the kill; v1 frozen tasks die only once thawed.
+        deadline = time.monotonic() + timeout
+        while self.pids() and time.monotonic() < deadline:
+            frozen = self._try_freeze()
+            for pid in self.pids():
+                _sigkill(pid)
+            if frozen or self.is_frozen_quietly():
+                self._try_thaw()
+            time.sleep(_POLL)
+
+    def _try_freeze(self) -> bool:
+        if not self._can_freeze():
+            return False
+        try:
+            self.freeze(timeout=1.0)
+            return True
+        except (KiwiError, OSError):
+            return False  # killing without the freezer still works, only less race-proof
+
+    def _try_thaw(self) -> None:
+        try:
+            self.thaw(timeout=1.0)
+        except (KiwiError, OSError):
+            pass
+
+    def is_frozen_quietly(self) -> bool:
+        try:
+            return self._can_freeze() and self.is_frozen()
+        except OSError:
+            return False
+
+    def remove(self, timeout: float = 2.0) -> None:
+        """rmdir the cgroup everywhere, retrying while exiting processes leave; idempotent."""
+        for directory in self._unique_dirs():
+            if not _wait_until(lambda d=directory: _try_rmdir(d), timeout):
+                raise KiwiError(f"cannot remove cgroup {directory}: processes are still in it")
+
+    # -- accounting
+
+    def memory_usage(self) -> int | None:
+        name = "memory.current" if self.version == "v2" else "memory.usage_in_bytes"
+        try:
+            return int(_read(self._file("memory", name)))
+        except (OSError, KiwiError, ValueError):
+            return None
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel's OOM killer took in this cgroup."""
+        try:
+            if self.version == "v2":
+                return _events(self._file("memory", "memory.events")).get("oom_kill", 0)
+            control = _events(self._file("memory", "memory.oom_control"))
+            if "oom_kill" in control:
+                return control["oom_kill"]
+            return int(_read(self._file("memory", "memory.failcnt")))  # older kernels
+        except FileNotFoundError:
+            return 0
+
+    def cpu_usage_ns(self) -> int:
+        try:
+            if self.version == "v2":
+                return _events(self._file("cpu", "cpu.stat")).get("usage_usec", 0) * 1000
+            return int(_read(self._file("cpuacct", "cpuacct.usage")))
+        except FileNotFoundError:
+            return 0
+
+
+# ---------------------------------------------------------------- helpers
+
+_V1_UNLIMITED = 1 << 62  # v1 shows "no limit" as a huge page-rounded number
+
+
+def _check_limit(what: str, value: int | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise KiwiError(f"{what} limit must be a positive whole number, not {value!r}")
+
+
+def _parse_max(text: str) -> int | None:
+    text = text.strip()
+    return None if text == "max" else int(text)
+
+
+def _events(path: Path) -> dict[str, int]:
+    """'key value' lines (cgroup.events, memory.events, cpu.stat, oom_control) -> dict."""
+    values = {}
+    for line in _read(path).splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().lstrip("-").isdigit():
+            values[key] = int(value)
+    return values
+
+
+def _sigkill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _try_rmdir(directory: Path) -> bool:
+    try:
+        directory.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EBUSY, errno.ENOTEMPTY):
+            return False
+        raise
+    return True

@@ -1,0 +1,157 @@
+"""`kiwi cleanup`: remove what a crash left behind, and only Kiwi's own things.
+
+A container whose lock another kiwi process holds is busy (starting,
+stopping, being snapped) and is left alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+
+from . import runtime
+from .errors import KiwiError
+from .store import Store
+
+
+def run(store: Store) -> list[str]:
+    removed: list[str] = []
+    running = set()
+    busy = set()
+    for cid in store.container_ids():
+        try:
+            with store.container_lock(cid, wait=False):
+                if clean_container(store, cid, removed):
+                    running.add(cid)
+        except BlockingIOError:
+            busy.add(cid)
+    keep = running | busy
+    removed += clean_orphan_cgroups(keep)
+    removed += clean_orphan_veths(keep)
+    removed += clean_sessions(store)
+    removed += clean_tmp(store)
+    removed += clean_ipam(store)
+    if not keep:
+        removed += clean_nat()
+    return removed
+
+
+def clean_container(store: Store, cid: str, removed: list[str]) -> bool:
+    """Returns True when the container is really running."""
+    from . import cgroups, loop, storage
+    if runtime.read_runtime(store, cid):
+        return True
+    had_record = runtime.runtime_file(store, cid).exists()
+    cgroup = cgroups.Cgroup.for_container(cid)
+    had_cgroup = cgroup.exists()
+    if had_record or had_cgroup:
+        runtime.teardown(store, cid)
+        removed.append(f"stale runtime of container {cid}" + (" (killed its leftover processes)" if had_cgroup else ""))
+    mount_record = runtime.mount_file(store, cid)
+    if mount_record.exists() and not runtime.read_mount(store, cid):
+        mount_record.unlink()
+        removed.append(f"stale mount record of container {cid}")
+        runtime.teardown(store, cid)
+    if not runtime.read_mount(store, cid):
+        for dev in loop.find_by_backing_file(str(storage.image_path(store.container_dir(cid)))):
+            with contextlib.suppress(OSError):
+                loop.detach(dev)
+                removed.append(f"loop device {dev} of container {cid}")
+    return False
+
+
+def clean_orphan_cgroups(keep: set[str]) -> list[str]:
+    from . import cgroups
+    out = []
+    for cid in cgroups.list_container_cgroups():
+        if cid in keep:
+            continue
+        cgroup = cgroups.Cgroup.for_container(cid)
+        cgroup.kill_all()
+        cgroup.remove()
+        out.append(f"cgroup of container {cid}")
+    return out
+
+
+def clean_orphan_veths(keep: set[str]) -> list[str]:
+    from . import network
+    out = []
+    wanted = {network.veth_name(cid) for cid in keep}
+    for veth in network.list_kiwi_veths():
+        if veth not in wanted:
+            network.delete_link(veth)
+            out.append(f"network device {veth}")
+    return out
+
+
+def clean_sessions(store: Store) -> list[str]:
+    try:
+        from . import sessions
+    except ImportError:
+        return []
+    with contextlib.suppress(KiwiError, OSError):
+        return sessions.cleanup(store)
+    return []
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def staging_owner(name: str) -> int | None:
+    """Staging entries are named <what>-<pid>-<rest>; the pid tells if their writer lives."""
+    parts = name.split("-")
+    for part in parts[1:3]:
+        if part.isdigit():
+            return int(part)
+    return None
+
+
+def clean_tmp(store: Store) -> list[str]:
+    out = []
+    try:
+        names = os.listdir(store.tmp_dir)
+    except FileNotFoundError:
+        return out
+    for name in names:
+        owner = staging_owner(name)
+        if owner is not None and owner != os.getpid() and pid_alive(owner):
+            continue
+        path = store.tmp_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        out.append(f"half-written {path}")
+    return out
+
+
+def clean_ipam(store: Store) -> list[str]:
+    from . import ipam
+    out = []
+    with store.lock():
+        state = ipam.load_state(store)
+        existing = set(store.container_ids())
+        for pool in state.get("subnets", {}).values():
+            for ip, cid in list(pool.get("owners", {}).items()):
+                if cid not in existing:
+                    ipam.release_in(state, ip)
+                    out.append(f"address {ip} of a container that no longer exists")
+        if out:
+            ipam.save_state(store, state)
+    return out
+
+
+def clean_nat() -> list[str]:
+    from . import network
+    # Idempotent: removes Kiwi's own table/chains if present, nothing else.
+    with contextlib.suppress(KiwiError, OSError):
+        network.remove_nat()
+    return []

@@ -1,0 +1,168 @@
+"""Container records: create, change settings, delete.
+
+A container is containers/<id>/config.json plus its state (state.img or
+state/). Creation is staged in .tmp/ and renamed into place under the global
+lock, so a killed create never leaves a half container that `list` shows.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import shutil
+from pathlib import Path
+
+from . import storage
+from .errors import KiwiError
+from .sizes import format_size, parse_size
+from .store import Store, atomic_write_json, new_container_id, validate_name
+
+DEFAULT_STORAGE = storage.GIB
+MIN_MEMORY = 16 << 20
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_storage(text: str | None) -> int | None:
+    """'host' -> None (no limit); else bytes, at least 1G."""
+    if text is None:
+        return DEFAULT_STORAGE
+    if text == "host":
+        return None
+    size = parse_size(text, what="storage size")
+    if size < storage.MIN_STORAGE:
+        raise KiwiError(f"storage {text} is too small: the minimum is 1G")
+    return size
+
+
+def parse_memory(text: str) -> int | None:
+    if text == "host":
+        return None
+    size = parse_size(text, default_unit="m", what="memory size")
+    if size < MIN_MEMORY:
+        raise KiwiError(f"memory {text} is too small: the minimum is {format_size(MIN_MEMORY)}")
+    return size
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def parse_cpu(text: str) -> int | None:
+    if text == "host":
+        return None
+    try:
+        cpus = int(text)
+    except ValueError:
+        raise KiwiError(f"invalid cpu count {text!r}: use a whole number like 2, or 'host'") from None
+    limit = usable_cpus()
+    if not 1 <= cpus <= limit:
+        raise KiwiError(f"invalid cpu count {cpus}: this host has {limit} usable CPUs")
+    return cpus
+
+
+def parse_shell(text: str) -> str:
+    if not text.startswith("/") or "\0" in text or "\n" in text:
+        raise KiwiError(f"invalid shell {text!r}: give an absolute path inside the container, e.g. /bin/bash")
+    return text
+
+
+def new_config(cid: str, name: str | None, image: str, storage_size: int | None) -> dict:
+    return {
+        "id": cid, "name": name, "image": image, "created": now_iso(),
+        "ipv4": None, "storage": storage_size, "memory": None, "cpu": None,
+        "network": "separate", "shell": None,
+    }
+
+
+def check_name_free(store: Store, name: str) -> None:
+    if name in store.container_names():
+        raise KiwiError(f"a container named {name!r} exists already; choose another name")
+
+
+def create(store: Store, image: str, name: str | None = None, storage_text: str | None = None,
+           settings: dict | None = None, populate=None) -> dict:
+    """Create a container of an existing image. populate(staging_dir) may fill its state."""
+    from . import images, ipam
+
+    images.get_image(store, image)  # refuses an unknown image with a clear message
+    if name is not None:
+        validate_name(name, "container name")
+    size = parse_storage(storage_text)
+    store.ensure_layout()
+    cid = new_container_id()
+    staging = store.tmp_dir / f"create-{os.getpid()}-{cid}"
+    staging.mkdir(mode=0o700)
+    try:
+        config = new_config(cid, name, image, size)
+        if settings:
+            config.update({k: v for k, v in settings.items() if k in ("memory", "cpu", "network", "shell")})
+        storage.create_state(staging, size)
+        if populate:
+            populate(staging, config)
+        with store.lock():
+            if name is not None:
+                check_name_free(store, name)
+            if store.container_dir(cid).exists():
+                raise KiwiError("id collision; run the command again")
+            config["ipv4"] = ipam.allocate(store, cid)
+            try:
+                atomic_write_json(staging / "config.json", config)
+                os.rename(staging, store.container_dir(cid))
+            except BaseException:
+                ipam.release(store, config["ipv4"])
+                raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return config
+
+
+def apply_settings(config: dict, memory=None, cpu=None, network=None, shell=None) -> list[str]:
+    """Validate and record the non-storage settings; returns what changed."""
+    changed = []
+    if memory is not None:
+        config["memory"] = parse_memory(memory)
+        changed.append("memory")
+    if cpu is not None:
+        config["cpu"] = parse_cpu(cpu)
+        changed.append("cpu")
+    if network is not None:
+        config["network"] = network
+        changed.append("network")
+    if shell is not None:
+        config["shell"] = parse_shell(shell)
+        changed.append("shell")
+    return changed
+
+
+def save_config(store: Store, config: dict) -> None:
+    atomic_write_json(store.container_dir(config["id"]) / "config.json", config)
+
+
+def delete(store: Store, cid: str) -> None:
+    """Remove a stopped container's record and state, and release its address."""
+    from . import ipam
+
+    cdir = store.container_dir(cid)
+    config = store.container_config(cid)
+    # Rename first: from this moment list no longer shows it, and a crash
+    # leaves only a .tmp entry for cleanup.
+    doomed = store.tmp_dir / f"delete-{os.getpid()}-{cid}"
+    with store.lock():
+        os.rename(cdir, doomed)
+        if config.get("ipv4"):
+            with contextlib.suppress(KiwiError):
+                ipam.release(store, config["ipv4"])
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def storage_summary(store: Store, config: dict) -> tuple[int | None, int | None]:
+    """(used bytes, limit bytes or None for host)."""
+    return storage.used_bytes(store.container_dir(config["id"])), config.get("storage")
+
+
+def container_dir_of(store: Store, cid: str) -> Path:
+    return store.container_dir(cid)

@@ -1,0 +1,145 @@
+"""`kiwi mount` / `kiwi unmount`: the one host-visible mount of a container.
+
+A running container exposes its LIVE root (a clone of the very overlay mount
+it runs on, never a second overlay on the same upper dir); a stopped one gets
+an overlay built in a throw-away namespace and moved onto the target.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+from . import privatens
+from .errors import KiwiError
+from .store import Store, atomic_write_json
+
+SYSTEM_DIRS = {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32",
+               "/media", "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp",
+               "/usr", "/var", "/var/tmp", "/var/lib", "/var/log", "/snap"}
+SYSTEM_TREES = ("/proc", "/sys", "/dev", "/boot", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32",
+                "/lib64", "/libx32", "/run")
+
+
+def check_target(store: Store, target: str) -> str:
+    path = os.path.realpath(target)
+    if path in SYSTEM_DIRS or any(path == t or path.startswith(t + "/") for t in SYSTEM_TREES):
+        raise KiwiError(f"refusing to mount over the system folder {path}; choose an empty folder of your own")
+    root = os.path.realpath(store.root)
+    if path == root or path.startswith(root + "/") or root.startswith(path + "/"):
+        raise KiwiError(f"refusing to mount at {path}: it is inside or above Kiwi's data folder")
+    if not os.path.isdir(path):
+        raise KiwiError(f"{target} is not a folder; create an empty folder to mount at")
+    if os.listdir(path):
+        raise KiwiError(f"{target} is not empty; mount at an empty folder")
+    return path
+
+
+def mount_id_of(path: str) -> int | None:
+    with open("/proc/self/mountinfo") as f:
+        found = None
+        for line in f:
+            fields = line.split()
+            if fields[4] == path:
+                found = int(fields[0])  # the last one is the top of the stack
+    return found
+
+
+def mount(store: Store, cid: str, target: str) -> str:
+    from . import runtime
+    with store.container_lock(cid):
+        existing = runtime.read_mount(store, cid)
+        if existing:
+            raise KiwiError(f"container {cid} is already mounted at {existing}; run 'kiwi unmount {cid}' first")
+        path = check_target(store, target)
+        store.runtime_dir(cid).mkdir(mode=0o700, parents=True, exist_ok=True)
+        record = runtime.read_runtime(store, cid)
+        if record:
+            privatens_free_run(clone_live_root, record["init_pid"], path)
+        else:
+            config = store.container_config(cid)
+            lower = str(store.image_dir(config["image"]) / "rootfs")
+            privatens.run(mount_stopped_overlay, store, cid, lower, path)
+        atomic_write_json(runtime.mount_file(store, cid), {"target": path, "mount_id": mount_id_of(path)}, 0o600)
+        return path
+
+
+def privatens_free_run(fn, *args):
+    """Like privatens.run but without a namespace of our own (fn switches namespaces itself)."""
+    import pickle
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        try:
+            fn(*args)
+            os.write(write_fd, pickle.dumps(("ok", None)))
+        except BaseException as e:  # noqa: BLE001
+            os.write(write_fd, pickle.dumps(("error", getattr(e, "message", f"{type(e).__name__}: {e}"))))
+        os._exit(0)
+    os.close(write_fd)
+    data = b""
+    while chunk := os.read(read_fd, 65536):
+        data += chunk
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    kind, value = pickle.loads(data) if data else ("error", "a helper process died")
+    if kind == "error":
+        raise KiwiError(f"mounting failed: {value}")
+
+
+def clone_live_root(init_pid: int, target: str) -> None:
+    from . import syscalls as sc
+    host_ns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    container_ns = os.open(f"/proc/{init_pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    sc.setns(container_ns, sc.CLONE_NEWNS)
+    tree = sc.open_tree(sc.AT_FDCWD, "/", sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
+    sc.setns(host_ns, sc.CLONE_NEWNS)
+    sc.move_mount(tree, "", sc.AT_FDCWD, target, sc.MOVE_MOUNT_F_EMPTY_PATH)
+
+
+def mount_stopped_overlay(store: Store, cid: str, lower: str, target: str) -> None:
+    """Runs in a private namespace: state + overlay there, then only the overlay moves to the host."""
+    from . import rootfs
+    from . import syscalls as sc
+    # The kiwi process that forked us still lives in the namespace the user sees.
+    host_ns = os.open(f"/proc/{os.getppid()}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    work = tempfile.mkdtemp(prefix="mount-", dir=str(store.tmp_dir))
+    try:
+        state = privatens.mount_state(store, cid, os.path.join(work, "state"))
+        merged = os.path.join(work, "merged")
+        os.mkdir(merged, 0o700)
+        rootfs.mount_overlay(lower, state, merged)
+        tree = sc.open_tree(sc.AT_FDCWD, merged, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
+        sc.umount(merged, sc.MNT_DETACH)
+        with contextlib.suppress(OSError):
+            sc.umount(os.path.join(work, "state"), sc.MNT_DETACH)
+    finally:
+        for sub in ("merged", "state"):
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(work, sub))
+        with contextlib.suppress(OSError):
+            os.rmdir(work)
+    sc.setns(host_ns, sc.CLONE_NEWNS)
+    sc.move_mount(tree, "", sc.AT_FDCWD, target, sc.MOVE_MOUNT_F_EMPTY_PATH)
+
+
+def unmount(store: Store, cid: str) -> str:
+    from . import runtime
+    from . import syscalls as sc
+    from .store import read_json
+    with store.container_lock(cid):
+        try:
+            record = read_json(runtime.mount_file(store, cid))
+        except FileNotFoundError:
+            raise KiwiError(f"container {cid} is not mounted") from None
+        target = record.get("target")
+        if target and mount_id_of(target) == record.get("mount_id"):
+            try:
+                sc.umount(target, 0)
+            except OSError as e:
+                raise KiwiError(f"cannot unmount {target}: {e.strerror}; close files and shells using it") from None
+        os.unlink(runtime.mount_file(store, cid))
+        if not runtime.read_runtime(store, cid):
+            runtime.teardown(store, cid)
+        return target or "-"

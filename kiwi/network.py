@@ -1,0 +1,388 @@
+"""Host networking for containers: bridge, veth pairs, NAT.
+
+Links, addresses and routes go through netlink (pyroute2), never the `ip`
+command. Firewall rules live in Kiwi's own nftables table `inet kiwi-<bridge>`;
+without `nft`, in Kiwi's own iptables chains `KIWI-<bridge>`. Nothing here
+touches rules or links that Kiwi did not make, except one jump into FORWARD
+(or DOCKER-USER) and POSTROUTING, inserted once.
+
+Call `ensure_bridge()` and `ensure_nat()` (or `setup_host()`) while holding
+`store.lock()` so concurrent starts do not race on the iptables jumps.
+"""
+
+import errno
+import ipaddress
+import os
+import re
+import shutil
+import socket
+import subprocess
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from kiwi import ipam
+from kiwi.errors import KiwiError
+
+DEFAULT_BRIDGE = "kiwi0"
+BRIDGE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+VETH_PREFIX = "kw"
+VETH_ID_CHARS = 10  # "kw" + 10 id characters fits IFNAMSIZ (15)
+VETH_NAME_RE = re.compile(r"kw[0-9a-f]{1,10}")
+CONTAINER_IFNAME = "eth0"
+MAIN_TABLE = 254
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+LEGACY_TABLES = "/proc/net/ip_tables_names"
+NO_OUTBOUND_WARNING = ("neither nft nor iptables is installed; containers have no "
+                       "outbound network access (install nftables)")
+
+
+# -- names -------------------------------------------------------------------------
+
+def bridge_name() -> str:
+    """The bridge from KIWI_BRIDGE (default kiwi0), validated as an interface name."""
+    name = os.environ.get("KIWI_BRIDGE") or DEFAULT_BRIDGE
+    if not BRIDGE_NAME_RE.fullmatch(name):
+        raise KiwiError(f"KIWI_BRIDGE {name!r} is not a valid interface name "
+                        "(1-15 letters, digits, '_', '.', '-')")
+    return name
+
+
+def veth_name(cid: str) -> str:
+    """Host side of a container's veth pair; fits IFNAMSIZ."""
+    return VETH_PREFIX + cid[:VETH_ID_CHARS]
+
+
+def nft_table(bridge: str) -> str:
+    return f"kiwi-{bridge}"
+
+
+def iptables_chain(bridge: str) -> str:
+    return f"KIWI-{bridge}"
+
+
+# -- netlink helpers ------------------------------------------------------------------
+
+def link_index(ipr, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def link_kind(link) -> str | None:
+    return link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
+
+
+def ignore_exists(action) -> None:
+    """Run a netlink change that may already have been made (idempotent setup)."""
+    try:
+        action()
+    except NetlinkError as e:
+        if e.code != errno.EEXIST:
+            raise
+
+
+def netlink_failure(what: str, e: NetlinkError) -> KiwiError:
+    return KiwiError(f"{what} failed: {os.strerror(e.code)}")
+
+
+# -- bridge -----------------------------------------------------------------------------
+
+def foreign_overlapping_route(ipr, subnet, bridge_index) -> str | None:
+    """A main-table route overlapping `subnet` that is not on our bridge."""
+    for route in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
+        if route["dst_len"] == 0:
+            continue  # the default route overlaps everything by design
+        dst = ipaddress.ip_network(f"{route.get('RTA_DST')}/{route['dst_len']}", strict=False)
+        if dst.overlaps(subnet) and route.get("RTA_OIF") != bridge_index:
+            return str(dst)
+    return None
+
+
+def check_subnet_is_free(ipr, subnet, bridge_index) -> None:
+    clash = foreign_overlapping_route(ipr, subnet, bridge_index)
+    if clash:
+        raise KiwiError(f"subnet {subnet} overlaps the host route {clash}; "
+                        "set KIWI_SUBNET to an unused private subnet")
+
+
+def ensure_bridge() -> str:
+    """Create the bridge with the gateway address and bring it up; returns its name."""
+    bridge, subnet = bridge_name(), ipam.subnet()
+    with IPRoute() as ipr:
+        index = link_index(ipr, bridge)
+        check_subnet_is_free(ipr, subnet, index)
+        if index is None:
+            index = create_bridge(ipr, bridge)
+        elif link_kind(ipr.get_links(index)[0]) != "bridge":
+            raise KiwiError(f"{bridge} exists and is not a bridge; set KIWI_BRIDGE to another name")
+        try:
+            ignore_exists(lambda: ipr.addr("add", index=index, address=ipam.gateway(subnet),
+                                           prefixlen=subnet.prefixlen))
+            ipr.link("set", index=index, state="up")
+        except NetlinkError as e:
+            raise netlink_failure(f"configuring bridge {bridge}", e) from None
+    return bridge
+
+
+def create_bridge(ipr, bridge: str) -> int:
+    try:
+        ignore_exists(lambda: ipr.link("add", ifname=bridge, kind="bridge"))
+    except NetlinkError as e:
+        raise netlink_failure(f"creating bridge {bridge}", e) from None
+    return link_index(ipr, bridge)
+
+
+def remove_bridge() -> None:
+    """Delete the bridge (cleanup when no container runs); absent is fine."""
+    delete_link(bridge_name())
+
+
+def delete_link(name: str) -> None:
+    with IPRoute() as ipr:
+        index = link_index(ipr, name)
+        if index is None:
+            return
+        try:
+            ipr.link("del", index=index)
+        except NetlinkError as e:
+            if e.code != errno.ENODEV:  # deleted concurrently
+                raise netlink_failure(f"deleting {name}", e) from None
+
+
+# -- veth pairs --------------------------------------------------------------------------
+
+def attach_container(cid: str, ipv4: str, netns_pid: int) -> str:
+    """Give the network namespace of `netns_pid` an eth0 on the bridge; returns the host veth."""
+    bridge, subnet = bridge_name(), ipam.subnet()
+    host = veth_name(cid)
+    if ipaddress.ip_address(ipv4) not in subnet:
+        raise KiwiError(f"container {cid} has address {ipv4}, outside KIWI_SUBNET {subnet}; "
+                        "recreate it or set KIWI_SUBNET back")
+    detach_container(cid)  # a stale pair from a crashed start
+    with IPRoute() as ipr:
+        bridge_index = link_index(ipr, bridge)
+        if bridge_index is None:
+            raise KiwiError(f"bridge {bridge} is missing; start the container again")
+        create_veth_pair(ipr, host, netns_pid)
+        try:
+            ipr.link("set", index=link_index(ipr, host), master=bridge_index, state="up")
+            configure_container_side(netns_pid, ipv4, subnet)
+        except BaseException as e:
+            delete_link(host)  # also removes the peer inside the namespace
+            if isinstance(e, NetlinkError):
+                raise netlink_failure(f"connecting container {cid} to {bridge}", e) from None
+            raise
+    return host
+
+
+def create_veth_pair(ipr, host: str, netns_pid: int) -> None:
+    # The peer is born inside the container's namespace, so its name cannot clash on the host.
+    try:
+        ipr.link("add", ifname=host, kind="veth",
+                 peer={"ifname": CONTAINER_IFNAME, "net_ns_pid": netns_pid})
+    except NetlinkError as e:
+        raise netlink_failure(f"creating veth {host} for process {netns_pid}", e) from None
+
+
+def configure_container_side(netns_pid: int, ipv4: str, subnet) -> None:
+    # Open the namespace by path: no named `ip netns` entry is left behind.
+    with IPRoute(netns=f"/proc/{netns_pid}/ns/net", flags=0) as ns:
+        eth0 = link_index(ns, CONTAINER_IFNAME)
+        ns.addr("add", index=eth0, address=ipv4, prefixlen=subnet.prefixlen)
+        ns.link("set", index=eth0, state="up")
+        ns.link("set", index=link_index(ns, "lo"), state="up")
+        ns.route("add", dst="0.0.0.0/0", gateway=ipam.gateway(subnet))
+
+
+def detach_container(cid: str) -> None:
+    """Delete the container's host veth if it exists."""
+    delete_link(veth_name(cid))
+
+
+def list_kiwi_veths() -> list[str]:
+    """Kiwi veths on this bridge (for cleanup); other instances' veths are not ours."""
+    with IPRoute() as ipr:
+        bridge_index = link_index(ipr, bridge_name())
+        if bridge_index is None:
+            return []
+        return sorted(link.get("IFLA_IFNAME") for link in ipr.get_links()
+                      if link_kind(link) == "veth"
+                      and link.get("IFLA_MASTER") == bridge_index
+                      and VETH_NAME_RE.fullmatch(link.get("IFLA_IFNAME") or ""))
+
+
+# -- NAT and forwarding -------------------------------------------------------------------
+
+def run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True)
+
+
+def first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else "no error message"
+
+
+def find_nft() -> str | None:
+    return shutil.which("nft")
+
+
+def find_iptables() -> str | None:
+    return shutil.which("iptables")
+
+
+def enable_ip_forward() -> None:
+    with open(IP_FORWARD, "w") as f:
+        f.write("1\n")
+
+
+def ensure_nat() -> str | None:
+    """Forwarding and masquerading for the subnet; returns a warning when impossible."""
+    bridge, subnet = bridge_name(), ipam.subnet()
+    enable_ip_forward()
+    nft, iptables = find_nft(), find_iptables()
+    if nft:
+        result = run([nft, "-f", "-"], nft_ruleset(bridge, subnet))
+        if result.returncode == 0:
+            accept_in_dropping_iptables(bridge)
+            return None
+        if not iptables:
+            raise KiwiError(f"nft could not set up NAT: {first_line(result.stderr)}")
+    if iptables:
+        iptables_forward_accept(iptables, bridge)
+        iptables_masquerade(iptables, bridge, subnet)
+        return None
+    return NO_OUTBOUND_WARNING
+
+
+def nft_ruleset(bridge: str, subnet) -> str:
+    """Whole-table definition; declare+delete+define makes `nft -f` one idempotent transaction."""
+    table = nft_table(bridge)
+    return f"""\
+table inet {table}
+delete table inet {table}
+table inet {table} {{
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        iifname "{bridge}" accept
+        oifname "{bridge}" ct state established,related accept
+        # nothing from outside may open connections to containers
+        oifname "{bridge}" drop
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        ip saddr {subnet} ip daddr != {subnet} masquerade
+    }}
+}}
+"""
+
+
+def remove_nat() -> None:
+    """Remove Kiwi's table and chains for this bridge; missing ones are fine."""
+    bridge = bridge_name()
+    nft = find_nft()
+    if nft:
+        table = nft_table(bridge)
+        run([nft, "-f", "-"], f"table inet {table}\ndelete table inet {table}\n")
+    for iptables in iptables_variants():
+        iptables_remove_chain(iptables, "filter", ("FORWARD", "DOCKER-USER"), bridge)
+        iptables_remove_chain(iptables, "nat", ("POSTROUTING",), bridge)
+
+
+# -- iptables --------------------------------------------------------------------------------
+
+def iptables_variants() -> list[str]:
+    """Every iptables backend that may hold rules: nft-based, legacy if in use, or plain."""
+    found = []
+    for name in ("iptables-nft", "iptables-legacy"):
+        path = shutil.which(name)
+        if path and (name != "iptables-legacy" or legacy_filter_in_use()):
+            found.append(path)
+    plain = find_iptables()
+    if not found and plain:
+        found.append(plain)
+    return found
+
+
+def legacy_filter_in_use() -> bool:
+    # Reading the list does not load ip_tables, unlike running iptables-legacy.
+    try:
+        with open(LEGACY_TABLES) as f:
+            return "filter" in f.read().split()
+    except OSError:
+        return False
+
+
+def iptables(cmd: str, *args: str) -> subprocess.CompletedProcess:
+    return run([cmd, "-w", *args])
+
+
+def chain_exists(cmd: str, table: str, chain: str) -> bool:
+    return iptables(cmd, "-t", table, "-S", chain).returncode == 0
+
+
+def forward_policy_drops(cmd: str) -> bool:
+    result = iptables(cmd, "-t", "filter", "-S", "FORWARD")
+    return result.returncode == 0 and "-P FORWARD DROP" in result.stdout
+
+
+def accept_in_dropping_iptables(bridge: str) -> None:
+    """With a DROP FORWARD policy (Docker), an nft accept elsewhere is not enough."""
+    for cmd in iptables_variants():
+        if forward_policy_drops(cmd) or chain_exists(cmd, "filter", "DOCKER-USER"):
+            iptables_forward_accept(cmd, bridge)
+
+
+def forward_hook_chain(cmd: str) -> str:
+    # Docker rebuilds FORWARD but keeps DOCKER-USER, which is meant for rules like ours.
+    return "DOCKER-USER" if chain_exists(cmd, "filter", "DOCKER-USER") else "FORWARD"
+
+
+def iptables_forward_accept(cmd: str, bridge: str) -> None:
+    chain = iptables_chain(bridge)
+    define_chain(cmd, "filter", chain, [
+        f"-i {bridge} -j ACCEPT",
+        f"-o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        f"-o {bridge} -j DROP",
+    ])
+    insert_jump_once(cmd, "filter", forward_hook_chain(cmd), chain)
+
+
+def iptables_masquerade(cmd: str, bridge: str, subnet) -> None:
+    chain = iptables_chain(bridge)
+    define_chain(cmd, "nat", chain, [f"-s {subnet} ! -d {subnet} -j MASQUERADE"])
+    insert_jump_once(cmd, "nat", "POSTROUTING", chain)
+
+
+def define_chain(cmd: str, table: str, chain: str, rules: list[str]) -> None:
+    """Replace the chain's rules atomically (declaring a chain in --noflush mode flushes it)."""
+    text = f"*{table}\n:{chain} - [0:0]\n" + "".join(f"-A {chain} {r}\n" for r in rules) + "COMMIT\n"
+    result = run([cmd + "-restore", "-w", "--noflush"], text)
+    if result.returncode != 0:
+        raise KiwiError(f"iptables could not set up {chain}: {first_line(result.stderr)}")
+
+
+def insert_jump_once(cmd: str, table: str, hook: str, chain: str) -> None:
+    if iptables(cmd, "-t", table, "-C", hook, "-j", chain).returncode == 0:
+        return
+    result = iptables(cmd, "-t", table, "-I", hook, "1", "-j", chain)
+    if result.returncode != 0:
+        raise KiwiError(f"iptables could not add {chain} to {hook}: {first_line(result.stderr)}")
+
+
+def iptables_remove_chain(cmd: str, table: str, hooks: tuple[str, ...], bridge: str) -> None:
+    chain = iptables_chain(bridge)
+    if not chain_exists(cmd, table, chain):
+        return
+    for hook in hooks:
+        while iptables(cmd, "-t", table, "-D", hook, "-j", chain).returncode == 0:
+            pass  # remove every copy, even ones a race may have added
+    iptables(cmd, "-t", table, "-F", chain)
+    iptables(cmd, "-t", table, "-X", chain)
+
+
+# -- one call for the runtime ------------------------------------------------------------------
+
+def setup_host() -> str | None:
+    """Bridge plus NAT; returns a warning for the CLI to print, or None."""
+    ensure_bridge()
+    return ensure_nat()

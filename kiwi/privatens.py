@@ -1,0 +1,67 @@
+"""Run a function in a forked child with its own private mount namespace.
+
+Whatever the function mounts disappears with the child: a crash can never
+leave a mount on the host. Errors come back to the caller as KiwiError.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+
+from .errors import KiwiError
+
+
+def run(fn, *args):
+    """fn(*args) in a child with a private mount namespace; returns its (picklable) result."""
+    from . import syscalls as sc
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        try:
+            sc.unshare(sc.CLONE_NEWNS)
+            sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+            payload = ("ok", fn(*args))
+        except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
+            message = e.message if isinstance(e, KiwiError) else f"{type(e).__name__}: {e}"
+            payload = ("error", message)
+        try:
+            data = pickle.dumps(payload)
+        except Exception as e:  # noqa: BLE001
+            data = pickle.dumps(("error", f"unpicklable result: {e}"))
+        view = memoryview(data)
+        while view:
+            view = view[os.write(write_fd, view):]
+        os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    try:
+        while True:
+            chunk = os.read(read_fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+        os.waitpid(pid, 0)
+    if not chunks:
+        raise KiwiError("a helper process died unexpectedly; run 'kiwi cleanup' and try again")
+    kind, value = pickle.loads(b"".join(chunks))
+    if kind == "error":
+        raise KiwiError(value)
+    return value
+
+
+def mount_state(store, cid: str, mountpoint: str) -> str:
+    """Inside a private namespace: the container's state folder (upper/ work/) at mountpoint
+    when it lives in state.img, or the plain state/ folder. Returns the path holding upper/."""
+    from . import loop, storage
+    from . import syscalls as sc
+    cdir = store.container_dir(cid)
+    img = storage.image_path(cdir)
+    if not img.exists():
+        return str(storage.folder_path(cdir))
+    os.makedirs(mountpoint, mode=0o700, exist_ok=True)
+    with loop.attach(str(img)) as dev:
+        sc.mount(str(dev), mountpoint, "ext4", sc.MS_NOSUID | sc.MS_NODEV, None)
+    return mountpoint

@@ -1,0 +1,177 @@
+"""Build a container's root inside its own mount namespace, bubblewrap style:
+each step is one small function. Runs in the future PID 1 (a forked child of
+kiwi) before it becomes the init; nothing here touches the host's mount table
+because the caller unshared the mount namespace and made / private first.
+"""
+from __future__ import annotations
+
+import os
+import stat
+
+from . import syscalls as sc
+
+DEV_NODES = [  # name, major, minor, mode
+    ("null", 1, 3, 0o666), ("zero", 1, 5, 0o666), ("full", 1, 7, 0o666),
+    ("random", 1, 8, 0o666), ("urandom", 1, 9, 0o666), ("tty", 5, 0, 0o666),
+]
+DEV_LINKS = [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+             ("ptmx", "pts/ptmx")]
+NOSUID_NODEV_NOEXEC = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+
+
+def overlay_escape(path: str) -> str:
+    """overlayfs splits its options on ',' and lowerdir lists on ':'."""
+    return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+def make_mounts_private() -> None:
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+
+
+def mount_state(device: str | None, state_dir: str, mountpoint: str) -> str:
+    """The container's upper/work: its ext4 image, or the plain state/ folder."""
+    if device:
+        sc.mount(device, mountpoint, "ext4", sc.MS_NOSUID | sc.MS_NODEV, None)
+        return mountpoint
+    return state_dir
+
+
+def mount_overlay(lower: str, state: str, target: str) -> None:
+    data = (f"lowerdir={overlay_escape(lower)},upperdir={overlay_escape(state + '/upper')},"
+            f"workdir={overlay_escape(state + '/work')}")
+    sc.mount("overlay", target, "overlay", 0, data)
+
+
+def open_in_root(root_fd: int, path: str, flags: int = os.O_PATH) -> int:
+    """Resolve path with the container root as '/', so an image's symlinks never lead out."""
+    return sc.openat2(root_fd, path, flags | os.O_CLOEXEC, 0, sc.RESOLVE_IN_ROOT)
+
+
+def ensure_dir_in_root(root_fd: int, path: str, mode: int = 0o755) -> int:
+    """Open (creating when missing) a directory inside the root; returns an O_PATH fd."""
+    parent = root_fd
+    fds = []
+    try:
+        for part in [p for p in path.split("/") if p]:
+            try:
+                fd = sc.openat2(parent, part, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, sc.RESOLVE_IN_ROOT)
+            except FileNotFoundError:
+                real = os.open(f"/proc/self/fd/{parent}", os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.mkdir(part, mode, dir_fd=real)
+                finally:
+                    os.close(real)
+                fd = sc.openat2(parent, part, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, sc.RESOLVE_IN_ROOT)
+            fds.append(fd)
+            parent = fd
+        return os.dup(parent) if fds else os.dup(root_fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def mount_at(root_fd: int, path: str, source, fstype, flags: int, data=None, mode: int = 0o755) -> None:
+    fd = ensure_dir_in_root(root_fd, path, mode)
+    try:
+        sc.mount(source, f"/proc/self/fd/{fd}", fstype, flags, data)
+    finally:
+        os.close(fd)
+
+
+def mount_proc_sys_tmp(root_fd: int) -> None:
+    mount_at(root_fd, "proc", "proc", "proc", NOSUID_NODEV_NOEXEC)
+    mount_at(root_fd, "sys", "sysfs", "sysfs", NOSUID_NODEV_NOEXEC | sc.MS_RDONLY)
+    mount_at(root_fd, "run", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755,size=64m")
+    mount_at(root_fd, "tmp", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
+
+
+def mount_dev(root_fd: int) -> None:
+    """A minimal /dev with exactly the nodes a container needs, modes independent of umask."""
+    mount_at(root_fd, "dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "mode=755,size=64k")
+    dev = open_in_root(root_fd, "dev", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name, major, minor, mode in DEV_NODES:
+            sc.mknod_at(dev, name, stat.S_IFCHR | mode, major, minor)
+            os.chmod(name, mode, dir_fd=dev)
+        for name, target in DEV_LINKS:
+            os.symlink(target, name, dir_fd=dev)
+        # /dev/console must not be the host's console: it is /dev/null's device.
+        sc.mknod_at(dev, "console", stat.S_IFCHR | 0o620, 1, 3)
+        os.chmod("console", 0o620, dir_fd=dev)
+        for sub, mode in (("pts", 0o755), ("shm", 0o1777)):
+            os.mkdir(sub, mode, dir_fd=dev)
+            os.chmod(sub, mode, dir_fd=dev)
+    finally:
+        os.close(dev)
+    mount_at(root_fd, "dev/pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
+             "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    mount_at(root_fd, "dev/shm", "tmpfs", "tmpfs", NOSUID_NODEV_NOEXEC, "mode=1777,size=64m")
+
+
+def enter_root(root: str) -> None:
+    """pivot_root into the merged view and drop every trace of the host's tree."""
+    os.chdir(root)
+    sc.pivot_root(".", ".")
+    # The old root is now stacked on the same place; detach it.
+    sc.umount(".", sc.MNT_DETACH)
+    os.chdir("/")
+
+
+def write_container_file(path: str, text: str, mode: int = 0o644) -> None:
+    """Write /etc/<file> after pivot_root: every symlink now resolves inside the
+    container, and a symlinked file itself is replaced by a plain file.
+    A missing or odd parent (a hostile /etc symlink) is skipped, not followed out."""
+    parent, name = os.path.split(path)
+    try:
+        dfd = sc.openat2(sc.AT_FDCWD, parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0,
+                         sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+    except OSError:
+        return
+    tmp = f".{name}.kiwi-tmp"
+    try:
+        try:
+            os.unlink(tmp, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            os.fchmod(f.fileno(), mode)
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except OSError:
+        try:
+            os.unlink(tmp, dir_fd=dfd)
+        except OSError:
+            pass
+    finally:
+        os.close(dfd)
+
+
+def write_identity_files(hostname: str) -> None:
+    from . import dns
+    write_container_file("/etc/hostname", hostname + "\n")
+    write_container_file("/etc/hosts", dns.hosts_text(hostname))
+    write_container_file("/etc/resolv.conf", dns_text_cached())
+
+
+_RESOLV_TEXT: str | None = None
+
+
+def prepare_dns_text(host_network: bool = False) -> None:
+    """Read the host's resolver config while the host's / is still visible.
+    With the host's network the host's own file works as it is (stub included)."""
+    global _RESOLV_TEXT
+    from . import dns
+    if host_network:
+        try:
+            with open("/etc/resolv.conf") as f:
+                _RESOLV_TEXT = f.read()
+            return
+        except OSError:
+            pass
+    _RESOLV_TEXT = dns.resolv_conf_text()
+
+
+def dns_text_cached() -> str:
+    return _RESOLV_TEXT or "nameserver 1.1.1.1\nnameserver 8.8.8.8\nnameserver 9.9.9.9\n"

@@ -1,0 +1,132 @@
+"""A container's writable state: an ext4 filesystem in a sparse state.img
+(a hard storage limit), or a plain state/ folder when storage is 'host'.
+
+Both hold upper/ and work/ for the overlay.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .errors import KiwiError
+from .sizes import format_size
+
+GIB = 1 << 30
+MIN_STORAGE = GIB
+
+
+def image_path(container_dir: Path) -> Path:
+    return container_dir / "state.img"
+
+
+def folder_path(container_dir: Path) -> Path:
+    return container_dir / "state"
+
+
+def run_tool(argv: list[str], what: str) -> str:
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise KiwiError(f"{argv[0]} is missing; install e2fsprogs (apt-get install e2fsprogs)") from None
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        raise KiwiError(f"{what} failed: {detail[-1] if detail else 'exit ' + str(done.returncode)}")
+    return done.stdout
+
+
+def create_state(container_dir: Path, size: int | None) -> None:
+    """Lay out upper/ and work/ either in a fresh ext4 image or in a folder."""
+    if size is None:
+        for sub in ("upper", "work"):
+            (folder_path(container_dir) / sub).mkdir(parents=True, mode=0o755)
+        return
+    with tempfile.TemporaryDirectory(dir=container_dir) as seed:
+        for sub in ("upper", "work"):
+            os.mkdir(os.path.join(seed, sub), 0o755)
+        img = image_path(container_dir)
+        with open(img, "wb") as f:
+            f.truncate(size)
+        run_tool(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "kiwi-state",
+                  "-E", "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0",
+                  "-d", seed, str(img)], "formatting the container's storage")
+
+
+def filesystem_usage(device_or_image: Path | str) -> int:
+    """Bytes in use inside an ext4 image (superblock counters; works mounted too)."""
+    out = run_tool(["dumpe2fs", "-h", str(device_or_image)], "reading the storage usage")
+    fields = {}
+    for line in out.splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    block = int(fields["Block size"])
+    used = int(fields["Block count"]) - int(fields["Free blocks"])
+    return used * block
+
+
+def folder_usage(path: Path) -> int:
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in filenames + dirnames:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
+
+
+def used_bytes(container_dir: Path) -> int | None:
+    img = image_path(container_dir)
+    if img.exists():
+        try:
+            return filesystem_usage(img)
+        except KiwiError:
+            return os.stat(img).st_blocks * 512
+    folder = folder_path(container_dir)
+    if folder.exists():
+        return folder_usage(folder)
+    return None
+
+
+def check_new_size(current_used: int, new_size: int, current_size: int | None) -> None:
+    if new_size < MIN_STORAGE:
+        raise KiwiError(f"storage must be at least {format_size(MIN_STORAGE)}")
+    if current_size is not None and new_size < current_size and new_size < current_used + GIB:
+        raise KiwiError(
+            f"cannot shrink storage to {format_size(new_size)}: {format_size(current_used)} is in use "
+            f"and at least 1G must stay free; choose {format_size(current_used + GIB)} or more")
+
+
+def resize_offline(container_dir: Path, new_size: int) -> None:
+    """Grow or shrink a stopped container's state.img (e2fsck first, as resize2fs demands)."""
+    img = image_path(container_dir)
+    old_size = img.stat().st_size
+    check_fs(img)
+    if new_size > old_size:
+        with open(img, "r+b") as f:
+            f.truncate(new_size)
+        run_tool(["resize2fs", str(img)], "growing the storage")
+    elif new_size < old_size:
+        run_tool(["resize2fs", str(img), f"{new_size // 1024}K"], "shrinking the storage")
+        with open(img, "r+b") as f:
+            f.truncate(new_size)
+
+
+def check_fs(img: Path) -> None:
+    done = subprocess.run(["e2fsck", "-f", "-p", str(img)], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True)
+    # 0: clean, 1: errors corrected. Anything else needs a human.
+    if done.returncode not in (0, 1):
+        raise KiwiError(f"the container's storage has errors e2fsck could not fix: run e2fsck -f {img}")
+
+
+def grow_file(container_dir: Path, new_size: int) -> None:
+    with open(image_path(container_dir), "r+b") as f:
+        f.truncate(new_size)
+
+
+def remove_state(container_dir: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(image_path(container_dir))
+    shutil.rmtree(folder_path(container_dir), ignore_errors=True)

@@ -1,0 +1,231 @@
+"""The kiwi-data folder: layout, atomic JSON, locks, ids and names.
+
+Every path is derived from an id or a name that was validated here; nothing
+read back from a JSON file ever decides what root mounts or deletes.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import KiwiError
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
+ID_RE = re.compile(r"[0-9a-f]{12}\Z")
+ID_LEN = 12
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise KiwiError(
+            f"invalid {what} {name!r}: use 1-63 of a-z 0-9 _ . - starting with a letter or digit")
+    return name
+
+
+def is_container_id(text: str) -> bool:
+    return bool(ID_RE.match(text))
+
+
+def new_container_id() -> str:
+    return secrets.token_hex(ID_LEN // 2)
+
+
+def atomic_write_json(path: Path | str, obj, mode: int = 0o644) -> None:
+    """Write JSON so that a crash leaves either the old file or the new one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json(path: Path | str, limit: int = 1 << 20):
+    """Read a small JSON file; a damaged one is a clear error, not a traceback."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise KiwiError(f"{path} is larger than {limit} bytes; it is not a Kiwi file")
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        raise KiwiError(f"{path} is damaged ({e}); fix or remove it") from None
+
+
+def executable_dir() -> Path:
+    """Where kiwi-data lives by default: beside the frozen ./kiwi, or the checkout in source mode."""
+    if getattr(sys, "frozen", False):
+        return Path(sys.executable).resolve().parent
+    return Path(__file__).resolve().parent.parent
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @classmethod
+    def open(cls) -> "Store":
+        override = os.environ.get("KIWI_ROOT")
+        if override:
+            root = Path(override).absolute()
+        else:
+            root = executable_dir() / "kiwi-data"
+            migrate_old_folder(root.parent / ".kiwi", root)
+        migrate_old_runtime(root)
+        return cls(root)
+
+    # --- layout -----------------------------------------------------------
+    @property
+    def images_dir(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def containers_dir(self) -> Path:
+        return self.root / "containers"
+
+    @property
+    def mounts_dir(self) -> Path:
+        return self.root / "mounts"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.root / "exports"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / ".tmp"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.root / ".locks"
+
+    def image_dir(self, name: str) -> Path:
+        return self.images_dir / validate_name(name, "image name")
+
+    def container_dir(self, cid: str) -> Path:
+        if not is_container_id(cid):
+            raise KiwiError(f"invalid container id {cid!r}")
+        return self.containers_dir / cid
+
+    def runtime_dir(self, cid: str) -> Path:
+        if not is_container_id(cid):
+            raise KiwiError(f"invalid container id {cid!r}")
+        return self.mounts_dir / cid
+
+    def snapshot_path(self, cid: str, snapshot: str) -> Path:
+        validate_name(snapshot, "snapshot name")
+        return self.root / f"{cid}-{snapshot}.kiwi"
+
+    def ensure_layout(self) -> None:
+        """Create the folders a writing command needs (root only: 0700 for runtime state)."""
+        for d in (self.root, self.images_dir, self.containers_dir, self.exports_dir,
+                  self.tmp_dir, self.locks_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.mounts_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    # --- locks ------------------------------------------------------------
+    @contextlib.contextmanager
+    def _flock(self, name: str, wait: bool = True):
+        self.ensure_layout()
+        fd = os.open(self.locks_dir / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            # wait=False raises BlockingIOError when another kiwi holds it.
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            yield
+        finally:
+            os.close(fd)
+
+    def lock(self):
+        """The global lock: id, name and IP allocation."""
+        return self._flock("global.lock")
+
+    def container_lock(self, cid: str, wait: bool = True):
+        """Every change to one container (start, stop, set, delete, snap ...)."""
+        if not is_container_id(cid):
+            raise KiwiError(f"invalid container id {cid!r}")
+        return self._flock(f"{cid}.lock", wait)
+
+    # --- containers -------------------------------------------------------
+    def container_ids(self) -> list[str]:
+        try:
+            names = os.listdir(self.containers_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if is_container_id(n))
+
+    def container_config(self, cid: str) -> dict:
+        try:
+            return read_json(self.container_dir(cid) / "config.json")
+        except FileNotFoundError:
+            raise KiwiError(f"no container {cid}; see 'kiwi list'") from None
+
+    def container_names(self) -> dict[str, str]:
+        """name -> id for every container that has one."""
+        names = {}
+        for cid in self.container_ids():
+            try:
+                name = read_json(self.container_dir(cid) / "config.json").get("name")
+            except (FileNotFoundError, KiwiError):
+                continue
+            if name:
+                names[name] = cid
+        return names
+
+    def resolve_container(self, ref: str) -> str:
+        """An id, a unique prefix of an id, or a name -> the id."""
+        if not ref:
+            raise KiwiError("no container given; see 'kiwi list'")
+        ids = self.container_ids()
+        if ref in ids:
+            return ref
+        by_name = self.container_names()
+        if ref in by_name:
+            return by_name[ref]
+        if re.fullmatch(r"[0-9a-f]{1,12}", ref):
+            matches = [cid for cid in ids if cid.startswith(ref)]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise KiwiError(
+                    f"{ref!r} matches {len(matches)} containers ({', '.join(matches[:4])}"
+                    f"{', ...' if len(matches) > 4 else ''}); give more of the id")
+        raise KiwiError(f"no container named or starting with {ref!r}; see 'kiwi list'")
+
+
+def migrate_old_folder(old: Path, new: Path) -> None:
+    """Older Kiwi kept its data in ./.kiwi; move it once to the visible kiwi-data/."""
+    if old.is_dir() and not old.is_symlink() and not new.exists():
+        with contextlib.suppress(OSError):
+            os.rename(old, new)
+
+
+def migrate_old_runtime(root: Path) -> None:
+    old, new = root / "run", root / "mounts"
+    if old.is_dir() and not old.is_symlink() and not new.exists():
+        with contextlib.suppress(OSError):
+            os.rename(old, new)

@@ -1,0 +1,336 @@
+"""Real cgroups on this host (v1/hybrid here, pure v2 in the VM harness): same tests for both.
+
+Every cgroup goes below a per-run relative KIWI_CGROUP_PARENT, i.e. below this test
+process's own cgroup in each hierarchy; the fixture kills what the test started and
+removes every cgroup it made, even when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kiwi import cgroups
+from kiwi.errors import KiwiError
+
+pytestmark = pytest.mark.limits
+
+MiB = 1 << 20
+
+# Started first, moved into the cgroup, then released: the payload never runs outside it.
+GATE = "import os, sys; sys.stdin.buffer.readline(); os.execvp(sys.argv[1], sys.argv[1:])"
+
+ALLOCATE_200M = "b = bytearray(b'x') * (200 << 20); print('survived')"
+
+BUSY_TWO_PROCESSES = """
+import os, time
+end = time.monotonic() + 2.0
+child = os.fork()
+while time.monotonic() < end:
+    pass
+if child:
+    os.waitpid(child, 0)
+"""
+
+FORK_UNTIL_REFUSED = """
+import os
+release_r, release_w = os.pipe()
+forked = 0
+while forked < 500:
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        os.close(release_w)
+        os.read(release_r, 1)  # wait until the parent closes the pipe
+        os._exit(0)
+    forked += 1
+os.close(release_w)
+print(forked, flush=True)
+for _ in range(forked):
+    os.wait()
+"""
+
+BUSY_FOREVER = "while True: pass"
+
+HOLD_32M = """
+import sys, time
+held = bytearray(b'x') * (32 << 20)
+print('ready', flush=True)
+time.sleep(60)
+"""
+
+
+class CgroupLab:
+    """Makes cgroups and child processes for one test and undoes all of it."""
+
+    def __init__(self, parent: str):
+        self.parent = parent
+        self.cgroups: list[cgroups.Cgroup] = []
+        self.children: list[subprocess.Popen] = []
+
+    def cgroup(self, cid: str | None = None) -> cgroups.Cgroup:
+        group = cgroups.Cgroup.for_container(cid or secrets.token_hex(6))
+        self.cgroups.append(group)
+        group.create()
+        return group
+
+    def start(self, group: cgroups.Cgroup, *argv: str) -> subprocess.Popen:
+        """Run argv inside `group` from its first instruction on."""
+        child = subprocess.Popen(
+            [sys.executable, "-c", GATE, *argv],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        self.children.append(child)
+        group.add_pid(child.pid)
+        child.stdin.write(b"go\n")
+        child.stdin.close()
+        child.stdin = None  # so communicate() does not flush a closed pipe
+        return child
+
+    def python(self, group: cgroups.Cgroup, code: str) -> subprocess.Popen:
+        return self.start(group, sys.executable, "-c", code)
+
+    def teardown(self) -> None:
+        errors = []
+        # Thaw and empty the cgroups first: a frozen v1 task ignores SIGKILL until thawed.
+        for group in self.cgroups:
+            _collect(errors, lambda g=group: g.is_frozen_quietly() and g.thaw())
+            _collect(errors, group.kill_all)
+        for child in self.children:
+            _collect(errors, lambda c=child: _reap(c))
+        for group in self.cgroups:
+            _collect(errors, group.remove)
+        _collect(errors, cgroups.remove_parent_if_empty)
+        _, parents = cgroups._parent_dirs()
+        leftovers = [str(d) for d in parents.values() if d.exists()]
+        assert not errors, errors
+        assert not leftovers, f"cgroups left behind: {leftovers}"
+
+
+def _collect(errors: list, step) -> None:
+    """Run one cleanup step; remember its failure and go on with the rest."""
+    try:
+        step()
+    except Exception as exc:
+        errors.append(exc)
+
+
+def _reap(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        child.kill()
+    child.wait(timeout=10)
+    for stream in (child.stdout, child.stderr):
+        if stream:
+            stream.close()
+
+
+@pytest.fixture
+def lab(monkeypatch):
+    parent = f"kiwi-test-{secrets.token_hex(4)}"
+    monkeypatch.setenv("KIWI_CGROUP_PARENT", parent)
+    lab = CgroupLab(parent)
+    try:
+        yield lab
+    finally:
+        lab.teardown()
+
+
+def _finish(child: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
+    out, _ = child.communicate(timeout=timeout)
+    return child.returncode, out.decode()
+
+
+def test_backend_matches_the_host():
+    unified = cgroups.backend() == "v2"
+    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        assert unified  # pure v2 host
+    assert cgroups.backend() in ("v1", "v2")
+
+
+def test_cgroup_lives_below_own_cgroup_under_relative_parent(lab):
+    group = lab.cgroup("0123456789ab")
+    description = group.describe()
+    assert description["version"] == cgroups.backend() == group.version
+    assert description["name"] == "kiwi-0123456789ab"
+    own = cgroups.parse_proc_cgroup(Path("/proc/self/cgroup").read_text())
+    for key, path in description["paths"].items():
+        assert path.endswith(f"/{lab.parent}/kiwi-0123456789ab")
+        assert Path(path).is_dir()
+        own_key = "unified" if group.version == "v2" else key
+        assert f"{own[own_key].rstrip('/')}/{lab.parent}/" in path
+    if group.version == "v1":
+        assert {"memory", "cpu", "cpuacct", "cpuset", "pids"} <= set(description["paths"])
+
+
+def test_create_is_idempotent_and_listed(lab):
+    group = lab.cgroup("feedfacecafe")
+    group.create()
+    assert group.exists()
+    assert cgroups.list_container_cgroups() == ["feedfacecafe"]
+
+
+def test_limits_written_and_read_back(lab):
+    group = lab.cgroup()
+    group.set_limits(memory=64 * MiB, cpus=1, pids=50)
+    first_cpu = group.usable_cpus()[0]
+    assert group.limits() == {"memory": 64 * MiB, "cpus": 1.0, "cpuset": str(first_cpu), "pids": 50}
+    if group.version == "v2":
+        swap = group.path("memory") / "memory.swap.max"
+        if swap.exists():
+            assert swap.read_text().strip() == "0"
+    else:
+        memsw = group.path("memory") / "memory.memsw.limit_in_bytes"
+        if memsw.exists():
+            assert int(memsw.read_text()) == 64 * MiB  # swap adds nothing
+
+    group.set_limits(memory=None, cpus=None, pids=None)
+    everything = cgroups.format_cpu_list(group.usable_cpus())
+    assert group.limits() == {"memory": None, "cpus": None, "cpuset": everything, "pids": None}
+
+
+def test_default_pids_limit(lab):
+    group = lab.cgroup()
+    group.set_limits(memory=None, cpus=None)
+    assert group.limits()["pids"] == 1024
+
+
+def test_more_cpus_than_usable_is_refused(lab):
+    group = lab.cgroup()
+    usable = len(group.usable_cpus())
+    with pytest.raises(KiwiError, match=f"only {usable} are usable"):
+        group.set_limits(memory=None, cpus=usable + 1)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "1"])
+def test_bad_limit_values_are_refused(lab, bad):
+    group = lab.cgroup()
+    with pytest.raises(KiwiError, match="positive whole number"):
+        group.set_limits(memory=bad, cpus=None)
+
+
+def test_allocation_past_memory_limit_is_oom_killed(lab):
+    group = lab.cgroup()
+    group.set_limits(memory=64 * MiB, cpus=None)
+    assert group.oom_kills() == 0
+    status, out = _finish(lab.python(group, ALLOCATE_200M))
+    assert status == -9, out
+    assert "survived" not in out
+    assert group.oom_kills() >= 1
+    assert group.pids() == []
+
+
+def test_one_cpu_limit_shows_in_nproc_and_usage(lab):
+    group = lab.cgroup()
+    group.set_limits(memory=None, cpus=1)
+
+    status, out = _finish(lab.start(group, "nproc"))
+    assert (status, out.strip()) == (0, "1")
+
+    _outweigh_host_load(group)
+    before, started = group.cpu_usage_ns(), time.monotonic()
+    status, _ = _finish(lab.python(group, BUSY_TWO_PROCESSES))
+    used, wall = group.cpu_usage_ns() - before, time.monotonic() - started
+    assert status == 0
+    assert wall >= 2.0
+    assert 0.8 <= used / (wall * 1e9) <= 1.2, f"{used / 1e9:.2f} s CPU in {wall:.2f} s"
+
+
+def test_fork_loop_stops_at_pids_limit(lab):
+    group = lab.cgroup()
+    group.set_limits(memory=None, cpus=None, pids=50)
+    status, out = _finish(lab.python(group, FORK_UNTIL_REFUSED))
+    assert status == 0
+    forked = int(out.strip())
+    assert 40 <= forked <= 49  # the forking process itself counts as one of the 50
+
+
+def test_memory_limit_changes_on_a_live_cgroup(lab):
+    group = lab.cgroup()
+    group.set_limits(memory=64 * MiB, cpus=None)
+    holder = lab.python(group, HOLD_32M)
+    assert holder.stdout.readline() == b"ready\n"
+    assert group.pids() == [holder.pid]
+    assert group.memory_usage() >= 32 * MiB
+
+    group.set_limits(memory=128 * MiB, cpus=None)
+    assert group.limits()["memory"] == 128 * MiB
+    group.set_limits(memory=None, cpus=None)
+    assert group.limits()["memory"] is None
+    assert holder.poll() is None
+
+
+def test_freeze_stops_and_thaw_resumes(lab):
+    group = lab.cgroup()
+    spinner = lab.python(group, BUSY_FOREVER)
+    time.sleep(0.3)
+
+    group.freeze()
+    assert group.is_frozen()
+    frozen_usage = group.cpu_usage_ns()
+    time.sleep(0.5)
+    assert group.cpu_usage_ns() - frozen_usage < 20_000_000  # at most a scheduler tick or two
+
+    group.thaw()
+    assert not group.is_frozen()
+    thawed_usage = group.cpu_usage_ns()
+    # Progress, not speed: other load on the host may share the CPU.
+    assert _wait_for(lambda: group.cpu_usage_ns() - thawed_usage > 100_000_000)
+    assert spinner.poll() is None
+
+
+def test_kill_all_takes_every_process_even_frozen(lab):
+    group = lab.cgroup()
+    shell = lab.start(group, "sh", "-c", "sleep 100 & sleep 100 & wait")
+    spinner = lab.python(group, BUSY_FOREVER)
+    assert _wait_for(lambda: len(group.pids()) == 4)
+    group.freeze()
+
+    group.kill_all()
+    assert group.pids() == []
+    assert shell.wait(timeout=5) == -9
+    assert spinner.wait(timeout=5) == -9
+    group.thaw()
+
+    group.remove()
+    assert not group.exists()
+    for path in group.describe()["paths"].values():
+        assert not os.path.exists(path)
+    assert cgroups.list_container_cgroups() == []
+
+
+def test_remove_is_idempotent(lab):
+    group = lab.cgroup()
+    group.remove()
+    group.remove()
+    assert not group.exists()
+    assert group.pids() == []
+    group.kill_all()  # nothing to kill, no error
+
+
+def _outweigh_host_load(group: cgroups.Cgroup) -> None:
+    """Give the test cgroup and its parent top CPU weight so other load on the shared CPU
+    cannot starve the measurement; the quota under test still caps usage at one CPU."""
+    if group.version == "v2":
+        name, value = "cpu.weight", "10000"
+    else:
+        name, value = "cpu.shares", "262144"
+    directory = group.path("cpu")
+    for path in (directory / name, directory.parent / name):
+        path.write_text(value)
+
+
+def _wait_for(condition, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
