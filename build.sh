@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Build the one-file kiwi executable.
-#   ./build.sh                 interactive menu on a terminal
+#   ./build.sh                 interactive menu on a terminal (host build otherwise)
 #   ./build.sh host            this machine: dist/kiwi-linux-<arch> and dist/kiwi
 #   ./build.sh linux-arm64     another architecture, inside a container (docker buildx + QEMU)
-#   ./build.sh all             every architecture
-#   ./build.sh --dry-run T     print the docker buildx command instead of running it
+#                              targets: host, linux-amd64, linux-arm64, linux-armv7 (or amd64,
+#                              arm64, armv7), all
+#   ./build.sh --dry-run T     print the build command lines instead of running them
+# docs/DISTRIBUTION.md explains the container builds and the glibc each binary needs.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -23,11 +25,14 @@ host_target() {
   esac
 }
 
+# The menu goes to stderr: stdout carries only the choice back to the caller.
 menu() {
-  echo "Build kiwi for:"
-  local options=("${TARGETS[@]}" all host)
+  local options=("${TARGETS[@]}" all host) choice
+  echo "Build kiwi for:" >&2
+  PS3="number: "
   select choice in "${options[@]}"; do
     [ -n "${choice:-}" ] && { echo "$choice"; return; }
+    echo "choose 1-${#options[@]}" >&2
   done
   die "nothing chosen"
 }
@@ -45,14 +50,25 @@ ensure_venv() {
   fi
 }
 
+pyinstaller_command() {
+  echo .venv/bin/pyinstaller --noconfirm --clean --log-level WARN \
+    --distpath dist --workpath build/pyinstaller kiwi.spec
+}
+
 build_host() {
   local target arch
   target=$(host_target)
   arch=${target#linux-}
+  if [ "$DRY_RUN" = 1 ]; then
+    echo .venv/bin/python cffi_build/build_sys.py sys init
+    echo "KIWI_ARCH=$arch $(pyinstaller_command)"
+    echo .venv/bin/python scripts/make-manpages dist
+    return
+  fi
   ensure_venv
   .venv/bin/python cffi_build/build_sys.py sys init >/dev/null || die "building the C parts failed (need gcc, libc6-dev, python3-dev)"
-  KIWI_ARCH=$arch .venv/bin/pyinstaller --noconfirm --clean --log-level WARN \
-    --distpath dist --workpath build/pyinstaller kiwi.spec || die "PyInstaller failed"
+  KIWI_ARCH=$arch $(pyinstaller_command) || die "PyInstaller failed"
+  # Replace dist/kiwi atomically: tests and benchmarks may be running it.
   cp -f "dist/kiwi-linux-$arch" dist/kiwi.tmp && mv -f dist/kiwi.tmp dist/kiwi
   build_manpages
   echo "built dist/kiwi-linux-$arch and dist/kiwi ($(du -h dist/kiwi | cut -f1))"
@@ -62,41 +78,77 @@ build_manpages() {
   .venv/bin/python scripts/make-manpages dist >/dev/null || die "man pages failed"
 }
 
-buildx_command() {
-  local target=$1 platform
-  case "$target" in
-    linux-amd64) platform=linux/amd64 ;;
-    linux-arm64) platform=linux/arm64 ;;
-    linux-armv7) platform=linux/arm/v7 ;;
+platform_of() {
+  case "$1" in
+    linux-amd64) echo linux/amd64 ;;
+    linux-arm64) echo linux/arm64 ;;
+    linux-armv7) echo linux/arm/v7 ;;
   esac
-  echo docker buildx build --platform "$platform" --file scripts/Dockerfile.build \
+}
+
+# binfmt_misc entry through which the kernel runs this target's binaries under QEMU.
+qemu_binfmt_of() {
+  case "$1" in
+    linux-amd64) echo qemu-x86_64 ;;
+    linux-arm64) echo qemu-aarch64 ;;
+    linux-armv7) echo qemu-arm ;;
+  esac
+}
+
+buildx_command() {
+  local target=$1
+  echo docker buildx build --platform "$(platform_of "$target")" --file scripts/Dockerfile.build \
     --build-arg "TARGET=$target" --output "type=local,dest=dist" .
+}
+
+check_container_tools() {
+  local target=$1
+  command -v docker >/dev/null \
+    || die "building $target needs docker with buildx and QEMU binfmt (apt-get install docker.io docker-buildx qemu-user-static binfmt-support); or run ./build.sh host on a $target machine"
+  docker buildx version >/dev/null 2>&1 \
+    || die "docker buildx is missing (apt-get install docker-buildx, or the docker-buildx-plugin package from Docker's repository)"
+  if [ "$target" != "$(host_target)" ] && [ ! -e "/proc/sys/fs/binfmt_misc/$(qemu_binfmt_of "$target")" ]; then
+    die "no QEMU binfmt handler for $target (apt-get install qemu-user-static binfmt-support)"
+  fi
 }
 
 build_in_container() {
   local target=$1
   if [ "$DRY_RUN" = 1 ]; then buildx_command "$target"; return; fi
-  command -v docker >/dev/null || die "building $target needs docker with buildx and QEMU binfmt (apt-get install docker.io docker-buildx qemu-user-static); or run ./build.sh host on a $target machine"
-  docker buildx version >/dev/null 2>&1 || die "docker buildx is missing (apt-get install docker-buildx)"
+  check_container_tools "$target"
   $(buildx_command "$target") || die "docker buildx failed for $target"
   echo "built dist/kiwi-$target"
 }
 
-build_target() {
-  local target=$1
-  case "$target" in
-    host) build_host ;;
-    all) for t in "${TARGETS[@]}"; do build_target "$t"; done ;;
-    linux-amd64|linux-arm64|linux-armv7|amd64|arm64|armv7)
-      [[ "$target" == linux-* ]] || target="linux-$target"
-      if [ "$target" = "$(host_target)" ] && [ "$DRY_RUN" = 0 ]; then build_host; else build_in_container "$target"; fi ;;
-    *) die "unknown target '$target': choose host, linux-amd64, linux-arm64, linux-armv7 or all" ;;
+normalize_target() {
+  case "$1" in
+    amd64|arm64|armv7) echo "linux-$1" ;;
+    *) echo "$1" ;;
   esac
 }
 
-if [ "${1:-}" = "--dry-run" ]; then DRY_RUN=1; shift; fi
-target=${1:-}
-if [ -z "$target" ]; then
-  if [ -t 0 ]; then target=$(menu); else target=host; fi
-fi
-build_target "$target"
+build_target() {
+  local target
+  target=$(normalize_target "$1")
+  case "$target" in
+    host) build_host ;;
+    all) for t in "${TARGETS[@]}"; do build_target "$t"; done ;;
+    linux-amd64|linux-arm64|linux-armv7)
+      # The host's own architecture needs no container (and no docker).
+      if [ "$target" = "$(host_target)" ]; then build_host; else build_in_container "$target"; fi ;;
+    *) die "unknown target '$1': choose host, linux-amd64, linux-arm64, linux-armv7 or all" ;;
+  esac
+}
+
+main() {
+  if [ "${1:-}" = "--dry-run" ]; then DRY_RUN=1; shift; fi
+  case "${1:-}" in -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+  [ $# -le 1 ] || die "one target at a time (or 'all'); see ./build.sh --help"
+  local target=${1:-}
+  if [ -z "$target" ]; then
+    if [ -t 0 ] && [ -t 1 ]; then target=$(menu); else target=host; fi
+  fi
+  build_target "$target"
+}
+
+main "$@"

@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import stat
 import struct
 import tarfile
@@ -85,7 +86,8 @@ def write_archive(out_path, kind, settings, image_meta, rootfs_dir, upper_dir=No
     if upper_dir is not None:
         trees["upper"] = Path(upper_dir)
     counter = _Counter(progress, sum(_tree_data_bytes(t) for t in trees.values()))
-    tmp = out_path.parent / f".{out_path.name}.{secrets.token_hex(4)}.partial"
+    # Staging names carry our pid, so `kiwi cleanup` can tell a live writer from a crashed one.
+    tmp = out_path.parent / f".kiwi-partial-{os.getpid()}-{secrets.token_hex(4)}-{out_path.name}"
     try:
         with open(tmp, "xb") as raw:
             os.fchmod(raw.fileno(), 0o600)  # it holds a whole filesystem, /etc/shadow too
@@ -184,14 +186,18 @@ class _Counter:
 
 
 def _tree_data_bytes(root: Path) -> int:
-    total = 0
+    """File data to archive (hard links once): the progress total, from metadata only."""
+    total, seen = 0, set()
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             try:
                 st = os.lstat(os.path.join(dirpath, name))
             except FileNotFoundError:
                 continue
-            if stat.S_ISREG(st.st_mode):
+            inode = (st.st_dev, st.st_ino)
+            if stat.S_ISREG(st.st_mode) and inode not in seen:
+                if st.st_nlink > 1:
+                    seen.add(inode)
                 total += st.st_size
     return total
 
@@ -385,15 +391,28 @@ def extract_archive(path, rootfs_dest=None, upper_dest=None, progress=None) -> d
     """Extract the parts whose destination is given; returns the manifest.
 
     Sums are checked while streaming; on any problem a KiwiError is raised and
-    the caller removes the destinations (they may hold part of the content).
+    destinations this call created are removed again (ones that existed
+    before may hold part of the content: the caller removes those).
     A part without a destination is not extracted: with no rootfs_dest the
     reader seeks straight to the upper part.
     """
-    from .extract import open_archive
     manifest = read_manifest(path)
     wanted = _wanted_parts(manifest, rootfs_dest, upper_dest)
+    dests = [Path(d) for d in (rootfs_dest, upper_dest) if d is not None]
+    made_here = [d for d in dests if not os.path.lexists(d)]
+    try:
+        _extract_parts(path, manifest, wanted, rootfs_dest, upper_dest, progress)
+    except BaseException:
+        for dest in made_here:  # what existed before is the caller's to clean
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _extract_parts(path, manifest, wanted, rootfs_dest, upper_dest, progress):
+    from .extract import open_archive
     if not wanted:
-        return manifest
+        return
     counter = _Counter(progress, sum(manifest["parts"][p]["size"] for p in wanted))
     if wanted[0] == "rootfs":
         stream = open_archive(path)  # decompresses ahead in a thread
@@ -407,7 +426,6 @@ def extract_archive(path, rootfs_dest=None, upper_dest=None, progress=None) -> d
                      counter, path)
         if wanted[-1] == [p for p in PART_ORDER if p in manifest["parts"]][-1]:
             _guarded(path, _check_end, stream)
-    return manifest
 
 
 def _wanted_parts(manifest, rootfs_dest, upper_dest) -> list:
@@ -569,7 +587,7 @@ def _extract_part(stream, part, name, dest, counter, path):
 
 
 class _MemberRouter:
-    """Maps `<part>/…` members to paths in the part's Extractor, whiteouts back to overlay ones."""
+    """Routes `<part>/…` members into the part's Extractor; OCI whiteouts become overlay ones."""
 
     def __init__(self, extractor, part):
         self.extractor, self.part = extractor, part

@@ -15,7 +15,7 @@ from .store import Store
 
 
 def run(store: Store) -> list[str]:
-    removed: list[str] = []
+    removed: list[str] = clean_sessions(store)  # first: their files keep runtime dirs busy
     running = set()
     busy = set()
     for cid in store.container_ids():
@@ -28,8 +28,8 @@ def run(store: Store) -> list[str]:
     keep = running | busy
     removed += clean_orphan_cgroups(keep)
     removed += clean_orphan_veths(keep)
-    removed += clean_sessions(store)
     removed += clean_tmp(store)
+    removed += clean_partial_archives(store)
     removed += clean_ipam(store)
     if not keep:
         removed += clean_nat()
@@ -70,6 +70,8 @@ def clean_orphan_cgroups(keep: set[str]) -> list[str]:
         cgroup.kill_all()
         cgroup.remove()
         out.append(f"cgroup of container {cid}")
+    if not keep:
+        cgroups.remove_parent_if_empty()
     return out
 
 
@@ -119,7 +121,11 @@ def clean_tmp(store: Store) -> list[str]:
         names = os.listdir(store.tmp_dir)
     except FileNotFoundError:
         return out
+    from . import images
+    out += [f"half-written import {name}" for name in images.remove_stale_staging(store)]
     for name in names:
+        if name.startswith(images.STAGING_PREFIX):
+            continue  # flock-guarded; handled just above
         owner = staging_owner(name)
         if owner is not None and owner != os.getpid() and pid_alive(owner):
             continue
@@ -130,6 +136,26 @@ def clean_tmp(store: Store) -> list[str]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         out.append(f"half-written {path}")
+    return out
+
+
+def clean_partial_archives(store: Store) -> list[str]:
+    """.kiwi-partial-<pid>-... files of archive writers that died."""
+    out = []
+    for folder in (store.root, store.exports_dir):
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if not name.startswith(".kiwi-partial-"):
+                continue
+            pid = name.split("-")[2]
+            if pid.isdigit() and pid_alive(int(pid)):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder / name)
+            out.append(f"half-written {folder / name}")
     return out
 
 

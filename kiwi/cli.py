@@ -5,7 +5,6 @@ that needs them, so `kiwi --version` or `kiwi list` stay fast.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -13,6 +12,7 @@ from . import __version__
 from .errors import KiwiError
 
 PROG = "kiwi"
+VERSION_TEXT = f"{PROG} {__version__}"
 
 # Commands that work without root where the files allow it.
 READ_ONLY_COMMANDS = {"list", "ip", "sessions", "help"}
@@ -22,12 +22,18 @@ class UsageError(KiwiError):
     exit_code = 2
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one `kiwi: ...` line and exit 2."""
+def parser_class():
+    """argparse, but a usage mistake is one `kiwi: ...` line and exit 2.
 
-    def error(self, message):
-        hint = self.prog if self.prog != PROG else PROG
-        raise UsageError(f"{message}; see '{hint} --help'")
+    Built on first use: importing argparse is a visible part of `kiwi --version`."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            hint = self.prog if self.prog != PROG else PROG
+            raise UsageError(f"{message}; see '{hint} --help'")
+
+    return Parser
 
 
 def size_or_host(text: str) -> str:
@@ -35,6 +41,7 @@ def size_or_host(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    Parser = parser_class()
     parser = Parser(
         prog=PROG,
         description="Kiwi: small Linux containers you learn in two minutes. "
@@ -42,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="A container is named by its id, any unique prefix of its id, or its name. "
                "'kiwi help <command>' shows a command's help.",
     )
-    parser.add_argument("--version", action="version", version=f"kiwi {__version__}")
+    parser.add_argument("--version", action="version", version=VERSION_TEXT)
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=Parser)
 
     p = sub.add_parser("list", help="list containers and images")
@@ -155,6 +162,10 @@ def require_root(command: str) -> None:
 
 
 def run(argv: list[str]) -> int:
+    if argv == ["--version"]:
+        # Same output as argparse's version action, without building the parser.
+        print(VERSION_TEXT)
+        return 0
     args = parse(argv)
     if not args.command:
         args.parser.print_help()
@@ -171,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     except KiwiError as e:
         print(f"{PROG}: {e.message}", file=sys.stderr)
         return e.exit_code
+    except PermissionError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"{PROG}: permission denied{where}; run it as root: sudo {PROG} ...", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -223,7 +223,9 @@ def cmd_attach(args) -> int:
         raise KiwiError("which container? kiwi attach <container> [-- command]")
     from . import runtime
     cid = store.resolve_container(args.container)
-    runtime.ensure_running(store, cid)
+    record = runtime.ensure_running(store, cid)
+    if record.get("warning"):
+        warn(record["warning"])
     if args.direct or args.cmd:
         if args.session:
             raise KiwiError("--session opens a shell; run a command with: kiwi attach <c> -- cmd")

@@ -110,6 +110,7 @@ def create(store: Store, image: str, name: str | None = None, storage_text: str 
             config["ipv4"] = ipam.allocate(store, cid)
             try:
                 atomic_write_json(staging / "config.json", config)
+                os.chmod(staging, 0o755)  # readable config for `list`/`ip` without root
                 os.rename(staging, store.container_dir(cid))
             except BaseException:
                 ipam.release(store, config["ipv4"])

@@ -43,7 +43,7 @@ from pathlib import Path
 from .errors import KiwiError
 
 DATA_CHUNK = 1 << 20          # decompressed bytes handed over per step, and file copy size
-TAR_BUFSIZE = 64 << 10        # tarfile's stream buffer; small reads copy its rest, so not huge
+TAR_BUFSIZE = 32 << 10        # tarfile's stream buffer; small reads copy its rest: keep it modest
 QUEUE_DEPTH = 16              # decompressed chunks buffered ahead of the extractor
 DIR_FD_CACHE = 256            # open directory fds kept (well below the usual 1024 limit)
 PROGRESS_INTERVAL = 0.1       # seconds between progress calls
@@ -101,6 +101,8 @@ def _detect_format(head: bytes, path: Path) -> str:
                        (b"BZh", "bz2"), (b"\x28\xb5\x2f\xfd", "zstd")):
         if head.startswith(magic):
             return fmt
+    if head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50:
+        return "zstd"  # starts with a zstd skippable frame (e.g. a seekable-format index)
     if _looks_like_tar(head):
         return "tar"
     raise KiwiError(f"{path} is not a {_FORMATS} archive")
@@ -126,11 +128,115 @@ def _open_decoder(fmt: str, raw):
     if fmt == "bz2":
         return bz2.BZ2File(raw, "rb")
     if fmt == "zstd":
-        import zstandard  # only archives that need it pay for the import
-        # Large max window: archives made with `zstd --long` must open too.
-        return zstandard.ZstdDecompressor(max_window_size=1 << 31).stream_reader(
-            raw, read_size=DATA_CHUNK, read_across_frames=True)
+        return _ZstdReader(raw)
     return raw
+
+
+class _ZstdReader:
+    """zstd stream_reader (bounded output, all frames) that also notices a cut file.
+
+    The zstandard stream reader ends quietly when its input stops mid-frame,
+    so the frame and block headers are followed alongside (contents skipped).
+    """
+
+    def __init__(self, raw):
+        import zstandard  # only archives that need it pay for the import
+        self._frames = _ZstdFrameWalker()
+        # Large max window: archives made with `zstd --long` must open too.
+        self._reader = zstandard.ZstdDecompressor(max_window_size=1 << 31).stream_reader(
+            _WatchedInput(raw, self._frames.feed), read_size=DATA_CHUNK, read_across_frames=True)
+
+    def read(self, size: int) -> bytes:
+        data = self._reader.read(size)
+        if not data:
+            self._frames.check_complete()
+        return data
+
+    def close(self):
+        self._reader.close()
+
+
+class _WatchedInput:
+    """Passes every byte read to `watch` as well."""
+
+    def __init__(self, raw, watch):
+        self.raw, self.watch = raw, watch
+
+    def read(self, size=-1):
+        data = self.raw.read(size)
+        self.watch(data)
+        return data
+
+    def readable(self):
+        return True
+
+
+class _ZstdFrameWalker:
+    """Follows zstd frame structure (RFC 8878) without decoding, to see where it ends."""
+
+    def __init__(self):
+        self._head = b""
+        self._need = 4            # bytes of the next header field
+        self._skip = 0            # content bytes to pass over
+        self._step = self._magic  # what to do with the next header field
+        self._checksum = 0
+        self.frames = 0
+
+    def feed(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            take = min(self._need - len(self._head), end - pos)
+            self._head += data[pos:pos + take]
+            pos += take
+            if len(self._head) == self._need:
+                field, self._head = self._head, b""
+                self._step(field)
+
+    def check_complete(self) -> None:
+        if self._step != self._magic or self._head or self._skip or not self.frames:
+            raise EOFError("zstd data ends in the middle of a frame")
+
+    def _expect(self, need: int, step, skip: int = 0) -> None:
+        self._need, self._step, self._skip = need, step, skip
+
+    def _magic(self, field: bytes) -> None:
+        magic = int.from_bytes(field, "little")
+        if magic == 0xFD2FB528:
+            self._expect(1, self._frame_header)
+        elif magic & 0xFFFFFFF0 == 0x184D2A50:
+            self._expect(4, self._skippable_size)
+        else:
+            raise ValueError("not zstd data")
+
+    def _skippable_size(self, field: bytes) -> None:
+        self.frames += 1
+        self._expect(4, self._magic, skip=int.from_bytes(field, "little"))
+
+    def _frame_header(self, field: bytes) -> None:
+        descriptor = field[0]
+        single_segment = descriptor >> 5 & 1
+        self._checksum = 4 if descriptor >> 2 & 1 else 0
+        window = 0 if single_segment else 1
+        dict_id = (0, 1, 2, 4)[descriptor & 3]
+        content_size = (single_segment, 2, 4, 8)[descriptor >> 6]
+        self._expect(3, self._block, skip=window + dict_id + content_size)
+
+    def _block(self, field: bytes) -> None:
+        header = int.from_bytes(field, "little")
+        last, kind, size = header & 1, header >> 1 & 3, header >> 3
+        if kind == 3:
+            raise ValueError("reserved zstd block type")
+        content = 1 if kind == 1 else size  # an RLE block stores its byte once
+        if last:
+            self.frames += 1
+            self._expect(4, self._magic, skip=content + self._checksum)
+        else:
+            self._expect(3, self._block, skip=content)
 
 
 class _HashingReader:
@@ -282,7 +388,8 @@ def iter_members(tar: tarfile.TarFile, path):
         try:
             member = tar.next()
         except tarfile.TarError as e:
-            raise KiwiError(f"cannot read {path}: {e}; the archive is damaged, get it again") from None
+            raise KiwiError(f"cannot read {path}: {e}; the archive is damaged,"
+                            f" get it again") from None
         if member is None:
             return
         # Stream mode never looks back, so don't let tarfile keep every member.
@@ -331,11 +438,11 @@ def normalise_member_path(name: str) -> str:
     """
     if name.startswith("/"):
         raise UnsafeArchiveError(
-            f"archive member '{name}' has an absolute path; refusing the archive, it is unsafe")
+            f"archive member {name!r} has an absolute path; refusing the archive, it is unsafe")
     parts = [p for p in name.split("/") if p and p != "."]
     if ".." in parts:
         raise UnsafeArchiveError(
-            f"archive member '{name}' climbs out with '..'; refusing the archive, it is unsafe")
+            f"archive member {name!r} climbs out with '..'; refusing the archive, it is unsafe")
     return "/".join(parts)
 
 
@@ -440,7 +547,8 @@ class Extractor:
             if member.isdir():
                 self._add_dir(rel, member)
             elif not rel:
-                raise KiwiError(f"archive member '{member.name}' names the top folder but is not a directory")
+                raise KiwiError(f"archive member {member.name!r} names the top folder"
+                                f" but is not a directory; the archive is damaged")
             elif member.isreg():
                 self._add_file(tar, rel, member)
             elif member.issym():
@@ -448,10 +556,12 @@ class Extractor:
             elif member.islnk():
                 self._add_hardlink(rel, member, linkpath)
             else:
+                self._locate(rel, member.name)  # its folder still exists, as with tar
                 self.stats.skipped += 1
                 self._skipped.add(rel)
         except OSError as e:
-            raise KiwiError(f"cannot extract '{member.name}' into {self.dest}: {e.strerror}") from None
+            raise KiwiError(f"cannot extract {member.name!r} into {self.dest}:"
+                            f" {e.strerror}") from None
 
     def add_whiteout(self, relpath: str) -> None:
         rel = self._whiteout_path(relpath)
@@ -460,7 +570,8 @@ class Extractor:
             self._create(parent, leaf, rel, relpath, lambda: os.mknod(
                 leaf, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent))
         except OSError as e:
-            raise KiwiError(f"cannot create whiteout '{relpath}' in {self.dest}: {e.strerror}") from None
+            raise KiwiError(f"cannot create whiteout {relpath!r} in {self.dest}:"
+                            f" {e.strerror}") from None
         self.stats.whiteouts += 1
 
     def set_opaque(self, relpath: str) -> None:
@@ -469,7 +580,8 @@ class Extractor:
         try:
             os.setxattr(fd, "trusted.overlay.opaque", b"y")
         except OSError as e:
-            raise KiwiError(f"cannot mark '{relpath}' opaque in {self.dest}: {e.strerror}") from None
+            raise KiwiError(f"cannot mark {relpath!r} opaque in {self.dest}:"
+                            f" {e.strerror}") from None
 
     def finish(self) -> ExtractStats:
         # Deepest first and the top folder last, after everything inside is written.
@@ -477,7 +589,8 @@ class Extractor:
             try:
                 self._apply_dir_meta(self._dir_fd(rel, rel, create=False), rel, self._deferred[rel])
             except OSError as e:
-                raise KiwiError(f"cannot set owner, mode or time of '{rel}' in {self.dest}: {e.strerror}") from None
+                raise KiwiError(f"cannot set owner, mode, attributes or time of {rel!r}"
+                                f" in {self.dest}: {e.strerror}") from None
         self._deferred.clear()
         self.close()
         return self.stats
@@ -492,9 +605,9 @@ class Extractor:
                 if not stat.S_ISDIR(os.stat(leaf, dir_fd=parent, follow_symlinks=False).st_mode):
                     self._clear_slot(parent, leaf, rel, member.name)
                     os.mkdir(leaf, 0o700, dir_fd=parent)
+            self.stats.dirs += 1  # the top folder itself is not an entry of the tree
         self._deferred[rel] = _DirMeta(member.mode & 0o7777, member.uid, member.gid,
                                        _mtime_ns(member), _member_xattrs(member))
-        self.stats.dirs += 1
 
     def _add_file(self, tar, rel: str, member) -> None:
         parent, leaf = self._locate(rel, member.name)
@@ -543,7 +656,7 @@ class Extractor:
                 target_leaf, leaf, src_dir_fd=target_parent, dst_dir_fd=parent,
                 follow_symlinks=False))
         except FileNotFoundError:
-            raise KiwiError(f"hard link '{member.name}' points to '{member.linkname}',"
+            raise KiwiError(f"hard link {member.name!r} points to {member.linkname!r},"
                             f" which the archive does not contain before it") from None
         finally:
             os.close(target_parent)
@@ -554,33 +667,49 @@ class Extractor:
             target = normalise_member_path(member.linkname if linkpath is None else linkpath)
         except UnsafeArchiveError:
             raise UnsafeArchiveError(
-                f"hard link '{member.name}' points outside the target ('{member.linkname}');"
+                f"hard link {member.name!r} points outside the target ({member.linkname!r});"
                 f" refusing the archive, it is unsafe") from None
         if not target:
-            raise KiwiError(f"hard link '{member.name}' points to the top folder; the archive is damaged")
+            raise KiwiError(f"hard link {member.name!r} points to the top folder;"
+                            f" the archive is damaged")
         return target
 
     def _whiteout_path(self, relpath: str) -> str:
         if not self.allow_whiteouts:
             raise UnsafeArchiveError(
-                f"archive member '{relpath}' is an overlay whiteout, which is not allowed here;"
+                f"archive member {relpath!r} is an overlay whiteout, which is not allowed here;"
                 f" refusing the archive")
         rel = normalise_member_path(relpath)
         if not rel:
-            raise UnsafeArchiveError("an overlay whiteout names the top folder; refusing the archive")
+            raise UnsafeArchiveError("an overlay whiteout names the top folder;"
+                                     " refusing the archive")
         return rel
 
     # -- helpers
     def _copy_data(self, tar, member, fd: int) -> None:
-        source = tar.extractfile(member)
+        source = self._data_source(tar, member)
         remaining = member.size
         while remaining:
-            data = source.read(min(remaining, DATA_CHUNK))
+            try:
+                data = source.read(min(remaining, DATA_CHUNK))
+            except tarfile.ReadError:
+                data = b""
             if not data:
-                raise KiwiError(f"the archive ends in the middle of '{member.name}';"
+                raise KiwiError(f"the archive ends in the middle of {member.name!r};"
                                 f" it is truncated, get it again")
             _write_all(fd, data)
             remaining -= len(data)
+
+    @staticmethod
+    def _data_source(tar, member):
+        """Where the member's bytes come from.
+
+        In stream mode the data follows the header, so read the stream itself and
+        spare extractfile()'s two extra layers of buffering (one copy less per byte).
+        """
+        if not member.sparse and tar.fileobj.tell() == member.offset_data:
+            return tar.fileobj
+        return tar.extractfile(member)
 
     def _set_xattrs(self, target, member, follow_symlinks: bool = True) -> None:
         for name, value in _member_xattrs(member):
@@ -592,7 +721,7 @@ class Extractor:
             try:
                 os.setxattr(target, name, value, follow_symlinks=follow_symlinks)
             except OSError as e:
-                raise KiwiError(f"cannot set extended attribute {name} of '{member.name}'"
+                raise KiwiError(f"cannot set extended attribute {name!r} of {member.name!r}"
                                 f" in {self.dest}: {e.strerror}") from None
 
     def _apply_dir_meta(self, fd: int, rel: str, meta: _DirMeta) -> None:
@@ -624,8 +753,8 @@ class Extractor:
             os.rmdir(leaf, dir_fd=parent)
         except OSError as e:
             if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise KiwiError(f"archive member '{member_name}' would replace the non-empty"
-                                f" directory '{rel}'; the archive is damaged") from None
+                raise KiwiError(f"archive member {member_name!r} would replace the non-empty"
+                                f" directory {rel!r}; the archive is damaged") from None
             raise
 
     def _locate(self, rel: str, member_name: str, create: bool = True) -> tuple[int, str]:
@@ -656,12 +785,13 @@ class Extractor:
                 return depth, fd
         return 0, self._root_fd
 
-    def _open_subdir(self, parent: int, name: str, path: str, member_name: str, create: bool) -> int:
+    def _open_subdir(self, parent: int, name: str, path: str, member_name: str,
+                     create: bool) -> int:
         try:
             return os.open(name, _DIR_FLAGS, dir_fd=parent)
         except FileNotFoundError:
             if not create:
-                raise KiwiError(f"archive member '{member_name}' needs '{path}',"
+                raise KiwiError(f"archive member {member_name!r} needs {path!r},"
                                 f" which the archive does not contain") from None
             os.mkdir(name, 0o755, dir_fd=parent)  # a folder the archive implies but does not list
             return os.open(name, _DIR_FLAGS, dir_fd=parent)
@@ -670,9 +800,9 @@ class Extractor:
                 raise
             if _is_symlink(parent, name):
                 raise UnsafeArchiveError(
-                    f"archive member '{member_name}' would be written through the symlink"
-                    f" '{path}'; refusing the archive, it is unsafe") from None
-            raise KiwiError(f"archive member '{member_name}' needs '{path}' to be a folder,"
+                    f"archive member {member_name!r} would be written through the symlink"
+                    f" {path!r}; refusing the archive, it is unsafe") from None
+            raise KiwiError(f"archive member {member_name!r} needs {path!r} to be a folder,"
                             f" but the archive made it a file") from None
 
     def _remember(self, path: str, fd: int) -> None:
@@ -681,7 +811,7 @@ class Extractor:
             os.close(self._dir_fds.popitem(last=False)[1])
 
     def _forget_dir(self, rel: str) -> None:
-        """A folder is being removed: drop its cached fds and deferred metadata, and its children's."""
+        """A folder is going away: drop the cached fds and deferred metadata of it and below."""
         prefix = rel + "/"
         for path in [p for p in self._dir_fds if p == rel or p.startswith(prefix)]:
             os.close(self._dir_fds.pop(path))

@@ -161,8 +161,9 @@ def attach_container(cid: str, ipv4: str, netns_pid: int) -> str:
     detach_container(cid)  # a stale pair from a crashed start
     with IPRoute() as ipr:
         bridge_index = link_index(ipr, bridge)
-        if bridge_index is None:
-            raise KiwiError(f"bridge {bridge} is missing; start the container again")
+        if bridge_index is None:  # removed by a concurrent cleanup
+            ensure_bridge()
+            bridge_index = link_index(ipr, bridge)
         create_veth_pair(ipr, host, netns_pid)
         try:
             ipr.link("set", index=link_index(ipr, host), master=bridge_index, state="up")

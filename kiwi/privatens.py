@@ -62,6 +62,22 @@ def mount_state(store, cid: str, mountpoint: str) -> str:
     if not img.exists():
         return str(storage.folder_path(cdir))
     os.makedirs(mountpoint, mode=0o700, exist_ok=True)
-    with loop.attach(str(img)) as dev:
-        sc.mount(str(dev), mountpoint, "ext4", sc.MS_NOSUID | sc.MS_NODEV, None)
+    mount_ext4_image(str(img), mountpoint)
     return mountpoint
+
+
+def mount_ext4_image(img: str, mountpoint: str) -> None:
+    """Mount an ext4 image file. When a loop device already serves it (the container
+    runs, or is mounted), mount THAT device: the kernel then shares the one
+    superblock, while a second loop device would be a second, corrupting writer."""
+    from . import loop
+    from . import syscalls as sc
+    flags = sc.MS_NOSUID | sc.MS_NODEV
+    for dev in loop.find_by_backing_file(img):
+        try:
+            sc.mount(dev, mountpoint, "ext4", flags, None)
+            return
+        except OSError:
+            continue
+    with loop.attach(img) as dev:
+        sc.mount(str(dev), mountpoint, "ext4", flags, None)

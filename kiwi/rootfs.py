@@ -39,7 +39,9 @@ def mount_state(device: str | None, state_dir: str, mountpoint: str) -> str:
 
 def mount_overlay(lower: str, state: str, target: str) -> None:
     data = (f"lowerdir={overlay_escape(lower)},upperdir={overlay_escape(state + '/upper')},"
-            f"workdir={overlay_escape(state + '/work')}")
+            f"workdir={overlay_escape(state + '/work')},"
+            # Self-contained upper dirs: snap and commit read them as plain trees.
+            "redirect_dir=off,metacopy=off")
     sc.mount("overlay", target, "overlay", 0, data)
 
 
@@ -148,10 +150,10 @@ def write_container_file(path: str, text: str, mode: int = 0o644) -> None:
         os.close(dfd)
 
 
-def write_identity_files(hostname: str) -> None:
+def write_identity_files(hostname: str, ipv4: str | None) -> None:
     from . import dns
     write_container_file("/etc/hostname", hostname + "\n")
-    write_container_file("/etc/hosts", dns.hosts_text(hostname))
+    write_container_file("/etc/hosts", dns.hosts_text(hostname, ipv4))
     write_container_file("/etc/resolv.conf", dns_text_cached())
 
 

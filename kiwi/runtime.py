@@ -144,6 +144,8 @@ class Starter:
                 from . import network
                 record["veth"] = network.attach_container(self.cid, self.config["ipv4"], init_pid)
             atomic_write_json(runtime_file(self.store, self.cid), record, mode=0o600)
+            if getattr(self, "nat_warning", None):
+                record["warning"] = self.nat_warning  # for the CLI to show; not persisted
             return record
         except BaseException:
             teardown(self.store, self.cid)
@@ -228,7 +230,7 @@ class Starter:
             security.mask_proc_paths()
             hostname = self.config.get("name") or self.cid
             sc.sethostname(hostname)
-            rootfs.write_identity_files(hostname)
+            rootfs.write_identity_files(hostname, self.config.get("ipv4") if self.separate_net else None)
             redirect_stdio_to_null()
             os.write(status_w, b"ready\n")
             security.close_fds_except_stdio(keep=(memfd, status_w))
@@ -355,8 +357,12 @@ def spawn(store: Store, cid: str, argv: list[str] | None, fds=(0, 1, 2), term: s
 
 def relay_child(cgroup, ns_fds, config, argv, fds, term, session_setup, err_w) -> None:
     """Host-side child: join everything, fork the real command into the PID namespace, relay its status."""
+    from . import security
     from . import syscalls as sc
     try:
+        # Hold nothing of the caller's (a session daemon's PTY master above all:
+        # the shell must see a hangup when that daemon dies).
+        security.close_fds_except_stdio(keep=(*fds, err_w, *(fd for fd, _ in ns_fds)))
         # Nothing inside may ptrace or read /proc/<pid>/exe of this host binary.
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         cgroup.add_pid(os.getpid())
@@ -366,8 +372,7 @@ def relay_child(cgroup, ns_fds, config, argv, fds, term, session_setup, err_w) -
         pid = os.fork()
         if pid == 0:
             exec_in_container(config, argv, fds, term, session_setup, err_w)
-        os.close(err_w)
-        for fd, _ in ns_fds:
+        for fd in {err_w, *(fd for fd, _ in ns_fds), *(fd for fd in fds if fd > 2)}:
             os.close(fd)
         os._exit(relay_status(pid))
     except BaseException as e:  # noqa: BLE001

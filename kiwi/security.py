@@ -21,6 +21,7 @@ Everything here runs in a forked child and never prints.
 
 import errno
 import os
+import signal
 import struct
 import sys
 from pathlib import Path
@@ -328,4 +329,11 @@ def exec_init(memfd: int, env=None) -> None:
     """Replace this process with kiwi-init (returns only by raising OSError)."""
     if env is None:
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-    sc.execveat(memfd, [INIT_NAME], env)
+    # The mask survives exec: a SIGTERM arriving before kiwi-init's own
+    # sigprocmask stays pending instead of being dropped (PID 1 of a namespace
+    # ignores default-action signals).
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        sc.execveat(memfd, [INIT_NAME], env)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

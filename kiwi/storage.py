@@ -49,6 +49,7 @@ def create_state(container_dir: Path, size: int | None) -> None:
             os.mkdir(os.path.join(seed, sub), 0o755)
         img = image_path(container_dir)
         with open(img, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)  # the container's whole writable data
             f.truncate(size)
         run_tool(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "kiwi-state",
                   "-E", "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0",

@@ -219,13 +219,13 @@ class Store:
 
 def migrate_old_folder(old: Path, new: Path) -> None:
     """Older Kiwi kept its data in ./.kiwi; move it once to the visible kiwi-data/."""
-    if old.is_dir() and not old.is_symlink() and not new.exists():
-        with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError):  # not root, or nothing to move
+        if old.is_dir() and not old.is_symlink() and not new.exists():
             os.rename(old, new)
 
 
 def migrate_old_runtime(root: Path) -> None:
     old, new = root / "run", root / "mounts"
-    if old.is_dir() and not old.is_symlink() and not new.exists():
-        with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError):
+        if old.is_dir() and not old.is_symlink() and not new.exists():
             os.rename(old, new)

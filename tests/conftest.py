@@ -101,7 +101,8 @@ def teardown_env(kiwi: Kiwi) -> None:
         for row in rows:
             if row.get("mount"):
                 kiwi("unmount", row["id"], check=False)
-            kiwi("stop", row["id"], "--time", "2", check=False)
+            if row.get("status") == "running":
+                kiwi("stop", row["id"], "--time", "2", check=False)
         kiwi("cleanup", check=False)
     remove_network(kiwi.env)
     unmount_below(kiwi.root.parent)

@@ -334,3 +334,24 @@ def _wait_for(condition, seconds: float = 5.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def test_lowering_memory_below_usage(lab):
+    group = lab.cgroup()
+    group.set_limits(memory=128 * MiB, cpus=None)
+    holder = lab.python(group, HOLD_32M)
+    assert holder.stdout.readline() == b"ready\n"
+    if group.version == "v1":
+        # v1 cannot reclaim anonymous memory without swap: the write is refused, old limit kept.
+        with pytest.raises(KiwiError, match="uses more"):
+            group.set_limits(memory=8 * MiB, cpus=None)
+        assert group.limits()["memory"] == 128 * MiB
+        memsw = group.path("memory") / "memory.memsw.limit_in_bytes"
+        if memsw.exists():
+            assert int(memsw.read_text()) == 128 * MiB
+        assert holder.poll() is None
+    else:
+        # v2 applies the limit and the OOM killer takes the holder.
+        group.set_limits(memory=8 * MiB, cpus=None)
+        assert holder.wait(timeout=10) == -9
+        assert group.oom_kills() >= 1

@@ -133,3 +133,32 @@ def test_mounted_autoclear_device_detaches_on_umount(make_backing, tmp_path):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, report
     assert loop.find_by_backing_file(backing) == []
+
+
+def sysfs_flag(device, name) -> str:
+    return open(f"/sys/block/{os.path.basename(device)}/loop/{name}").read().strip()
+
+
+def test_autoclear_flag_is_set(make_backing):
+    backing = make_backing()
+    with loop.attach(backing) as device:
+        assert sysfs_flag(device, "autoclear") == "1"
+        loop.detach(device)  # lazily: we still hold it open
+    assert not is_bound(device)
+
+
+def test_legacy_set_fd_path_for_kernels_without_loop_configure(make_backing, monkeypatch):
+    real_ioctl_ptr = sc.ioctl_ptr
+
+    def kernel_before_5_8(fd, request, arg):
+        if request == sc.LOOP_CONFIGURE:
+            raise OSError(22, "Invalid argument")
+        return real_ioctl_ptr(fd, request, arg)
+
+    monkeypatch.setattr(loop.sc, "ioctl_ptr", kernel_before_5_8)
+    backing = make_backing()
+    with loop.attach(backing, read_only=True) as device:
+        assert loop.backing_file(device) == str(backing)
+        assert sysfs_flag(device, "autoclear") == "1"
+        assert open(f"/sys/block/{os.path.basename(device)}/ro").read().strip() == "1"
+    assert not is_bound(device)

@@ -4,13 +4,17 @@ Anything that mounts runs in a forked child that first unshares its mount
 namespace and makes / rprivate, so nothing reaches the host mount table.
 """
 
+import ctypes
+import errno
 import os
 import shutil
 import signal
+import subprocess
 import traceback
 
 import pytest
 
+from kiwi import security
 from kiwi import syscalls as sc
 
 
@@ -235,3 +239,159 @@ def test_capget_reports_root_capabilities():
     effective, permitted, _ = sc.capget()
     assert effective & (1 << 21)  # CAP_SYS_ADMIN: these tests run as real root
     assert permitted & effective == effective
+
+
+# -- kiwi.security on the real kernel ----------------------------------------
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.syscall.restype = ctypes.c_long
+NR = security.SYSCALL_NUMBERS[security.machine_abis()[0]]
+
+
+def raw_syscall(name, *args) -> int:
+    """errno of the raw syscall (0 on success)."""
+    ctypes.set_errno(0)
+    ret = LIBC.syscall(ctypes.c_long(NR[name]), *(ctypes.c_long(a) for a in args))
+    return ctypes.get_errno() if ret < 0 else 0
+
+
+# Arguments that make each call fail harmlessly (or do nothing) when unfiltered.
+HARMLESS_CALLS = {
+    "mount": ("mount", 0, 0, 0, 0, 0),            # EFAULT
+    "setns": ("setns", -1, 0),                    # EBADF
+    "open_by_handle_at": ("open_by_handle_at", -1, 0, 0),  # EBADF
+    "unshare_newuser": ("unshare", 0x10000000),   # would succeed in the child
+}
+
+
+def errnos_of(calls, install_filter: bool) -> dict:
+    """Run calls in a fresh child; return {label: errno}."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if install_filter:
+                security.install_seccomp()
+            results = {label: raw_syscall(*call) for label, call in calls.items()}
+            os.write(write_end, repr(results).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        output = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert output, "child died before reporting"
+    return eval(output)  # a dict literal of ints written by our own child
+
+
+def test_seccomp_denies_dangerous_syscalls_with_eperm():
+    calls = dict(HARMLESS_CALLS)
+    calls["kexec_load"] = ("kexec_load", 0, 1000, 0, 0)  # EINVAL: too many segments
+    calls["init_module"] = ("init_module", 0, 0, 0)
+    calls["clone_newuser"] = ("clone", 0x10000000 | 17, 0, 0, 0, 0)
+    filtered = errnos_of(calls, install_filter=True)
+    assert filtered == {label: errno.EPERM for label in calls}
+
+
+def test_seccomp_is_what_denies_them():
+    """Control run without the filter: the same calls do not fail with EPERM."""
+    unfiltered = errnos_of(HARMLESS_CALLS, install_filter=False)
+    assert errno.EPERM not in unfiltered.values(), unfiltered
+
+
+def test_normal_work_continues_under_seccomp(tmp_path):
+    def body():
+        security.install_seccomp()
+        (tmp_path / "file").write_text("ok")
+        assert (tmp_path / "file").read_text() == "ok"
+        # posix_spawn tries clone3 first: ENOSYS must make it fall back to clone
+        done = subprocess.run(["sh", "-c", "echo child; true"], capture_output=True)
+        assert done.stdout == b"child\n"
+        with open("/proc/self/status") as status:
+            assert "Seccomp:\t2" in status.read()
+
+    run_in_child(body, namespaces=0)
+
+
+def status_fields(text: str) -> dict:
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def test_drop_capabilities_leaves_docker_set_without_mknod():
+    expected = security.capability_mask(security.KEPT_CAPABILITIES)
+
+    def body():
+        security.drop_capabilities()
+        fields = status_fields(open("/proc/self/status").read())
+        for name in ("CapEff", "CapPrm", "CapBnd"):
+            assert int(fields[name], 16) == expected, (name, fields[name])
+        assert int(fields["CapInh"], 16) == 0
+        assert int(fields["CapAmb"], 16) == 0
+        # root keeps exactly this set across exec (the bounding set decides)
+        after_exec = status_fields(open_status_via_exec())
+        assert int(after_exec["CapEff"], 16) == expected
+        assert int(after_exec["CapBnd"], 16) == expected
+        with pytest.raises(PermissionError):  # CAP_SYS_ADMIN is gone
+            sc.sethostname("nope")
+
+    run_in_child(body, namespaces=sc.CLONE_NEWUTS)
+
+
+def open_status_via_exec() -> str:
+    return subprocess.run(["cat", "/proc/self/status"], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_mask_proc_paths(tmp_path):
+    root = tmp_path / "root"
+    (root / "proc").mkdir(parents=True)
+    (root / "sys").mkdir()
+
+    def body():
+        sc.mount("proc", root / "proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+        sc.mount("sysfs", root / "sys", "sysfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+        security.mask_proc_paths(root)
+        for relative in security.MASKED_FILES:
+            path = root / relative
+            if path.exists():
+                assert os.major(os.stat(path).st_rdev) == 1, relative  # /dev/null
+                assert path.read_bytes() == b""
+        for relative in security.MASKED_DIRECTORIES:
+            path = root / relative
+            if path.exists():
+                assert os.listdir(path) == [], relative
+        with pytest.raises(OSError) as caught:
+            (root / "proc/sys/kernel/hostname").write_text("masked")
+        assert caught.value.errno == errno.EROFS
+        assert (root / "proc/sys/kernel/hostname").read_text()  # still readable
+
+    run_in_child(body)
+    assert str(root) not in host_mountinfo()
+
+
+def test_close_fds_except_stdio_keeps_requested():
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            kept = os.open("/dev/null", os.O_RDONLY)
+            for _ in range(5):
+                os.open("/dev/null", os.O_RDONLY)
+            security.close_fds_except_stdio(keep=(kept, write_end))
+            still_open = [fd for fd in range(3, 256) if fd_is_open(fd)]
+            os.write(write_end, repr(sorted(still_open) == sorted({kept, write_end})).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    assert answer == b"True"
+
+
+def fd_is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True

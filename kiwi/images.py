@@ -1,0 +1,156 @@
+"""Base images: images/<name>/image.json + rootfs/ (an extracted tree).
+
+An import extracts into a staging folder under .tmp/ (same filesystem) and
+renames it into place only when everything succeeded, so a failure, Ctrl-C
+or a killed process never leaves a half image in images/.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import store as store_mod
+from .errors import KiwiError
+from .extract import extract_archive
+
+STAGING_PREFIX = "import-"
+
+
+def import_image(store, name: str, archive_path, progress=None, source=None) -> dict:
+    """Extract a rootfs archive as the new image `name`; returns its image.json."""
+    store_mod.validate_name(name, "image name")
+    archive_path = Path(archive_path)
+    if not archive_path.is_file():
+        raise KiwiError(f"{archive_path} is not a file; give the path of a rootfs archive")
+    _refuse_existing(store, name)
+    store.tmp_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-", dir=store.tmp_dir))
+    committed = False
+    lock_fd = _hold_staging_lock(staging)
+    try:
+        stats = extract_archive(archive_path, staging / "rootfs", progress=progress)
+        info = {
+            "name": name,
+            "source": source if source is not None else str(archive_path.resolve()),
+            "sha256": stats.sha256,
+            "size": stats.bytes,
+            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "files": stats.entries,
+        }
+        store_mod.atomic_write_json(staging / "image.json", info)
+        os.chmod(staging, 0o755)  # mkdtemp made it 0700; `list` works without root
+        _commit(store, name, staging)
+        committed = True
+        return info
+    finally:
+        os.close(lock_fd)
+        if not committed:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _refuse_existing(store, name: str) -> None:
+    if image_exists(store, name):
+        raise KiwiError(f"an image named {name} already exists; choose another name"
+                        f" or delete that image first")
+
+
+def _commit(store, name: str, staging: Path) -> None:
+    """Rename the finished staging folder into images/ (atomic; never over an image)."""
+    store.images_dir.mkdir(parents=True, exist_ok=True)
+    with store.lock():
+        _refuse_existing(store, name)
+        os.rename(staging, store.image_dir(name))
+        store_mod.fsync_dir(store.images_dir)
+
+
+def _hold_staging_lock(staging: Path) -> int:
+    """flock the staging folder while we work in it; cleanup skips locked ones."""
+    fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def remove_stale_staging(store) -> list[str]:
+    """Remove import staging folders whose process is gone (for `kiwi cleanup`).
+
+    A live import holds a flock on its folder; a killed one's lock died with it.
+    """
+    removed = []
+    try:
+        entries = os.listdir(store.tmp_dir)
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        path = store.tmp_dir / entry
+        if not entry.startswith(STAGING_PREFIX) or path.is_symlink() or not path.is_dir():
+            continue
+        if _is_unlocked(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _is_unlocked(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def image_exists(store, name: str) -> bool:
+    return store.image_dir(name).is_dir()
+
+
+def get_image(store, name: str) -> dict:
+    store_mod.validate_name(name, "image name")
+    try:
+        info = store_mod.read_json(store.image_dir(name) / "image.json")
+    except FileNotFoundError:
+        raise KiwiError(f"no image named {name}; see 'kiwi list images'") from None
+    info["name"] = name  # the folder name is the truth, not the file
+    return info
+
+
+def list_images(store) -> list[dict]:
+    """Every image, sorted by name; a damaged image.json shows as damaged, not as an error."""
+    try:
+        names = sorted(os.listdir(store.images_dir))
+    except FileNotFoundError:
+        return []
+    images = []
+    for name in names:
+        if not store_mod.NAME_RE.match(name) or not (store.images_dir / name).is_dir():
+            continue
+        try:
+            images.append(get_image(store, name))
+        except KiwiError:
+            images.append({"name": name, "source": None, "sha256": None, "size": None,
+                           "created": None, "files": None, "damaged": True})
+    return images
+
+
+def delete_image(store, name: str) -> None:
+    """Remove an image. Callers check first that no container uses it."""
+    store_mod.validate_name(name, "image name")
+    store.tmp_dir.mkdir(parents=True, exist_ok=True)
+    with store.lock():
+        if not image_exists(store, name):
+            raise KiwiError(f"no image named {name}; see 'kiwi list images'")
+        # Move it out of images/ at once; a crash mid-delete leaves only .tmp/ debris.
+        doomed = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-deleted-",
+                                       dir=store.tmp_dir))
+        os.rename(store.image_dir(name), doomed / "image")
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(doomed)

@@ -1,0 +1,99 @@
+"""The framed protocol between a session daemon and its clients.
+
+Every frame is a 1-byte type, a 4-byte big-endian payload length and the
+payload. Terminal bytes travel in DATA frames, so control messages (resize,
+detach, exit status) can never be confused with what the user types or what
+the shell prints.
+
+A connection starts with one request frame from the client:
+  HELLO  {"rows", "cols", "takeover"}  -> REPLAY (recent output), then DATA both
+                                          ways, RESIZE/DETACH from the client,
+                                          DETACH/EXIT from the daemon; or REFUSED
+  STATUS                               -> STATUS {"attached", "foreground"}
+  KILL                                 -> EXIT (status) once the shell has ended
+"""
+from __future__ import annotations
+
+import json
+import socket
+import struct
+
+HELLO, REPLAY, DATA, RESIZE, DETACH, EXIT, REFUSED, STATUS, KILL = range(1, 10)
+NAMES = {HELLO: "HELLO", REPLAY: "REPLAY", DATA: "DATA", RESIZE: "RESIZE", DETACH: "DETACH",
+         EXIT: "EXIT", REFUSED: "REFUSED", STATUS: "STATUS", KILL: "KILL"}
+
+HEADER = struct.Struct(">BI")
+MAX_PAYLOAD = 1 << 20  # far above the 64 KiB replay; a bigger length means a broken peer
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a frame of this protocol."""
+
+
+def pack(kind: int, payload: bytes = b"") -> bytes:
+    return HEADER.pack(kind, len(payload)) + payload
+
+
+def pack_json(kind: int, obj) -> bytes:
+    return pack(kind, json.dumps(obj).encode())
+
+
+def pack_resize(rows: int, cols: int) -> bytes:
+    return pack(RESIZE, struct.pack(">HH", rows, cols))
+
+
+def pack_exit(status: int) -> bytes:
+    return pack(EXIT, struct.pack(">i", status))
+
+
+def unpack_resize(payload: bytes) -> tuple[int, int]:
+    if len(payload) != 4:
+        raise ProtocolError("bad RESIZE frame")
+    return struct.unpack(">HH", payload)
+
+
+def unpack_exit(payload: bytes) -> int:
+    if len(payload) != 4:
+        raise ProtocolError("bad EXIT frame")
+    return struct.unpack(">i", payload)[0]
+
+
+def unpack_json(payload: bytes) -> dict:
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        raise ProtocolError("bad JSON payload") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("JSON payload is not an object")
+    return obj
+
+
+class FrameReader:
+    """Reassembles frames from whatever chunks recv() returns."""
+
+    def __init__(self):
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        self.buffer += data
+        frames = []
+        while len(self.buffer) >= HEADER.size:
+            kind, length = HEADER.unpack_from(self.buffer)
+            if kind not in NAMES or length > MAX_PAYLOAD:
+                raise ProtocolError(f"bad frame header (type {kind}, length {length})")
+            end = HEADER.size + length
+            if len(self.buffer) < end:
+                break
+            frames.append((kind, bytes(self.buffer[HEADER.size:end])))
+            del self.buffer[:end]
+        return frames
+
+
+def recv_frame(sock: socket.socket, reader: FrameReader, pending: list) -> tuple[int, bytes] | None:
+    """Block (within the socket's timeout) for the next frame; None when the peer closed."""
+    while not pending:
+        data = sock.recv(65536)
+        if not data:
+            return None
+        pending.extend(reader.feed(data))
+    return pending.pop(0)

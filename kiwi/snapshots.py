@@ -1,0 +1,246 @@
+"""snap, commit and create-from-archive: containers travel as .kiwi files.
+
+The container's upper layer is read in a private mount namespace (privatens)
+so nothing appears on the host; a running container is frozen meanwhile so
+the copy is consistent, and always thawed again.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+from . import privatens
+from .errors import KiwiError
+from .store import Store, atomic_write_json, read_json, validate_name
+
+EXPORTED_SETTINGS = ("memory", "cpu", "storage", "network", "shell")
+
+
+@contextlib.contextmanager
+def frozen_if_running(store: Store, cid: str):
+    """Freeze a running container's processes for a consistent copy; thaw even on error."""
+    from . import cgroups, runtime
+    group = cgroups.Cgroup.for_container(cid) if runtime.read_runtime(store, cid) else None
+    if group:
+        group.freeze()
+    try:
+        yield
+    finally:
+        if group:
+            group.thaw()
+
+
+def container_image(store: Store, config: dict) -> tuple[dict, str]:
+    from . import images
+    meta = images.get_image(store, config["image"])
+    return meta, str(store.image_dir(config["image"]) / "rootfs")
+
+
+# --- snap --------------------------------------------------------------------------
+
+def snap(store: Store, cid: str, snapshot: str, progress=None):
+    out = store.snapshot_path(cid, snapshot)
+    if out.exists():
+        raise KiwiError(f"{out} exists already; choose another snapshot name or remove the file")
+    with store.container_lock(cid):
+        config = store.container_config(cid)
+        meta, rootfs = container_image(store, config)
+        settings = {k: config.get(k) for k in EXPORTED_SETTINGS}
+        settings["name"] = config.get("name")
+        with frozen_if_running(store, cid):
+            manifest = privatens.run(write_container_archive, store, cid, str(out), settings, meta, rootfs, progress)
+        remember_rootfs_hash(store, config["image"], manifest)
+    return out
+
+
+def write_container_archive(store, cid, out, settings, meta, rootfs, progress):
+    from . import archive
+    work = tempfile.mkdtemp(prefix=f"snap-{os.getpid()}-", dir=str(store.tmp_dir))
+    try:
+        state = privatens.mount_state(store, cid, os.path.join(work, "state"))
+        return archive.write_archive(out, "container", settings, meta, rootfs,
+                                     upper_dir=os.path.join(state, "upper"), progress=progress)
+    finally:
+        release_work_dir(work)
+
+
+def release_work_dir(work: str) -> None:
+    """Unmount what this private namespace mounted under work, then remove it."""
+    from . import syscalls as sc
+    mnt = os.path.join(work, "state")
+    if os.path.ismount(mnt):
+        with contextlib.suppress(OSError):
+            sc.umount(mnt, sc.MNT_DETACH)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def remember_rootfs_hash(store: Store, image: str, manifest: dict) -> None:
+    """Cache the image's content hash, so restoring on this machine finds it without rehashing."""
+    path = store.image_dir(image) / "image.json"
+    with store.lock():
+        meta = read_json(path)
+        digest = manifest["parts"]["rootfs"]["sha256"]
+        if meta.get("rootfs_sha256") != digest:
+            meta["rootfs_sha256"] = digest
+            atomic_write_json(path, meta)
+
+
+# --- create from a .kiwi file --------------------------------------------------------
+
+def find_identical_image(store: Store, manifest: dict) -> str | None:
+    """A local image with exactly the archive's rootfs, by content hash."""
+    from . import archive, images
+    wanted = archive.image_content_hash(manifest)
+    preferred = manifest.get("image", {}).get("name")
+    candidates = images.list_images(store)
+    for meta in candidates:
+        if meta.get("rootfs_sha256") == wanted:
+            return meta["name"]
+    # Same name but never hashed (e.g. imported from the same tarball): hash it once.
+    for meta in candidates:
+        if meta.get("name") == preferred and not meta.get("rootfs_sha256"):
+            digest = archive.image_content_hash(store.image_dir(preferred) / "rootfs")
+            meta["rootfs_sha256"] = digest
+            with store.lock():
+                atomic_write_json(store.image_dir(preferred) / "image.json", meta)
+            if digest == wanted:
+                return preferred
+    return None
+
+
+def free_image_name(store: Store, base: str, digest: str) -> str:
+    from . import images
+    for name in (base, f"{base}-{digest[:8]}", f"{base}-{digest[:16]}"):
+        try:
+            validate_name(name, "image name")
+        except KiwiError:
+            continue
+        if not images.image_exists(store, name):
+            return name
+    raise KiwiError(f"cannot find a free image name for {base}; delete or rename an image")
+
+
+def restore_image(store: Store, path: str, manifest: dict, progress=None) -> str:
+    """Extract the archive's rootfs as a new image (staged, then renamed)."""
+    from . import archive
+    digest = archive.image_content_hash(manifest)
+    base = manifest.get("image", {}).get("name") or "restored"
+    store.ensure_layout()
+    staging = store.tmp_dir / f"restore-{os.getpid()}-{digest[:12]}"
+    try:
+        archive.extract_archive(path, rootfs_dest=staging / "rootfs", progress=progress)
+        with store.lock():
+            name = free_image_name(store, base, digest)
+            meta = dict(manifest.get("image") or {})
+            meta.update({"name": name, "source": os.path.abspath(path), "rootfs_sha256": digest})
+            atomic_write_json(staging / "image.json", meta)
+            os.rename(staging, store.image_dir(name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return name
+
+
+def create_from_archive(store: Store, path: str, name: str | None = None, storage_text: str | None = None,
+                        progress=None) -> dict:
+    from . import archive, containers, storage
+    from .sizes import format_size
+    if not os.path.isfile(path):
+        raise KiwiError(f"no such file: {path}")
+    manifest = archive.read_manifest(path)
+    image = find_identical_image(store, manifest) or restore_image(store, path, manifest, progress)
+    settings = manifest.get("settings") or {}
+    if storage_text is None and "storage" in settings:
+        storage_text = "host" if settings["storage"] is None else str(settings["storage"])
+    upper = manifest["parts"].get("upper")
+    needed = upper.get("data_bytes", 0) if upper else 0
+    size = containers.parse_storage(storage_text)
+    if size is not None and needed + storage.GIB // 8 > size:
+        raise KiwiError(f"storage {format_size(size)} is smaller than the archive's {format_size(needed)} "
+                        f"of changes; give --storage {format_size(needed + storage.GIB)} or more")
+    if name is None and settings.get("name"):
+        wanted = settings["name"]
+        name = wanted if wanted not in store.container_names() else None
+
+    def populate(staging, config):
+        if upper:
+            privatens.run(extract_upper, str(staging), path, progress)
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(os.path.join(staging, "mnt"))
+
+    return containers.create(store, image, name=name, storage_text=storage_text,
+                             settings=settings, populate=populate)
+
+
+def extract_upper(staging: str, path: str, progress) -> None:
+    from . import archive, storage
+    from pathlib import Path
+    img = storage.image_path(Path(staging))
+    if img.exists():
+        mnt = os.path.join(staging, "mnt")
+        os.mkdir(mnt, 0o700)
+        privatens.mount_ext4_image(str(img), mnt)
+        state = mnt
+    else:
+        state = str(storage.folder_path(Path(staging)))
+    upper = os.path.join(state, "upper")
+    os.rmdir(upper)  # the archive's upper replaces the empty one
+    archive.extract_archive(path, upper_dest=upper, progress=progress)
+
+
+# --- commit --------------------------------------------------------------------------
+
+def commit(store: Store, cid: str, image: str, progress=None) -> dict:
+    from . import images
+    validate_name(image, "image name")
+    if images.image_exists(store, image):
+        raise KiwiError(f"an image named {image!r} exists already; choose another name")
+    store.ensure_layout()
+    with store.container_lock(cid):
+        config = store.container_config(cid)
+        base_meta, rootfs = container_image(store, config)
+        staging = store.tmp_dir / f"commit-{os.getpid()}-{image}"
+        try:
+            with frozen_if_running(store, cid):
+                stats = privatens.run(flatten_container, store, cid, rootfs, str(staging))
+            meta = {"name": image, "source": f"commit of container {cid} (image {config['image']})",
+                    "sha256": None, "size": stats.get("size"), "created": containers_now(),
+                    "parent": config["image"]}
+            atomic_write_json(staging / "image.json", meta)
+            with store.lock():
+                if images.image_exists(store, image):
+                    raise KiwiError(f"an image named {image!r} exists already; choose another name")
+                os.rename(staging, store.image_dir(image))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return meta
+
+
+def flatten_container(store, cid, rootfs, staging) -> dict:
+    from . import flatten
+    os.mkdir(staging, 0o700)
+    work = os.path.join(staging, "state-mnt")
+    state = privatens.mount_state(store, cid, work)
+    stats = flatten.flatten(rootfs, os.path.join(state, "upper"), os.path.join(staging, "rootfs"))
+    if state == work:
+        from . import syscalls as sc
+        sc.umount(work, sc.MNT_DETACH)
+    with contextlib.suppress(OSError):
+        os.rmdir(work)
+    stats["size"] = tree_size(os.path.join(staging, "rootfs"))
+    return stats
+
+
+def tree_size(path: str) -> int:
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for n in filenames:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, n)).st_size
+    return total
+
+
+def containers_now() -> str:
+    from .containers import now_iso
+    return now_iso()

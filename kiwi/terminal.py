@@ -1,0 +1,442 @@
+"""`kiwi terminal`: an interactive Kiwi console.
+
+Each line runs the same command code as the CLI, in this process (no new
+process per line). readline gives line editing, persistent history and Tab
+completion of command names, options, containers and images; the command
+names and options come from cli.build_parser(), like --help and the man pages.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import sys
+import termios
+import time
+import traceback
+from pathlib import Path
+
+from .errors import KiwiError
+
+PROMPT = "kiwi> "
+HISTORY_FILE = ".terminal_history"
+HISTORY_LINES = 1000
+LEAVE_WORDS = ("exit", "quit")
+# Environment the console (and the commands it runs) needs to survive sudo.
+PRESERVED_ENV = ("KIWI_ROOT", "KIWI_SUBNET", "KIWI_BRIDGE", "KIWI_CGROUP_PARENT",
+                 "KIWI_IMAGE_SERVER", "TERM")
+BANNER = "Kiwi terminal: type a command without 'kiwi', 'help' for help; Tab completes; exit or Ctrl-D leaves."
+CONSOLE_HELP = ("\nIn this console: commands are typed without 'kiwi' and quoted like in a shell;\n"
+                "Tab completes commands, options, containers and images; Up/Down walk the history;\n"
+                "Ctrl-C cancels the line; exit, quit or Ctrl-D leaves.")
+
+
+def run_console() -> int:
+    require_terminal()
+    if os.geteuid() != 0:
+        reexec_with_sudo()
+    from .store import Store
+    console = Console(Store.open())
+    return console.loop()
+
+
+# --- start-up -------------------------------------------------------------------
+
+def require_terminal() -> None:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise KiwiError("kiwi terminal needs an interactive terminal")
+
+
+def kiwi_argv() -> list[str]:
+    """How to start this same kiwi again: the frozen executable, or the source package."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    return [sys.executable, "-m", "kiwi"]
+
+
+def sudo_argv(sudo: str, frozen: bool) -> list[str]:
+    names = PRESERVED_ENV if frozen else PRESERVED_ENV + ("PYTHONPATH",)
+    return [sudo, "--preserve-env=" + ",".join(names)] + kiwi_argv() + ["terminal"]
+
+
+def reexec_with_sudo() -> None:
+    """Most commands need root: become root once, for the whole console."""
+    sudo = shutil.which("sudo")
+    if not sudo:
+        again = " ".join(kiwi_argv() + ["terminal"])
+        raise KiwiError("kiwi terminal needs root and sudo is not installed; "
+                        f"install sudo or start it as root: su -c '{again}'")
+    frozen = getattr(sys, "frozen", False)
+    if not frozen:
+        # sudo starts elsewhere with a clean path; the package must still be importable.
+        package_parent = str(Path(__file__).resolve().parent.parent)
+        os.environ["PYTHONPATH"] = package_parent
+    argv = sudo_argv(sudo, frozen)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as e:
+        raise KiwiError(f"could not run sudo: {e.strerror}") from None
+
+
+# --- the parser as data for completion ------------------------------------------------
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def takes_value(action: argparse.Action) -> bool:
+    return action.nargs != 0
+
+
+def option_actions(sub: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {opt: a for a in sub._actions for opt in a.option_strings}
+
+
+def positional_actions(sub: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in sub._actions if not a.option_strings]
+
+
+# --- completion -------------------------------------------------------------------------
+
+class Completer:
+    """readline completer: what the word under the cursor can become."""
+
+    def __init__(self, store, parser: argparse.ArgumentParser):
+        self.store = store
+        self.commands = subcommands(parser)
+        self.matches: list[str] = []
+
+    def __call__(self, text: str, state: int) -> str | None:
+        if state == 0:
+            import readline
+            before = readline.get_line_buffer()[:readline.get_begidx()]
+            try:
+                self.matches = self.candidates(words_of(before), text)
+            except Exception:  # noqa: BLE001 - a failing Tab must never break the prompt
+                self.matches = []
+        return self.matches[state] if state < len(self.matches) else None
+
+    def candidates(self, words: list[str], text: str) -> list[str]:
+        if words[:1] == ["kiwi"]:
+            words = words[1:]
+        if not words:
+            options = list(self.commands) + list(LEAVE_WORDS)
+        else:
+            options = self.for_command(words[0], words[1:], text)
+        found = sorted({o for o in options if o.startswith(text)})
+        # Python's readline appends nothing itself; a finished word gets its space here.
+        return [found[0] + " "] if len(found) == 1 else found
+
+    def for_command(self, command: str, args: list[str], text: str) -> list[str]:
+        sub = self.commands.get(command)
+        if sub is None or "--" in args:
+            return []  # after '--' the words belong to the command run in the container
+        options = option_actions(sub)
+        if args and args[-1] in options and takes_value(options[args[-1]]):
+            return list(options[args[-1]].choices or [])
+        if text.startswith("-"):
+            return [o for o in options if o.startswith("--")] + (["--"] if command == "attach" else [])
+        action = next_positional(sub, args, options)
+        return self.values_for(command, action) if action else []
+
+    def values_for(self, command: str, action: argparse.Action) -> list[str]:
+        if action.choices:
+            return list(action.choices)
+        if action.dest == "container":
+            return self.container_refs()
+        if action.dest == "topic":
+            return list(self.commands)
+        if action.dest == "image" and command == "create":
+            return self.image_names()
+        return []
+
+    def container_refs(self) -> list[str]:
+        return self.store.container_ids() + list(self.store.container_names())
+
+    def image_names(self) -> list[str]:
+        try:
+            return [p.name for p in self.store.images_dir.iterdir() if p.is_dir()]
+        except OSError:
+            return []
+
+
+def next_positional(sub, args: list[str], options: dict) -> argparse.Action | None:
+    """The positional argument the next word fills, skipping options and their values."""
+    filled = 0
+    skip_value = False
+    for word in args:
+        if skip_value:
+            skip_value = False
+        elif word.startswith("-"):
+            skip_value = word in options and takes_value(options[word])
+        else:
+            filled += 1
+    positionals = positional_actions(sub)
+    if filled < len(positionals):
+        return positionals[filled]
+    if positionals and positionals[-1].nargs in ("*", "+"):
+        return positionals[-1]
+    return None
+
+
+def words_of(text: str) -> list[str]:
+    """Words before the cursor; an open quote still splits on white space."""
+    try:
+        return shlex.split(text)
+    except ValueError:
+        return text.split()
+
+
+# --- history ----------------------------------------------------------------------------
+
+class History:
+    """readline history kept in <kiwi-data>/.terminal_history (0600, bounded)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def load(self) -> None:
+        import readline
+        readline.set_history_length(HISTORY_LINES)
+        with contextlib.suppress(OSError):
+            readline.read_history_file(self.path)
+
+    def add(self, line: str) -> None:
+        """Remember the line and save at once, so a crash does not lose it."""
+        import readline
+        count = readline.get_current_history_length()
+        if count and readline.get_history_item(count) == line:
+            return
+        readline.add_history(line)
+        self.save()
+
+    def save(self) -> None:
+        import readline
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Create it private first: commands typed here may name secrets.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+            readline.write_history_file(self.path)
+            os.chmod(self.path, 0o600)
+        except OSError as e:
+            print(f"kiwi: cannot save the history to {self.path}: {e.strerror}", file=sys.stderr)
+
+
+# --- the console ------------------------------------------------------------------------
+
+class Console:
+    def __init__(self, store):
+        from .cli import build_parser
+        self.store = store
+        self.history = History(store.root / HISTORY_FILE)
+        self.completer = Completer(store, build_parser())
+        self.window = WindowSize()
+
+    def loop(self) -> int:
+        self.setup_readline()
+        self.window.install()
+        signal.signal(signal.SIGINT, OneInterruptPerKeypress().handle)
+        print(BANNER, flush=True)
+        while True:
+            line = self.read_line()
+            if line is None:
+                print()
+                return 0
+            argv = self.parse_line(line)
+            if not argv:
+                continue
+            if argv[0] in LEAVE_WORDS:
+                return 0
+            self.run_line(argv)
+
+    def setup_readline(self) -> None:
+        import readline
+        # Quotes and spaces end a word; '-', '.', '_' belong to options, ids and names.
+        readline.set_completer_delims(" \t\n\"'")
+        readline.set_completer(self.completer)
+        if "libedit" in (readline.__doc__ or ""):
+            readline.parse_and_bind("bind ^I rl_complete")
+        else:
+            readline.parse_and_bind("tab: complete")
+        # Answers to prompts (delete asks y/N) must not land in the history.
+        readline.set_auto_history(False)
+        self.history.load()
+
+    def read_line(self) -> str | None:
+        """One line from the user; None on Ctrl-D. Ctrl-C gives a fresh prompt."""
+        while True:
+            try:
+                with self.window.reading():
+                    return input(PROMPT)
+            except EOFError:
+                return None
+            except KeyboardInterrupt:
+                print(flush=True)  # the cancelled line stays visible; start a fresh one
+
+    def parse_line(self, line: str) -> list[str]:
+        if not line.strip():
+            return []
+        self.history.add(line)
+        try:
+            argv = shlex.split(line)
+        except ValueError as e:
+            report(lower_first(str(e)))
+            return []
+        if argv[:1] == ["kiwi"]:
+            argv = argv[1:]  # habit from the shell: 'kiwi list' works too
+        return argv
+
+    def run_line(self, argv: list[str]) -> None:
+        if argv[0] == "terminal":
+            report("you are already in the Kiwi terminal")
+            return
+        if argv[0] not in self.completer.commands and not argv[0].startswith("-"):
+            report(f"unknown command {argv[0]!r}; type 'help' for the list, Tab to complete")
+            return
+        saved = TerminalState.save()
+        try:
+            self.run_command(argv)
+        finally:
+            saved.restore()
+
+    def run_command(self, argv: list[str]) -> None:
+        from .cli import run
+        try:
+            run(argv)
+            if argv[0] == "help" and len(argv) == 1:
+                print(CONSOLE_HELP, flush=True)
+        except KiwiError as e:
+            report(e.message)
+        except SystemExit:
+            pass  # --help and --version end with SystemExit; the console goes on
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            report("interrupted")
+        except Exception:  # noqa: BLE001 - a bug in one command must not end the console
+            traceback.print_exc()
+            report("internal error (traceback above); the console goes on")
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+
+
+def report(message: str) -> None:
+    print(f"kiwi: {message}", file=sys.stderr, flush=True)
+
+
+def lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+class TerminalState:
+    """The terminal's modes and foreground group, put back after each command.
+
+    A command that leaves the terminal raw, or a shell in the container that
+    took the foreground, must not leave readline with a broken prompt.
+    """
+
+    def __init__(self, fd: int, attrs, pgrp: int):
+        self.fd, self.attrs, self.pgrp = fd, attrs, pgrp
+
+    @classmethod
+    def save(cls) -> "TerminalState":
+        fd = sys.stdin.fileno()
+        try:
+            return cls(fd, termios.tcgetattr(fd), os.tcgetpgrp(fd))
+        except OSError:
+            return cls(fd, None, -1)
+
+    def restore(self) -> None:
+        if self.attrs is None:
+            return
+        # Changing the terminal from the background would stop us with SIGTTOU.
+        old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        try:
+            with contextlib.suppress(OSError):
+                if os.tcgetpgrp(self.fd) != self.pgrp:
+                    os.tcsetpgrp(self.fd, self.pgrp)
+            with contextlib.suppress(termios.error):
+                termios.tcsetattr(self.fd, termios.TCSADRAIN, self.attrs)
+        finally:
+            signal.signal(signal.SIGTTOU, old)
+
+
+class OneInterruptPerKeypress:
+    """SIGINT handler: Ctrl-C raises KeyboardInterrupt once.
+
+    The one-file kiwi's launcher forwards every signal to this process, which
+    already got Ctrl-C's SIGINT from the terminal (same process group). The
+    copy arrives a moment later and would interrupt the handling of the first
+    one - outside any `except`, ending the console. It is dropped here.
+    """
+
+    SAME_KEYPRESS = 0.25  # seconds; no one presses Ctrl-C twice that fast on purpose
+
+    def __init__(self):
+        self.last = -1.0
+
+    def handle(self, signum, frame) -> None:
+        now = time.monotonic()
+        if now - self.last < self.SAME_KEYPRESS:
+            return
+        self.last = now
+        raise KeyboardInterrupt
+
+
+class WindowSize:
+    """Keeps readline's idea of the window size right across commands.
+
+    readline learns about resizes from a C-level SIGWINCH handler. A command
+    that saves and restores SIGWINCH from Python (the session client does)
+    can only put back SIG_DFL, and readline would go on wrapping long lines
+    at the old width. A Python-level handler survives such a save/restore;
+    it reaches GNU readline's own resize functions through ctypes.
+    """
+
+    def __init__(self):
+        self.lib = loaded_readline_library()
+        self.in_readline = False
+
+    def install(self) -> None:
+        if self.lib is not None:
+            signal.signal(signal.SIGWINCH, self.on_resize)
+
+    def on_resize(self, signum, frame) -> None:
+        if self.in_readline:
+            self.lib.rl_resize_terminal()  # new size and redraw of the line being edited
+        else:
+            self.lib.rl_reset_screen_size()  # a command owns the screen: no redraw
+
+    @contextlib.contextmanager
+    def reading(self):
+        if self.lib is not None:
+            self.lib.rl_reset_screen_size()  # the window may have changed during a command
+        self.in_readline = True
+        try:
+            yield
+        finally:
+            self.in_readline = False
+
+
+def loaded_readline_library():
+    """GNU readline as loaded by the readline module (bundled in the frozen kiwi), or None."""
+    import ctypes
+    import readline  # noqa: F401 - loads the library looked up below
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "/libreadline.so" in line}
+        for path in paths:
+            lib = ctypes.CDLL(path)
+            if hasattr(lib, "rl_resize_terminal") and hasattr(lib, "rl_reset_screen_size"):
+                return lib
+    except OSError:
+        pass
+    return None

@@ -1,0 +1,447 @@
+"""kiwi.extract and kiwi.images on tarballs built in memory, hostile ones included."""
+import bz2
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import stat
+import struct
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from kiwi import images
+from kiwi.errors import KiwiError
+from kiwi.extract import (Extractor, UnsafeArchiveError, extract_archive, iter_members,
+                          normalise_member_path, open_archive, open_tar_stream)
+from kiwi.store import Store
+
+MTIME_NS = 1_700_000_000_123_456_789
+# security.capability v2, cap_net_raw permitted + effective (what ping carries)
+PING_CAPS = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
+
+
+# ---------------------------------------------------------------- building archives
+
+def member(name, kind=tarfile.REGTYPE, mode=0o644, uid=0, gid=0, linkname="", xattrs=None,
+           mtime_ns=MTIME_NS):
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.uid, info.gid, info.linkname = kind, mode, uid, gid, linkname
+    info.mtime = mtime_ns // 10**9
+    info.pax_headers = {"mtime": f"{mtime_ns // 10**9}.{mtime_ns % 10**9:09d}"}
+    for key, value in (xattrs or {}).items():
+        info.pax_headers["SCHILY.xattr." + key] = value.decode("utf-8", "surrogateescape")
+    return info
+
+
+def f(name, data=b"", **kw):
+    return member(name, **kw), data
+
+
+def d(name, mode=0o755, **kw):
+    return member(name, tarfile.DIRTYPE, mode=mode, **kw), None
+
+
+def sym(name, target, **kw):
+    return member(name, tarfile.SYMTYPE, mode=0o777, linkname=target, **kw), None
+
+
+def hard(name, target, **kw):
+    return member(name, tarfile.LNKTYPE, linkname=target, **kw), None
+
+
+def tar_bytes(entries, fmt=tarfile.PAX_FORMAT):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt, encoding="utf-8",
+                      errors="surrogateescape") as tar:
+        for info, data in entries:
+            if data is not None:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+COMPRESSORS = {
+    "tar": lambda b: b,
+    "tar.gz": gzip.compress,
+    "tar.bz2": bz2.compress,
+    "tar.xz": lzma.compress,
+    "tar.zst": lambda b: zstandard.ZstdCompressor().compress(b),
+}
+
+
+def write_archive(tmp_path, entries, ext="tar", fmt=tarfile.PAX_FORMAT):
+    path = tmp_path / f"archive-{uuid.uuid4().hex[:8]}.{ext}"
+    path.write_bytes(COMPRESSORS[ext](tar_bytes(entries, fmt)))
+    return path
+
+
+def lstat(path):
+    return os.stat(path, follow_symlinks=False)
+
+
+# ---------------------------------------------------------------- what is kept
+
+def sample_tree():
+    return [
+        d("./"),
+        d("etc"),
+        f("etc/hostname", b"kiwi\n", uid=0, gid=0),
+        d("home/user", mode=0o750, uid=1000, gid=1000),
+        f("home/user/notes", b"hello", mode=0o600, uid=1000, gid=1001),
+        f("bin/ping", b"\x7fELF ping", mode=0o755, xattrs={"security.capability": PING_CAPS}),
+        f("bin/su", b"\x7fELF su", mode=0o4755),
+        f("bin/wall", b"\x7fELF wall", mode=0o2755, gid=5),
+        d("tmp", mode=0o1777),
+        f("data/tagged", b"x", xattrs={"user.kiwi": b"\x00\xffbinary"}),
+        sym("bin/sh", "busybox", uid=3, gid=4),
+        sym("lib", "usr/lib"),
+        hard("bin/su-again", "bin/su"),
+        d("ro", mode=0o555),
+        f("ro/inside", b"written into a read-only folder"),
+    ]
+
+
+def test_keeps_owners_modes_times_links_and_xattrs(tmp_path):
+    dest = tmp_path / "root"
+    stats = extract_archive(write_archive(tmp_path, sample_tree()), dest)
+
+    assert (dest / "etc/hostname").read_bytes() == b"kiwi\n"
+    notes = lstat(dest / "home/user/notes")
+    assert (notes.st_uid, notes.st_gid, stat.S_IMODE(notes.st_mode)) == (1000, 1001, 0o600)
+    home = lstat(dest / "home/user")
+    assert (home.st_uid, home.st_gid, stat.S_IMODE(home.st_mode)) == (1000, 1000, 0o750)
+    assert stat.S_IMODE(lstat(dest / "bin/su").st_mode) == 0o4755
+    assert stat.S_IMODE(lstat(dest / "bin/wall").st_mode) == 0o2755
+    assert lstat(dest / "bin/wall").st_gid == 5
+    assert stat.S_IMODE(lstat(dest / "tmp").st_mode) == 0o1777
+    assert stat.S_IMODE(lstat(dest / "ro").st_mode) == 0o555
+    assert (dest / "ro/inside").read_bytes() == b"written into a read-only folder"
+    assert os.getxattr(dest / "bin/ping", "security.capability") == PING_CAPS
+    assert os.getxattr(dest / "data/tagged", "user.kiwi") == b"\x00\xffbinary"
+    assert os.readlink(dest / "bin/sh") == "busybox"
+    assert (lstat(dest / "bin/sh").st_uid, lstat(dest / "bin/sh").st_gid) == (3, 4)
+    assert os.readlink(dest / "lib") == "usr/lib"
+    assert lstat(dest / "bin/su-again").st_ino == lstat(dest / "bin/su").st_ino
+    for path in ("etc", "etc/hostname", "bin/sh", "ro", "home/user/notes", "tmp"):
+        assert lstat(dest / path).st_mtime_ns == MTIME_NS, path
+    assert lstat(dest).st_mtime_ns == MTIME_NS  # './' applies to the top folder
+    assert (stats.files, stats.symlinks, stats.hardlinks, stats.skipped) == (7, 2, 1, 0)
+
+
+def test_sha256_and_size_are_of_the_archive_file(tmp_path):
+    archive = write_archive(tmp_path, sample_tree(), "tar.xz")
+    stats = extract_archive(archive, tmp_path / "root")
+    assert stats.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert stats.archive_size == archive.stat().st_size
+
+
+@pytest.mark.parametrize("ext", sorted(COMPRESSORS))
+def test_every_compression_format(tmp_path, ext):
+    big = os.urandom(3 << 20)  # larger than one decoded chunk
+    archive = write_archive(tmp_path, [f("a/big", big), f("a/small", b"s")], ext)
+    calls = []
+    stats = extract_archive(archive, tmp_path / "root", progress=lambda *a: calls.append(a))
+    assert (tmp_path / "root/a/big").read_bytes() == big
+    assert (tmp_path / "root/a/small").read_bytes() == b"s"
+    assert stats.bytes == len(big) + 1
+    assert stats.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+    size = archive.stat().st_size
+    assert calls and calls[-1] == (size, size)
+    assert all(done <= total == size for done, total in calls)
+
+
+def test_concatenated_zstd_frames_and_gzip_members(tmp_path):
+    data = tar_bytes([f("one", b"1" * 5000), f("two", b"2" * 7000)])
+    half = len(data) // 2
+    cctx = zstandard.ZstdCompressor()
+    checked = zstandard.ZstdCompressor(write_checksum=True, write_content_size=False)
+    skippable = bytes.fromhex("502a4d18") + (5).to_bytes(4, "little") + b"12345"
+    for ext, blob in (("tar.zst", cctx.compress(data[:half]) + cctx.compress(data[half:])),
+                      ("tar.zst", skippable + checked.compress(data) + skippable),
+                      ("tar.gz", gzip.compress(data[:half]) + gzip.compress(data[half:]))):
+        archive = tmp_path / f"multi-{uuid.uuid4().hex[:6]}.{ext}"
+        archive.write_bytes(blob)
+        dest = tmp_path / (archive.name + ".out")
+        extract_archive(archive, dest)
+        assert (dest / "two").read_bytes() == b"2" * 7000
+
+
+def test_long_names_in_gnu_and_pax(tmp_path):
+    deep = "/".join(["directory-with-a-long-name"] * 8) + "/" + "f" * 200
+    for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        dest = tmp_path / f"root{fmt}"
+        extract_archive(write_archive(tmp_path, [f(deep, b"deep"), sym(deep + "-l", "x" * 300)],
+                                      fmt=fmt), dest)
+        assert (dest / deep).read_bytes() == b"deep"
+        assert os.readlink(dest / (deep + "-l")) == "x" * 300
+
+
+def test_devices_and_fifos_are_skipped(tmp_path):
+    specials = [member("dev/null", tarfile.CHRTYPE), member("dev/sda", tarfile.BLKTYPE),
+                member("run/fifo", tarfile.FIFOTYPE)]
+    for info in specials:
+        info.devmajor, info.devminor = 1, 3
+    entries = [(info, None) for info in specials] + [hard("dev/null2", "dev/null"),
+                                                     f("dev/keep", b"k")]
+    stats = extract_archive(write_archive(tmp_path, entries), tmp_path / "root")
+    assert stats.skipped == 4
+    assert sorted(os.listdir(tmp_path / "root/dev")) == ["keep"]
+    assert os.listdir(tmp_path / "root/run") == []
+
+
+def test_later_duplicate_replaces_earlier(tmp_path):
+    outside = tmp_path / "outside"
+    outside.write_text("precious")
+    entries = [
+        f("a", b"first"), f("a", b"second"),
+        sym("b", str(outside)), f("b", b"replaces the symlink, not its target"),
+        f("c", b"file"), d("c"), f("c/in", b"dir now"),
+        d("e"), f("e", b"empty dir replaced by a file"),
+        f("h", b"old"), hard("h2", "h"), f("h", b"new"),
+    ]
+    dest = tmp_path / "root"
+    extract_archive(write_archive(tmp_path, entries), dest)
+    assert (dest / "a").read_bytes() == b"second"
+    assert not (dest / "b").is_symlink()
+    assert outside.read_text() == "precious"
+    assert (dest / "c/in").read_bytes() == b"dir now"
+    assert (dest / "e").read_bytes() == b"empty dir replaced by a file"
+    assert (dest / "h").read_bytes() == b"new" and (dest / "h2").read_bytes() == b"old"
+
+
+def test_non_empty_directory_is_not_replaced(tmp_path):
+    archive = write_archive(tmp_path, [f("d/x", b"x"), f("d", b"file")])
+    with pytest.raises(KiwiError, match="non-empty directory 'd'"):
+        extract_archive(archive, tmp_path / "root")
+
+
+def test_overlay_xattrs_from_the_archive_are_dropped(tmp_path):
+    entries = [d("dir", xattrs={"trusted.overlay.opaque": b"y"}),
+               f("dir/f", b"", xattrs={"trusted.overlay.redirect": b"/etc", "user.ok": b"1"})]
+    stats = extract_archive(write_archive(tmp_path, entries), tmp_path / "root")
+    assert stats.skipped_xattrs == 2
+    assert os.listxattr(tmp_path / "root/dir/f") == ["user.ok"]
+    assert "trusted.overlay.opaque" not in os.listxattr(tmp_path / "root/dir")
+
+
+def test_normalise_member_path():
+    assert normalise_member_path("./usr//bin/./") == "usr/bin"
+    assert normalise_member_path("./") == ""
+    for bad in ("../x", "a/../../x", "/etc/passwd", "a/.."):
+        with pytest.raises(UnsafeArchiveError):
+            normalise_member_path(bad)
+
+
+# ---------------------------------------------------------------- hostile archives
+
+ESCAPE_NAME = f"kiwi-test-escape-{uuid.uuid4().hex}"
+
+HOSTILE = {
+    "dotdot": ([f("../" + ESCAPE_NAME, b"x")], "climbs out with '..'"),
+    "absolute": ([f(f"/tmp/{ESCAPE_NAME}", b"x")], "absolute path"),
+    "symlink-to-root": ([sym("a", "/"), f(f"a/tmp/{ESCAPE_NAME}", b"x")],
+                        "written through the symlink 'a'"),
+    "hardlink-out": ([hard("passwd", "../../etc/passwd")], "hard link 'passwd' points outside"),
+    "hardlink-absolute": ([hard("passwd", "/etc/passwd")], "hard link 'passwd' points outside"),
+    "hardlink-via-symlink": ([sym("s", "/etc"), hard("passwd", "s/passwd")],
+                             "through the symlink 's'"),
+    "symlink-chain": ([sym("b", "../.."), sym("a", "b"), f(f"a/tmp/{ESCAPE_NAME}", b"x")],
+                      "through the symlink 'a'"),
+    "symlink-chain-deep": ([d("x"), sym("x/b", "../../.."), sym("x/a", "b"),
+                            d(f"x/a/tmp/{ESCAPE_NAME}")], "through the symlink 'x/a'"),
+    "symlinked-dir-later": ([d("dir"), f("dir/ok", b""), sym("link", "/tmp"),
+                             f(f"link/{ESCAPE_NAME}", b"x")], "through the symlink 'link'"),
+}
+
+
+def assert_nothing_escaped(tmp_path):
+    assert not Path("/tmp", ESCAPE_NAME).exists()
+    assert not (tmp_path.parent / ESCAPE_NAME).exists()
+    assert not (tmp_path / ESCAPE_NAME).exists()
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_archive_is_refused(tmp_path, case):
+    entries, message = HOSTILE[case]
+    dest = tmp_path / "deep/er/root"
+    with pytest.raises(UnsafeArchiveError, match=message) as caught:
+        extract_archive(write_archive(tmp_path, entries), dest)
+    assert "\n" not in str(caught.value)
+    assert_nothing_escaped(tmp_path)
+
+
+def test_symlink_to_outside_file_is_never_written_through(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    for entries in ([sym("v", str(victim)), f("v/x", b"x")],
+                    [sym("v", str(tmp_path)), d("v/sub")]):
+        with pytest.raises(UnsafeArchiveError):
+            extract_archive(write_archive(tmp_path, entries), tmp_path / uuid.uuid4().hex)
+    assert victim.read_text() == "precious"
+    assert not (tmp_path / "sub").exists()
+
+
+# ---------------------------------------------------------------- damaged archives
+
+def test_not_an_archive(tmp_path):
+    junk = tmp_path / "junk.tar.xz"
+    junk.write_bytes(b"this is not an archive at all" * 40)
+    with pytest.raises(KiwiError, match="is not a tar, tar.gz"):
+        extract_archive(junk, tmp_path / "root")
+    empty = tmp_path / "empty.tar"
+    empty.write_bytes(b"")
+    with pytest.raises(KiwiError, match="is not a tar"):
+        open_archive(empty)
+
+
+@pytest.mark.parametrize("ext", ["tar.xz", "tar.zst", "tar.gz", "tar.bz2"])
+def test_truncated_compressed_archive(tmp_path, ext):
+    archive = write_archive(tmp_path, [f("big", os.urandom(300_000))], ext)
+    archive.write_bytes(archive.read_bytes()[:-2000])
+    with pytest.raises(KiwiError, match="damaged or truncated|truncated"):
+        extract_archive(archive, tmp_path / "root")
+
+
+def test_truncated_plain_tar_and_bad_header(tmp_path):
+    data = tar_bytes([f("a", b"a" * 5000), f("b", b"b" * 5000)])
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[:3000])
+    with pytest.raises(KiwiError, match="truncated|damaged"):
+        extract_archive(cut, tmp_path / "r1")
+    bad = bytearray(data)
+    second_header = data.index(b"b" * 100) - 512
+    bad[second_header:second_header + 100] = b"\x01" * 100
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(bytes(bad))
+    with pytest.raises(KiwiError, match="damaged"):
+        extract_archive(broken, tmp_path / "r2")
+
+
+# ---------------------------------------------------------------- per-member API
+
+def test_routing_one_tar_into_two_extractors(tmp_path):
+    archive = write_archive(tmp_path, [
+        f("kiwi.json", b"{}"), d("rootfs"), f("rootfs/etc/os", b"base"),
+        hard("rootfs/etc/os-link", "rootfs/etc/os"), d("upper/etc"),
+        f("upper/etc/.wh.os", b""), f("upper/var/.wh..wh..opq", b""), f("upper/new", b"n")])
+    base, upper = tmp_path / "base", tmp_path / "upper"
+    with open_archive(archive) as stream, Extractor(base) as b, \
+            Extractor(upper, allow_whiteouts=True) as u:
+        tar = open_tar_stream(stream, archive)
+        for m in iter_members(tar, archive):
+            top, _, rest = m.name.partition("/")
+            if top == "rootfs":
+                b.add(tar, m, relpath=rest, linkpath=m.linkname.partition("/")[2] or None)
+            elif top == "upper" and rest.endswith(".wh..wh..opq"):
+                u.set_opaque(rest.rpartition("/")[0])
+            elif top == "upper" and rest.rpartition("/")[2].startswith(".wh."):
+                head, _, leaf = rest.rpartition("/")
+                u.add_whiteout(f"{head}/{leaf[4:]}")
+            elif top == "upper":
+                u.add(tar, m, relpath=rest)
+        b.finish()
+        ustats = u.finish()
+    assert (base / "etc/os").read_bytes() == b"base"
+    assert lstat(base / "etc/os-link").st_ino == lstat(base / "etc/os").st_ino
+    whiteout = lstat(upper / "etc/os")
+    assert stat.S_ISCHR(whiteout.st_mode) and whiteout.st_rdev == os.makedev(0, 0)
+    assert os.getxattr(upper / "var", "trusted.overlay.opaque") == b"y"
+    assert (upper / "new").read_bytes() == b"n"
+    assert ustats.whiteouts == 1 and not (base / "kiwi.json").exists()
+
+
+def test_whiteouts_need_permission(tmp_path):
+    with Extractor(tmp_path / "root") as extractor:
+        with pytest.raises(UnsafeArchiveError, match="whiteout"):
+            extractor.add_whiteout("etc/passwd")
+        with pytest.raises(UnsafeArchiveError, match="whiteout"):
+            extractor.set_opaque("etc")
+    with Extractor(tmp_path / "root2", allow_whiteouts=True) as extractor:
+        with pytest.raises(UnsafeArchiveError, match="'..'"):
+            extractor.add_whiteout("../x")
+
+
+# ---------------------------------------------------------------- import_image
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(tmp_path / "kiwi-data")
+
+
+def leftovers(store):
+    found = []
+    for folder in (store.images_dir, store.tmp_dir):
+        if folder.exists():
+            found += [f"{folder.name}/{e}" for e in os.listdir(folder)]
+    return found
+
+
+def test_import_image_and_list_get_delete(tmp_path, store):
+    archive = write_archive(tmp_path, sample_tree(), "tar.zst")
+    info = images.import_image(store, "mini", archive, source="test")
+    assert info["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert info["source"] == "test" and info["name"] == "mini" and info["created"].endswith("Z")
+    assert info["files"] > 10 and info["size"] > 0
+    assert (store.image_dir("mini") / "rootfs/bin/su").exists()
+    assert images.get_image(store, "mini") == info
+    assert images.image_exists(store, "mini")
+    assert [i["name"] for i in images.list_images(store)] == ["mini"]
+    assert leftovers(store) == ["images/mini"]
+    with pytest.raises(KiwiError, match="already exists"):
+        images.import_image(store, "mini", archive)
+    images.delete_image(store, "mini")
+    assert leftovers(store) == [] and images.list_images(store) == []
+    with pytest.raises(KiwiError, match="no image named mini; see 'kiwi list images'"):
+        images.get_image(store, "mini")
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_import_of_hostile_archive_leaves_nothing(tmp_path, store, case):
+    entries, message = HOSTILE[case]
+    archive = write_archive(tmp_path, [f("before", b"b")] + entries, "tar.xz")
+    with pytest.raises(UnsafeArchiveError, match=message):
+        images.import_image(store, "evil", archive)
+    assert leftovers(store) == []
+    assert_nothing_escaped(tmp_path)
+
+
+def test_import_refuses_bad_names_and_missing_files(tmp_path, store):
+    archive = write_archive(tmp_path, [f("a", b"")])
+    for bad in ("Bad", "../x", "", "-x", "a/b"):
+        with pytest.raises(KiwiError, match="invalid image name"):
+            images.import_image(store, bad, archive)
+    with pytest.raises(KiwiError, match="is not a file"):
+        images.import_image(store, "ok", tmp_path / "missing.tar")
+    assert leftovers(store) == []
+
+
+def test_interrupted_import_leaves_nothing(tmp_path, store):
+    archive = write_archive(tmp_path, [f(f"f{i}", b"x" * 100) for i in range(50)], "tar.gz")
+
+    def interrupt(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        images.import_image(store, "half", archive, progress=interrupt)
+    assert leftovers(store) == []
+
+
+def test_cleanup_removes_only_unlocked_staging(store):
+    store.tmp_dir.mkdir(parents=True)
+    stale = store.tmp_dir / "import-dead-abc"
+    (stale / "rootfs").mkdir(parents=True)
+    live = store.tmp_dir / "import-live-def"
+    live.mkdir()
+    fd = images._hold_staging_lock(live)
+    try:
+        assert images.remove_stale_staging(store) == ["import-dead-abc"]
+        assert live.exists() and not stale.exists()
+    finally:
+        os.close(fd)
