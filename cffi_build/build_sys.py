@@ -107,6 +107,7 @@ int kiwi_mknodat(int dirfd, const char *path, unsigned int mode,
 int kiwi_pidfd_open(int pid, unsigned int flags);
 int kiwi_pidfd_send_signal(int pidfd, int sig, unsigned int flags);
 int kiwi_close_range(unsigned int first, unsigned int last, unsigned int flags);
+int kiwi_drop_forwarded_sigint(void);
 """
 
 SOURCE = r"""
@@ -324,6 +325,44 @@ int kiwi_pidfd_send_signal(int pidfd, int sig, unsigned int flags)
 
 int kiwi_close_range(unsigned int first, unsigned int last, unsigned int flags)
 { return (int)syscall(SYS_close_range, first, last, flags); }
+
+/* The one-file launcher (our parent) forwards every signal it gets to us, and
+ * Ctrl-C reaches both of us from the terminal: Python would see two
+ * KeyboardInterrupts, the second one landing inside the handling of the first.
+ * This SIGINT handler drops the parent's copy of a Ctrl-C we got moments ago
+ * and hands every other SIGINT to Python as usual. */
+#include <signal.h>
+#include <time.h>
+
+static long long kiwi_last_sigint_ms = -1000000;
+
+static long long kiwi_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void kiwi_on_sigint(int sig, siginfo_t *info, void *context)
+{
+    long long now = kiwi_now_ms();
+    (void)sig;
+    (void)context;
+    if (info->si_code == SI_USER && info->si_pid == getppid() && now - kiwi_last_sigint_ms < 500)
+        return;
+    kiwi_last_sigint_ms = now;
+    PyErr_SetInterrupt();
+}
+
+int kiwi_drop_forwarded_sigint(void)
+{
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = kiwi_on_sigint;
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    return sigaction(SIGINT, &action, NULL);
+}
 """
 
 

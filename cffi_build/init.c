@@ -101,6 +101,7 @@ int main(void)
     block_all_signals(&all);
     close_inherited_fds();
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);  /* no ptrace / core of PID 1 */
+    prctl(PR_SET_NAME, "kiwi-init", 0, 0, 0);  /* ps shows kiwi-init, not memfd:kiwi-init */
     if (chdir("/") != 0)
         return 1;
 

@@ -40,8 +40,23 @@ def change_storage(store, config: dict, new_size: int | None, running: bool) -> 
     return [f"storage is now {format_size(new_size)}"]
 
 
+CAP_SYS_RESOURCE = 24
+
+
+def can_resize_online() -> bool:
+    """ext4's online resize ioctl needs CAP_SYS_RESOURCE; some sandboxes withhold it even from root."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & (1 << CAP_SYS_RESOURCE))
+    return False
+
+
 def grow_online(store, cid: str, new_size: int) -> None:
     from . import loop
+    if not can_resize_online():
+        raise KiwiError("this host withholds CAP_SYS_RESOURCE from Kiwi, which growing a mounted ext4 "
+                        f"needs; stop the container (kiwi stop {cid}) and run the same set again")
     cdir = store.container_dir(cid)
     img = storage.image_path(cdir)
     devices = loop.find_by_backing_file(str(img))
@@ -56,12 +71,15 @@ def resize_mounted(device: str, tmp_root: str) -> None:
     """resize2fs grows a mounted ext4 only through a mount it can see in /proc/mounts;
     mounting the same device again here shares the container's superblock."""
     from . import syscalls as sc
-    mnt = tempfile.mkdtemp(prefix="resize-", dir=tmp_root)
+    mnt = tempfile.mkdtemp(prefix=f"resize-{os.getpid()}-", dir=tmp_root)
+    mounted = False
     try:
         sc.mount(device, mnt, "ext4", sc.MS_NOSUID | sc.MS_NODEV, None)
+        mounted = True
         storage.run_tool(["resize2fs", device], "growing the storage online")
-        sc.umount(mnt, sc.MNT_DETACH)
     finally:
+        if mounted:
+            sc.umount(mnt, sc.MNT_DETACH)
         os.rmdir(mnt)
 
 

@@ -15,7 +15,6 @@ import shutil
 import signal
 import sys
 import termios
-import time
 import traceback
 from pathlib import Path
 
@@ -243,7 +242,6 @@ class Console:
     def loop(self) -> int:
         self.setup_readline()
         self.window.install()
-        signal.signal(signal.SIGINT, OneInterruptPerKeypress().handle)
         print(BANNER, flush=True)
         while True:
             line = self.read_line()
@@ -367,28 +365,6 @@ class TerminalState:
                 termios.tcsetattr(self.fd, termios.TCSADRAIN, self.attrs)
         finally:
             signal.signal(signal.SIGTTOU, old)
-
-
-class OneInterruptPerKeypress:
-    """SIGINT handler: Ctrl-C raises KeyboardInterrupt once.
-
-    The one-file kiwi's launcher forwards every signal to this process, which
-    already got Ctrl-C's SIGINT from the terminal (same process group). The
-    copy arrives a moment later and would interrupt the handling of the first
-    one - outside any `except`, ending the console. It is dropped here.
-    """
-
-    SAME_KEYPRESS = 0.25  # seconds; no one presses Ctrl-C twice that fast on purpose
-
-    def __init__(self):
-        self.last = -1.0
-
-    def handle(self, signum, frame) -> None:
-        now = time.monotonic()
-        if now - self.last < self.SAME_KEYPRESS:
-            return
-        self.last = now
-        raise KeyboardInterrupt
 
 
 class WindowSize:

@@ -51,7 +51,7 @@ def test_inside_view(running):
     comms = {p: kiwi.out("attach", cid, "--", "cat", f"{p}/comm", check=False) for p in pids}
     assert "/proc/1" in pids
     assert kiwi.out("attach", cid, "--", "cat", "/proc/1/comm") == "kiwi-init"
-    assert len(pids) <= 3, comms  # init, sh and the ls/sort pipeline at most
+    assert len(pids) <= 4, comms  # init, then sh, ls and sort of this very pipeline
     dev = kiwi.out("attach", cid, "--", "ls", "-A", "/dev").split()
     assert sorted(dev) == sorted(["console", "fd", "full", "null", "ptmx", "pts", "random", "shm",
                                   "stderr", "stdin", "stdout", "tty", "urandom", "zero"])
@@ -74,7 +74,7 @@ ESCAPES = {
     "mknod a host disk": "mknod /tmp/disk b 8 0 && head -c1 /tmp/disk",
     "mount": "mount -t tmpfs none /mnt",
     "write /proc/sys": "echo evil > /proc/sys/kernel/hostname",
-    "read /proc/kcore": "head -c 16 /proc/kcore | od | grep -q .",
+    "read /proc/kcore": "head -c 16 /proc/kcore > /tmp/k && test -s /tmp/k",
     "sysrq": "echo h > /proc/sysrq-trigger",
     "write /proc/1/exe": "echo x >> /proc/1/exe",
     "load a module": "insmod /nonexistent.ko 2>&1 | grep -qv 'No such file' && exit 1; "
