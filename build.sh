@@ -50,9 +50,11 @@ ensure_venv() {
   fi
 }
 
+# A private work and output folder per run: concurrent builds never mix files.
+RUN_DIR=build/run-$$
 pyinstaller_command() {
   echo .venv/bin/pyinstaller --noconfirm --clean --log-level WARN \
-    --distpath dist --workpath build/pyinstaller kiwi.spec
+    --distpath "$RUN_DIR/dist" --workpath "$RUN_DIR/work" kiwi.spec
 }
 
 build_host() {
@@ -67,9 +69,12 @@ build_host() {
   fi
   ensure_venv
   .venv/bin/python cffi_build/build_sys.py sys init >/dev/null || die "building the C parts failed (need gcc, libc6-dev, python3-dev)"
+  trap 'rm -rf "$RUN_DIR"' EXIT
   KIWI_ARCH=$arch $(pyinstaller_command) || die "PyInstaller failed"
-  # Replace dist/kiwi atomically: tests and benchmarks may be running it.
-  cp -f "dist/kiwi-linux-$arch" dist/kiwi.tmp && mv -f dist/kiwi.tmp dist/kiwi
+  # Replace the binaries atomically: tests and benchmarks may be running them.
+  mkdir -p dist
+  cp -f "$RUN_DIR/dist/kiwi-linux-$arch" "dist/.kiwi-linux-$arch.tmp" && mv -f "dist/.kiwi-linux-$arch.tmp" "dist/kiwi-linux-$arch"
+  cp -f "dist/kiwi-linux-$arch" dist/.kiwi.tmp && mv -f dist/.kiwi.tmp dist/kiwi
   build_manpages
   echo "built dist/kiwi-linux-$arch and dist/kiwi ($(du -h dist/kiwi | cut -f1))"
 }

@@ -47,7 +47,7 @@ def container_rows(store: Store) -> list[dict]:
         except KiwiError:
             continue
         state = runtime.status(store, cid)
-        used, limit = storage_summary(store, config)
+        used, limit = storage_summary(store, config, state.get("init_pid"))
         rows.append({
             "id": cid, "name": config.get("name"), "status": state["status"],
             "image": config.get("image"),

@@ -160,9 +160,9 @@ def delete(store: Store, cid: str) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def storage_summary(store: Store, config: dict) -> tuple[int | None, int | None]:
+def storage_summary(store: Store, config: dict, init_pid: int | None = None) -> tuple[int | None, int | None]:
     """(used bytes, limit bytes or None for host)."""
-    return storage.used_bytes(store.container_dir(config["id"])), config.get("storage")
+    return storage.used_bytes(store.container_dir(config["id"]), init_pid), config.get("storage")
 
 
 def container_dir_of(store: Store, cid: str) -> Path:

@@ -10,9 +10,7 @@ import fcntl
 import json
 import os
 import re
-import secrets
 import sys
-import tempfile
 from pathlib import Path
 
 from .errors import KiwiError
@@ -34,11 +32,13 @@ def is_container_id(text: str) -> bool:
 
 
 def new_container_id() -> str:
+    import secrets
     return secrets.token_hex(ID_LEN // 2)
 
 
 def atomic_write_json(path: Path | str, obj, mode: int = 0o644) -> None:
     """Write JSON so that a crash leaves either the old file or the new one."""
+    import tempfile
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
