@@ -55,37 +55,13 @@ def mount(store: Store, cid: str, target: str) -> str:
         store.runtime_dir(cid).mkdir(mode=0o700, parents=True, exist_ok=True)
         record = runtime.read_runtime(store, cid)
         if record:
-            privatens_free_run(clone_live_root, record["init_pid"], path)
+            privatens.run(clone_live_root, record["init_pid"], path, private_namespace=False)
         else:
             config = store.container_config(cid)
             lower = str(store.image_dir(config["image"]) / "rootfs")
             privatens.run(mount_stopped_overlay, store, cid, lower, path)
         atomic_write_json(runtime.mount_file(store, cid), {"target": path, "mount_id": mount_id_of(path)}, 0o600)
         return path
-
-
-def privatens_free_run(fn, *args):
-    """Like privatens.run but without a namespace of our own (fn switches namespaces itself)."""
-    import pickle
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        try:
-            fn(*args)
-            os.write(write_fd, pickle.dumps(("ok", None)))
-        except BaseException as e:  # noqa: BLE001
-            os.write(write_fd, pickle.dumps(("error", getattr(e, "message", f"{type(e).__name__}: {e}"))))
-        os._exit(0)
-    os.close(write_fd)
-    data = b""
-    while chunk := os.read(read_fd, 65536):
-        data += chunk
-    os.close(read_fd)
-    os.waitpid(pid, 0)
-    kind, value = pickle.loads(data) if data else ("error", "a helper process died")
-    if kind == "error":
-        raise KiwiError(f"mounting failed: {value}")
 
 
 def clone_live_root(init_pid: int, target: str) -> None:

@@ -11,16 +11,18 @@ import pickle
 from .errors import KiwiError
 
 
-def run(fn, *args):
-    """fn(*args) in a child with a private mount namespace; returns its (picklable) result."""
+def run(fn, *args, private_namespace: bool = True):
+    """fn(*args) in a forked child, by default with a private mount namespace
+    (without one, fn switches namespaces itself); returns its (picklable) result."""
     from . import syscalls as sc
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
         try:
-            sc.unshare(sc.CLONE_NEWNS)
-            sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+            if private_namespace:
+                sc.unshare(sc.CLONE_NEWNS)
+                sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
             payload = ("ok", fn(*args))
         except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
             message = e.message if isinstance(e, KiwiError) else f"{type(e).__name__}: {e}"

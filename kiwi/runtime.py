@@ -384,13 +384,15 @@ def relay_status(pid: int) -> int:
         signal.signal(sig, signal.SIG_IGN)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda s, f: os.kill(pid, s))
+    return wait_exit_code(pid)
+
+
+def wait_exit_code(pid: int) -> int:
     while True:
         try:
-            _, wstatus = os.waitpid(pid, 0)
-            break
+            return exit_code_of(os.waitpid(pid, 0)[1])
         except InterruptedError:
             continue
-    return exit_code_of(wstatus)
 
 
 def exit_code_of(wstatus: int) -> int:
@@ -437,18 +439,13 @@ def run_attached(store: Store, cid: str, argv: list[str] | None) -> int:
     import sys
     term = os.environ.get("TERM") if sys.stdin.isatty() else None
     pid = spawn(store, cid, argv, term=term)
+    # Ctrl-C and Ctrl-\ belong to the command in the container, not to us.
     old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)}
     try:
-        while True:
-            try:
-                _, wstatus = os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
+        return wait_exit_code(pid)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    return exit_code_of(wstatus)
 
 
 # --- stop, teardown, cleanup ---------------------------------------------------------

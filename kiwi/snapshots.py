@@ -149,19 +149,23 @@ def create_from_archive(store: Store, path: str, name: str | None = None, storag
     if not os.path.isfile(path):
         raise KiwiError(f"no such file: {path}")
     manifest = archive.read_manifest(path)
-    image = find_identical_image(store, manifest) or restore_image(store, path, manifest, progress)
-    settings = manifest.get("settings") or {}
+    settings = checked_settings(manifest.get("settings") or {}, path)
     if storage_text is None and "storage" in settings:
         storage_text = "host" if settings["storage"] is None else str(settings["storage"])
     upper = manifest["parts"].get("upper")
-    needed = upper.get("data_bytes", 0) if upper else 0
+    needed = upper["size"] if upper else 0  # tar bytes: checked against the stream, data_bytes is not
     size = containers.parse_storage(storage_text)
-    if size is not None and needed + storage.GIB // 8 > size:
-        raise KiwiError(f"storage {format_size(size)} is smaller than the archive's {format_size(needed)} "
-                        f"of changes; give --storage {format_size(needed + storage.GIB)} or more")
+    reserve = storage.GIB // 8  # ext4's own metadata and journal in state.img
+    if size is not None and needed + reserve > size:
+        raise KiwiError(f"storage {format_size(size)} is too small for the archive's {format_size(needed)} "
+                        f"of changes plus {format_size(reserve)} for the filesystem; "
+                        f"give --storage {format_size(needed + storage.GIB)} or more")
     if name is None and settings.get("name"):
         wanted = settings["name"]
         name = wanted if wanted not in store.container_names() else None
+    # Only after every check that can refuse: a refused archive must leave no image behind.
+    reused = find_identical_image(store, manifest)
+    image = reused or restore_image(store, path, manifest, progress)
 
     def populate(staging, config):
         if upper:
@@ -169,8 +173,36 @@ def create_from_archive(store: Store, path: str, name: str | None = None, storag
             with contextlib.suppress(FileNotFoundError):
                 os.rmdir(os.path.join(staging, "mnt"))
 
-    return containers.create(store, image, name=name, storage_text=storage_text,
-                             settings=settings, populate=populate)
+    try:
+        return containers.create(store, image, name=name, storage_text=storage_text,
+                                 settings=settings, populate=populate)
+    except BaseException:
+        if not reused:  # restored for this container only (e.g. its upper part was damaged)
+            from . import images
+            with contextlib.suppress(KiwiError, OSError):
+                images.delete_image(store, image)
+        raise
+
+
+def checked_settings(settings: dict, path: str) -> dict:
+    """The archive's settings, refused when `kiwi set` would refuse them (the file may be hostile)."""
+    from .containers import MIN_MEMORY, parse_shell
+
+    def whole(v, low):
+        return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= low)
+
+    ok = (whole(settings.get("memory"), MIN_MEMORY) and whole(settings.get("cpu"), 1)
+          and whole(settings.get("storage"), 1)
+          and settings.get("network") in (None, "host", "separate")
+          and (settings.get("name") is None or isinstance(settings["name"], str))
+          and (settings.get("shell") is None or isinstance(settings["shell"], str)))
+    if not ok:
+        raise KiwiError(f"{path}: its settings are invalid; the file is damaged or hostile")
+    if settings.get("shell") is not None:
+        parse_shell(settings["shell"])
+    if settings.get("name") is not None:
+        validate_name(settings["name"], "container name")
+    return settings
 
 
 def extract_upper(staging: str, path: str, progress) -> None:
