@@ -105,8 +105,44 @@ def teardown_env(kiwi: Kiwi) -> None:
                 kiwi("stop", row["id"], "--time", "2", check=False)
         kiwi("cleanup", check=False)
     remove_network(kiwi.env)
+    remove_cgroup_parent(kiwi.env["KIWI_CGROUP_PARENT"])
     unmount_below(kiwi.root.parent)
     shutil.rmtree(kiwi.root.parent, ignore_errors=True)
+
+
+def own_cgroup_dirs() -> list[Path]:
+    """This process's cgroup folder in every mounted hierarchy (v1 and v2)."""
+    own = {}
+    for line in open("/proc/self/cgroup"):
+        _, controllers, path = line.rstrip("\n").split(":", 2)
+        own[controllers] = path
+    dirs = []
+    for line in open("/proc/self/mountinfo"):
+        fields = line.split()
+        fstype = fields[fields.index("-") + 1]
+        if fstype == "cgroup2":
+            key = ""
+        elif fstype == "cgroup":
+            opts = fields[-1].split(",")
+            key = next((k for k in own if k and set(k.split(",")) <= set(opts)), None)
+        else:
+            continue
+        if key in own:
+            dirs.append(Path(fields[4]) / own[key].lstrip("/"))
+    return dirs
+
+
+def remove_cgroup_parent(parent: str) -> None:
+    """The test's own (relative) cgroup parent, in every hierarchy, once Kiwi emptied it."""
+    for base in own_cgroup_dirs():
+        top = base / parent
+        if not top.is_dir():
+            continue
+        for dirpath, dirnames, _ in sorted(os.walk(top), key=lambda t: -len(t[0])):
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                pass
 
 
 def remove_network(env: dict) -> None:
