@@ -37,10 +37,6 @@ def parser_class():
     return Parser
 
 
-def size_or_host(text: str) -> str:
-    return text
-
-
 def build_parser() -> argparse.ArgumentParser:
     Parser = parser_class()
     parser = Parser(

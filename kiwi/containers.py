@@ -10,7 +10,6 @@ import contextlib
 import datetime
 import os
 import shutil
-from pathlib import Path
 
 from . import storage
 from .errors import KiwiError
@@ -164,6 +163,3 @@ def storage_summary(store: Store, config: dict, init_pid: int | None = None) -> 
     """(used bytes, limit bytes or None for host)."""
     return storage.used_bytes(store.container_dir(config["id"]), init_pid), config.get("storage")
 
-
-def container_dir_of(store: Store, cid: str) -> Path:
-    return store.container_dir(cid)

@@ -57,8 +57,7 @@ def run(fn, *args, private_namespace: bool = True):
 def mount_state(store, cid: str, mountpoint: str) -> str:
     """Inside a private namespace: the container's state folder (upper/ work/) at mountpoint
     when it lives in state.img, or the plain state/ folder. Returns the path holding upper/."""
-    from . import loop, storage
-    from . import syscalls as sc
+    from . import storage
     cdir = store.container_dir(cid)
     img = storage.image_path(cdir)
     if not img.exists():

@@ -10,8 +10,6 @@ device (autoclear) frees itself when that namespace goes away.
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import os
 import signal
 import time
@@ -325,8 +323,9 @@ def spawn(store: Store, cid: str, argv: list[str] | None, fds=(0, 1, 2), term: s
     for the command; session_setup runs in the command's process before exec
     (e.g. setsid + controlling terminal for sessions).
     """
-    from . import cgroups, security  # noqa: F401  (needed in the child)
-    from . import syscalls as sc
+    # Imported before the fork: after setns the host's files, the frozen bundle
+    # included, are out of the child's reach.
+    from . import cgroups, security, syscalls  # noqa: F401
     record = read_runtime(store, cid)
     if not record:
         raise KiwiError(f"container {cid} is not running")

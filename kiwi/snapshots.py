@@ -225,6 +225,7 @@ def extract_upper(staging: str, path: str, progress) -> None:
 
 def commit(store: Store, cid: str, image: str, progress=None) -> dict:
     from . import images
+    from .containers import now_iso
     validate_name(image, "image name")
     if images.image_exists(store, image):
         raise KiwiError(f"an image named {image!r} exists already; choose another name")
@@ -237,7 +238,7 @@ def commit(store: Store, cid: str, image: str, progress=None) -> dict:
             with frozen_if_running(store, cid):
                 stats = privatens.run(flatten_container, store, cid, rootfs, str(staging))
             meta = {"name": image, "source": f"commit of container {cid} (image {config['image']})",
-                    "sha256": None, "size": stats.get("size"), "created": containers_now(),
+                    "sha256": None, "size": stats.get("size"), "created": now_iso(),
                     "parent": config["image"]}
             atomic_write_json(staging / "image.json", meta)
             with store.lock():
@@ -271,8 +272,3 @@ def tree_size(path: str) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, n)).st_size
     return total
-
-
-def containers_now() -> str:
-    from .containers import now_iso
-    return now_iso()

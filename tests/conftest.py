@@ -72,6 +72,16 @@ class Kiwi:
     def create(self, image: str, *args) -> str:
         return self.out("create", image, *args).splitlines()[-1]
 
+    def kill_midway(self, *args, after: float) -> None:
+        """Start `kiwi args`, SIGKILL it after `after` seconds (a crash at a random point)."""
+        import signal
+        import time
+        proc = subprocess.Popen(self.cmd + [str(a) for a in args], env=self.env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(after)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
     def sh(self, cid: str, script: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
         return self("attach", cid, "--", "sh", "-c", script, check=check, **kw)
 
@@ -161,12 +171,17 @@ def unmount_below(path: Path) -> None:
             subprocess.run(["umount", "-l", point], capture_output=True)
 
 
-@pytest.fixture
-def kiwi(tmp_path_factory):
+def fresh_kiwi(tmp_path_factory):
+    """A Kiwi in its own environment, torn down after use (generator for fixtures)."""
     env, root = make_env(tmp_path_factory)
     k = Kiwi(env, root)
     yield k
     teardown_env(k)
+
+
+@pytest.fixture
+def kiwi(tmp_path_factory):
+    yield from fresh_kiwi(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import signal
 import subprocess
-import time
 
-import pytest
 
 
 def assert_clean_error(done, fragment: str, code: int = 1):
@@ -98,11 +95,7 @@ def test_twenty_parallel_creates(kiwi, busybox):
 
 def test_killed_create_leaves_no_half_container(kiwi, busybox):
     for delay in (0.05, 0.15, 0.3):
-        proc = subprocess.Popen(kiwi.cmd + ["create", busybox, "--storage", "4G"], env=kiwi.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kiwi.kill_midway("create", busybox, "--storage", "4G", after=delay)
         for row in kiwi.json("list", "containers"):
             cdir = kiwi.root / "containers" / row["id"]
             assert (cdir / "config.json").exists() and (cdir / "state.img").exists()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import tarfile
 import time
@@ -175,11 +174,7 @@ def cgroup_dirs_of(kiwi) -> list[str]:
 def test_killed_start_is_cleaned_up(kiwi, busybox):
     cid = kiwi.create(busybox)
     for delay in (0.15, 0.3, 0.6):
-        proc = subprocess.Popen(kiwi.cmd + ["attach", cid, "--", "true"], env=kiwi.env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kiwi.kill_midway("attach", cid, "--", "true", after=delay)
         kiwi("cleanup")
         assert kiwi.json("list", "containers")[0]["status"] in ("stopped", "running")
         kiwi("stop", cid, "--time", "1")

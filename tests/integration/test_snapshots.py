@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from conftest import Kiwi, make_env, teardown_env
+from conftest import Kiwi, fresh_kiwi
 from kiwi.pull import normalise_arch
 
 MIB = 1 << 20
@@ -33,10 +33,7 @@ GIB = 1 << 30
 @pytest.fixture
 def kiwi2(tmp_path_factory):
     """A second, independent KIWI_ROOT (own bridge, subnet, cgroup parent), cleaned like the first."""
-    env, root = make_env(tmp_path_factory)
-    k = Kiwi(env, root)
-    yield k
-    teardown_env(k)
+    yield from fresh_kiwi(tmp_path_factory)
 
 
 def sha256_file(path) -> str:

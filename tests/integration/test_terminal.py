@@ -4,9 +4,7 @@ containers are stopped and removed by the `kiwi` fixture's teardown."""
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import subprocess
 
 import pexpect
 import pytest
