@@ -103,56 +103,97 @@ DENIED_SYSCALLS = (
     "clock_adjtime64", "adjtimex", "iopl", "ioperm", "userfaultfd",
     "lookup_dcookie", "quotactl", "quotactl_fd",
     "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree",
-    "mount_setattr", "unshare", "setns",
+    "open_tree_attr", "mount_setattr", "unshare", "setns",
+    # What Docker's default profile also refuses a container without the
+    # matching capability: kernel log (readable when dmesg_restrict=0), io_uring
+    # (bypasses this filter: its operations are no syscalls), NUMA placement
+    # (CAP_SYS_NICE), fd theft and kernel pointer order (CAP_SYS_PTRACE), fs-wide
+    # notification, tty hangup, and obsolete interfaces.
+    "syslog", "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "mbind", "get_mempolicy", "set_mempolicy", "set_mempolicy_home_node",
+    "migrate_pages", "move_pages", "kcmp", "pidfd_getfd", "process_madvise",
+    "fanotify_init", "vhangup", "uselib", "ustat", "sysfs", "_sysctl",
 )
 
 # Numbers of only the syscalls the filter names. 424+ are shared by all ABIs.
 _COMMON_NEW = {
+    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
     "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
-    "fsmount": 432, "fspick": 433, "clone3": 435, "mount_setattr": 442,
-    "quotactl_fd": 443,
+    "fsmount": 432, "fspick": 433, "clone3": 435, "pidfd_getfd": 438,
+    "process_madvise": 440, "mount_setattr": 442, "quotactl_fd": 443,
+    "set_mempolicy_home_node": 450, "open_tree_attr": 467,
 }
 SYSCALL_NUMBERS = {
     "x86_64": {
-        "clone": 56, "pivot_root": 155, "adjtimex": 159, "acct": 163,
+        "socket": 41, "clone": 56, "syslog": 103, "uselib": 134, "personality": 135,
+        "ustat": 136, "sysfs": 139, "vhangup": 153, "pivot_root": 155, "_sysctl": 156,
+        "adjtimex": 159, "acct": 163,
         "settimeofday": 164, "mount": 165, "umount2": 166, "swapon": 167,
         "swapoff": 168, "reboot": 169, "iopl": 172, "ioperm": 173,
         "init_module": 175, "delete_module": 176, "quotactl": 179,
-        "lookup_dcookie": 212, "clock_settime": 227, "kexec_load": 246,
-        "add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272,
-        "perf_event_open": 298, "name_to_handle_at": 303, "open_by_handle_at": 304,
-        "clock_adjtime": 305, "setns": 308, "finit_module": 313,
+        "lookup_dcookie": 212, "clock_settime": 227, "mbind": 237, "set_mempolicy": 238,
+        "get_mempolicy": 239, "kexec_load": 246,
+        "add_key": 248, "request_key": 249, "keyctl": 250, "migrate_pages": 256,
+        "unshare": 272, "move_pages": 279,
+        "perf_event_open": 298, "fanotify_init": 300, "name_to_handle_at": 303,
+        "open_by_handle_at": 304, "clock_adjtime": 305, "setns": 308, "kcmp": 312,
+        "finit_module": 313,
         "kexec_file_load": 320, "bpf": 321, "userfaultfd": 323, **_COMMON_NEW,
     },
     "aarch64": {
         "lookup_dcookie": 18, "umount2": 39, "mount": 40, "pivot_root": 41,
-        "quotactl": 60, "acct": 89, "unshare": 97, "kexec_load": 104,
+        "vhangup": 58, "quotactl": 60, "acct": 89, "personality": 92, "unshare": 97,
+        "kexec_load": 104,
         "init_module": 105, "delete_module": 106, "clock_settime": 112,
-        "reboot": 142, "settimeofday": 170, "adjtimex": 171, "add_key": 217,
+        "syslog": 116, "reboot": 142, "settimeofday": 170, "adjtimex": 171,
+        "socket": 198, "add_key": 217,
         "request_key": 218, "keyctl": 219, "clone": 220, "swapon": 224,
-        "swapoff": 225, "perf_event_open": 241, "name_to_handle_at": 264,
-        "open_by_handle_at": 265, "clock_adjtime": 266, "setns": 268,
+        "swapoff": 225, "mbind": 235, "get_mempolicy": 236, "set_mempolicy": 237,
+        "migrate_pages": 238, "move_pages": 239, "perf_event_open": 241,
+        "fanotify_init": 262, "name_to_handle_at": 264,
+        "open_by_handle_at": 265, "clock_adjtime": 266, "setns": 268, "kcmp": 272,
         "finit_module": 273, "bpf": 280, "userfaultfd": 282,
         "kexec_file_load": 294, **_COMMON_NEW,
     },
     "arm": {  # EABI
-        "mount": 21, "acct": 51, "umount2": 52, "settimeofday": 79, "swapon": 87,
-        "reboot": 88, "swapoff": 115, "clone": 120, "adjtimex": 124,
-        "init_module": 128, "delete_module": 129, "quotactl": 131,
+        "mount": 21, "acct": 51, "umount2": 52, "ustat": 62, "settimeofday": 79,
+        "uselib": 86, "swapon": 87,
+        "reboot": 88, "syslog": 103, "vhangup": 111, "swapoff": 115, "clone": 120,
+        "adjtimex": 124,
+        "init_module": 128, "delete_module": 129, "quotactl": 131, "sysfs": 135,
+        "personality": 136, "_sysctl": 149,
         "pivot_root": 218, "lookup_dcookie": 249, "clock_settime": 262,
-        "add_key": 309, "request_key": 310, "keyctl": 311, "unshare": 337,
-        "kexec_load": 347, "perf_event_open": 364, "name_to_handle_at": 370,
-        "open_by_handle_at": 371, "clock_adjtime": 372, "setns": 375,
-        "finit_module": 379, "bpf": 386, "userfaultfd": 388,
+        "socket": 281, "add_key": 309, "request_key": 310, "keyctl": 311,
+        "mbind": 319, "get_mempolicy": 320, "set_mempolicy": 321, "unshare": 337,
+        "move_pages": 344,
+        "kexec_load": 347, "perf_event_open": 364, "fanotify_init": 367,
+        "name_to_handle_at": 370,
+        "open_by_handle_at": 371, "clock_adjtime": 372, "setns": 375, "kcmp": 378,
+        "finit_module": 379, "bpf": 386, "userfaultfd": 388, "migrate_pages": 400,
         "kexec_file_load": 401, "clock_settime64": 404, "clock_adjtime64": 405,
         **_COMMON_NEW,
     },
 }
 
+# Numbers from here on are newer than this table (file_setattr, 469, came in
+# Linux 6.17): ENOSYS, so a new kernel interface is never open by default and
+# libc falls back as on an older kernel. ARM's private calls (set_tls,
+# cacheflush) live at 0x0f0000 and above and stay allowed.
+FIRST_UNKNOWN_SYSCALL = 470
+ARM_PRIVATE_SYSCALLS = 0x0F0000
+
 # clone() may not create namespaces either (unshare/setns are denied already).
 CLONE_NAMESPACE_FLAGS = (0x00020000 | 0x04000000 | 0x08000000 | 0x10000000
                          | 0x20000000 | 0x40000000 | 0x02000000)
 X32_SYSCALL_BIT = 0x40000000
+
+# personality(): what Docker allows - PER_LINUX, PER_LINUX32, UNAME26 with
+# either, and 0xffffffff (query). Everything else, READ_IMPLIES_EXEC and
+# ADDR_NO_RANDOMIZE above all, would weaken the process's memory protections.
+ALLOWED_PERSONALITIES = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
+# socket(): AF_ALG (kernel crypto, a steady source of kernel bugs) and
+# AF_VSOCK (talks to the hypervisor, not namespaced), as Docker.
+DENIED_SOCKET_FAMILIES = (38, 40)
 
 # classic BPF opcodes and struct seccomp_data offsets (little endian)
 _LD_W_ABS, _JMP_JA, _JEQ_K, _JGE_K, _JSET_K, _RET_K = 0x20, 0x05, 0x15, 0x35, 0x45, 0x06
@@ -171,26 +212,61 @@ def _deny(errno_value: int) -> tuple:
     return _ins(_RET_K, _RET_ERRNO | errno_value)
 
 
+_ALLOW = _ins(_RET_K, _RET_ALLOW)
+
+
+def _when_nr(number: int, block: list) -> list:
+    """block (which ends in a return) runs for syscall `number` only; nr is loaded."""
+    return [_ins(_JEQ_K, number, jt=0, jf=len(block))] + block
+
+
+def _arg0_in(values, then: tuple, otherwise: tuple) -> list:
+    """Return `then` when the low 32 bits of arg0 (all the kernel reads of an
+    int argument) equal one of values, else `otherwise`."""
+    block = [_ins(_LD_W_ABS, _OFFSET_ARG0_LOW)]
+    for index, value in enumerate(values):
+        block.append(_ins(_JEQ_K, value, jt=len(values) - index, jf=0))
+    return block + [otherwise, then]
+
+
+def _below(limit: int, block: list) -> list:
+    """block runs only when nr < limit; nr is loaded."""
+    return [_ins(_JGE_K, limit, jt=len(block), jf=0)] + block
+
+
+def _when_nr_at_least(limit: int, verdict: tuple) -> list:
+    return [_ins(_JGE_K, limit, jt=0, jf=1), verdict]
+
+
 def _abi_section(abi: str) -> list:
     """Filter body for one ABI, entered with nothing loaded."""
     numbers = SYSCALL_NUMBERS[abi]
     body = [_ins(_LD_W_ABS, _OFFSET_NR)]
     if abi == "x86_64":  # x32 ABI: same arch value, numbers with bit 30 set
-        body += [_ins(_JGE_K, X32_SYSCALL_BIT, jt=0, jf=1), _deny(errno.EPERM)]
+        body += _when_nr_at_least(X32_SYSCALL_BIT, _deny(errno.EPERM))
+    if abi == "arm":
+        body += _below(ARM_PRIVATE_SYSCALLS,
+                       _when_nr_at_least(FIRST_UNKNOWN_SYSCALL, _deny(errno.ENOSYS)))
+    else:
+        body += _when_nr_at_least(FIRST_UNKNOWN_SYSCALL, _deny(errno.ENOSYS))
     for name in DENIED_SYSCALLS:
         if name in numbers:
-            body += [_ins(_JEQ_K, numbers[name], jt=0, jf=1), _deny(errno.EPERM)]
+            body += _when_nr(numbers[name], [_deny(errno.EPERM)])
     # clone3 passes flags in memory the filter cannot read: ENOSYS makes
     # libc fall back to clone(), whose flags are checked below.
-    body += [_ins(_JEQ_K, numbers["clone3"], jt=0, jf=1), _deny(errno.ENOSYS)]
-    body += [
-        _ins(_JEQ_K, numbers["clone"], jt=0, jf=3),
+    body += _when_nr(numbers["clone3"], [_deny(errno.ENOSYS)])
+    # Each argument check loads arg0 over nr, so each ends in a return.
+    body += _when_nr(numbers["personality"],
+                     _arg0_in(ALLOWED_PERSONALITIES, then=_ALLOW, otherwise=_deny(errno.EPERM)))
+    body += _when_nr(numbers["socket"],
+                     _arg0_in(DENIED_SOCKET_FAMILIES, then=_deny(errno.EPERM), otherwise=_ALLOW))
+    body += _when_nr(numbers["clone"], [
         _ins(_LD_W_ABS, _OFFSET_ARG0_LOW),  # the kernel uses the low 32 bits
         _ins(_JSET_K, CLONE_NAMESPACE_FLAGS, jt=0, jf=1),
         _deny(errno.EPERM),
-        _ins(_RET_K, _RET_ALLOW),
-    ]
-    return body
+        _ALLOW,
+    ])
+    return body + [_ALLOW]
 
 
 def build_filter(abis) -> list:
