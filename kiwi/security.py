@@ -304,12 +304,19 @@ def install_seccomp() -> None:
 
 # -- masked /proc and /sys paths -------------------------------------------
 
+# Docker's masked and read-only paths (moby daemon/pkg/oci/defaults.go), plus
+# kallsyms, slabinfo (a kernel heap exploit's window) and the kpage* files
+# (physical page state, a Rowhammer aid).
 MASKED_FILES = (
-    "proc/kcore", "proc/keys", "proc/sysrq-trigger", "proc/timer_list",
-    "proc/sched_debug", "proc/latency_stats", "proc/kallsyms",
+    "proc/kcore", "proc/keys", "proc/timer_list", "proc/timer_stats",
+    "proc/sched_debug", "proc/latency_stats", "proc/interrupts", "proc/kallsyms",
+    "proc/slabinfo", "proc/kpageflags", "proc/kpagecount", "proc/kpagecgroup",
 )
-MASKED_DIRECTORIES = ("proc/acpi", "proc/scsi", "sys/firmware")
-READ_ONLY_PATHS = ("proc/sys", "proc/bus", "proc/fs", "proc/irq")
+MASKED_DIRECTORIES = (
+    "proc/acpi", "proc/asound", "proc/scsi", "sys/firmware", "sys/devices/virtual/powercap",
+)
+MASKED_DIRECTORY_PATTERNS = ("sys/devices/system/cpu/cpu[0-9]*/thermal_throttle",)
+READ_ONLY_PATHS = ("proc/sys", "proc/bus", "proc/fs", "proc/irq", "proc/sysrq-trigger")
 
 _MASK_MOUNT_FLAGS = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 
@@ -321,6 +328,9 @@ def mask_proc_paths(root="/") -> None:
         _mask_file(base / relative)
     for relative in MASKED_DIRECTORIES:
         _mask_directory(base / relative)
+    for pattern in MASKED_DIRECTORY_PATTERNS:
+        for path in sorted(base.glob(pattern)):
+            _mask_directory(path)
     for relative in READ_ONLY_PATHS:
         _bind_read_only(base / relative)
 

@@ -364,6 +364,11 @@ def test_mask_proc_paths(tmp_path):
             (root / "proc/sys/kernel/hostname").write_text("masked")
         assert caught.value.errno == errno.EROFS
         assert (root / "proc/sys/kernel/hostname").read_text()  # still readable
+        if (root / "proc/sysrq-trigger").exists():  # CONFIG_MAGIC_SYSRQ
+            with pytest.raises(OSError) as caught:
+                (root / "proc/sysrq-trigger").write_text("h")
+            assert caught.value.errno == errno.EROFS
+        assert (root / "proc/kpageflags").read_bytes() == b""  # real data outside
 
     run_in_child(body)
     assert str(root) not in host_mountinfo()
