@@ -55,6 +55,7 @@ SECCOMP_SET_MODE_FILTER SECCOMP_FILTER_FLAG_TSYNC
 SECCOMP_RET_KILL_PROCESS SECCOMP_RET_KILL_THREAD SECCOMP_RET_TRAP
 SECCOMP_RET_ERRNO SECCOMP_RET_ALLOW SECCOMP_RET_LOG SECCOMP_RET_DATA
 AUDIT_ARCH_X86_64 AUDIT_ARCH_I386 AUDIT_ARCH_AARCH64 AUDIT_ARCH_ARM
+BPF_PROG_TYPE_CGROUP_DEVICE BPF_CGROUP_DEVICE BPF_F_ALLOW_MULTI
 _LINUX_CAPABILITY_VERSION_3
 """
 
@@ -108,6 +109,10 @@ int kiwi_pidfd_open(int pid, unsigned int flags);
 int kiwi_pidfd_send_signal(int pidfd, int sig, unsigned int flags);
 int kiwi_close_range(unsigned int first, unsigned int last, unsigned int flags);
 int kiwi_drop_forwarded_sigint(void);
+int kiwi_bpf_prog_load(unsigned int prog_type, const void *insns, unsigned int count,
+                       const char *license);
+int kiwi_bpf_prog_attach(int target_fd, int prog_fd, unsigned int attach_type,
+                         unsigned int flags);
 """
 
 SOURCE = r"""
@@ -128,6 +133,7 @@ SOURCE = r"""
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <linux/audit.h>
+#include <linux/bpf.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/loop.h>
@@ -212,6 +218,9 @@ SOURCE = r"""
 #endif
 #ifndef SYS_mount_setattr
 #define SYS_mount_setattr 442
+#endif
+#ifndef SYS_bpf
+#define SYS_bpf __NR_bpf
 #endif
 
 struct kiwi_mount_attr {        /* struct mount_attr, MOUNT_ATTR_SIZE_VER0 */
@@ -325,6 +334,31 @@ int kiwi_pidfd_send_signal(int pidfd, int sig, unsigned int flags)
 
 int kiwi_close_range(unsigned int first, unsigned int last, unsigned int flags)
 { return (int)syscall(SYS_close_range, first, last, flags); }
+
+/* insns: `count` packed struct bpf_insn entries (8 bytes each). */
+int kiwi_bpf_prog_load(unsigned int prog_type, const void *insns, unsigned int count,
+                       const char *license)
+{
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.prog_type = prog_type;
+    attr.insns = (uint64_t)(uintptr_t)insns;
+    attr.insn_cnt = count;
+    attr.license = (uint64_t)(uintptr_t)license;
+    return (int)syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof attr);
+}
+
+int kiwi_bpf_prog_attach(int target_fd, int prog_fd, unsigned int attach_type,
+                         unsigned int flags)
+{
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.target_fd = target_fd;
+    attr.attach_bpf_fd = prog_fd;
+    attr.attach_type = attach_type;
+    attr.attach_flags = flags;
+    return (int)syscall(SYS_bpf, BPF_PROG_ATTACH, &attr, sizeof attr);
+}
 
 /* The one-file launcher (our parent) forwards every signal it gets to us, and
  * Ctrl-C reaches both of us from the terminal: Python would see two

@@ -30,7 +30,7 @@ PARENT_ENV = "KIWI_CGROUP_PARENT"
 DEFAULT_PARENT = "/kiwi"
 NAME_PREFIX = "kiwi-"
 V2_CONTROLLERS = ("memory", "cpu", "cpuset", "pids")
-V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer")
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices")
 V1_REQUIRED = ("memory", "cpu", "cpuacct", "cpuset", "pids")
 DEFAULT_PIDS = 1024
 WAIT_SECONDS = 5.0
@@ -505,6 +505,28 @@ class Cgroup:
             "cpuset": _read(self._file("cpuset", "cpuset.cpus")).strip(),
             "pids": _parse_max(_read(self._file("pids", "pids.max"))),
         }
+
+    # -- devices
+
+    def restrict_devices(self, rules) -> bool:
+        """Allow the cgroup's processes to open only the devices in rules,
+        (type, major, minor or None), each with every access. v2: an eBPF
+        device program; v1: the devices controller. False when the host has
+        neither (a v1 host without the devices controller)."""
+        try:
+            if self.version == "v2":
+                from kiwi import security
+                security.attach_device_program(self._dirs[_UNIFIED], rules)
+                return True
+            directory = self.path("devices")
+            if directory is None:
+                return False
+            _write(directory / "devices.deny", "a")  # drops every inherited rule
+            for kind, major, minor in rules:
+                _write(directory / "devices.allow", f"{kind} {major}:{'*' if minor is None else minor} rwm")
+        except OSError as exc:
+            raise KiwiError(f"cannot restrict the devices of cgroup {self.name}: {exc.strerror}") from exc
+        return True
 
     # -- processes
 

@@ -14,6 +14,11 @@ DEV_NODES = [  # name, major, minor, mode
     ("null", 1, 3, 0o666), ("zero", 1, 5, 0o666), ("full", 1, 7, 0o666),
     ("random", 1, 8, 0o666), ("urandom", 1, 9, 0o666), ("tty", 5, 0, 0o666),
 ]
+# The only devices the container may open (its cgroup enforces it, so a node
+# that appears later, however it got there, stays closed): the nodes above
+# (console is null's device), devpts' ptmx and its terminals.
+ALLOWED_DEVICES = tuple(dict.fromkeys(
+    [("c", major, minor) for _, major, minor, _ in DEV_NODES] + [("c", 5, 2), ("c", 136, None)]))
 DEV_LINKS = [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
              ("ptmx", "pts/ptmx")]

@@ -135,6 +135,11 @@ class Starter:
                 self.prepare_network()
             self.device = self.attach_storage()
             init_pid = self.spawn_init()
+            # Only now: building the root opened the loop device. Nothing of the
+            # image has run yet (kiwi-init is ours), and everything that enters
+            # later joins this cgroup.
+            from . import rootfs
+            self.cgroup.restrict_devices(rootfs.ALLOWED_DEVICES)
             record = {"init_pid": init_pid, "init_start_time": process_start_time(init_pid),
                       "cgroup_version": self.cgroup.version, "network": self.config.get("network"),
                       "started": time.time()}

@@ -302,6 +302,62 @@ def install_seccomp() -> None:
     sc.seccomp_set_filter(pack_filter(build_filter(machine_abis())))
 
 
+# -- device allowlist for cgroup v2 ------------------------------------------
+# An eBPF program of type BPF_PROG_TYPE_CGROUP_DEVICE, run by the kernel on
+# every open and mknod of a device node in the cgroup. Its context, struct
+# bpf_cgroup_dev_ctx, is {u32 access << 16 | type, u32 major, u32 minor};
+# returning 1 allows. Rules are (type "c"/"b", major, minor or None for any),
+# each with every access; the program allows exactly those.
+
+_DEVICE_TYPES = {"b": 1, "c": 2}  # BPF_DEVCG_DEV_BLOCK, BPF_DEVCG_DEV_CHAR
+_BPF_LDX_W, _BPF_AND_K, _BPF_MOV_K, _BPF_JNE_K, _BPF_EXIT = 0x61, 0x57, 0xB7, 0x55, 0x95
+_R0, _R1, _R2, _R3, _R4 = range(5)
+
+
+def _bpf(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> tuple:
+    return (code, dst, src, off, imm)
+
+
+def device_program(rules) -> list:
+    """eBPF instructions (code, dst, src, off, imm) allowing only the devices in rules."""
+    program = [
+        _bpf(_BPF_LDX_W, _R2, _R1, 0),
+        _bpf(_BPF_AND_K, _R2, imm=0xFFFF),  # the device type; access is not restricted
+        _bpf(_BPF_LDX_W, _R3, _R1, 4),  # major
+        _bpf(_BPF_LDX_W, _R4, _R1, 8),  # minor
+    ]
+    for kind, major, minor in rules:
+        checks = [(_R2, _DEVICE_TYPES[kind]), (_R3, major)]
+        if minor is not None:
+            checks.append((_R4, minor))
+        size = len(checks) + 2  # the checks, r0 = 1, exit
+        for index, (register, value) in enumerate(checks):
+            program.append(_bpf(_BPF_JNE_K, register, off=size - index - 1, imm=value))
+        program += [_bpf(_BPF_MOV_K, _R0, imm=1), _bpf(_BPF_EXIT)]
+    return program + [_bpf(_BPF_MOV_K, _R0, imm=0), _bpf(_BPF_EXIT)]
+
+
+def pack_device_program(program) -> bytes:
+    """struct bpf_insn, little-endian layout (dst in the low nibble)."""
+    return b"".join(struct.pack("<BBhi", code, dst | src << 4, off, imm)
+                    for code, dst, src, off, imm in program)
+
+
+def attach_device_program(cgroup_dir, rules) -> None:
+    """Load the allowlist and attach it to a v2 cgroup; it stays until the cgroup goes."""
+    prog_fd = sc.bpf_prog_load(sc.BPF_PROG_TYPE_CGROUP_DEVICE,
+                               pack_device_program(device_program(rules)))
+    try:
+        dir_fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            # ALLOW_MULTI: a device program of a parent cgroup (systemd's) keeps running too.
+            sc.bpf_prog_attach(dir_fd, prog_fd, sc.BPF_CGROUP_DEVICE, sc.BPF_F_ALLOW_MULTI)
+        finally:
+            os.close(dir_fd)
+    finally:
+        os.close(prog_fd)
+
+
 # -- masked /proc and /sys paths -------------------------------------------
 
 # Docker's masked and read-only paths (moby daemon/pkg/oci/defaults.go), plus

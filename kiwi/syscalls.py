@@ -193,3 +193,19 @@ def seccomp_set_filter(program: bytes, flags: int = 0) -> None:
         raise ValueError("seccomp program must be 1..4096 sock_filter entries")
     buffer = ffi.from_buffer(program)
     _check(lib.kiwi_seccomp_filter(flags, buffer, len(program) // 8), "seccomp set filter")
+
+
+# -- cgroup BPF ------------------------------------------------------------
+
+def bpf_prog_load(prog_type: int, program: bytes, license: str = "GPL") -> int:
+    """program: packed struct bpf_insn entries (8 bytes each); returns the program's fd."""
+    if len(program) % 8 or not program:
+        raise ValueError("a BPF program is a non-empty list of 8-byte instructions")
+    buffer = ffi.from_buffer(program)
+    return _check(lib.kiwi_bpf_prog_load(prog_type, buffer, len(program) // 8, license.encode()),
+                  f"bpf PROG_LOAD (type {prog_type}, {len(program) // 8} instructions)")
+
+
+def bpf_prog_attach(target_fd: int, prog_fd: int, attach_type: int, flags: int = 0) -> None:
+    _check(lib.kiwi_bpf_prog_attach(target_fd, prog_fd, attach_type, flags),
+           f"bpf PROG_ATTACH (type {attach_type}, flags {flags:#x})")

@@ -1,0 +1,209 @@
+"""Item 8 of issue 12: seccomp, masked /proc and /sys paths and the device
+allowlist, attacked for real from inside a container of the frozen binary.
+
+A static probe (confine_probe.c, built here with gcc -static) makes each
+forbidden call from inside; the host side checks that the same call works
+where Kiwi does not confine it, so none of these can pass by accident.
+"""
+from __future__ import annotations
+
+import errno
+import glob
+import json
+import os
+import secrets
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kiwi import rootfs, security
+
+PROBE_SOURCE = Path(__file__).with_name("confine_probe.c")
+EPERM, ENOENT, EROFS = f"errno {errno.EPERM}", f"errno {errno.ENOENT}", f"errno {errno.EROFS}"
+
+
+@pytest.fixture(scope="module")
+def probe_binary(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("probe") / "probe"
+    subprocess.run(["gcc", "-static", "-O1", "-Wall", "-Werror", "-o", str(out), str(PROBE_SOURCE)],
+                   check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def box(kiwi_module, busybox_tar, probe_binary):
+    """A running busybox container with the probe at /tmp/probe."""
+    kiwi_module("import", "--name", "confine", busybox_tar)
+    cid = kiwi_module.create("confine")
+    kiwi_module("attach", cid, "--", "true")
+    init_pid = json.loads((kiwi_module.root / "mounts" / cid / "runtime.json").read_text())["init_pid"]
+    # The host puts it there (as the image author could have).
+    Path(f"/proc/{init_pid}/root/tmp/probe").write_bytes(probe_binary.read_bytes())
+    os.chmod(f"/proc/{init_pid}/root/tmp/probe", 0o755)
+    return kiwi_module, cid, init_pid
+
+
+def probe(box, *args) -> str:
+    kiwi, cid, _ = box
+    return kiwi.out("attach", cid, "--", "/tmp/probe", *map(str, args))
+
+
+def host_probe(probe_binary, *args) -> str:
+    return subprocess.run([str(probe_binary), *map(str, args)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+# -- seccomp ---------------------------------------------------------------------------
+
+def test_io_uring_setup_is_refused(box, probe_binary):
+    assert probe(box, "io_uring_setup") == EPERM
+    if Path("/proc/sys/kernel/io_uring_disabled").read_text().strip() == "0":
+        assert host_probe(probe_binary, "io_uring_setup").startswith("ok ")  # the control
+
+
+@pytest.mark.parametrize("persona", [0x0400000, 0x0040000, 0x0040008, 0x0000006])
+def test_personality_outside_dockers_list_is_refused(box, probe_binary, persona):
+    # READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE, ADDR_NO_RANDOMIZE|PER_LINUX32, PER_BSD
+    assert probe(box, "personality", hex(persona)).splitlines() == [EPERM, "now 0"]
+    assert host_probe(probe_binary, "personality", hex(persona)).splitlines()[0] == "ok 0"
+
+
+@pytest.mark.parametrize("persona", [0x0, 0x8, 0x20000, 0x20008])
+def test_personality_values_docker_allows_work(box, persona):
+    assert probe(box, "personality", hex(persona)).splitlines() == ["ok 0", f"now {hex(persona)}" if persona else "now 0"]
+
+
+def test_personality_query_works(box):
+    assert probe(box, "personality", "0xffffffff").splitlines() == ["ok 0", "now 0"]
+
+
+@pytest.mark.parametrize("family, kind", [(38, 5), (40, 1)])  # AF_ALG seqpacket, AF_VSOCK stream
+def test_socket_families_docker_refuses_are_refused(box, family, kind):
+    assert probe(box, "socket", family, kind) == EPERM
+
+
+def test_ordinary_sockets_work(box):
+    for family, kind in ((1, 1), (2, 2), (16, 3)):  # unix stream, inet dgram, netlink raw
+        assert probe(box, "socket", family, kind).startswith("ok "), family
+
+
+# -- masked and read-only paths --------------------------------------------------------
+
+@pytest.mark.parametrize("relative", security.MASKED_FILES)
+def test_masked_files_give_nothing(box, probe_binary, relative):
+    path = "/" + relative
+    inside = probe(box, "read", path)
+    if not os.path.exists(path):
+        assert inside == ENOENT
+        return
+    assert inside in ("ok 0", f"errno {errno.EACCES}", EPERM), inside
+    if relative == "proc/kpageflags":  # the control: the host does get data
+        assert host_probe(probe_binary, "read", path) != "ok 0"
+
+
+def masked_directories_on_host() -> list[str]:
+    found = ["/" + d for d in security.MASKED_DIRECTORIES if os.path.isdir("/" + d)]
+    for pattern in security.MASKED_DIRECTORY_PATTERNS:
+        found += sorted(glob.glob("/" + pattern))
+    return found
+
+
+def test_masked_directories_are_empty(box):
+    kiwi, cid, _ = box
+    directories = masked_directories_on_host()
+    assert "/sys/firmware" in directories  # any Linux host has it, with content
+    assert os.listdir("/sys/firmware")
+    for directory in directories:
+        assert kiwi.out("attach", cid, "--", "ls", "-A", directory) == "", directory
+
+
+def container_mounts(box) -> dict[str, list[str]]:
+    kiwi, cid, _ = box
+    mounts = {}
+    for line in kiwi.out("attach", cid, "--", "cat", "/proc/self/mountinfo").splitlines():
+        fields = line.split()
+        mounts[fields[4]] = fields[5].split(",")
+    return mounts
+
+
+def test_read_only_paths_are_read_only_mounts(box):
+    mounts = container_mounts(box)
+    for relative in security.READ_ONLY_PATHS:
+        if os.path.exists("/" + relative):
+            assert "ro" in mounts.get("/" + relative, []), relative
+
+
+@pytest.mark.parametrize("path, text", [
+    ("/proc/sysrq-trigger", "h"),             # h: print help, harmless even if it got through
+    ("/proc/sys/vm/drop_caches", "x"),         # EINVAL if it got through
+    ("/proc/irq/default_smp_affinity", "x"),   # EINVAL if it got through
+])
+def test_writes_to_read_only_paths_fail(box, path, text):
+    assert probe(box, "write", path, text) == (EROFS if os.path.exists(path) else ENOENT)
+
+
+# -- device allowlist ----------------------------------------------------------------------
+
+def loop_device_of(kiwi, cid) -> str:
+    image = kiwi.root / "containers" / cid / "state.img"
+    listed = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, check=True)
+    return listed.stdout.split(":", 1)[0]
+
+
+def test_device_nodes_that_appear_later_stay_closed(box):
+    """The host makes nodes in the running container's /dev (as a smuggled node
+    would appear): only the allowlisted numbers open inside."""
+    kiwi, cid, init_pid = box
+    disk = os.stat(loop_device_of(kiwi, cid)).st_rdev  # the container's own storage device
+    tag = secrets.token_hex(3)
+    nodes = {
+        f"probe-null-{tag}": (stat.S_IFCHR, os.makedev(1, 3), "ok"),        # allowed: the control
+        f"probe-loopctl-{tag}": (stat.S_IFCHR, os.makedev(10, 237), EPERM),  # loop-control
+        f"probe-disk-{tag}": (stat.S_IFBLK, disk, EPERM),                   # raw ext4 under its /
+    }
+    dev = Path(f"/proc/{init_pid}/root/dev")
+    try:
+        for name, (kind, number, _) in nodes.items():
+            os.mknod(dev / name, kind | 0o600, number)
+            os.close(os.open(dev / name, os.O_RDONLY))  # the node itself works (host side)
+        for name, (_, _, expected) in nodes.items():
+            result = probe(box, "open", f"/dev/{name}")
+            assert result.startswith("ok ") if expected == "ok" else result == expected, (name, result)
+    finally:
+        for name in nodes:
+            (dev / name).unlink(missing_ok=True)
+
+
+def own_v2_cgroup_dir() -> Path:
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split() for line in f]
+    v2 = [m for m in mounts if m[m.index("-") + 1] == "cgroup2"]
+    assert v2, "no cgroup2 mount on this host"
+    own = next(line.split("::", 1)[1].strip() for line in open("/proc/self/cgroup") if line.startswith("0::"))
+    mount = v2[0]
+    return Path(mount[4]) / os.path.relpath(own, mount[3])
+
+
+def test_v2_device_program_denies_what_is_not_listed(tmp_path):
+    """The eBPF program itself, loaded and attached to a cgroup2 cgroup of this
+    test (on a hybrid host the unified mount holds it, as on a pure v2 host)."""
+    group = own_v2_cgroup_dir() / f"kiwi-confine-{secrets.token_hex(3)}"
+    group.mkdir()
+    try:
+        security.attach_device_program(group, rootfs.ALLOWED_DEVICES)
+        loopctl = tmp_path / "loopctl"
+        os.mknod(loopctl, stat.S_IFCHR | 0o600, os.makedev(10, 237))
+        code = ("import os, sys\n"
+                f"open({str(group / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n"
+                "for path in sys.argv[1:]:\n"
+                "    try:\n        os.close(os.open(path, os.O_RDONLY)); print('ok')\n"
+                "    except OSError as e:\n        print(e.errno)\n")
+        done = subprocess.run([sys.executable, "-c", code, "/dev/null", "/dev/zero", str(loopctl)],
+                              capture_output=True, text=True, check=True)
+        assert done.stdout.split() == ["ok", "ok", str(errno.EPERM)]
+        os.close(os.open(loopctl, os.O_RDONLY))  # outside the cgroup it opens
+    finally:
+        group.rmdir()
