@@ -1,22 +1,30 @@
 """Confinement of the container's processes.
 
-The runtime applies it in the child that becomes PID 1, in this order:
+Order of a start (runtime.Starter), each step needing what the next removes:
 
-    0. fd = init_memfd()         before pivot_root: the binary is a host file
-       ... namespaces, mounts, pivot_root, /proc, /sys, /dev (runtime) ...
-    1. mask_proc_paths()         needs mount(): before seccomp, while
-                                 CAP_SYS_ADMIN is held
-    2. install_seccomp()         while CAP_SYS_ADMIN is still held: without it the
+    0. fd = init_memfd()         in kiwi, before forking: the binary is a host file
+    stage 1: join the container's cgroup, unshare the namespaces, fork
+    stage 2 (PID 1, still kiwi):
+       ... mount state + overlay, /proc, /sys, /run, /tmp, /dev, pivot_root ...
+    1. mask_proc_paths()         needs mount() and CAP_SYS_ADMIN
+       ... hostname, /etc files, stdio to /dev/null, "ready" to kiwi ...
+    2. close_fds_except_stdio(keep=(fd, status pipe))
+    3. install_seccomp()         while CAP_SYS_ADMIN is still held: without it the
                                  kernel demands no_new_privs, which would break
                                  setuid programs (su, ping) in the container
-    3. drop_capabilities()       capset/prctl are not filtered, so this still works
-    4. close_fds_except_stdio(keep=(fd,))
-    5. exec_init(fd)
+    4. drop_capabilities()       capset/prctl are not filtered, so this still works
+    5. exec_init(fd)             kiwi-init from the sealed memfd
+    6. (kiwi, host side) cgroup.restrict_devices(rootfs.ALLOWED_DEVICES): not
+       earlier, since stage 2 opens the storage's loop device to mount it; not
+       later, since runtime.json, which `attach` needs, is written after it.
 
-`kiwi exec` children: setns into the namespaces first (setns is filtered),
-then steps 2-4 and os.execve of the user's command.
+`kiwi attach` children (runtime.relay_child, exec_in_container): drop
+dumpable, join the same cgroup (so the device allowlist holds for them too),
+setns into the namespaces (setns is filtered afterwards), fork, then steps 2-4
+and os.execve of the user's command.
 
-Everything here runs in a forked child and never prints.
+Everything here but attach_device_program (called by kiwi itself) runs in a
+forked child. Nothing here prints.
 """
 
 import errno

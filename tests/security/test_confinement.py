@@ -7,6 +7,7 @@ where Kiwi does not confine it, so none of these can pass by accident.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import json
@@ -39,7 +40,7 @@ def box(kiwi_module, busybox_tar, probe_binary):
     kiwi_module("import", "--name", "confine", busybox_tar)
     cid = kiwi_module.create("confine")
     kiwi_module("attach", cid, "--", "true")
-    init_pid = json.loads((kiwi_module.root / "mounts" / cid / "runtime.json").read_text())["init_pid"]
+    init_pid = init_pid_of(kiwi_module, cid)
     # The host puts it there (as the image author could have).
     Path(f"/proc/{init_pid}/root/tmp/probe").write_bytes(probe_binary.read_bytes())
     os.chmod(f"/proc/{init_pid}/root/tmp/probe", 0o755)
@@ -147,34 +148,62 @@ def test_writes_to_read_only_paths_fail(box, path, text):
 
 # -- device allowlist ----------------------------------------------------------------------
 
-def loop_device_of(kiwi, cid) -> str:
+def init_pid_of(kiwi, cid) -> int:
+    return json.loads((kiwi.root / "mounts" / cid / "runtime.json").read_text())["init_pid"]
+
+
+def storage_device_of(kiwi, cid) -> int:
+    """st_rdev of the loop device under the container's own root filesystem."""
     image = kiwi.root / "containers" / cid / "state.img"
     listed = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, check=True)
-    return listed.stdout.split(":", 1)[0]
+    return os.stat(listed.stdout.split(":", 1)[0]).st_rdev
 
 
-def test_device_nodes_that_appear_later_stay_closed(box):
-    """The host makes nodes in the running container's /dev (as a smuggled node
-    would appear): only the allowlisted numbers open inside."""
-    kiwi, cid, init_pid = box
-    disk = os.stat(loop_device_of(kiwi, cid)).st_rdev  # the container's own storage device
-    tag = secrets.token_hex(3)
-    nodes = {
-        f"probe-null-{tag}": (stat.S_IFCHR, os.makedev(1, 3), "ok"),        # allowed: the control
-        f"probe-loopctl-{tag}": (stat.S_IFCHR, os.makedev(10, 237), EPERM),  # loop-control
-        f"probe-disk-{tag}": (stat.S_IFBLK, disk, EPERM),                   # raw ext4 under its /
-    }
+@contextlib.contextmanager
+def smuggled_nodes(init_pid: int, nodes: dict):
+    """Make {name: (S_IFCHR or S_IFBLK, rdev)} in the running container's /dev
+    from the host, as a node smuggled in would appear; check that each works
+    on the host side; remove them afterwards."""
     dev = Path(f"/proc/{init_pid}/root/dev")
     try:
-        for name, (kind, number, _) in nodes.items():
+        for name, (kind, number) in nodes.items():
             os.mknod(dev / name, kind | 0o600, number)
-            os.close(os.open(dev / name, os.O_RDONLY))  # the node itself works (host side)
-        for name, (_, _, expected) in nodes.items():
-            result = probe(box, "open", f"/dev/{name}")
-            assert result.startswith("ok ") if expected == "ok" else result == expected, (name, result)
+            os.close(os.open(dev / name, os.O_RDONLY))  # the control: the node itself opens
+        yield
     finally:
         for name in nodes:
             (dev / name).unlink(missing_ok=True)
+
+
+def test_device_nodes_that_appear_later_stay_closed(box):
+    """Only the allowlisted numbers open inside, whatever node appears in /dev."""
+    kiwi, cid, init_pid = box
+    tag = secrets.token_hex(3)
+    expected = {f"probe-null-{tag}": "ok", f"probe-loopctl-{tag}": EPERM, f"probe-disk-{tag}": EPERM}
+    nodes = {
+        f"probe-null-{tag}": (stat.S_IFCHR, os.makedev(1, 3)),        # allowed: the control
+        f"probe-loopctl-{tag}": (stat.S_IFCHR, os.makedev(10, 237)),  # loop-control
+        f"probe-disk-{tag}": (stat.S_IFBLK, storage_device_of(kiwi, cid)),  # raw ext4 under its /
+    }
+    with smuggled_nodes(init_pid, nodes):
+        for name, verdict in expected.items():
+            result = probe(box, "open", f"/dev/{name}")
+            assert result.startswith("ok ") if verdict == "ok" else result == verdict, (name, result)
+
+
+def test_smuggled_block_device_stays_closed(kiwi, busybox):
+    """One start, one open. tests/vm/test_vm_devices.py runs this inside the
+    cgroup v2 VM, where the eBPF device program does what the v1 devices
+    controller does here."""
+    cid = kiwi.create(busybox)
+    kiwi("attach", cid, "--", "true")
+    expected_cgroup = os.environ.get("KIWI_EXPECT_CGROUP")
+    if expected_cgroup:
+        assert kiwi.json("list", "containers")[0]["cgroup"] == expected_cgroup
+    with smuggled_nodes(init_pid_of(kiwi, cid), {"disk": (stat.S_IFBLK, storage_device_of(kiwi, cid))}):
+        done = kiwi.sh(cid, "exec 3< /dev/disk", check=False)
+    assert done.returncode != 0
+    assert "Operation not permitted" in done.stderr, done.stderr
 
 
 def own_v2_cgroup_dir() -> Path:
