@@ -121,6 +121,8 @@ DENIED_SYSCALLS = (
     "mbind", "get_mempolicy", "set_mempolicy", "set_mempolicy_home_node",
     "migrate_pages", "move_pages", "kcmp", "pidfd_getfd", "process_madvise",
     "fanotify_init", "vhangup", "uselib", "ustat", "sysfs", "_sysctl",
+    # arm OABI's multiplexer: it would carry socket() past the family check below.
+    "socketcall",
 )
 
 # Numbers of only the syscalls the filter names. 424+ are shared by all ABIs.
@@ -166,7 +168,7 @@ SYSCALL_NUMBERS = {
     "arm": {  # EABI
         "mount": 21, "acct": 51, "umount2": 52, "ustat": 62, "settimeofday": 79,
         "uselib": 86, "swapon": 87,
-        "reboot": 88, "syslog": 103, "vhangup": 111, "swapoff": 115, "clone": 120,
+        "reboot": 88, "socketcall": 102, "syslog": 103, "vhangup": 111, "swapoff": 115, "clone": 120,
         "adjtimex": 124,
         "init_module": 128, "delete_module": 129, "quotactl": 131, "sysfs": 135,
         "personality": 136, "_sysctl": 149,

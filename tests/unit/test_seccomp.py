@@ -50,7 +50,7 @@ def test_table_matches_kernel_header(abi, header):
 def test_x86_64_table_has_every_denied_syscall():
     table = security.SYSCALL_NUMBERS["x86_64"]
     missing = {name for name in security.DENIED_SYSCALLS if name not in table}
-    assert missing == {"clock_settime64", "clock_adjtime64"}  # 32-bit ABIs only
+    assert missing == {"clock_settime64", "clock_adjtime64", "socketcall"}  # 32-bit ABIs only
 
 
 def test_aarch64_and_arm_miss_only_what_they_lack():
@@ -58,7 +58,7 @@ def test_aarch64_and_arm_miss_only_what_they_lack():
     arm = security.SYSCALL_NUMBERS["arm"]
     denied = set(security.DENIED_SYSCALLS)
     assert denied - set(aarch64) == {"iopl", "ioperm", "clock_settime64", "clock_adjtime64",
-                                     "uselib", "ustat", "sysfs", "_sysctl"}  # never on arm64
+                                     "uselib", "ustat", "sysfs", "_sysctl", "socketcall"}  # never on arm64
     assert denied - set(arm) == {"iopl", "ioperm"}  # EABI has neither
 
 
