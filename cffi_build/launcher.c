@@ -10,7 +10,7 @@
  *
  * Cache folder, <parent>/<hash> (the data folder follows Store.open in
  * kiwi/store.py: $KIWI_ROOT, else kiwi-data/ beside this file):
- *   root       <data folder>/.runtime, else /tmp/kiwi-0
+ *   root       <data folder>/.runtime, else /var/cache/kiwi, else /tmp/kiwi-0
  *   other uid  $XDG_CACHE_HOME/kiwi or ~/.cache/kiwi, else /tmp/kiwi-<uid>
  * A parent is used only when every folder from / down to it belongs to root or
  * to us and nobody else can change it (a sticky folder like /tmp aside), and the
@@ -631,6 +631,10 @@ static int candidate_parents(const char *self, char bases[3][PATH_MAX], const ch
         data_folder(self, bases[n], PATH_MAX);
         subs[n] = ".runtime";
         modes[n++] = 0777;   /* the data folder as Python would make it (umask applies) */
+        /* Only root can make folders here; in /tmp anyone could take the name first. */
+        snprintf(bases[n], PATH_MAX, "/var/cache");
+        subs[n] = "kiwi";
+        modes[n++] = 0755;
     } else {
         const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
         if (xdg && xdg[0] == '/')
@@ -680,6 +684,7 @@ int main(int argc, char **argv)
         note_failure(exe, strerror(errno));   /* e.g. /tmp mounted noexec */
         close(markfd);
     }
-    die("found no folder to run from (%s); set KIWI_ROOT to a folder only root can write, "
-        "or free some space", failures);
+    die("found no folder to unpack and run kiwi from (%s); %s", failures, geteuid() == 0
+        ? "set KIWI_ROOT to a folder only root can write, or free some space"
+        : "set XDG_CACHE_HOME to a folder of your own, or free some space");
 }

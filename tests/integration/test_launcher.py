@@ -202,19 +202,18 @@ def test_older_build_is_removed_newer_kept(kiwi):
 
 
 def test_untrusted_data_folder_is_not_run_from(kiwi, tmp_path):
-    """A data folder another user can write: root unpacks into /tmp/kiwi-0 instead."""
+    """A data folder another user can write: root unpacks into /var/cache/kiwi instead."""
     shared = tmp_path / "shared"
     shared.mkdir()
     os.chown(shared, NOBODY, NOBODY)
     root = shared / "kiwi-data"
-    env = {"KIWI_ROOT": str(root)}
-    own = Path("/tmp/kiwi-0")
+    own = Path("/var/cache/kiwi")
     existed = own.exists()
     kiwi("--version")
     build_name = only_build(kiwi).name
     had_build = (own / build_name).exists()
     try:
-        assert kiwi.out("--version", env=env).startswith("kiwi ")
+        assert kiwi.out("--version", env={"KIWI_ROOT": str(root)}).startswith("kiwi ")
         assert not (root / ".runtime" / build_name).exists()
         assert (own / build_name / ".complete").is_file()
         st = own.lstat()
