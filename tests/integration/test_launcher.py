@@ -287,3 +287,15 @@ def test_frozen_executable_names_the_one_file(tmp_path, monkeypatch):
     monkeypatch.setenv("KIWI_EXECUTABLE", str(tmp_path / "kiwi"))
     assert store.executable_dir() == tmp_path.resolve()
     assert terminal.kiwi_argv() == [str(tmp_path / "kiwi")]
+
+
+def test_containers_get_neither_the_lock_nor_the_path(kiwi, busybox):
+    """Every kiwi process holds its build's marker open across exec; nothing in a
+    container may inherit that fd or see KIWI_EXECUTABLE."""
+    cid = kiwi.create(busybox)
+    kiwi("attach", cid, "--", "true")  # running now: PID 1 exists
+    script = "ls -l /proc/[0-9]*/fd/ 2>/dev/null; cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'"
+    seen = kiwi.sh(cid, script).stdout
+    assert "/proc/1/fd" in seen or "->" in seen, seen  # the listing did run
+    assert ".complete" not in seen and ".runtime" not in seen, seen
+    assert "KIWI_EXECUTABLE" not in seen and "_PYI_" not in seen, seen
