@@ -189,7 +189,7 @@ static void open_bundle(struct bundle *b)
     uint64_t size = (uint64_t)st.st_size;
     if (size < TRAILER_SIZE || pread_full(b->fd, t, TRAILER_SIZE, size - TRAILER_SIZE) < 0
         || memcmp(t, MAGIC, 8) != 0)
-        die("this kiwi file has no bundle; build it with ./build.sh host");
+        die("this kiwi file has no bundle at its end (cut short?); download it again or build it with ./build.sh host");
     uint64_t index_offset = le64(t + 8), index_size = le64(t + 16);
     b->data_offset = le64(t + 24);
     b->data_size = le64(t + 32);
@@ -454,40 +454,43 @@ struct stream {
     ZSTD_DCtx *z;
     ZSTD_inBuffer in;
     size_t out_pos, out_len;
+    size_t hint;          /* ZSTD_decompressStream's last result: 0 once the frame is done */
 };
 
 static unsigned char in_buf[1 << 17], out_buf[1 << 17];
 
-static int stream_fill(struct stream *s)
+/* One decompression step; -1 with EBADMSG when the bundle is damaged. */
+static int stream_step(struct stream *s)
 {
-    s->out_pos = s->out_len = 0;
-    while (s->out_len == 0) {
-        if (s->in.pos == s->in.size) {
-            if (s->pos >= s->end) {
-                errno = EIO;
-                return -1;
-            }
-            size_t n = s->end - s->pos < sizeof in_buf ? (size_t)(s->end - s->pos) : sizeof in_buf;
-            if (pread_full(s->fd, in_buf, n, s->pos) < 0)
-                return -1;
-            s->in = (ZSTD_inBuffer){ in_buf, n, 0 };
-            s->pos += n;
-        }
-        ZSTD_outBuffer out = { out_buf, sizeof out_buf, 0 };
-        if (ZSTD_isError(ZSTD_decompressStream(s->z, &out, &s->in))) {
-            errno = EIO;
+    if (s->in.pos == s->in.size) {
+        if (s->pos >= s->end) {
+            errno = EBADMSG;   /* the bundle ends before the index says */
             return -1;
         }
-        s->out_len = out.pos;
+        size_t n = s->end - s->pos < sizeof in_buf ? (size_t)(s->end - s->pos) : sizeof in_buf;
+        if (pread_full(s->fd, in_buf, n, s->pos) < 0)
+            return -1;
+        s->in = (ZSTD_inBuffer){ in_buf, n, 0 };
+        s->pos += n;
     }
+    ZSTD_outBuffer out = { out_buf, sizeof out_buf, 0 };
+    s->hint = ZSTD_decompressStream(s->z, &out, &s->in);
+    if (ZSTD_isError(s->hint)) {
+        errno = EBADMSG;
+        return -1;
+    }
+    s->out_pos = 0;
+    s->out_len = out.pos;
     return 0;
 }
 
 static int stream_copy(struct stream *s, int fd, uint64_t n)
 {
     while (n > 0) {
-        if (s->out_pos == s->out_len && stream_fill(s) < 0)
-            return -1;
+        while (s->out_pos == s->out_len) {
+            if (stream_step(s) < 0)
+                return -1;
+        }
         size_t k = s->out_len - s->out_pos;
         if (k > n)
             k = (size_t)n;
@@ -495,6 +498,20 @@ static int stream_copy(struct stream *s, int fd, uint64_t n)
             return -1;
         s->out_pos += k;
         n -= k;
+    }
+    return 0;
+}
+
+/* The frame must end where the index does: zstd checks its checksum there. */
+static int stream_end(struct stream *s)
+{
+    while (s->hint != 0 && s->out_pos == s->out_len) {
+        if (stream_step(s) < 0)
+            return -1;
+    }
+    if (s->out_pos != s->out_len || s->pos != s->end || s->in.pos != s->in.size) {
+        errno = EBADMSG;
+        return -1;
     }
     return 0;
 }
@@ -527,7 +544,7 @@ static int fsync_dir(int dirfd, const char *path)
 static int unpack_entries(const struct bundle *b, int tmpfd)
 {
     struct stream s = { b->fd, b->data_offset, b->data_offset + b->data_size, ZSTD_createDCtx(),
-                        { NULL, 0, 0 }, 0, 0 };
+                        { NULL, 0, 0 }, 0, 0, 1 };
     const struct entry marker = { 'f', 0600, 0, MARKER };
     int rc = s.z ? 0 : -1;
     for (size_t i = 0; rc == 0 && i < b->count; i++) {
@@ -537,6 +554,8 @@ static int unpack_entries(const struct bundle *b, int tmpfd)
         else
             rc = mkdirat(tmpfd, e->path, 0700) < 0 || fchmodat(tmpfd, e->path, e->mode, 0) < 0 ? -1 : 0;
     }
+    if (rc == 0)
+        rc = stream_end(&s);
     for (size_t i = 0; rc == 0 && i < b->count; i++) {
         if (b->entries[i].type == 'd')
             rc = fsync_dir(tmpfd, b->entries[i].path);
@@ -588,7 +607,10 @@ static int ensure_complete(const struct bundle *b, int parentfd, const char *whe
     if (markfd < 0) {
         remove_leftovers(parentfd);
         discard(parentfd, b->hash);        /* damaged or incomplete */
-        if (unpack(b, parentfd) < 0)
+        int rc = unpack(b, parentfd);
+        if (rc < 0 && errno == EBADMSG)
+            die("this kiwi file is damaged (its bundle does not unpack); download it again");
+        if (rc < 0)
             note_failure(where, strerror(errno));
         else if ((markfd = open_complete(b, parentfd)) < 0)
             note_failure(where, "the unpacked files do not match the index");

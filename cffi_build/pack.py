@@ -6,7 +6,7 @@ Layout of OUTPUT (read by cffi_build/launcher.c, which unpacks the bundle once
 into a cache folder named by the hash and execs BUNDLE_DIR/kiwi from there):
 
     launcher (static ELF)
-    data     every file's bytes, in index order, as one zstd frame
+    data     every file's bytes, in index order, as one zstd frame (with checksum)
     index    per entry: type 'd'/'f' (u8), 0 (u8), mode (u16), path length (u32),
              size (u64), path (UTF-8, relative); folders before what they hold
     trailer  "KIWIPAK1", index offset, index size, data offset, data size,
@@ -60,7 +60,8 @@ def pack(launcher: Path, bundle: Path, output: Path, level: int = 19) -> str:
             data.append(path.read_bytes())
         name = rel.encode()
         index += ENTRY.pack(kind[0], 0, mode, len(name), size) + name
-    compressor = zstandard.ZstdCompressor(level=level, threads=-1)
+    # The checksum lets the launcher tell a damaged download from a good one.
+    compressor = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
     payload = compressor.compress(b"".join(data))
     digest = hashlib.sha256(bytes(index) + payload).hexdigest()[:16]
     built = int(os.environ.get("SOURCE_DATE_EPOCH") or time.time())

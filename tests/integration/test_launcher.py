@@ -299,3 +299,23 @@ def test_containers_get_neither_the_lock_nor_the_path(kiwi, busybox):
     assert "/proc/1/fd" in seen or "->" in seen, seen  # the listing did run
     assert ".complete" not in seen and ".runtime" not in seen, seen
     assert "KIWI_EXECUTABLE" not in seen and "_PYI_" not in seen, seen
+
+
+def test_damaged_download_is_one_clear_line(kiwi, tmp_path):
+    """A flipped bit in the bundle (zstd's checksum) or a file cut short: one line, exit 1,
+    nothing half-unpacked left behind."""
+    import struct
+    good = Path(kiwi_command()[0]).read_bytes()
+    _, _, _, data_offset, data_size, _, _ = struct.unpack("<8s5Q24s", good[-72:])
+    flipped = bytearray(good)
+    flipped[data_offset + data_size // 2] ^= 0x10
+    for name, blob in (("flipped", bytes(flipped)), ("cut", good[: len(good) // 2])):
+        binary = tmp_path / name
+        binary.write_bytes(blob)
+        binary.chmod(0o755)
+        done = subprocess.run([str(binary), "--version"], env=kiwi.env, capture_output=True, text=True)
+        assert done.returncode == 1 and done.stdout == "", (name, done)
+        assert done.stderr.count("\n") == 1 and done.stderr.startswith("kiwi: "), (name, done.stderr)
+        assert "download it again" in done.stderr, done.stderr
+        runtime = cache_dir(kiwi)
+        assert not runtime.exists() or cache_entries(kiwi) == [], cache_entries(kiwi)
