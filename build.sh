@@ -57,23 +57,32 @@ pyinstaller_command() {
     --distpath "$RUN_DIR/dist" --workpath "$RUN_DIR/work" kiwi.spec
 }
 
+# The one file: Kiwi's static launcher + the PyInstaller one-folder bundle (zstd).
+pack_command() {
+  local arch=$1
+  echo .venv/bin/python cffi_build/pack.py build/kiwi-launcher "$RUN_DIR/dist/kiwi-linux-$arch" "dist/kiwi-linux-$arch"
+}
+
 build_host() {
   local target arch
   target=$(host_target)
   arch=${target#linux-}
   if [ "$DRY_RUN" = 1 ]; then
     echo .venv/bin/python cffi_build/build_sys.py sys init
+    echo .venv/bin/python cffi_build/build_sys.py launcher
     echo "KIWI_ARCH=$arch $(pyinstaller_command)"
+    pack_command "$arch"
     echo .venv/bin/python scripts/make-manpages dist
     return
   fi
   ensure_venv
   .venv/bin/python cffi_build/build_sys.py sys init >/dev/null || die "building the C parts failed (need gcc, libc6-dev, python3-dev)"
+  .venv/bin/python cffi_build/build_sys.py launcher >/dev/null || die "building the launcher failed (need the static libzstd: apt-get install libzstd-dev)"
   trap 'rm -rf "$RUN_DIR"' EXIT
   KIWI_ARCH=$arch $(pyinstaller_command) || die "PyInstaller failed"
-  # Replace the binaries atomically: tests and benchmarks may be running them.
   mkdir -p dist
-  cp -f "$RUN_DIR/dist/kiwi-linux-$arch" "dist/.kiwi-linux-$arch.tmp" && mv -f "dist/.kiwi-linux-$arch.tmp" "dist/kiwi-linux-$arch"
+  # pack.py and the copy replace the binaries atomically: tests and benchmarks may be running them.
+  $(pack_command "$arch") >/dev/null || die "packing the one-file binary failed"
   cp -f "dist/kiwi-linux-$arch" dist/.kiwi.tmp && mv -f dist/.kiwi.tmp dist/kiwi
   build_manpages
   echo "built dist/kiwi-linux-$arch and dist/kiwi ($(du -h dist/kiwi | cut -f1))"

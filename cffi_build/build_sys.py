@@ -1,8 +1,9 @@
 """Build Kiwi's native parts.
 
-    python cffi_build/build_sys.py          # both
-    python cffi_build/build_sys.py sys      # kiwi/_sys*.so   (cffi API mode)
-    python cffi_build/build_sys.py init     # kiwi/kiwi-init  (static PID 1)
+    python cffi_build/build_sys.py            # sys and init
+    python cffi_build/build_sys.py sys        # kiwi/_sys*.so        (cffi API mode)
+    python cffi_build/build_sys.py init       # kiwi/kiwi-init       (static PID 1)
+    python cffi_build/build_sys.py launcher   # build/kiwi-launcher  (static, head of the one-file kiwi)
 
 Every wrapper returns -1 and leaves errno set on failure; kiwi/syscalls.py turns
 that into OSError. Raw syscall(2) is used wherever glibc has no wrapper (or has
@@ -108,7 +109,6 @@ int kiwi_mknodat(int dirfd, const char *path, unsigned int mode,
 int kiwi_pidfd_open(int pid, unsigned int flags);
 int kiwi_pidfd_send_signal(int pidfd, int sig, unsigned int flags);
 int kiwi_close_range(unsigned int first, unsigned int last, unsigned int flags);
-int kiwi_drop_forwarded_sigint(void);
 int kiwi_bpf_prog_load(unsigned int prog_type, const void *insns, unsigned int count,
                        const char *license);
 int kiwi_bpf_prog_attach(int target_fd, int prog_fd, unsigned int attach_type,
@@ -359,44 +359,6 @@ int kiwi_bpf_prog_attach(int target_fd, int prog_fd, unsigned int attach_type,
     attr.attach_flags = flags;
     return (int)syscall(SYS_bpf, BPF_PROG_ATTACH, &attr, sizeof attr);
 }
-
-/* The one-file launcher (our parent) forwards every signal it gets to us, and
- * Ctrl-C reaches both of us from the terminal: Python would see two
- * KeyboardInterrupts, the second one landing inside the handling of the first.
- * This SIGINT handler drops the parent's copy of a Ctrl-C we got moments ago
- * and hands every other SIGINT to Python as usual. */
-#include <signal.h>
-#include <time.h>
-
-static long long kiwi_last_sigint_ms = -1000000;
-
-static long long kiwi_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void kiwi_on_sigint(int sig, siginfo_t *info, void *context)
-{
-    long long now = kiwi_now_ms();
-    (void)sig;
-    (void)context;
-    if (info->si_code == SI_USER && info->si_pid == getppid() && now - kiwi_last_sigint_ms < 500)
-        return;
-    kiwi_last_sigint_ms = now;
-    PyErr_SetInterrupt();
-}
-
-int kiwi_drop_forwarded_sigint(void)
-{
-    struct sigaction action;
-    memset(&action, 0, sizeof action);
-    action.sa_sigaction = kiwi_on_sigint;
-    action.sa_flags = SA_SIGINFO | SA_ONSTACK;
-    sigemptyset(&action.sa_mask);
-    return sigaction(SIGINT, &action, NULL);
-}
 """
 
 
@@ -412,24 +374,34 @@ def build_sys() -> Path:
     return Path(make_ffibuilder().compile(tmpdir=str(ROOT), verbose=False))
 
 
-def build_init(output: Path = ROOT / "kiwi" / "kiwi-init") -> Path:
-    """Compile init.c into a stripped static binary."""
+def build_static(source: Path, output: Path, libs: tuple[str, ...] = ()) -> Path:
+    """Compile one C file into a small, stripped static binary."""
     cc = shlex.split(os.environ.get("CC", "gcc"))
     cflags = shlex.split(os.environ.get("INIT_CFLAGS", ""))
+    output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     subprocess.run(
         [*cc, "-Os", "-static", "-s", "-Wall", "-Wextra", "-Werror",
-         *cflags, "-o", str(tmp), str(HERE / "init.c")],
+         *cflags, "-o", str(tmp), str(source), *libs],
         check=True,
     )
     tmp.replace(output)  # atomic: a running test never sees half a binary
     return output
 
 
+def build_init(output: Path = ROOT / "kiwi" / "kiwi-init") -> Path:
+    return build_static(HERE / "init.c", output)
+
+
+def build_launcher(output: Path = ROOT / "build" / "kiwi-launcher") -> Path:
+    """Needs the static libzstd (libzstd-dev); cffi_build/pack.py appends the bundle."""
+    return build_static(HERE / "launcher.c", output, ("-lzstd",))
+
+
 def main(argv: list[str]) -> int:
     targets = argv or ["sys", "init"]
     for target in targets:
-        built = {"sys": build_sys, "init": build_init}[target]()
+        built = {"sys": build_sys, "init": build_init, "launcher": build_launcher}[target]()
         print(f"built {built}")
     return 0
 

@@ -30,6 +30,7 @@ def run(store: Store) -> list[str]:
     removed += clean_orphan_veths(keep)
     removed += clean_tmp(store)
     removed += clean_partial_archives(store)
+    removed += clean_unpack_leftovers(store)
     removed += clean_ipam(store)
     if not keep:
         removed += clean_nat()
@@ -136,6 +137,27 @@ def clean_tmp(store: Store) -> list[str]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         out.append(f"half-written {path}")
+    return out
+
+
+def clean_unpack_leftovers(store: Store) -> list[str]:
+    """Temporary folders of launcher unpacks that were killed. Taken under the
+    launcher's own lock (cffi_build/launcher.c), so no unpack is running."""
+    import fcntl
+    try:
+        fd = os.open(store.unpack_dir / ".lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return []
+    out = []
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for name in os.listdir(store.unpack_dir):
+            path = store.unpack_dir / name
+            if name.startswith(".tmp-") and path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+                out.append(f"half-unpacked {path}")
+    finally:
+        os.close(fd)
     return out
 
 

@@ -172,16 +172,8 @@ def run(argv: list[str]) -> int:
     return getattr(commands, "cmd_" + args.command)(args)
 
 
-def drop_forwarded_sigint() -> None:
-    """Frozen and interactive: one Ctrl-C must be one KeyboardInterrupt (see the C side)."""
-    if getattr(sys, "frozen", False) and sys.stdin.isatty():
-        from ._sys import lib
-        lib.kiwi_drop_forwarded_sigint()
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    drop_forwarded_sigint()
     try:
         return run(argv)
     except KiwiError as e:

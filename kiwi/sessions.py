@@ -623,8 +623,9 @@ class Daemon:
 
 
 def preload_daemon_modules() -> None:
-    """The frozen build deletes its unpack folder when the client exits: the daemon
-    must have imported everything it will ever use before that."""
+    """The daemon closes every inherited fd, the launcher's lock on this build's
+    unpack folder too, so a newer kiwi build may remove that folder while the
+    daemon lives: it must have imported everything it will ever use before."""
     from . import cgroups, security, syscalls  # noqa: F401  (runtime.spawn uses them)
 
 

@@ -77,10 +77,19 @@ def read_json(path: Path | str, limit: int = 1 << 20):
         raise KiwiError(f"{path} is damaged ({e}); fix or remove it") from None
 
 
-def executable_dir() -> Path:
-    """Where kiwi-data lives by default: beside the frozen ./kiwi, or the checkout in source mode."""
+def executable_path() -> Path:
+    """The kiwi file the user ran. The one-file launcher (cffi_build/launcher.c) runs
+    the frozen bundle from a cache folder and names itself in $KIWI_EXECUTABLE."""
     if getattr(sys, "frozen", False):
-        return Path(sys.executable).resolve().parent
+        return Path(os.environ.get("KIWI_EXECUTABLE") or sys.executable)
+    return Path(sys.executable)
+
+
+def executable_dir() -> Path:
+    """Where kiwi-data lives by default: beside the frozen ./kiwi, or the checkout in source mode.
+    cffi_build/launcher.c finds the data folder by the same rule (see Store.open)."""
+    if getattr(sys, "frozen", False):
+        return executable_path().resolve().parent
     return Path(__file__).resolve().parent.parent
 
 
@@ -123,6 +132,11 @@ class Store:
     @property
     def locks_dir(self) -> Path:
         return self.root / ".locks"
+
+    @property
+    def unpack_dir(self) -> Path:
+        """Where the one-file launcher unpacks the frozen bundle, one folder per build."""
+        return self.root / ".runtime"
 
     def image_dir(self, name: str) -> Path:
         return self.images_dir / validate_name(name, "image name")

@@ -52,7 +52,8 @@ def require_terminal() -> None:
 def kiwi_argv() -> list[str]:
     """How to start this same kiwi again: the frozen executable, or the source package."""
     if getattr(sys, "frozen", False):
-        return [sys.executable]
+        from .store import executable_path
+        return [str(executable_path())]
     return [sys.executable, "-m", "kiwi"]
 
 

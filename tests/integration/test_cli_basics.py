@@ -114,7 +114,10 @@ def test_read_only_commands_work_without_root(kiwi, busybox_tar, tmp_path):
     import tempfile
     shared = tempfile.mkdtemp(prefix="kiwi-ro-", dir="/tmp")  # pytest's own tmp is 0700
     os.chmod(shared, 0o755)
-    env = {**kiwi.env, "KIWI_ROOT": os.path.join(shared, "kiwi-data")}
+    cache = os.path.join(shared, "cache")  # where the launcher unpacks for nobody; removed below
+    os.mkdir(cache)
+    os.chown(cache, 65534, 65534)
+    env = {**kiwi.env, "KIWI_ROOT": os.path.join(shared, "kiwi-data"), "XDG_CACHE_HOME": cache}
     try:
         kiwi("import", "--name", "bb", busybox_tar, env=env)
         cid = kiwi("create", "bb", env=env).stdout.strip()

@@ -4,7 +4,10 @@ containers are stopped and removed by the `kiwi` fixture's teardown."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shutil
+import tempfile
 
 import pexpect
 import pytest
@@ -62,7 +65,9 @@ def test_without_a_terminal_is_a_clear_error(kiwi):
 
 def test_not_root_without_sudo_is_a_clear_error(kiwi, tmp_path):
     """As nobody, with no sudo on PATH: one `kiwi:` line about sudo, exit 1."""
-    env = {**kiwi.env, "PATH": str(tmp_path)}  # an empty folder: no sudo to find
+    cache = tempfile.mkdtemp(prefix="kiwi-nobody-", dir="/tmp")  # where the launcher unpacks for nobody
+    os.chown(cache, 65534, 65534)
+    env = {**kiwi.env, "PATH": str(tmp_path), "XDG_CACHE_HOME": cache}  # PATH: an empty folder, no sudo
     child = pexpect.spawn("/usr/bin/setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups",
                                                "--", *kiwi.cmd, "terminal"],
                           env=env, dimensions=(40, 120), encoding="utf-8", timeout=60)
@@ -74,6 +79,7 @@ def test_not_root_without_sudo_is_a_clear_error(kiwi, tmp_path):
         assert PROMPT not in child.before
     finally:
         child.close(force=True)
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def test_reexec_through_sudo_keeps_kiwi_environment(monkeypatch):
