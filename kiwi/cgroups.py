@@ -323,7 +323,7 @@ class Cgroup:
         self._dirs = {key: fs_path(self._mounts[key], p) for key, p in self._cgroup_paths.items()}
 
     @classmethod
-    def for_container(cls, cid: str) -> "Cgroup":
+    def for_container(cls, cid: str) -> Cgroup:
         version, parents = _parent_paths()
         return cls(cid, version, parents)
 

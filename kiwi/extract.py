@@ -80,7 +80,7 @@ class ExtractStats:
 
 # ---------------------------------------------------------------- decompression
 
-def open_archive(path) -> "ArchiveStream":
+def open_archive(path) -> ArchiveStream:
     """The decompressed tar stream of `path`; format found by magic bytes."""
     path = Path(path)
     try:
@@ -326,7 +326,7 @@ class ArchiveStream(io.RawIOBase):
                 self._hand_over(chunk)
                 if not chunk:
                     return
-        except Exception as e:  # any decoder failure means a damaged archive
+        except Exception as e:  # noqa: BLE001 - any decoder failure means a damaged archive
             self._hand_over(KiwiError(
                 f"cannot read {self.path}: damaged or truncated {self.format} data ({e});"
                 f" get the archive again"))
