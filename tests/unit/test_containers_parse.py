@@ -1,4 +1,5 @@
 """kiwi.containers.parse_*: the values of --storage, --memory, --cpu and --shell."""
+
 import os
 
 import pytest

@@ -1,4 +1,5 @@
 """kiwi.pull: reading the image server's index and choosing a build from it."""
+
 import pytest
 
 from kiwi import pull
@@ -8,8 +9,14 @@ SERVER = "http://127.0.0.1:9"
 
 
 def build(distro, release, arch="amd64", variant="default", date="20250101_00:00"):
-    return {"distro": distro, "release": release, "arch": arch, "variant": variant,
-            "build": date, "path": f"/images/{distro}/{release}/{arch}/{variant}/{date}/"}
+    return {
+        "distro": distro,
+        "release": release,
+        "arch": arch,
+        "variant": variant,
+        "build": date,
+        "path": f"/images/{distro}/{release}/{arch}/{variant}/{date}/",
+    }
 
 
 BUILDS = [
@@ -49,8 +56,9 @@ def test_numbered_releases_compare_as_numbers():
 
 
 def test_no_numbered_release_asks_for_one():
-    message = refused("choose a archlinux release with --release: current", "archlinux", None, "amd64",
-                      "default")
+    message = refused(
+        "choose a archlinux release with --release: current", "archlinux", None, "amd64", "default"
+    )
     assert "current" in message
 
 
@@ -67,8 +75,7 @@ def test_unknown_distro_lists_the_distros():
 def test_unknown_arch_lists_the_architectures():
     message = refused("no alpine for architecture riscv64;", "alpine", None, "riscv64", "default")
     assert "architectures: amd64 (choose with --arch)" in message
-    message = refused(r"no debian for architecture arm64 \(variant cloud\)", "debian", None, "arm64",
-                      "cloud")
+    message = refused(r"no debian for architecture arm64 \(variant cloud\)", "debian", None, "arm64", "cloud")
     assert "architectures: amd64, arm64" in message
 
 
@@ -78,16 +85,20 @@ def test_unknown_release_lists_the_releases():
 
 
 def test_parse_index_keeps_only_complete_lines():
-    text = ("debian;bookworm;amd64;default;20250101_05:24;/images/debian/bookworm/amd64/default/x/\n"
-            "\n"
-            "# comment\n"
-            "debian;bookworm;amd64;default;20250101_05:24\n"           # five fields
-            "debian;bookworm;amd64;;20250101_05:24;/path/\n"           # an empty field
-            "a;b;c;d;e;f;g\n"                                          # seven
-            "  alpine;3.20;arm64;default;20250101_13:00;/images/a/  \r\n")
+    text = (
+        "debian;bookworm;amd64;default;20250101_05:24;/images/debian/bookworm/amd64/default/x/\n"
+        "\n"
+        "# comment\n"
+        "debian;bookworm;amd64;default;20250101_05:24\n"  # five fields
+        "debian;bookworm;amd64;;20250101_05:24;/path/\n"  # an empty field
+        "a;b;c;d;e;f;g\n"  # seven
+        "  alpine;3.20;arm64;default;20250101_13:00;/images/a/  \r\n"
+    )
     builds = pull.parse_index(text, SERVER)
     assert [(b["distro"], b["release"], b["arch"]) for b in builds] == [
-        ("debian", "bookworm", "amd64"), ("alpine", "3.20", "arm64")]
+        ("debian", "bookworm", "amd64"),
+        ("alpine", "3.20", "arm64"),
+    ]
     assert builds[1]["path"] == "/images/a/"
 
 
@@ -98,7 +109,9 @@ def test_an_index_without_builds_is_an_error(text):
 
 
 def test_an_index_round_trip_chooses_like_the_list():
-    text = "\n".join(";".join(b[k] for k in ("distro", "release", "arch", "variant", "build", "path"))
-                     for b in BUILDS)
-    assert pull.choose_build(pull.parse_index(text, SERVER), "debian", None, "amd64", "default") == \
-        pull.choose_build(BUILDS, "debian", None, "amd64", "default")
+    text = "\n".join(
+        ";".join(b[k] for k in ("distro", "release", "arch", "variant", "build", "path")) for b in BUILDS
+    )
+    assert pull.choose_build(
+        pull.parse_index(text, SERVER), "debian", None, "amd64", "default"
+    ) == pull.choose_build(BUILDS, "debian", None, "amd64", "default")

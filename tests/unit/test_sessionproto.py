@@ -1,4 +1,5 @@
 """The session protocol's frame reader: frames split, joined and broken every way."""
+
 import socket
 
 import pytest
@@ -10,8 +11,8 @@ FRAMES = [
     (HELLO, b'{"rows": 24, "cols": 80, "takeover": false}'),
     (DATA, b""),
     (DATA, bytes(range(256)) * 3),
-    (proto.RESIZE, proto.pack_resize(50, 132)[HEADER.size:]),
-    (EXIT, proto.pack_exit(-9)[HEADER.size:]),
+    (proto.RESIZE, proto.pack_resize(50, 132)[HEADER.size :]),
+    (EXIT, proto.pack_exit(-9)[HEADER.size :]),
 ]
 STREAM = b"".join(proto.pack(kind, payload) for kind, payload in FRAMES)
 
@@ -24,7 +25,7 @@ def test_one_byte_at_a_time():
     reader = FrameReader()
     got = []
     for i in range(len(STREAM)):
-        got += reader.feed(STREAM[i:i + 1])
+        got += reader.feed(STREAM[i : i + 1])
     assert got == FRAMES and not reader.buffer
 
 
@@ -37,9 +38,9 @@ def test_split_anywhere():
 def test_a_partial_frame_waits_for_the_rest():
     frame = proto.pack(DATA, b"hello")
     reader = FrameReader()
-    assert reader.feed(frame[:3]) == []            # half a header
-    assert reader.feed(frame[3:HEADER.size]) == []  # a header, no payload yet
-    assert reader.feed(frame[HEADER.size:-1]) == []
+    assert reader.feed(frame[:3]) == []  # half a header
+    assert reader.feed(frame[3 : HEADER.size]) == []  # a header, no payload yet
+    assert reader.feed(frame[HEADER.size : -1]) == []
     assert reader.feed(frame[-1:] + frame[:2]) == [(DATA, b"hello")]
     assert bytes(reader.buffer) == frame[:2]
 
@@ -62,9 +63,9 @@ def test_an_unknown_type_is_refused(kind):
 
 
 def test_payload_decoders_refuse_bad_payloads():
-    assert proto.unpack_resize(proto.pack_resize(1, 65535)[HEADER.size:]) == (1, 65535)
-    assert proto.unpack_exit(proto.pack_exit(256)[HEADER.size:]) == 256
-    assert proto.unpack_json(proto.pack_json(HELLO, {"rows": 1})[HEADER.size:]) == {"rows": 1}
+    assert proto.unpack_resize(proto.pack_resize(1, 65535)[HEADER.size :]) == (1, 65535)
+    assert proto.unpack_exit(proto.pack_exit(256)[HEADER.size :]) == 256
+    assert proto.unpack_json(proto.pack_json(HELLO, {"rows": 1})[HEADER.size :]) == {"rows": 1}
     for bad in (b"", b"\0\0\0", b"\0" * 5):
         with pytest.raises(ProtocolError):
             proto.unpack_resize(bad)

@@ -1,4 +1,5 @@
 """kiwi.sizes.parse_size: what users type for --memory and --storage."""
+
 import pytest
 
 from kiwi.errors import KiwiError
@@ -7,11 +8,27 @@ from kiwi.sizes import MAX_SIZE, format_size, parse_size
 K, M, G, T = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("1", 1), ("4096", 4096), ("7k", 7 * K), ("7K", 7 * K), ("512M", 512 * M), ("512m", 512 * M),
-    ("2G", 2 * G), ("1t", T), ("1.5G", 3 * G // 2), ("0.5k", 512), ("512MB", 512 * M),
-    ("512MiB", 512 * M), ("2gib", 2 * G), (" 3 G ", 3 * G), ("100B", 100), ("100b", 100),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1", 1),
+        ("4096", 4096),
+        ("7k", 7 * K),
+        ("7K", 7 * K),
+        ("512M", 512 * M),
+        ("512m", 512 * M),
+        ("2G", 2 * G),
+        ("1t", T),
+        ("1.5G", 3 * G // 2),
+        ("0.5k", 512),
+        ("512MB", 512 * M),
+        ("512MiB", 512 * M),
+        ("2gib", 2 * G),
+        (" 3 G ", 3 * G),
+        ("100B", 100),
+        ("100b", 100),
+    ],
+)
 def test_suffixes(text, expected):
     assert parse_size(text) == expected
 
@@ -27,10 +44,32 @@ def test_an_explicit_unit_beats_the_default():
     assert parse_size("512B", default_unit="m") == 512
 
 
-@pytest.mark.parametrize("text", [
-    "", " ", "M", "G1", "1.", ".5G", "-1G", "+1G", "1e9", "0x10", "1,5G", "1 G B", "1P", "1GG",
-    "ib", "5ib", "1 k 2", "1\n2", "١٢", "inf", "nan",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "M",
+        "G1",
+        "1.",
+        ".5G",
+        "-1G",
+        "+1G",
+        "1e9",
+        "0x10",
+        "1,5G",
+        "1 G B",
+        "1P",
+        "1GG",
+        "ib",
+        "5ib",
+        "1 k 2",
+        "1\n2",
+        "١٢",
+        "inf",
+        "nan",
+    ],
+)
 def test_bad_input_is_one_clear_line(text):
     with pytest.raises(KiwiError) as err:
         parse_size(text, what="memory size")

@@ -1,4 +1,5 @@
 """storage.superblock_usage on real ext4 images made by mkfs.ext4 in regular files (no mount)."""
+
 import os
 import shutil
 import subprocess
@@ -23,8 +24,9 @@ def mkfs(img, size, *options, seed=None):
 def dumpe2fs_usage(img):
     """The same figure from e2fsprogs' own reading of the superblock."""
     out = subprocess.run(["dumpe2fs", "-h", str(img)], check=True, capture_output=True, text=True).stdout
-    fields = {key.strip(): value.strip() for key, _, value in
-              (line.partition(":") for line in out.splitlines())}
+    fields = {
+        key.strip(): value.strip() for key, _, value in (line.partition(":") for line in out.splitlines())
+    }
     overhead = int(fields.get("Overhead clusters", 0))
     return (int(fields["Block count"]) - int(fields["Free blocks"]) - overhead) * int(fields["Block size"])
 
@@ -37,12 +39,15 @@ def test_the_image_kiwi_creates(tmp_path):
     assert 0 < used < 2 * MIB  # two empty folders and the root
 
 
-@pytest.mark.parametrize("options", [
-    ("-b", "1024", "-O", "^64bit"),
-    ("-b", "1024", "-O", "64bit"),
-    ("-b", "4096", "-O", "^64bit"),
-    ("-b", "4096", "-O", "64bit"),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("-b", "1024", "-O", "^64bit"),
+        ("-b", "1024", "-O", "64bit"),
+        ("-b", "4096", "-O", "^64bit"),
+        ("-b", "4096", "-O", "64bit"),
+    ],
+)
 def test_data_counts_and_matches_e2fsprogs(tmp_path, options):
     seed = tmp_path / "seed"
     seed.mkdir()

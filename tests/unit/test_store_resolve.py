@@ -1,4 +1,5 @@
 """Store.resolve_container on a store in a temporary folder (plain files only)."""
+
 import json
 
 import pytest
@@ -65,15 +66,18 @@ def test_a_long_ambiguity_is_cut_short(store):
     assert message.count("aaaaaaaaaaa") == 4 and ", ..." in message
 
 
-@pytest.mark.parametrize("ref", [
-    "0123456789AB",        # ids are lower case
-    "0123456789abc",       # longer than an id
-    "123456789ab",         # not a prefix
-    " 0123",               # no trimming
-    "0123456789ab/..",
-    "0123456789ab\n",
-    "g",
-])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "0123456789AB",  # ids are lower case
+        "0123456789abc",  # longer than an id
+        "123456789ab",  # not a prefix
+        " 0123",  # no trimming
+        "0123456789ab/..",
+        "0123456789ab\n",
+        "g",
+    ],
+)
 def test_near_misses_are_refused(store, ref):
     add(store, "0123456789ab", "web")
     refused(store, ref, "no container named or starting with")
