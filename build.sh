@@ -5,6 +5,7 @@
 #   ./build.sh linux-arm64     another architecture, inside a container (docker buildx + QEMU)
 #                              targets: host, linux-amd64, linux-arm64, linux-armv7 (or amd64,
 #                              arm64, armv7), all
+#   ./build.sh venv            only .venv and the cffi module (what lint and unit tests need)
 #   ./build.sh --dry-run T     print the build command lines instead of running them
 # docs/DISTRIBUTION.md explains the container builds and the glibc each binary needs.
 set -euo pipefail
@@ -41,11 +42,12 @@ ensure_venv() {
   if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv || die "cannot create a venv: install python3-venv (apt-get install python3-venv)"
   fi
-  local stamp=.venv/.kiwi-deps
+  local stamp=.venv/.kiwi-deps reqs
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/pip install -q --disable-pip-version-check \
-      "cffi>=1.16" "pyroute2>=0.7" "zstandard>=0.22" "pyinstaller>=6.3" "argparse-manpage>=4.5" \
-      "pytest>=8" "pexpect>=4.9" || die "pip install failed"
+    # pyproject.toml lists the dependencies; Kiwi itself is never pip-installed.
+    reqs=$("$PY" scripts/python-deps build test lint) || die "cannot read the dependencies from pyproject.toml"
+    # shellcheck disable=SC2086 # one requirement a word
+    .venv/bin/pip install -q --disable-pip-version-check $reqs || die "pip install failed"
     touch "$stamp"
   fi
 }
@@ -61,6 +63,12 @@ pyinstaller_command() {
 pack_command() {
   local arch=$1
   echo .venv/bin/python cffi_build/pack.py build/kiwi-launcher "$RUN_DIR/dist/kiwi-linux-$arch" "dist/kiwi-linux-$arch"
+}
+
+build_venv() {
+  if [ "$DRY_RUN" = 1 ]; then echo .venv/bin/python cffi_build/build_sys.py sys; return; fi
+  ensure_venv
+  .venv/bin/python cffi_build/build_sys.py sys >/dev/null || die "building the C parts failed (need gcc, libc6-dev, python3-dev)"
 }
 
 build_host() {
@@ -146,17 +154,18 @@ build_target() {
   target=$(normalize_target "$1")
   case "$target" in
     host) build_host ;;
+    venv) build_venv ;;
     all) for t in "${TARGETS[@]}"; do build_target "$t"; done ;;
     linux-amd64|linux-arm64|linux-armv7)
       # The host's own architecture needs no container (and no docker).
       if [ "$target" = "$(host_target)" ]; then build_host; else build_in_container "$target"; fi ;;
-    *) die "unknown target '$1': choose host, linux-amd64, linux-arm64, linux-armv7 or all" ;;
+    *) die "unknown target '$1': choose host, linux-amd64, linux-arm64, linux-armv7, all or venv" ;;
   esac
 }
 
 main() {
   if [ "${1:-}" = "--dry-run" ]; then DRY_RUN=1; shift; fi
-  case "${1:-}" in -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+  case "${1:-}" in -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
   [ $# -le 1 ] || die "one target at a time (or 'all'); see ./build.sh --help"
   local target=${1:-}
   if [ -z "$target" ]; then

@@ -98,7 +98,7 @@ def parse_proc_cgroup(text: str) -> dict[str, str]:
 
 def parse_cpu_list(text: str) -> list[int]:
     """'0-3,8,10-11' -> [0, 1, 2, 3, 8, 10, 11] (sorted, no duplicates)."""
-    cpus = set()
+    cpus: set[int] = set()
     for part in text.strip().split(","):
         part = part.strip()
         if not part:
@@ -323,7 +323,7 @@ class Cgroup:
         self._dirs = {key: fs_path(self._mounts[key], p) for key, p in self._cgroup_paths.items()}
 
     @classmethod
-    def for_container(cls, cid: str) -> "Cgroup":
+    def for_container(cls, cid: str) -> Cgroup:
         version, parents = _parent_paths()
         return cls(cid, version, parents)
 
@@ -496,9 +496,9 @@ class Cgroup:
         else:
             memory = int(_read(self._file("memory", "memory.limit_in_bytes")))
             memory = None if memory >= _V1_UNLIMITED else memory
-            quota = int(_read(self._file("cpu", "cpu.cfs_quota_us")))
-            period = int(_read(self._file("cpu", "cpu.cfs_period_us")))
-            cpu = None if quota < 0 else quota / period
+            quota_us = int(_read(self._file("cpu", "cpu.cfs_quota_us")))
+            period_us = int(_read(self._file("cpu", "cpu.cfs_period_us")))
+            cpu = None if quota_us < 0 else quota_us / period_us
         return {
             "memory": memory,
             "cpus": cpu,
@@ -540,7 +540,7 @@ class Cgroup:
 
     def pids(self) -> list[int]:
         """Processes in the cgroup (union over hierarchies); [] when it does not exist."""
-        found = set()
+        found: set[int] = set()
         for directory in self._unique_dirs():
             try:
                 found.update(int(line) for line in _read(directory / "cgroup.procs").split())

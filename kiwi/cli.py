@@ -11,6 +11,10 @@ import sys
 from . import __version__
 from .errors import KiwiError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    import argparse
+
 PROG = "kiwi"
 VERSION_TEXT = f"{PROG} {__version__}"
 

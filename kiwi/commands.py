@@ -28,8 +28,8 @@ def progress_bar(label: str):
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
     widths = [len(h) for h in headers]
     for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row)]
-    fmt = "  ".join("{:<%d}" % w for w in widths)
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out(fmt.format(*headers).rstrip())
     for row in rows:
         out(fmt.format(*row).rstrip())

@@ -21,7 +21,7 @@ MIN_MEMORY = 16 << 20
 
 
 def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_storage(text: str | None) -> int | None:

@@ -80,7 +80,7 @@ class ExtractStats:
 
 # ---------------------------------------------------------------- decompression
 
-def open_archive(path) -> "ArchiveStream":
+def open_archive(path) -> ArchiveStream:
     """The decompressed tar stream of `path`; format found by magic bytes."""
     path = Path(path)
     try:
@@ -144,7 +144,8 @@ class _ZstdReader:
         self._frames = _ZstdFrameWalker()
         # Large max window: archives made with `zstd --long` must open too.
         self._reader = zstandard.ZstdDecompressor(max_window_size=1 << 31).stream_reader(
-            _WatchedInput(raw, self._frames.feed), read_size=DATA_CHUNK, read_across_frames=True)
+            _WatchedInput(raw, self._frames.feed),  # type: ignore[arg-type]  # a duck-typed reader
+            read_size=DATA_CHUNK, read_across_frames=True)
 
     def read(self, size: int) -> bytes:
         data = self._reader.read(size)
@@ -278,7 +279,7 @@ class ArchiveStream(io.RawIOBase):
         self._stopping = threading.Event()
         self._current = b""
         self._offset = 0
-        self._end = None          # b"" at a clean end, or the exception that ended decoding
+        self._end: bytes | BaseException | None = None  # b"" at a clean end, or the exception that ended decoding
         self._thread = threading.Thread(target=self._pump, name="kiwi-decompress", daemon=True)
         self._thread.start()
 
@@ -326,7 +327,7 @@ class ArchiveStream(io.RawIOBase):
                 self._hand_over(chunk)
                 if not chunk:
                     return
-        except Exception as e:  # any decoder failure means a damaged archive
+        except Exception as e:  # noqa: BLE001 - any decoder failure means a damaged archive
             self._hand_over(KiwiError(
                 f"cannot read {self.path}: damaged or truncated {self.format} data ({e});"
                 f" get the archive again"))
@@ -366,7 +367,7 @@ class _StrictTarInfo(tarfile.TarInfo):
     def fromtarfile(cls, tar):
         try:
             return super().fromtarfile(tar)
-        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as e:
+        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as e:  # type: ignore[attr-defined]
             if tar.offset == 0:
                 raise
             raise tarfile.ReadError(f"bad tar header at byte {tar.offset} ({e})") from None
@@ -393,7 +394,7 @@ def iter_members(tar: tarfile.TarFile, path):
         if member is None:
             return
         # Stream mode never looks back, so don't let tarfile keep every member.
-        tar.members.clear()
+        tar.members.clear()  # type: ignore[attr-defined]  # not in typeshed
         yield member
 
 

@@ -176,8 +176,7 @@ class Starter:
 
     def spawn_init(self) -> int:
         """Fork stage 1; returns the host pid of the container's init once its root is ready."""
-        from . import security  # noqa: F401  (imported before the fork, used in stage 2)
-        from . import rootfs
+        from . import rootfs, security  # both before the fork: stage 1 and 2 use them
         rootfs.prepare_dns_text(host_network=not self.separate_net)
         memfd = security.init_memfd()
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
@@ -189,7 +188,7 @@ class Starter:
             os.close(status_w)
             status_w = -1
             message = read_all(status_r)
-            _, wstatus = os.waitpid(pid, 0)
+            os.waitpid(pid, 0)  # the outcome is in the report
         finally:
             os.close(status_r)
             if status_w >= 0:

@@ -284,7 +284,7 @@ def build_filter(abis) -> list:
     sections = [_abi_section(abi) for abi in abis]
     program = [_ins(_LD_W_ABS, _OFFSET_ARCH)]
     start = 1 + 2 * len(abis) + 1  # index of the first section
-    for abi, section in zip(abis, sections):
+    for abi, section in zip(abis, sections, strict=True):
         jump_from = len(program) + 2  # the ja instruction's successor
         program += [_ins(_JEQ_K, AUDIT_ARCH[abi], jt=0, jf=1),
                     _ins(_JMP_JA, start - jump_from)]

@@ -206,8 +206,9 @@ def checked_settings(settings: dict, path: str) -> dict:
 
 
 def extract_upper(staging: str, path: str, progress) -> None:
-    from . import archive, storage
     from pathlib import Path
+
+    from . import archive, storage
     img = storage.image_path(Path(staging))
     if img.exists():
         mnt = os.path.join(staging, "mnt")
@@ -232,7 +233,7 @@ def commit(store: Store, cid: str, image: str, progress=None) -> dict:
     store.ensure_layout()
     with store.container_lock(cid):
         config = store.container_config(cid)
-        base_meta, rootfs = container_image(store, config)
+        _, rootfs = container_image(store, config)
         staging = store.tmp_dir / f"commit-{os.getpid()}-{image}"
         try:
             with frozen_if_running(store, cid):
@@ -267,7 +268,7 @@ def flatten_container(store, cid, rootfs, staging) -> dict:
 
 def tree_size(path: str) -> int:
     total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
+    for dirpath, _, filenames in os.walk(path):
         for n in filenames:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, n)).st_size

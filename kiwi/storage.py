@@ -86,7 +86,7 @@ def superblock_usage(img: Path) -> int | None:
             sb = f.read(1024)
     except OSError:
         return None
-    if len(sb) < 0x160 or struct.unpack_from("<H", sb, 0x38)[0] != 0xEF53:
+    if len(sb) < 0x24C or struct.unpack_from("<H", sb, 0x38)[0] != 0xEF53:  # 0x248: the last field read
         return None
     blocks_lo, free_lo = struct.unpack_from("<I", sb, 4)[0], struct.unpack_from("<I", sb, 12)[0]
     log_block = struct.unpack_from("<I", sb, 24)[0]

@@ -98,7 +98,7 @@ class Store:
         self.root = Path(root)
 
     @classmethod
-    def open(cls) -> "Store":
+    def open(cls) -> Store:
         override = os.environ.get("KIWI_ROOT")
         if override:
             root = Path(override).absolute()

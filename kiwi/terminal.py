@@ -346,7 +346,7 @@ class TerminalState:
         self.fd, self.attrs, self.pgrp = fd, attrs, pgrp
 
     @classmethod
-    def save(cls) -> "TerminalState":
+    def save(cls) -> TerminalState:
         fd = sys.stdin.fileno()
         try:
             return cls(fd, termios.tcgetattr(fd), os.tcgetpgrp(fd))

@@ -148,7 +148,7 @@ def remove_cgroup_parent(parent: str) -> None:
         top = base / parent
         if not top.is_dir():
             continue
-        for dirpath, dirnames, _ in sorted(os.walk(top), key=lambda t: -len(t[0])):
+        for dirpath, _dirnames, _ in sorted(os.walk(top), key=lambda t: -len(t[0])):
             try:
                 os.rmdir(dirpath)
             except OSError:

@@ -7,7 +7,6 @@ import os
 import subprocess
 
 
-
 def assert_clean_error(done, fragment: str, code: int = 1):
     assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()

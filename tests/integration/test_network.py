@@ -413,7 +413,7 @@ def test_nat_with_iptables_when_nft_is_missing(lab, monkeypatch):
 def test_without_nft_and_iptables_a_warning_is_returned(lab, monkeypatch):
     monkeypatch.setattr(network, "find_nft", lambda: None)
     monkeypatch.setattr(network, "find_iptables", lambda: None)
-    monkeypatch.setattr(network, "iptables_variants", lambda: [])
+    monkeypatch.setattr(network, "iptables_variants", list)
     warning = network.setup_host()
     assert warning and "no outbound" in warning
     assert f"inet kiwi-{lab.bridge}" not in nft_tables()

@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import own_cgroup_dirs
 
+from conftest import own_cgroup_dirs
 from kiwi import rootfs, security
 
 PROBE_SOURCE = Path(__file__).with_name("confine_probe.c")

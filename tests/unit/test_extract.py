@@ -16,8 +16,15 @@ import zstandard
 
 from kiwi import images
 from kiwi.errors import KiwiError
-from kiwi.extract import (Extractor, UnsafeArchiveError, extract_archive, iter_members,
-                          normalise_member_path, open_archive, open_tar_stream)
+from kiwi.extract import (
+    Extractor,
+    UnsafeArchiveError,
+    extract_archive,
+    iter_members,
+    normalise_member_path,
+    open_archive,
+    open_tar_stream,
+)
 from kiwi.store import Store
 
 MTIME_NS = 1_700_000_000_123_456_789
