@@ -14,7 +14,7 @@ import shutil
 from . import storage
 from .errors import KiwiError
 from .sizes import format_size, parse_size
-from .store import Store, atomic_write_json, new_container_id, validate_name
+from .store import Store, atomic_write_json, new_container_id, validate_container_name
 
 DEFAULT_STORAGE = storage.GIB
 MIN_MEMORY = 16 << 20
@@ -30,7 +30,7 @@ def parse_storage(text: str | None) -> int | None:
         return DEFAULT_STORAGE
     if text == "host":
         return None
-    size = parse_size(text, what="storage size")
+    size = parse_size(text, what="storage size", maximum=storage.MAX_STORAGE)
     if size < storage.MIN_STORAGE:
         raise KiwiError(f"storage {text} is too small: the minimum is 1G")
     return size
@@ -88,7 +88,7 @@ def create(store: Store, image: str, name: str | None = None, storage_text: str 
 
     images.get_image(store, image)  # refuses an unknown image with a clear message
     if name is not None:
-        validate_name(name, "container name")
+        validate_container_name(name)
     size = parse_storage(storage_text)
     store.ensure_layout()
     cid = new_container_id()

@@ -13,7 +13,7 @@ import tempfile
 
 from . import privatens
 from .errors import KiwiError
-from .store import Store, atomic_write_json, read_json, validate_name
+from .store import Store, atomic_write_json, read_json, validate_container_name, validate_name
 
 EXPORTED_SETTINGS = ("memory", "cpu", "storage", "network", "shell")
 
@@ -201,7 +201,7 @@ def checked_settings(settings: dict, path: str) -> dict:
     if settings.get("shell") is not None:
         parse_shell(settings["shell"])
     if settings.get("name") is not None:
-        validate_name(settings["name"], "container name")
+        validate_container_name(settings["name"])
     return settings
 
 

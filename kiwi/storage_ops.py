@@ -90,9 +90,8 @@ def folder_to_image(cdir, new_size: int) -> None:
         raise KiwiError(f"{format_size(used)} is in use; choose a storage of at least {format_size(used + storage.GIB)}")
     img = storage.image_path(cdir)
     tmp = img.with_name("state.img.tmp")
-    with open(tmp, "wb") as f:
-        f.truncate(new_size)
     try:
+        storage.size_image_file(tmp, new_size, create=True)
         storage.run_tool(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "kiwi-state", "-d", str(folder),
                           "-E", "root_owner=0:0", str(tmp)], "formatting the container's storage")
         os.rename(tmp, img)
