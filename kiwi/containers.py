@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import shutil
 
 from . import storage
 from .errors import KiwiError
+from .fstree import remove_tree
 from .sizes import format_size, parse_size
 from .store import Store, atomic_write_json, new_container_id, validate_container_name
 
@@ -115,7 +115,7 @@ def create(store: Store, image: str, name: str | None = None, storage_text: str 
                 ipam.release(store, config["ipv4"])
                 raise
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging, ignore_errors=True)
         raise
     return config
 
@@ -156,7 +156,7 @@ def delete(store: Store, cid: str) -> None:
         if config.get("ipv4"):
             with contextlib.suppress(KiwiError):
                 ipam.release(store, config["ipv4"])
-    shutil.rmtree(doomed, ignore_errors=True)
+    remove_tree(doomed, ignore_errors=True)
 
 
 def storage_summary(store: Store, config: dict, init_pid: int | None = None) -> tuple[int | None, int | None]:

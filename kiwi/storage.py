@@ -8,11 +8,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 from .errors import KiwiError, os_error_message
+from .fstree import remove_tree, walk_stats
 from .sizes import format_size
 
 GIB = 1 << 30
@@ -68,13 +68,11 @@ def filesystem_usage(device_or_image: Path | str) -> int:
     return used * block
 
 
-def folder_usage(path: Path) -> int:
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in filenames + dirnames:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-    return total
+def folder_usage(path: Path) -> int | None:
+    try:
+        return sum(st.st_blocks * 512 for _fd, _name, st in walk_stats(path))
+    except OSError:
+        return None  # unreadable (not root): unknown
 
 
 def superblock_usage(img: Path) -> int | None:
@@ -190,4 +188,4 @@ def check_fits(folder: Path, size: int) -> None:
 def remove_state(container_dir: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(image_path(container_dir))
-    shutil.rmtree(folder_path(container_dir), ignore_errors=True)
+    remove_tree(folder_path(container_dir), ignore_errors=True)
