@@ -45,7 +45,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from .errors import KiwiError
+from .errors import KiwiError, disk_full, os_error_message
 from .fstree import more_open_files, open_subdir, remove_tree, walk_stats
 
 FORMAT_VERSION = 1
@@ -100,8 +100,10 @@ def write_archive(out_path, kind, settings, image_meta, rootfs_dir, upper_dir=No
             os.fsync(raw.fileno())
         os.rename(tmp, out_path)
         _fsync_dir(out_path.parent)
-    except BaseException:
+    except BaseException as e:
         _unlink_quietly(tmp)
+        if disk_full(e):
+            raise KiwiError(os_error_message(e, "write", out_path)) from None
         raise
     return manifest
 

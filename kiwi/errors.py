@@ -33,7 +33,7 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def os_error_message(e: OSError, op: str = "use", path=None) -> str:
+def os_error_message(e: OSError, op: str | None = None, path=None) -> str:
     """`cannot <op> <path>: <strerror>` plus what to do, for the errors users can fix."""
     path = path if path is not None else e.filename
     where = f" {os.fsdecode(path)}" if path is not None else ""
@@ -42,12 +42,18 @@ def os_error_message(e: OSError, op: str = "use", path=None) -> str:
     reason = e.strerror or one_line(e) or type(e).__name__
     hint = ""
     if e.errno == errno.ENOSPC:
-        hint = "; free some space there and try again"
+        hint = "; free some space and try again"
     elif e.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
         hint = "; run it as root: sudo kiwi ..."
     elif e.errno == errno.EROFS:
         hint = "; that filesystem is read-only"
-    return one_line(f"cannot {op}{where}: {reason}{hint}")
+    if op is None and not where:
+        return one_line(f"{reason}{hint}")  # a syscall wrapper's own text names the call
+    return one_line(f"cannot {op or 'use'}{where}: {reason}{hint}")
+
+
+def disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def describe(e: BaseException) -> str:

@@ -16,7 +16,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import KiwiError
+from .errors import KiwiError, disk_full, os_error_message
 from .fstree import more_open_files
 
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
@@ -49,6 +49,10 @@ def flatten(base_rootfs, upper_dir, dest) -> dict:
             flattener.merge_tree(fds[0], fds[1], fds[2])
         flattener.apply_meta(fds[2], _Node(fds[1], None))
         return flattener.stats
+    except OSError as e:
+        if disk_full(e):
+            raise KiwiError(os_error_message(e, "write the new image")) from None
+        raise
     finally:
         for fd in fds:
             os.close(fd)
