@@ -14,7 +14,7 @@ import stat
 import sys
 from pathlib import Path
 
-from .errors import Doing, KiwiError
+from .errors import Doing, KiwiError, os_error_message
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
 ID_RE = re.compile(r"[0-9a-f]{12}\Z")
@@ -239,8 +239,7 @@ def check_data_folder(root: Path) -> None:
     except FileNotFoundError:
         return
     except OSError as e:
-        raise KiwiError(f"cannot use the data folder {root}: {e.strerror}; "
-                        "set KIWI_ROOT to a folder") from None
+        raise KiwiError(os_error_message(e, "use the data folder", root)) from None
     if not stat.S_ISDIR(st.st_mode):
         raise KiwiError(f"the data folder {root} is not a folder; set KIWI_ROOT to a folder")
 
