@@ -10,7 +10,7 @@ import sys
 
 from . import __version__
 from .errors import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, KiwiError, describe,
-                     traceback_if_debug, one_line, os_error_message)
+                     one_line, os_error_message, traceback_if_debug)
 
 PROG = "kiwi"
 VERSION_TEXT = f"{PROG} {__version__}"
