@@ -176,11 +176,11 @@ def run(argv: list[str]) -> int:
     if argv == ["--version"]:
         # Same output as argparse's version action, without building the parser.
         print(VERSION_TEXT)
-        return 0
+        return EXIT_OK
     args = parse(argv)
     if not args.command:
         args.parser.print_help()
-        return 0
+        return EXIT_OK
     require_root(args.command)
     from . import commands
     return getattr(commands, "cmd_" + args.command)(args)
