@@ -39,14 +39,14 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import stat
 import struct
 import tarfile
 import time
 from pathlib import Path
 
-from .errors import KiwiError
+from .errors import KiwiError, disk_full, os_error_message
+from .fstree import more_open_files, open_subdir, remove_tree, walk_stats
 
 FORMAT_VERSION = 1
 KINDS = ("container", "image")
@@ -100,8 +100,10 @@ def write_archive(out_path, kind, settings, image_meta, rootfs_dir, upper_dir=No
             os.fsync(raw.fileno())
         os.rename(tmp, out_path)
         _fsync_dir(out_path.parent)
-    except BaseException:
+    except BaseException as e:
         _unlink_quietly(tmp)
+        if disk_full(e):
+            raise KiwiError(os_error_message(e, "write", out_path)) from None
         raise
     return manifest
 
@@ -188,17 +190,12 @@ class _Counter:
 def _tree_data_bytes(root: Path) -> int:
     """File data to archive (hard links once): the progress total, from metadata only."""
     total, seen = 0, set()
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except FileNotFoundError:
-                continue
-            inode = (st.st_dev, st.st_ino)
-            if stat.S_ISREG(st.st_mode) and inode not in seen:
-                if st.st_nlink > 1:
-                    seen.add(inode)
-                total += st.st_size
+    for _fd, _name, st in walk_stats(root):
+        inode = (st.st_dev, st.st_ino)
+        if stat.S_ISREG(st.st_mode) and inode not in seen:
+            if st.st_nlink > 1:
+                seen.add(inode)
+            total += st.st_size
     return total
 
 
@@ -237,35 +234,53 @@ class _TreeWriter:
         self.sink.data_bytes += size
 
     def write_root(self, root: Path):
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        """Depth first with an explicit stack of (dir fd, relpath, names left): any depth."""
+        stack = []
         try:
-            self.write_dir_entry(fd, "", os.fstat(fd))
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            stack.append(self.enter_dir(fd, ""))
+            while stack:
+                fd, relpath, names = stack[-1]
+                name = next(names, None)
+                if name is None:
+                    os.close(stack.pop()[0])
+                    continue
+                sub = self.write_child(fd, relpath, name)
+                if sub is not None:
+                    stack.append(sub)
         finally:
-            os.close(fd)
+            for fd, _, _ in stack:
+                os.close(fd)
 
-    def write_dir_entry(self, fd, relpath, st):
-        xattrs = _xattrs_of_fd(fd)
-        # The upper root itself is never opaque; OCI has no marker for it either.
-        opaque = xattrs.pop(OVERLAY_OPAQUE, None) == b"y" and self.upper and relpath
-        info = _info(self.member_name(relpath), st, tarfile.DIRTYPE)
-        self.emit(info, _pax_for(xattrs))
-        if opaque:
-            marker = _info(self.member_name(_join(relpath, OPAQUE_MARKER)), st, tarfile.REGTYPE)
-            marker.mode, marker.uid, marker.gid = 0o644, 0, 0
-            self.emit(marker)
-        for name in sorted(os.listdir(fd)):
-            self.write_child(fd, relpath, name)
+    def enter_dir(self, fd, relpath):
+        """Emit a folder's own entry; returns its stack frame (closes fd on failure)."""
+        try:
+            xattrs = _xattrs_of_fd(fd)
+            # The upper root itself is never opaque; OCI has no marker for it either.
+            opaque = xattrs.pop(OVERLAY_OPAQUE, None) == b"y" and self.upper and relpath
+            st = os.fstat(fd)
+            self.emit(_info(self.member_name(relpath), st, tarfile.DIRTYPE), _pax_for(xattrs))
+            if opaque:
+                marker = _info(self.member_name(_join(relpath, OPAQUE_MARKER)), st, tarfile.REGTYPE)
+                marker.mode, marker.uid, marker.gid = 0o644, 0, 0
+                self.emit(marker)
+            return fd, relpath, iter(sorted(os.listdir(fd)))
+        except BaseException:
+            os.close(fd)
+            raise
 
     def write_child(self, dir_fd, dir_relpath, name):
+        """Emit one entry; a folder is opened and returned as the next stack frame."""
         relpath = _join(dir_relpath, name)
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
-            return  # removed while we walked
+            return None  # removed while we walked
         mode = st.st_mode
         if stat.S_ISDIR(mode):
-            self.write_subdir(dir_fd, name, relpath)
-        elif stat.S_ISREG(mode):
+            fd = open_subdir(dir_fd, name)
+            return None if fd is None else self.enter_dir(fd, relpath)
+        if stat.S_ISREG(mode):
             self.write_file(dir_fd, name, relpath)
         elif stat.S_ISLNK(mode):
             info = _info(self.member_name(relpath), st, tarfile.SYMTYPE)
@@ -280,17 +295,7 @@ class _TreeWriter:
             self.emit(_info(self.member_name(relpath), st, tarfile.FIFOTYPE),
                       _pax_for(_xattrs_of_link(dir_fd, name)))
         # Device nodes and sockets are left out: extraction never creates them.
-
-    def write_subdir(self, dir_fd, name, relpath):
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         dir_fd=dir_fd)
-        except FileNotFoundError:
-            return
-        try:
-            self.write_dir_entry(fd, relpath, os.fstat(fd))
-        finally:
-            os.close(fd)
+        return None
 
     def write_file(self, dir_fd, name, relpath):
         try:
@@ -318,14 +323,8 @@ class _TreeWriter:
 
 
 def _write_tree(sink, part, root: Path, counter, upper: bool):
-    try:
+    with more_open_files():
         _TreeWriter(sink, part, counter, upper).write_root(root)
-    except RecursionError:
-        raise KiwiError(f"{root} is nested too deeply to archive") from None
-    except OSError as e:
-        if e.errno == errno.EMFILE:
-            raise KiwiError(f"{root} is nested too deeply to archive") from None
-        raise
 
 
 def _info(name, st, kind) -> tarfile.TarInfo:
@@ -404,7 +403,7 @@ def extract_archive(path, rootfs_dest=None, upper_dest=None, progress=None) -> d
         _extract_parts(path, manifest, wanted, rootfs_dest, upper_dest, progress)
     except BaseException:
         for dest in made_here:  # what existed before is the caller's to clean
-            shutil.rmtree(dest, ignore_errors=True)
+            remove_tree(dest, ignore_errors=True)
         raise
     return manifest
 

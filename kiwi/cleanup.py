@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 
 from . import runtime
 from .errors import KiwiError
+from .fstree import remove_tree
 from .store import Store
 
 
@@ -132,7 +132,7 @@ def clean_tmp(store: Store) -> list[str]:
             continue
         path = store.tmp_dir / name
         if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path, ignore_errors=True)
         else:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -9,7 +9,8 @@ import os
 import sys
 
 from . import __version__
-from .errors import KiwiError
+from .errors import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, KiwiError, describe,
+                     one_line, os_error_message, traceback_if_debug)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ READ_ONLY_COMMANDS = {"list", "ip", "sessions", "help", "terminal"}
 
 
 class UsageError(KiwiError):
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 def parser_class():
@@ -145,10 +146,23 @@ def split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
     return argv, None
 
 
+def join_negative_values(argv: list[str]) -> list[str]:
+    """`--memory -5M` -> `--memory=-5M`: argparse would take -5M for an option and
+    say "expected one argument"; joined, the value's own check says what is wrong."""
+    joined: list[str] = []
+    for arg in argv:
+        prev = joined[-1] if joined else ""
+        if (arg[:1] == "-" and arg[1:2].isdigit() and prev.startswith("--") and "=" not in prev):
+            joined[-1] = f"{prev}={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     head, command = split_command(argv)
     parser = build_parser()
-    args = parser.parse_args(head)
+    args = parser.parse_args(join_negative_values(head))
     if command is not None:
         if args.command != "attach":
             raise UsageError("'--' and a command only go with 'kiwi attach'")
@@ -166,11 +180,11 @@ def run(argv: list[str]) -> int:
     if argv == ["--version"]:
         # Same output as argparse's version action, without building the parser.
         print(VERSION_TEXT)
-        return 0
+        return EXIT_OK
     args = parse(argv)
     if not args.command:
         args.parser.print_help()
-        return 0
+        return EXIT_OK
     require_root(args.command)
     from . import commands
     return getattr(commands, "cmd_" + args.command)(args)
@@ -179,18 +193,27 @@ def run(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
+        drop_forwarded_sigint()
         return run(argv)
     except KiwiError as e:
-        print(f"{PROG}: {e.message}", file=sys.stderr)
-        return e.exit_code
-    except PermissionError as e:
-        where = f" ({e.filename})" if e.filename else ""
-        print(f"{PROG}: permission denied{where}; run it as root: sudo {PROG} ...", file=sys.stderr)
-        return 1
+        return fail(e.message, e.exit_code)
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return fail("interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:
         # `kiwi list | head`: the reader left; not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return EXIT_OK
+    except OSError as e:
+        return fail(os_error_message(e))
+    except Exception as e:  # noqa: BLE001 - the last resort: never a traceback by default
+        return fail(describe(e))
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> int:
+    """The one line a failed command prints; the traceback too with KIWI_DEBUG=1."""
+    traceback_if_debug()
+    try:
+        print(f"{PROG}: {one_line(message)}", file=sys.stderr, flush=True)
+    except OSError:
+        pass  # stderr itself is gone: the exit code still tells
+    return code

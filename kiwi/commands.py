@@ -221,6 +221,10 @@ def cmd_attach(args) -> int:
         return sessions.reattach(store, args.old, detach_key=args.detach_key, takeover=args.takeover)
     if not args.container:
         raise KiwiError("which container? kiwi attach <container> [-- command]")
+    if args.cmd and not args.cmd[0]:
+        # Refused before anything starts; 127 as sh and env give for a command they cannot find.
+        from .errors import CommandNotFound
+        raise CommandNotFound("the command to run is empty; give one after --, e.g. kiwi attach c -- sh")
     from . import runtime
     cid = store.resolve_container(args.container)
     record = runtime.ensure_running(store, cid)

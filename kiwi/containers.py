@@ -9,12 +9,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import shutil
 
 from . import storage
 from .errors import KiwiError
+from .fstree import remove_tree
 from .sizes import format_size, parse_size
-from .store import Store, atomic_write_json, new_container_id, validate_name
+from .store import Store, atomic_write_json, new_container_id, validate_container_name
 
 DEFAULT_STORAGE = storage.GIB
 MIN_MEMORY = 16 << 20
@@ -30,7 +30,7 @@ def parse_storage(text: str | None) -> int | None:
         return DEFAULT_STORAGE
     if text == "host":
         return None
-    size = parse_size(text, what="storage size")
+    size = parse_size(text, what="storage size", maximum=storage.MAX_STORAGE)
     if size < storage.MIN_STORAGE:
         raise KiwiError(f"storage {text} is too small: the minimum is 1G")
     return size
@@ -88,7 +88,7 @@ def create(store: Store, image: str, name: str | None = None, storage_text: str 
 
     images.get_image(store, image)  # refuses an unknown image with a clear message
     if name is not None:
-        validate_name(name, "container name")
+        validate_container_name(name)
     size = parse_storage(storage_text)
     store.ensure_layout()
     cid = new_container_id()
@@ -115,7 +115,7 @@ def create(store: Store, image: str, name: str | None = None, storage_text: str 
                 ipam.release(store, config["ipv4"])
                 raise
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging, ignore_errors=True)
         raise
     return config
 
@@ -156,7 +156,7 @@ def delete(store: Store, cid: str) -> None:
         if config.get("ipv4"):
             with contextlib.suppress(KiwiError):
                 ipam.release(store, config["ipv4"])
-    shutil.rmtree(doomed, ignore_errors=True)
+    remove_tree(doomed, ignore_errors=True)
 
 
 def storage_summary(store: Store, config: dict, init_pid: int | None = None) -> tuple[int | None, int | None]:

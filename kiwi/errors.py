@@ -1,11 +1,96 @@
-"""The one exception type that reaches the user as `kiwi: <message>`."""
+"""The one exception type that reaches the user as `kiwi: <message>`, the exit
+codes, and the one-line wording of everything else that can go wrong."""
+from __future__ import annotations
+
+import errno
+import os
+
+# Exit codes, all in one place.
+EXIT_OK = 0
+EXIT_ERROR = 1          # a user mistake or an environment problem, told in one line
+EXIT_USAGE = 2          # the command line itself is wrong
+EXIT_NOT_FOUND = 127    # the command to run in the container cannot be found (as sh and env)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+DEBUG_HINT = "run with KIWI_DEBUG=1 for the traceback"
 
 
 class KiwiError(Exception):
     """A problem the user can act on. The message is one line and says what to do."""
 
-    exit_code = 1
+    exit_code = EXIT_ERROR
 
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+
+
+class CommandNotFound(KiwiError):
+    exit_code = EXIT_NOT_FOUND
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def os_error_message(e: OSError, op: str | None = None, path=None) -> str:
+    """`cannot <op> <path>: <strerror>` plus what to do, for the errors users can fix."""
+    path = path if path is not None else e.filename
+    where = f" {os.fsdecode(path)}" if path is not None else ""
+    if e.filename2 is not None:
+        where += f" -> {os.fsdecode(e.filename2)}"
+    reason = e.strerror or one_line(e) or type(e).__name__
+    hint = ""
+    if e.errno == errno.ENOSPC:
+        hint = "; free some space and try again"
+    elif e.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
+        hint = "; run it as root: sudo kiwi ..."
+    elif e.errno == errno.EROFS:
+        hint = "; that filesystem is read-only"
+    if op is None and not where:
+        return one_line(f"{reason}{hint}")  # a syscall wrapper's own text names the call
+    return one_line(f"cannot {op or 'use'}{where}: {reason}{hint}")
+
+
+def disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def describe(e: BaseException) -> str:
+    """One line for any exception (what a helper process sends back to kiwi)."""
+    if isinstance(e, KiwiError):
+        return one_line(e.message)
+    if isinstance(e, OSError):
+        return os_error_message(e)
+    if isinstance(e, RecursionError):
+        return "the files are nested too deeply"
+    return one_line(f"internal error: {type(e).__name__}: {e} ({DEBUG_HINT})")
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("KIWI_DEBUG") == "1"
+
+
+def traceback_if_debug() -> None:
+    """With KIWI_DEBUG=1, the traceback of the exception being handled goes to stderr."""
+    if debug_enabled():
+        import traceback
+        try:
+            traceback.print_exc()
+        except Exception:  # noqa: BLE001 - stderr may be gone
+            pass
+
+
+class Doing:
+    """`with Doing("write", path):` turns an OSError into one KiwiError line naming both."""
+
+    def __init__(self, op: str, path=None):
+        self.op, self.path = op, path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        if isinstance(value, OSError):
+            raise KiwiError(os_error_message(value, self.op, self.path)) from value
+        return False

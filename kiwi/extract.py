@@ -67,7 +67,8 @@ class ExtractStats:
     symlinks: int = 0
     hardlinks: int = 0
     whiteouts: int = 0
-    skipped: int = 0          # device nodes, fifos (and hard links to them): never created
+    fifos: int = 0
+    skipped: int = 0          # device nodes (and hard links to them): never created
     skipped_xattrs: int = 0   # overlay xattrs an archive may not set
     bytes: int = 0            # regular file data written; hard links count once
     archive_size: int = 0     # set by extract_archive
@@ -75,7 +76,7 @@ class ExtractStats:
 
     @property
     def entries(self) -> int:
-        return self.files + self.dirs + self.symlinks + self.hardlinks + self.whiteouts
+        return self.files + self.dirs + self.symlinks + self.hardlinks + self.whiteouts + self.fifos
 
 
 # ---------------------------------------------------------------- decompression
@@ -512,7 +513,8 @@ class Extractor:
         Apply directory owners, modes and times (deferred so that read-only
         directories never block the members inside them) and close.
 
-    Device nodes and fifos are never created; they count as stats.skipped.
+    FIFOs are created (harmless: a name two processes meet at). Device nodes
+    are never created; they count as stats.skipped.
     A later member with the same name replaces an earlier one, as with tar.
     """
 
@@ -556,6 +558,8 @@ class Extractor:
                 self._add_symlink(rel, member)
             elif member.islnk():
                 self._add_hardlink(rel, member, linkpath)
+            elif member.isfifo():
+                self._add_fifo(rel, member)
             else:
                 self._locate(rel, member.name)  # its folder still exists, as with tar
                 self.stats.skipped += 1
@@ -639,6 +643,17 @@ class Extractor:
         mtime = _mtime_ns(member)
         os.utime(leaf, ns=(mtime, mtime), dir_fd=parent, follow_symlinks=False)
         self.stats.symlinks += 1
+
+    def _add_fifo(self, rel: str, member) -> None:
+        parent, leaf = self._locate(rel, member.name)
+        self._create(parent, leaf, rel, member.name, lambda: os.mkfifo(leaf, 0o600, dir_fd=parent))
+        if self._as_root:
+            os.chown(leaf, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+        os.chmod(leaf, member.mode & 0o7777, dir_fd=parent)  # after chown, which clears setuid
+        self._set_xattrs(f"/proc/self/fd/{parent}/{leaf}", member, follow_symlinks=False)
+        mtime = _mtime_ns(member)
+        os.utime(leaf, ns=(mtime, mtime), dir_fd=parent, follow_symlinks=False)
+        self.stats.fifos += 1
 
     def _add_hardlink(self, rel: str, member, linkpath: str | None) -> None:
         target = self._hardlink_target(member, linkpath)

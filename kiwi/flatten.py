@@ -16,7 +16,8 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import KiwiError
+from .errors import KiwiError, disk_full, os_error_message
+from .fstree import more_open_files
 
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
 OVERLAY_OPAQUE = "trusted.overlay.opaque"
@@ -44,14 +45,39 @@ def flatten(base_rootfs, upper_dir, dest) -> dict:
         for path in (base_rootfs, upper_dir, dest):
             fds.append(os.open(path, _DIR_FLAGS))
         flattener = _Flattener(fds[2])
-        flattener.merge_dir(fds[0], fds[1], fds[2], "")
+        with more_open_files():
+            flattener.merge_tree(fds[0], fds[1], fds[2])
         flattener.apply_meta(fds[2], _Node(fds[1], None))
         return flattener.stats
-    except RecursionError:
-        raise KiwiError("the container's files are nested too deeply to commit") from None
+    except OSError as e:
+        if disk_full(e):
+            raise KiwiError(os_error_message(e, "write the new image")) from None
+        raise
     finally:
         for fd in fds:
             os.close(fd)
+
+
+class _Frame:
+    """One folder being merged: its fds in each layer and in dest, and the names left."""
+
+    def __init__(self, lower_fd, upper_fd, dest_fd, rel, source=None, owned=()):
+        self.lower_fd, self.upper_fd, self.dest_fd, self.rel = lower_fd, upper_fd, dest_fd, rel
+        self.source = source    # the _Node whose metadata the folder gets when done (None: top)
+        self.owned = list(owned)  # fds this frame closes
+        self.upper, self.lower_names, self.names = {}, set(), iter(())
+
+    def list_names(self):
+        self.upper = _upper_entries(self.upper_fd)
+        whiteouts = {n for n, node in self.upper.items() if _is_whiteout(node.st)}
+        if self.lower_fd is not None and not _is_opaque(self.upper_fd):
+            self.lower_names = set(os.listdir(self.lower_fd))
+        self.names = iter(sorted((self.lower_names | set(self.upper)) - whiteouts))
+
+    def close(self):
+        for fd in self.owned:
+            os.close(fd)
+        self.owned = []
 
 
 class _Node:
@@ -85,20 +111,32 @@ class _Flattener:
         self.copied_inodes = {}  # (dev, ino) of an upper file -> dest relpath of its first copy
         self.stats = {"linked": 0, "copied": 0, "copied_bytes": 0}
 
-    def merge_dir(self, lower_fd, upper_fd, dest_fd, rel):
-        upper = _upper_entries(upper_fd)
-        whiteouts = {n for n, node in upper.items() if _is_whiteout(node.st)}
-        lower_names = []
-        if lower_fd is not None and not _is_opaque(upper_fd):
-            lower_names = os.listdir(lower_fd)
-        names = (set(lower_names) | set(upper)) - whiteouts
-        for name in sorted(names):
-            child_rel = f"{rel}/{name}" if rel else name
-            if name in upper:
-                self.add_upper(lower_fd if name in lower_names else None, upper[name],
-                               dest_fd, child_rel)
-            else:
-                self.add_lower(_Node(lower_fd, name), dest_fd, child_rel)
+    def merge_tree(self, lower_fd, upper_fd, dest_fd):
+        """Depth first with an explicit stack of _Frames: any depth."""
+        top = _Frame(lower_fd, upper_fd, dest_fd, "")
+        top.list_names()
+        stack = [top]
+        try:
+            while stack:
+                frame = stack[-1]
+                name = next(frame.names, None)
+                if name is None:
+                    stack.pop()
+                    self.finish_dir(frame)
+                    continue
+                child = self.add_entry(frame, name)
+                if child is not None:
+                    stack.append(child)
+        finally:
+            for frame in stack:
+                frame.close()
+
+    def add_entry(self, frame, name):
+        rel = f"{frame.rel}/{name}" if frame.rel else name
+        if name in frame.upper:
+            lower_fd = frame.lower_fd if name in frame.lower_names else None
+            return self.add_upper(lower_fd, frame.upper[name], frame.dest_fd, rel)
+        return self.add_lower(_Node(frame.lower_fd, name), frame.dest_fd, rel)
 
     def add_upper(self, lower_fd, node, dest_fd, rel):
         mode = node.st.st_mode
@@ -106,8 +144,8 @@ class _Flattener:
             lower_child = _Node(lower_fd, node.name) if lower_fd is not None else None
             if lower_child is not None and not stat.S_ISDIR(lower_child.st.st_mode):
                 lower_child = None
-            self.add_dir(lower_child, node, dest_fd, rel)
-        elif stat.S_ISREG(mode):
+            return self.add_dir(lower_child, node, dest_fd, rel)
+        if stat.S_ISREG(mode):
             self.copy_file(node, dest_fd, rel)
         elif stat.S_ISLNK(mode):
             os.symlink(os.readlink(node.name, dir_fd=node.dir_fd), node.name, dir_fd=dest_fd)
@@ -116,30 +154,39 @@ class _Flattener:
             os.mkfifo(node.name, 0o600, dir_fd=dest_fd)
             self.apply_meta(None, node, dest_fd)
         # Device nodes and sockets are never part of an image.
+        return None
 
     def add_lower(self, node, dest_fd, rel):
         mode = node.st.st_mode
         if stat.S_ISDIR(mode):
-            self.add_dir(node, None, dest_fd, rel)
-        elif stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISFIFO(mode):
+            return self.add_dir(node, None, dest_fd, rel)
+        if stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISFIFO(mode):
             self.link_or_copy(node, dest_fd, rel)
+        return None
 
     def add_dir(self, lower, upper, dest_fd, rel):
-        """lower/upper: the _Node of this dir in each layer, or None."""
+        """lower/upper: the _Node of this dir in each layer, or None. Returns its _Frame."""
         source = upper or lower
         os.mkdir(source.name, 0o700, dir_fd=dest_fd)
-        child_fd = os.open(source.name, _DIR_FLAGS, dir_fd=dest_fd)
-        opened = []
+        frame = _Frame(None, None, os.open(source.name, _DIR_FLAGS, dir_fd=dest_fd), rel, source)
+        frame.owned.append(frame.dest_fd)
         try:
             if rel not in EMPTY_AT_TOP:
-                lower_fd = _open_subdir(lower, opened)
-                upper_fd = _open_subdir(upper, opened)
-                self.merge_dir(lower_fd, upper_fd, child_fd, rel)
-            # Metadata last: the folder's mtime and a read-only mode must not be disturbed.
-            self.apply_meta(child_fd, source)
+                frame.lower_fd = _open_subdir(lower, frame.owned)
+                frame.upper_fd = _open_subdir(upper, frame.owned)
+                frame.list_names()
+        except BaseException:
+            frame.close()
+            raise
+        return frame
+
+    def finish_dir(self, frame):
+        """Metadata last: the folder's mtime and a read-only mode must not be disturbed."""
+        try:
+            if frame.source is not None:
+                self.apply_meta(frame.dest_fd, frame.source)
         finally:
-            for fd in opened + [child_fd]:
-                os.close(fd)
+            frame.close()
 
     def link_or_copy(self, node, dest_fd, rel):
         try:

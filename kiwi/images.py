@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from . import store as store_mod
 from .errors import KiwiError
 from .extract import extract_archive
+from .fstree import remove_tree
 
 STAGING_PREFIX = "import-"
 
@@ -50,7 +50,7 @@ def import_image(store, name: str, archive_path, progress=None, source=None) -> 
     finally:
         os.close(lock_fd)
         if not committed:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_tree(staging, ignore_errors=True)
 
 
 def _refuse_existing(store, name: str) -> None:
@@ -90,7 +90,7 @@ def remove_stale_staging(store) -> list[str]:
         if not entry.startswith(STAGING_PREFIX) or path.is_symlink() or not path.is_dir():
             continue
         if _is_unlocked(path):
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path, ignore_errors=True)
             removed.append(entry)
     return removed
 
@@ -153,4 +153,4 @@ def delete_image(store, name: str) -> None:
                                        dir=store.tmp_dir))
         os.rename(store.image_dir(name), doomed / "image")
     with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(doomed)
+        remove_tree(doomed)

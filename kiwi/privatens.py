@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import pickle
 
-from .errors import KiwiError
+from .errors import KiwiError, describe, traceback_if_debug
 
 
 def run(fn, *args, private_namespace: bool = True):
@@ -25,8 +25,8 @@ def run(fn, *args, private_namespace: bool = True):
                 sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
             payload = ("ok", fn(*args))
         except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
-            message = e.message if isinstance(e, KiwiError) else f"{type(e).__name__}: {e}"
-            payload = ("error", message)
+            traceback_if_debug()
+            payload = ("error", describe(e))
         try:
             data = pickle.dumps(payload)
         except Exception as e:  # noqa: BLE001

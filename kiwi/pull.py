@@ -17,12 +17,12 @@ import hashlib
 import os
 import re
 import secrets
-import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from .errors import KiwiError
+from .fstree import remove_tree
 
 DEFAULT_SERVER = "https://images.linuxcontainers.org"
 INDEX_PATH = "meta/1.0/index-system"
@@ -223,7 +223,7 @@ def _install(store, distro, tarball, url, replace, progress):
         atomic_write_json(store.image_dir(staging) / "image.json", meta)
         _swap_into_place(store, staging, distro, replace)
     except BaseException:
-        shutil.rmtree(store.image_dir(staging), ignore_errors=True)
+        remove_tree(store.image_dir(staging), ignore_errors=True)
         raise
 
 
@@ -241,7 +241,7 @@ def _swap_into_place(store, staging, distro, replace):
         if final.exists():
             os.rename(final, old)
         os.rename(store.image_dir(staging), final)
-    shutil.rmtree(old, ignore_errors=True)
+    remove_tree(old, ignore_errors=True)
 
 
 def _write_export(store, distro, meta, rootfs, progress):

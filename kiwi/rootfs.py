@@ -5,6 +5,8 @@ because the caller unshared the mount namespace and made / private first.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import stat
 
@@ -56,26 +58,40 @@ def open_in_root(root_fd: int, path: str, flags: int = os.O_PATH) -> int:
 
 
 def ensure_dir_in_root(root_fd: int, path: str, mode: int = 0o755) -> int:
-    """Open (creating when missing) a directory inside the root; returns an O_PATH fd."""
+    """Open (creating when missing) a directory inside the root; returns an O_PATH fd.
+
+    Never follows a symlink: the image chose these names, and a mount on `tmp -> /`
+    or `dev -> ../..` would land elsewhere. What stands where Kiwi mounts (a symlink,
+    a file) is replaced by an empty folder; the mount would hide it anyway."""
     parent = root_fd
     fds = []
     try:
         for part in [p for p in path.split("/") if p]:
-            try:
-                fd = sc.openat2(parent, part, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, sc.RESOLVE_IN_ROOT)
-            except FileNotFoundError:
-                real = os.open(f"/proc/self/fd/{parent}", os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.mkdir(part, mode, dir_fd=real)
-                finally:
-                    os.close(real)
-                fd = sc.openat2(parent, part, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, sc.RESOLVE_IN_ROOT)
+            fd = open_or_make_dir(parent, part, mode)
             fds.append(fd)
             parent = fd
         return os.dup(parent) if fds else os.dup(root_fd)
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def open_or_make_dir(parent: int, name: str, mode: int) -> int:
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    resolve = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS
+    try:
+        return sc.openat2(parent, name, flags, 0, resolve)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            raise
+    real = os.open(f"/proc/self/fd/{parent}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=real)  # a symlink or a file, never a directory
+        os.mkdir(name, mode, dir_fd=real)
+    finally:
+        os.close(real)
+    return sc.openat2(parent, name, flags, 0, resolve)
 
 
 def mount_at(root_fd: int, path: str, source, fstype, flags: int, data=None, mode: int = 0o755) -> None:

@@ -257,9 +257,10 @@ def redirect_stdio_to_null() -> None:
 
 
 def report_and_exit(status_w: int, error: BaseException) -> None:
-    text = error.message if isinstance(error, KiwiError) else f"{type(error).__name__}: {error}"
+    from .errors import describe, traceback_if_debug
+    traceback_if_debug()
     with contextlib.suppress(OSError):
-        os.write(status_w, f"error {text}\n".encode())
+        os.write(status_w, f"error {describe(error)}\n".encode())
     os._exit(1)
 
 
@@ -354,7 +355,8 @@ def spawn(store: Store, cid: str, argv: list[str] | None, fds=(0, 1, 2), term: s
     if message:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
-        raise KiwiError(message.strip())
+        # The child's report is "error <text>"; the user sees only the text.
+        raise KiwiError(message.strip().removeprefix("error "))
     return pid
 
 

@@ -671,7 +671,8 @@ def daemon_process(store, cid, sid, term, size, ready_w: int) -> None:
         daemon = Daemon(store, cid, sid, term, size)
         daemon.start()
     except BaseException as e:  # noqa: BLE001 - reported to the waiting client
-        text = e.message if isinstance(e, KiwiError) else f"starting the session failed: {e}"
+        from .errors import describe
+        text = e.message if isinstance(e, KiwiError) else f"starting the session failed: {describe(e)}"
         with contextlib.suppress(OSError):
             os.write(ready_w, f"error {text}\n".encode())
         os._exit(1)

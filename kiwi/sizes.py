@@ -8,21 +8,30 @@ from .errors import KiwiError
 UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 # The unit is a letter (k, M, G, T, with an optional B or iB) or B alone: plain bytes.
 SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt](?:i?b)?|b)?\s*\Z", re.IGNORECASE | re.ASCII)
-MAX_SIZE = 1 << 63  # the kernel's limits are signed 64-bit
+MAX_SIZE = 1 << 60      # far above any disk or RAM, far below what a C off_t or long holds
+MAX_DIGITS = 24         # more is never a size; it would only make huge ints
 
 
-def parse_size(text: str, default_unit: str = "", what: str = "size") -> int:
+def parse_size(text: str, default_unit: str = "", what: str = "size",
+               maximum: int = MAX_SIZE) -> int:
     """'512M' -> bytes. A bare number means default_unit ('m' for memory)."""
-    m = SIZE_RE.match(str(text))
+    text = str(text)
+    if text.strip().startswith("-"):
+        raise KiwiError(f"invalid {what} {text!r}: it cannot be negative; give e.g. 512M or 2G")
+    m = SIZE_RE.match(text)
     if not m:
         raise KiwiError(f"invalid {what} {text!r}: use a number with k, M, G or T, e.g. 512M or 2G")
     number, unit = m.group(1), (m.group(2) or default_unit)[:1].lower()
-    scaled = float(number) * UNITS[unit]  # inf for a number too long for a float
-    if scaled >= MAX_SIZE:
-        raise KiwiError(f"invalid {what} {text!r}: it must be less than 8 EiB")
-    value = int(scaled)
+    if len(number) > MAX_DIGITS:
+        raise KiwiError(f"invalid {what} {text!r}: it is too large; the most is {format_size(maximum)}")
+    scale = UNITS[unit]
+    whole, _, fraction = number.partition(".")
+    # Exact integer arithmetic: float() would round, and overflow on long inputs.
+    value = int(whole) * scale + (int(fraction) * scale // 10 ** len(fraction) if fraction else 0)
     if value <= 0:
         raise KiwiError(f"invalid {what} {text!r}: it must be more than zero")
+    if value > maximum:
+        raise KiwiError(f"invalid {what} {text!r}: it is too large; the most is {format_size(maximum)}")
     return value
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 
 from . import privatens
 from .errors import KiwiError
-from .store import Store, atomic_write_json, read_json, validate_name
+from .fstree import remove_tree
+from .store import Store, atomic_write_json, read_json, validate_container_name, validate_name
 
 EXPORTED_SETTINGS = ("memory", "cpu", "storage", "network", "shell")
 
@@ -73,7 +73,7 @@ def release_work_dir(work: str) -> None:
     if os.path.ismount(mnt):
         with contextlib.suppress(OSError):
             sc.umount(mnt, sc.MNT_DETACH)
-    shutil.rmtree(work, ignore_errors=True)
+    remove_tree(work, ignore_errors=True)
 
 
 def remember_rootfs_hash(store: Store, image: str, manifest: dict) -> None:
@@ -138,7 +138,7 @@ def restore_image(store: Store, path: str, manifest: dict, progress=None) -> str
             atomic_write_json(staging / "image.json", meta)
             os.rename(staging, store.image_dir(name))
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging, ignore_errors=True)
     return name
 
 
@@ -201,7 +201,7 @@ def checked_settings(settings: dict, path: str) -> dict:
     if settings.get("shell") is not None:
         parse_shell(settings["shell"])
     if settings.get("name") is not None:
-        validate_name(settings["name"], "container name")
+        validate_container_name(settings["name"])
     return settings
 
 
@@ -247,7 +247,7 @@ def commit(store: Store, cid: str, image: str, progress=None) -> dict:
                     raise KiwiError(f"an image named {image!r} exists already; choose another name")
                 os.rename(staging, store.image_dir(image))
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_tree(staging, ignore_errors=True)
     return meta
 
 
@@ -267,9 +267,6 @@ def flatten_container(store, cid, rootfs, staging) -> dict:
 
 
 def tree_size(path: str) -> int:
-    total = 0
-    for dirpath, _, filenames in os.walk(path):
-        for n in filenames:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, n)).st_size
-    return total
+    import stat
+    from .fstree import walk_stats
+    return sum(st.st_size for _fd, _name, st in walk_stats(path) if not stat.S_ISDIR(st.st_mode))

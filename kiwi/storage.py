@@ -6,16 +6,18 @@ Both hold upper/ and work/ for the overlay.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import KiwiError
+from .errors import KiwiError, os_error_message
+from .fstree import remove_tree, walk_stats
 from .sizes import format_size
 
 GIB = 1 << 30
 MIN_STORAGE = GIB
+MAX_STORAGE = 16 << 40  # ext4's largest file with 4K blocks: state.img is one such file
 
 
 def image_path(container_dir: Path) -> Path:
@@ -48,9 +50,7 @@ def create_state(container_dir: Path, size: int | None) -> None:
         for sub in ("upper", "work"):
             os.mkdir(os.path.join(seed, sub), 0o755)
         img = image_path(container_dir)
-        with open(img, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)  # the container's whole writable data
-            f.truncate(size)
+        size_image_file(img, size, create=True)
         run_tool(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "kiwi-state",
                   "-E", "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0",
                   "-d", seed, str(img)], "formatting the container's storage")
@@ -68,13 +68,11 @@ def filesystem_usage(device_or_image: Path | str) -> int:
     return used * block
 
 
-def folder_usage(path: Path) -> int:
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in filenames + dirnames:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-    return total
+def folder_usage(path: Path) -> int | None:
+    try:
+        return sum(st.st_blocks * 512 for _fd, _name, st in walk_stats(path))
+    except OSError:
+        return None  # unreadable (not root): unknown
 
 
 def superblock_usage(img: Path) -> int | None:
@@ -143,13 +141,11 @@ def resize_offline(container_dir: Path, new_size: int) -> None:
     old_size = img.stat().st_size
     check_fs(img)
     if new_size > old_size:
-        with open(img, "r+b") as f:
-            f.truncate(new_size)
+        size_image_file(img, new_size)
         run_tool(["resize2fs", str(img)], "growing the storage")
     elif new_size < old_size:
         run_tool(["resize2fs", str(img), f"{new_size // 1024}K"], "shrinking the storage")
-        with open(img, "r+b") as f:
-            f.truncate(new_size)
+        size_image_file(img, new_size)
 
 
 def check_fs(img: Path) -> None:
@@ -162,11 +158,34 @@ def check_fs(img: Path) -> None:
 
 
 def grow_file(container_dir: Path, new_size: int) -> None:
-    with open(image_path(container_dir), "r+b") as f:
-        f.truncate(new_size)
+    size_image_file(image_path(container_dir), new_size)
+
+
+def size_image_file(img: Path, size: int, create: bool = False) -> None:
+    """Make (or resize) the sparse state.img; a size the filesystem cannot hold is one clear line."""
+    check_fits(img.parent, size)
+    try:
+        with open(img, "wb" if create else "r+b") as f:
+            if create:
+                os.fchmod(f.fileno(), 0o600)  # the container's whole writable data
+            f.truncate(size)
+    except OSError as e:
+        if e.errno == errno.EFBIG:
+            raise KiwiError(f"storage {format_size(size)} is larger than the filesystem of Kiwi's data "
+                            "folder allows for one file; give a smaller --storage") from None
+        raise KiwiError(os_error_message(e, "size", img)) from None
+
+
+def check_fits(folder: Path, size: int) -> None:
+    """A state.img larger than the whole filesystem that holds it could never be filled."""
+    st = os.statvfs(folder)
+    total = st.f_blocks * st.f_frsize
+    if size > total:
+        raise KiwiError(f"storage {format_size(size)} is more than the whole filesystem of Kiwi's data "
+                        f"folder holds ({format_size(total)}); give a smaller --storage, or --storage host")
 
 
 def remove_state(container_dir: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(image_path(container_dir))
-    shutil.rmtree(folder_path(container_dir), ignore_errors=True)
+    remove_tree(folder_path(container_dir), ignore_errors=True)

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 
 from . import privatens, storage
 from .errors import KiwiError
+from .fstree import remove_tree
 from .sizes import format_size
 
 
@@ -85,33 +85,32 @@ def resize_mounted(device: str, tmp_root: str) -> None:
 
 def folder_to_image(cdir, new_size: int) -> None:
     folder = storage.folder_path(cdir)
-    used = storage.folder_usage(folder)
+    used = storage.folder_usage(folder) or 0
     if new_size < used + storage.GIB:
         raise KiwiError(f"{format_size(used)} is in use; choose a storage of at least {format_size(used + storage.GIB)}")
     img = storage.image_path(cdir)
     tmp = img.with_name("state.img.tmp")
-    with open(tmp, "wb") as f:
-        f.truncate(new_size)
     try:
+        storage.size_image_file(tmp, new_size, create=True)
         storage.run_tool(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "kiwi-state", "-d", str(folder),
                           "-E", "root_owner=0:0", str(tmp)], "formatting the container's storage")
         os.rename(tmp, img)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    shutil.rmtree(folder)
+    remove_tree(folder)
 
 
 def image_to_folder(store, cid: str) -> None:
     cdir = store.container_dir(cid)
     folder = storage.folder_path(cdir)
     tmp = cdir / "state.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_tree(tmp, ignore_errors=True)
     try:
         privatens.run(copy_state_out, store, cid, str(tmp))
         os.rename(tmp, folder)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp, ignore_errors=True)
         raise
     storage.image_path(cdir).unlink()
 
@@ -124,7 +123,7 @@ def copy_state_out(store, cid: str, dest: str) -> None:
         if done.returncode:
             raise KiwiError(f"copying the container's state failed: {done.stderr.strip()}")
         for junk in ("lost+found",):
-            shutil.rmtree(os.path.join(dest, junk), ignore_errors=True)
+            remove_tree(os.path.join(dest, junk), ignore_errors=True)
     finally:
         from . import syscalls as sc
         try:

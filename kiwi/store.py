@@ -10,10 +10,11 @@ import fcntl
 import json
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 
-from .errors import KiwiError
+from .errors import Doing, KiwiError, os_error_message
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
 ID_RE = re.compile(r"[0-9a-f]{12}\Z")
@@ -24,6 +25,15 @@ def validate_name(name: str, what: str = "name") -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise KiwiError(
             f"invalid {what} {name!r}: use 1-63 of a-z 0-9 _ . - starting with a letter or digit")
+    return name
+
+
+def validate_container_name(name: str) -> str:
+    """A name that looks like an id would make `kiwi attach <it>` ambiguous."""
+    validate_name(name, "container name")
+    if is_container_id(name):
+        raise KiwiError(f"invalid container name {name!r}: 12 hex digits look like a container id;"
+                        " choose another name")
     return name
 
 
@@ -40,20 +50,21 @@ def atomic_write_json(path: Path | str, obj, mode: int = 0o644) -> None:
     """Write JSON so that a crash leaves either the old file or the new one."""
     import tempfile
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    with Doing("write", path):  # a full disk is one line naming the file
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(obj, f, indent=2, sort_keys=True)
+                f.write("\n")
+                f.flush()
+                os.fchmod(f.fileno(), mode)
+                os.fsync(f.fileno())
+            os.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(path.parent)
 
 
 def fsync_dir(path: Path) -> None:
@@ -101,10 +112,13 @@ class Store:
     def open(cls) -> Store:
         override = os.environ.get("KIWI_ROOT")
         if override:
-            root = Path(override).absolute()
+            if not os.path.isabs(override):
+                raise KiwiError(f"KIWI_ROOT must be an absolute path, not {override!r}")
+            root = Path(override)
         else:
             root = executable_dir() / "kiwi-data"
             migrate_old_folder(root.parent / ".kiwi", root)
+        check_data_folder(root)
         migrate_old_runtime(root)
         return cls(root)
 
@@ -157,10 +171,11 @@ class Store:
 
     def ensure_layout(self) -> None:
         """Create the folders a writing command needs (root only: 0700 for runtime state)."""
-        for d in (self.root, self.images_dir, self.containers_dir, self.exports_dir,
-                  self.tmp_dir, self.locks_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        self.mounts_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with Doing("create the data folder", self.root):
+            for d in (self.root, self.images_dir, self.containers_dir, self.exports_dir,
+                      self.tmp_dir, self.locks_dir):
+                d.mkdir(parents=True, exist_ok=True)
+            self.mounts_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     # --- locks ------------------------------------------------------------
     @contextlib.contextmanager
@@ -229,6 +244,18 @@ class Store:
                     f"{ref!r} matches {len(matches)} containers ({', '.join(matches[:4])}"
                     f"{', ...' if len(matches) > 4 else ''}); give more of the id")
         raise KiwiError(f"no container named or starting with {ref!r}; see 'kiwi list'")
+
+
+def check_data_folder(root: Path) -> None:
+    """The data folder (KIWI_ROOT) is a folder, or missing (the first write makes it)."""
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise KiwiError(os_error_message(e, "use the data folder", root)) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise KiwiError(f"the data folder {root} is not a folder; set KIWI_ROOT to a folder")
 
 
 def migrate_old_folder(old: Path, new: Path) -> None:

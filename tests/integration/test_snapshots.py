@@ -123,7 +123,7 @@ def leftovers(kiwi: Kiwi) -> list:
 
 # Changes a container makes from inside: edits, a deleted image file (whiteout),
 # an image folder removed and made again (opaque), owners, hard and symbolic links,
-# setuid, and files in new folders. (No fifo: extraction never creates fifos.)
+# setuid, and files in new folders. (FIFOs: tests/integration/test_errors.py.)
 CHANGES = """set -e
 echo 'kiwi:x:1000:1000::/home/kiwi:/bin/sh' >> /etc/passwd
 rm /etc/group

@@ -190,17 +190,21 @@ def test_long_names_in_gnu_and_pax(tmp_path):
         assert os.readlink(dest / (deep + "-l")) == "x" * 300
 
 
-def test_devices_and_fifos_are_skipped(tmp_path):
-    specials = [member("dev/null", tarfile.CHRTYPE), member("dev/sda", tarfile.BLKTYPE),
-                member("run/fifo", tarfile.FIFOTYPE)]
+def test_devices_are_skipped_fifos_are_kept(tmp_path):
+    specials = [member("dev/null", tarfile.CHRTYPE), member("dev/sda", tarfile.BLKTYPE)]
     for info in specials:
         info.devmajor, info.devminor = 1, 3
-    entries = [(info, None) for info in specials] + [hard("dev/null2", "dev/null"),
-                                                     f("dev/keep", b"k")]
+    fifo = member("run/fifo", tarfile.FIFOTYPE, mode=0o640, uid=12, gid=34)
+    entries = [(info, None) for info in specials] + [
+        hard("dev/null2", "dev/null"), f("dev/keep", b"k"), (fifo, None), hard("run/fifo2", "run/fifo")]
     stats = extract_archive(write_archive(tmp_path, entries), tmp_path / "root")
-    assert stats.skipped == 4
+    assert stats.skipped == 3 and stats.fifos == 1 and stats.hardlinks == 1
     assert sorted(os.listdir(tmp_path / "root/dev")) == ["keep"]
-    assert os.listdir(tmp_path / "root/run") == []
+    st = lstat(tmp_path / "root/run/fifo")
+    assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640
+    assert (st.st_uid, st.st_gid) == ((12, 34) if os.geteuid() == 0 else (os.getuid(), os.getgid()))
+    assert st.st_mtime_ns == MTIME_NS
+    assert st.st_ino == lstat(tmp_path / "root/run/fifo2").st_ino
 
 
 def test_later_duplicate_replaces_earlier(tmp_path):

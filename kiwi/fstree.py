@@ -1,0 +1,132 @@
+"""Walk and remove directory trees of any depth.
+
+A container can nest folders thousands of levels deep, so nothing here
+recurses (Python 3.11's os.walk and shutil.rmtree do): each walk keeps an
+explicit stack of directory fds, opened with O_NOFOLLOW, so a tree that
+changes meanwhile can never lead the walk outside itself, and no path grows
+past PATH_MAX. One fd per level: a walk raises its soft open-file limit to
+the hard one while it runs (the usual 1024 would end at that depth).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+
+from .errors import KiwiError
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)  # removed or swapped while we walked
+
+
+@contextlib.contextmanager
+def more_open_files(top=None):
+    """Allow as many open files as the hard limit does, for the duration of a deep walk;
+    a tree deeper than even that is one clear line."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.EMFILE:
+            raise
+        where = f"{os.fsdecode(top)} is" if top is not None else "the files are"
+        raise KiwiError(f"{where} nested deeper than the open-file limit ({hard}) allows;"
+                        " raise it (ulimit -Hn) and try again") from None
+    finally:
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def open_subdir(dir_fd: int, name: str) -> int | None:
+    """An fd of the folder `name` in dir_fd, or None when it is gone or no longer a folder."""
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in GONE:
+            return None
+        raise
+
+
+def walk_stats(top):
+    """(dir_fd, name, lstat) for every entry below top, each folder before its contents.
+
+    dir_fd is valid only until the next item is taken."""
+    with more_open_files(top):
+        stack = [(os.open(top, DIR_FLAGS), None)]
+        try:
+            while stack:
+                fd, names = stack[-1]
+                if names is None:
+                    names = iter(sorted(os.listdir(fd)))
+                    stack[-1] = (fd, names)
+                name = next(names, None)
+                if name is None:
+                    os.close(stack.pop()[0])
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                yield fd, name, st
+                if stat.S_ISDIR(st.st_mode):
+                    sub = open_subdir(fd, name)
+                    if sub is not None:
+                        stack.append((sub, None))
+        finally:
+            for fd, _ in stack:
+                os.close(fd)
+
+
+def remove_tree(path, ignore_errors: bool = False) -> None:
+    """shutil.rmtree for trees of any depth; a symlink is removed, never followed.
+    With ignore_errors, what cannot be removed stays and the rest goes."""
+    path = os.fspath(path)
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            os.unlink(path)
+            return
+        with more_open_files(path):
+            _remove_contents(os.open(path, DIR_FLAGS), ignore_errors)
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        if not ignore_errors:
+            raise
+
+
+def _remove_contents(top_fd: int, ignore_errors: bool) -> None:
+    stack = [(top_fd, None, iter(os.listdir(top_fd)))]  # (fd, its name in the parent, names)
+    try:
+        while stack:
+            fd, own_name, names = stack[-1]
+            name = next(names, None)
+            try:
+                if name is None:
+                    os.close(stack.pop()[0])
+                    if stack:
+                        os.rmdir(own_name, dir_fd=stack[-1][0])
+                    continue
+                try:
+                    os.unlink(name, dir_fd=fd)
+                except IsADirectoryError:
+                    sub = open_subdir(fd, name)
+                    if sub is not None:
+                        try:
+                            listing = os.listdir(sub)
+                        except OSError:
+                            os.close(sub)
+                            raise
+                        stack.append((sub, name, iter(listing)))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                if not ignore_errors:
+                    raise
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
