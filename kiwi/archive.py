@@ -102,7 +102,7 @@ def write_archive(out_path, kind, settings, image_meta, rootfs_dir, upper_dir=No
         _fsync_dir(out_path.parent)
     except BaseException as e:
         _unlink_quietly(tmp)
-        if disk_full(e):
+        if isinstance(e, OSError) and disk_full(e):
             raise KiwiError(os_error_message(e, "write", out_path)) from None
         raise
     return manifest

@@ -154,7 +154,7 @@ def clean_unpack_leftovers(store: Store) -> list[str]:
         for name in os.listdir(store.unpack_dir):
             path = store.unpack_dir / name
             if name.startswith(".tmp-") and path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path, ignore_errors=True)
                 out.append(f"half-unpacked {path}")
     finally:
         os.close(fd)

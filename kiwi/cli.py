@@ -9,8 +9,17 @@ import os
 import sys
 
 from . import __version__
-from .errors import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, KiwiError, describe,
-                     one_line, os_error_message, traceback_if_debug)
+from .errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    KiwiError,
+    describe,
+    one_line,
+    os_error_message,
+    traceback_if_debug,
+)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
@@ -193,7 +202,6 @@ def run(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        drop_forwarded_sigint()
         return run(argv)
     except KiwiError as e:
         return fail(e.message, e.exit_code)

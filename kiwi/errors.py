@@ -39,7 +39,7 @@ def os_error_message(e: OSError, op: str | None = None, path=None) -> str:
     where = f" {os.fsdecode(path)}" if path is not None else ""
     if e.filename2 is not None:
         where += f" -> {os.fsdecode(e.filename2)}"
-    reason = e.strerror or one_line(e) or type(e).__name__
+    reason = e.strerror or one_line(str(e)) or type(e).__name__
     hint = ""
     if e.errno == errno.ENOSPC:
         hint = "; free some space and try again"

@@ -268,5 +268,6 @@ def flatten_container(store, cid, rootfs, staging) -> dict:
 
 def tree_size(path: str) -> int:
     import stat
+
     from .fstree import walk_stats
     return sum(st.st_size for _fd, _name, st in walk_stats(path) if not stat.S_ISDIR(st.st_mode))

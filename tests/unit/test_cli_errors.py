@@ -7,8 +7,16 @@ import os
 import pytest
 
 from kiwi import cli
-from kiwi.errors import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, CommandNotFound, Doing, KiwiError,
-                         describe, os_error_message)
+from kiwi.errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CommandNotFound,
+    Doing,
+    KiwiError,
+    describe,
+    os_error_message,
+)
 
 
 def main_raising(monkeypatch, capsys, error, debug=False):

@@ -3,7 +3,7 @@
 import pytest
 
 from kiwi.errors import KiwiError
-from kiwi.sizes import MAX_SIZE, format_size, parse_size
+from kiwi.sizes import format_size, parse_size
 
 K, M, G, T = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 
