@@ -62,13 +62,13 @@ build_host() {
   target=$(host_target)
   arch=${target#linux-}
   if [ "$DRY_RUN" = 1 ]; then
-    echo .venv/bin/python cffi_build/build_sys.py sys init
+    echo .venv/bin/python cffi_build/build_sys.py sys init exec
     echo "KIWI_ARCH=$arch $(pyinstaller_command)"
     echo .venv/bin/python scripts/make-manpages dist
     return
   fi
   ensure_venv
-  .venv/bin/python cffi_build/build_sys.py sys init >/dev/null || die "building the C parts failed (need gcc, libc6-dev, python3-dev)"
+  .venv/bin/python cffi_build/build_sys.py sys init exec >/dev/null || die "building the C parts failed (need gcc, libc6-dev, python3-dev)"
   trap 'rm -rf "$RUN_DIR"' EXIT
   KIWI_ARCH=$arch $(pyinstaller_command) || die "PyInstaller failed"
   # Replace the binaries atomically: tests and benchmarks may be running them.

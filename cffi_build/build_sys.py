@@ -1,8 +1,9 @@
 """Build Kiwi's native parts.
 
-    python cffi_build/build_sys.py          # both
+    python cffi_build/build_sys.py          # all three
     python cffi_build/build_sys.py sys      # kiwi/_sys*.so   (cffi API mode)
     python cffi_build/build_sys.py init     # kiwi/kiwi-init  (static PID 1)
+    python cffi_build/build_sys.py exec     # kiwi/kiwi-exec  (static container entry)
 
 Every wrapper returns -1 and leaves errno set on failure; kiwi/syscalls.py turns
 that into OSError. Raw syscall(2) is used wherever glibc has no wrapper (or has
@@ -378,14 +379,22 @@ def build_sys() -> Path:
     return Path(make_ffibuilder().compile(tmpdir=str(ROOT), verbose=False))
 
 
-def build_init(output: Path = ROOT / "kiwi" / "kiwi-init") -> Path:
-    """Compile init.c into a stripped static binary."""
+def build_init() -> Path:
+    return build_static(HERE / "init.c", ROOT / "kiwi" / "kiwi-init")
+
+
+def build_exec() -> Path:
+    return build_static(HERE / "exec.c", ROOT / "kiwi" / "kiwi-exec")
+
+
+def build_static(source: Path, output: Path) -> Path:
+    """Compile one C file into a stripped static binary."""
     cc = shlex.split(os.environ.get("CC", "gcc"))
     cflags = shlex.split(os.environ.get("INIT_CFLAGS", ""))
     tmp = output.with_name(output.name + ".tmp")
     subprocess.run(
         [*cc, "-Os", "-static", "-s", "-Wall", "-Wextra", "-Werror",
-         *cflags, "-o", str(tmp), str(HERE / "init.c")],
+         *cflags, "-o", str(tmp), str(source)],
         check=True,
     )
     tmp.replace(output)  # atomic: a running test never sees half a binary
@@ -393,9 +402,9 @@ def build_init(output: Path = ROOT / "kiwi" / "kiwi-init") -> Path:
 
 
 def main(argv: list[str]) -> int:
-    targets = argv or ["sys", "init"]
+    targets = argv or ["sys", "init", "exec"]
     for target in targets:
-        built = {"sys": build_sys, "init": build_init}[target]()
+        built = {"sys": build_sys, "init": build_init, "exec": build_exec}[target]()
         print(f"built {built}")
     return 0
 
