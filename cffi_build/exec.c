@@ -282,8 +282,13 @@ int main(int argc, char **argv)
      * /proc/<pid>/exe (the memfd) or our fds once we have joined it. */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     prctl(PR_SET_NAME, "kiwi-exec", 0, 0, 0);
-    if (fcntl(ERROR_FD, F_SETFD, FD_CLOEXEC) != 0)
-        _exit(1);  /* started by something else than Kiwi: nowhere to report */
+    if (fcntl(ERROR_FD, F_SETFD, FD_CLOEXEC) != 0) {
+        /* Not started by Kiwi: e.g. run again through `#!/proc/self/exe`. */
+        static const char msg[] = "kiwi-exec: only kiwi starts this helper\n";
+        ssize_t ignored = write(2, msg, sizeof msg - 1);
+        (void)ignored;
+        return 1;
+    }
     parse_options(argc, argv, &o);
     read_filter();
     join_cgroups(&o);
