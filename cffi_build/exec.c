@@ -21,7 +21,8 @@
  * The environment given to kiwi-exec is the command's (PATH is searched inside
  * the container). The parent stays outside the container's PID namespace,
  * holds no fds and exits with the command's status (128+n when killed by
- * signal n), forwarding SIGTERM, SIGHUP, SIGINT and SIGQUIT. The command's
+ * signal n), forwarding SIGTERM, SIGHUP, SIGINT and SIGQUIT to the command's
+ * process group. The command's
  * status is 127 when it is not found and 126 when it cannot be executed.
  * Built static (gcc -Os -static -s); no heap use of its own.
  */
@@ -266,7 +267,9 @@ static int wait_command(pid_t child, const sigset_t *relayed)
                 return status_of(wstatus);
             if (done < 0 && errno != EINTR)
                 return 255;
-        } else if (sig > 0) {
+        } else if (sig > 0 && kill(-child, sig) != 0) {
+            /* To its process group, as a terminal's Ctrl-C would: a shell's
+             * foreground command too. Alone when it left that group. */
             kill(child, sig);
         }
     }
