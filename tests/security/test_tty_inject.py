@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import pexpect
 import pytest
 
 from .helpers import put_file
@@ -101,3 +102,18 @@ def test_terminal_inside_is_the_containers_own(kiwi, host_shell):
     assert shows_container_tty(out), out
     assert "/proc/self/fd/0 -> /dev/pts/" in out, out
     assert "STATUS=7" in out, out
+
+
+def test_window_size_follows_the_admins_terminal(kiwi, host_shell, terminals):
+    cid, _, _ = host_shell
+    direct = terminals(kiwi.cmd[0], kiwi.cmd[1:] + ["attach", cid, "--direct"], kiwi.env, rows=21, cols=73)
+    direct.expect_exact("# ")
+    direct.sendline("stty size")
+    direct.expect_exact("21 73")
+    direct.setwinsize(33, 101)  # SIGWINCH to kiwi, which copies the size to the container's PTY
+    direct.sendline("sleep 1; stty size")
+    direct.expect_exact("33 101")
+    direct.sendline("exit 5")
+    direct.expect(pexpect.EOF)
+    direct.close()
+    assert direct.exitstatus == 5
