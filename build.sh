@@ -76,7 +76,7 @@ build_host() {
   target=$(host_target)
   arch=${target#linux-}
   if [ "$DRY_RUN" = 1 ]; then
-    echo .venv/bin/python cffi_build/build_sys.py sys init
+    echo .venv/bin/python cffi_build/build_sys.py sys init exec
     echo .venv/bin/python cffi_build/build_sys.py launcher
     echo "KIWI_ARCH=$arch $(pyinstaller_command)"
     pack_command "$arch"
@@ -84,7 +84,7 @@ build_host() {
     return
   fi
   ensure_venv
-  .venv/bin/python cffi_build/build_sys.py sys init >/dev/null || die "building the C parts failed (need gcc, libc6-dev, python3-dev)"
+  .venv/bin/python cffi_build/build_sys.py sys init exec >/dev/null || die "building the C parts failed (need gcc, libc6-dev, python3-dev)"
   .venv/bin/python cffi_build/build_sys.py launcher >/dev/null || die "building the launcher failed (need the static libzstd: apt-get install libzstd-dev)"
   trap 'rm -rf "$RUN_DIR"' EXIT
   KIWI_ARCH=$arch $(pyinstaller_command) || die "PyInstaller failed"

@@ -1,8 +1,9 @@
 """Build Kiwi's native parts.
 
-    python cffi_build/build_sys.py            # sys and init
+    python cffi_build/build_sys.py            # sys, init and exec
     python cffi_build/build_sys.py sys        # kiwi/_sys*.so        (cffi API mode)
     python cffi_build/build_sys.py init       # kiwi/kiwi-init       (static PID 1)
+    python cffi_build/build_sys.py exec       # kiwi/kiwi-exec       (static container entry)
     python cffi_build/build_sys.py launcher   # build/kiwi-launcher  (static, head of the one-file kiwi)
 
 Every wrapper returns -1 and leaves errno set on failure; kiwi/syscalls.py turns
@@ -393,15 +394,20 @@ def build_init(output: Path = ROOT / "kiwi" / "kiwi-init") -> Path:
     return build_static(HERE / "init.c", output)
 
 
+def build_exec(output: Path = ROOT / "kiwi" / "kiwi-exec") -> Path:
+    return build_static(HERE / "exec.c", output)
+
+
 def build_launcher(output: Path = ROOT / "build" / "kiwi-launcher") -> Path:
     """Needs the static libzstd (libzstd-dev); cffi_build/pack.py appends the bundle."""
     return build_static(HERE / "launcher.c", output, ("-lzstd",))
 
 
 def main(argv: list[str]) -> int:
-    targets = argv or ["sys", "init"]
+    targets = argv or ["sys", "init", "exec"]
     for target in targets:
-        built = {"sys": build_sys, "init": build_init, "launcher": build_launcher}[target]()
+        built = {"sys": build_sys, "init": build_init, "exec": build_exec,
+                 "launcher": build_launcher}[target]()
         print(f"built {built}")
     return 0
 

@@ -538,6 +538,19 @@ class Cgroup:
             except OSError as exc:
                 raise KiwiError(f"cannot move process {pid} into {directory}: {exc.strerror}") from exc
 
+    def open_procs_files(self) -> list[int]:
+        """cgroup.procs of every hierarchy, open for writing: whoever writes "0" to them joins
+        (kiwi-exec does, so that nothing of the host side needs to be in the container's cgroup)."""
+        fds = []
+        try:
+            for directory in self._unique_dirs():
+                fds.append(os.open(directory / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            raise KiwiError(f"cannot open the container's cgroup {directory}: {exc.strerror}") from exc
+        return fds
+
     def pids(self) -> list[int]:
         """Processes in the cgroup (union over hierarchies); [] when it does not exist."""
         found: set[int] = set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -286,16 +287,39 @@ def parse_stage_report(message: str) -> int:
 
 
 # --- entering a running container --------------------------------------------------
+#
+# Kiwi itself never joins a container: kiwi-exec (cffi_build/exec.c), started
+# from a sealed memfd, joins the cgroup and the namespaces, forks the command
+# into the PID namespace, confines it and executes it. The container therefore
+# never sees a process whose /proc/<pid>/exe is a host file.
 
-NAMESPACES = ["cgroup", "ipc", "uts", "net", "pid", "mnt"]
+# kiwi-exec joins them in this order: a user namespace first, the mount namespace last.
+NAMESPACES = ["user", "cgroup", "ipc", "uts", "net", "pid", "mnt"]
+HELPER_FD_BASE = 64  # spawn moves the helper's fds above this before placing them
 
 
-def open_namespaces(pid: int, include_net: bool) -> list[tuple[int, str]]:
+def running_record(store: Store, cid: str) -> dict:
+    record = read_runtime(store, cid)
+    if not record:
+        raise KiwiError(f"container {cid} is not running")
+    return record
+
+
+def open_namespaces(pid: int, include_net: bool) -> list[int]:
     fds = []
-    for ns in NAMESPACES:
-        if ns == "net" and not include_net:
-            continue
-        fds.append((os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC), ns))
+    try:
+        for ns in NAMESPACES:
+            if ns == "net" and not include_net:
+                continue
+            fd = os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+            fds.append(fd)
+            if ns == "user" and os.fstat(fd).st_ino == os.stat("/proc/self/ns/user").st_ino:
+                fds.pop()  # the host's own: setns into it would fail
+                os.close(fd)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
     return fds
 
 
@@ -308,88 +332,115 @@ def container_env(config: dict, shell: str | None, term: str | None) -> dict:
     return env
 
 
-def pick_shell(saved: str | None) -> str:
-    """Resolved inside the container (we are already in its mount namespace)."""
+def pick_shell(init_pid: int, saved: str | None) -> str:
+    """The first executable shell, looked up beneath the container's root (never on the host)."""
     candidates = ([saved] if saved else []) + SHELLS
-    for path in candidates:
-        if os.access(path, os.X_OK):
-            return path
+    root = os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for path in candidates:
+            if is_executable_in(root, path):
+                return path
+    finally:
+        os.close(root)
     if saved:
         raise KiwiError(f"the shell {saved} does not exist in the container; change it with kiwi set --shell")
     raise KiwiError("no shell (bash, zsh, fish, ash, sh) found in the container; give a command after --")
 
 
-def spawn(store: Store, cid: str, argv: list[str] | None, fds=(0, 1, 2), term: str | None = None,
-          session_setup=None) -> int:
-    """Fork a process that joins the running container and execs argv (a shell when None).
-
-    Returns the pid of a host-side relay child whose exit status is the
-    command's (128+n when killed by signal n). fds are the stdin/stdout/stderr
-    for the command; session_setup runs in the command's process before exec
-    (e.g. setsid + controlling terminal for sessions).
-    """
-    # Imported before the fork: after setns the host's files, the frozen bundle
-    # included, are out of the child's reach.
-    from . import cgroups, security, syscalls  # noqa: F401
-    record = read_runtime(store, cid)
-    if not record:
-        raise KiwiError(f"container {cid} is not running")
-    config = store.container_config(cid)
-    cgroup = cgroups.Cgroup.for_container(cid)
-    ns_fds = open_namespaces(record["init_pid"], config.get("network", "separate") != "host")
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+def is_executable_in(root: int, path: str) -> bool:
+    from .rootfs import open_in_root
     try:
-        pid = os.fork()
-        if pid == 0:
-            os.close(err_r)
-            relay_child(cgroup, ns_fds, config, argv, fds, term, session_setup, err_w)
+        fd = open_in_root(root, path.lstrip("/"))
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return stat.S_ISREG(info.st_mode) and bool(info.st_mode & 0o111)
+
+
+def command_of(init_pid: int, config: dict, argv: list[str] | None) -> tuple[list[str], str | None]:
+    """(argv, $SHELL): argv as given, or the container's login shell."""
+    if argv:
+        return argv, config.get("shell") or None
+    shell = pick_shell(init_pid, config.get("shell"))
+    return ([shell, "-l"] if shell.endswith(("bash", "zsh")) else [shell]), shell
+
+
+def spawn(store: Store, cid: str, argv: list[str] | None, fds=(0, 1, 2), term: str | None = None,
+          tty: bool = False) -> int:
+    """Start kiwi-exec to run argv (a shell when None) in the running container.
+
+    Returns the pid of kiwi-exec, our child, once the command runs; its exit
+    status is the command's (128+n when killed by signal n). fds become the
+    command's stdin, stdout and stderr: never a host file or terminal (see
+    stdio.py); tty: fds[0] is a PTY slave that becomes its controlling terminal.
+    """
+    from . import cgroups, security
+    init_pid = running_record(store, cid)["init_pid"]
+    config = store.container_config(cid)
+    argv, shell = command_of(init_pid, config, argv)
+    opened = []
+    try:
+        cgroup_fds = cgroups.Cgroup.for_container(cid).open_procs_files()
+        opened += cgroup_fds
+        ns_fds = open_namespaces(init_pid, config.get("network", "separate") != "host")
+        opened += ns_fds
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        opened += [err_r, err_w]
+        program = seccomp_pipe(security.seccomp_program())
+        opened.append(program)
+        memfd = security.helper_memfd(security.EXEC_NAME)
+        opened.append(memfd)
+        # kiwi-exec's fds: 0-2 stdio, 3 error pipe, 4 seccomp, then cgroups and namespaces.
+        layout = [*fds, err_w, program, *cgroup_fds, *ns_fds]
+        options = ["-k", f"{security.capability_mask(security.KEPT_CAPABILITIES):x}"]
+        options += [f"-c{5 + i}" for i in range(len(cgroup_fds))]
+        options += [f"-n{5 + len(cgroup_fds) + i}" for i in range(len(ns_fds))]
+        options += ["-t"] if tty else []
+        pid = spawn_helper(memfd, layout, [security.EXEC_NAME, *options, "--", *argv],
+                           container_env(config, shell, term))
+        opened.remove(err_w)
         os.close(err_w)
-        err_w = -1
         message = read_all(err_r)
     finally:
-        os.close(err_r)
-        if err_w >= 0:
-            os.close(err_w)
-        for fd, _ in ns_fds:
+        for fd in opened:
             os.close(fd)
     if message:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        # The child's report is "error <text>"; the user sees only the text.
-        raise KiwiError(message.strip().removeprefix("error "))
+        status = wait_exit_code(pid)
+        error = KiwiError(message.strip().splitlines()[-1])
+        error.exit_code = status if status in (126, 127) else 1
+        raise error
     return pid
 
 
-def relay_child(cgroup, ns_fds, config, argv, fds, term, session_setup, err_w) -> None:
-    """Host-side child: join everything, fork the real command into the PID namespace, relay its status."""
-    from . import security
-    from . import syscalls as sc
+def seccomp_pipe(program: bytes) -> int:
+    """A pipe holding the filter (far below a pipe's capacity); returns its read end."""
+    r, w = os.pipe2(os.O_CLOEXEC)
     try:
-        # Hold nothing of the caller's (a session daemon's PTY master above all:
-        # the shell must see a hangup when that daemon dies).
-        security.close_fds_except_stdio(keep=(*fds, err_w, *(fd for fd, _ in ns_fds)))
-        # Nothing inside may ptrace or read /proc/<pid>/exe of this host binary.
-        sc.prctl(sc.PR_SET_DUMPABLE, 0)
-        cgroup.add_pid(os.getpid())
-        for fd, _ in ns_fds:
-            sc.setns(fd, 0)
-        os.chdir("/")
-        pid = os.fork()
-        if pid == 0:
-            exec_in_container(config, argv, fds, term, session_setup, err_w)
-        for fd in {err_w, *(fd for fd, _ in ns_fds), *(fd for fd in fds if fd > 2)}:
+        os.write(w, program)
+    finally:
+        os.close(w)
+    return r
+
+
+def spawn_helper(memfd: int, layout: list[int], argv: list[str], env: dict) -> int:
+    """posix_spawn the sealed helper with layout[i] as its fd i (nothing else is inherited).
+
+    Its /proc/self/exe is the memfd, never a host file. The fds are first moved
+    above every target, so no placement overwrites a source still to be placed."""
+    import fcntl
+    high = []
+    try:
+        for fd in layout:
+            high.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, HELPER_FD_BASE))
+        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(high)]
+        return os.posix_spawn(f"/proc/self/fd/{memfd}", argv, env, file_actions=actions, setsigmask=(),
+                              setsigdef=signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
+    finally:
+        for fd in high:
             os.close(fd)
-        os._exit(relay_status(pid))
-    except BaseException as e:  # noqa: BLE001
-        report_and_exit(err_w, e)
-
-
-def relay_status(pid: int) -> int:
-    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
-        signal.signal(sig, signal.SIG_IGN)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda s, f: os.kill(pid, s))
-    return wait_exit_code(pid)
 
 
 def wait_exit_code(pid: int) -> int:
@@ -406,51 +457,13 @@ def exit_code_of(wstatus: int) -> int:
     return os.waitstatus_to_exitcode(wstatus)
 
 
-def exec_in_container(config, argv, fds, term, session_setup, err_w) -> None:
-    from . import security
-    try:
-        for target, fd in enumerate(fds):
-            if fd != target:
-                os.dup2(fd, target, inheritable=True)
-        for sig in range(1, signal.NSIG):
-            with contextlib.suppress(OSError, ValueError, RuntimeError):
-                signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        shell = pick_shell(config.get("shell")) if not argv else config.get("shell") or None
-        env = container_env(config, shell, term)
-        if not argv:
-            argv = [shell, "-l"] if shell.endswith(("bash", "zsh")) else [shell]
-        if session_setup:
-            session_setup()
-        security.close_fds_except_stdio(keep=(err_w,))
-        security.install_seccomp()
-        security.drop_capabilities()
-        exec_path(argv, env)
-    except BaseException as e:  # noqa: BLE001
-        report_and_exit(err_w, e)
-
-
-def exec_path(argv: list[str], env: dict) -> None:
-    try:
-        os.execvpe(argv[0], argv, env)
-    except FileNotFoundError:
-        raise KiwiError(f"{argv[0]}: command not found in the container") from None
-    except PermissionError:
-        raise KiwiError(f"{argv[0]}: permission denied in the container") from None
-
-
 def run_attached(store: Store, cid: str, argv: list[str] | None) -> int:
-    """Run argv (or a shell) on this terminal; returns its exit status."""
-    import sys
-    term = os.environ.get("TERM") if sys.stdin.isatty() else None
-    pid = spawn(store, cid, argv, term=term)
-    # Ctrl-C and Ctrl-\ belong to the command in the container, not to us.
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)}
-    try:
-        return wait_exit_code(pid)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    """Run argv (or a shell) with this process's stdio, relayed; returns its exit status."""
+    from . import stdio
+    with stdio.Relay(running_record(store, cid)["init_pid"]) as relay:
+        pid = spawn(store, cid, argv, fds=relay.child_fds, term=relay.term, tty=relay.pty)
+        relay.started()
+        return relay.run(pid)
 
 
 # --- stop, teardown, cleanup ---------------------------------------------------------

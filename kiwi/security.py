@@ -18,10 +18,11 @@ Order of a start (runtime.Starter), each step needing what the next removes:
        earlier, since stage 2 opens the storage's loop device to mount it; not
        later, since runtime.json, which `attach` needs, is written after it.
 
-`kiwi attach` children (runtime.relay_child, exec_in_container): drop
-dumpable, join the same cgroup (so the device allowlist holds for them too),
-setns into the namespaces (setns is filtered afterwards), fork, then steps 2-4
-and os.execve of the user's command.
+Commands run in a running container by `kiwi attach` and sessions enter it
+through kiwi-exec (cffi_build/exec.c), a static helper started from a sealed
+memfd like kiwi-init: it joins the cgroup (so the device allowlist holds for it too) and the namespaces, then does steps 4, 2
+and 3 itself (with the program from seccomp_program() and the mask of
+KEPT_CAPABILITIES) before it executes the user's command.
 
 Everything here but attach_device_program (called by kiwi itself) runs in a
 forked child. Nothing here prints.
@@ -307,9 +308,14 @@ def machine_abis() -> tuple:
         raise OSError(errno.ENOTSUP, f"no seccomp syscall table for {machine}") from None
 
 
+def seccomp_program() -> bytes:
+    """The packed filter for this machine's ABIs (kiwi-exec installs it from these bytes)."""
+    return pack_filter(build_filter(machine_abis()))
+
+
 def install_seccomp() -> None:
     """Install the filter for this machine's ABIs. Needs CAP_SYS_ADMIN (or no_new_privs)."""
-    sc.seccomp_set_filter(pack_filter(build_filter(machine_abis())))
+    sc.seccomp_set_filter(seccomp_program())
 
 
 # -- device allowlist for cgroup v2 ------------------------------------------
@@ -439,29 +445,31 @@ def _max_fd() -> int:
 
 
 INIT_NAME = "kiwi-init"
+EXEC_NAME = "kiwi-exec"
 
 
-def init_binary_path() -> Path:
-    """kiwi-init beside this module; in a PyInstaller build also under _MEIPASS."""
-    candidates = [Path(__file__).resolve().parent / INIT_NAME]
+def helper_binary_path(name: str) -> Path:
+    """A static helper (kiwi-init, kiwi-exec) beside this module; in a PyInstaller build also under _MEIPASS."""
+    candidates = [Path(__file__).resolve().parent / name]
     bundle = getattr(sys, "_MEIPASS", None)
     if bundle:
-        candidates += [Path(bundle) / "kiwi" / INIT_NAME, Path(bundle) / INIT_NAME]
+        candidates += [Path(bundle) / "kiwi" / name, Path(bundle) / name]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(errno.ENOENT, f"{INIT_NAME} not found (looked in "
+    raise FileNotFoundError(errno.ENOENT, f"{name} not found (looked in "
                             f"{', '.join(map(str, candidates))}); run ./build.sh")
 
 
-def init_memfd() -> int:
-    """A sealed, close-on-exec memfd holding kiwi-init.
+def helper_memfd(name: str) -> int:
+    """A sealed, close-on-exec memfd holding a static helper.
 
     Executing from the memfd means nothing in the container ever sees or can
-    rewrite a host file of Kiwi (the runc CVE-2019-5736 class of attack).
+    rewrite a host file of Kiwi (the runc CVE-2019-5736 class of attack): the
+    /proc/<pid>/exe of the helper is the memfd, and its seals refuse writes.
     """
-    data = init_binary_path().read_bytes()
-    fd = sc.memfd_create(INIT_NAME, sc.MFD_CLOEXEC | sc.MFD_ALLOW_SEALING)
+    data = helper_binary_path(name).read_bytes()
+    fd = sc.memfd_create(name, sc.MFD_CLOEXEC | sc.MFD_ALLOW_SEALING)
     try:
         _write_all(fd, data)
         sc.add_seals(fd, sc.F_SEAL_SEAL | sc.F_SEAL_SHRINK | sc.F_SEAL_GROW | sc.F_SEAL_WRITE)
@@ -469,6 +477,14 @@ def init_memfd() -> int:
         os.close(fd)
         raise
     return fd
+
+
+def init_binary_path() -> Path:
+    return helper_binary_path(INIT_NAME)
+
+
+def init_memfd() -> int:
+    return helper_memfd(INIT_NAME)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -20,7 +20,6 @@ old client gets a DETACH frame saying so and the new one takes its place.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import secrets
@@ -30,14 +29,13 @@ import signal
 import socket
 import struct
 import sys
-import termios
 import time
-import tty
 from pathlib import Path
 
 from . import runtime
 from . import sessionproto as proto
 from .errors import KiwiError
+from .stdio import RawTerminal, SignalPipe, read_some, set_window_size, terminal_size, write_all
 from .store import Store, atomic_write_json, is_container_id, read_json
 
 SID_LEN = 8
@@ -195,36 +193,6 @@ def kill_leftovers(record: dict) -> None:
 
 # --- terminal helpers ------------------------------------------------------------------
 
-def terminal_size(fd: int) -> tuple[int, int] | None:
-    try:
-        rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
-    except OSError:
-        return None
-    return (rows, cols) if rows and cols else None
-
-
-def set_window_size(fd: int, rows: int, cols: int) -> None:
-    with contextlib.suppress(OSError):
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-def take_controlling_terminal() -> None:
-    """Runs in the shell's process before exec: its own session, the PTY slave (fd 0) as ctty."""
-    os.setsid()
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except BlockingIOError:
-            select.select([], [fd], [])
-            continue
-        view = view[written:]
-
-
 def parse_detach_key(text: str) -> tuple[int, str]:
     """'ctrl-\\' -> (0x1c, 'Ctrl-\\'); any ctrl-<char> with a control code (@, a-z, [, \\, ], ^, _)."""
     value = (text or "").strip()
@@ -310,14 +278,16 @@ class Daemon:
 
     # --- setup, before the client hears "ready" ---
     def start(self) -> None:
-        self.master, slave = os.openpty()
+        # A PTY of the container's devpts (see stdio.container_pty); kiwi-exec
+        # gives the shell a session of its own with the slave as its terminal.
+        from .stdio import container_pty
+        self.master, slave = container_pty(runtime.running_record(self.store, self.cid)["init_pid"])
         set_window_size(self.master, *self.size)
         try:
             self.relay = runtime.spawn(self.store, self.cid, None, fds=(slave, slave, slave),
-                                       term=self.term, session_setup=take_controlling_terminal)
+                                       term=self.term, tty=True)
         finally:
             os.close(slave)
-        os.set_blocking(self.master, False)
         shells = children_of(self.relay)
         self.shell_pid = shells[0] if shells else None
         self.shell_start = runtime.process_start_time(self.shell_pid) if self.shell_pid else None
@@ -407,12 +377,9 @@ class Daemon:
 
     # --- the PTY ---
     def read_master(self) -> None:
-        try:
-            data = os.read(self.master, 65536)
-        except BlockingIOError:
+        data = read_some(self.master)
+        if data is None:
             return
-        except OSError:
-            data = b""  # EIO: no process holds the slave any more
         if not data:
             self.master_eof = True
             return
@@ -626,7 +593,7 @@ def preload_daemon_modules() -> None:
     """The daemon closes every inherited fd, the launcher's lock on this build's
     unpack folder too, so a newer kiwi build may remove that folder while the
     daemon lives: it must have imported everything it will ever use before."""
-    from . import cgroups, security, syscalls  # noqa: F401  (runtime.spawn uses them)
+    from . import cgroups, rootfs, security, stdio, syscalls  # noqa: F401  (runtime.spawn uses them)
 
 
 def start_daemon(store: Store, cid: str, sid: str, term: str | None, size: tuple[int, int]) -> None:
@@ -663,10 +630,13 @@ def read_line(fd: int) -> str:
 
 def daemon_process(store, cid, sid, term, size, ready_w: int) -> None:
     """First child: new session, fork the daemon, leave. Never returns."""
+    from . import syscalls as sc
     try:
         os.setsid()
         if os.fork() != 0:
             os._exit(0)
+        # Holds the PTY master of a shell in the container: no ptrace, no /proc/<pid>/fd of it.
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
         become_daemon(ready_w)
         daemon = Daemon(store, cid, sid, term, size)
         daemon.start()
@@ -698,56 +668,6 @@ def become_daemon(keep_fd: int) -> None:
 
 
 # --- the client ------------------------------------------------------------------------
-
-class SignalPipe:
-    """SIGWINCH, SIGTERM and SIGHUP become bytes on a pipe that the client loop polls."""
-
-    SIGNALS = (signal.SIGWINCH, signal.SIGTERM, signal.SIGHUP)
-
-    def __enter__(self):
-        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.saved = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
-        return self
-
-    def handle(self, signum, frame) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.write(self.w, bytes([signum]))
-
-    def read(self) -> bytes:
-        try:
-            return os.read(self.r, 512)
-        except BlockingIOError:
-            return b""
-
-    def __exit__(self, *exc):
-        for sig, handler in self.saved.items():
-            signal.signal(sig, handler)
-        os.close(self.r)
-        os.close(self.w)
-
-
-class RawTerminal:
-    """Raw mode on the client's terminal; restore() is safe to call any number of times."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self.saved = None
-
-    def __enter__(self):
-        if os.isatty(self.fd):
-            self.saved = termios.tcgetattr(self.fd)
-            tty.setraw(self.fd, termios.TCSANOW)
-        return self
-
-    def __exit__(self, *exc):
-        self.restore()
-
-    def restore(self) -> None:
-        if self.saved is not None:
-            with contextlib.suppress(termios.error, OSError):
-                termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
-            self.saved = None
-
 
 class Client:
     """Relays this terminal to a session until detach, shell exit, signal or lost daemon.

@@ -194,6 +194,23 @@ def kiwi_module(tmp_path_factory):
 
 
 @pytest.fixture
+def terminals():
+    """Opens pexpect terminals; closes every one of them, even when the test failed."""
+    opened = []
+
+    def spawn(program: str, args: list[str], env: dict, rows: int = 24, cols: int = 80):
+        import pexpect
+        child = pexpect.spawn(program, args, env={**env, "TERM": "xterm"}, dimensions=(rows, cols),
+                              encoding="utf-8", codec_errors="replace", timeout=30)
+        opened.append(child)
+        return child
+
+    yield spawn
+    for child in opened:
+        child.close(force=True)
+
+
+@pytest.fixture
 def busybox(kiwi, busybox_tar) -> str:
     kiwi("import", "--name", "busybox", busybox_tar)
     return "busybox"

@@ -18,22 +18,6 @@ SESSION_LINE = r"kiwi: session ([0-9a-f]{8}) "
 DETACH_KEY = "\x1c"  # Ctrl-\
 
 
-@pytest.fixture
-def terminals():
-    """Opens pexpect terminals; closes every one of them, even when the test failed."""
-    opened = []
-
-    def spawn(program: str, args: list[str], env: dict, rows: int = 24, cols: int = 80):
-        child = pexpect.spawn(program, args, env={**env, "TERM": "xterm"}, dimensions=(rows, cols),
-                              encoding="utf-8", codec_errors="replace", timeout=30)
-        opened.append(child)
-        return child
-
-    yield spawn
-    for child in opened:
-        child.close(force=True)
-
-
 @pytest.fixture(params=["busybox", "debian"])
 def image(request, kiwi, busybox_tar, debian_tar) -> str:
     tar = busybox_tar if request.param == "busybox" else debian_tar

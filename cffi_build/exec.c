@@ -1,0 +1,323 @@
+/*
+ * kiwi-exec: the only process that enters a running Kiwi container.
+ *
+ * Kiwi (Python, the host binary) never joins a container itself: it loads this
+ * program into a sealed memfd and spawns it, so /proc/<pid>/exe of anything
+ * that ever runs inside a container is that memfd, never a host file (the
+ * runc CVE-2019-5736 class: `#!/proc/self/exe` in the container would
+ * otherwise re-execute, and let a waiting process rewrite, the host binary).
+ *
+ *   kiwi-exec [-t] [-c FD]... [-n FD]... [-k CAPS] [-w DIR] -- command [args]
+ *
+ *   fd 0-2  the command's stdio (pipes or a PTY slave of the container's devpts)
+ *   fd 3    error pipe, close-on-exec: one line of text on failure, EOF on exec
+ *   fd 4    seccomp program (packed struct sock_filter), read to EOF
+ *   -c FD   cgroup.procs of the container, open for writing (one per hierarchy)
+ *   -n FD   namespace to join, in order (user first, mnt last)
+ *   -k CAPS capabilities to keep, hexadecimal mask
+ *   -t      fd 0 is a PTY slave: make it the controlling terminal
+ *   -w DIR  working directory inside the container
+ *
+ * The environment given to kiwi-exec is the command's (PATH is searched inside
+ * the container). The parent stays outside the container's PID namespace,
+ * holds no fds and exits with the command's status (128+n when killed by
+ * signal n), forwarding SIGTERM, SIGHUP, SIGINT and SIGQUIT to the command's
+ * process group. The command's
+ * status is 127 when it is not found and 126 when it cannot be executed.
+ * Built static (gcc -Os -static -s); no heap use of its own.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+
+#define ERROR_FD 3
+#define SECCOMP_FD 4
+#define MAX_FDS 32
+#define MAX_FILTER 4096  /* BPF_MAXINSNS */
+
+static struct sock_filter filter[MAX_FILTER];
+static unsigned short filter_len;
+
+struct options {
+    int cgroups[MAX_FDS], ncgroups;
+    int namespaces[MAX_FDS], nnamespaces;
+    uint64_t keep_caps;
+    int tty;
+    const char *workdir;
+    char **argv;
+};
+
+/* One line on the error pipe, then exit: Python turns it into a KiwiError. */
+static void fail(int status, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    int len;
+    ssize_t ignored;
+
+    va_start(ap, fmt);
+    len = vsnprintf(line, sizeof line - 1, fmt, ap);
+    va_end(ap);
+    if (len < 0)
+        len = 0;
+    if (len > (int)sizeof line - 2)
+        len = sizeof line - 2;
+    line[len++] = '\n';
+    ignored = write(ERROR_FD, line, len);
+    (void)ignored;
+    _exit(status);
+}
+
+static void close_from(unsigned int first)
+{
+    long max_fd;
+
+    if (syscall(SYS_close_range, first, ~0U, 0U) == 0)
+        return;
+    max_fd = sysconf(_SC_OPEN_MAX);  /* kernel < 5.9 */
+    for (long fd = first; fd < max_fd; fd++)
+        close((int)fd);
+}
+
+static int parse_fd(const char *text)
+{
+    char *end;
+    long fd = strtol(text, &end, 10);
+
+    if (*text == '\0' || *end != '\0' || fd <= SECCOMP_FD || fd > 1024)
+        fail(1, "kiwi-exec: bad descriptor %s", text);
+    return (int)fd;
+}
+
+static void add_fd(int *list, int *count, const char *text)
+{
+    if (*count >= MAX_FDS)
+        fail(1, "kiwi-exec: too many descriptors");
+    list[(*count)++] = parse_fd(text);
+}
+
+static void parse_options(int argc, char **argv, struct options *o)
+{
+    int opt;
+
+    memset(o, 0, sizeof *o);
+    o->workdir = "/";
+    while ((opt = getopt(argc, argv, "+tc:n:k:w:")) != -1) {
+        switch (opt) {
+        case 't': o->tty = 1; break;
+        case 'c': add_fd(o->cgroups, &o->ncgroups, optarg); break;
+        case 'n': add_fd(o->namespaces, &o->nnamespaces, optarg); break;
+        case 'k': o->keep_caps = strtoull(optarg, NULL, 16); break;
+        case 'w': o->workdir = optarg; break;
+        default: fail(1, "kiwi-exec: usage: kiwi-exec [-t] [-c FD] [-n FD] [-k CAPS] [-w DIR] -- command");
+        }
+    }
+    if (optind >= argc)
+        fail(1, "kiwi-exec: no command given");
+    o->argv = argv + optind;
+}
+
+/* Read the whole program now, while we still can block on a host pipe. */
+static void read_filter(void)
+{
+    char *buffer = (char *)filter;
+    size_t have = 0;
+
+    for (;;) {
+        ssize_t got = read(SECCOMP_FD, buffer + have, sizeof filter - have);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            fail(1, "kiwi-exec: reading the seccomp program: %s", strerror(errno));
+        if (got == 0)
+            break;
+        have += (size_t)got;
+        if (have == sizeof filter)
+            fail(1, "kiwi-exec: seccomp program too long");
+    }
+    if (have == 0 || have % sizeof filter[0])
+        fail(1, "kiwi-exec: bad seccomp program (%zu bytes)", have);
+    filter_len = (unsigned short)(have / sizeof filter[0]);
+    close(SECCOMP_FD);
+}
+
+/* Writing 0 moves the writer: we join before forking, so the command and
+ * everything it starts are counted (and limited) by the container's cgroup. */
+static void join_cgroups(const struct options *o)
+{
+    for (int i = 0; i < o->ncgroups; i++) {
+        if (write(o->cgroups[i], "0", 1) != 1)
+            fail(1, "cannot join the container's cgroup: %s", strerror(errno));
+        close(o->cgroups[i]);
+    }
+}
+
+/* In the order given: a user namespace first (it grants the rights for the
+ * others), the mount namespace last (its root becomes ours). */
+static void join_namespaces(const struct options *o)
+{
+    for (int i = 0; i < o->nnamespaces; i++) {
+        if (setns(o->namespaces[i], 0) != 0)
+            fail(1, "cannot join the container's namespaces: %s", strerror(errno));
+        close(o->namespaces[i]);
+    }
+}
+
+static void reset_signals(void)
+{
+    sigset_t none;
+
+    for (int sig = 1; sig < NSIG; sig++)
+        signal(sig, SIG_DFL);  /* fails harmlessly for SIGKILL, SIGSTOP, RT signals glibc owns */
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+static void install_seccomp(void)
+{
+    struct sock_fprog prog = { filter_len, filter };
+
+    /* Still holding CAP_SYS_ADMIN, so no_new_privs is not needed and setuid
+     * programs in the container keep working. */
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0)
+        fail(1, "cannot install the seccomp filter: %s", strerror(errno));
+}
+
+/* Bounding set first (needs CAP_SETPCAP), ambient cleared, then capset with an
+ * empty inheritable set, as security.drop_capabilities does and explains. */
+static void drop_capabilities(uint64_t keep)
+{
+    struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2];
+
+    memset(data, 0, sizeof data);
+    if (syscall(SYS_capget, &header, data) != 0)
+        fail(1, "capget: %s", strerror(errno));
+    keep &= data[0].permitted | ((uint64_t)data[1].permitted << 32);
+    for (int cap = 0; cap < 64; cap++)
+        if (!(keep & (1ULL << cap)) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL)
+            fail(1, "cannot drop capability %d: %s", cap, strerror(errno));
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
+        fail(1, "cannot clear the ambient capabilities: %s", strerror(errno));
+    data[0].effective = data[0].permitted = (uint32_t)keep;
+    data[1].effective = data[1].permitted = (uint32_t)(keep >> 32);
+    data[0].inheritable = data[1].inheritable = 0;
+    if (syscall(SYS_capset, &header, data) != 0)
+        fail(1, "capset: %s", strerror(errno));
+}
+
+/* The command's process: inside the PID namespace, never in a host session. */
+static void run_command(const struct options *o)
+{
+    /* Always a session of its own: /dev/tty must never reach the caller's
+     * terminal, and a terminal's job control belongs to the container. */
+    if (setsid() < 0)
+        fail(1, "setsid: %s", strerror(errno));
+    if (o->tty && ioctl(0, TIOCSCTTY, 0) != 0)
+        fail(1, "cannot take the terminal: %s", strerror(errno));
+    reset_signals();
+    close_from(ERROR_FD + 1);
+    install_seccomp();
+    drop_capabilities(o->keep_caps);
+    execvp(o->argv[0], o->argv);  /* PATH from our environment: the container's */
+    if (errno == ENOENT)
+        fail(127, "%s: command not found in the container", o->argv[0]);
+    if (errno == EACCES || errno == ENOEXEC || errno == EISDIR || errno == EPERM)
+        fail(126, "%s: permission denied in the container", o->argv[0]);
+    fail(126, "%s: cannot execute in the container: %s", o->argv[0], strerror(errno));
+}
+
+static int status_of(int wstatus)
+{
+    if (WIFSIGNALED(wstatus))
+        return 128 + WTERMSIG(wstatus);
+    return WEXITSTATUS(wstatus);
+}
+
+/* The parent: outside the PID namespace, holding nothing; relays signals and
+ * the exit status. Signals are taken synchronously: no handlers, no races. */
+static int wait_command(pid_t child, const sigset_t *relayed)
+{
+    for (;;) {
+        int wstatus;
+        int sig = sigwaitinfo(relayed, NULL);
+
+        if (sig == SIGCHLD) {
+            pid_t done = waitpid(child, &wstatus, WNOHANG);
+            if (done == child)
+                return status_of(wstatus);
+            if (done < 0 && errno != EINTR)
+                return 255;
+        } else if (sig > 0 && kill(-child, sig) != 0) {
+            /* To its process group, as a terminal's Ctrl-C would: a shell's
+             * foreground command too. Alone when it left that group. */
+            kill(child, sig);
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    struct options o;
+    sigset_t relayed;
+    pid_t child;
+
+    /* Before anything else: nothing in the container may ptrace us or open
+     * /proc/<pid>/exe (the memfd) or our fds once we have joined it. */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    prctl(PR_SET_NAME, "kiwi-exec", 0, 0, 0);
+    if (fcntl(ERROR_FD, F_SETFD, FD_CLOEXEC) != 0) {
+        /* Not started by Kiwi: e.g. run again through `#!/proc/self/exe`. */
+        static const char msg[] = "kiwi-exec: only kiwi starts this helper\n";
+        ssize_t ignored = write(2, msg, sizeof msg - 1);
+        (void)ignored;
+        return 1;
+    }
+    parse_options(argc, argv, &o);
+    read_filter();
+    join_cgroups(&o);
+    join_namespaces(&o);
+    if (chdir(o.workdir) != 0)
+        fail(1, "cannot enter %s in the container: %s", o.workdir, strerror(errno));
+
+    /* Blocked before fork so none is lost; the child unblocks them. */
+    sigemptyset(&relayed);
+    sigaddset(&relayed, SIGCHLD);
+    sigaddset(&relayed, SIGTERM);
+    sigaddset(&relayed, SIGHUP);
+    sigaddset(&relayed, SIGINT);
+    sigaddset(&relayed, SIGQUIT);
+    sigprocmask(SIG_BLOCK, &relayed, NULL);
+
+    /* setns(CLONE_NEWPID) only applies to children. */
+    child = fork();
+    if (child < 0)
+        fail(1, "fork: %s", strerror(errno));
+    if (child == 0)
+        run_command(&o);
+    close_from(0);  /* the command's stdio (a PTY's hangup), the error pipe */
+    /* Ctrl-Z on the caller's terminal must not stop the relay of the status. */
+    signal(SIGTSTP, SIG_IGN);
+    signal(SIGTTIN, SIG_IGN);
+    signal(SIGTTOU, SIG_IGN);
+    return wait_command(child, &relayed);
+}
