@@ -623,14 +623,16 @@ static int ensure_complete(const struct bundle *b, int parentfd, const char *whe
 
 /* --- where to unpack ----------------------------------------------------------- */
 
-/* Store.open's rule: $KIWI_ROOT (made absolute), else kiwi-data beside the executable. */
+/* Store.open's rule: $KIWI_ROOT, else kiwi-data beside the executable. Store.open
+ * refuses a relative KIWI_ROOT: then there is no data folder to unpack into (""),
+ * and nothing may be created where that relative path points. */
 static void data_folder(const char *self, char *out, size_t size)
 {
     const char *root = getenv("KIWI_ROOT");
-    char cwd[PATH_MAX];
     if (root && *root) {
-        if ((root[0] == '/' || !getcwd(cwd, sizeof cwd)) ? snprintf(out, size, "%s", root) >= (int)size
-            : path_join(out, size, cwd, root) < 0)
+        if (root[0] != '/')
+            out[0] = '\0';
+        else if (snprintf(out, size, "%s", root) >= (int)size)
             die("KIWI_ROOT is too long");
         return;
     }
@@ -652,7 +654,9 @@ static int candidate_parents(const char *self, char bases[3][PATH_MAX], const ch
     if (me == 0) {
         data_folder(self, bases[n], PATH_MAX);
         subs[n] = ".runtime";
-        modes[n++] = 0777;   /* the data folder as Python would make it (umask applies) */
+        modes[n] = 0777;   /* the data folder as Python would make it (umask applies) */
+        if (bases[n][0])
+            n++;
         /* Only root can make folders here; in /tmp anyone could take the name first. */
         snprintf(bases[n], PATH_MAX, "/var/cache");
         subs[n] = "kiwi";
