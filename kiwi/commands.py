@@ -101,6 +101,21 @@ def cmd_list(args) -> int:
         if "containers" in data:
             out()
         show_images(data["images"])
+    hint_go_data(store)
+    return 0
+
+
+def hint_go_data(store: Store) -> None:
+    from . import gokiwi
+    if gokiwi.pending(store):
+        warn("this data folder also holds containers or images of the original Go Kiwi;"
+             " run 'kiwi migrate' to adopt them")
+
+
+def cmd_migrate(args) -> int:
+    from . import gokiwi
+    for line in gokiwi.migrate(Store.open()):
+        out(line)
     return 0
 
 

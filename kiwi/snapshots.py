@@ -148,6 +148,9 @@ def create_from_archive(store: Store, path: str, name: str | None = None, storag
     from .sizes import format_size
     if not os.path.isfile(path):
         raise KiwiError(f"no such file: {path}")
+    from . import goarchive
+    if goarchive.archive_format(path):  # written by the original Go Kiwi
+        return goarchive.create_container(store, path, name, storage_text, progress)
     manifest = archive.read_manifest(path)
     settings = checked_settings(manifest.get("settings") or {}, path)
     if storage_text is None and "storage" in settings:
@@ -205,7 +208,8 @@ def checked_settings(settings: dict, path: str) -> dict:
     return settings
 
 
-def extract_upper(staging: str, path: str, progress) -> None:
+def extract_upper(staging: str, path: str, progress, fill=None) -> None:
+    """The archive's upper part into the new container's state; fill(upper) for other formats."""
     from . import archive, storage
     from pathlib import Path
     img = storage.image_path(Path(staging))
@@ -218,6 +222,9 @@ def extract_upper(staging: str, path: str, progress) -> None:
         state = str(storage.folder_path(Path(staging)))
     upper = os.path.join(state, "upper")
     os.rmdir(upper)  # the archive's upper replaces the empty one
+    if fill:
+        fill(upper)
+        return
     archive.extract_archive(path, upper_dest=upper, progress=progress)
 
 
