@@ -31,6 +31,7 @@ import types
 
 from .errors import KiwiError
 from .extract import UnsafeArchiveError
+from .store import NAME_RE
 
 SQUASHFS_MAGIC = b"hsqs"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -101,6 +102,9 @@ def opened_archive(path, fmt):
             fd = os.open(mnt, _NOFOLLOW_DIR)
             try:
                 yield fd
+            except OSError as e:  # the kernel's reader refused a damaged or crafted inode
+                raise KiwiError(f"{path} is damaged or hostile: reading it failed"
+                                f" ({e.strerror}); it cannot be used") from None
             finally:
                 os.close(fd)
         finally:
@@ -166,13 +170,14 @@ def squashfs_info(path, fmt) -> dict:
     with opened_archive(path, fmt) as top:
         info = parse_meta({n: read_small_file(top, n, path) for n in META_FILES}, path)
         info["sizes"] = {part: declared_bytes(top, part, path) for part in (ROOTFS, UPPER)}
+        info["has_rootfs"] = True
     return info
 
 
 def tar_info(path) -> dict:
     """The JSON files at the start of an older tar.gz archive (the Go program put them first)."""
     from .extract import iter_members, normalise_member_path, open_archive, open_tar_stream
-    found = {}
+    found, name = {}, ""
     with open_archive(path) as stream:
         tar = open_tar_stream(stream, path)
         for member in iter_members(tar, path):
@@ -184,6 +189,8 @@ def tar_info(path) -> dict:
             found[name] = tar.extractfile(member).read()
     info = parse_meta(found, path)
     info["sizes"] = {ROOTFS: 0, UPPER: 0}  # checked while streaming (ENOSPC, storage size)
+    # Older Go snapshots hold no rootfs: they rely on the image being there already.
+    info["has_rootfs"] = name == ROOTFS or name.startswith(ROOTFS + "/")
     return info
 
 
@@ -400,6 +407,18 @@ def find_image(store, identity: str) -> str | None:
     return None
 
 
+def image_without_rootfs(store, info: dict, path) -> str | None:
+    """An archive without rootfs uses the local image of the same name, or is refused."""
+    from . import images
+    if info["has_rootfs"]:
+        return None
+    name = info["manifest"].get("name")
+    if isinstance(name, str) and NAME_RE.match(name) and images.image_exists(store, name):
+        return name
+    raise KiwiError(f"{path} holds no rootfs (an older Go Kiwi snapshot) and there is no image"
+                    f" {name!r} here; import that image first (kiwi import --name NAME rootfs.tar.xz)")
+
+
 def restore_image(store, path, fmt, info: dict, progress=None) -> str:
     from . import privatens
     from .containers import now_iso
@@ -442,6 +461,7 @@ def create_container(store, path, name=None, storage_text=None, progress=None) -
     from .snapshots import checked_settings, extract_upper
     fmt = archive_format(path)
     info = read_info(path, fmt)
+    store.ensure_layout()
     config = info["config"] if info["meta"]["kind"] == "container" else {}
     settings = checked_settings(gokiwi.settings_from_go(config, path), path)
     if storage_text is None and config:
@@ -453,7 +473,7 @@ def create_container(store, path, name=None, storage_text=None, progress=None) -
                         f" {format_size(needed)} of changes; give --storage"
                         f" {format_size(needed + storage.GIB)} or more")
     check_free_space(store, info, path)
-    reused = find_image(store, info["identity"])
+    reused = find_image(store, info["identity"]) or image_without_rootfs(store, info, path)
     image = reused or restore_image(store, path, fmt, info, progress)
 
     def populate(staging, new_config):
