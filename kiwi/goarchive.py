@@ -203,10 +203,11 @@ def read_info(path, fmt) -> dict:
 
 
 def open_part(top: int, part: str, path) -> int | None:
-    """fd of rootfs/ or state/upper/ inside the archive, reached without following symlinks."""
+    """fd of rootfs/ or state/upper/ ('': the top) inside the archive, reached without
+    following symlinks."""
     fd = os.dup(top)
     try:
-        for name in part.split("/"):
+        for name in part.split("/") if part else ():
             try:
                 sub = os.open(name, _NOFOLLOW_DIR, dir_fd=fd)
             except FileNotFoundError:
@@ -260,7 +261,7 @@ def extract_part(path, fmt, part: str, dest: str, progress=None) -> None:
     with opened_archive(path, fmt) as top:
         fd = open_part(top, part, path)
         if fd is None:
-            if part == ROOTFS:
+            if part != UPPER:
                 raise KiwiError(f"{path} has no rootfs/ folder; the file is damaged")
             os.makedirs(dest, exist_ok=True)  # a container without changes
             return None

@@ -183,9 +183,11 @@ def adopt_image(store, name: str) -> str:
         return f"image {name!r} skipped: its name is not a valid Kiwi name; re-import it"
     manifest = _read_go_json(folder, "manifest.json") or {}
     rootfs = _open_below(folder, "rootfs")
+    if rootfs is None and stat.S_ISREG(_lstat_mode(folder / "rootfs.squashfs")):
+        unpack_squashfs_image(folder)
+        rootfs = _open_below(folder, "rootfs")
     if rootfs is None:
-        return (f"image {name} skipped: it has no rootfs/ folder (a squashfs image of the"
-                f" original Kiwi); import its rootfs tarball again")
+        return f"image {name} skipped: it has no rootfs/ folder; import its rootfs tarball again"
     try:
         removed, size = sanitize_tree(rootfs, upper=False, where=folder / "rootfs")
     finally:
@@ -198,6 +200,20 @@ def adopt_image(store, name: str) -> str:
         "files": None, "go_image": image_identity(manifest)})
     note = f" ({removed} device nodes dropped)" if removed else ""
     return f"adopted image {name}{note}"
+
+
+def unpack_squashfs_image(folder) -> None:
+    """Older Go images kept only rootfs.squashfs: unpack it to rootfs/ (through Kiwi's
+    extractor, like a Go archive), staged beside it and renamed into place."""
+    import shutil
+    from . import goarchive, privatens
+    image, staging = folder / "rootfs.squashfs", folder / ".rootfs-unpacking"
+    if os.path.islink(staging):
+        os.unlink(staging)
+    shutil.rmtree(staging, ignore_errors=True)  # a killed earlier migrate
+    goarchive.check_superblock(image)
+    privatens.run(goarchive.extract_part, str(image), "squashfs", "", str(staging))
+    os.rename(staging, folder / "rootfs")
 
 
 def adopt_container(store, goid: str) -> list[str]:

@@ -85,6 +85,35 @@ def test_adopt_go_data_with_changes_and_host_storage(kiwi):
     assert kiwi.out("attach", row["id"], "--", "sh", "-c", "echo $SHELL") == "/bin/ash"
 
 
+def test_adopt_older_state_img_container(kiwi):
+    """Older Go versions kept a container's upper/ and work/ in an ext4 state.img (no
+    longer made by the Go program: converted here from the fixture's state/ folder)."""
+    unpack_data_folder(kiwi, SHARED / "kiwi-data.tar.gz")
+    folder = kiwi.root / "containers" / GO_ID
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(folder / "state"), str(folder / "state.img"),
+                    "1G"], check=True, capture_output=True)
+    shutil.rmtree(folder / "state")
+    config = json.loads((folder / "config.json").read_text())
+    config.update({"state_backend": "", "state_path": "/etc"})
+    (folder / "config.json").write_text(json.dumps(config))
+    kiwi("migrate")
+    row = only_container(kiwi)
+    assert row["storage_limit"] == GIB
+    assert kiwi.out("attach", row["id"], "--", "cat", "/root/hello") == "written-in-go-kiwi"
+
+
+def test_adopt_squashfs_only_image(kiwi):
+    """Older Go images were kept as images/<name>/rootfs.squashfs only."""
+    unpack_data_folder(kiwi, SHARED / "kiwi-data.tar.gz")
+    image = kiwi.root / "images" / "bb"
+    squash(image / "rootfs", image / "rootfs.squashfs", "-comp", "xz")
+    shutil.rmtree(image / "rootfs")
+    assert "adopted image bb" in kiwi.out("migrate")
+    row = only_container(kiwi)
+    assert kiwi.out("attach", row["id"], "--", "cat", "/root/hello") == "written-in-go-kiwi"
+    assert sorted(os.listdir(image)) == ["image.json", "manifest.json", "rootfs", "rootfs.squashfs"]
+
+
 def test_half_migrated_folder_resumes(kiwi):
     unpack_data_folder(kiwi, SHARED / "kiwi-data.tar.gz")
     for after in (0.05, 0.1, 0.15, 0.2, 0.3):
@@ -144,7 +173,17 @@ def test_hostile_data_folder_touches_nothing_outside(kiwi, tmp_path):
     fake.mkdir()
     (fake / "config.json").write_text(json.dumps({"image": "bb", "state_path": str(outside)}))
     os.symlink(outside, fake / "state")
+    # device nodes inside the folder: dropped, except the upper layer's 0:0 whiteouts
+    rootfs_dev = images / "bb" / "rootfs" / "root" / "disk"
+    os.mknod(rootfs_dev, 0o600 | 0o060000, os.makedev(8, 0))
+    upper = kiwi.root / "containers" / GO_ID / "state" / "upper"
+    os.mknod(upper / "root" / "mem", 0o600 | 0o020000, os.makedev(1, 1))
+    os.mknod(upper / "root" / "gone", 0o000 | 0o020000, os.makedev(0, 0))
     out = kiwi.out("migrate")
+    assert "adopted image bb (1 device nodes dropped)" in out
+    assert not os.path.lexists(rootfs_dev)
+    adopted_upper = kiwi.root / "containers" / GO_ID[:12] / "state" / "upper" / "root"
+    assert sorted(os.listdir(adopted_upper)) == ["gone", "hello"]
     assert f"container {'ab' * 12} skipped" in out
     assert sorted(p.name for p in outside.rglob("*")) == before
     assert os.stat(outside / "upper" / "null").st_rdev == os.makedev(1, 3)
