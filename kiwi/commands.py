@@ -114,8 +114,13 @@ def hint_go_data(store: Store) -> None:
 
 def cmd_migrate(args) -> int:
     from . import gokiwi
-    for line in gokiwi.migrate(Store.open()):
+    lines = gokiwi.migrate(Store.open())
+    for line in lines:
         out(line)
+    skipped = sum(map(gokiwi.is_skipped, lines))
+    if skipped:
+        raise KiwiError(f"{skipped} of the original Kiwi's images or containers were not adopted"
+                        f" (see above); fix them and run 'kiwi migrate' again")
     return 0
 
 

@@ -125,7 +125,7 @@ def running_go_containers(store) -> list[str]:
             found.append(f"{goid} (pid {pid})")
     mounted = _mounts_below([runtime_root, store.containers_dir])
     if mounted:
-        found.append(f"mounts at {mounted[0]}")
+        found.append(mounted[0])
     return found
 
 
@@ -158,21 +158,36 @@ def _read_go_json(folder, name: str) -> dict | None:
 # ------------------------------------------------------------------ migrate
 
 def migrate(store) -> list[str]:
-    """Adopt every Go image and container; returns one line per thing done."""
+    """Adopt every Go image and container; returns one line per thing done or skipped
+    (a skipped one starts with 'image ' or 'container ' and says why)."""
     refuse_symlinked_layout(store)
     running = running_go_containers(store)
     if running:
-        raise KiwiError(f"the original Kiwi still runs {', '.join(running)}; stop its containers"
-                        f" with the old program first (old-kiwi stop <id>), then run 'kiwi migrate'")
+        raise KiwiError(f"the original Kiwi still runs or mounts {', '.join(running)}; stop its"
+                        f" containers with the old program first (old-kiwi stop <id>),"
+                        f" then run 'kiwi migrate'")
     store.ensure_layout()
     lines = []
     with store.lock():
         for name in go_image_names(store):
-            lines.append(adopt_image(store, name))
+            lines += _skipped_on_error(f"image {name}", adopt_image, store, name)
         for goid in go_container_ids(store):
-            lines += adopt_container(store, goid)
+            lines += _skipped_on_error(f"container {goid}", adopt_container, store, goid)
     remove_go_runtime_records(store)
     return lines or ["nothing to adopt: no data of the original Kiwi here"]
+
+
+def is_skipped(line: str) -> bool:
+    return line.startswith(("image ", "container ")) and " skipped: " in line
+
+
+def _skipped_on_error(what: str, adopt, store, name: str) -> list[str]:
+    """One damaged or hostile entry is skipped with its reason; the others still move."""
+    try:
+        done = adopt(store, name)
+    except KiwiError as e:
+        return [f"{what} skipped: {e.message}"]
+    return [done] if isinstance(done, str) else done
 
 
 def adopt_image(store, name: str) -> str:
@@ -220,13 +235,13 @@ def adopt_container(store, goid: str) -> list[str]:
     from . import images, ipam
     from .containers import new_config
     from .sizes import format_size
+    from .store import is_container_id
     folder = store.containers_dir / goid
-    go = _read_go_json(folder, GO_CONFIG)
+    current = _read_go_json(folder, "config.json")
+    resumed = current is not None and current.get("go_id") == goid  # killed after writing it
+    go = _read_go_json(folder, GO_CONFIG) if resumed else current
     if go is None:
-        go = _read_go_json(folder, "config.json")
-        if go is None:
-            return [f"container {goid} skipped: it has no config.json"]
-        atomic_write_json(folder / GO_CONFIG, go)  # the original, kept before anything changes
+        return [f"container {goid} skipped: it has no config.json"]
     image = go.get("image")
     if not isinstance(image, str) or not NAME_RE.match(image) or not images.image_exists(store, image) \
             or not os.path.lexists(store.image_dir(image) / "image.json"):
@@ -235,9 +250,11 @@ def adopt_container(store, goid: str) -> list[str]:
     storage = adopt_state(folder, settings, goid)
     if isinstance(storage, str):
         return [storage]
-    mine = _read_go_json(folder, "config.json") or {}
-    resumed = mine.get("go_id") == goid
-    cid = mine["id"] if resumed else pick_id(store, goid)
+    cid = current.get("id") if resumed else None
+    if not isinstance(cid, str) or not is_container_id(cid) or os.path.lexists(store.container_dir(cid)):
+        cid = pick_id(store, goid)
+    if not resumed:
+        atomic_write_json(folder / GO_CONFIG, go)  # the original, kept before it is replaced
     config = new_config(cid, None, image, storage)
     config.update({k: settings[k] for k in ("memory", "cpu", "shell", "network")})
     if isinstance(go.get("created_at"), str):

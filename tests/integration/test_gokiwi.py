@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_limits import cgroup_of
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE.parent / "fixtures" / "go-kiwi"
@@ -179,7 +180,10 @@ def test_hostile_data_folder_touches_nothing_outside(kiwi, tmp_path):
     upper = kiwi.root / "containers" / GO_ID / "state" / "upper"
     os.mknod(upper / "root" / "mem", 0o600 | 0o020000, os.makedev(1, 1))
     os.mknod(upper / "root" / "gone", 0o000 | 0o020000, os.makedev(0, 0))
-    out = kiwi.out("migrate")
+    done = kiwi("migrate", check=False)
+    assert done.returncode == 1 and "1 of the original Kiwi's" in done.stderr
+    assert len(done.stderr.splitlines()) == 1
+    out = done.stdout
     assert "adopted image bb (1 device nodes dropped)" in out
     assert not os.path.lexists(rootfs_dev)
     adopted_upper = kiwi.root / "containers" / GO_ID[:12] / "state" / "upper" / "root"
@@ -189,6 +193,18 @@ def test_hostile_data_folder_touches_nothing_outside(kiwi, tmp_path):
     assert os.stat(outside / "upper" / "null").st_rdev == os.makedev(1, 3)
     assert [r["id"] for r in kiwi.json("list", "containers")] == [GO_ID[:12]]
     assert not (outside / "image.json").exists()
+
+
+def test_damaged_go_config_is_skipped_alone(kiwi):
+    unpack_data_folder(kiwi, SHARED / "kiwi-data.tar.gz")
+    bad = kiwi.root / "containers" / ("cd" * 12)
+    (bad / "state" / "upper").mkdir(parents=True)
+    (bad / "config.json").write_text(json.dumps({"image": "bb", "memory": "-5"}))
+    done = kiwi("migrate", check=False)
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1
+    assert f"container {'cd' * 12} skipped: " in done.stdout and "invalid memory" in done.stdout
+    assert [r["id"] for r in kiwi.json("list", "containers")] == [GO_ID[:12]]
+    assert (bad / "config.json").exists()  # left as it was, for the user to fix
 
 
 def test_symlinked_containers_folder_is_refused(kiwi, tmp_path):
@@ -220,6 +236,9 @@ def test_create_from_go_squashfs_with_changes(kiwi):
     assert (row["memory"], row["storage_limit"], row["network"]) == (300 * MIB, None, "separate")
     assert_changes_applied(kiwi, cid)
     assert kiwi.out("attach", cid, "--", "sh", "-c", "echo $SHELL") == "/bin/ash"
+    # the settings are applied by the kernel, not only listed
+    assert cgroup_of(kiwi, cid).limits()["memory"] == 300 * MIB
+    assert kiwi.out("attach", cid, "--", "nproc") == "1"
 
 
 def test_create_from_older_go_targz(kiwi, busybox_tar):
