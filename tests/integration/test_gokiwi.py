@@ -7,11 +7,13 @@ archives are made here with mksquashfs.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import struct
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -366,3 +368,56 @@ def test_damaged_squashfs_superblock(kiwi, tmp_path):
     struct.pack_into("<q", data, 40, len(data) * 4)  # bytes_used beyond the file
     out.write_bytes(bytes(data))
     assert_refused(kiwi, out, "not a valid squashfs")
+
+
+def go_targz(out: Path, evil: tarfile.TarInfo, data: bytes = b"") -> Path:
+    """An older-form Go archive (meta, manifest, config, rootfs) plus one hostile member."""
+    def add(tar, name, payload, kind=tarfile.REGTYPE):
+        info = tarfile.TarInfo(name)
+        info.type, info.size = kind, len(payload) if kind == tarfile.REGTYPE else 0
+        tar.addfile(info, io.BytesIO(payload) if kind == tarfile.REGTYPE else None)
+    with tarfile.open(out, "w:gz") as tar:
+        add(tar, "meta.json", json.dumps({"kind": "container", "image_name": "t"}).encode())
+        add(tar, "manifest.json", json.dumps({"name": "t"}).encode())
+        add(tar, "config.json", json.dumps({"image": "t", "state_backend": "dir"}).encode())
+        add(tar, "rootfs", b"", tarfile.DIRTYPE)
+        add(tar, "rootfs/hello", b"hi\n")
+        add(tar, "state/upper", b"", tarfile.DIRTYPE)
+        tar.addfile(evil, io.BytesIO(data) if data else None)
+    return out
+
+
+def member(name, kind=tarfile.REGTYPE, size=0, linkname="", dev=(0, 0)):
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.linkname = kind, size, linkname
+    info.devmajor, info.devminor = dev
+    return info
+
+
+@pytest.mark.parametrize("evil, data, words", [
+    (member("state/upper/../../x", size=3), b"hi\n", "'..'"),
+    (member("/etc/kiwi-go-evil", size=3), b"hi\n", "absolute"),
+    (member("rootfs/../../x", size=3), b"hi\n", "'..'"),
+    (member("state/upper/sda", tarfile.BLKTYPE, dev=(8, 0)), b"", "device node"),
+    (member("state/upper/x", tarfile.LNKTYPE, linkname="/etc/shadow"), b"", "unsafe"),
+    (member("state/upper/x", tarfile.LNKTYPE, linkname="rootfs/hello"), b"", "outside its part"),
+])
+def test_hostile_older_targz(kiwi, tmp_path, evil, data, words):
+    assert_refused(kiwi, go_targz(tmp_path / "evil.kiwi", evil, data), words)
+    assert not os.path.exists("/etc/kiwi-go-evil")
+
+
+def test_older_targz_symlink_then_write_through(kiwi, tmp_path):
+    out = tmp_path / "evil.kiwi"
+    with tarfile.open(out, "w:gz") as tar:
+        for name, payload in (("meta.json", {"kind": "container"}), ("manifest.json", {"name": "t"}),
+                              ("config.json", {"image": "t"})):
+            raw = json.dumps(payload).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+        tar.addfile(member("rootfs", tarfile.DIRTYPE))
+        tar.addfile(member("rootfs/etc", tarfile.SYMTYPE, linkname="/etc"))
+        tar.addfile(member("rootfs/etc/kiwi-go-evil", size=3), io.BytesIO(b"hi\n"))
+    assert_refused(kiwi, out, "through the symlink")
+    assert not os.path.exists("/etc/kiwi-go-evil")
