@@ -85,7 +85,22 @@ def check_superblock(path) -> None:
 
 @contextlib.contextmanager
 def opened_archive(path, fmt):
-    """Inside a private mount namespace: (fd of the archive's top folder) for squashfs."""
+    """Inside a private mount namespace: an fd of the archive's top folder (squashfs).
+
+    The mount is detached at once and its folder removed: only the fd keeps it
+    alive, so nothing is left on any path, even if the helper is killed.
+    """
+    fd = _mount_detached(path, fmt)
+    try:
+        yield fd
+    except OSError as e:  # the kernel's reader refused a damaged or crafted inode
+        raise KiwiError(f"{path} is damaged or hostile: reading it failed"
+                        f" ({e.strerror}); it cannot be used") from None
+    finally:
+        os.close(fd)  # the last reference: the mount and its loop device go away
+
+
+def _mount_detached(path, fmt) -> int:
     from . import loop
     from . import syscalls as sc
     import tempfile
@@ -99,19 +114,11 @@ def opened_archive(path, fmt):
                 raise KiwiError(f"cannot read {path} as squashfs ({e.strerror}); the file is"
                                 f" damaged, or this kernel lacks squashfs {fmt} support") from None
         try:
-            fd = os.open(mnt, _NOFOLLOW_DIR)
-            try:
-                yield fd
-            except OSError as e:  # the kernel's reader refused a damaged or crafted inode
-                raise KiwiError(f"{path} is damaged or hostile: reading it failed"
-                                f" ({e.strerror}); it cannot be used") from None
-            finally:
-                os.close(fd)
+            return os.open(mnt, _NOFOLLOW_DIR)
         finally:
             sc.umount(mnt, sc.MNT_DETACH)
     finally:
-        with contextlib.suppress(OSError):
-            os.rmdir(mnt)
+        os.rmdir(mnt)
 
 
 def read_small_file(dir_fd: int, name: str, path) -> bytes | None:
