@@ -209,9 +209,9 @@ def checked_settings(settings: dict, path: str) -> dict:
 
 
 def extract_upper(staging: str, path: str, progress, fill=None) -> None:
-    """The archive's upper part into the new container's state; fill(upper) for other formats."""
-    from . import archive, storage
     from pathlib import Path
+
+    from . import archive, storage
     img = storage.image_path(Path(staging))
     if img.exists():
         mnt = os.path.join(staging, "mnt")
@@ -222,7 +222,7 @@ def extract_upper(staging: str, path: str, progress, fill=None) -> None:
         state = str(storage.folder_path(Path(staging)))
     upper = os.path.join(state, "upper")
     os.rmdir(upper)  # the archive's upper replaces the empty one
-    if fill:
+    if fill:  # another format's reader (goarchive)
         fill(upper)
         return
     archive.extract_archive(path, upper_dest=upper, progress=progress)
