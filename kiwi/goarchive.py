@@ -455,13 +455,6 @@ def restore_image(store, path, fmt, info: dict, progress=None) -> str:
     return name
 
 
-def fill_upper(path, fmt):
-    """The populate step's filler: state/upper of the archive into a fresh upper folder."""
-    def fill(upper: str) -> None:
-        extract_part(path, fmt, UPPER, upper)
-    return fill
-
-
 def create_container(store, path, name=None, storage_text=None, progress=None) -> dict:
     """`kiwi create file.kiwi` for a file the Go program wrote."""
     from . import containers, gokiwi, privatens, storage
@@ -486,7 +479,7 @@ def create_container(store, path, name=None, storage_text=None, progress=None) -
 
     def populate(staging, new_config):
         if info["meta"]["kind"] == "container":
-            privatens.run(extract_upper, str(staging), path, progress, fill_upper(path, fmt))
+            privatens.run(extract_upper, str(staging), path, progress)  # reads state/upper
             with contextlib.suppress(FileNotFoundError):
                 os.rmdir(os.path.join(staging, "mnt"))
 

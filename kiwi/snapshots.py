@@ -208,10 +208,9 @@ def checked_settings(settings: dict, path: str) -> dict:
     return settings
 
 
-def extract_upper(staging: str, path: str, progress, fill=None) -> None:
-    from pathlib import Path
-
+def extract_upper(staging: str, path: str, progress) -> None:
     from . import archive, storage
+    from pathlib import Path
     img = storage.image_path(Path(staging))
     if img.exists():
         mnt = os.path.join(staging, "mnt")
@@ -222,8 +221,10 @@ def extract_upper(staging: str, path: str, progress, fill=None) -> None:
         state = str(storage.folder_path(Path(staging)))
     upper = os.path.join(state, "upper")
     os.rmdir(upper)  # the archive's upper replaces the empty one
-    if fill:  # another format's reader (goarchive)
-        fill(upper)
+    from . import goarchive
+    fmt = goarchive.archive_format(path)
+    if fmt:  # written by the original Go Kiwi
+        goarchive.extract_part(path, fmt, goarchive.UPPER, upper)
         return
     archive.extract_archive(path, upper_dest=upper, progress=progress)
 
