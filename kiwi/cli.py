@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("terminal", help="interactive Kiwi console")
 
+    sub.add_parser("migrate", help="adopt the containers and images of the original Go Kiwi")
+
     p = sub.add_parser("help", help="show help for a command")
     p.add_argument("topic", nargs="?", help="command")
     return parser

@@ -101,6 +101,26 @@ def cmd_list(args) -> int:
         if "containers" in data:
             out()
         show_images(data["images"])
+    hint_go_data(store)
+    return 0
+
+
+def hint_go_data(store: Store) -> None:
+    from . import gokiwi
+    if gokiwi.pending(store):
+        warn("this data folder also holds containers or images of the original Go Kiwi;"
+             " run 'kiwi migrate' to adopt them")
+
+
+def cmd_migrate(args) -> int:
+    from . import gokiwi
+    lines = gokiwi.migrate(Store.open())
+    for line in lines:
+        out(line)
+    skipped = sum(map(gokiwi.is_skipped, lines))
+    if skipped:
+        raise KiwiError(f"{skipped} of the original Kiwi's images or containers were not adopted"
+                        f" (see above); fix them and run 'kiwi migrate' again")
     return 0
 
 

@@ -99,6 +99,31 @@ def allocate_in(state: dict, network: IPv4Network, cid: str) -> str:
     return take(pool, network, cid)
 
 
+def claim_in(state: dict, network: IPv4Network, cid: str, wanted: str | None) -> str:
+    """The address cid already owns, else `wanted` when it is a free container address
+    of the subnet (an adopted container keeps its IP), else the usual next one."""
+    pool = state.setdefault("subnets", {}).setdefault(str(network), empty_pool())
+    for ip, owner in pool["owners"].items():
+        if owner == cid:
+            return ip
+    try:
+        offset = int(IPv4Address(wanted)) - int(network.network_address)
+    except (ValueError, TypeError):
+        offset = -1
+    if FIRST_CONTAINER_OFFSET <= offset <= last_container_offset(network) and offset >= pool["next"]:
+        pool["free"].extend(range(pool["next"], offset))
+        heapq.heapify(pool["free"])
+        pool["next"] = offset + 1
+    elif offset in pool["free"]:
+        pool["free"].remove(offset)
+        heapq.heapify(pool["free"])
+    else:
+        return take(pool, network, cid)
+    ip = str(network.network_address + offset)
+    pool["owners"][ip] = cid
+    return ip
+
+
 def release_in(state: dict, ip: str) -> None:
     """Release from whichever recorded subnet contains `ip`."""
     try:
@@ -136,6 +161,14 @@ def allocate(store, cid: str) -> str:
     network = subnet()
     state = load_state(store)
     ip = allocate_in(state, network, cid)
+    save_state(store, state)
+    return ip
+
+
+def claim(store, cid: str, wanted: str | None) -> str:
+    """claim_in on the stored state (caller holds store.lock())."""
+    state = load_state(store)
+    ip = claim_in(state, subnet(), cid, wanted)
     save_state(store, state)
     return ip
 

@@ -148,6 +148,9 @@ def create_from_archive(store: Store, path: str, name: str | None = None, storag
     from .sizes import format_size
     if not os.path.isfile(path):
         raise KiwiError(f"no such file: {path}")
+    from . import goarchive
+    if goarchive.archive_format(path):  # written by the original Go Kiwi
+        return goarchive.create_container(store, path, name, storage_text, progress)
     manifest = archive.read_manifest(path)
     settings = checked_settings(manifest.get("settings") or {}, path)
     if storage_text is None and "storage" in settings:
@@ -219,6 +222,11 @@ def extract_upper(staging: str, path: str, progress) -> None:
         state = str(storage.folder_path(Path(staging)))
     upper = os.path.join(state, "upper")
     os.rmdir(upper)  # the archive's upper replaces the empty one
+    from . import goarchive
+    fmt = goarchive.archive_format(path)
+    if fmt:  # written by the original Go Kiwi
+        goarchive.extract_part(path, fmt, goarchive.UPPER, upper)
+        return
     archive.extract_archive(path, upper_dest=upper, progress=progress)
 
 

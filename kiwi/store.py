@@ -243,7 +243,20 @@ class Store:
                 raise KiwiError(
                     f"{ref!r} matches {len(matches)} containers ({', '.join(matches[:4])}"
                     f"{', ...' if len(matches) > 4 else ''}); give more of the id")
+        if re.fullmatch(r"[0-9a-f]{13,24}", ref):
+            adopted = self.container_by_go_id(ref)
+            if adopted:
+                return adopted
         raise KiwiError(f"no container named or starting with {ref!r}; see 'kiwi list'")
+
+    def container_by_go_id(self, ref: str) -> str | None:
+        """A container adopted from the Go Kiwi, by (a prefix of) its old 24-hex id."""
+        for cid in self.container_ids():
+            with contextlib.suppress(FileNotFoundError, KiwiError):
+                go_id = read_json(self.container_dir(cid) / "config.json").get("go_id")
+                if isinstance(go_id, str) and go_id.startswith(ref):
+                    return cid
+        return None
 
 
 def check_data_folder(root: Path) -> None:
