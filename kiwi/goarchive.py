@@ -101,9 +101,10 @@ def opened_archive(path, fmt):
 
 
 def _mount_detached(path, fmt) -> int:
+    import tempfile
+
     from . import loop
     from . import syscalls as sc
-    import tempfile
     mnt = tempfile.mkdtemp(prefix="kiwi-go-archive-")
     try:
         with loop.attach(path, read_only=True) as dev:

@@ -221,6 +221,7 @@ def unpack_squashfs_image(folder) -> None:
     """Older Go images kept only rootfs.squashfs: unpack it to rootfs/ (through Kiwi's
     extractor, like a Go archive), staged beside it and renamed into place."""
     import shutil
+
     from . import goarchive, privatens
     image, staging = folder / "rootfs.squashfs", folder / ".rootfs-unpacking"
     if os.path.islink(staging):
@@ -265,9 +266,9 @@ def adopt_container(store, goid: str) -> list[str]:
     os.chmod(folder, 0o755)
     os.rename(folder, store.container_dir(cid))
     limit = "host" if storage is None else format_size(storage)
-    lines = [f"adopted container {goid} as {cid} (image {image}, memory "
+    lines = [(f"adopted container {goid} as {cid} (image {image}, memory "
              f"{format_size(settings['memory']) if settings['memory'] else 'host'}, cpu "
-             f"{settings['cpu'] or 'host'}, storage {limit}, ip {config['ipv4']})"]
+             f"{settings['cpu'] or 'host'}, storage {limit}, ip {config['ipv4']})")]
     if go.get("network") == "host":
         lines.append(f"container {cid}: network host is not carried over;"
                      f" 'kiwi set {cid} --network host' grants it again")
