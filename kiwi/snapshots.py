@@ -143,13 +143,23 @@ def restore_image(store: Store, path: str, manifest: dict, progress=None) -> str
 
 
 def create_from_archive(store: Store, path: str, name: str | None = None, storage_text: str | None = None,
-                        progress=None) -> dict:
+                        overrides: dict | None = None, notes: list | None = None, progress=None) -> dict:
+    """overrides: settings the user gave on the command line; notes collects what to tell them."""
     from . import archive, containers, storage
     from .sizes import format_size
     if not os.path.isfile(path):
         raise KiwiError(f"no such file: {path}")
     manifest = archive.read_manifest(path)
     settings = checked_settings(manifest.get("settings") or {}, path)
+    overrides = overrides or {}
+    if settings.get("network") == "host" and "network" not in overrides:
+        settings["network"] = "separate"  # an archive never widens access by itself
+        if notes is not None:
+            notes.append(f"{path} asks for the host's network; the container gets its own "
+                         f"network (add --network host to grant it)")
+    kept = {k: v for k, v in settings.items() if k not in overrides}
+    refuse_beyond_host(store, path, kept if storage_text is None else {**kept, "storage": None})
+    settings.update(overrides)
     if storage_text is None and "storage" in settings:
         storage_text = "host" if settings["storage"] is None else str(settings["storage"])
     upper = manifest["parts"].get("upper")
@@ -165,6 +175,7 @@ def create_from_archive(store: Store, path: str, name: str | None = None, storag
         name = wanted if wanted not in store.container_names() else None
     # Only after every check that can refuse: a refused archive must leave no image behind.
     reused = find_identical_image(store, manifest)
+    check_free_space(store, path, needed + (0 if reused else manifest["parts"]["rootfs"]["size"]))
     image = reused or restore_image(store, path, manifest, progress)
 
     def populate(staging, config):
@@ -184,6 +195,20 @@ def create_from_archive(store: Store, path: str, name: str | None = None, storag
         raise
 
 
+def check_free_space(store: Store, path: str, needed: int) -> None:
+    """Extracted data never exceeds its tar bytes (sparse files stay sparse): refuse up front."""
+    from .sizes import format_size
+    free = free_bytes(store.root)
+    if needed > free:
+        raise KiwiError(f"{path} needs up to {format_size(needed)} and the filesystem of {store.root} "
+                        f"has only {format_size(free)} free; free some space and try again")
+
+
+def free_bytes(path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
 def checked_settings(settings: dict, path: str) -> dict:
     """The archive's settings, refused when `kiwi set` would refuse them (the file may be hostile)."""
     from .containers import MIN_MEMORY, parse_shell
@@ -191,23 +216,40 @@ def checked_settings(settings: dict, path: str) -> dict:
     def whole(v, low):
         return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= low)
 
-    ok = (whole(settings.get("memory"), MIN_MEMORY) and whole(settings.get("cpu"), 1)
+    unknown = sorted(set(settings) - set(EXPORTED_SETTINGS) - {"name"})
+    ok = (not unknown and whole(settings.get("memory"), MIN_MEMORY) and whole(settings.get("cpu"), 1)
           and whole(settings.get("storage"), 1)
           and settings.get("network") in (None, "host", "separate")
           and (settings.get("name") is None or isinstance(settings["name"], str))
           and (settings.get("shell") is None or isinstance(settings["shell"], str)))
     if not ok:
-        raise KiwiError(f"{path}: its settings are invalid; the file is damaged or hostile")
+        what = f"unknown setting {unknown[0]!r}" if unknown else "invalid settings"
+        raise KiwiError(f"{path}: {what}; the file is damaged or hostile")
     if settings.get("shell") is not None:
         parse_shell(settings["shell"])
     if settings.get("name") is not None:
         validate_name(settings["name"], "container name")
-    return settings
+    return dict(settings)
+
+
+def refuse_beyond_host(store: Store, path: str, settings: dict) -> None:
+    """Limits an archive asks for must exist on this host: refuse here, not at the first start."""
+    from .containers import host_memory, usable_cpus
+    from .sizes import format_size
+    store.ensure_layout()
+    for key, have, show, unit in (("cpu", usable_cpus, str, "usable CPUs"),
+                                  ("memory", host_memory, format_size, "of memory"),
+                                  ("storage", lambda: free_bytes(store.root), format_size, "free")):
+        if settings.get(key) and settings[key] > have():
+            raise KiwiError(f"{path} asks for {key} {show(settings[key])} but this host has only "
+                            f"{show(have())} {unit}; give a smaller --{key} to create it here")
 
 
 def extract_upper(staging: str, path: str, progress) -> None:
     from . import archive, storage
     from pathlib import Path
+    from .extract import NoSpaceError
+    from .sizes import format_size
     img = storage.image_path(Path(staging))
     if img.exists():
         mnt = os.path.join(staging, "mnt")
@@ -218,7 +260,13 @@ def extract_upper(staging: str, path: str, progress) -> None:
         state = str(storage.folder_path(Path(staging)))
     upper = os.path.join(state, "upper")
     os.rmdir(upper)  # the archive's upper replaces the empty one
-    archive.extract_archive(path, upper_dest=upper, progress=progress)
+    try:
+        archive.extract_archive(path, upper_dest=upper, progress=progress)
+    except NoSpaceError:
+        if not img.exists():
+            raise
+        raise KiwiError(f"the changes in {path} do not fit the container's storage of "
+                        f"{format_size(img.stat().st_size)}; give a larger --storage") from None
 
 
 # --- commit --------------------------------------------------------------------------
