@@ -152,13 +152,11 @@ def create_from_archive(store: Store, path: str, name: str | None = None, storag
     manifest = archive.read_manifest(path)
     settings = checked_settings(manifest.get("settings") or {}, path)
     overrides = overrides or {}
-    if settings.get("network") == "host" and "network" not in overrides:
-        settings["network"] = "separate"  # an archive never widens access by itself
-        if notes is not None:
-            notes.append(f"{path} asks for the host's network; the container gets its own "
-                         f"network (add --network host to grant it)")
-    kept = {k: v for k, v in settings.items() if k not in overrides}
-    refuse_beyond_host(store, path, kept if storage_text is None else {**kept, "storage": None})
+    granted = set(overrides) | ({"storage"} if storage_text is not None else set())
+    dropped = drop_widening(settings, path, granted)
+    refuse_beyond_host(store, path, {k: v for k, v in settings.items() if k not in granted})
+    if notes is not None:
+        notes += dropped
     settings.update(overrides)
     if storage_text is None and "storage" in settings:
         storage_text = "host" if settings["storage"] is None else str(settings["storage"])
@@ -193,6 +191,21 @@ def create_from_archive(store: Store, path: str, name: str | None = None, storag
             with contextlib.suppress(KiwiError, OSError):
                 images.delete_image(store, image)
         raise
+
+
+def drop_widening(settings: dict, path: str, granted: set) -> list[str]:
+    """An archive never gives a container more of the host than a plain create does: the
+    host's network or unlimited storage only come from the command line. Returns notes."""
+    notes = []
+    if settings.get("network") == "host" and "network" not in granted:
+        settings["network"] = "separate"
+        notes.append(f"{path} asks for the host's network; the container gets its own network "
+                     f"(add --network host to grant it)")
+    if "storage" in settings and settings["storage"] is None and "storage" not in granted:
+        del settings["storage"]
+        notes.append(f"{path} asks for unlimited storage; the container gets the default limit "
+                     f"(add --storage host to grant it)")
+    return notes
 
 
 def check_free_space(store: Store, path: str, needed: int) -> None:

@@ -129,3 +129,12 @@ def test_command_line_replaces_what_the_host_cannot_give(elsewhere, snap_file, t
     cid = elsewhere.create(str(evil), "--cpu", "1", "--memory", "128M")
     [row] = elsewhere.json("list", "containers")
     assert row["id"] == cid and row["cpu"] == 1 and row["memory"] == 128 << 20
+
+
+def test_unlimited_storage_from_an_archive_is_not_granted(elsewhere, snap_file, tmp_path):
+    evil = rewrite_kiwi(snap_file, tmp_path / "unlimited.kiwi", settings={"storage": None})
+    done = elsewhere("create", evil)
+    assert done.stderr.count("\n") == 1 and "unlimited storage" in done.stderr, done.stderr
+    granted = elsewhere.create(str(evil), "--storage", "host")
+    limits = {r["id"]: r["storage_limit"] for r in elsewhere.json("list", "containers")}
+    assert limits == {done.stdout.split()[-1]: 1 << 30, granted: None}
