@@ -151,19 +151,22 @@ class Store:
         return self.root / f"{cid}-{snapshot}.kiwi"
 
     def private_dirs(self) -> tuple[Path, ...]:
-        return (self.root, self.images_dir, self.containers_dir, self.mounts_dir,
+        return (self.images_dir, self.containers_dir, self.mounts_dir,
                 self.exports_dir, self.tmp_dir, self.locks_dir)
 
     def ensure_layout(self) -> None:
         """Create the folders a writing command needs, all PRIVATE_MODE."""
         self.root.parent.mkdir(parents=True, exist_ok=True)
-        for d in self.private_dirs():
+        for d in (self.root, *self.private_dirs()):
             with contextlib.suppress(FileExistsError):
                 d.mkdir(mode=PRIVATE_MODE)
         self.tighten_modes()
 
     def tighten_modes(self) -> None:
-        """Data folders made by an older Kiwi were 0755: close them (a few lstat calls)."""
+        """Folders made by an older Kiwi were 0755: close them (a few lstat calls).
+
+        Not the data folder itself: KIWI_ROOT may name a folder that is not Kiwi's
+        alone (/srv, /tmp); only Kiwi's own folders inside it hold container files."""
         for d in self.private_dirs():
             try:
                 st = os.lstat(d)
@@ -174,9 +177,10 @@ class Store:
 
     def refuse_unreadable(self) -> None:
         """Without root the data folder is closed: say so once instead of failing on a file."""
-        if self.root.exists() and not os.access(self.root, os.R_OK | os.X_OK):
-            raise KiwiError(f"Kiwi's data folder {self.root} is readable by root only;"
-                            f" run this command with sudo")
+        for d in (self.root, self.containers_dir, self.images_dir):
+            if d.exists() and not os.access(d, os.R_OK | os.X_OK):
+                raise KiwiError(f"Kiwi's data folder {self.root} is readable by root only;"
+                                f" run this command with sudo")
 
     # --- locks ------------------------------------------------------------
     @contextlib.contextmanager

@@ -116,15 +116,27 @@ def test_data_folder_is_closed_and_old_modes_are_tightened(open_kiwi, busybox_ta
     kiwi = open_kiwi
     kiwi("import", "--name", "busybox", busybox_tar)
     kiwi.create("busybox")
-    folders = [kiwi.root] + [kiwi.root / d for d in
-                             ("images", "containers", "mounts", "exports", ".tmp", ".locks")]
-    for folder in folders:
+    folders = [kiwi.root / d for d in ("images", "containers", "mounts", "exports", ".tmp", ".locks")]
+    for folder in [kiwi.root] + folders:
         assert folder.stat().st_mode & 0o777 == 0o700, folder
-    for folder in folders:  # as an older Kiwi left them
+    for folder in [kiwi.root] + folders:  # as an older Kiwi left them
         os.chmod(folder, 0o755)
     assert kiwi.json("list", "images")[0]["name"] == "busybox"
     for folder in folders:
         assert folder.stat().st_mode & 0o777 == 0o700, folder
+    # KIWI_ROOT may be a shared folder (/srv, /tmp): an existing one keeps its mode.
+    assert kiwi.root.stat().st_mode & 0o777 == 0o755
+    assert_no_root_reads(kiwi.root / "images/busybox/rootfs/etc/passwd")
+    done = as_nobody(*kiwi.cmd, "list", env=kiwi.env)
+    assert done.returncode == 1 and "readable by root only" in done.stderr, done
+
+
+def assert_no_root_reads(path: Path) -> None:
+    try:
+        done = as_nobody("cat", path)
+    except PermissionError:
+        return
+    assert done.returncode != 0 and "Permission denied" in done.stderr, done
 
 
 @pytest.mark.parametrize("command", [["list"], ["list", "images", "--json"], ["ip", "abc"]])
