@@ -514,8 +514,11 @@ class _FreeSpace:
         st = os.fstatvfs(self.fd)
         self.block, self.free, self.claimed = st.f_frsize or 4096, st.f_bavail * st.f_frsize, 0
 
-    def claim(self, size: int, member_name: str) -> None:
-        need = -(-size // self.block) * self.block
+    def claim(self, regions, member_name: str) -> None:
+        """regions: (offset, length) of data; each block it touches is allocated."""
+        block = self.block
+        need = sum((-(-(offset + length) // block) - offset // block) * block
+                   for offset, length in regions)
         if need > self.free or self.claimed > SPACE_RECHECK:
             self._refresh()
             if need > self.free:
@@ -672,7 +675,7 @@ class Extractor:
 
     def _add_file(self, tar, rel: str, member) -> None:
         regions = _data_regions(tar, member)
-        self._space.claim(sum(length for _, length in regions), member.name)
+        self._space.claim(regions, member.name)
         parent, leaf = self._locate(rel, member.name)
         fd = self._create(parent, leaf, rel, member.name,
                           lambda: os.open(leaf, _NEW_FILE_FLAGS, 0o600, dir_fd=parent))

@@ -17,8 +17,8 @@ import zstandard
 
 from kiwi import images
 from kiwi.errors import KiwiError
-from kiwi.extract import (Extractor, UnsafeArchiveError, extract_archive, iter_members,
-                          normalise_member_path, open_archive, open_tar_stream)
+from kiwi.extract import (Extractor, NoSpaceError, UnsafeArchiveError, _FreeSpace, extract_archive,
+                          iter_members, normalise_member_path, open_archive, open_tar_stream)
 from kiwi.store import Store
 
 MTIME_NS = 1_700_000_000_123_456_789
@@ -531,3 +531,18 @@ def test_hand_made_sparse_member_is_extracted(tmp_path):
     with open(got, "rb") as f:
         f.seek(5 << 20)
         assert f.read(513) == b"A" * 512 + b"\0"
+
+
+def test_free_space_counts_every_block_a_sparse_map_touches(tmp_path):
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        space = _FreeSpace(fd, tmp_path)
+        block, before = space.block, space.free
+        space.claim([(i << 20, 1) for i in range(1000)], "scattered")  # 1000 bytes, 1000 blocks
+        assert before - space.free == 1000 * block
+        space.claim([(block - 1, 2)], "straddling")
+        assert before - space.free == 1002 * block
+        with pytest.raises(NoSpaceError, match="'huge' needs .* free"):
+            space.claim([(0, 1 << 60)], "huge")
+    finally:
+        os.close(fd)
