@@ -259,8 +259,9 @@ def refuse_beyond_host(store: Store, path: str, settings: dict) -> None:
 
 
 def extract_upper(staging: str, path: str, progress) -> None:
-    from . import archive, storage
     from pathlib import Path
+
+    from . import archive, storage
     from .extract import NoSpaceError
     from .sizes import format_size
     img = storage.image_path(Path(staging))

@@ -6,6 +6,7 @@ right). `network: host` from a file is never honoured: the container gets its ow
 Limits this host cannot give, unknown settings and ill-typed values are refused at create
 in one line, leaving nothing behind.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from archive_attacks import rewrite_kiwi
+
 from conftest import fresh_kiwi
 
 
@@ -104,16 +105,19 @@ def test_network_flag_on_image_create(kiwi, busybox):
     assert row["memory"] == 64 << 20
 
 
-@pytest.mark.parametrize("settings, words", [
-    ({"cpu": 999}, "cpu 999"),
-    ({"memory": 1 << 50}, "memory 1024T"),
-    ({"storage": 1 << 60}, "storage"),
-    ({"privileged": True}, "unknown setting 'privileged'"),
-    ({"cpu": "2"}, "invalid settings"),
-    ({"memory": -5}, "invalid settings"),
-    ({"network": "bridge0"}, "invalid settings"),
-    ({"shell": "bin/sh"}, "invalid shell"),
-])
+@pytest.mark.parametrize(
+    "settings, words",
+    [
+        ({"cpu": 999}, "cpu 999"),
+        ({"memory": 1 << 50}, "memory 1024T"),
+        ({"storage": 1 << 60}, "storage"),
+        ({"privileged": True}, "unknown setting 'privileged'"),
+        ({"cpu": "2"}, "invalid settings"),
+        ({"memory": -5}, "invalid settings"),
+        ({"network": "bridge0"}, "invalid settings"),
+        ({"shell": "bin/sh"}, "invalid shell"),
+    ],
+)
 def test_impossible_or_invalid_settings_are_refused(elsewhere, snap_file, tmp_path, settings, words):
     evil = rewrite_kiwi(snap_file, tmp_path / "evil.kiwi", settings=settings)
     done = elsewhere("create", evil, check=False)

@@ -8,6 +8,7 @@ The data folder lives under a world-traversable folder, so only Kiwi's own modes
 mount flags stand between the attacker and the file; a control copy shows the payload
 does give euid 0 where nothing protects it.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,16 @@ def open_kiwi(tmp_path_factory):
 def as_nobody(*argv, env=None) -> subprocess.CompletedProcess:
     """Groups, gid, then uid dropped before exec, so the exec's own path lookup has no
     capabilities. (setpriv(1) execs with CAP_DAC_OVERRIDE still effective: unfit here.)"""
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=60,
-                          env=env, user=65534, group=65534, extra_groups=[])
+    return subprocess.run(
+        [str(a) for a in argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        user=65534,
+        group=65534,
+        extra_groups=[],
+    )
 
 
 def assert_no_root(path: Path) -> None:
@@ -105,8 +114,9 @@ def test_setuid_files_are_out_of_reach(open_kiwi, busybox_tar, tmp_path):
         assert os.stat(targets / "stopped/x").st_mode & 0o4000
         assert (targets / "stopped/x").read_bytes() == PAYLOAD.read_bytes()
         assert_no_root(targets / "stopped/x")
-        options = subprocess.run(["findmnt", "-no", "OPTIONS", str(targets / "stopped")],
-                                 capture_output=True, text=True).stdout.split(",")
+        options = subprocess.run(
+            ["findmnt", "-no", "OPTIONS", str(targets / "stopped")], capture_output=True, text=True
+        ).stdout.split(",")
         assert "nosuid" in options and "nodev" in options, options
     finally:
         kiwi("unmount", cid)

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from kiwi import images
+from kiwi import extract, images
 from kiwi.errors import KiwiError
-from kiwi.extract import (Extractor, NoSpaceError, UnsafeArchiveError, _FreeSpace, extract_archive,
-                          iter_members, normalise_member_path, open_archive, open_tar_stream)
+from kiwi.extract import (Extractor, UnsafeArchiveError, extract_archive, iter_members,
+                          normalise_member_path, open_archive, open_tar_stream)
 from kiwi.store import Store
 
 MTIME_NS = 1_700_000_000_123_456_789
@@ -450,10 +450,12 @@ def test_cleanup_removes_only_unlocked_staging(store):
 
 # ---------------------------------------------------------------- sparse files
 
-SPARSE_FORMATS = {"gnu": ["--format=gnu"],
-                  "pax-0.0": ["--format=posix", "--sparse-version=0.0"],
-                  "pax-0.1": ["--format=posix", "--sparse-version=0.1"],
-                  "pax-1.0": ["--format=posix", "--sparse-version=1.0"]}
+SPARSE_FORMATS = {
+    "gnu": ["--format=gnu"],
+    "pax-0.0": ["--format=posix", "--sparse-version=0.0"],
+    "pax-0.1": ["--format=posix", "--sparse-version=0.1"],
+    "pax-1.0": ["--format=posix", "--sparse-version=1.0"],
+}
 
 
 def sparse_file(path, size, regions):
@@ -474,8 +476,8 @@ def test_sparse_files_stay_sparse(tmp_path, fmt):
     sparse_file(src / "disk.img", size, regions)
     sparse_file(src / "hole-at-end", 64 << 20, [(4096, b"x")])
     archive = tmp_path / "sparse.tar.xz"
-    subprocess.run(["tar", "--sparse", *SPARSE_FORMATS[fmt], "-cJf", str(archive), "-C", str(src),
-                    "disk.img", "hole-at-end"], check=True)
+    tar = ["tar", "--sparse", *SPARSE_FORMATS[fmt], "-cJf", str(archive), "-C", str(src)]
+    subprocess.run([*tar, "disk.img", "hole-at-end"], check=True)
     dest = tmp_path / "dest"
     stats = extract_archive(archive, dest)
     for name in ("disk.img", "hole-at-end"):
@@ -501,18 +503,21 @@ def gnu_sparse_member(name, stored: bytes, realsize, regions):
     head = bytearray(info.tobuf(tarfile.GNU_FORMAT))
     head[156] = ord(tarfile.GNUTYPE_SPARSE)
     for i, (offset, length) in enumerate(regions):
-        head[386 + 24 * i:386 + 24 * i + 24] = tarfile.itn(offset, 12) + tarfile.itn(length, 12)
+        head[386 + 24 * i : 386 + 24 * i + 24] = tarfile.itn(offset, 12) + tarfile.itn(length, 12)
     head[483:495] = tarfile.itn(realsize, 12)
     head[148:156] = b" " * 8
     head[148:156] = b"%06o\0 " % sum(head)
     return bytes(head) + stored + b"\0" * (-len(stored) % 512)
 
 
-@pytest.mark.parametrize("regions, realsize", [
-    ([(4096, 512)], 1000),                # data beyond the file's end
-    ([(0, 512), (256, 512)], 1 << 20),    # regions overlap / go backwards
-    ([(0, 1 << 20)], 1 << 20),            # maps more than the 512 bytes stored
-])
+@pytest.mark.parametrize(
+    "regions, realsize",
+    [
+        ([(4096, 512)], 1000),  # data beyond the file's end
+        ([(0, 512), (256, 512)], 1 << 20),  # regions overlap / go backwards
+        ([(0, 1 << 20)], 1 << 20),  # maps more than the 512 bytes stored
+    ],
+)
 def test_damaged_sparse_map_is_refused(tmp_path, regions, realsize):
     data = gnu_sparse_member("bad", b"x" * 512, realsize, regions) + b"\0" * 1024
     archive = tmp_path / "bad.tar"
@@ -536,13 +541,13 @@ def test_hand_made_sparse_member_is_extracted(tmp_path):
 def test_free_space_counts_every_block_a_sparse_map_touches(tmp_path):
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        space = _FreeSpace(fd, tmp_path)
+        space = extract._FreeSpace(fd, tmp_path)
         block, before = space.block, space.free
         space.claim([(i << 20, 1) for i in range(1000)], "scattered")  # 1000 bytes, 1000 blocks
         assert before - space.free == 1000 * block
         space.claim([(block - 1, 2)], "straddling")
         assert before - space.free == 1002 * block
-        with pytest.raises(NoSpaceError, match="'huge' needs .* free"):
+        with pytest.raises(extract.NoSpaceError, match="'huge' needs .* free"):
             space.claim([(0, 1 << 60)], "huge")
     finally:
         os.close(fd)

@@ -1,5 +1,7 @@
-"""Rewriting a real .kiwi file the way an attacker would: unpack it, change kiwi.json or a
-part's tar bytes, recompute every sum and offset, pack it again (format: kiwi/archive.py)."""
+"""Rewriting a real .kiwi file the way an attacker would (tests/security): unpack it,
+change kiwi.json or a part's tar bytes, recompute every sum and offset, pack it again
+(format: kiwi/archive.py)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -25,13 +27,13 @@ def read_kiwi(path: Path) -> tuple[dict, dict[str, bytes]]:
     with open(path, "rb") as f:
         stream = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True).read()
     info = tarfile.TarInfo.frombuf(stream[:512], "utf-8", "surrogateescape")
-    manifest = json.loads(stream[512:512 + info.size])
-    pos = 512 + len(padded(stream[512:512 + info.size]))
+    manifest = json.loads(stream[512 : 512 + info.size])
+    pos = 512 + len(padded(stream[512 : 512 + info.size]))
     parts = {}
     for name in PART_ORDER:
         if name in manifest["parts"]:
             size = manifest["parts"][name]["size"]
-            parts[name], pos = stream[pos:pos + size], pos + size
+            parts[name], pos = stream[pos : pos + size], pos + size
     return manifest, parts
 
 
@@ -42,8 +44,9 @@ def write_kiwi(path: Path, manifest: dict, parts: dict[str, bytes]) -> Path:
     for name in PART_ORDER:
         if name in parts:
             frame = zstandard.ZstdCompressor().compress(parts[name])
-            manifest["parts"][name].update(sha256=hashlib.sha256(parts[name]).hexdigest(),
-                                           size=len(parts[name]), offset=offset)
+            manifest["parts"][name].update(
+                sha256=hashlib.sha256(parts[name]).hexdigest(), size=len(parts[name]), offset=offset
+            )
             frames.append(frame)
             offset += len(frame)
     data = json.dumps(manifest).encode()
@@ -52,13 +55,15 @@ def write_kiwi(path: Path, manifest: dict, parts: dict[str, bytes]) -> Path:
     head = zstandard.ZstdCompressor().compress(info.tobuf(tarfile.USTAR_FORMAT) + padded(data))
     gap = HEAD - len(head) - 8
     end = zstandard.ZstdCompressor().compress(b"\0" * 1024)
-    Path(path).write_bytes(b"".join([head, struct.pack("<II", SKIPPABLE_MAGIC, gap), bytes(gap),
-                                     *frames, end]))
+    Path(path).write_bytes(
+        b"".join([head, struct.pack("<II", SKIPPABLE_MAGIC, gap), bytes(gap), *frames, end])
+    )
     return Path(path)
 
 
-def rewrite_kiwi(src: Path, dst: Path, settings: dict | None = None,
-                 parts: dict[str, bytes] | None = None) -> Path:
+def rewrite_kiwi(
+    src: Path, dst: Path, settings: dict | None = None, parts: dict[str, bytes] | None = None
+) -> Path:
     manifest, old_parts = read_kiwi(src)
     manifest["settings"].update(settings or {})
     return write_kiwi(dst, manifest, {**old_parts, **(parts or {})})
