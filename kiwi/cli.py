@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="image name or path to a .kiwi archive")
     p.add_argument("--name", help="container name")
     p.add_argument("--storage", help="storage limit, e.g. 1G (default 1G), or 'host' for no limit")
+    p.add_argument("--memory", help="memory limit, e.g. 256M, or 'host' (replaces a .kiwi file's)")
+    p.add_argument("--cpu", help="number of CPUs, or 'host' (replaces a .kiwi file's)")
+    p.add_argument("--network", choices=["host", "separate"],
+                   help="share the host's network or not (default separate; never taken from a .kiwi file)")
 
     p = sub.add_parser("set", help="change a container's settings")
     p.add_argument("container")

@@ -157,18 +157,25 @@ def cmd_pull(args) -> int:
 # --- containers ---------------------------------------------------------------
 
 def cmd_create(args) -> int:
+    from . import containers
     store = Store.open()
+    settings: dict = {}
+    containers.apply_settings(settings, args.memory, args.cpu, args.network)
+    notes: list[str] = []
     if args.image.endswith(".kiwi") or os.sep in args.image:
         from . import snapshots
         bar = progress_bar("restoring")
         try:
             config = snapshots.create_from_archive(store, args.image, name=args.name,
-                                                   storage_text=args.storage, progress=bar)
+                                                   storage_text=args.storage, overrides=settings,
+                                                   notes=notes, progress=bar)
         finally:
             bar.close()
     else:
-        from . import containers
-        config = containers.create(store, args.image, name=args.name, storage_text=args.storage)
+        config = containers.create(store, args.image, name=args.name, storage_text=args.storage,
+                                   settings=settings)
+    for note in notes:
+        warn(note)
     out(config["id"])
     return 0
 

@@ -49,6 +49,10 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def host_memory() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def parse_cpu(text: str) -> int | None:
     if text == "host":
         return None
@@ -109,7 +113,6 @@ def create(store: Store, image: str, name: str | None = None, storage_text: str 
             config["ipv4"] = ipam.allocate(store, cid)
             try:
                 atomic_write_json(staging / "config.json", config)
-                os.chmod(staging, 0o755)  # readable config for `list`/`ip` without root
                 os.rename(staging, store.container_dir(cid))
             except BaseException:
                 ipam.release(store, config["ipv4"])

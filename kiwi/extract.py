@@ -47,6 +47,7 @@ TAR_BUFSIZE = 32 << 10        # tarfile's stream buffer; small reads copy its re
 QUEUE_DEPTH = 16              # decompressed chunks buffered ahead of the extractor
 DIR_FD_CACHE = 256            # open directory fds kept (well below the usual 1024 limit)
 PROGRESS_INTERVAL = 0.1       # seconds between progress calls
+SPACE_RECHECK = 256 << 20     # data bytes written between two statvfs calls
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -58,6 +59,10 @@ _RESERVED_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
 class UnsafeArchiveError(KiwiError):
     """An archive member would land outside the destination."""
+
+
+class NoSpaceError(KiwiError):
+    """The extracted data does not fit the destination's filesystem."""
 
 
 @dataclass
@@ -473,6 +478,61 @@ def _member_xattrs(member: tarfile.TarInfo) -> list[tuple[str, bytes]]:
     return found
 
 
+def _data_regions(tar, member) -> list[tuple[int, int]]:
+    """(offset, length) of the data a regular member really stores; the rest are holes.
+
+    A sparse member (GNU or PAX, as tarfile parses them) stores only its map's
+    regions: a 180-byte archive can declare terabytes, so holes are never written.
+    """
+    if member.sparse is None:
+        return [(0, member.size)]
+    regions, end = [], 0
+    for offset, length in member.sparse:
+        if not length:
+            continue  # unused map slots
+        if offset < end or offset + length > member.size:
+            raise KiwiError(f"archive member {member.name!r} has a damaged sparse map;"
+                            f" the archive is damaged")
+        regions.append((offset, length))
+        end = offset + length
+    if sum(length for _, length in regions) > tar.offset - member.offset_data:
+        raise KiwiError(f"archive member {member.name!r} maps more data than it stores;"
+                        f" the archive is damaged")
+    return regions
+
+
+class _FreeSpace:
+    """Refuses a file whose data cannot fit the destination's filesystem, before writing it.
+
+    Real bytes are counted as they are claimed; statvfs is asked again only after
+    SPACE_RECHECK bytes, or when a file would not fit the last answer.
+    """
+
+    def __init__(self, fd: int, dest: Path):
+        self.fd, self.dest = fd, dest
+        self._refresh()
+
+    def _refresh(self) -> None:
+        st = os.fstatvfs(self.fd)
+        self.block, self.free, self.claimed = st.f_frsize or 4096, st.f_bavail * st.f_frsize, 0
+
+    def claim(self, regions, member_name: str) -> None:
+        """regions: (offset, length) of data; each block it touches is allocated."""
+        block = self.block
+        need = sum((-(-(offset + length) // block) - offset // block) * block
+                   for offset, length in regions)
+        if need > self.free or self.claimed > SPACE_RECHECK:
+            self._refresh()
+            if need > self.free:
+                from .sizes import format_size
+                raise NoSpaceError(
+                    f"archive member {member_name!r} needs {format_size(need)} but the filesystem"
+                    f" of {self.dest} has only {format_size(self.free)} free; free some space"
+                    f" and try again")
+        self.free -= need
+        self.claimed += need
+
+
 def _is_symlink(dir_fd: int, name: str) -> bool:
     try:
         return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
@@ -525,6 +585,7 @@ class Extractor:
         self._as_root = os.geteuid() == 0
         self.dest.mkdir(parents=True, exist_ok=True)
         self._root_fd = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._space = _FreeSpace(self._root_fd, self.dest)
         self._dir_fds: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._deferred: dict[str, _DirMeta] = {}
         self._skipped: set[str] = set()
@@ -565,6 +626,9 @@ class Extractor:
                 self.stats.skipped += 1
                 self._skipped.add(rel)
         except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(f"no space left in {self.dest} while extracting"
+                                   f" {member.name!r}; free some space and try again") from None
             raise KiwiError(f"cannot extract {member.name!r} into {self.dest}:"
                             f" {e.strerror}") from None
 
@@ -615,12 +679,16 @@ class Extractor:
                                        _mtime_ns(member), _member_xattrs(member))
 
     def _add_file(self, tar, rel: str, member) -> None:
+        regions = _data_regions(tar, member)
+        self._space.claim(regions, member.name)
         parent, leaf = self._locate(rel, member.name)
         fd = self._create(parent, leaf, rel, member.name,
                           lambda: os.open(leaf, _NEW_FILE_FLAGS, 0o600, dir_fd=parent))
         try:
             if member.size:
-                self._copy_data(tar, member, fd)
+                self._copy_data(tar, member, fd, regions)
+            if member.sparse is not None:
+                os.ftruncate(fd, member.size)  # the holes up to the end stay holes
             if self._as_root:
                 os.fchown(fd, member.uid, member.gid)
             os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears setuid
@@ -702,9 +770,14 @@ class Extractor:
         return rel
 
     # -- helpers
-    def _copy_data(self, tar, member, fd: int) -> None:
+    def _copy_data(self, tar, member, fd: int, regions) -> None:
         source = self._data_source(tar, member)
-        remaining = member.size
+        for offset, length in regions:
+            if offset:
+                os.lseek(fd, offset, os.SEEK_SET)  # over a hole: no blocks written
+            self._copy_region(source, member, fd, length)
+
+    def _copy_region(self, source, member, fd: int, remaining: int) -> None:
         while remaining:
             try:
                 data = source.read(min(remaining, DATA_CHUNK))
@@ -718,14 +791,15 @@ class Extractor:
 
     @staticmethod
     def _data_source(tar, member):
-        """Where the member's bytes come from.
+        """Where the member's stored bytes come from (a sparse file's data regions back to back).
 
         In stream mode the data follows the header, so read the stream itself and
-        spare extractfile()'s two extra layers of buffering (one copy less per byte).
+        spare extractfile()'s two extra layers of buffering (one copy less per byte)
+        and its filling of a sparse file's holes with zeros.
         """
-        if not member.sparse and tar.fileobj.tell() == member.offset_data:
-            return tar.fileobj
-        return tar.extractfile(member)
+        if tar.fileobj.tell() != member.offset_data:
+            tar.fileobj.seek(member.offset_data)
+        return tar.fileobj
 
     def _set_xattrs(self, target, member, follow_symlinks: bool = True) -> None:
         for name, value in _member_xattrs(member):

@@ -71,6 +71,15 @@ def clone_live_root(init_pid: int, target: str) -> None:
     sc.setns(container_ns, sc.CLONE_NEWNS)
     tree = sc.open_tree(sc.AT_FDCWD, "/", sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
     sc.setns(host_ns, sc.CLONE_NEWNS)
+    attach_to_host(tree, target)
+
+
+def attach_to_host(tree: int, target: str) -> None:
+    """Move a detached container tree onto target, nosuid and nodev: a setuid-root file the
+    container wrote must not run as root for a host user, nor its device nodes open."""
+    from . import syscalls as sc
+    sc.mount_setattr(tree, "", sc.AT_EMPTY_PATH | sc.AT_RECURSIVE,
+                     sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
     sc.move_mount(tree, "", sc.AT_FDCWD, target, sc.MOVE_MOUNT_F_EMPTY_PATH)
 
 
@@ -97,7 +106,7 @@ def mount_stopped_overlay(store: Store, cid: str, lower: str, target: str) -> No
         with contextlib.suppress(OSError):
             os.rmdir(work)
     sc.setns(host_ns, sc.CLONE_NEWNS)
-    sc.move_mount(tree, "", sc.AT_FDCWD, target, sc.MOVE_MOUNT_F_EMPTY_PATH)
+    attach_to_host(tree, target)
 
 
 def unmount(store: Store, cid: str) -> str:

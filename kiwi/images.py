@@ -28,7 +28,7 @@ def import_image(store, name: str, archive_path, progress=None, source=None) -> 
     if not archive_path.is_file():
         raise KiwiError(f"{archive_path} is not a file; give the path of a rootfs archive")
     _refuse_existing(store, name)
-    store.tmp_dir.mkdir(parents=True, exist_ok=True)
+    store.ensure_layout()
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-", dir=store.tmp_dir))
     committed = False
     lock_fd = _hold_staging_lock(staging)
@@ -43,7 +43,6 @@ def import_image(store, name: str, archive_path, progress=None, source=None) -> 
             "files": stats.entries,
         }
         store_mod.atomic_write_json(staging / "image.json", info)
-        os.chmod(staging, 0o755)  # mkdtemp made it 0700; `list` works without root
         _commit(store, name, staging)
         committed = True
         return info
@@ -61,7 +60,6 @@ def _refuse_existing(store, name: str) -> None:
 
 def _commit(store, name: str, staging: Path) -> None:
     """Rename the finished staging folder into images/ (atomic; never over an image)."""
-    store.images_dir.mkdir(parents=True, exist_ok=True)
     with store.lock():
         _refuse_existing(store, name)
         os.rename(staging, store.image_dir(name))
@@ -144,7 +142,7 @@ def list_images(store) -> list[dict]:
 def delete_image(store, name: str) -> None:
     """Remove an image. Callers check first that no container uses it."""
     store_mod.validate_name(name, "image name")
-    store.tmp_dir.mkdir(parents=True, exist_ok=True)
+    store.ensure_layout()
     with store.lock():
         if not image_exists(store, name):
             raise KiwiError(f"no image named {name}; see 'kiwi list images'")

@@ -143,16 +143,29 @@ def restore_image(store: Store, path: str, manifest: dict, progress=None) -> str
 
 
 def create_from_archive(store: Store, path: str, name: str | None = None, storage_text: str | None = None,
-                        progress=None) -> dict:
+                        overrides: dict | None = None, notes: list | None = None, progress=None) -> dict:
+    """overrides: settings the user gave on the command line; notes collects what to tell them."""
     from . import archive, containers, storage
     from .sizes import format_size
     if not os.path.isfile(path):
         raise KiwiError(f"no such file: {path}")
     from . import goarchive
     if goarchive.archive_format(path):  # written by the original Go Kiwi
-        return goarchive.create_container(store, path, name, storage_text, progress)
+        config = goarchive.create_container(store, path, name, storage_text, progress)
+        if overrides:  # the command line's --memory/--cpu/--network win, as for .kiwi files
+            with store.container_lock(config["id"]):
+                config.update(overrides)
+                containers.save_config(store, config)
+        return config
     manifest = archive.read_manifest(path)
     settings = checked_settings(manifest.get("settings") or {}, path)
+    overrides = overrides or {}
+    granted = set(overrides) | ({"storage"} if storage_text is not None else set())
+    dropped = drop_widening(settings, path, granted)
+    refuse_beyond_host(store, path, {k: v for k, v in settings.items() if k not in granted})
+    if notes is not None:
+        notes += dropped
+    settings.update(overrides)
     if storage_text is None and "storage" in settings:
         storage_text = "host" if settings["storage"] is None else str(settings["storage"])
     upper = manifest["parts"].get("upper")
@@ -168,6 +181,7 @@ def create_from_archive(store: Store, path: str, name: str | None = None, storag
         name = wanted if wanted not in store.container_names() else None
     # Only after every check that can refuse: a refused archive must leave no image behind.
     reused = find_identical_image(store, manifest)
+    check_free_space(store, path, needed + (0 if reused else manifest["parts"]["rootfs"]["size"]))
     image = reused or restore_image(store, path, manifest, progress)
 
     def populate(staging, config):
@@ -187,6 +201,35 @@ def create_from_archive(store: Store, path: str, name: str | None = None, storag
         raise
 
 
+def drop_widening(settings: dict, path: str, granted: set) -> list[str]:
+    """An archive never gives a container more of the host than a plain create does: the
+    host's network or unlimited storage only come from the command line. Returns notes."""
+    notes = []
+    if settings.get("network") == "host" and "network" not in granted:
+        settings["network"] = "separate"
+        notes.append(f"{path} asks for the host's network; the container gets its own network "
+                     f"(add --network host to grant it)")
+    if "storage" in settings and settings["storage"] is None and "storage" not in granted:
+        del settings["storage"]
+        notes.append(f"{path} asks for unlimited storage; the container gets the default limit "
+                     f"(add --storage host to grant it)")
+    return notes
+
+
+def check_free_space(store: Store, path: str, needed: int) -> None:
+    """Extracted data never exceeds its tar bytes (sparse files stay sparse): refuse up front."""
+    from .sizes import format_size
+    free = free_bytes(store.root)
+    if needed > free:
+        raise KiwiError(f"{path} needs up to {format_size(needed)} and the filesystem of {store.root} "
+                        f"has only {format_size(free)} free; free some space and try again")
+
+
+def free_bytes(path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
 def checked_settings(settings: dict, path: str) -> dict:
     """The archive's settings, refused when `kiwi set` would refuse them (the file may be hostile)."""
     from .containers import MIN_MEMORY, parse_shell
@@ -194,24 +237,41 @@ def checked_settings(settings: dict, path: str) -> dict:
     def whole(v, low):
         return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= low)
 
-    ok = (whole(settings.get("memory"), MIN_MEMORY) and whole(settings.get("cpu"), 1)
+    unknown = sorted(set(settings) - set(EXPORTED_SETTINGS) - {"name"})
+    ok = (not unknown and whole(settings.get("memory"), MIN_MEMORY) and whole(settings.get("cpu"), 1)
           and whole(settings.get("storage"), 1)
           and settings.get("network") in (None, "host", "separate")
           and (settings.get("name") is None or isinstance(settings["name"], str))
           and (settings.get("shell") is None or isinstance(settings["shell"], str)))
     if not ok:
-        raise KiwiError(f"{path}: its settings are invalid; the file is damaged or hostile")
+        what = f"unknown setting {unknown[0]!r}" if unknown else "invalid settings"
+        raise KiwiError(f"{path}: {what}; the file is damaged or hostile")
     if settings.get("shell") is not None:
         parse_shell(settings["shell"])
     if settings.get("name") is not None:
         validate_container_name(settings["name"])
-    return settings
+    return dict(settings)
+
+
+def refuse_beyond_host(store: Store, path: str, settings: dict) -> None:
+    """Limits an archive asks for must exist on this host: refuse here, not at the first start."""
+    from .containers import host_memory, usable_cpus
+    from .sizes import format_size
+    store.ensure_layout()
+    for key, have, show, unit in (("cpu", usable_cpus, str, "usable CPUs"),
+                                  ("memory", host_memory, format_size, "of memory"),
+                                  ("storage", lambda: free_bytes(store.root), format_size, "free")):
+        if settings.get(key) and settings[key] > have():
+            raise KiwiError(f"{path} asks for {key} {show(settings[key])} but this host has only "
+                            f"{show(have())} {unit}; give a smaller --{key} to create it here")
 
 
 def extract_upper(staging: str, path: str, progress) -> None:
     from pathlib import Path
 
     from . import archive, storage
+    from .extract import NoSpaceError
+    from .sizes import format_size
     img = storage.image_path(Path(staging))
     if img.exists():
         mnt = os.path.join(staging, "mnt")
@@ -227,7 +287,13 @@ def extract_upper(staging: str, path: str, progress) -> None:
     if fmt:  # written by the original Go Kiwi
         goarchive.extract_part(path, fmt, goarchive.UPPER, upper)
         return
-    archive.extract_archive(path, upper_dest=upper, progress=progress)
+    try:
+        archive.extract_archive(path, upper_dest=upper, progress=progress)
+    except NoSpaceError:
+        if not img.exists():
+            raise
+        raise KiwiError(f"the changes in {path} do not fit the container's storage of "
+                        f"{format_size(img.stat().st_size)}; give a larger --storage") from None
 
 
 # --- commit --------------------------------------------------------------------------

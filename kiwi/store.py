@@ -19,6 +19,9 @@ from .errors import Doing, KiwiError, os_error_message
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
 ID_RE = re.compile(r"[0-9a-f]{12}\Z")
 ID_LEN = 12
+# Everything under kiwi-data is root's alone (0700): image trees and containers'
+# upper layers hold setuid-root files an unprivileged host user must never reach.
+PRIVATE_MODE = 0o700
 
 
 def validate_name(name: str, what: str = "name") -> str:
@@ -120,7 +123,12 @@ class Store:
             migrate_old_folder(root.parent / ".kiwi", root)
         check_data_folder(root)
         migrate_old_runtime(root)
-        return cls(root)
+        store = cls(root)
+        if os.geteuid() == 0:
+            store.tighten_modes()
+        else:
+            store.refuse_unreadable()
+        return store
 
     # --- layout -----------------------------------------------------------
     @property
@@ -169,13 +177,38 @@ class Store:
         validate_name(snapshot, "snapshot name")
         return self.root / f"{cid}-{snapshot}.kiwi"
 
+    def private_dirs(self) -> tuple[Path, ...]:
+        return (self.images_dir, self.containers_dir, self.mounts_dir,
+                self.exports_dir, self.tmp_dir, self.locks_dir)
+
     def ensure_layout(self) -> None:
-        """Create the folders a writing command needs (root only: 0700 for runtime state)."""
+        """Create the folders a writing command needs, all PRIVATE_MODE."""
         with Doing("create the data folder", self.root):
-            for d in (self.root, self.images_dir, self.containers_dir, self.exports_dir,
-                      self.tmp_dir, self.locks_dir):
-                d.mkdir(parents=True, exist_ok=True)
-            self.mounts_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            for d in (self.root, *self.private_dirs()):
+                with contextlib.suppress(FileExistsError):
+                    d.mkdir(mode=PRIVATE_MODE)
+            self.tighten_modes()
+
+    def tighten_modes(self) -> None:
+        """Folders made by an older Kiwi were 0755: close them (a few lstat calls).
+
+        Not the data folder itself: KIWI_ROOT may name a folder that is not Kiwi's
+        alone (/srv, /tmp); only Kiwi's own folders inside it hold container files."""
+        for d in self.private_dirs():
+            try:
+                st = os.lstat(d)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o077:
+                os.chmod(d, PRIVATE_MODE)
+
+    def refuse_unreadable(self) -> None:
+        """Without root the data folder is closed: say so once instead of failing on a file."""
+        for d in (self.root, self.containers_dir, self.images_dir):
+            if d.exists() and not os.access(d, os.R_OK | os.X_OK):
+                raise KiwiError(f"Kiwi's data folder {self.root} is readable by root only;"
+                                f" run this command with sudo")
 
     # --- locks ------------------------------------------------------------
     @contextlib.contextmanager

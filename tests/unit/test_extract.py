@@ -7,6 +7,7 @@ import lzma
 import os
 import stat
 import struct
+import subprocess
 import tarfile
 import uuid
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from kiwi import images
+from kiwi import extract, images
 from kiwi.errors import KiwiError
 from kiwi.extract import (
     Extractor,
@@ -454,5 +455,110 @@ def test_cleanup_removes_only_unlocked_staging(store):
     try:
         assert images.remove_stale_staging(store) == ["import-dead-abc"]
         assert live.exists() and not stale.exists()
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- sparse files
+
+SPARSE_FORMATS = {
+    "gnu": ["--format=gnu"],
+    "pax-0.0": ["--format=posix", "--sparse-version=0.0"],
+    "pax-0.1": ["--format=posix", "--sparse-version=0.1"],
+    "pax-1.0": ["--format=posix", "--sparse-version=1.0"],
+}
+
+
+def sparse_file(path, size, regions):
+    with open(path, "wb") as out:
+        out.truncate(size)
+        for offset, data in regions:
+            out.seek(offset)
+            out.write(data)
+
+
+@pytest.mark.parametrize("fmt", sorted(SPARSE_FORMATS))
+def test_sparse_files_stay_sparse(tmp_path, fmt):
+    """GNU tar's sparse formats, as tarfile parses them: holes are never written."""
+    src = tmp_path / "src"
+    src.mkdir()
+    size = 64 << 20
+    regions = [(0, b"head" * 1000), (30 << 20, os.urandom(70000)), (size - 5, b"tail!")]
+    sparse_file(src / "disk.img", size, regions)
+    sparse_file(src / "hole-at-end", 64 << 20, [(4096, b"x")])
+    archive = tmp_path / "sparse.tar.xz"
+    tar = ["tar", "--sparse", *SPARSE_FORMATS[fmt], "-cJf", str(archive), "-C", str(src)]
+    subprocess.run([*tar, "disk.img", "hole-at-end"], check=True)
+    dest = tmp_path / "dest"
+    stats = extract_archive(archive, dest)
+    for name in ("disk.img", "hole-at-end"):
+        got, want = dest / name, src / name
+        assert got.stat().st_size == want.stat().st_size
+        assert got.stat().st_blocks * 512 < 1 << 20, f"{name} was written out in full"
+        assert file_sha256(got) == file_sha256(want)
+    assert stats.files == 2
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def gnu_sparse_member(name, stored: bytes, realsize, regions):
+    """An old-GNU sparse header ('S') with the given map, written by hand as an attacker would."""
+    info = tarfile.TarInfo(name)
+    info.size = len(stored)
+    head = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    head[156] = ord(tarfile.GNUTYPE_SPARSE)
+    for i, (offset, length) in enumerate(regions):
+        head[386 + 24 * i : 386 + 24 * i + 24] = tarfile.itn(offset, 12) + tarfile.itn(length, 12)
+    head[483:495] = tarfile.itn(realsize, 12)
+    head[148:156] = b" " * 8
+    head[148:156] = b"%06o\0 " % sum(head)
+    return bytes(head) + stored + b"\0" * (-len(stored) % 512)
+
+
+@pytest.mark.parametrize(
+    "regions, realsize",
+    [
+        ([(4096, 512)], 1000),  # data beyond the file's end
+        ([(0, 512), (256, 512)], 1 << 20),  # regions overlap / go backwards
+        ([(0, 1 << 20)], 1 << 20),  # maps more than the 512 bytes stored
+    ],
+)
+def test_damaged_sparse_map_is_refused(tmp_path, regions, realsize):
+    data = gnu_sparse_member("bad", b"x" * 512, realsize, regions) + b"\0" * 1024
+    archive = tmp_path / "bad.tar"
+    archive.write_bytes(data)
+    with pytest.raises(KiwiError, match="sparse map|maps more data"):
+        extract_archive(archive, tmp_path / "dest")
+
+
+def test_hand_made_sparse_member_is_extracted(tmp_path):
+    data = gnu_sparse_member("s", b"A" * 512, 10 << 20, [(5 << 20, 512)]) + b"\0" * 1024
+    archive = tmp_path / "s.tar"
+    archive.write_bytes(data)
+    extract_archive(archive, tmp_path / "dest")
+    got = tmp_path / "dest" / "s"
+    assert got.stat().st_size == 10 << 20 and got.stat().st_blocks * 512 <= 64 << 10
+    with open(got, "rb") as f:
+        f.seek(5 << 20)
+        assert f.read(513) == b"A" * 512 + b"\0"
+
+
+def test_free_space_counts_every_block_a_sparse_map_touches(tmp_path):
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        space = extract._FreeSpace(fd, tmp_path)
+        block, before = space.block, space.free
+        space.claim([(i << 20, 1) for i in range(1000)], "scattered")  # 1000 bytes, 1000 blocks
+        assert before - space.free == 1000 * block
+        space.claim([(block - 1, 2)], "straddling")
+        assert before - space.free == 1002 * block
+        with pytest.raises(extract.NoSpaceError, match="'huge' needs .* free"):
+            space.claim([(0, 1 << 60)], "huge")
     finally:
         os.close(fd)
