@@ -112,7 +112,7 @@ def create(store: Store, image: str, name: str | None = None, storage_text: str 
                 os.chmod(staging, 0o755)  # readable config for `list`/`ip` without root
                 os.rename(staging, store.container_dir(cid))
             except BaseException:
-                ipam.release(store, config["ipv4"])
+                ipam.release(store, config["ipv4"], cid)
                 raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -155,7 +155,7 @@ def delete(store: Store, cid: str) -> None:
         os.rename(cdir, doomed)
         if config.get("ipv4"):
             with contextlib.suppress(KiwiError):
-                ipam.release(store, config["ipv4"])
+                ipam.release(store, config["ipv4"], cid)
     shutil.rmtree(doomed, ignore_errors=True)
 
 
