@@ -58,6 +58,8 @@ def leases(store: Store | None = None):
     """The host-wide lease state under the host lock; saved when the caller changed it.
 
     With a store, the folder is registered first (and renamed if it is a copy)."""
+    if store is not None:
+        store.folder_id()  # loaded (and checked in) before we hold the lock: flock does not nest
     with flock(lock_file("leases.lock")):
         path = host_dir() / LEASES_FILE
         try:
@@ -75,6 +77,12 @@ def leases(store: Store | None = None):
 
 
 # -- folders --------------------------------------------------------------------------
+
+def check_in(store: Store) -> None:
+    """Register the folder (a copy takes a new id here, before anything uses the old one)."""
+    with leases(store):
+        pass
+
 
 def register_folder(state: dict, store: Store) -> None:
     """Record where this folder is; a copy of a folder that still exists gets a new id."""

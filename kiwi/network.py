@@ -101,7 +101,8 @@ def veth_name(cid: str, folder_id: str) -> str:
 
 
 def container_mac(ipv4: str) -> str:
-    """eth0's MAC inside the container, derived from its address (unique on the bridge)."""
+    """eth0's MAC inside the container (or the bridge's, for the gateway), derived from
+    the address: unique on the bridge."""
     return ":".join([MAC_PREFIX, *(f"{b:02x}" for b in ipaddress.IPv4Address(ipv4).packed)])
 
 
@@ -168,7 +169,7 @@ def ensure_bridge() -> str:
         index = link_index(ipr, bridge)
         check_subnet_is_free(ipr, subnet, index)
         if index is None:
-            index = create_bridge(ipr, bridge)
+            index = create_bridge(ipr, bridge, container_mac(ipam.gateway(subnet)))
         elif link_kind(ipr.get_links(index)[0]) != "bridge":
             raise KiwiError(f"{bridge} exists and is not a bridge; set KIWI_BRIDGE to another name")
         try:
@@ -180,9 +181,11 @@ def ensure_bridge() -> str:
     return bridge
 
 
-def create_bridge(ipr, bridge: str) -> int:
+def create_bridge(ipr, bridge: str, mac: str) -> int:
+    # A fixed MAC: else the bridge takes its lowest port's, and every container's ARP
+    # entry for the gateway goes stale when that container stops.
     try:
-        ipr.link("add", ifname=bridge, kind="bridge")
+        ipr.link("add", ifname=bridge, kind="bridge", address=mac)
         index = link_index(ipr, bridge)
         ipr.link("set", index=index, ifalias=BRIDGE_ALIAS)  # Kiwi made it: Kiwi may remove it
     except NetlinkError as e:

@@ -169,25 +169,26 @@ class Store:
         """The folder's path with symlinks resolved: where it is now."""
         return str(self.root.resolve())
 
-    def folder_id(self, create: bool = True) -> str | None:
+    def folder_id(self) -> str:
         """This data folder's identity: random, made once, moves with the folder.
 
         Everything Kiwi makes outside the folder (cgroups, veths, address
-        leases, filter elements) records it, so that two data folders on one
-        host never touch each other's objects. None when create=False and the
-        folder never needed one."""
+        leases, filter chains) records it, so that two data folders on one
+        host never touch each other's objects. Checked in with the host-wide
+        registry before first use, so that a copied folder takes a new one
+        before it can touch anything of the original's."""
         if self._folder_id is None:
             path = self.root / FOLDER_ID_FILE
             try:
                 text = path.read_text()[:64].strip()
             except FileNotFoundError:
-                if not create:
-                    return None
                 self.ensure_layout()
                 text = self._publish_folder_id(new_container_id())
             if not ID_RE.match(text):
                 raise KiwiError(f"{path} is damaged; remove it only if no container of this folder runs")
             self._folder_id = text
+            from . import hoststate
+            hoststate.check_in(self)
         return self._folder_id
 
     def _publish_folder_id(self, fid: str) -> str:
