@@ -16,9 +16,9 @@ when no port is left on the bridge and no kiwi is starting a container on it.
 Anti-spoofing (Incus' security.ipv4_filtering): the table `bridge kiwi-<bridge>`
 sends every frame arriving from a Kiwi veth to that veth's own chain, which
 drops it unless its Ethernet and ARP sender MAC are the container's, its IPv4
-and ARP sender address the container's, and it is IPv4 or ARP at all. A veth
-without its chain drops everything. Containers still reach each other, the
-bridge's address and, through NAT, the outside.
+and ARP sender address the container's, and it is IPv4 or ARP at all. The
+chain is in place before the veth joins the bridge. Containers still reach
+each other, the bridge's address and, through NAT, the outside.
 
 Call `ensure_bridge()` and `ensure_nat()` (or `setup_host()`) while holding
 `store.lock()` so concurrent starts do not race on the iptables jumps, and
@@ -325,15 +325,17 @@ def spoof_table(bridge: str) -> str:
 
 
 def spoof_filter_ruleset(bridge: str) -> str:
-    """The shared part; adding it again keeps every port chain and map element."""
+    """The shared part; adding it again keeps every port chain and map element.
+
+    A bridge-family hook sees the frames of EVERY bridge on the host (the kernel
+    here has no `meta ibrname`), so it only acts on ports in its map: interface
+    names are unique host-wide, and another bridge's ports pass untouched."""
     table = spoof_table(bridge)
     return f"""add table {table}
 add map {table} ports {{ type ifname : verdict; }}
 add chain {table} prerouting {{ type filter hook prerouting priority filter; policy accept; }}
 flush chain {table} prerouting
-add rule {table} prerouting iifname != "{VETH_PREFIX}*" accept
 add rule {table} prerouting iifname vmap @ports
-add rule {table} prerouting drop
 """
 
 
