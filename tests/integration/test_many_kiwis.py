@@ -288,3 +288,22 @@ def test_deleted_folder_leases_are_reclaimed_but_unmounted_ones_kept(images, bus
     assert ip_a not in leases(b)
     assert ip_c in leases(b)  # maybe only unplugged: kept
     assert b.out("ip", b.create("busybox")) == ip_a  # the reclaimed address is handed out again
+
+
+def test_a_stop_in_one_folder_never_pulls_the_bridge_from_a_start_in_the_other(images):
+    """A's last container stops (bridge and NAT go if unused) while B starts one."""
+    from concurrent.futures import ThreadPoolExecutor
+    a, b, _ = images
+    bridge = a.env["KIWI_BRIDGE"]
+    ca, cb = a.create("busybox"), b.create("busybox")
+    for _ in range(4):
+        start(a, ca)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            stopping = pool.submit(a, "stop", ca)
+            starting = pool.submit(start, b, cb)
+            stopping.result()
+            starting.result()
+        assert_running_intact(b, cb)
+        assert bridge_ports(bridge) == [veth(b, cb)]
+        b("stop", cb)
+        assert not link_exists(bridge)
