@@ -19,6 +19,7 @@ Bridge locks live beside it. Root only: the directory is 0700.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 from pathlib import Path
@@ -68,12 +69,16 @@ def leases(store: Store | None = None):
             state = {}
         state.setdefault("folders", {})
         state.setdefault("subnets", {})
-        before = repr(state)
+        before = canonical(state)
         if store is not None:
             register_folder(state, store)
         yield state
-        if repr(state) != before:
+        if canonical(state) != before:
             atomic_write_json(path, state, mode=0o600)
+
+
+def canonical(state: dict) -> str:
+    return json.dumps(state, sort_keys=True)
 
 
 # -- folders --------------------------------------------------------------------------

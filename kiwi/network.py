@@ -464,8 +464,8 @@ def remove_nat() -> None:
     bridge = bridge_name()
     nft = find_nft()
     if nft:
-        for table in (f"inet {nft_table(bridge)}", spoof_table(bridge)):
-            run([nft, "-f", "-"], f"table {table}\ndelete table {table}\n")
+        tables = (f"inet {nft_table(bridge)}", spoof_table(bridge))
+        run([nft, "-f", "-"], "".join(f"table {t}\ndelete table {t}\n" for t in tables))
     for iptables in iptables_variants():
         iptables_remove_chain(iptables, "filter", ("FORWARD", "DOCKER-USER"), bridge)
         iptables_remove_chain(iptables, "nat", ("POSTROUTING",), bridge)

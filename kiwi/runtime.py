@@ -355,7 +355,8 @@ def spawn(store: Store, cid: str, argv: list[str] | None, fds=(0, 1, 2), term: s
     if not record:
         raise KiwiError(f"container {cid} is not running")
     config = store.container_config(cid)
-    cgroup = container_cgroup(store, cid)
+    # The folder the start recorded: no host-wide registry lookup on the exec path.
+    cgroup = cgroups.Cgroup.for_container(cid, record.get("folder") or store.folder_id())
     ns_fds = open_namespaces(record["init_pid"], config.get("network", "separate") != "host")
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
