@@ -1,14 +1,18 @@
 """One container's cgroup: cgroup v2 where the host offers the controllers, v1 otherwise.
 
 Where the cgroups go:
-  KIWI_CGROUP_PARENT (default "/kiwi") names the parent cgroup. An absolute
+  KIWI_CGROUP_PARENT (default "/kiwi-<folder id>", one per data folder) names
+  the parent cgroup. An absolute
   value is taken from the root of each hierarchy; a relative one (no leading
   '/') is taken below the calling process's own cgroup in that hierarchy, as
   /proc/self/cgroup shows it (per hierarchy on v1). The paths are resolved once,
   when the Cgroup object is made, so moving the caller later changes nothing.
 
   A container's cgroup is "<parent>/kiwi-<cid>". The "kiwi-" prefix lets
-  `cleanup` recognise Kiwi's own cgroups even under a parent shared with others.
+  `cleanup` recognise Kiwi's own cgroups even under a parent shared with others,
+  and the xattr trusted.kiwi.folder on each of them names the data folder that
+  made it: a folder never kills or removes a cgroup another folder owns (two
+  folders may hold the same container id, e.g. a copied folder).
 
 This layer never prints; user problems raise KiwiError.
 """
@@ -27,7 +31,7 @@ from pathlib import Path
 from kiwi.errors import KiwiError
 
 PARENT_ENV = "KIWI_CGROUP_PARENT"
-DEFAULT_PARENT = "/kiwi"
+OWNER_XATTR = "trusted.kiwi.folder"
 NAME_PREFIX = "kiwi-"
 V2_CONTROLLERS = ("memory", "cpu", "cpuset", "pids")
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices")
@@ -222,9 +226,14 @@ def backend() -> str:
     return "v2" if _usable_v2_mount(_host_mounts()) else "v1"
 
 
-def _parent_paths() -> tuple[str, dict[str, tuple[Mount, str]]]:
+def default_parent(folder_id: str) -> str:
+    """Each data folder's containers live under their own parent cgroup."""
+    return f"/kiwi-{folder_id}"
+
+
+def _parent_paths(folder_id: str) -> tuple[str, dict[str, tuple[Mount, str]]]:
     """(version, {hierarchy key: (mount, parent cgroup path)}) for the current settings."""
-    setting = validate_parent(os.environ.get(PARENT_ENV) or DEFAULT_PARENT)
+    setting = validate_parent(os.environ.get(PARENT_ENV) or default_parent(folder_id))
     mounts = _host_mounts()
     return resolve_parents(setting, mounts, _own_cgroups(), _usable_v2_mount(mounts))
 
@@ -248,14 +257,16 @@ def resolve_parents(
     }
 
 
-def _parent_dirs() -> tuple[str, dict[str, Path]]:
-    version, parents = _parent_paths()
+def _parent_dirs(folder_id: str) -> tuple[str, dict[str, Path]]:
+    version, parents = _parent_paths(folder_id)
     return version, {key: fs_path(mount, path) for key, (mount, path) in parents.items()}
 
 
-def list_container_cgroups() -> list[str]:
-    """Container ids that have a cgroup under the parent, in any hierarchy (for cleanup)."""
-    _, parents = _parent_dirs()
+def list_container_cgroups(folder_id: str) -> list[str]:
+    """Container ids with a cgroup under the parent that provably belongs to this folder
+    (its owner xattr says so, or it has none under the folder's own parent)."""
+    _, parents = _parent_dirs(folder_id)
+    own_parent = not os.environ.get(PARENT_ENV)
     cids = set()
     for directory in parents.values():
         try:
@@ -264,14 +275,25 @@ def list_container_cgroups() -> list[str]:
             continue
         for entry in entries:
             cid = entry.name[len(NAME_PREFIX):]
-            if entry.name.startswith(NAME_PREFIX) and _CID_RE.fullmatch(cid) and entry.is_dir():
+            if not (entry.name.startswith(NAME_PREFIX) and _CID_RE.fullmatch(cid) and entry.is_dir()):
+                continue
+            owner = _owner(entry)
+            if owner == folder_id or (owner is None and own_parent):
                 cids.add(cid)
     return sorted(cids)
 
 
-def remove_parent_if_empty() -> None:
+def _owner(directory: Path) -> str | None:
+    """The folder id recorded on a cgroup; None when unmarked (or xattrs unsupported)."""
+    try:
+        return os.getxattr(directory, OWNER_XATTR).decode(errors="replace")
+    except OSError:
+        return None
+
+
+def remove_parent_if_empty(folder_id: str) -> None:
     """rmdir the parent cgroup in every hierarchy when nothing is left below it."""
-    _, parents = _parent_dirs()
+    _, parents = _parent_dirs(folder_id)
     for directory in set(parents.values()):
         try:
             directory.rmdir()
@@ -312,8 +334,9 @@ def _limit_error(path: Path, value: str, exc: OSError) -> KiwiError:
 class Cgroup:
     """The cgroup of one container; paths fixed at construction."""
 
-    def __init__(self, cid: str, version: str, parents: dict[str, tuple[Mount, str]]):
+    def __init__(self, cid: str, version: str, parents: dict[str, tuple[Mount, str]], folder_id: str):
         self.cid = validate_cid(cid)
+        self.folder_id = folder_id
         self.version = version
         self.name = cgroup_name(cid)
         self._mounts = {key: mount for key, (mount, _) in parents.items()}
@@ -323,9 +346,10 @@ class Cgroup:
         self._dirs = {key: fs_path(self._mounts[key], p) for key, p in self._cgroup_paths.items()}
 
     @classmethod
-    def for_container(cls, cid: str) -> Cgroup:
-        version, parents = _parent_paths()
-        return cls(cid, version, parents)
+    def for_container(cls, cid: str, folder_id: str) -> Cgroup:
+        """The cgroup of container `cid` of the data folder `folder_id`."""
+        version, parents = _parent_paths(folder_id)
+        return cls(cid, version, parents, folder_id)
 
     # -- paths
 
@@ -353,14 +377,31 @@ class Cgroup:
     def exists(self) -> bool:
         return any(d.is_dir() for d in self._unique_dirs())
 
+    def foreign(self) -> bool:
+        """Made by another data folder (same id under a shared KIWI_CGROUP_PARENT): hands off."""
+        owners = {_owner(d) for d in self._unique_dirs() if d.is_dir()} - {None}
+        return bool(owners - {self.folder_id})
+
+    def _mark_owner(self) -> None:
+        for directory in self._unique_dirs():
+            try:
+                os.setxattr(directory, OWNER_XATTR, self.folder_id.encode())
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise KiwiError(f"cannot mark cgroup {directory} as Kiwi's: {exc.strerror}") from exc
+
     # -- creation
 
     def create(self) -> None:
         """Make the cgroup (and the parent chain) in every hierarchy; idempotent."""
+        if self.foreign():
+            raise KiwiError(f"cgroup {self.name} belongs to another Kiwi data folder that shares "
+                            f"{PARENT_ENV}; give each data folder its own {PARENT_ENV}")
         if self.version == "v2":
             self._create_v2()
         else:
             self._create_v1()
+        self._mark_owner()
 
     def _create_v2(self) -> None:
         mount = self._mounts[_UNIFIED]

@@ -1,7 +1,10 @@
 """`kiwi cleanup`: remove what a crash left behind, and only Kiwi's own things.
 
 A container whose lock another kiwi process holds is busy (starting,
-stopping, being snapped) and is left alone.
+stopping, being snapped) and is left alone. Only objects that name this data
+folder as their owner are removed (cgroup xattr, veth alias, filter chain
+comment, address lease); another folder's are never touched, live or not,
+except the leases of a folder that is provably gone (hoststate.folder_is_gone).
 """
 from __future__ import annotations
 
@@ -26,25 +29,24 @@ def run(store: Store) -> list[str]:
         except BlockingIOError:
             busy.add(cid)
     keep = running | busy
-    removed += clean_orphan_cgroups(keep)
-    removed += clean_orphan_veths(keep)
+    removed += clean_orphan_cgroups(store, keep)
+    removed += clean_orphan_veths(store, keep)
     removed += clean_tmp(store)
     removed += clean_partial_archives(store)
     removed += clean_unpack_leftovers(store)
     removed += clean_ipam(store)
-    if not keep:
-        removed += clean_nat()
+    removed += clean_nat()
     return removed
 
 
 def clean_container(store: Store, cid: str, removed: list[str]) -> bool:
     """Returns True when the container is really running."""
-    from . import cgroups, loop, storage
+    from . import loop, storage
     if runtime.read_runtime(store, cid):
         return True
     had_record = runtime.runtime_file(store, cid).exists()
-    cgroup = cgroups.Cgroup.for_container(cid)
-    had_cgroup = cgroup.exists()
+    cgroup = runtime.container_cgroup(store, cid)
+    had_cgroup = cgroup.exists() and not cgroup.foreign()
     if had_record or had_cgroup:
         runtime.teardown(store, cid)
         removed.append(f"stale runtime of container {cid}" + (" (killed its leftover processes)" if had_cgroup else ""))
@@ -61,29 +63,34 @@ def clean_container(store: Store, cid: str, removed: list[str]) -> bool:
     return False
 
 
-def clean_orphan_cgroups(keep: set[str]) -> list[str]:
+def clean_orphan_cgroups(store: Store, keep: set[str]) -> list[str]:
     from . import cgroups
     out = []
-    for cid in cgroups.list_container_cgroups():
+    for cid in cgroups.list_container_cgroups(store.folder_id()):
         if cid in keep:
             continue
-        cgroup = cgroups.Cgroup.for_container(cid)
+        cgroup = runtime.container_cgroup(store, cid)
         cgroup.kill_all()
         cgroup.remove()
         out.append(f"cgroup of container {cid}")
     if not keep:
-        cgroups.remove_parent_if_empty()
+        cgroups.remove_parent_if_empty(store.folder_id())
     return out
 
 
-def clean_orphan_veths(keep: set[str]) -> list[str]:
+def clean_orphan_veths(store: Store, keep: set[str]) -> list[str]:
+    """This folder's veths and anti-spoofing chains of containers that do not run."""
     from . import network
+    fid = store.folder_id()
     out = []
-    wanted = {network.veth_name(cid) for cid in keep}
-    for veth in network.list_kiwi_veths():
-        if veth not in wanted:
-            network.delete_link(veth)
+    for veth, cid in network.list_kiwi_veths(fid).items():
+        if cid not in keep:
+            network.detach_container(cid, fid)
             out.append(f"network device {veth}")
+    for veth, cid in network.own_port_chains(network.bridge_name(), fid).items():
+        if cid not in keep:
+            network.forget_port(network.bridge_name(), veth)
+            out.append(f"anti-spoofing rules of {veth}")
     return out
 
 
@@ -182,24 +189,28 @@ def clean_partial_archives(store: Store) -> list[str]:
 
 
 def clean_ipam(store: Store) -> list[str]:
-    from . import ipam
+    """Leases of this folder's deleted containers, and of folders that are provably gone."""
+    from . import hoststate, ipam
     out = []
-    with store.lock():
-        state = ipam.load_state(store)
+    with store.lock(), hoststate.leases(store) as state:
+        ipam.adopt_old_state(state, store)
         existing = set(store.container_ids())
-        for pool in state.get("subnets", {}).values():
-            for ip, cid in list(pool.get("owners", {}).items()):
-                if cid not in existing:
+        for ip, cid in ipam.own_leases(state, store.folder_id()):
+            if cid not in existing:
+                ipam.release_in(state, ip, ipam.owner_of(store, cid))
+                out.append(f"address {ip} of a container that no longer exists")
+        for fid, record in list(state["folders"].items()):
+            if fid != store.folder_id() and hoststate.folder_is_gone(record):
+                for ip, _ in ipam.own_leases(state, fid):
                     ipam.release_in(state, ip)
-                    out.append(f"address {ip} of a container that no longer exists")
-        if out:
-            ipam.save_state(store, state)
+                    out.append(f"address {ip} of the deleted data folder {record['path']}")
+                del state["folders"][fid]
     return out
 
 
 def clean_nat() -> list[str]:
     from . import network
-    # Idempotent: removes Kiwi's own table/chains if present, nothing else.
+    # Only a bridge Kiwi made, with no container of any folder left on it.
     with contextlib.suppress(KiwiError, OSError):
-        network.remove_nat()
+        return network.remove_bridge_if_unused()
     return []

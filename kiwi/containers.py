@@ -115,7 +115,7 @@ def create(store: Store, image: str, name: str | None = None, storage_text: str 
                 atomic_write_json(staging / "config.json", config)
                 os.rename(staging, store.container_dir(cid))
             except BaseException:
-                ipam.release(store, config["ipv4"])
+                ipam.release(store, config["ipv4"], cid)
                 raise
     except BaseException:
         remove_tree(staging, ignore_errors=True)
@@ -158,7 +158,7 @@ def delete(store: Store, cid: str) -> None:
         os.rename(cdir, doomed)
         if config.get("ipv4"):
             with contextlib.suppress(KiwiError):
-                ipam.release(store, config["ipv4"])
+                ipam.release(store, config["ipv4"], cid)
     remove_tree(doomed, ignore_errors=True)
 
 

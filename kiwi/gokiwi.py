@@ -261,9 +261,11 @@ def adopt_container(store, goid: str) -> list[str]:
     if isinstance(go.get("created_at"), str):
         config["created"] = go["created_at"]
     config["go_id"] = goid
-    config["ipv4"] = ipam.claim(store, cid, go.get("ipv4"))
+    wanted = go.get("ipv4") if isinstance(go.get("ipv4"), str) else None
+    if wanted and not ipam.can_parse_in(wanted, ipam.subnet()):
+        wanted = None  # outside this Kiwi's subnet: a new address
+    config["ipv4"] = ipam.claim(store, cid, wanted)
     atomic_write_json(folder / "config.json", config)
-    os.chmod(folder, 0o755)
     os.rename(folder, store.container_dir(cid))
     limit = "host" if storage is None else format_size(storage)
     lines = [(f"adopted container {goid} as {cid} (image {image}, memory "

@@ -1,15 +1,17 @@
 """IPv4 address allocation for containers.
 
 The subnet comes from KIWI_SUBNET (default 10.44.0.0/16). Its first host is the
-bridge's gateway; containers get the following addresses. State lives in
-`<root>/network/ipam.json`, one entry per subnet so that changing KIWI_SUBNET
-never loses track of addresses handed out earlier:
+bridge's gateway; containers get the following addresses. Every data folder on
+the host leases from ONE host-wide table (hoststate.py), one entry per subnet,
+so two folders on the same bridge never hand out the same address and changing
+KIWI_SUBNET never loses track of addresses handed out earlier:
 
-    {"subnets": {"10.44.0.0/16": {"next": 5, "free": [3], "owners": {"10.44.0.3": "cid"}}}}
+    {"subnets": {"10.44.0.0/16": {"next": 5, "free": [3],
+                                  "owners": {"10.44.0.3": "<folder id>/<cid>"}}}}
 
 `next` is the lowest host offset never handed out, `free` a min-heap of released
-offsets, so allocating is O(log n) without scanning the subnet.
-`allocate` and `release` must be called while the caller holds `store.lock()`.
+offsets, so allocating is O(log n) without scanning the subnet. A folder only
+ever releases its own leases.
 """
 
 import heapq
@@ -18,15 +20,13 @@ import os
 from ipaddress import IPv4Address, IPv4Network
 
 from kiwi.errors import KiwiError
-from kiwi.store import atomic_write_json, read_json
 
 DEFAULT_SUBNET = "10.44.0.0/16"
 GATEWAY_OFFSET = 1
 FIRST_CONTAINER_OFFSET = 2
 # A subnet needs network, gateway, one container and broadcast.
 LARGEST_PREFIX = 30
-# A full /16 records ~65k owners, beyond read_json's default limit.
-STATE_SIZE_LIMIT = 64 << 20
+OLD_STATE = "network/ipam.json"  # per-folder leases of Kiwi before host-wide ones
 
 
 def subnet() -> IPv4Network:
@@ -69,7 +69,7 @@ def last_container_offset(network: IPv4Network) -> int:
     return network.num_addresses - 2
 
 
-def take(pool: dict, network: IPv4Network, cid: str) -> str:
+def take(pool: dict, network: IPv4Network, owner: str) -> str:
     """Hand out the lowest released address, else the next never-used one."""
     if pool["free"]:
         offset = heapq.heappop(pool["free"])
@@ -81,51 +81,50 @@ def take(pool: dict, network: IPv4Network, cid: str) -> str:
             f"no free address left in subnet {network}; delete a container "
             "or set KIWI_SUBNET to a larger subnet")
     ip = str(network.network_address + offset)
-    pool["owners"][ip] = cid
+    pool["owners"][ip] = owner
     return ip
 
 
-def give_back(pool: dict, network: IPv4Network, ip: str) -> None:
-    """Return an address to the pool; releasing an unknown address does nothing."""
-    if pool["owners"].pop(ip, None) is None:
+def give_back(pool: dict, network: IPv4Network, ip: str, owner: str | None = None) -> None:
+    """Return an address to the pool; an unknown address, or one of another owner, stays."""
+    if pool["owners"].get(ip) is None or owner not in (None, pool["owners"][ip]):
         return
+    del pool["owners"][ip]
     offset = int(IPv4Address(ip)) - int(network.network_address)
     heapq.heappush(pool["free"], offset)
 
 
-def allocate_in(state: dict, network: IPv4Network, cid: str) -> str:
-    pools = state.setdefault("subnets", {})
-    pool = pools.setdefault(str(network), empty_pool())
-    return take(pool, network, cid)
-
-
-def claim_in(state: dict, network: IPv4Network, cid: str, wanted: str | None) -> str:
-    """The address cid already owns, else `wanted` when it is a free container address
-    of the subnet (an adopted container keeps its IP), else the usual next one."""
-    pool = state.setdefault("subnets", {}).setdefault(str(network), empty_pool())
-    for ip, owner in pool["owners"].items():
-        if owner == cid:
-            return ip
-    try:
-        offset = int(IPv4Address(wanted)) - int(network.network_address)
-    except (ValueError, TypeError):
-        offset = -1
-    if FIRST_CONTAINER_OFFSET <= offset <= last_container_offset(network) and offset >= pool["next"]:
+def take_exact(pool: dict, network: IPv4Network, ip: str, owner: str) -> None:
+    """Lease one given address (free or never handed out) to owner."""
+    offset = int(IPv4Address(ip)) - int(network.network_address)
+    if offset >= pool["next"]:
         pool["free"].extend(range(pool["next"], offset))
-        heapq.heapify(pool["free"])
         pool["next"] = offset + 1
     elif offset in pool["free"]:
         pool["free"].remove(offset)
-        heapq.heapify(pool["free"])
-    else:
-        return take(pool, network, cid)
-    ip = str(network.network_address + offset)
-    pool["owners"][ip] = cid
-    return ip
+    heapq.heapify(pool["free"])
+    pool["owners"][ip] = owner
 
 
-def release_in(state: dict, ip: str) -> None:
-    """Release from whichever recorded subnet contains `ip`."""
+def can_take(pool: dict, network: IPv4Network, ip: str, owner: str) -> bool:
+    try:
+        offset = int(IPv4Address(ip)) - int(network.network_address)
+    except ValueError:
+        return False
+    return (FIRST_CONTAINER_OFFSET <= offset <= last_container_offset(network)
+            and pool["owners"].get(ip) in (None, owner))
+
+
+def pool_of(state: dict, network: IPv4Network) -> dict:
+    return state.setdefault("subnets", {}).setdefault(str(network), empty_pool())
+
+
+def allocate_in(state: dict, network: IPv4Network, owner: str) -> str:
+    return take(pool_of(state, network), network, owner)
+
+
+def release_in(state: dict, ip: str, owner: str | None = None) -> None:
+    """Release from whichever recorded subnet contains `ip` (only if `owner` holds it, when given)."""
     try:
         address = IPv4Address(ip)
     except ValueError:
@@ -133,50 +132,79 @@ def release_in(state: dict, ip: str) -> None:
     for text, pool in state.get("subnets", {}).items():
         network = IPv4Network(text)
         if address in network:
-            give_back(pool, network, ip)
+            give_back(pool, network, ip, owner)
             return
 
 
-# -- store-backed API -------------------------------------------------------------
+# -- host-wide leases -----------------------------------------------------------------
 
-def state_path(store):
-    return store.root / "network" / "ipam.json"
-
-
-def load_state(store) -> dict:
-    path = state_path(store)
-    if not path.exists():
-        return {"subnets": {}}
-    return read_json(path, limit=STATE_SIZE_LIMIT)
-
-
-def save_state(store, state: dict) -> None:
-    path = state_path(store)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, state)
+def owner_of(store, cid: str) -> str:
+    return f"{store.folder_id()}/{cid}"
 
 
 def allocate(store, cid: str) -> str:
-    """A free IPv4 for container `cid` (caller holds store.lock())."""
+    """A free IPv4 for container `cid` of this folder, leased host-wide."""
+    from kiwi import hoststate
     network = subnet()
-    state = load_state(store)
-    ip = allocate_in(state, network, cid)
-    save_state(store, state)
-    return ip
+    with hoststate.leases(store) as state:
+        adopt_old_state(state, store)
+        return allocate_in(state, network, owner_of(store, cid))
 
 
-def claim(store, cid: str, wanted: str | None) -> str:
-    """claim_in on the stored state (caller holds store.lock())."""
-    state = load_state(store)
-    ip = claim_in(state, subnet(), cid, wanted)
-    save_state(store, state)
-    return ip
-
-
-def release(store, ip: str | None) -> None:
-    """Give `ip` back (caller holds store.lock()); None or unknown is a no-op."""
+def release(store, ip: str | None, cid: str) -> None:
+    """Give back `ip` if this folder's container `cid` holds it; None is a no-op."""
     if not ip:
         return
-    state = load_state(store)
-    release_in(state, ip)
-    save_state(store, state)
+    from kiwi import hoststate
+    with hoststate.leases(store) as state:
+        release_in(state, ip, owner_of(store, cid))
+
+
+def claim(store, cid: str, ip: str | None) -> str | None:
+    """At start: keep the recorded address when it is free or already ours, else lease a
+    new one (a copied folder, or a lease another folder took meanwhile). Returns the
+    address to use; the caller records it when it changed."""
+    from kiwi import hoststate
+    network = subnet()
+    if ip and not can_parse_in(ip, network):
+        return ip  # outside KIWI_SUBNET: network.attach_container says what to do
+    owner = owner_of(store, cid)
+    with hoststate.leases(store) as state:
+        adopt_old_state(state, store)
+        pool = pool_of(state, network)
+        if ip and can_take(pool, network, ip, owner):
+            if pool["owners"].get(ip) != owner:
+                take_exact(pool, network, ip, owner)
+            return ip
+        return take(pool, network, owner)
+
+
+def can_parse_in(ip: str, network: IPv4Network) -> bool:
+    try:
+        return IPv4Address(ip) in network
+    except ValueError:
+        return False
+
+
+def own_leases(state: dict, fid: str) -> list[tuple[str, str]]:
+    """(ip, container id) of every lease this folder holds."""
+    prefix = fid + "/"
+    return [(ip, owner[len(prefix):]) for pool in state["subnets"].values()
+            for ip, owner in pool["owners"].items() if owner.startswith(prefix)]
+
+
+def adopt_old_state(state: dict, store) -> None:
+    """Addresses an older Kiwi recorded in <folder>/network/ipam.json join the host-wide
+    leases once (unless another folder holds them already)."""
+    from kiwi.store import is_container_id, read_json
+    old = store.root / OLD_STATE
+    if not old.exists():
+        return
+    for text, pool in read_json(old, limit=64 << 20).get("subnets", {}).items():
+        network = parse_subnet(text)
+        target = pool_of(state, network)
+        for ip, cid in pool.get("owners", {}).items():
+            owner = owner_of(store, cid)
+            if is_container_id(cid) and can_take(target, network, ip, owner):
+                take_exact(target, network, ip, owner)
+    os.replace(old, old.with_name("ipam.json.adopted"))

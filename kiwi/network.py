@@ -6,11 +6,27 @@ without `nft`, in Kiwi's own iptables chains `KIWI-<bridge>`. Nothing here
 touches rules or links that Kiwi did not make, except one jump into FORWARD
 (or DOCKER-USER) and POSTROUTING, inserted once.
 
+Several data folders may share one bridge. Every object records its owner:
+the bridge carries the alias "kiwi bridge", a container's host veth the alias
+"kiwi <folder id>/<container id>" (its name is a hash of both, so the same id
+in two folders never clashes), its anti-spoofing chain the same comment. A
+folder removes only veths and chains naming it; the bridge and its tables go
+when no port is left on the bridge and no kiwi is starting a container on it.
+
+Anti-spoofing (Incus' security.ipv4_filtering): the table `bridge kiwi-<bridge>`
+sends every frame arriving from a Kiwi veth to that veth's own chain, which
+drops it unless its Ethernet and ARP sender MAC are the container's, its IPv4
+and ARP sender address the container's, and it is IPv4 or ARP at all. The
+chain is in place before the veth joins the bridge. Containers still reach
+each other, the bridge's address and, through NAT, the outside.
+
 Call `ensure_bridge()` and `ensure_nat()` (or `setup_host()`) while holding
-`store.lock()` so concurrent starts do not race on the iptables jumps.
+`store.lock()` so concurrent starts do not race on the iptables jumps, and
+inside `bridge_in_use()` until the container's veth is on the bridge.
 """
 
 import errno
+import hashlib
 import ipaddress
 import os
 import re
@@ -49,14 +65,18 @@ from kiwi.errors import KiwiError
 DEFAULT_BRIDGE = "kiwi0"
 BRIDGE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 VETH_PREFIX = "kw"
-VETH_ID_CHARS = 10  # "kw" + 10 id characters fits IFNAMSIZ (15)
-VETH_NAME_RE = re.compile(r"kw[0-9a-f]{1,10}")
+VETH_HASH_CHARS = 12  # "kw" + 12 hex characters fits IFNAMSIZ (15)
+BRIDGE_ALIAS = "kiwi bridge"
+OWNER_ALIAS_PREFIX = "kiwi "
+MAC_PREFIX = "02:6b"  # locally administered, unicast; the other 4 bytes are the IPv4
 CONTAINER_IFNAME = "eth0"
 MAIN_TABLE = 254
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 LEGACY_TABLES = "/proc/net/ip_tables_names"
 NO_OUTBOUND_WARNING = ("neither nft nor iptables is installed; containers have no "
                        "outbound network access (install nftables)")
+NO_FILTER_WARNING = ("the anti-spoofing filter needs nft: containers can send with other "
+                     "containers' addresses (install nftables)")
 
 
 # -- names -------------------------------------------------------------------------
@@ -70,9 +90,20 @@ def bridge_name() -> str:
     return name
 
 
-def veth_name(cid: str) -> str:
-    """Host side of a container's veth pair; fits IFNAMSIZ."""
-    return VETH_PREFIX + cid[:VETH_ID_CHARS]
+def owner_tag(folder_id: str, cid: str) -> str:
+    return f"{folder_id}/{cid}"
+
+
+def veth_name(cid: str, folder_id: str) -> str:
+    """Host side of a container's veth pair: unique per folder and container, fits IFNAMSIZ."""
+    digest = hashlib.sha256(owner_tag(folder_id, cid).encode()).hexdigest()
+    return VETH_PREFIX + digest[:VETH_HASH_CHARS]
+
+
+def container_mac(ipv4: str) -> str:
+    """eth0's MAC inside the container (or the bridge's, for the gateway), derived from
+    the address: unique on the bridge."""
+    return ":".join([MAC_PREFIX, *(f"{b:02x}" for b in ipaddress.IPv4Address(ipv4).packed)])
 
 
 def nft_table(bridge: str) -> str:
@@ -92,6 +123,10 @@ def link_index(ipr, name: str) -> int | None:
 
 def link_kind(link) -> str | None:
     return link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
+
+
+def link_alias(ipr, index: int) -> str | None:
+    return ipr.get_links(index)[0].get("IFLA_IFALIAS")
 
 
 def ignore_exists(action) -> None:
@@ -134,7 +169,7 @@ def ensure_bridge() -> str:
         index = link_index(ipr, bridge)
         check_subnet_is_free(ipr, subnet, index)
         if index is None:
-            index = create_bridge(ipr, bridge)
+            index = create_bridge(ipr, bridge, container_mac(ipam.gateway(subnet)))
         elif link_kind(ipr.get_links(index)[0]) != "bridge":
             raise KiwiError(f"{bridge} exists and is not a bridge; set KIWI_BRIDGE to another name")
         try:
@@ -146,17 +181,54 @@ def ensure_bridge() -> str:
     return bridge
 
 
-def create_bridge(ipr, bridge: str) -> int:
+def create_bridge(ipr, bridge: str, mac: str) -> int:
+    # A fixed MAC: else the bridge takes its lowest port's, and every container's ARP
+    # entry for the gateway goes stale when that container stops.
     try:
-        ignore_exists(lambda: ipr.link("add", ifname=bridge, kind="bridge"))
+        ipr.link("add", ifname=bridge, kind="bridge", address=mac)
+        index = link_index(ipr, bridge)
+        ipr.link("set", index=index, ifalias=BRIDGE_ALIAS)  # Kiwi made it: Kiwi may remove it
     except NetlinkError as e:
+        if e.code == errno.EEXIST:  # a concurrent start made it
+            return link_index(ipr, bridge)
         raise netlink_failure(f"creating bridge {bridge}", e) from None
-    return link_index(ipr, bridge)
+    return index
 
 
 def remove_bridge() -> None:
-    """Delete the bridge (cleanup when no container runs); absent is fine."""
+    """Delete the bridge; absent is fine."""
     delete_link(bridge_name())
+
+
+def bridge_lock_path(bridge: str):
+    from kiwi import hoststate
+    return hoststate.lock_file(f"bridge-{bridge}.lock")
+
+
+def bridge_in_use():
+    """Held (shared) by every start from ensure_bridge until its veth is on the bridge."""
+    from kiwi.store import flock
+    return flock(bridge_lock_path(bridge_name()), shared=True)
+
+
+def remove_bridge_if_unused() -> list[str]:
+    """Remove the bridge, NAT and filter tables when no container of any folder uses
+    them: none of its ports left and no start under way. Only a bridge Kiwi made."""
+    from kiwi.store import flock
+    bridge = bridge_name()
+    try:
+        with flock(bridge_lock_path(bridge), wait=False):
+            with IPRoute() as ipr:
+                index = link_index(ipr, bridge)
+                if index is None or link_alias(ipr, index) != BRIDGE_ALIAS:
+                    return []
+                if any(link.get("IFLA_MASTER") == index for link in ipr.get_links()):
+                    return []
+            remove_nat()
+            delete_link(bridge)
+    except BlockingIOError:
+        return []  # a kiwi is starting a container on it
+    return [f"bridge {bridge} and its NAT (no container uses them)"]
 
 
 def delete_link(name: str) -> None:
@@ -173,36 +245,40 @@ def delete_link(name: str) -> None:
 
 # -- veth pairs --------------------------------------------------------------------------
 
-def attach_container(cid: str, ipv4: str, netns_pid: int) -> str:
-    """Give the network namespace of `netns_pid` an eth0 on the bridge; returns the host veth."""
+def attach_container(cid: str, ipv4: str, netns_pid: int, folder_id: str) -> str:
+    """Give the network namespace of `netns_pid` an eth0 on the bridge; returns the host veth.
+
+    The veth joins the bridge only after its anti-spoofing chain is in place."""
     bridge, subnet = bridge_name(), ipam.subnet()
-    host = veth_name(cid)
+    host = veth_name(cid, folder_id)
     if ipaddress.ip_address(ipv4) not in subnet:
         raise KiwiError(f"container {cid} has address {ipv4}, outside KIWI_SUBNET {subnet}; "
                         "recreate it or set KIWI_SUBNET back")
-    detach_container(cid)  # a stale pair from a crashed start
+    delete_own_veth(cid, folder_id)  # a stale pair from a crashed start
     with IPRoute() as ipr:
         bridge_index = link_index(ipr, bridge)
         if bridge_index is None:  # removed by a concurrent cleanup
             ensure_bridge()
             bridge_index = link_index(ipr, bridge)
-        create_veth_pair(ipr, host, netns_pid)
+        create_veth_pair(ipr, host, netns_pid, container_mac(ipv4))
         try:
+            ipr.link("set", index=link_index(ipr, host), ifalias=OWNER_ALIAS_PREFIX + owner_tag(folder_id, cid))
+            allow_only_own_addresses(bridge, host, container_mac(ipv4), ipv4, owner_tag(folder_id, cid))
             ipr.link("set", index=link_index(ipr, host), master=bridge_index, state="up")
             configure_container_side(netns_pid, ipv4, subnet)
         except BaseException as e:
-            delete_link(host)  # also removes the peer inside the namespace
+            detach_container(cid, folder_id)  # also removes the peer inside the namespace
             if isinstance(e, NetlinkError):
                 raise netlink_failure(f"connecting container {cid} to {bridge}", e) from None
             raise
     return host
 
 
-def create_veth_pair(ipr, host: str, netns_pid: int) -> None:
+def create_veth_pair(ipr, host: str, netns_pid: int, mac: str) -> None:
     # The peer is born inside the container's namespace, so its name cannot clash on the host.
     try:
         ipr.link("add", ifname=host, kind="veth",
-                 peer={"ifname": CONTAINER_IFNAME, "net_ns_pid": netns_pid})
+                 peer={"ifname": CONTAINER_IFNAME, "net_ns_pid": netns_pid, "address": mac})
     except NetlinkError as e:
         raise netlink_failure(f"creating veth {host} for process {netns_pid}", e) from None
 
@@ -217,21 +293,105 @@ def configure_container_side(netns_pid: int, ipv4: str, subnet) -> None:
         ns.route("add", dst="0.0.0.0/0", gateway=ipam.gateway(subnet))
 
 
-def detach_container(cid: str) -> None:
-    """Delete the container's host veth if it exists."""
-    delete_link(veth_name(cid))
+def detach_container(cid: str, folder_id: str) -> None:
+    """Delete the container's host veth and its filter chain, if they exist."""
+    forget_port(bridge_name(), veth_name(cid, folder_id))
+    delete_own_veth(cid, folder_id)
 
 
-def list_kiwi_veths() -> list[str]:
-    """Kiwi veths on this bridge (for cleanup); other instances' veths are not ours."""
+def delete_own_veth(cid: str, folder_id: str) -> None:
+    host = veth_name(cid, folder_id)
     with IPRoute() as ipr:
-        bridge_index = link_index(ipr, bridge_name())
-        if bridge_index is None:
-            return []
-        return sorted(link.get("IFLA_IFNAME") for link in ipr.get_links()
-                      if link_kind(link) == "veth"
-                      and link.get("IFLA_MASTER") == bridge_index
-                      and VETH_NAME_RE.fullmatch(link.get("IFLA_IFNAME") or ""))
+        index = link_index(ipr, host)
+        # The name is a hash of the owner; an alias naming someone else is not ours anyway.
+        if index is None or link_alias(ipr, index) not in (None, "", OWNER_ALIAS_PREFIX + owner_tag(folder_id, cid)):
+            return
+    delete_link(host)
+
+
+def list_kiwi_veths(folder_id: str) -> dict[str, str]:
+    """{veth: container id} of every veth this data folder made (for cleanup)."""
+    mine = OWNER_ALIAS_PREFIX + folder_id + "/"
+    with IPRoute() as ipr:
+        return {link.get("IFLA_IFNAME"): alias[len(mine):] for link in ipr.get_links()
+                if link_kind(link) == "veth"
+                and (alias := link.get("IFLA_IFALIAS") or "").startswith(mine)}
+
+
+# -- anti-spoofing --------------------------------------------------------------------------
+
+def spoof_table(bridge: str) -> str:
+    return f"bridge {nft_table(bridge)}"
+
+
+def spoof_filter_ruleset(bridge: str) -> str:
+    """The shared part; adding it again keeps every port chain and map element.
+
+    A bridge-family hook sees the frames of EVERY bridge on the host (the kernel
+    here has no `meta ibrname`), so it only acts on ports in its map: interface
+    names are unique host-wide, and another bridge's ports pass untouched."""
+    table = spoof_table(bridge)
+    return f"""add table {table}
+add map {table} ports {{ type ifname : verdict; }}
+add chain {table} prerouting {{ type filter hook prerouting priority filter; policy accept; }}
+flush chain {table} prerouting
+add rule {table} prerouting iifname vmap @ports
+"""
+
+
+def port_chain(host: str) -> str:
+    return f"port-{host}"
+
+
+def port_ruleset(bridge: str, host: str, mac: str, ipv4: str, owner: str) -> str:
+    table, chain = spoof_table(bridge), port_chain(host)
+    rules = [
+        f"ether saddr != {mac} drop",
+        "ether type arp arp htype != 1 drop",
+        "ether type arp arp hlen != 6 drop",
+        "ether type arp arp plen != 4 drop",
+        f"ether type arp arp saddr ether != {mac} drop",
+        f"ether type arp arp saddr ip != {ipv4} drop",
+        f"ether type ip ip saddr != {ipv4} drop",
+        "ether type != { ip, arp } drop",
+        "accept",
+    ]
+    return (f'add chain {table} {chain} {{ comment "{OWNER_ALIAS_PREFIX}{owner}"; }}\n'
+            f"flush chain {table} {chain}\n"
+            + "".join(f"add rule {table} {chain} {rule}\n" for rule in rules)
+            + f'add element {table} ports {{ "{host}" : jump {chain} }}\n')
+
+
+def allow_only_own_addresses(bridge: str, host: str, mac: str, ipv4: str, owner: str) -> None:
+    nft = find_nft()
+    if not nft:
+        return  # setup_host warned: without nft there is no filter
+    # With the shared part: it may not exist yet (NAT by iptables) or a cleanup removed it.
+    ruleset = spoof_filter_ruleset(bridge) + port_ruleset(bridge, host, mac, ipv4, owner)
+    result = run([nft, "-f", "-"], ruleset)
+    if result.returncode != 0:
+        raise KiwiError(f"nft could not install the anti-spoofing filter: {first_line(result.stderr)}")
+
+
+def forget_port(bridge: str, host: str) -> None:
+    """Remove a veth's map element and chain; either may be missing."""
+    nft = find_nft()
+    if not nft:
+        return
+    table, chain = spoof_table(bridge), port_chain(host)
+    # One transaction: element and chain are only ever added together.
+    run([nft, "-f", "-"], f'delete element {table} ports {{ "{host}" }}\n'
+                          f"flush chain {table} {chain}\ndelete chain {table} {chain}\n")
+
+
+def own_port_chains(bridge: str, folder_id: str) -> dict[str, str]:
+    """{veth: container id} of the port chains this folder made on the bridge's filter."""
+    nft = find_nft()
+    if not nft:
+        return {}
+    listing = run([nft, "list", "table", *spoof_table(bridge).split()]).stdout
+    pattern = rf'chain {port_chain("")}({VETH_PREFIX}[0-9a-f]+) {{\s+comment "{OWNER_ALIAS_PREFIX}{folder_id}/([0-9a-f]+)"'
+    return dict(re.findall(pattern, listing))
 
 
 # -- NAT and forwarding -------------------------------------------------------------------
@@ -264,7 +424,7 @@ def ensure_nat() -> str | None:
     enable_ip_forward()
     nft, iptables = find_nft(), find_iptables()
     if nft:
-        result = run([nft, "-f", "-"], nft_ruleset(bridge, subnet))
+        result = run([nft, "-f", "-"], nft_ruleset(bridge, subnet) + spoof_filter_ruleset(bridge))
         if result.returncode == 0:
             accept_in_dropping_iptables(bridge)
             return None
@@ -273,7 +433,7 @@ def ensure_nat() -> str | None:
     if iptables:
         iptables_forward_accept(iptables, bridge)
         iptables_masquerade(iptables, bridge, subnet)
-        return None
+        return NO_FILTER_WARNING
     return NO_OUTBOUND_WARNING
 
 
@@ -304,8 +464,8 @@ def remove_nat() -> None:
     bridge = bridge_name()
     nft = find_nft()
     if nft:
-        table = nft_table(bridge)
-        run([nft, "-f", "-"], f"table inet {table}\ndelete table inet {table}\n")
+        tables = (f"inet {nft_table(bridge)}", spoof_table(bridge))
+        run([nft, "-f", "-"], "".join(f"table {t}\ndelete table {t}\n" for t in tables))
     for iptables in iptables_variants():
         iptables_remove_chain(iptables, "filter", ("FORWARD", "DOCKER-USER"), bridge)
         iptables_remove_chain(iptables, "nat", ("POSTROUTING",), bridge)

@@ -59,7 +59,14 @@ def read_runtime(store: Store, cid: str) -> dict | None:
         return None
     if process_start_time(pid) != record.get("init_start_time"):
         return None
+    if record.get("root", store.real_root) != store.real_root:
+        return None  # a record copied along with the folder: the init is the original's
     return record
+
+
+def container_cgroup(store: Store, cid: str):
+    from . import cgroups
+    return cgroups.Cgroup.for_container(cid, store.folder_id())
 
 
 def read_mount(store: Store, cid: str) -> str | None:
@@ -104,7 +111,7 @@ def start(store: Store, cid: str) -> dict:
         config = store.container_config(cid)
         if read_mount(store, cid):
             raise KiwiError(f"container {cid} is mounted while stopped; run 'kiwi unmount {cid}' before starting it")
-        teardown(store, cid)  # whatever a crashed earlier start left
+        teardown(store, cid, release_network=False)  # whatever a crashed earlier start left
         return Starter(store, config).run()
 
 
@@ -120,7 +127,7 @@ class Starter:
         self.separate_net = config.get("network", "separate") != "host"
 
     def run(self) -> dict:
-        from . import cgroups, images
+        from . import images
         images.get_image(self.store, self.config["image"])
         self.lower = str(self.store.image_dir(self.config["image"]) / "rootfs")
         self.store.ensure_layout()
@@ -128,8 +135,9 @@ class Starter:
         for sub in ("state", "root"):
             (self.rdir / sub).mkdir(mode=0o700, exist_ok=True)
         self.device = None
+        self.holds = contextlib.ExitStack()
         try:
-            self.cgroup = cgroups.Cgroup.for_container(self.cid)
+            self.cgroup = container_cgroup(self.store, self.cid)
             self.cgroup.create()
             self.cgroup.set_limits(self.config.get("memory"), self.config.get("cpu"), DEFAULT_PIDS_MAX)
             if self.separate_net:
@@ -143,27 +151,44 @@ class Starter:
             self.cgroup.restrict_devices(rootfs.ALLOWED_DEVICES)
             record = {"init_pid": init_pid, "init_start_time": process_start_time(init_pid),
                       "cgroup_version": self.cgroup.version, "network": self.config.get("network"),
-                      "started": time.time()}
+                      "started": time.time(), "folder": self.store.folder_id(),
+                      "root": self.store.real_root}
             if self.separate_net:
                 from . import network
-                record["veth"] = network.attach_container(self.cid, self.config["ipv4"], init_pid)
+                record["veth"] = network.attach_container(self.cid, self.config["ipv4"], init_pid,
+                                                          self.store.folder_id())
+                record["mac"] = network.container_mac(self.config["ipv4"])
+            self.holds.close()
             atomic_write_json(runtime_file(self.store, self.cid), record, mode=0o600)
             if getattr(self, "nat_warning", None):
                 record["warning"] = self.nat_warning  # for the CLI to show; not persisted
             return record
         except BaseException:
-            teardown(self.store, self.cid)
+            teardown(self.store, self.cid, release_network=False)
             raise
         finally:
+            self.holds.close()
             # The mount inside the container now holds the autoclear loop device.
             if self.device is not None:
                 self.device.release()
 
     def prepare_network(self) -> None:
-        from . import network
+        from . import ipam, network
+        self.claim_address(ipam)
+        # Until our veth is on the bridge, no other folder's stop or cleanup may remove it.
+        self.holds.enter_context(network.bridge_in_use())
         with self.store.lock():
             network.ensure_bridge()
             self.nat_warning = network.ensure_nat()
+
+    def claim_address(self, ipam) -> None:
+        """Lease the recorded address host-wide; a new one if another folder holds it
+        (a copied folder), recorded in the config before anything uses it."""
+        ipv4 = ipam.claim(self.store, self.cid, self.config.get("ipv4"))
+        if ipv4 != self.config.get("ipv4"):
+            from . import containers
+            self.config["ipv4"] = ipv4
+            containers.save_config(self.store, self.config)
 
     def attach_storage(self):
         from . import loop, storage
@@ -378,12 +403,15 @@ def spawn(store: Store, cid: str, argv: list[str] | None, fds=(0, 1, 2), term: s
     stdio.py); tty: fds[0] is a PTY slave that becomes its controlling terminal.
     """
     from . import cgroups, security
-    init_pid = running_record(store, cid)["init_pid"]
+    record = running_record(store, cid)
+    init_pid = record["init_pid"]
     config = store.container_config(cid)
     argv, shell = command_of(init_pid, config, argv)
     opened = []
     try:
-        cgroup_fds = cgroups.Cgroup.for_container(cid).open_procs_files()
+        # The folder the start recorded: no host-wide registry lookup on the exec path.
+        cgroup = cgroups.Cgroup.for_container(cid, record.get("folder") or store.folder_id())
+        cgroup_fds = cgroup.open_procs_files()
         opened += cgroup_fds
         ns_fds = open_namespaces(init_pid, config.get("network", "separate") != "host")
         opened += ns_fds
@@ -479,7 +507,6 @@ def wait_for_exit(pid: int, start_time: int | None, timeout: float) -> bool:
 
 def stop(store: Store, cid: str, grace: float = 10) -> bool:
     """SIGTERM to the init (it forwards to everyone), then kill after the grace period."""
-    from . import cgroups
     with store.container_lock(cid):
         record = read_runtime(store, cid)
         stop_sessions(store, cid)
@@ -488,7 +515,9 @@ def stop(store: Store, cid: str, grace: float = 10) -> bool:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             if not wait_for_exit(pid, start_time, grace):
-                cgroups.Cgroup.for_container(cid).kill_all()
+                cgroup = container_cgroup(store, cid)
+                if not cgroup.foreign():
+                    cgroup.kill_all()
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 wait_for_exit(pid, start_time, 5)
@@ -503,16 +532,20 @@ def stop_sessions(store: Store, cid: str) -> None:
             sessions.stop_all(store, cid)
 
 
-def teardown(store: Store, cid: str) -> None:
-    """Remove what a start set up; safe to call on a partly started or dead container."""
-    from . import cgroups
-    cgroup = cgroups.Cgroup.for_container(cid)
-    if cgroup.exists():
+def teardown(store: Store, cid: str, release_network: bool = True) -> None:
+    """Remove what a start set up; safe to call on a partly started or dead container.
+
+    Never touches a cgroup or veth that another data folder made; with
+    release_network, the bridge and NAT go too once no container uses them."""
+    cgroup = container_cgroup(store, cid)
+    if cgroup.exists() and not cgroup.foreign():
         cgroup.kill_all()
         cgroup.remove()
     with contextlib.suppress(Exception):
         from . import network
-        network.detach_container(cid)
+        network.detach_container(cid, store.folder_id())
+        if release_network:
+            network.remove_bridge_if_unused()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(runtime_file(store, cid))
     rdir = store.runtime_dir(cid)
@@ -543,13 +576,12 @@ def cleanup(store: Store) -> list[str]:
 # --- settings on a running container ---------------------------------------------------
 
 def apply_live(store: Store, config: dict, changed: list[str]) -> list[str]:
-    from . import cgroups
     cid = config["id"]
     if not read_runtime(store, cid):
         return []
     notes = []
     if {"memory", "cpu"} & set(changed):
-        cgroups.Cgroup.for_container(cid).set_limits(config.get("memory"), config.get("cpu"), DEFAULT_PIDS_MAX)
+        container_cgroup(store, cid).set_limits(config.get("memory"), config.get("cpu"), DEFAULT_PIDS_MAX)
         notes.append("memory and cpu limits applied to the running container")
     if "network" in changed:
         notes.append("the network change applies at the next start (kiwi stop, then attach)")

@@ -21,8 +21,8 @@ EXPORTED_SETTINGS = ("memory", "cpu", "storage", "network", "shell")
 @contextlib.contextmanager
 def frozen_if_running(store: Store, cid: str):
     """Freeze a running container's processes for a consistent copy; thaw even on error."""
-    from . import cgroups, runtime
-    group = cgroups.Cgroup.for_container(cid) if runtime.read_runtime(store, cid) else None
+    from . import runtime
+    group = runtime.container_cgroup(store, cid) if runtime.read_runtime(store, cid) else None
     if group:
         group.freeze()
     try:

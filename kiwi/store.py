@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import re
@@ -22,6 +23,7 @@ ID_LEN = 12
 # Everything under kiwi-data is root's alone (0700): image trees and containers'
 # upper layers hold setuid-root files an unprivileged host user must never reach.
 PRIVATE_MODE = 0o700
+FOLDER_ID_FILE = "folder-id"
 
 
 def validate_name(name: str, what: str = "name") -> str:
@@ -91,6 +93,18 @@ def read_json(path: Path | str, limit: int = 1 << 20):
         raise KiwiError(f"{path} is damaged ({e}); fix or remove it") from None
 
 
+@contextlib.contextmanager
+def flock(path: Path, wait: bool = True, shared: bool = False):
+    """Hold a lock file; wait=False raises BlockingIOError when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        fcntl.flock(fd, mode | (0 if wait else fcntl.LOCK_NB))
+        yield
+    finally:
+        os.close(fd)
+
+
 def executable_path() -> Path:
     """The kiwi file the user ran. The one-file launcher (cffi_build/launcher.c) runs
     the frozen bundle from a cache folder and names itself in $KIWI_EXECUTABLE."""
@@ -110,6 +124,7 @@ def executable_dir() -> Path:
 class Store:
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._folder_id: str | None = None
 
     @classmethod
     def open(cls) -> Store:
@@ -210,17 +225,61 @@ class Store:
                 raise KiwiError(f"Kiwi's data folder {self.root} is readable by root only;"
                                 f" run this command with sudo")
 
+    # --- identity ---------------------------------------------------------
+    @functools.cached_property
+    def real_root(self) -> str:
+        """The folder's path with symlinks resolved: where it is now."""
+        return str(self.root.resolve())
+
+    def folder_id(self) -> str:
+        """This data folder's identity: random, made once, moves with the folder.
+
+        Everything Kiwi makes outside the folder (cgroups, veths, address
+        leases, filter chains) records it, so that two data folders on one
+        host never touch each other's objects. Checked in with the host-wide
+        registry before first use, so that a copied folder takes a new one
+        before it can touch anything of the original's."""
+        if self._folder_id is None:
+            path = self.root / FOLDER_ID_FILE
+            try:
+                text = path.read_text()[:64].strip()
+            except FileNotFoundError:
+                self.ensure_layout()
+                text = self._publish_folder_id(new_container_id())
+            if not ID_RE.match(text):
+                raise KiwiError(f"{path} is damaged; remove it only if no container of this folder runs")
+            self._folder_id = text
+            from . import hoststate
+            hoststate.check_in(self)
+        return self._folder_id
+
+    def _publish_folder_id(self, fid: str) -> str:
+        """link() makes the first writer win when two kiwi processes race on a new folder."""
+        tmp = self.root / f".{FOLDER_ID_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(fid + "\n")
+        try:
+            os.link(tmp, self.root / FOLDER_ID_FILE)
+        except FileExistsError:
+            fid = (self.root / FOLDER_ID_FILE).read_text()[:64].strip()
+        finally:
+            tmp.unlink()
+        fsync_dir(self.root)
+        return fid
+
+    def renew_folder_id(self) -> str:
+        """A copied folder takes a new identity (the original keeps its own)."""
+        fid = new_container_id()
+        tmp = self.root / f".{FOLDER_ID_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(fid + "\n")
+        os.rename(tmp, self.root / FOLDER_ID_FILE)
+        fsync_dir(self.root)
+        self._folder_id = fid
+        return fid
+
     # --- locks ------------------------------------------------------------
-    @contextlib.contextmanager
     def _flock(self, name: str, wait: bool = True):
         self.ensure_layout()
-        fd = os.open(self.locks_dir / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            # wait=False raises BlockingIOError when another kiwi holds it.
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            yield
-        finally:
-            os.close(fd)
+        return flock(self.locks_dir / name, wait=wait)
 
     def lock(self):
         """The global lock: id, name and IP allocation."""

@@ -94,6 +94,7 @@ def make_env(tmp_path_factory) -> tuple[dict, Path]:
         "KIWI_BRIDGE": f"kt{tag}",
         "KIWI_SUBNET": f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(256)}.0/24",
         "KIWI_CGROUP_PARENT": f"kiwi-test-{tag}",
+        "KIWI_HOST_DIR": str(root.parent / "host"),  # address leases shared by data folders
         "KIWI_TEST_CACHE": str(CACHE),
     })
     env.pop("KIWI_IMAGE_SERVER", None)

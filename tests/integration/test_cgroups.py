@@ -73,11 +73,12 @@ class CgroupLab:
 
     def __init__(self, parent: str):
         self.parent = parent
+        self.folder = secrets.token_hex(6)  # the data folder these cgroups belong to
         self.cgroups: list[cgroups.Cgroup] = []
         self.children: list[subprocess.Popen] = []
 
     def cgroup(self, cid: str | None = None) -> cgroups.Cgroup:
-        group = cgroups.Cgroup.for_container(cid or secrets.token_hex(6))
+        group = cgroups.Cgroup.for_container(cid or secrets.token_hex(6), self.folder)
         self.cgroups.append(group)
         group.create()
         return group
@@ -108,8 +109,8 @@ class CgroupLab:
             _collect(errors, lambda c=child: _reap(c))
         for group in self.cgroups:
             _collect(errors, group.remove)
-        _collect(errors, cgroups.remove_parent_if_empty)
-        _, parents = cgroups._parent_dirs()
+        _collect(errors, lambda: cgroups.remove_parent_if_empty(self.folder))
+        _, parents = cgroups._parent_dirs(self.folder)
         leftovers = [str(d) for d in parents.values() if d.exists()]
         assert not errors, errors
         assert not leftovers, f"cgroups left behind: {leftovers}"
@@ -174,7 +175,7 @@ def test_create_is_idempotent_and_listed(lab):
     group = lab.cgroup("feedfacecafe")
     group.create()
     assert group.exists()
-    assert cgroups.list_container_cgroups() == ["feedfacecafe"]
+    assert cgroups.list_container_cgroups(lab.folder) == ["feedfacecafe"]
 
 
 def test_limits_written_and_read_back(lab):
@@ -303,7 +304,7 @@ def test_kill_all_takes_every_process_even_frozen(lab):
     assert not group.exists()
     for path in group.describe()["paths"].values():
         assert not os.path.exists(path)
-    assert cgroups.list_container_cgroups() == []
+    assert cgroups.list_container_cgroups(lab.folder) == []
 
 
 def test_remove_is_idempotent(lab):

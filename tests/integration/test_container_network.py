@@ -229,7 +229,7 @@ def firewall_snapshot() -> tuple[list[str], set[str]]:
                 rules += section
             section = []
     # iptables-nft's own tables are compared through iptables-save above.
-    tables = {t for t in nft_tables() if not t.startswith("inet kiwi-")
+    tables = {t for t in nft_tables() if not t.startswith(("inet kiwi-", "bridge kiwi-"))
               and t not in ("ip filter", "ip nat")}
     return rules, tables
 
@@ -260,8 +260,9 @@ def host_lock():
 
 # -- links --------------------------------------------------------------------------------------
 
-def veth_of(cid: str) -> str:
-    return "kw" + cid[:10]
+def veth_of(kiwi, cid: str) -> str:
+    from kiwi import network
+    return network.veth_name(cid, (kiwi.root / "folder-id").read_text().strip())
 
 
 def link_exists(name: str) -> bool:
@@ -464,8 +465,8 @@ def test_nat_with_forward_policy_drop(kiwi, busybox, outside):
 def test_stop_and_delete_leave_no_veth(kiwi, busybox):
     bridge = kiwi.env["KIWI_BRIDGE"]
     cid = kiwi.create(busybox)
-    veth = veth_of(cid)
     start(kiwi, cid)
+    veth = veth_of(kiwi, cid)
     assert link_exists(veth)
     assert bridge_ports(bridge) == [veth]
     assert "eth0" in kiwi.out("attach", cid, "--", "cat", "/proc/net/dev")
@@ -495,17 +496,18 @@ def test_fifty_start_stop_cycles_leak_nothing(kiwi, busybox):
     kiwi("stop", cid)
     for _ in range(50):
         start(kiwi, cid)
-        assert bridge_ports(bridge) == [veth_of(cid)]
+        assert bridge_ports(bridge) == [veth_of(kiwi, cid)]
         kiwi("stop", cid)
-        assert not link_exists(veth_of(cid))
-    assert nft_rule_count(bridge) == rules
-    assert ipv4_addresses(bridge) == bridge_addresses
-    assert bridge_ports(bridge) == []
+        assert not link_exists(veth_of(kiwi, cid))
+        # The last container on the bridge stopped: bridge and NAT went with it.
+        assert not link_exists(bridge) and nft_rule_count(bridge) == 0
     assert kiwi.out("ip", cid) == ip
     iptables = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
     assert iptables.count(f"-j KIWI-{bridge}") <= 2  # at most one jump per hook
-    # Still working after all that.
+    # Still working after all that, with the same bridge and rules as the first time.
     start(kiwi, cid)
+    assert nft_rule_count(bridge) == rules
+    assert ipv4_addresses(bridge) == bridge_addresses
     with host_server(gateway(kiwi), "host") as server:
         assert nc_in(kiwi, cid, gateway(kiwi), server.server_address[1]) == f"host {ip}"
 
@@ -556,7 +558,7 @@ def test_network_host_shares_the_host_stack(kiwi, busybox):
     shown = kiwi.out("attach", cid, "--", "ip", "-4", "addr", "show", bridge)
     assert f"inet {gateway(kiwi)}/" in shown
     assert bridge in kiwi.out("attach", cid, "--", "ls", "/sys/class/net")
-    assert veth_of(cid) not in os.listdir("/sys/class/net")
+    assert veth_of(kiwi, cid) not in os.listdir("/sys/class/net")
     refused = kiwi("ip", cid, check=False)
     assert refused.returncode == 1
     assert refused.stderr.startswith("kiwi: ") and "host" in refused.stderr

@@ -34,7 +34,7 @@ def kiwi_environment(kiwi):
 
 def cgroup_of(kiwi, cid):
     with kiwi_environment(kiwi):
-        return cgroups.Cgroup.for_container(cid)
+        return cgroups.Cgroup.for_container(cid, (kiwi.root / "folder-id").read_text().strip())
 
 
 def test_backend_is_the_expected_one():

@@ -119,6 +119,7 @@ class Lab:
         self.processes: list[subprocess.Popen] = []
         self.links: list[str] = []
         self.cids: list[str] = []
+        self.folder = secrets.token_hex(6)  # the data folder these "containers" belong to
         monkeypatch.setenv("KIWI_BRIDGE", self.bridge)
         monkeypatch.setenv("KIWI_SUBNET", self.subnet)
 
@@ -142,7 +143,7 @@ class Lab:
         self.cids.append(cid)
         pid = self.netns()
         ipv4 = self.address(n)
-        network.attach_container(cid, ipv4, pid)
+        network.attach_container(cid, ipv4, pid, self.folder)
         return cid, ipv4, pid
 
     def serve(self, pid: int | None, ip: str, port: int, name: str) -> None:
@@ -175,7 +176,7 @@ class Lab:
     def close(self) -> None:
         """Remove everything, continuing past failures; the first one is re-raised."""
         steps = [lambda proc=proc: stop(proc) for proc in reversed(self.processes)]
-        steps += [lambda cid=cid: delete_link(network.veth_name(cid)) for cid in self.cids]
+        steps += [lambda cid=cid: delete_link(network.veth_name(cid, self.folder)) for cid in self.cids]
         steps += [lambda name=name: delete_link(name) for name in self.links]
         steps += [network.remove_nat, lambda: delete_link(self.bridge)]
         failures = []
@@ -202,6 +203,7 @@ def lab(monkeypatch):
         made.close()
     assert not link_exists(made.bridge)
     assert f"inet kiwi-{made.bridge}" not in nft_tables()
+    assert f"bridge kiwi-{made.bridge}" not in nft_tables()
 
 
 @pytest.fixture
@@ -307,30 +309,31 @@ def test_attach_gives_eth0_address_and_default_route(lab):
     with IPRoute(netns=f"/proc/{pid}/ns/net", flags=0) as ns:
         defaults = [r for r in ns.get_routes(family=socket.AF_INET) if r["dst_len"] == 0]
     assert [r.get("RTA_GATEWAY") for r in defaults] == [lab.gateway]
-    host = network.veth_name(cid)
+    host = network.veth_name(cid, lab.folder)
     assert len(host) <= 15
     with IPRoute() as ipr:
         bridge_index = ipr.link_lookup(ifname=lab.bridge)[0]
         veth = ipr.get_links(ipr.link_lookup(ifname=host)[0])[0]
     assert veth.get("IFLA_MASTER") == bridge_index and veth["flags"] & 1
-    assert network.list_kiwi_veths() == [host]
+    assert network.list_kiwi_veths(lab.folder) == {host: cid}
+    assert network.list_kiwi_veths(secrets.token_hex(6)) == {}  # another folder's view
 
 
 def test_detach_removes_veth_and_is_idempotent(lab):
     network.ensure_bridge()
     cid, _, pid = lab.container(2)
-    network.detach_container(cid)
-    assert not link_exists(network.veth_name(cid))
+    network.detach_container(cid, lab.folder)
+    assert not link_exists(network.veth_name(cid, lab.folder))
     assert set(links_in(pid)) == {"lo"}
-    network.detach_container(cid)
-    assert network.list_kiwi_veths() == []
+    network.detach_container(cid, lab.folder)
+    assert network.list_kiwi_veths(lab.folder) == {}
 
 
 def test_attach_refuses_address_outside_subnet(lab):
     network.ensure_bridge()
     pid = lab.netns()
     with pytest.raises(KiwiError):
-        network.attach_container(secrets.token_hex(6), "10.99.0.2", pid)
+        network.attach_container(secrets.token_hex(6), "10.99.0.2", pid, lab.folder)
 
 
 def test_host_reaches_server_in_container(lab):
@@ -400,7 +403,7 @@ def test_nat_with_iptables_when_nft_is_missing(lab, monkeypatch):
     monkeypatch.setattr(network, "find_nft", lambda: None)
     chain = f"KIWI-{lab.bridge}"
     for _ in range(3):
-        assert network.setup_host() is None
+        assert "anti-spoofing" in network.setup_host()
     assert f"inet kiwi-{lab.bridge}" not in nft_tables()
     assert iptables_rules("-t", "nat", "-S", "POSTROUTING").count(f"-j {chain}") == 1
     assert iptables_rules("-S", "FORWARD").count(f"-j {chain}") == 1
@@ -428,12 +431,13 @@ def test_fifty_attach_detach_cycles_leave_nothing_behind(lab):
     for _ in range(50):
         network.ensure_bridge()
         assert network.ensure_nat() is None
-        network.attach_container(cid, lab.address(2), pid)
-        network.detach_container(cid)
+        network.attach_container(cid, lab.address(2), pid, lab.folder)
+        network.detach_container(cid, lab.folder)
     assert nft_ruleset(lab.bridge) == ruleset
     assert ruleset.count("masquerade") == 1
-    assert network.list_kiwi_veths() == []
-    assert not link_exists(network.veth_name(cid))
+    assert network.list_kiwi_veths(lab.folder) == {}
+    assert network.own_port_chains(lab.bridge, lab.folder) == {}
+    assert not link_exists(network.veth_name(cid, lab.folder))
     assert set(links_in(pid)) == {"lo"}
     assert ipv4_of(None, lab.bridge) == [f"{lab.gateway}/24"]
 

@@ -147,7 +147,7 @@ def test_v1_cgroup_paths_share_comounted_directory():
     mounts = cgroups.parse_mountinfo(HYBRID_MOUNTINFO)
     own = cgroups.parse_proc_cgroup(HYBRID_PROC_CGROUP)
     version, parents = cgroups.resolve_parents("kt", mounts, own, None)
-    group = Cgroup("abc", version, parents)
+    group = Cgroup("abc", version, parents, "0123456789ab")
     assert group.path("memory") == Path("/sys/fs/cgroup/memory/process_api/276a/kt/kiwi-abc")
     assert group.path("cpu") == group.path("cpuacct") == Path("/sys/fs/cgroup/cpu,cpuacct/kt/kiwi-abc")
     assert len(group._unique_dirs()) == 5
@@ -159,14 +159,14 @@ def test_absolute_parent_ignores_own_cgroup():
     mounts = cgroups.parse_mountinfo(HYBRID_MOUNTINFO)
     own = cgroups.parse_proc_cgroup(HYBRID_PROC_CGROUP)
     _, parents = cgroups.resolve_parents("/kiwi", mounts, own, None)
-    assert Cgroup("abc", "v1", parents).path("memory") == Path("/sys/fs/cgroup/memory/kiwi/kiwi-abc")
+    assert Cgroup("abc", "v1", parents, "0123456789ab").path("memory") == Path("/sys/fs/cgroup/memory/kiwi/kiwi-abc")
 
 
 def test_relative_parent_on_v2_goes_below_own_cgroup():
     mount = cgroups.parse_mountinfo(PURE_V2_MOUNTINFO)[0]
     version, parents = cgroups.resolve_parents("kt", [mount], {"unified": "/user.slice/s.scope"}, mount)
     assert version == "v2"
-    assert Cgroup("abc", version, parents).path("pids") == Path("/sys/fs/cgroup/user.slice/s.scope/kt/kiwi-abc")
+    assert Cgroup("abc", version, parents, "0123456789ab").path("pids") == Path("/sys/fs/cgroup/user.slice/s.scope/kt/kiwi-abc")
 
 
 def test_missing_v1_controllers_is_a_clear_error():
@@ -176,7 +176,7 @@ def test_missing_v1_controllers_is_a_clear_error():
 
 
 def test_v2_cgroup_uses_one_directory_for_every_controller():
-    group = Cgroup("abc", "v2", {"unified": (_mount(), "/kiwi")})
+    group = Cgroup("abc", "v2", {"unified": (_mount(), "/kiwi")}, "0123456789ab")
     expected = Path("/sys/fs/cgroup/kiwi/kiwi-abc")
     assert group.path("memory") == group.path("cpuset") == group.path("freezer") == expected
     assert group.describe() == {"version": "v2", "name": "kiwi-abc", "paths": {"unified": str(expected)}}

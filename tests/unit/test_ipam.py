@@ -1,11 +1,13 @@
 import json
+import os
+import shutil
 from ipaddress import IPv4Network
-from pathlib import Path
 
 import pytest
 
 from kiwi import ipam
 from kiwi.errors import KiwiError
+from kiwi.store import Store
 
 
 def test_default_subnet(monkeypatch):
@@ -105,18 +107,79 @@ def test_state_survives_json_round_trip():
     assert again == [ips[2], ips[5], ips[7], "10.213.1.12"]
 
 
-class FakeStore:
-    def __init__(self, root: Path):
-        self.root = root
-
-
-def test_allocate_and_release_persist_in_store(tmp_path, monkeypatch):
+def test_allocate_and_release_persist_host_wide(tmp_path, monkeypatch):
     monkeypatch.setenv("KIWI_SUBNET", "10.213.3.0/24")
-    store = FakeStore(tmp_path)
-    assert ipam.allocate(store, "a") == "10.213.3.2"
-    assert ipam.allocate(store, "b") == "10.213.3.3"
-    saved = json.loads((tmp_path / "network" / "ipam.json").read_text())
-    assert saved["subnets"]["10.213.3.0/24"]["owners"] == {"10.213.3.2": "a", "10.213.3.3": "b"}
-    ipam.release(store, "10.213.3.2")
-    ipam.release(store, None)
-    assert ipam.allocate(store, "c") == "10.213.3.2"
+    monkeypatch.setenv("KIWI_HOST_DIR", str(tmp_path / "host"))
+    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    ca, cb = "0123456789ab", "ba9876543210"
+    assert ipam.allocate(a, ca) == "10.213.3.2"
+    assert ipam.allocate(b, ca) == "10.213.3.3"  # same id, other folder: another address
+    saved = json.loads((tmp_path / "host" / "leases.json").read_text())
+    assert saved["subnets"]["10.213.3.0/24"]["owners"] == {
+        "10.213.3.2": f"{a.folder_id()}/{ca}", "10.213.3.3": f"{b.folder_id()}/{ca}"}
+    assert (tmp_path / "host").stat().st_mode & 0o777 == 0o700
+    ipam.release(a, "10.213.3.3", ca)  # b's lease: a may not give it back
+    ipam.release(b, "10.213.3.2", cb)
+    ipam.release(a, None, ca)
+    assert ipam.allocate(a, cb) == "10.213.3.4"
+    ipam.release(a, "10.213.3.2", ca)
+    assert ipam.allocate(b, cb) == "10.213.3.2"
+
+
+def test_claim_keeps_own_address_and_replaces_a_taken_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("KIWI_SUBNET", "10.213.4.0/24")
+    monkeypatch.setenv("KIWI_HOST_DIR", str(tmp_path / "host"))
+    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    cid = "0123456789ab"
+    ip = ipam.allocate(a, cid)
+    assert ipam.claim(a, cid, ip) == ip
+    assert ipam.claim(b, cid, ip) == "10.213.4.3"  # a copy of a's container in b
+    assert ipam.claim(b, cid, "10.213.4.9") == "10.213.4.9"  # never handed out: taken as it is
+    assert ipam.allocate(a, "ba9876543210") == "10.213.4.4"
+    assert ipam.claim(a, cid, "10.99.0.2") == "10.99.0.2"  # outside the subnet: start says so
+
+
+def test_copied_folder_gets_its_own_identity(tmp_path, monkeypatch):
+    monkeypatch.setenv("KIWI_HOST_DIR", str(tmp_path / "host"))
+    monkeypatch.setenv("KIWI_SUBNET", "10.213.5.0/24")
+    original = Store(tmp_path / "a")
+    ipam.allocate(original, "0123456789ab")
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    copy = Store(tmp_path / "copy")
+    ipam.allocate(copy, "ba9876543210")
+    assert copy.folder_id() != original.folder_id()
+    assert (tmp_path / "copy" / "folder-id").read_text().strip() == copy.folder_id()
+    assert Store(tmp_path / "a").folder_id() == original.folder_id()
+    os.rename(tmp_path / "a", tmp_path / "moved")
+    moved = Store(tmp_path / "moved")
+    ipam.allocate(moved, "aaaaaaaaaaaa")
+    assert moved.folder_id() == original.folder_id()  # a move keeps the identity
+
+
+def test_old_per_folder_leases_are_adopted(tmp_path, monkeypatch):
+    monkeypatch.setenv("KIWI_HOST_DIR", str(tmp_path / "host"))
+    monkeypatch.setenv("KIWI_SUBNET", "10.213.6.0/24")
+    store = Store(tmp_path / "a")
+    old = tmp_path / "a" / "network" / "ipam.json"
+    old.parent.mkdir(parents=True)
+    old.write_text(json.dumps({"subnets": {"10.213.6.0/24": {
+        "next": 5, "free": [2, 3], "owners": {"10.213.6.4": "0123456789ab"}}}}))
+    assert ipam.allocate(store, "ba9876543210") == "10.213.6.2"
+    assert ipam.allocate(store, "aaaaaaaaaaaa") == "10.213.6.3"
+    assert ipam.allocate(store, "bbbbbbbbbbbb") == "10.213.6.5"
+    assert not old.exists()
+
+
+def test_a_folder_is_gone_only_when_its_filesystem_is_there_without_it(tmp_path):
+    from kiwi import hoststate
+    folder = tmp_path / "kiwi-data"
+    folder.mkdir()
+    record = hoststate.where(str(folder))
+    assert not hoststate.folder_is_gone(record)
+    folder.rmdir()
+    assert hoststate.folder_is_gone(record)
+    unplugged = {**record, "mount": str(tmp_path / "not-a-mount")}
+    assert not hoststate.folder_is_gone(unplugged)  # its disk is not mounted: maybe only unplugged
+    other_disk = {**record, "dev": record["dev"] + 1}
+    assert not hoststate.folder_is_gone(other_disk)  # another filesystem is mounted there now
+    assert not hoststate.folder_is_gone({"path": str(folder)})
