@@ -38,8 +38,10 @@ def run(store: Store) -> list[str]:
 
 def clean_container(store: Store, cid: str, removed: list[str]) -> bool:
     """Returns True when the container is really running."""
-    from . import cgroups, loop, storage
+    from . import cgroups, freeze, loop, storage
     if runtime.read_runtime(store, cid):
+        if freeze.thaw_unleased(store, cid):
+            removed.append(f"freeze of container {cid} (its snap or commit was killed)")
         return True
     had_record = runtime.runtime_file(store, cid).exists()
     cgroup = cgroups.Cgroup.for_container(cid)
@@ -97,13 +99,8 @@ def clean_sessions(store: Store) -> list[str]:
 
 
 def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """A zombie (killed a moment ago, not yet reaped) is dead too."""
+    return runtime.process_start_time(pid) is not None
 
 
 def staging_owner(name: str) -> int | None:

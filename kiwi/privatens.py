@@ -5,8 +5,10 @@ leave a mount on the host. Errors come back to the caller as KiwiError.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import signal
 
 from .errors import KiwiError
 
@@ -16,10 +18,16 @@ def run(fn, *args, private_namespace: bool = True):
     (without one, fn switches namespaces itself); returns its (picklable) result."""
     from . import syscalls as sc
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
         try:
+            # A helper must not outlive a killed kiwi: it would go on writing
+            # (a snap of a container no longer frozen) and hold its locks.
+            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(1)
             if private_namespace:
                 sc.unshare(sc.CLONE_NEWNS)
                 sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
@@ -43,6 +51,10 @@ def run(fn, *args, private_namespace: bool = True):
             if not chunk:
                 break
             chunks.append(chunk)
+    except BaseException:  # e.g. a signal turned into an exception: stop the helper first
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        raise
     finally:
         os.close(read_fd)
         os.waitpid(pid, 0)

@@ -81,6 +81,8 @@ def status(store: Store, cid: str) -> dict:
     record = read_runtime(store, cid)
     target = read_mount(store, cid)
     if record:
+        from . import freeze
+        freeze.thaw_if_abandoned(store, cid)
         return {"status": "running", "init_pid": record["init_pid"], "mount_target": target,
                 "cgroup": record.get("cgroup_version")}
     return {"status": "mounted" if target else "stopped", "mount_target": target}
@@ -99,6 +101,8 @@ def start(store: Store, cid: str) -> dict:
     with store.container_lock(cid):
         record = read_runtime(store, cid)
         if record:
+            from . import freeze
+            freeze.thaw_if_abandoned(store, cid, locked=True)
             return record
         config = store.container_config(cid)
         if read_mount(store, cid):
@@ -329,6 +333,8 @@ def spawn(store: Store, cid: str, argv: list[str] | None, fds=(0, 1, 2), term: s
     record = read_runtime(store, cid)
     if not record:
         raise KiwiError(f"container {cid} is not running")
+    from . import freeze
+    freeze.thaw_if_abandoned(store, cid)
     config = store.container_config(cid)
     cgroup = cgroups.Cgroup.for_container(cid)
     ns_fds = open_namespaces(record["init_pid"], config.get("network", "separate") != "host")
@@ -463,6 +469,9 @@ def stop(store: Store, cid: str, grace: float = 10) -> bool:
     from . import cgroups
     with store.container_lock(cid):
         record = read_runtime(store, cid)
+        if record:
+            from . import freeze
+            freeze.thaw_unleased(store, cid)  # a frozen init never sees its SIGTERM
         stop_sessions(store, cid)
         if record:
             pid, start_time = record["init_pid"], record["init_start_time"]

@@ -12,24 +12,11 @@ import shutil
 import tempfile
 
 from . import privatens
+from .freeze import frozen_if_running
 from .errors import KiwiError
 from .store import Store, atomic_write_json, read_json, validate_name
 
 EXPORTED_SETTINGS = ("memory", "cpu", "storage", "network", "shell")
-
-
-@contextlib.contextmanager
-def frozen_if_running(store: Store, cid: str):
-    """Freeze a running container's processes for a consistent copy; thaw even on error."""
-    from . import cgroups, runtime
-    group = cgroups.Cgroup.for_container(cid) if runtime.read_runtime(store, cid) else None
-    if group:
-        group.freeze()
-    try:
-        yield
-    finally:
-        if group:
-            group.thaw()
 
 
 def container_image(store: Store, config: dict) -> tuple[dict, str]:
