@@ -11,6 +11,7 @@ import pickle
 import signal
 
 from .errors import KiwiError
+from .store import host_full, is_disk_full
 
 
 def run(fn, *args, private_namespace: bool = True):
@@ -34,6 +35,8 @@ def run(fn, *args, private_namespace: bool = True):
             payload = ("ok", fn(*args))
         except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
             message = e.message if isinstance(e, KiwiError) else f"{type(e).__name__}: {e}"
+            if isinstance(e, OSError) and is_disk_full(e):
+                message = host_full(e.filename or ".", "writing it").message
             payload = ("error", message)
         try:
             data = pickle.dumps(payload)

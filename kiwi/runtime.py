@@ -107,6 +107,8 @@ def start(store: Store, cid: str) -> dict:
         config = store.container_config(cid)
         if read_mount(store, cid):
             raise KiwiError(f"container {cid} is mounted while stopped; run 'kiwi unmount {cid}' before starting it")
+        from . import storage_ops
+        storage_ops.finish_interrupted_change(store, config)
         teardown(store, cid)  # whatever a crashed earlier start left
         return Starter(store, config).run()
 
@@ -221,7 +223,8 @@ class Starter:
             os.setsid()
             os.umask(0o022)
             rootfs.make_mounts_private()
-            state = rootfs.mount_state(self.device, str(storage_folder(self.cdir)), str(self.rdir / "state"))
+            state = rootfs.mount_state(self.device, str(storage_folder(self.cdir)), str(self.rdir / "state"),
+                                       discard=self.config.get("storage_sparse", False))
             root = str(self.rdir / "root")
             rootfs.mount_overlay(self.lower, state, root)
             root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -13,6 +13,7 @@ import tempfile
 
 from . import privatens
 from .freeze import frozen_if_running
+from .storage_ops import finish_interrupted_change
 from .errors import KiwiError
 from .store import Store, atomic_write_json, read_json, validate_name
 
@@ -33,6 +34,7 @@ def snap(store: Store, cid: str, snapshot: str, progress=None):
         raise KiwiError(f"{out} exists already; choose another snapshot name or remove the file")
     with store.container_lock(cid):
         config = store.container_config(cid)
+        finish_interrupted_change(store, config)
         meta, rootfs = container_image(store, config)
         settings = {k: config.get(k) for k in EXPORTED_SETTINGS}
         settings["name"] = config.get("name")
@@ -130,7 +132,7 @@ def restore_image(store: Store, path: str, manifest: dict, progress=None) -> str
 
 
 def create_from_archive(store: Store, path: str, name: str | None = None, storage_text: str | None = None,
-                        progress=None) -> dict:
+                        progress=None, sparse: bool = False) -> dict:
     from . import archive, containers, storage
     from .sizes import format_size
     if not os.path.isfile(path):
@@ -162,7 +164,7 @@ def create_from_archive(store: Store, path: str, name: str | None = None, storag
 
     try:
         return containers.create(store, image, name=name, storage_text=storage_text,
-                                 settings=settings, populate=populate)
+                                 settings=settings, populate=populate, sparse=sparse)
     except BaseException:
         if not reused:  # restored for this container only (e.g. its upper part was damaged)
             from . import images
@@ -219,6 +221,7 @@ def commit(store: Store, cid: str, image: str, progress=None) -> dict:
     store.ensure_layout()
     with store.container_lock(cid):
         config = store.container_config(cid)
+        finish_interrupted_change(store, config)
         base_meta, rootfs = container_image(store, config)
         staging = store.tmp_dir / f"commit-{os.getpid()}-{image}"
         try:

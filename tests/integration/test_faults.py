@@ -102,3 +102,74 @@ def test_list_and_cleanup_thaw_an_abandoned_freeze(kiwi, busybox):
     finally:
         group.thaw()
         lease_path(kiwi, cid).unlink()
+
+
+# --- 2. killed resizes -------------------------------------------------------------
+
+def image_facts(kiwi, cid) -> dict:
+    img = kiwi.root / "containers" / cid / "state.img"
+    info = subprocess.run(["dumpe2fs", "-h", str(img)], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    config = json.loads((kiwi.root / "containers" / cid / "config.json").read_text())
+    return {"config": config["storage"], "file": img.stat().st_size,
+            "fs": int(fields["Block count"]) * int(fields["Block size"])}
+
+
+def assert_storage_sound(kiwi, cid, context):
+    img = kiwi.root / "containers" / cid / "state.img"
+    fsck = subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True, text=True)
+    assert fsck.returncode == 0, (context, fsck.stdout[-2000:])
+    facts = image_facts(kiwi, cid)
+    assert facts["config"] == facts["file"] == facts["fs"], (context, facts)
+    assert not (kiwi.root / "containers" / cid / "resize.json").exists(), context
+    assert kiwi.json("list", "containers")[0]["storage_limit"] == facts["config"], context
+
+
+def test_killed_resize_is_finished_by_the_next_command(kiwi, busybox):
+    cid = kiwi.create(busybox, "--storage", "3G")
+    # Data spread over the image, so a shrink must move blocks.
+    kiwi.sh(cid, "for i in 1 2 3 4 5 6; do dd if=/dev/urandom of=/root/f$i bs=1M count=60 2>/dev/null; "
+                 "mkdir -p /srv/d$i; echo $i > /srv/d$i/small; done; rm /root/f2 /root/f4; "
+                 "sha256sum /root/f* /srv/d*/small > /root/sums; sync", timeout=300)
+    kiwi("stop", cid)
+    sizes = ["2G", "4G", "2G", "3G", "2G", "4G", "2G", "3G"]
+    delays = [0.15, 0.3, 0.45, 0.6, 0.8, 1.0, 1.3, 1.6]
+    interrupted, before = 0, 3 * GIB
+    for n, (size, after) in enumerate(zip(sizes, delays)):
+        signal_midway(kiwi, ["set", cid, "--storage", size], after, signal.SIGKILL)
+        journaled = (kiwi.root / "containers" / cid / "resize.json").exists()
+        interrupted += journaled
+        if n % 2 == 0:  # start at once: waits for the orphaned resize2fs, then finishes its work
+            assert kiwi.sh(cid, "sha256sum -c -s /root/sums && echo intact", timeout=300).stdout == "intact\n"
+            kiwi("stop", cid)
+        else:  # or set again: the same size reconciles, finishing the interrupted change
+            again = kiwi("set", cid, "--storage", size, timeout=300)
+            assert "Traceback" not in again.stderr
+        assert_storage_sound(kiwi, cid, (size, after))
+        # Killed before its journal entry: nothing changed; after it: the change is complete.
+        wanted = {int(size[0]) * GIB} if journaled or n % 2 else {before, int(size[0]) * GIB}
+        before = image_facts(kiwi, cid)["config"]
+        assert before in wanted, (size, after, before)
+    assert interrupted >= 2, interrupted  # the kills really landed mid-resize
+    assert kiwi.sh(cid, "sha256sum -c -s /root/sums && echo intact").stdout == "intact\n"
+
+
+def test_set_to_the_current_size_reconciles_a_disagreeing_image(kiwi, busybox):
+    cid = kiwi.create(busybox, "--storage", "2G")
+    kiwi.sh(cid, "echo kept > /root/kept")
+    kiwi("stop", cid)
+    # What an older kiwi could leave: config 4G, file and filesystem 2G.
+    config_path = kiwi.root / "containers" / cid / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "storage": 4 * GIB}))
+    kiwi("set", cid, "--storage", "4G")
+    assert_storage_sound(kiwi, cid, "reconciled")
+    assert image_facts(kiwi, cid)["fs"] == 4 * GIB
+    assert kiwi.out("attach", cid, "--", "cat", "/root/kept") == "kept"
+    kiwi("stop", cid)
+    # A damaged journal entry is refused with one line, never guessed at.
+    (kiwi.root / "containers" / cid / "resize.json").write_text('{"old": 1, "new": "x"}')
+    refused = kiwi("attach", cid, "--", "true", check=False)
+    assert refused.returncode == 1 and refused.stderr.startswith("kiwi: ") and "Traceback" not in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    (kiwi.root / "containers" / cid / "resize.json").unlink()
