@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 from test_limits import cgroup_of  # this process computes the cgroup paths of the kiwi under test
 
 MIB = 1 << 20
@@ -173,3 +174,92 @@ def test_set_to_the_current_size_reconciles_a_disagreeing_image(kiwi, busybox):
     assert refused.returncode == 1 and refused.stderr.startswith("kiwi: ") and "Traceback" not in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     (kiwi.root / "containers" / cid / "resize.json").unlink()
+
+
+# --- 3. a full host disk ---------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(kiwi, tmp_path):
+    """The same Kiwi environment, its data folder on a 2600M tmpfs this test mounts."""
+    from conftest import Kiwi, teardown_env
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2600m,mode=0755", "kiwi-test-disk", str(disk)], check=True)
+    small = Kiwi({**kiwi.env, "KIWI_ROOT": str(disk / "kiwi-data")}, disk / "kiwi-data")
+    try:
+        yield small
+    finally:
+        try:
+            teardown_env(small)
+        finally:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def fill(path) -> None:
+    """Fill the filesystem holding path to the last byte."""
+    subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M"], capture_output=True)
+    subprocess.run(["dd", "if=/dev/zero", f"of={path}.tail", "bs=4k"], capture_output=True)
+    assert os.statvfs(path).f_bavail == 0
+
+
+def one_error_line(done, *words):
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kiwi: "), done.stderr
+    assert all(w in lines[0] for w in words), done.stderr
+
+
+def test_full_host_disk_loses_nothing_a_container_synced(small_disk, busybox_tar):
+    kiwi = small_disk
+    kiwi("import", "--name", "busybox", busybox_tar)
+    cid = kiwi.create("busybox", "--storage", "1G")
+    # The limit is reserved on the host at once: a second one does not fit and says so.
+    one_error_line(kiwi("create", "busybox", "--storage", "2G", check=False), "reserving", "--sparse")
+    assert [r["id"] for r in kiwi.json("list", "containers")] == [cid]
+    assert not os.listdir(kiwi.root / ".tmp")
+    kiwi("attach", cid, "--", "true")
+    fill(kiwi.root.parent / "filler")
+    # The host's disk is full, yet what the container writes and syncs is safe.
+    written = kiwi.sh(cid, "dd if=/dev/urandom of=/root/precious bs=1M count=100 2>/dev/null && sync "
+                           "&& sha256sum /root/precious > /root/sum && sync && echo ok", timeout=300)
+    assert written.stdout == "ok\n", written.stderr
+    # Filling the container hits its own limit, nothing else.
+    full = kiwi.sh(cid, "dd if=/dev/zero of=/root/fill bs=1M", check=False, timeout=300)
+    assert full.returncode != 0 and "No space left" in full.stderr, full.stderr
+    kiwi.sh(cid, "rm /root/fill; sync")
+    kiwi("stop", cid)
+    fill(kiwi.root.parent / "filler-again")  # stop freed a few pages of runtime files
+    # Kiwi's own small files do not fit on the full disk: one clear line, nothing half-made.
+    one_error_line(kiwi("attach", cid, "--", "true", check=False), "disk is full")
+    assert kiwi.json("list", "containers")[0]["status"] == "stopped"
+    for filler in kiwi.root.parent.glob("filler*"):
+        filler.unlink()
+    assert kiwi.sh(cid, "sha256sum -c -s /root/sum && echo intact").stdout == "intact\n"
+    assert kiwi.sh(cid, "dmesg >/dev/null 2>&1; touch /root/still-writable && echo rw").stdout == "rw\n"
+
+
+def test_sparse_storage_is_marked_warned_and_gives_space_back(small_disk, busybox_tar):
+    kiwi = small_disk
+    kiwi("import", "--name", "busybox", busybox_tar)
+    cid = kiwi.create("busybox", "--storage", "3G", "--sparse")  # more than the disk: opt-in only
+    listed = kiwi("list")
+    assert "sparse" in listed.stdout.splitlines()[1], listed.stdout
+    assert "warning: sparse containers may still write" in listed.stderr, listed.stderr
+    assert "Traceback" not in listed.stderr and kiwi.json("list", "containers")[0]["storage_sparse"] is True
+    img = kiwi.root / "containers" / cid / "state.img"
+    kiwi.sh(cid, "dd if=/dev/urandom of=/root/big bs=1M count=300 2>/dev/null; sync")
+    grown = img.stat().st_blocks * 512
+    assert grown > 300 * MIB
+    kiwi.sh(cid, "rm /root/big; sync; sleep 1; sync")
+    # Deleted inside = returned to the host (discard through the loop device).
+    deadline = time.monotonic() + 30
+    while img.stat().st_blocks * 512 > grown - 250 * MIB and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert img.stat().st_blocks * 512 <= grown - 250 * MIB, (grown, img.stat().st_blocks * 512)
+    # --reserve claims the whole limit, or refuses in one line when the disk cannot hold it.
+    one_error_line(kiwi("set", cid, "--reserve", check=False), "reserving")
+    kiwi("stop", cid)
+    kiwi("set", cid, "--storage", "2G")
+    kiwi("set", cid, "--reserve")
+    assert img.stat().st_blocks * 512 >= 2 * GIB
+    assert "warning" not in kiwi("list").stderr
