@@ -29,6 +29,7 @@ def run(store: Store) -> list[str]:
     removed += clean_orphan_cgroups(keep)
     removed += clean_orphan_veths(keep)
     removed += clean_tmp(store)
+    removed += clean_abandoned_restores(store)
     removed += clean_partial_archives(store)
     removed += clean_ipam(store)
     if not keep:
@@ -153,6 +154,28 @@ def clean_partial_archives(store: Store) -> list[str]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(folder / name)
             out.append(f"half-written {folder / name}")
+    return out
+
+
+def clean_abandoned_restores(store: Store) -> list[str]:
+    """Images that a killed `create <file>.kiwi` restored for a container it never made.
+    Only images marked with their restorer's identity: never one a user imported."""
+    from . import images, snapshots
+    out = []
+    used = set()
+    for cid in store.container_ids():
+        with contextlib.suppress(KiwiError, OSError):
+            used.add(store.container_config(cid).get("image"))
+    for meta in images.list_images(store):
+        owner = meta.get("restored_by")
+        if owner is None or runtime.owner_alive(owner):
+            continue
+        with contextlib.suppress(KiwiError, OSError):
+            if meta["name"] in used:
+                snapshots.release_restored(store, meta["name"])
+            else:
+                images.delete_image(store, meta["name"])
+                out.append(f"image {meta['name']} restored by a killed create")
     return out
 
 

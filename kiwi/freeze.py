@@ -31,18 +31,6 @@ def lease_file(store: Store, cid: str):
     return store.runtime_dir(cid) / LEASE
 
 
-def own_identity() -> dict:
-    from .runtime import process_start_time
-    return {"pid": os.getpid(), "start_time": process_start_time(os.getpid())}
-
-
-def owner_alive(lease: dict) -> bool:
-    """A dead, zombie or recycled pid is not the owner any more."""
-    from .runtime import process_start_time
-    pid = lease.get("pid")
-    return isinstance(pid, int) and pid > 0 and process_start_time(pid) == lease.get("start_time")
-
-
 def read_lease(store: Store, cid: str) -> dict | None:
     try:
         lease = read_json(lease_file(store, cid))
@@ -83,7 +71,7 @@ def frozen_if_running(store: Store, cid: str):
         return
     group = cgroups.Cgroup.for_container(cid)
     with unwinding_signals():
-        atomic_write_json(lease_file(store, cid), own_identity(), mode=0o600)
+        atomic_write_json(lease_file(store, cid), runtime.own_identity(), mode=0o600)
         try:
             group.freeze()
             yield
@@ -99,6 +87,7 @@ def thaw_if_abandoned(store: Store, cid: str, locked: bool = False) -> bool:
 
     Under the container lock, so a new snap's fresh lease is never taken for
     the dead one; callers that hold the lock already pass locked=True."""
+    from .runtime import owner_alive
     lease = read_lease(store, cid)
     if lease is None or owner_alive(lease):
         return False
@@ -132,6 +121,7 @@ def thaw_abandoned(store: Store, cid: str, lease: dict) -> bool:
 def thaw_unleased(store: Store, cid: str) -> bool:
     """Under the container lock (cleanup): a frozen cgroup that no live lease explains."""
     from . import cgroups
+    from .runtime import owner_alive
     if thaw_if_abandoned(store, cid, locked=True):
         return True
     lease = read_lease(store, cid)

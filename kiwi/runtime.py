@@ -47,6 +47,19 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def own_identity() -> dict:
+    """Who is doing something (a freeze lease, a restore): pid + start time."""
+    return {"pid": os.getpid(), "start_time": process_start_time(os.getpid())}
+
+
+def owner_alive(identity) -> bool:
+    """A dead, zombie or recycled pid is not the owner any more."""
+    if not isinstance(identity, dict):
+        return False
+    pid = identity.get("pid")
+    return isinstance(pid, int) and pid > 0 and process_start_time(pid) == identity.get("start_time")
+
+
 def read_runtime(store: Store, cid: str) -> dict | None:
     """The runtime record if its init is alive, else None."""
     try:
@@ -85,7 +98,21 @@ def status(store: Store, cid: str) -> dict:
         freeze.thaw_if_abandoned(store, cid)
         return {"status": "running", "init_pid": record["init_pid"], "mount_target": target,
                 "cgroup": record.get("cgroup_version")}
+    if not target and left_running(store, cid):
+        return {"status": "stale", "mount_target": None}
     return {"status": "mounted" if target else "stopped", "mount_target": target}
+
+
+def left_running(store: Store, cid: str) -> bool:
+    """Processes of a start that was killed before it wrote its record ('kiwi cleanup' ends them).
+    Only a start leaves a runtime folder without a record, so most stopped containers cost one stat."""
+    from . import cgroups
+    try:
+        if not store.runtime_dir(cid).is_dir():
+            return False
+        return bool(cgroups.Cgroup.for_container(cid).pids())
+    except (OSError, KiwiError):
+        return False
 
 
 # --- start -----------------------------------------------------------------------

@@ -78,15 +78,19 @@ def remember_rootfs_hash(store: Store, image: str, manifest: dict) -> None:
 
 # --- create from a .kiwi file --------------------------------------------------------
 
-def find_identical_image(store: Store, manifest: dict) -> str | None:
-    """A local image with exactly the archive's rootfs, by content hash."""
+def find_identical_image(store: Store, manifest: dict) -> tuple[str | None, bool]:
+    """A local image with exactly the archive's rootfs, by content hash, and whether we
+    now own it (restored by a create that was killed: this create takes it over)."""
     from . import archive, images
     wanted = archive.image_content_hash(manifest)
     preferred = manifest.get("image", {}).get("name")
     candidates = images.list_images(store)
     for meta in candidates:
         if meta.get("rootfs_sha256") == wanted:
-            return meta["name"]
+            if "restored_by" not in meta:
+                return meta["name"], False
+            if take_over_restored(store, meta["name"]):
+                return meta["name"], True
     # Same name but never hashed (e.g. imported from the same tarball): hash it once.
     for meta in candidates:
         if meta.get("name") == preferred and not meta.get("rootfs_sha256"):
@@ -95,8 +99,30 @@ def find_identical_image(store: Store, manifest: dict) -> str | None:
             with store.lock():
                 atomic_write_json(store.image_dir(preferred) / "image.json", meta)
             if digest == wanted:
-                return preferred
-    return None
+                return preferred, False
+    return None, False
+
+
+def take_over_restored(store: Store, image: str) -> bool:
+    """Claim an image whose restoring create died before its container existed."""
+    from .runtime import own_identity, owner_alive
+    path = store.image_dir(image) / "image.json"
+    with store.lock():
+        meta = read_json(path)
+        if owner_alive(meta.get("restored_by")):
+            return False  # another create is restoring it right now
+        meta["restored_by"] = own_identity()
+        atomic_write_json(path, meta)
+    return True
+
+
+def release_restored(store: Store, image: str) -> None:
+    """The container exists: the image is an ordinary one from now on."""
+    path = store.image_dir(image) / "image.json"
+    with store.lock():
+        meta = read_json(path)
+        if meta.pop("restored_by", None) is not None:
+            atomic_write_json(path, meta)
 
 
 def free_image_name(store: Store, base: str, digest: str) -> str:
@@ -114,6 +140,7 @@ def free_image_name(store: Store, base: str, digest: str) -> str:
 def restore_image(store: Store, path: str, manifest: dict, progress=None) -> str:
     """Extract the archive's rootfs as a new image (staged, then renamed)."""
     from . import archive
+    from .runtime import own_identity
     digest = archive.image_content_hash(manifest)
     base = manifest.get("image", {}).get("name") or "restored"
     store.ensure_layout()
@@ -124,6 +151,8 @@ def restore_image(store: Store, path: str, manifest: dict, progress=None) -> str
             name = free_image_name(store, base, digest)
             meta = dict(manifest.get("image") or {})
             meta.update({"name": name, "source": os.path.abspath(path), "rootfs_sha256": digest})
+            # Until its container exists the image is ours: if we are killed, cleanup removes it.
+            meta["restored_by"] = own_identity()
             atomic_write_json(staging / "image.json", meta)
             os.rename(staging, store.image_dir(name))
     finally:
@@ -153,8 +182,9 @@ def create_from_archive(store: Store, path: str, name: str | None = None, storag
         wanted = settings["name"]
         name = wanted if wanted not in store.container_names() else None
     # Only after every check that can refuse: a refused archive must leave no image behind.
-    reused = find_identical_image(store, manifest)
+    reused, owned = find_identical_image(store, manifest)
     image = reused or restore_image(store, path, manifest, progress)
+    owned = owned or not reused
 
     def populate(staging, config):
         if upper:
@@ -163,14 +193,17 @@ def create_from_archive(store: Store, path: str, name: str | None = None, storag
                 os.rmdir(os.path.join(staging, "mnt"))
 
     try:
-        return containers.create(store, image, name=name, storage_text=storage_text,
-                                 settings=settings, populate=populate, sparse=sparse)
+        config = containers.create(store, image, name=name, storage_text=storage_text,
+                                   settings=settings, populate=populate, sparse=sparse)
     except BaseException:
-        if not reused:  # restored for this container only (e.g. its upper part was damaged)
+        if owned:  # restored for this container only (e.g. its upper part was damaged)
             from . import images
             with contextlib.suppress(KiwiError, OSError):
                 images.delete_image(store, image)
         raise
+    if owned:
+        release_restored(store, image)
+    return config
 
 
 def checked_settings(settings: dict, path: str) -> dict:
