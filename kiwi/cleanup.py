@@ -55,12 +55,20 @@ def clean_container(store: Store, cid: str, removed: list[str]) -> bool:
         mount_record.unlink()
         removed.append(f"stale mount record of container {cid}")
         runtime.teardown(store, cid)
+    finish_storage_change(store, cid, removed)
     if not runtime.read_mount(store, cid):
         for dev in loop.find_by_backing_file(str(storage.image_path(store.container_dir(cid)))):
             with contextlib.suppress(OSError):
                 loop.detach(dev)
                 removed.append(f"loop device {dev} of container {cid}")
     return False
+
+
+def finish_storage_change(store: Store, cid: str, removed: list[str]) -> None:
+    from . import storage_ops
+    with contextlib.suppress(KiwiError):  # what cannot be finished, start refuses with the reason
+        if storage_ops.finish_interrupted_change(store, store.container_config(cid)):
+            removed.append(f"half-done storage change of container {cid} (finished it)")
 
 
 def clean_orphan_cgroups(keep: set[str]) -> list[str]:
