@@ -170,7 +170,7 @@ def cmd_set(args) -> int:
     with store.container_lock(cid):
         config = store.container_config(cid)
         notes = []
-        if storage_ops.finish_interrupted_change(store, config):
+        if args.storage is None and storage_ops.finish_interrupted_change(store, config):
             notes.append(f"finished an interrupted storage change: storage is {storage_ops.describe(config['storage'])}")
         changed = containers.apply_settings(config, args.memory, args.cpu, args.network, args.shell)
         if args.sparse is not None:

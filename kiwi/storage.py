@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import KiwiError
 from .sizes import format_size
-from .store import host_full
+from .store import host_full, is_disk_full
 
 GIB = 1 << 30
 MIN_STORAGE = GIB
@@ -55,7 +55,6 @@ def run_tool(argv: list[str], what: str, lock_fd: int | None = None) -> str:
 
 def extend_file(img: Path, size: int, sparse: bool) -> None:
     """Make img size bytes long; unless sparse, reserve every byte on the host now."""
-    import errno
     with open(img, "r+b") as f:
         st = os.fstat(f.fileno())
         if sparse:
@@ -74,7 +73,7 @@ def extend_file(img: Path, size: int, sparse: bool) -> None:
             os.posix_fallocate(f.fileno(), 0, size)
         except OSError as e:
             f.truncate(st.st_size)  # gives back what the failed reservation took
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            if is_disk_full(e):
                 raise host_full(img.parent, f"reserving {format_size(size)} of storage") from None
             raise
 
@@ -163,7 +162,7 @@ def image_agrees(container_dir: Path, size: int) -> bool:
     """state.img's file and filesystem both have the configured size (to the block)."""
     img = image_path(container_dir)
     fs = filesystem_size(img)
-    return fs is not None and img.stat().st_size == size and 0 <= size - fs < 4096
+    return fs is not None and img.exists() and img.stat().st_size == size and 0 <= size - fs < 4096
 
 
 def live_usage(init_pid: int) -> int | None:

@@ -32,7 +32,10 @@ def change_storage(store, config: dict, new_size: int | None, running: bool) -> 
     current = config.get("storage")
     if running:
         return change_running(store, config, new_size)
-    pending = read_intent(cdir)
+    try:
+        pending = read_intent(cdir)
+    except KiwiError:
+        pending = {}  # damaged: the change asked for now replaces it
     if new_size == current and pending is None and (current is None or storage.image_agrees(cdir, current)):
         return []
     if new_size is not None and storage.image_path(cdir).exists():
@@ -72,7 +75,7 @@ def read_intent(cdir) -> dict | None:
         return None
     new = intent.get("new") if isinstance(intent, dict) else 0
     if new is not None and (not isinstance(new, int) or isinstance(new, bool) or new < storage.MIN_STORAGE):
-        raise KiwiError(f"{intent_path(cdir)} is damaged; run kiwi set <container> --storage <size> to redo the resize")
+        raise KiwiError(f"{intent_path(cdir)} is damaged; give the size again: kiwi set {cdir.name} --storage <size>")
     return intent
 
 
