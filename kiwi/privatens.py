@@ -55,18 +55,33 @@ def run(fn, *args, private_namespace: bool = True):
                 break
             chunks.append(chunk)
     except BaseException:  # e.g. a signal turned into an exception: stop the helper first
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        stop_helper(pid)
         raise
     finally:
         os.close(read_fd)
-        os.waitpid(pid, 0)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
     if not chunks:
         raise KiwiError("a helper process died unexpectedly; run 'kiwi cleanup' and try again")
     kind, value = pickle.loads(b"".join(chunks))
     if kind == "error":
         raise KiwiError(value)
     return value
+
+
+def stop_helper(pid: int, grace: float = 2.0) -> None:
+    """SIGTERM first: a helper that inherited our signal handlers unwinds and removes its
+    work files; SIGKILL when it has not ended after grace seconds."""
+    import time
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def mount_state(store, cid: str, mountpoint: str) -> str:

@@ -108,9 +108,12 @@ def left_running(store: Store, cid: str) -> bool:
     Only a start leaves a runtime folder without a record, so most stopped containers cost one stat."""
     from . import cgroups
     try:
-        if not store.runtime_dir(cid).is_dir():
+        if not store.runtime_dir(cid).is_dir() or not cgroups.Cgroup.for_container(cid).pids():
             return False
-        return bool(cgroups.Cgroup.for_container(cid).pids())
+        with store.container_lock(cid, wait=False):
+            return True
+    except BlockingIOError:
+        return False  # a live kiwi is starting it at this moment
     except (OSError, KiwiError):
         return False
 
