@@ -32,6 +32,7 @@ def run(store: Store) -> list[str]:
     removed += clean_orphan_cgroups(store, keep)
     removed += clean_orphan_veths(store, keep)
     removed += clean_tmp(store)
+    removed += clean_abandoned_restores(store)
     removed += clean_partial_archives(store)
     removed += clean_unpack_leftovers(store)
     removed += clean_ipam(store)
@@ -41,8 +42,10 @@ def run(store: Store) -> list[str]:
 
 def clean_container(store: Store, cid: str, removed: list[str]) -> bool:
     """Returns True when the container is really running."""
-    from . import loop, storage
+    from . import freeze, loop, storage
     if runtime.read_runtime(store, cid):
+        if freeze.thaw_unleased(store, cid):
+            removed.append(f"freeze of container {cid} (its snap or commit was killed)")
         return True
     had_record = runtime.runtime_file(store, cid).exists()
     cgroup = runtime.container_cgroup(store, cid)
@@ -55,12 +58,20 @@ def clean_container(store: Store, cid: str, removed: list[str]) -> bool:
         mount_record.unlink()
         removed.append(f"stale mount record of container {cid}")
         runtime.teardown(store, cid)
+    finish_storage_change(store, cid, removed)
     if not runtime.read_mount(store, cid):
         for dev in loop.find_by_backing_file(str(storage.image_path(store.container_dir(cid)))):
             with contextlib.suppress(OSError):
                 loop.detach(dev)
                 removed.append(f"loop device {dev} of container {cid}")
     return False
+
+
+def finish_storage_change(store: Store, cid: str, removed: list[str]) -> None:
+    from . import storage_ops
+    with contextlib.suppress(KiwiError):  # what cannot be finished, start refuses with the reason
+        if storage_ops.finish_interrupted_change(store, store.container_config(cid)):
+            removed.append(f"half-done storage change of container {cid} (finished it)")
 
 
 def clean_orphan_cgroups(store: Store, keep: set[str]) -> list[str]:
@@ -105,13 +116,8 @@ def clean_sessions(store: Store) -> list[str]:
 
 
 def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """A zombie (killed a moment ago, not yet reaped) is dead too."""
+    return runtime.process_start_time(pid) is not None
 
 
 def staging_owner(name: str) -> int | None:
@@ -185,6 +191,28 @@ def clean_partial_archives(store: Store) -> list[str]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(folder / name)
             out.append(f"half-written {folder / name}")
+    return out
+
+
+def clean_abandoned_restores(store: Store) -> list[str]:
+    """Images that a killed `create <file>.kiwi` restored for a container it never made.
+    Only images marked with their restorer's identity: never one a user imported."""
+    from . import images, snapshots
+    out = []
+    used = set()
+    for cid in store.container_ids():
+        with contextlib.suppress(KiwiError, OSError):
+            used.add(store.container_config(cid).get("image"))
+    for meta in images.list_images(store):
+        owner = meta.get("restored_by")
+        if owner is None or runtime.owner_alive(owner):
+            continue
+        with contextlib.suppress(KiwiError, OSError):
+            if meta["name"] in used:
+                snapshots.release_restored(store, meta["name"])
+            else:
+                images.delete_image(store, meta["name"])
+                out.append(f"image {meta['name']} restored by a killed create")
     return out
 
 

@@ -86,12 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", help="number of CPUs, or 'host' (replaces a .kiwi file's)")
     p.add_argument("--network", choices=["host", "separate"],
                    help="share the host's network or not (default separate; never taken from a .kiwi file)")
+    p.add_argument("--sparse", action="store_true",
+                   help="do not reserve the storage limit on the host's disk (may run out when the host fills)")
 
     p = sub.add_parser("set", help="change a container's settings")
     p.add_argument("container")
     p.add_argument("--memory", help="memory limit, e.g. 256M (bare number = MiB), or 'host'")
     p.add_argument("--cpu", help="number of CPUs, or 'host'")
     p.add_argument("--storage", help="storage limit (at least 1G), or 'host'")
+    reserve = p.add_mutually_exclusive_group()
+    reserve.add_argument("--sparse", dest="sparse", action="store_true", default=None,
+                         help="stop reserving the storage limit on the host's disk")
+    reserve.add_argument("--reserve", dest="sparse", action="store_false", default=None,
+                         help="reserve the whole storage limit on the host's disk (the default)")
     p.add_argument("--network", choices=["host", "separate"], help="share the host's network or not")
     p.add_argument("--shell", help="shell for sessions, an absolute path inside the container")
 

@@ -54,6 +54,7 @@ def container_rows(store: Store) -> list[dict]:
             "ipv4": None if config.get("network") == "host" else config.get("ipv4"),
             "memory": config.get("memory"), "cpu": config.get("cpu"),
             "storage_used": used, "storage_limit": limit,
+            "storage_sparse": limit is not None and bool(config.get("storage_sparse")),
             "network": config.get("network", "separate"),
             "mount": state.get("mount_target"), "cgroup": state.get("cgroup"),
         })
@@ -72,6 +73,7 @@ def show_containers(rows: list[dict]) -> None:
     table = []
     for r in rows:
         storage = f"{format_size(r['storage_used'])}/{limit(r['storage_limit'], format_size)}"
+        storage += " sparse" if r.get("storage_sparse") else ""
         status = r["status"] + (f" ({r['cgroup']})" if r.get("cgroup") else "")
         table.append([r["id"], r["name"] or "-", status, r["image"] or "-",
                       r["ipv4"] or ("host" if r["network"] == "host" else "-"),
@@ -90,6 +92,10 @@ def cmd_list(args) -> int:
     data = {}
     if args.what in ("containers", "all"):
         data["containers"] = container_rows(store)
+        from .containers import sparse_shortfall
+        shortfall = sparse_shortfall(store, [r["id"] for r in data["containers"] if r["storage_sparse"]])
+        if shortfall:
+            warn(shortfall)
     if args.what in ("images", "all"):
         data["images"] = image_rows(store)
     if args.json:
@@ -168,12 +174,12 @@ def cmd_create(args) -> int:
         try:
             config = snapshots.create_from_archive(store, args.image, name=args.name,
                                                    storage_text=args.storage, overrides=settings,
-                                                   notes=notes, progress=bar)
+                                                   notes=notes, progress=bar, sparse=args.sparse)
         finally:
             bar.close()
     else:
         config = containers.create(store, args.image, name=args.name, storage_text=args.storage,
-                                   settings=settings)
+                                   settings=settings, sparse=args.sparse)
     for note in notes:
         warn(note)
     out(config["id"])
@@ -184,12 +190,17 @@ def cmd_set(args) -> int:
     from . import containers, runtime
     store = Store.open()
     cid = store.resolve_container(args.container)
-    if all(v is None for v in (args.memory, args.cpu, args.storage, args.network, args.shell)):
-        raise KiwiError("nothing to set; give --memory, --cpu, --storage, --network or --shell")
+    if all(v is None for v in (args.memory, args.cpu, args.storage, args.network, args.shell, args.sparse)):
+        raise KiwiError("nothing to set; give --memory, --cpu, --storage, --sparse, --reserve, --network or --shell")
+    from . import storage_ops
     with store.container_lock(cid):
         config = store.container_config(cid)
-        changed = containers.apply_settings(config, args.memory, args.cpu, args.network, args.shell)
         notes = []
+        if args.storage is None and storage_ops.finish_interrupted_change(store, config):
+            notes.append(f"finished an interrupted storage change: storage is {storage_ops.describe(config['storage'])}")
+        changed = containers.apply_settings(config, args.memory, args.cpu, args.network, args.shell)
+        if args.sparse is not None:
+            notes += storage_ops.change_reservation(store, config, args.sparse)
         if args.storage is not None:
             notes += runtime.change_storage(store, config, containers.parse_storage(args.storage))
         containers.save_config(store, config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import shutil
 
 from . import storage
 from .errors import KiwiError
@@ -72,10 +73,10 @@ def parse_shell(text: str) -> str:
     return text
 
 
-def new_config(cid: str, name: str | None, image: str, storage_size: int | None) -> dict:
+def new_config(cid: str, name: str | None, image: str, storage_size: int | None, sparse: bool = False) -> dict:
     return {
         "id": cid, "name": name, "image": image, "created": now_iso(),
-        "ipv4": None, "storage": storage_size, "memory": None, "cpu": None,
+        "ipv4": None, "storage": storage_size, "storage_sparse": sparse, "memory": None, "cpu": None,
         "network": "separate", "shell": None,
     }
 
@@ -86,7 +87,7 @@ def check_name_free(store: Store, name: str) -> None:
 
 
 def create(store: Store, image: str, name: str | None = None, storage_text: str | None = None,
-           settings: dict | None = None, populate=None) -> dict:
+           settings: dict | None = None, populate=None, sparse: bool = False) -> dict:
     """Create a container of an existing image. populate(staging_dir) may fill its state."""
     from . import images, ipam
 
@@ -99,10 +100,10 @@ def create(store: Store, image: str, name: str | None = None, storage_text: str 
     staging = store.tmp_dir / f"create-{os.getpid()}-{cid}"
     staging.mkdir(mode=0o700)
     try:
-        config = new_config(cid, name, image, size)
+        config = new_config(cid, name, image, size, sparse)
         if settings:
             config.update({k: v for k, v in settings.items() if k in ("memory", "cpu", "network", "shell")})
-        storage.create_state(staging, size)
+        storage.create_state(staging, size, sparse)
         if populate:
             populate(staging, config)
         with store.lock():
@@ -166,3 +167,24 @@ def storage_summary(store: Store, config: dict, init_pid: int | None = None) -> 
     """(used bytes, limit bytes or None for host)."""
     return storage.used_bytes(store.container_dir(config["id"]), init_pid), config.get("storage")
 
+
+
+def sparse_shortfall(store: Store, sparse_ids: list[str]) -> str | None:
+    """A warning when sparse containers may still write more than the host's disk has free."""
+    if not sparse_ids:
+        return None
+    may_write = 0
+    for cid in sparse_ids:
+        with contextlib.suppress(OSError, KiwiError):
+            img = storage.image_path(store.container_dir(cid))
+            st = img.stat()
+            may_write += max(st.st_size - st.st_blocks * 512, 0)
+    try:
+        free = shutil.disk_usage(store.root).free
+    except OSError:
+        return None
+    if may_write <= free:
+        return None
+    return (f"warning: sparse containers may still write {format_size(may_write)} but the host's disk has only "
+            f"{format_size(free)} free; when it fills they lose writes: free space or "
+            "kiwi set <container> --reserve")

@@ -57,7 +57,9 @@ def mount(store: Store, cid: str, target: str) -> str:
         if record:
             privatens.run(clone_live_root, record["init_pid"], path, private_namespace=False)
         else:
+            from .storage_ops import finish_interrupted_change
             config = store.container_config(cid)
+            finish_interrupted_change(store, config)
             lower = str(store.image_dir(config["image"]) / "rootfs")
             privatens.run(mount_stopped_overlay, store, cid, lower, path)
         atomic_write_json(runtime.mount_file(store, cid), {"target": path, "mount_id": mount_id_of(path)}, 0o600)

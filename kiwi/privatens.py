@@ -5,10 +5,13 @@ leave a mount on the host. Errors come back to the caller as KiwiError.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import signal
 
 from .errors import KiwiError, describe, traceback_if_debug
+from .store import host_full, is_disk_full
 
 
 def run(fn, *args, private_namespace: bool = True):
@@ -16,17 +19,26 @@ def run(fn, *args, private_namespace: bool = True):
     (without one, fn switches namespaces itself); returns its (picklable) result."""
     from . import syscalls as sc
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
         try:
+            # A helper must not outlive a killed kiwi: it would go on writing
+            # (a snap of a container no longer frozen) and hold its locks.
+            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(1)
             if private_namespace:
                 sc.unshare(sc.CLONE_NEWNS)
                 sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
             payload = ("ok", fn(*args))
         except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
             traceback_if_debug()
-            payload = ("error", describe(e))
+            message = describe(e)
+            if isinstance(e, OSError) and is_disk_full(e):
+                message = host_full(e.filename or ".", "writing it").message
+            payload = ("error", message)
         try:
             data = pickle.dumps(payload)
         except Exception as e:  # noqa: BLE001
@@ -43,15 +55,34 @@ def run(fn, *args, private_namespace: bool = True):
             if not chunk:
                 break
             chunks.append(chunk)
+    except BaseException:  # e.g. a signal turned into an exception: stop the helper first
+        stop_helper(pid)
+        raise
     finally:
         os.close(read_fd)
-        os.waitpid(pid, 0)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
     if not chunks:
         raise KiwiError("a helper process died unexpectedly; run 'kiwi cleanup' and try again")
     kind, value = pickle.loads(b"".join(chunks))
     if kind == "error":
         raise KiwiError(value)
     return value
+
+
+def stop_helper(pid: int, grace: float = 2.0) -> None:
+    """SIGTERM first: a helper that inherited our signal handlers unwinds and removes its
+    work files; SIGKILL when it has not ended after grace seconds."""
+    import time
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def mount_state(store, cid: str, mountpoint: str) -> str:

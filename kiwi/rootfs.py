@@ -36,10 +36,11 @@ def make_mounts_private() -> None:
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
 
 
-def mount_state(device: str | None, state_dir: str, mountpoint: str) -> str:
-    """The container's upper/work: its ext4 image, or the plain state/ folder."""
+def mount_state(device: str | None, state_dir: str, mountpoint: str, discard: bool = False) -> str:
+    """The container's upper/work: its ext4 image, or the plain state/ folder.
+    discard (sparse storage): blocks freed inside go back to the host's disk."""
     if device:
-        sc.mount(device, mountpoint, "ext4", sc.MS_NOSUID | sc.MS_NODEV, None)
+        sc.mount(device, mountpoint, "ext4", sc.MS_NOSUID | sc.MS_NODEV, "discard" if discard else None)
         return mountpoint
     return state_dir
 

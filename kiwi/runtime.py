@@ -48,6 +48,19 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def own_identity() -> dict:
+    """Who is doing something (a freeze lease, a restore): pid + start time."""
+    return {"pid": os.getpid(), "start_time": process_start_time(os.getpid())}
+
+
+def owner_alive(identity) -> bool:
+    """A dead, zombie or recycled pid is not the owner any more."""
+    if not isinstance(identity, dict):
+        return False
+    pid = identity.get("pid")
+    return isinstance(pid, int) and pid > 0 and process_start_time(pid) == identity.get("start_time")
+
+
 def read_runtime(store: Store, cid: str) -> dict | None:
     """The runtime record if its init is alive, else None."""
     try:
@@ -89,9 +102,27 @@ def status(store: Store, cid: str) -> dict:
     record = read_runtime(store, cid)
     target = read_mount(store, cid)
     if record:
+        from . import freeze
+        freeze.thaw_if_abandoned(store, cid)
         return {"status": "running", "init_pid": record["init_pid"], "mount_target": target,
                 "cgroup": record.get("cgroup_version")}
+    if not target and left_running(store, cid):
+        return {"status": "stale", "mount_target": None}
     return {"status": "mounted" if target else "stopped", "mount_target": target}
+
+
+def left_running(store: Store, cid: str) -> bool:
+    """Processes of a start that was killed before it wrote its record ('kiwi cleanup' ends them).
+    Only a start leaves a runtime folder without a record, so most stopped containers cost one stat."""
+    try:
+        if not store.runtime_dir(cid).is_dir() or not container_cgroup(store, cid).pids():
+            return False
+        with store.container_lock(cid, wait=False):
+            return True
+    except BlockingIOError:
+        return False  # a live kiwi is starting it at this moment
+    except (OSError, KiwiError):
+        return False
 
 
 # --- start -----------------------------------------------------------------------
@@ -107,10 +138,14 @@ def start(store: Store, cid: str) -> dict:
     with store.container_lock(cid):
         record = read_runtime(store, cid)
         if record:
+            from . import freeze
+            freeze.thaw_if_abandoned(store, cid, locked=True)
             return record
         config = store.container_config(cid)
         if read_mount(store, cid):
             raise KiwiError(f"container {cid} is mounted while stopped; run 'kiwi unmount {cid}' before starting it")
+        from . import storage_ops
+        storage_ops.finish_interrupted_change(store, config)
         teardown(store, cid, release_network=False)  # whatever a crashed earlier start left
         return Starter(store, config).run()
 
@@ -247,7 +282,8 @@ class Starter:
             os.setsid()
             os.umask(0o022)
             rootfs.make_mounts_private()
-            state = rootfs.mount_state(self.device, str(storage_folder(self.cdir)), str(self.rdir / "state"))
+            state = rootfs.mount_state(self.device, str(storage_folder(self.cdir)), str(self.rdir / "state"),
+                                       discard=self.config.get("storage_sparse", False))
             root = str(self.rdir / "root")
             rootfs.mount_overlay(self.lower, state, root)
             root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -404,6 +440,8 @@ def spawn(store: Store, cid: str, argv: list[str] | None, fds=(0, 1, 2), term: s
     """
     from . import cgroups, security
     record = running_record(store, cid)
+    from . import freeze
+    freeze.thaw_if_abandoned(store, cid)
     init_pid = record["init_pid"]
     config = store.container_config(cid)
     argv, shell = command_of(init_pid, config, argv)
@@ -509,6 +547,9 @@ def stop(store: Store, cid: str, grace: float = 10) -> bool:
     """SIGTERM to the init (it forwards to everyone), then kill after the grace period."""
     with store.container_lock(cid):
         record = read_runtime(store, cid)
+        if record:
+            from . import freeze
+            freeze.thaw_unleased(store, cid)  # a frozen init never sees its SIGTERM
         stop_sessions(store, cid)
         if record:
             pid, start_time = record["init_pid"], record["init_start_time"]

@@ -12,24 +12,12 @@ import tempfile
 
 from . import privatens
 from .errors import KiwiError
+from .freeze import frozen_if_running
 from .fstree import remove_tree
+from .storage_ops import finish_interrupted_change
 from .store import Store, atomic_write_json, read_json, validate_container_name, validate_name
 
 EXPORTED_SETTINGS = ("memory", "cpu", "storage", "network", "shell")
-
-
-@contextlib.contextmanager
-def frozen_if_running(store: Store, cid: str):
-    """Freeze a running container's processes for a consistent copy; thaw even on error."""
-    from . import runtime
-    group = runtime.container_cgroup(store, cid) if runtime.read_runtime(store, cid) else None
-    if group:
-        group.freeze()
-    try:
-        yield
-    finally:
-        if group:
-            group.thaw()
 
 
 def container_image(store: Store, config: dict) -> tuple[dict, str]:
@@ -46,6 +34,7 @@ def snap(store: Store, cid: str, snapshot: str, progress=None):
         raise KiwiError(f"{out} exists already; choose another snapshot name or remove the file")
     with store.container_lock(cid):
         config = store.container_config(cid)
+        finish_interrupted_change(store, config)
         meta, rootfs = container_image(store, config)
         settings = {k: config.get(k) for k in EXPORTED_SETTINGS}
         settings["name"] = config.get("name")
@@ -89,15 +78,19 @@ def remember_rootfs_hash(store: Store, image: str, manifest: dict) -> None:
 
 # --- create from a .kiwi file --------------------------------------------------------
 
-def find_identical_image(store: Store, manifest: dict) -> str | None:
-    """A local image with exactly the archive's rootfs, by content hash."""
+def find_identical_image(store: Store, manifest: dict) -> tuple[str | None, bool]:
+    """A local image with exactly the archive's rootfs, by content hash, and whether we
+    now own it (restored by a create that was killed: this create takes it over)."""
     from . import archive, images
     wanted = archive.image_content_hash(manifest)
     preferred = manifest.get("image", {}).get("name")
     candidates = images.list_images(store)
     for meta in candidates:
         if meta.get("rootfs_sha256") == wanted:
-            return meta["name"]
+            if "restored_by" not in meta:
+                return meta["name"], False
+            if take_over_restored(store, meta["name"]):
+                return meta["name"], True
     # Same name but never hashed (e.g. imported from the same tarball): hash it once.
     for meta in candidates:
         if meta.get("name") == preferred and not meta.get("rootfs_sha256"):
@@ -106,8 +99,30 @@ def find_identical_image(store: Store, manifest: dict) -> str | None:
             with store.lock():
                 atomic_write_json(store.image_dir(preferred) / "image.json", meta)
             if digest == wanted:
-                return preferred
-    return None
+                return preferred, False
+    return None, False
+
+
+def take_over_restored(store: Store, image: str) -> bool:
+    """Claim an image whose restoring create died before its container existed."""
+    from .runtime import own_identity, owner_alive
+    path = store.image_dir(image) / "image.json"
+    with store.lock():
+        meta = read_json(path)
+        if owner_alive(meta.get("restored_by")):
+            return False  # another create is restoring it right now
+        meta["restored_by"] = own_identity()
+        atomic_write_json(path, meta)
+    return True
+
+
+def release_restored(store: Store, image: str) -> None:
+    """The container exists: the image is an ordinary one from now on."""
+    path = store.image_dir(image) / "image.json"
+    with store.lock():
+        meta = read_json(path)
+        if meta.pop("restored_by", None) is not None:
+            atomic_write_json(path, meta)
 
 
 def free_image_name(store: Store, base: str, digest: str) -> str:
@@ -125,6 +140,7 @@ def free_image_name(store: Store, base: str, digest: str) -> str:
 def restore_image(store: Store, path: str, manifest: dict, progress=None) -> str:
     """Extract the archive's rootfs as a new image (staged, then renamed)."""
     from . import archive
+    from .runtime import own_identity
     digest = archive.image_content_hash(manifest)
     base = manifest.get("image", {}).get("name") or "restored"
     store.ensure_layout()
@@ -135,6 +151,8 @@ def restore_image(store: Store, path: str, manifest: dict, progress=None) -> str
             name = free_image_name(store, base, digest)
             meta = dict(manifest.get("image") or {})
             meta.update({"name": name, "source": os.path.abspath(path), "rootfs_sha256": digest})
+            # Until its container exists the image is ours: if we are killed, cleanup removes it.
+            meta["restored_by"] = own_identity()
             atomic_write_json(staging / "image.json", meta)
             os.rename(staging, store.image_dir(name))
     finally:
@@ -143,7 +161,8 @@ def restore_image(store: Store, path: str, manifest: dict, progress=None) -> str
 
 
 def create_from_archive(store: Store, path: str, name: str | None = None, storage_text: str | None = None,
-                        overrides: dict | None = None, notes: list | None = None, progress=None) -> dict:
+                        overrides: dict | None = None, notes: list | None = None, progress=None,
+                        sparse: bool = False) -> dict:
     """overrides: settings the user gave on the command line; notes collects what to tell them."""
     from . import archive, containers, storage
     from .sizes import format_size
@@ -180,9 +199,10 @@ def create_from_archive(store: Store, path: str, name: str | None = None, storag
         wanted = settings["name"]
         name = wanted if wanted not in store.container_names() else None
     # Only after every check that can refuse: a refused archive must leave no image behind.
-    reused = find_identical_image(store, manifest)
+    reused, owned = find_identical_image(store, manifest)
     check_free_space(store, path, needed + (0 if reused else manifest["parts"]["rootfs"]["size"]))
     image = reused or restore_image(store, path, manifest, progress)
+    owned = owned or not reused
 
     def populate(staging, config):
         if upper:
@@ -191,14 +211,17 @@ def create_from_archive(store: Store, path: str, name: str | None = None, storag
                 os.rmdir(os.path.join(staging, "mnt"))
 
     try:
-        return containers.create(store, image, name=name, storage_text=storage_text,
-                                 settings=settings, populate=populate)
+        config = containers.create(store, image, name=name, storage_text=storage_text,
+                                   settings=settings, populate=populate, sparse=sparse)
     except BaseException:
-        if not reused:  # restored for this container only (e.g. its upper part was damaged)
+        if owned:  # restored for this container only (e.g. its upper part was damaged)
             from . import images
             with contextlib.suppress(KiwiError, OSError):
                 images.delete_image(store, image)
         raise
+    if owned:
+        release_restored(store, image)
+    return config
 
 
 def drop_widening(settings: dict, path: str, granted: set) -> list[str]:
@@ -307,6 +330,7 @@ def commit(store: Store, cid: str, image: str, progress=None) -> dict:
     store.ensure_layout()
     with store.container_lock(cid):
         config = store.container_config(cid)
+        finish_interrupted_change(store, config)
         _, rootfs = container_image(store, config)
         staging = store.tmp_dir / f"commit-{os.getpid()}-{image}"
         try:

@@ -1,19 +1,23 @@
-"""A container's writable state: an ext4 filesystem in a sparse state.img
-(a hard storage limit), or a plain state/ folder when storage is 'host'.
+"""A container's writable state: an ext4 filesystem in state.img (a hard
+storage limit), or a plain state/ folder when storage is 'host'.
 
-Both hold upper/ and work/ for the overlay.
+Both hold upper/ and work/ for the overlay. state.img is reserved on the host
+(fallocate) unless the container opted into sparse storage: a write that the
+container's fsync acknowledged must never meet a full host disk later.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import KiwiError, os_error_message
+from .errors import KiwiError
 from .fstree import remove_tree, walk_stats
 from .sizes import format_size
+from .store import host_full, is_disk_full
 
 GIB = 1 << 30
 MIN_STORAGE = GIB
@@ -28,19 +32,67 @@ def folder_path(container_dir: Path) -> Path:
     return container_dir / "state"
 
 
-def run_tool(argv: list[str], what: str) -> str:
+def spawn_tool(argv: list[str], lock_fd: int | None = None):
+    """(exit status, stdout, stderr) of a tool. With lock_fd the tool inherits the
+    container lock and its own session: if kiwi is killed or signalled, the tool
+    still finishes (a resize2fs cut short corrupts), and until it has, the
+    container stays locked for every other kiwi."""
     import subprocess
+    keep = () if lock_fd is None else (lock_fd,)
     try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, pass_fds=keep, start_new_session=bool(keep))
     except FileNotFoundError:
         raise KiwiError(f"{argv[0]} is missing; install e2fsprogs (apt-get install e2fsprogs)") from None
-    if done.returncode != 0:
-        detail = (done.stderr or done.stdout).strip().splitlines()
-        raise KiwiError(f"{what} failed: {detail[-1] if detail else 'exit ' + str(done.returncode)}")
-    return done.stdout
+    out, err = proc.communicate()  # never kills the tool, even when a signal interrupts us
+    return proc.returncode, out, err
 
 
-def create_state(container_dir: Path, size: int | None) -> None:
+def run_tool(argv: list[str], what: str, lock_fd: int | None = None) -> str:
+    code, out, err = spawn_tool(argv, lock_fd)
+    if code != 0:
+        detail = (err or out).strip().splitlines()
+        raise KiwiError(f"{what} failed: {detail[-1] if detail else 'exit ' + str(code)}")
+    return out
+
+
+def extend_file(img: Path, size: int, sparse: bool) -> None:
+    """Make img size bytes long; unless sparse, reserve every byte on the host now."""
+    check_fits(img.parent, size)
+    try:
+        _extend_open_file(img, size, sparse)
+    except OSError as e:
+        if e.errno == errno.EFBIG:
+            raise KiwiError(f"storage {format_size(size)} is larger than the filesystem of Kiwi's data "
+                            "folder allows for one file; give a smaller --storage") from None
+        raise
+
+
+def _extend_open_file(img: Path, size: int, sparse: bool) -> None:
+    with open(img, "r+b") as f:
+        st = os.fstat(f.fileno())
+        if sparse:
+            if size > st.st_size:
+                f.truncate(size)
+            return
+        missing = size - st.st_blocks * 512
+        if missing <= 0:
+            return
+        free = shutil.disk_usage(img.parent).free
+        if missing > free:
+            raise KiwiError(f"reserving {format_size(size)} of storage needs {format_size(missing)} more "
+                            f"on the host, which has {format_size(free)} free where {img.parent} lives; "
+                            "choose a smaller --storage, free space, or add --sparse (not reserved)")
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as e:
+            f.truncate(st.st_size)  # gives back what the failed reservation took
+            if is_disk_full(e):
+                raise host_full(img.parent, f"reserving {format_size(size)} of storage") from None
+            raise
+
+
+def create_state(container_dir: Path, size: int | None, sparse: bool = False) -> None:
     """Lay out upper/ and work/ either in a fresh ext4 image or in a folder."""
     if size is None:
         for sub in ("upper", "work"):
@@ -50,10 +102,17 @@ def create_state(container_dir: Path, size: int | None) -> None:
         for sub in ("upper", "work"):
             os.mkdir(os.path.join(seed, sub), 0o755)
         img = image_path(container_dir)
-        size_image_file(img, size, create=True)
-        run_tool(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "kiwi-state",
-                  "-E", "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0",
-                  "-d", seed, str(img)], "formatting the container's storage")
+        format_image(img, size, sparse, seed)
+
+
+def format_image(img: Path, size: int, sparse: bool, content: str, lock_fd: int | None = None) -> None:
+    with open(img, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)  # the container's whole writable data
+    extend_file(img, size, sparse)
+    # nodiscard: mke2fs would punch the reservation out of the file again.
+    run_tool(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "kiwi-state",
+              "-E", "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0,nodiscard",
+              "-d", content, str(img)], "formatting the container's storage", lock_fd)
 
 
 def filesystem_usage(device_or_image: Path | str) -> int:
@@ -75,8 +134,8 @@ def folder_usage(path: Path) -> int | None:
         return None  # unreadable (not root): unknown
 
 
-def superblock_usage(img: Path) -> int | None:
-    """Bytes in use from the ext4 superblock itself: no tool to run, so `list` stays fast."""
+def read_superblock(img: Path) -> dict | None:
+    """Block counts from the ext4 superblock itself: no tool to run, so `list` stays fast."""
     import struct
     try:
         with open(img, "rb") as f:
@@ -84,7 +143,7 @@ def superblock_usage(img: Path) -> int | None:
             sb = f.read(1024)
     except OSError:
         return None
-    if len(sb) < 0x24C or struct.unpack_from("<H", sb, 0x38)[0] != 0xEF53:  # 0x248: the last field read
+    if len(sb) < 0x250 or struct.unpack_from("<H", sb, 0x38)[0] != 0xEF53:
         return None
     blocks_lo, free_lo = struct.unpack_from("<I", sb, 4)[0], struct.unpack_from("<I", sb, 12)[0]
     log_block = struct.unpack_from("<I", sb, 24)[0]
@@ -96,7 +155,26 @@ def superblock_usage(img: Path) -> int | None:
     free = free_lo | free_hi << 32
     # Metadata (journal, inode tables) is not "used" in df's sense, nor in a running container's statfs.
     overhead = struct.unpack_from("<I", sb, 0x248)[0]
-    return max(blocks - free - overhead, 0) * (1024 << log_block)
+    return {"blocks": blocks, "free": free, "overhead": overhead, "block_size": 1024 << log_block}
+
+
+def superblock_usage(img: Path) -> int | None:
+    sb = read_superblock(img)
+    if sb is None:
+        return None
+    return max(sb["blocks"] - sb["free"] - sb["overhead"], 0) * sb["block_size"]
+
+
+def filesystem_size(img: Path) -> int | None:
+    sb = read_superblock(img)
+    return None if sb is None else sb["blocks"] * sb["block_size"]
+
+
+def image_agrees(container_dir: Path, size: int) -> bool:
+    """state.img's file and filesystem both have the configured size (to the block)."""
+    img = image_path(container_dir)
+    fs = filesystem_size(img)
+    return fs is not None and img.exists() and img.stat().st_size == size and 0 <= size - fs < 4096
 
 
 def live_usage(init_pid: int) -> int | None:
@@ -135,45 +213,28 @@ def check_new_size(current_used: int, new_size: int, current_size: int | None) -
             f"and at least 1G must stay free; choose {format_size(current_used + GIB)} or more")
 
 
-def resize_offline(container_dir: Path, new_size: int) -> None:
-    """Grow or shrink a stopped container's state.img (e2fsck first, as resize2fs demands)."""
+def resize_image(container_dir: Path, new_size: int, sparse: bool, lock_fd: int | None = None) -> None:
+    """Bring a stopped container's state.img (file and filesystem) to new_size from
+    wherever they are, so running it again finishes an interrupted resize. The
+    file is never smaller than the filesystem: it grows first and shrinks last."""
     img = image_path(container_dir)
-    old_size = img.stat().st_size
-    check_fs(img)
-    if new_size > old_size:
-        size_image_file(img, new_size)
-        run_tool(["resize2fs", str(img)], "growing the storage")
-    elif new_size < old_size:
-        run_tool(["resize2fs", str(img), f"{new_size // 1024}K"], "shrinking the storage")
-        size_image_file(img, new_size)
+    check_fs(img, lock_fd)
+    fs = filesystem_size(img)
+    if fs is None:
+        raise KiwiError(f"{img} holds no ext4 filesystem; the container's storage is damaged")
+    extend_file(img, new_size, sparse)
+    if not 0 <= new_size - fs < 4096:
+        run_tool(["resize2fs", str(img), f"{new_size // 1024}K"], "resizing the storage", lock_fd)
+    if img.stat().st_size > new_size:
+        with open(img, "r+b") as f:
+            f.truncate(new_size)
 
 
-def check_fs(img: Path) -> None:
-    import subprocess
-    done = subprocess.run(["e2fsck", "-f", "-p", str(img)], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True)
+def check_fs(img: Path, lock_fd: int | None = None) -> None:
+    code, _, _ = spawn_tool(["e2fsck", "-f", "-p", str(img)], lock_fd)
     # 0: clean, 1: errors corrected. Anything else needs a human.
-    if done.returncode not in (0, 1):
+    if code not in (0, 1):
         raise KiwiError(f"the container's storage has errors e2fsck could not fix: run e2fsck -f {img}")
-
-
-def grow_file(container_dir: Path, new_size: int) -> None:
-    size_image_file(image_path(container_dir), new_size)
-
-
-def size_image_file(img: Path, size: int, create: bool = False) -> None:
-    """Make (or resize) the sparse state.img; a size the filesystem cannot hold is one clear line."""
-    check_fits(img.parent, size)
-    try:
-        with open(img, "wb" if create else "r+b") as f:
-            if create:
-                os.fchmod(f.fileno(), 0o600)  # the container's whole writable data
-            f.truncate(size)
-    except OSError as e:
-        if e.errno == errno.EFBIG:
-            raise KiwiError(f"storage {format_size(size)} is larger than the filesystem of Kiwi's data "
-                            "folder allows for one file; give a smaller --storage") from None
-        raise KiwiError(os_error_message(e, "size", img)) from None
 
 
 def check_fits(folder: Path, size: int) -> None:

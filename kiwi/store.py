@@ -55,7 +55,7 @@ def atomic_write_json(path: Path | str, obj, mode: int = 0o644) -> None:
     """Write JSON so that a crash leaves either the old file or the new one."""
     import tempfile
     path = Path(path)
-    with Doing("write", path):  # a full disk is one line naming the file
+    try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w") as f:
@@ -70,6 +70,28 @@ def atomic_write_json(path: Path | str, obj, mode: int = 0o644) -> None:
                 os.unlink(tmp)
             raise
         fsync_dir(path.parent)
+    except OSError as e:
+        if is_disk_full(e):
+            raise host_full(path.parent, f"writing {path.name}") from None
+        raise
+
+
+def is_disk_full(error: OSError) -> bool:
+    import errno
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def host_full(path: Path, what: str) -> KiwiError:
+    """The one line for ENOSPC on the host side."""
+    import shutil
+
+    from .sizes import format_size
+    try:
+        free = format_size(shutil.disk_usage(path).free)
+    except OSError:
+        free = "no space"
+    return KiwiError(f"the host's disk is full ({free} free where {path} lives) while {what}; "
+                     "free some space and run the command again")
 
 
 def fsync_dir(path: Path) -> None:
@@ -125,6 +147,7 @@ class Store:
     def __init__(self, root: Path):
         self.root = Path(root)
         self._folder_id: str | None = None
+        self.held_locks: dict[str, int] = {}  # lock name -> the fd holding it
 
     @classmethod
     def open(cls) -> Store:
@@ -277,9 +300,24 @@ class Store:
         return fid
 
     # --- locks ------------------------------------------------------------
+    @contextlib.contextmanager
     def _flock(self, name: str, wait: bool = True):
         self.ensure_layout()
-        return flock(self.locks_dir / name, wait=wait)
+        fd = os.open(self.locks_dir / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            # wait=False raises BlockingIOError when another kiwi holds it.
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            self.held_locks[name] = fd
+            yield fd
+        finally:
+            if self.held_locks.get(name) == fd:
+                del self.held_locks[name]
+            os.close(fd)
+
+    def held_container_lock(self, cid: str) -> int | None:
+        """The fd of this process's lock on cid: a tool that must keep the container
+        locked even if kiwi dies (resize2fs) inherits it."""
+        return self.held_locks.get(f"{cid}.lock")
 
     def lock(self):
         """The global lock: id, name and IP allocation."""
