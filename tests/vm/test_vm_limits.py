@@ -21,7 +21,7 @@ def test_limits_inside_cgroup_v2_vm(test_images):
              "tests/integration/test_limits.py", "tests/integration/test_cgroups.py"]
     started = time.monotonic()
     done = subprocess.run(
-        [str(REPO / "scripts" / "vm-test"), "--timeout", "2400", "--memory", "5120", "--env", "KIWI_EXPECT_CGROUP=v2",
+        [str(REPO / "scripts" / "vm-test"), "--timeout", "2400", "--memory", "8192", "--env", "KIWI_EXPECT_CGROUP=v2",
          "--env", f"KIWI_BIN={binary}", "--env", f"KIWI_TEST_CACHE={test_images}", "--", *inner],
         cwd=REPO, capture_output=True, text=True, timeout=2700)
     wall = time.monotonic() - started
