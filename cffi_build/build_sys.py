@@ -61,7 +61,9 @@ BPF_PROG_TYPE_CGROUP_DEVICE BPF_CGROUP_DEVICE BPF_F_ALLOW_MULTI
 _LINUX_CAPABILITY_VERSION_3
 """
 
-CDEF = "".join(f"#define {name} ...\n" for name in CONSTANTS.split()) + """
+CDEF = (
+    "".join(f"#define {name} ...\n" for name in CONSTANTS.split())
+    + """
 struct loop_info64 {
     unsigned long long lo_offset;
     unsigned long long lo_sizelimit;
@@ -115,6 +117,7 @@ int kiwi_bpf_prog_load(unsigned int prog_type, const void *insns, unsigned int c
 int kiwi_bpf_prog_attach(int target_fd, int prog_fd, unsigned int attach_type,
                          unsigned int flags);
 """
+)
 
 SOURCE = r"""
 #ifndef _GNU_SOURCE
@@ -382,8 +385,20 @@ def build_static(source: Path, output: Path, libs: tuple[str, ...] = ()) -> Path
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     subprocess.run(
-        [*cc, "-Os", "-static", "-s", "-Wall", "-Wextra", "-Werror",
-         *cflags, "-o", str(tmp), str(source), *libs],
+        [
+            *cc,
+            "-Os",
+            "-static",
+            "-s",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            *cflags,
+            "-o",
+            str(tmp),
+            str(source),
+            *libs,
+        ],
         check=True,
     )
     tmp.replace(output)  # atomic: a running test never sees half a binary
@@ -406,8 +421,9 @@ def build_launcher(output: Path = ROOT / "build" / "kiwi-launcher") -> Path:
 def main(argv: list[str]) -> int:
     targets = argv or ["sys", "init", "exec"]
     for target in targets:
-        built = {"sys": build_sys, "init": build_init, "exec": build_exec,
-                 "launcher": build_launcher}[target]()
+        built = {"sys": build_sys, "init": build_init, "exec": build_exec, "launcher": build_launcher}[
+            target
+        ]()
         print(f"built {built}")
     return 0
 

@@ -16,6 +16,7 @@ The hash covers index and data, so each build gets its own cache folder; the
 build time is the mtime of every unpacked file, and tells older builds' cache
 folders from newer ones.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -32,6 +32,7 @@ Manifest: {"format_version": 1, "kind": "container"|"image", "settings": {...},
 "upper": {...}}}.  Stored mtimes are whole seconds; user and group names are
 not stored (numeric ids only), so the same tree always gives the same sums.
 """
+
 from __future__ import annotations
 
 import errno
@@ -69,13 +70,14 @@ SETTINGS_NOT_EXPORTED = ("id", "ip", "ipv4")
 
 def _zstd():
     import zstandard  # imported lazily: the CLI start-up time is measured
+
     return zstandard
 
 
 # --------------------------------------------------------------------- write
 
-def write_archive(out_path, kind, settings, image_meta, rootfs_dir, upper_dir=None,
-                  progress=None) -> dict:
+
+def write_archive(out_path, kind, settings, image_meta, rootfs_dir, upper_dir=None, progress=None) -> dict:
     """Write a .kiwi file atomically (temp name, fsync, rename); returns the manifest."""
     if kind not in KINDS:
         raise ValueError(f"unknown archive kind {kind!r}")
@@ -171,8 +173,13 @@ class _PartSink:
         self.size += len(data)
 
     def end_part(self) -> dict:
-        return {"sha256": self.hasher.hexdigest(), "size": self.size, "offset": self.offset,
-                "files": self.files, "data_bytes": self.data_bytes}
+        return {
+            "sha256": self.hasher.hexdigest(),
+            "size": self.size,
+            "offset": self.offset,
+            "files": self.files,
+            "data_bytes": self.data_bytes,
+        }
 
 
 class _Counter:
@@ -287,20 +294,22 @@ class _TreeWriter:
             info.linkname = os.readlink(name, dir_fd=dir_fd)
             self.emit(info, _pax_for(_xattrs_of_link(dir_fd, name)))
         elif stat.S_ISCHR(mode) and st.st_rdev == 0 and self.upper:
-            whiteout = _info(self.member_name(_join(dir_relpath, WHITEOUT_PREFIX + name)),
-                             st, tarfile.REGTYPE)
+            whiteout = _info(
+                self.member_name(_join(dir_relpath, WHITEOUT_PREFIX + name)), st, tarfile.REGTYPE
+            )
             whiteout.mode = 0o644
             self.emit(whiteout)
         elif stat.S_ISFIFO(mode):
-            self.emit(_info(self.member_name(relpath), st, tarfile.FIFOTYPE),
-                      _pax_for(_xattrs_of_link(dir_fd, name)))
+            self.emit(
+                _info(self.member_name(relpath), st, tarfile.FIFOTYPE),
+                _pax_for(_xattrs_of_link(dir_fd, name)),
+            )
         # Device nodes and sockets are left out: extraction never creates them.
         return None
 
     def write_file(self, dir_fd, name, relpath):
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                         dir_fd=dir_fd)
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
         except FileNotFoundError:
             return
         try:
@@ -345,8 +354,7 @@ def _padding(size) -> bytes:
 
 
 def _pax_for(xattrs: dict) -> dict:
-    return {XATTR_PAX_PREFIX + k: v.decode("utf-8", "surrogateescape")
-            for k, v in sorted(xattrs.items())}
+    return {XATTR_PAX_PREFIX + k: v.decode("utf-8", "surrogateescape") for k, v in sorted(xattrs.items())}
 
 
 def _xattrs_of_fd(fd) -> dict:
@@ -380,6 +388,7 @@ def _read_xattrs(target, follow) -> dict:
 
 # ---------------------------------------------------------------------- read
 
+
 def read_manifest(path) -> dict:
     """Read and validate kiwi.json only; the rest of the file is not touched."""
     with open(path, "rb") as f:
@@ -410,6 +419,7 @@ def extract_archive(path, rootfs_dest=None, upper_dest=None, progress=None) -> d
 
 def _extract_parts(path, manifest, wanted, rootfs_dest, upper_dest, progress):
     from .extract import open_archive
+
     if not wanted:
         return
     counter = _Counter(progress, sum(manifest["parts"][p]["size"] for p in wanted))
@@ -421,8 +431,7 @@ def _extract_parts(path, manifest, wanted, rootfs_dest, upper_dest, progress):
     with stream:
         for part in wanted:
             dest = rootfs_dest if part == "rootfs" else upper_dest
-            _guarded(path, _extract_part, stream, manifest["parts"][part], part, dest,
-                     counter, path)
+            _guarded(path, _extract_part, stream, manifest["parts"][part], part, dest, counter, path)
         if wanted[-1] == [p for p in PART_ORDER if p in manifest["parts"]][-1]:
             _guarded(path, _check_end, stream)
 
@@ -446,8 +455,11 @@ def _open_at(path, offset):
     f = open(path, "rb")
     try:
         f.seek(offset)
-        return _zstd().ZstdDecompressor().stream_reader(
-            f, read_size=CHUNK, read_across_frames=True, closefd=True)
+        return (
+            _zstd()
+            .ZstdDecompressor()
+            .stream_reader(f, read_size=CHUNK, read_across_frames=True, closefd=True)
+        )
     except BaseException:
         f.close()
         raise
@@ -498,13 +510,15 @@ def _parse_manifest(stream, path) -> dict:
     if info.name != MANIFEST_NAME or not info.isreg():
         raise not_kiwi
     if info.size > MANIFEST_LIMIT:
-        raise KiwiError(f"{path}: its {MANIFEST_NAME} is {info.size} bytes, over the "
-                        f"{MANIFEST_LIMIT}-byte limit; the file is damaged or hostile")
+        raise KiwiError(
+            f"{path}: its {MANIFEST_NAME} is {info.size} bytes, over the "
+            f"{MANIFEST_LIMIT}-byte limit; the file is damaged or hostile"
+        )
     data = _read_exact(stream, info.size + len(_padding(info.size)))
     if len(data) < info.size:
         raise KiwiError(f"{path} is truncated; it cannot be used")
     try:
-        manifest = json.loads(data[:info.size])
+        manifest = json.loads(data[: info.size])
     except ValueError as e:
         raise KiwiError(f"{path}: its {MANIFEST_NAME} is damaged ({e})") from None
     _validate_manifest(manifest, path)
@@ -519,8 +533,10 @@ def _validate_manifest(m, path):
         raise bad("not an object")
     version = m.get("format_version")
     if version != FORMAT_VERSION:
-        raise KiwiError(f"{path} uses archive format version {version!r}; this Kiwi reads "
-                        f"version {FORMAT_VERSION} — use a Kiwi that matches the file")
+        raise KiwiError(
+            f"{path} uses archive format version {version!r}; this Kiwi reads "
+            f"version {FORMAT_VERSION} — use a Kiwi that matches the file"
+        )
     if m.get("kind") not in KINDS:
         raise bad(f"kind {m.get('kind')!r}")
     for key in ("settings", "image", "parts"):
@@ -537,8 +553,7 @@ def _validate_part(part, name, bad):
     if not isinstance(part, dict):
         raise bad(f"part {name}")
     digest = part.get("sha256")
-    if not (isinstance(digest, str) and len(digest) == 64
-            and all(c in "0123456789abcdef" for c in digest)):
+    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
         raise bad(f"sha256 of {name}")
     for key in ("size", "offset"):
         value = part.get(key)
@@ -570,6 +585,7 @@ class _PartReader:
 
 def _extract_part(stream, part, name, dest, counter, path):
     from .extract import Extractor, iter_members, open_tar_stream
+
     reader = _PartReader(stream, part["size"], counter)
     with Extractor(dest, allow_whiteouts=(name == "upper")) as extractor:
         router = _MemberRouter(extractor, name)
@@ -580,8 +596,9 @@ def _extract_part(stream, part, name, dest, counter, path):
         if reader.left:
             raise KiwiError(f"{path} is truncated in its {name} part; it cannot be used")
         if reader.hasher.hexdigest() != part["sha256"]:
-            raise KiwiError(f"the {name} part of {path} does not match its sha256;"
-                            " the file is damaged or was altered")
+            raise KiwiError(
+                f"the {name} part of {path} does not match its sha256; the file is damaged or was altered"
+            )
         extractor.finish()
 
 
@@ -597,7 +614,7 @@ class _MemberRouter:
         prefix = self.part + "/"
         if not name.startswith(prefix):
             raise KiwiError(f"the archive has a member {name!r} outside its {self.part} part")
-        return name[len(prefix):]
+        return name[len(prefix) :]
 
     def add(self, tar, member):
         relpath = self.relpath(member.name)
@@ -605,8 +622,7 @@ class _MemberRouter:
         if self.part == "upper" and base.startswith(WHITEOUT_PREFIX):
             self.add_whiteout(relpath, base)
         elif member.islnk():
-            self.extractor.add(tar, member, relpath=relpath,
-                               linkpath=self.relpath(member.linkname))
+            self.extractor.add(tar, member, relpath=relpath, linkpath=self.relpath(member.linkname))
         else:
             self.extractor.add(tar, member, relpath=relpath)
 
@@ -615,7 +631,7 @@ class _MemberRouter:
         if base == OPAQUE_MARKER:
             self.extractor.set_opaque(parent)
             return
-        target = base[len(WHITEOUT_PREFIX):]
+        target = base[len(WHITEOUT_PREFIX) :]
         if target in ("", ".", "..") or target.startswith(WHITEOUT_PREFIX):
             raise KiwiError(f"the archive has an invalid whiteout {relpath!r}")
         self.extractor.add_whiteout(_join(parent, target))
@@ -631,6 +647,7 @@ def _check_end(stream):
 
 
 # -------------------------------------------------------------- image reuse
+
 
 def image_content_hash(rootfs_dir_or_manifest) -> str:
     """The sha256 of an image's rootfs part, as written in kiwi.json.
@@ -657,6 +674,7 @@ class _HashOnlySink:
 
 
 # ------------------------------------------------------------------ helpers
+
 
 def _fsync_dir(path: Path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -252,8 +252,7 @@ def resolve_parents(
             f"and the v1 controllers {', '.join(missing)} are not mounted"
         )
     return "v1", {
-        name: (mount, parent_cgroup_path(setting, own.get(name, "/")))
-        for name, mount in v1.items()
+        name: (mount, parent_cgroup_path(setting, own.get(name, "/"))) for name, mount in v1.items()
     }
 
 
@@ -274,7 +273,7 @@ def list_container_cgroups(folder_id: str) -> list[str]:
         except FileNotFoundError:
             continue
         for entry in entries:
-            cid = entry.name[len(NAME_PREFIX):]
+            cid = entry.name[len(NAME_PREFIX) :]
             if not (entry.name.startswith(NAME_PREFIX) and _CID_RE.fullmatch(cid) and entry.is_dir()):
                 continue
             owner = _owner(entry)
@@ -340,9 +339,7 @@ class Cgroup:
         self.version = version
         self.name = cgroup_name(cid)
         self._mounts = {key: mount for key, (mount, _) in parents.items()}
-        self._cgroup_paths = {
-            key: posixpath.join(path, self.name) for key, (_, path) in parents.items()
-        }
+        self._cgroup_paths = {key: posixpath.join(path, self.name) for key, (_, path) in parents.items()}
         self._dirs = {key: fs_path(self._mounts[key], p) for key, p in self._cgroup_paths.items()}
 
     @classmethod
@@ -395,8 +392,10 @@ class Cgroup:
     def create(self) -> None:
         """Make the cgroup (and the parent chain) in every hierarchy; idempotent."""
         if self.foreign():
-            raise KiwiError(f"cgroup {self.name} belongs to another Kiwi data folder that shares "
-                            f"{PARENT_ENV}; give each data folder its own {PARENT_ENV}")
+            raise KiwiError(
+                f"cgroup {self.name} belongs to another Kiwi data folder that shares "
+                f"{PARENT_ENV}; give each data folder its own {PARENT_ENV}"
+            )
         if self.version == "v2":
             self._create_v2()
         else:
@@ -557,6 +556,7 @@ class Cgroup:
         try:
             if self.version == "v2":
                 from kiwi import security
+
                 security.attach_device_program(self._dirs[_UNIFIED], rules)
                 return True
             directory = self.path("devices")

@@ -6,6 +6,7 @@ folder as their owner are removed (cgroup xattr, veth alias, filter chain
 comment, address lease); another folder's are never touched, live or not,
 except the leases of a folder that is provably gone (hoststate.folder_is_gone).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,6 +44,7 @@ def run(store: Store) -> list[str]:
 def clean_container(store: Store, cid: str, removed: list[str]) -> bool:
     """Returns True when the container is really running."""
     from . import freeze, loop, storage
+
     if runtime.read_runtime(store, cid):
         if freeze.thaw_unleased(store, cid):
             removed.append(f"freeze of container {cid} (its snap or commit was killed)")
@@ -52,7 +54,9 @@ def clean_container(store: Store, cid: str, removed: list[str]) -> bool:
     had_cgroup = cgroup.exists() and not cgroup.foreign()
     if had_record or had_cgroup:
         runtime.teardown(store, cid)
-        removed.append(f"stale runtime of container {cid}" + (" (killed its leftover processes)" if had_cgroup else ""))
+        removed.append(
+            f"stale runtime of container {cid}" + (" (killed its leftover processes)" if had_cgroup else "")
+        )
     mount_record = runtime.mount_file(store, cid)
     if mount_record.exists() and not runtime.read_mount(store, cid):
         mount_record.unlink()
@@ -69,6 +73,7 @@ def clean_container(store: Store, cid: str, removed: list[str]) -> bool:
 
 def finish_storage_change(store: Store, cid: str, removed: list[str]) -> None:
     from . import storage_ops
+
     with contextlib.suppress(KiwiError):  # what cannot be finished, start refuses with the reason
         if storage_ops.finish_interrupted_change(store, store.container_config(cid)):
             removed.append(f"half-done storage change of container {cid} (finished it)")
@@ -76,6 +81,7 @@ def finish_storage_change(store: Store, cid: str, removed: list[str]) -> None:
 
 def clean_orphan_cgroups(store: Store, keep: set[str]) -> list[str]:
     from . import cgroups
+
     out = []
     for cid in cgroups.list_container_cgroups(store.folder_id()):
         if cid in keep:
@@ -92,6 +98,7 @@ def clean_orphan_cgroups(store: Store, keep: set[str]) -> list[str]:
 def clean_orphan_veths(store: Store, keep: set[str]) -> list[str]:
     """This folder's veths and anti-spoofing chains of containers that do not run."""
     from . import network
+
     fid = store.folder_id()
     out = []
     for veth, cid in network.list_kiwi_veths(fid).items():
@@ -136,6 +143,7 @@ def clean_tmp(store: Store) -> list[str]:
     except FileNotFoundError:
         return out
     from . import images
+
     out += [f"half-written import {name}" for name in images.remove_stale_staging(store)]
     for name in names:
         if name.startswith(images.STAGING_PREFIX):
@@ -157,6 +165,7 @@ def clean_unpack_leftovers(store: Store) -> list[str]:
     """Temporary folders of launcher unpacks that were killed. Taken under the
     launcher's own lock (cffi_build/launcher.c), so no unpack is running."""
     import fcntl
+
     try:
         fd = os.open(store.unpack_dir / ".lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -198,6 +207,7 @@ def clean_abandoned_restores(store: Store) -> list[str]:
     """Images that a killed `create <file>.kiwi` restored for a container it never made.
     Only images marked with their restorer's identity: never one a user imported."""
     from . import images, snapshots
+
     out = []
     used = set()
     for cid in store.container_ids():
@@ -219,6 +229,7 @@ def clean_abandoned_restores(store: Store) -> list[str]:
 def clean_ipam(store: Store) -> list[str]:
     """Leases of this folder's deleted containers, and of folders that are provably gone."""
     from . import hoststate, ipam
+
     out = []
     with store.lock(), hoststate.leases(store) as state:
         ipam.adopt_old_state(state, store)
@@ -238,6 +249,7 @@ def clean_ipam(store: Store) -> list[str]:
 
 def clean_nat() -> list[str]:
     from . import network
+
     # Only a bridge Kiwi made, with no container of any folder left on it.
     with contextlib.suppress(KiwiError, OSError):
         return network.remove_bridge_if_unused()

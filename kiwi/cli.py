@@ -3,6 +3,7 @@
 Only this module and commands.py print. Layers are imported inside the command
 that needs them, so `kiwi --version` or `kiwi list` stay fast.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,16 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog=PROG,
         description="Kiwi: small Linux containers you learn in two minutes. "
-                    "Data lives in kiwi-data/ beside the kiwi executable (KIWI_ROOT overrides).",
+        "Data lives in kiwi-data/ beside the kiwi executable (KIWI_ROOT overrides).",
         epilog="A container is named by its id, any unique prefix of its id, or its name. "
-               "'kiwi help <command>' shows a command's help.",
+        "'kiwi help <command>' shows a command's help.",
     )
     parser.add_argument("--version", action="version", version=VERSION_TEXT)
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=Parser)
 
     p = sub.add_parser("list", help="list containers and images")
-    p.add_argument("what", nargs="?", choices=["containers", "images", "all"], default="containers",
-                   help="what to list (default: containers)")
+    p.add_argument(
+        "what",
+        nargs="?",
+        choices=["containers", "images", "all"],
+        default="containers",
+        help="what to list (default: containers)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("pull", help="download a distribution image and verify it")
@@ -84,10 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="storage limit, e.g. 1G (default 1G), or 'host' for no limit")
     p.add_argument("--memory", help="memory limit, e.g. 256M, or 'host' (replaces a .kiwi file's)")
     p.add_argument("--cpu", help="number of CPUs, or 'host' (replaces a .kiwi file's)")
-    p.add_argument("--network", choices=["host", "separate"],
-                   help="share the host's network or not (default separate; never taken from a .kiwi file)")
-    p.add_argument("--sparse", action="store_true",
-                   help="do not reserve the storage limit on the host's disk (may run out when the host fills)")
+    p.add_argument(
+        "--network",
+        choices=["host", "separate"],
+        help="share the host's network or not (default separate; never taken from a .kiwi file)",
+    )
+    p.add_argument(
+        "--sparse",
+        action="store_true",
+        help="do not reserve the storage limit on the host's disk (may run out when the host fills)",
+    )
 
     p = sub.add_parser("set", help="change a container's settings")
     p.add_argument("container")
@@ -95,25 +107,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", help="number of CPUs, or 'host'")
     p.add_argument("--storage", help="storage limit (at least 1G), or 'host'")
     reserve = p.add_mutually_exclusive_group()
-    reserve.add_argument("--sparse", dest="sparse", action="store_true", default=None,
-                         help="stop reserving the storage limit on the host's disk")
-    reserve.add_argument("--reserve", dest="sparse", action="store_false", default=None,
-                         help="reserve the whole storage limit on the host's disk (the default)")
+    reserve.add_argument(
+        "--sparse",
+        dest="sparse",
+        action="store_true",
+        default=None,
+        help="stop reserving the storage limit on the host's disk",
+    )
+    reserve.add_argument(
+        "--reserve",
+        dest="sparse",
+        action="store_false",
+        default=None,
+        help="reserve the whole storage limit on the host's disk (the default)",
+    )
     p.add_argument("--network", choices=["host", "separate"], help="share the host's network or not")
     p.add_argument("--shell", help="shell for sessions, an absolute path inside the container")
 
-    p = sub.add_parser("attach", help="start if needed and open a session or run a command",
-                       description="Start the container if needed. Without a command: a new managed "
-                                   "session with a shell (detach with Ctrl-\\, reattach with --old). "
-                                   "With '-- cmd args': run it and pass its exit status through.")
+    p = sub.add_parser(
+        "attach",
+        help="start if needed and open a session or run a command",
+        description="Start the container if needed. Without a command: a new managed "
+        "session with a shell (detach with Ctrl-\\, reattach with --old). "
+        "With '-- cmd args': run it and pass its exit status through.",
+    )
     p.add_argument("container", nargs="?")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--direct", action="store_true", help="shell or command straight on this terminal, no session daemon")
-    mode.add_argument("--session", action="store_true", help="a new managed session (the default without a command)")
+    mode.add_argument(
+        "--direct", action="store_true", help="shell or command straight on this terminal, no session daemon"
+    )
+    mode.add_argument(
+        "--session", action="store_true", help="a new managed session (the default without a command)"
+    )
     mode.add_argument("--old", metavar="SESSION", help="reattach to a session that is still alive")
-    p.add_argument("--detach-key", default="ctrl-\\", metavar="KEY",
-                   help="key that detaches from a session, e.g. ctrl-\\ (default) or ctrl-]")
-    p.add_argument("--takeover", action="store_true", help="with --old: take over a session attached elsewhere")
+    p.add_argument(
+        "--detach-key",
+        default="ctrl-\\",
+        metavar="KEY",
+        help="key that detaches from a session, e.g. ctrl-\\ (default) or ctrl-]",
+    )
+    p.add_argument(
+        "--takeover", action="store_true", help="with --old: take over a session attached elsewhere"
+    )
     p.add_argument("cmd", nargs="*", metavar="-- cmd", help="command and arguments to run")
 
     p = sub.add_parser("sessions", help="list, kill or delete a container's sessions")
@@ -164,7 +199,7 @@ def split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
     """Everything after the first '--' is the command to run in the container."""
     if "--" in argv:
         i = argv.index("--")
-        return argv[:i], argv[i + 1:]
+        return argv[:i], argv[i + 1 :]
     return argv, None
 
 
@@ -174,7 +209,7 @@ def join_negative_values(argv: list[str]) -> list[str]:
     joined: list[str] = []
     for arg in argv:
         prev = joined[-1] if joined else ""
-        if (arg[:1] == "-" and arg[1:2].isdigit() and prev.startswith("--") and "=" not in prev):
+        if arg[:1] == "-" and arg[1:2].isdigit() and prev.startswith("--") and "=" not in prev:
             joined[-1] = f"{prev}={arg}"
         else:
             joined.append(arg)
@@ -209,6 +244,7 @@ def run(argv: list[str]) -> int:
         return EXIT_OK
     require_root(args.command)
     from . import commands
+
     return getattr(commands, "cmd_" + args.command)(args)
 
 

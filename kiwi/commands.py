@@ -1,6 +1,7 @@
 """One function per command. They parse nothing (cli.py did), call the layers,
 and print. Layer modules are imported here, inside the commands, to keep
 start-up fast."""
+
 from __future__ import annotations
 
 import json
@@ -22,6 +23,7 @@ def warn(text: str) -> None:
 
 def progress_bar(label: str):
     from .progress import Progress
+
     return Progress(label)
 
 
@@ -37,9 +39,11 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 # --- list ---------------------------------------------------------------------
 
+
 def container_rows(store: Store) -> list[dict]:
     from . import runtime
     from .containers import storage_summary
+
     rows = []
     for cid in store.container_ids():
         try:
@@ -48,43 +52,68 @@ def container_rows(store: Store) -> list[dict]:
             continue
         state = runtime.status(store, cid)
         used, limit = storage_summary(store, config, state.get("init_pid"))
-        rows.append({
-            "id": cid, "name": config.get("name"), "status": state["status"],
-            "image": config.get("image"),
-            "ipv4": None if config.get("network") == "host" else config.get("ipv4"),
-            "memory": config.get("memory"), "cpu": config.get("cpu"),
-            "storage_used": used, "storage_limit": limit,
-            "storage_sparse": limit is not None and bool(config.get("storage_sparse")),
-            "network": config.get("network", "separate"),
-            "mount": state.get("mount_target"), "cgroup": state.get("cgroup"),
-        })
+        rows.append(
+            {
+                "id": cid,
+                "name": config.get("name"),
+                "status": state["status"],
+                "image": config.get("image"),
+                "ipv4": None if config.get("network") == "host" else config.get("ipv4"),
+                "memory": config.get("memory"),
+                "cpu": config.get("cpu"),
+                "storage_used": used,
+                "storage_limit": limit,
+                "storage_sparse": limit is not None and bool(config.get("storage_sparse")),
+                "network": config.get("network", "separate"),
+                "mount": state.get("mount_target"),
+                "cgroup": state.get("cgroup"),
+            }
+        )
     return rows
 
 
 def image_rows(store: Store) -> list[dict]:
     from . import images
-    return [{"name": i.get("name"), "size": i.get("size"), "source": i.get("source"),
-             "created": i.get("created")} for i in images.list_images(store)]
+
+    return [
+        {"name": i.get("name"), "size": i.get("size"), "source": i.get("source"), "created": i.get("created")}
+        for i in images.list_images(store)
+    ]
 
 
 def show_containers(rows: list[dict]) -> None:
     def limit(v, fmt):
         return "host" if v is None else fmt(v)
+
     table = []
     for r in rows:
         storage = f"{format_size(r['storage_used'])}/{limit(r['storage_limit'], format_size)}"
         storage += " sparse" if r.get("storage_sparse") else ""
         status = r["status"] + (f" ({r['cgroup']})" if r.get("cgroup") else "")
-        table.append([r["id"], r["name"] or "-", status, r["image"] or "-",
-                      r["ipv4"] or ("host" if r["network"] == "host" else "-"),
-                      limit(r["memory"], format_size), limit(r["cpu"], str), storage,
-                      r["network"], r["mount"] or "-"])
-    print_table(["ID", "NAME", "STATUS", "IMAGE", "IPV4", "MEMORY", "CPU", "STORAGE", "NETWORK", "MOUNT"], table)
+        table.append(
+            [
+                r["id"],
+                r["name"] or "-",
+                status,
+                r["image"] or "-",
+                r["ipv4"] or ("host" if r["network"] == "host" else "-"),
+                limit(r["memory"], format_size),
+                limit(r["cpu"], str),
+                storage,
+                r["network"],
+                r["mount"] or "-",
+            ]
+        )
+    print_table(
+        ["ID", "NAME", "STATUS", "IMAGE", "IPV4", "MEMORY", "CPU", "STORAGE", "NETWORK", "MOUNT"], table
+    )
 
 
 def show_images(rows: list[dict]) -> None:
-    print_table(["NAME", "SIZE", "SOURCE", "CREATED"],
-                [[r["name"], format_size(r["size"]), r["source"] or "-", r["created"] or "-"] for r in rows])
+    print_table(
+        ["NAME", "SIZE", "SOURCE", "CREATED"],
+        [[r["name"], format_size(r["size"]), r["source"] or "-", r["created"] or "-"] for r in rows],
+    )
 
 
 def cmd_list(args) -> int:
@@ -93,6 +122,7 @@ def cmd_list(args) -> int:
     if args.what in ("containers", "all"):
         data["containers"] = container_rows(store)
         from .containers import sparse_shortfall
+
         shortfall = sparse_shortfall(store, [r["id"] for r in data["containers"] if r["storage_sparse"]])
         if shortfall:
             warn(shortfall)
@@ -113,34 +143,43 @@ def cmd_list(args) -> int:
 
 def hint_go_data(store: Store) -> None:
     from . import gokiwi
+
     if gokiwi.pending(store):
-        warn("this data folder also holds containers or images of the original Go Kiwi;"
-             " run 'kiwi migrate' to adopt them")
+        warn(
+            "this data folder also holds containers or images of the original Go Kiwi;"
+            " run 'kiwi migrate' to adopt them"
+        )
 
 
 def cmd_migrate(args) -> int:
     from . import gokiwi
+
     lines = gokiwi.migrate(Store.open())
     for line in lines:
         out(line)
     skipped = sum(map(gokiwi.is_skipped, lines))
     if skipped:
-        raise KiwiError(f"{skipped} of the original Kiwi's images or containers were not adopted"
-                        f" (see above); fix them and run 'kiwi migrate' again")
+        raise KiwiError(
+            f"{skipped} of the original Kiwi's images or containers were not adopted"
+            f" (see above); fix them and run 'kiwi migrate' again"
+        )
     return 0
 
 
 # --- images -------------------------------------------------------------------
 
+
 def cmd_import(args) -> int:
     from . import images
+
     store = Store.open()
     if not os.path.isfile(args.archive):
         raise KiwiError(f"no such file: {args.archive}")
     bar = progress_bar(f"importing {args.name}")
     try:
-        meta = images.import_image(store, args.name, args.archive, progress=bar,
-                                   source=os.path.abspath(args.archive))
+        meta = images.import_image(
+            store, args.name, args.archive, progress=bar, source=os.path.abspath(args.archive)
+        )
     finally:
         bar.close()
     out(f"imported image {meta['name']} ({format_size(meta.get('size'))})")
@@ -149,11 +188,13 @@ def cmd_import(args) -> int:
 
 def cmd_pull(args) -> int:
     from . import pull
+
     store = Store.open()
     bar = progress_bar(f"pulling {args.distro}")
     try:
-        result = pull.pull(store, args.distro, release=args.release, arch=args.arch,
-                           variant=args.variant, progress=bar)
+        result = pull.pull(
+            store, args.distro, release=args.release, arch=args.arch, variant=args.variant, progress=bar
+        )
     finally:
         bar.close()
     out(result.get("message") or f"pulled image {args.distro}")
@@ -162,24 +203,40 @@ def cmd_pull(args) -> int:
 
 # --- containers ---------------------------------------------------------------
 
+
 def cmd_create(args) -> int:
     from . import containers
+
     store = Store.open()
     settings: dict = {}
     containers.apply_settings(settings, args.memory, args.cpu, args.network)
     notes: list[str] = []
     if args.image.endswith(".kiwi") or os.sep in args.image:
         from . import snapshots
+
         bar = progress_bar("restoring")
         try:
-            config = snapshots.create_from_archive(store, args.image, name=args.name,
-                                                   storage_text=args.storage, overrides=settings,
-                                                   notes=notes, progress=bar, sparse=args.sparse)
+            config = snapshots.create_from_archive(
+                store,
+                args.image,
+                name=args.name,
+                storage_text=args.storage,
+                overrides=settings,
+                notes=notes,
+                progress=bar,
+                sparse=args.sparse,
+            )
         finally:
             bar.close()
     else:
-        config = containers.create(store, args.image, name=args.name, storage_text=args.storage,
-                                   settings=settings, sparse=args.sparse)
+        config = containers.create(
+            store,
+            args.image,
+            name=args.name,
+            storage_text=args.storage,
+            settings=settings,
+            sparse=args.sparse,
+        )
     for note in notes:
         warn(note)
     out(config["id"])
@@ -188,16 +245,22 @@ def cmd_create(args) -> int:
 
 def cmd_set(args) -> int:
     from . import containers, runtime
+
     store = Store.open()
     cid = store.resolve_container(args.container)
     if all(v is None for v in (args.memory, args.cpu, args.storage, args.network, args.shell, args.sparse)):
-        raise KiwiError("nothing to set; give --memory, --cpu, --storage, --sparse, --reserve, --network or --shell")
+        raise KiwiError(
+            "nothing to set; give --memory, --cpu, --storage, --sparse, --reserve, --network or --shell"
+        )
     from . import storage_ops
+
     with store.container_lock(cid):
         config = store.container_config(cid)
         notes = []
         if args.storage is None and storage_ops.finish_interrupted_change(store, config):
-            notes.append(f"finished an interrupted storage change: storage is {storage_ops.describe(config['storage'])}")
+            notes.append(
+                f"finished an interrupted storage change: storage is {storage_ops.describe(config['storage'])}"
+            )
         changed = containers.apply_settings(config, args.memory, args.cpu, args.network, args.shell)
         if args.sparse is not None:
             notes += storage_ops.change_reservation(store, config, args.sparse)
@@ -212,6 +275,7 @@ def cmd_set(args) -> int:
 
 def cmd_delete(args) -> int:
     from . import containers, runtime
+
     store = Store.open()
     cid = store.resolve_container(args.container)
     config = store.container_config(cid)
@@ -228,7 +292,9 @@ def cmd_delete(args) -> int:
         if state["status"] == "running":
             raise KiwiError(f"container {label} is running; stop it first: kiwi stop {cid}")
         if state.get("mount_target"):
-            raise KiwiError(f"container {label} is mounted at {state['mount_target']}; run: kiwi unmount {cid}")
+            raise KiwiError(
+                f"container {label} is mounted at {state['mount_target']}; run: kiwi unmount {cid}"
+            )
         runtime.forget(store, cid)
         containers.delete(store, cid)
     out(f"deleted {label}")
@@ -240,8 +306,10 @@ def cmd_ip(args) -> int:
     cid = store.resolve_container(args.container)
     config = store.container_config(cid)
     if config.get("network") == "host":
-        raise KiwiError(f"container {cid} shares the host's network (--network host); "
-                        "it has no address of its own: use the host's addresses")
+        raise KiwiError(
+            f"container {cid} shares the host's network (--network host); "
+            "it has no address of its own: use the host's addresses"
+        )
     if not config.get("ipv4"):
         raise KiwiError(f"container {cid} has no IPv4 address")
     out(config["ipv4"])
@@ -250,20 +318,24 @@ def cmd_ip(args) -> int:
 
 # --- runtime ------------------------------------------------------------------
 
+
 def cmd_attach(args) -> int:
     store = Store.open()
     if args.old:
         if args.container or args.cmd:
             raise KiwiError("--old takes only a session id: kiwi attach --old <session>")
         from . import sessions
+
         return sessions.reattach(store, args.old, detach_key=args.detach_key, takeover=args.takeover)
     if not args.container:
         raise KiwiError("which container? kiwi attach <container> [-- command]")
     if args.cmd and not args.cmd[0]:
         # Refused before anything starts; 127 as sh and env give for a command they cannot find.
         from .errors import CommandNotFound
+
         raise CommandNotFound("the command to run is empty; give one after --, e.g. kiwi attach c -- sh")
     from . import runtime
+
     cid = store.resolve_container(args.container)
     record = runtime.ensure_running(store, cid)
     if record.get("warning"):
@@ -273,11 +345,13 @@ def cmd_attach(args) -> int:
             raise KiwiError("--session opens a shell; run a command with: kiwi attach <c> -- cmd")
         return runtime.run_attached(store, cid, args.cmd or None)
     from . import sessions
+
     return sessions.new_session(store, cid, detach_key=args.detach_key)
 
 
 def cmd_sessions(args) -> int:
     from . import sessions
+
     store = Store.open()
     cid = store.resolve_container(args.container)
     if args.kill:
@@ -292,13 +366,16 @@ def cmd_sessions(args) -> int:
     if args.json:
         out(json.dumps(rows, indent=2))
     else:
-        print_table(["SESSION", "STATE", "CREATED", "COMMAND"],
-                    [[r["id"], r["state"], r["created"], r["command"]] for r in rows])
+        print_table(
+            ["SESSION", "STATE", "CREATED", "COMMAND"],
+            [[r["id"], r["state"], r["created"], r["command"]] for r in rows],
+        )
     return 0
 
 
 def cmd_stop(args) -> int:
     from . import runtime
+
     store = Store.open()
     cid = store.resolve_container(args.container)
     if args.time < 0:
@@ -310,6 +387,7 @@ def cmd_stop(args) -> int:
 
 def cmd_cleanup(args) -> int:
     from . import runtime
+
     store = Store.open()
     removed = runtime.cleanup(store)
     for line in removed:
@@ -321,6 +399,7 @@ def cmd_cleanup(args) -> int:
 
 def cmd_mount(args) -> int:
     from . import runtime
+
     store = Store.open()
     cid = store.resolve_container(args.container)
     target = runtime.mount(store, cid, args.target)
@@ -330,6 +409,7 @@ def cmd_mount(args) -> int:
 
 def cmd_unmount(args) -> int:
     from . import runtime
+
     store = Store.open()
     cid = store.resolve_container(args.container)
     target = runtime.unmount(store, cid)
@@ -339,8 +419,10 @@ def cmd_unmount(args) -> int:
 
 # --- archives -----------------------------------------------------------------
 
+
 def cmd_snap(args) -> int:
     from . import snapshots
+
     store = Store.open()
     cid = store.resolve_container(args.container)
     bar = progress_bar(f"snap {args.snapshot}")
@@ -354,6 +436,7 @@ def cmd_snap(args) -> int:
 
 def cmd_commit(args) -> int:
     from . import snapshots
+
     store = Store.open()
     cid = store.resolve_container(args.container)
     bar = progress_bar(f"commit {args.image}")
@@ -367,13 +450,16 @@ def cmd_commit(args) -> int:
 
 # --- console and help ---------------------------------------------------------
 
+
 def cmd_terminal(args) -> int:
     from . import terminal
+
     return terminal.run_console()
 
 
 def cmd_help(args) -> int:
     from .cli import build_parser
+
     parser = build_parser()
     if not args.topic:
         parser.print_help()
@@ -387,6 +473,7 @@ def cmd_help(args) -> int:
 
 def subparsers(parser) -> dict:
     import argparse
+
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             return dict(action.choices)

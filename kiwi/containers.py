@@ -4,6 +4,7 @@ A container is containers/<id>/config.json plus its state (state.img or
 state/). Creation is staged in .tmp/ and renamed into place under the global
 lock, so a killed create never leaves a half container that `list` shows.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -73,11 +74,21 @@ def parse_shell(text: str) -> str:
     return text
 
 
-def new_config(cid: str, name: str | None, image: str, storage_size: int | None, sparse: bool = False) -> dict:
+def new_config(
+    cid: str, name: str | None, image: str, storage_size: int | None, sparse: bool = False
+) -> dict:
     return {
-        "id": cid, "name": name, "image": image, "created": now_iso(),
-        "ipv4": None, "storage": storage_size, "storage_sparse": sparse, "memory": None, "cpu": None,
-        "network": "separate", "shell": None,
+        "id": cid,
+        "name": name,
+        "image": image,
+        "created": now_iso(),
+        "ipv4": None,
+        "storage": storage_size,
+        "storage_sparse": sparse,
+        "memory": None,
+        "cpu": None,
+        "network": "separate",
+        "shell": None,
     }
 
 
@@ -86,8 +97,15 @@ def check_name_free(store: Store, name: str) -> None:
         raise KiwiError(f"a container named {name!r} exists already; choose another name")
 
 
-def create(store: Store, image: str, name: str | None = None, storage_text: str | None = None,
-           settings: dict | None = None, populate=None, sparse: bool = False) -> dict:
+def create(
+    store: Store,
+    image: str,
+    name: str | None = None,
+    storage_text: str | None = None,
+    settings: dict | None = None,
+    populate=None,
+    sparse: bool = False,
+) -> dict:
     """Create a container of an existing image. populate(staging_dir) may fill its state."""
     from . import images, ipam
 
@@ -168,7 +186,6 @@ def storage_summary(store: Store, config: dict, init_pid: int | None = None) -> 
     return storage.used_bytes(store.container_dir(config["id"]), init_pid), config.get("storage")
 
 
-
 def sparse_shortfall(store: Store, sparse_ids: list[str]) -> str | None:
     """A warning when sparse containers may still write more than the host's disk has free."""
     if not sparse_ids:
@@ -185,6 +202,8 @@ def sparse_shortfall(store: Store, sparse_ids: list[str]) -> str | None:
         return None
     if may_write <= free:
         return None
-    return (f"warning: sparse containers may still write {format_size(may_write)} but the host's disk has only "
-            f"{format_size(free)} free; when it fills they lose writes: free space or "
-            "kiwi set <container> --reserve")
+    return (
+        f"warning: sparse containers may still write {format_size(may_write)} but the host's disk has only "
+        f"{format_size(free)} free; when it fills they lose writes: free space or "
+        "kiwi set <container> --reserve"
+    )

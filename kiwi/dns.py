@@ -42,8 +42,7 @@ def reachable_from_container(address: str) -> bool:
 
 
 def kept_lines(lines: list[str]) -> list[str]:
-    return [line.strip() for line in lines
-            if line.split() and line.split()[0] in KEPT_KEYWORDS]
+    return [line.strip() for line in lines if line.split() and line.split()[0] in KEPT_KEYWORDS]
 
 
 def unique(items: list[str]) -> list[str]:
@@ -63,8 +62,7 @@ def container_nameservers(host: list[str], resolved_upstream: str) -> list[str]:
     return chosen
 
 
-def resolv_conf_text(resolv_path: str = HOST_RESOLV_CONF,
-                     resolved_upstream: str = RESOLVED_UPSTREAM) -> str:
+def resolv_conf_text(resolv_path: str = HOST_RESOLV_CONF, resolved_upstream: str = RESOLVED_UPSTREAM) -> str:
     """The host's resolver setup, minus what cannot work inside a container."""
     lines = read_lines(resolv_path)
     servers = container_nameservers(nameservers(lines), resolved_upstream)

@@ -1,5 +1,6 @@
 """The one exception type that reaches the user as `kiwi: <message>`, the exit
 codes, and the one-line wording of everything else that can go wrong."""
+
 from __future__ import annotations
 
 import errno
@@ -7,9 +8,9 @@ import os
 
 # Exit codes, all in one place.
 EXIT_OK = 0
-EXIT_ERROR = 1          # a user mistake or an environment problem, told in one line
-EXIT_USAGE = 2          # the command line itself is wrong
-EXIT_NOT_FOUND = 127    # the command to run in the container cannot be found (as sh and env)
+EXIT_ERROR = 1  # a user mistake or an environment problem, told in one line
+EXIT_USAGE = 2  # the command line itself is wrong
+EXIT_NOT_FOUND = 127  # the command to run in the container cannot be found (as sh and env)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 DEBUG_HINT = "run with KIWI_DEBUG=1 for the traceback"
@@ -75,6 +76,7 @@ def traceback_if_debug() -> None:
     """With KIWI_DEBUG=1, the traceback of the exception being handled goes to stderr."""
     if debug_enabled():
         import traceback
+
         try:
             traceback.print_exc()
         except Exception:  # noqa: BLE001 - stderr may be gone

@@ -20,6 +20,7 @@ or, to route the members of one tar into several trees (the .kiwi reader):
             a.add(tar, member, relpath=...)      # or b.add(...), b.add_whiteout(...)
         a.finish(); b.finish()
 """
+
 from __future__ import annotations
 
 import base64
@@ -42,12 +43,12 @@ from pathlib import Path
 
 from .errors import KiwiError
 
-DATA_CHUNK = 1 << 20          # decompressed bytes handed over per step, and file copy size
-TAR_BUFSIZE = 32 << 10        # tarfile's stream buffer; small reads copy its rest: keep it modest
-QUEUE_DEPTH = 16              # decompressed chunks buffered ahead of the extractor
-DIR_FD_CACHE = 256            # open directory fds kept (well below the usual 1024 limit)
-PROGRESS_INTERVAL = 0.1       # seconds between progress calls
-SPACE_RECHECK = 256 << 20     # data bytes written between two statvfs calls
+DATA_CHUNK = 1 << 20  # decompressed bytes handed over per step, and file copy size
+TAR_BUFSIZE = 32 << 10  # tarfile's stream buffer; small reads copy its rest: keep it modest
+QUEUE_DEPTH = 16  # decompressed chunks buffered ahead of the extractor
+DIR_FD_CACHE = 256  # open directory fds kept (well below the usual 1024 limit)
+PROGRESS_INTERVAL = 0.1  # seconds between progress calls
+SPACE_RECHECK = 256 << 20  # data bytes written between two statvfs calls
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -73,10 +74,10 @@ class ExtractStats:
     hardlinks: int = 0
     whiteouts: int = 0
     fifos: int = 0
-    skipped: int = 0          # device nodes (and hard links to them): never created
-    skipped_xattrs: int = 0   # overlay xattrs an archive may not set
-    bytes: int = 0            # regular file data written; hard links count once
-    archive_size: int = 0     # set by extract_archive
+    skipped: int = 0  # device nodes (and hard links to them): never created
+    skipped_xattrs: int = 0  # overlay xattrs an archive may not set
+    bytes: int = 0  # regular file data written; hard links count once
+    archive_size: int = 0  # set by extract_archive
     sha256: str | None = None  # of the whole archive file; set by extract_archive
 
     @property
@@ -85,6 +86,7 @@ class ExtractStats:
 
 
 # ---------------------------------------------------------------- decompression
+
 
 def open_archive(path) -> ArchiveStream:
     """The decompressed tar stream of `path`; format found by magic bytes."""
@@ -103,8 +105,12 @@ def open_archive(path) -> ArchiveStream:
 
 
 def _detect_format(head: bytes, path: Path) -> str:
-    for magic, fmt in ((b"\xfd7zXZ\x00", "xz"), (b"\x1f\x8b", "gzip"),
-                       (b"BZh", "bz2"), (b"\x28\xb5\x2f\xfd", "zstd")):
+    for magic, fmt in (
+        (b"\xfd7zXZ\x00", "xz"),
+        (b"\x1f\x8b", "gzip"),
+        (b"BZh", "bz2"),
+        (b"\x28\xb5\x2f\xfd", "zstd"),
+    ):
         if head.startswith(magic):
             return fmt
     if head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50:
@@ -147,11 +153,14 @@ class _ZstdReader:
 
     def __init__(self, raw):
         import zstandard  # only archives that need it pay for the import
+
         self._frames = _ZstdFrameWalker()
         # Large max window: archives made with `zstd --long` must open too.
         self._reader = zstandard.ZstdDecompressor(max_window_size=1 << 31).stream_reader(
             _WatchedInput(raw, self._frames.feed),  # type: ignore[arg-type]  # a duck-typed reader
-            read_size=DATA_CHUNK, read_across_frames=True)
+            read_size=DATA_CHUNK,
+            read_across_frames=True,
+        )
 
     def read(self, size: int) -> bytes:
         data = self._reader.read(size)
@@ -183,8 +192,8 @@ class _ZstdFrameWalker:
 
     def __init__(self):
         self._head = b""
-        self._need = 4            # bytes of the next header field
-        self._skip = 0            # content bytes to pass over
+        self._need = 4  # bytes of the next header field
+        self._skip = 0  # content bytes to pass over
         self._step = self._magic  # what to do with the next header field
         self._checksum = 0
         self.frames = 0
@@ -198,7 +207,7 @@ class _ZstdFrameWalker:
                 pos += step
                 continue
             take = min(self._need - len(self._head), end - pos)
-            self._head += data[pos:pos + take]
+            self._head += data[pos : pos + take]
             pos += take
             if len(self._head) == self._need:
                 field, self._head = self._head, b""
@@ -285,7 +294,9 @@ class ArchiveStream(io.RawIOBase):
         self._stopping = threading.Event()
         self._current = b""
         self._offset = 0
-        self._end: bytes | BaseException | None = None  # b"" at a clean end, or the exception that ended decoding
+        self._end: bytes | BaseException | None = (
+            None  # b"" at a clean end, or the exception that ended decoding
+        )
         self._thread = threading.Thread(target=self._pump, name="kiwi-decompress", daemon=True)
         self._thread.start()
 
@@ -308,7 +319,7 @@ class ArchiveStream(io.RawIOBase):
 
     def readinto(self, buffer):
         data = self.read(len(buffer))
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         return len(data)
 
     def drain_sha256(self) -> str:
@@ -334,9 +345,12 @@ class ArchiveStream(io.RawIOBase):
                 if not chunk:
                     return
         except Exception as e:  # noqa: BLE001 - any decoder failure means a damaged archive
-            self._hand_over(KiwiError(
-                f"cannot read {self.path}: damaged or truncated {self.format} data ({e});"
-                f" get the archive again"))
+            self._hand_over(
+                KiwiError(
+                    f"cannot read {self.path}: damaged or truncated {self.format} data ({e});"
+                    f" get the archive again"
+                )
+            )
 
     def _hand_over(self, item):
         while not self._stopping.is_set():
@@ -366,6 +380,7 @@ class ArchiveStream(io.RawIOBase):
 
 # ---------------------------------------------------------------- tar reading
 
+
 class _StrictTarInfo(tarfile.TarInfo):
     """tarfile ends a stream silently at a bad header; make damage an error."""
 
@@ -382,9 +397,14 @@ class _StrictTarInfo(tarfile.TarInfo):
 def open_tar_stream(stream, path) -> tarfile.TarFile:
     """tarfile in stream mode ('r|') over an already decompressed stream."""
     try:
-        return tarfile.open(fileobj=stream, mode="r|", bufsize=TAR_BUFSIZE,
-                            encoding="utf-8", errors="surrogateescape",
-                            tarinfo=_StrictTarInfo)
+        return tarfile.open(
+            fileobj=stream,
+            mode="r|",
+            bufsize=TAR_BUFSIZE,
+            encoding="utf-8",
+            errors="surrogateescape",
+            tarinfo=_StrictTarInfo,
+        )
     except tarfile.TarError as e:
         raise KiwiError(f"{path} is not a {_FORMATS} archive ({e})") from None
 
@@ -395,8 +415,7 @@ def iter_members(tar: tarfile.TarFile, path):
         try:
             member = tar.next()
         except tarfile.TarError as e:
-            raise KiwiError(f"cannot read {path}: {e}; the archive is damaged,"
-                            f" get it again") from None
+            raise KiwiError(f"cannot read {path}: {e}; the archive is damaged, get it again") from None
         if member is None:
             return
         # Stream mode never looks back, so don't let tarfile keep every member.
@@ -438,6 +457,7 @@ class _Throttled:
 
 # ---------------------------------------------------------------- paths
 
+
 def normalise_member_path(name: str) -> str:
     """'./usr//bin/' -> 'usr/bin'; '' is the destination itself.
 
@@ -445,11 +465,13 @@ def normalise_member_path(name: str) -> str:
     """
     if name.startswith("/"):
         raise UnsafeArchiveError(
-            f"archive member {name!r} has an absolute path; refusing the archive, it is unsafe")
+            f"archive member {name!r} has an absolute path; refusing the archive, it is unsafe"
+        )
     parts = [p for p in name.split("/") if p and p != "."]
     if ".." in parts:
         raise UnsafeArchiveError(
-            f"archive member {name!r} climbs out with '..'; refusing the archive, it is unsafe")
+            f"archive member {name!r} climbs out with '..'; refusing the archive, it is unsafe"
+        )
     return "/".join(parts)
 
 
@@ -471,9 +493,9 @@ def _member_xattrs(member: tarfile.TarInfo) -> list[tuple[str, bytes]]:
     for key, value in member.pax_headers.items():
         if key.startswith("SCHILY.xattr."):
             # tarfile decoded the bytes with surrogateescape; this restores them exactly
-            found.append((key[len("SCHILY.xattr."):], value.encode("utf-8", "surrogateescape")))
+            found.append((key[len("SCHILY.xattr.") :], value.encode("utf-8", "surrogateescape")))
         elif key.startswith("LIBARCHIVE.xattr."):
-            name = urllib.parse.unquote(key[len("LIBARCHIVE.xattr."):])
+            name = urllib.parse.unquote(key[len("LIBARCHIVE.xattr.") :])
             found.append((name, base64.b64decode(value + "=" * (-len(value) % 4))))
     return found
 
@@ -491,13 +513,15 @@ def _data_regions(tar, member) -> list[tuple[int, int]]:
         if not length:
             continue  # unused map slots
         if offset < end or offset + length > member.size:
-            raise KiwiError(f"archive member {member.name!r} has a damaged sparse map;"
-                            f" the archive is damaged")
+            raise KiwiError(
+                f"archive member {member.name!r} has a damaged sparse map; the archive is damaged"
+            )
         regions.append((offset, length))
         end = offset + length
     if sum(length for _, length in regions) > tar.offset - member.offset_data:
-        raise KiwiError(f"archive member {member.name!r} maps more data than it stores;"
-                        f" the archive is damaged")
+        raise KiwiError(
+            f"archive member {member.name!r} maps more data than it stores; the archive is damaged"
+        )
     return regions
 
 
@@ -519,16 +543,17 @@ class _FreeSpace:
     def claim(self, regions, member_name: str) -> None:
         """regions: (offset, length) of data; each block it touches is allocated."""
         block = self.block
-        need = sum((-(-(offset + length) // block) - offset // block) * block
-                   for offset, length in regions)
+        need = sum((-(-(offset + length) // block) - offset // block) * block for offset, length in regions)
         if need > self.free or self.claimed > SPACE_RECHECK:
             self._refresh()
             if need > self.free:
                 from .sizes import format_size
+
                 raise NoSpaceError(
                     f"archive member {member_name!r} needs {format_size(need)} but the filesystem"
                     f" of {self.dest} has only {format_size(self.free)} free; free some space"
-                    f" and try again")
+                    f" and try again"
+                )
         self.free -= need
         self.claimed += need
 
@@ -543,7 +568,7 @@ def _is_symlink(dir_fd: int, name: str) -> bool:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 @dataclass
@@ -556,6 +581,7 @@ class _DirMeta:
 
 
 # ---------------------------------------------------------------- extraction
+
 
 class Extractor:
     """Creates archive members, one at a time, under `dest`.
@@ -604,15 +630,22 @@ class Extractor:
             self._root_fd = -1
 
     # -- public API
-    def add(self, tar: tarfile.TarFile, member: tarfile.TarInfo,
-            relpath: str | None = None, linkpath: str | None = None) -> None:
+    def add(
+        self,
+        tar: tarfile.TarFile,
+        member: tarfile.TarInfo,
+        relpath: str | None = None,
+        linkpath: str | None = None,
+    ) -> None:
         rel = normalise_member_path(member.name if relpath is None else relpath)
         try:
             if member.isdir():
                 self._add_dir(rel, member)
             elif not rel:
-                raise KiwiError(f"archive member {member.name!r} names the top folder"
-                                f" but is not a directory; the archive is damaged")
+                raise KiwiError(
+                    f"archive member {member.name!r} names the top folder"
+                    f" but is not a directory; the archive is damaged"
+                )
             elif member.isreg():
                 self._add_file(tar, rel, member)
             elif member.issym():
@@ -627,20 +660,25 @@ class Extractor:
                 self._skipped.add(rel)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise NoSpaceError(f"no space left in {self.dest} while extracting"
-                                   f" {member.name!r}; free some space and try again") from None
-            raise KiwiError(f"cannot extract {member.name!r} into {self.dest}:"
-                            f" {e.strerror}") from None
+                raise NoSpaceError(
+                    f"no space left in {self.dest} while extracting"
+                    f" {member.name!r}; free some space and try again"
+                ) from None
+            raise KiwiError(f"cannot extract {member.name!r} into {self.dest}: {e.strerror}") from None
 
     def add_whiteout(self, relpath: str) -> None:
         rel = self._whiteout_path(relpath)
         parent, leaf = self._locate(rel, relpath)
         try:
-            self._create(parent, leaf, rel, relpath, lambda: os.mknod(
-                leaf, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent))
+            self._create(
+                parent,
+                leaf,
+                rel,
+                relpath,
+                lambda: os.mknod(leaf, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent),
+            )
         except OSError as e:
-            raise KiwiError(f"cannot create whiteout {relpath!r} in {self.dest}:"
-                            f" {e.strerror}") from None
+            raise KiwiError(f"cannot create whiteout {relpath!r} in {self.dest}: {e.strerror}") from None
         self.stats.whiteouts += 1
 
     def set_opaque(self, relpath: str) -> None:
@@ -649,8 +687,7 @@ class Extractor:
         try:
             os.setxattr(fd, "trusted.overlay.opaque", b"y")
         except OSError as e:
-            raise KiwiError(f"cannot mark {relpath!r} opaque in {self.dest}:"
-                            f" {e.strerror}") from None
+            raise KiwiError(f"cannot mark {relpath!r} opaque in {self.dest}: {e.strerror}") from None
 
     def finish(self) -> ExtractStats:
         # Deepest first and the top folder last, after everything inside is written.
@@ -658,8 +695,9 @@ class Extractor:
             try:
                 self._apply_dir_meta(self._dir_fd(rel, rel, create=False), rel, self._deferred[rel])
             except OSError as e:
-                raise KiwiError(f"cannot set owner, mode, attributes or time of {rel!r}"
-                                f" in {self.dest}: {e.strerror}") from None
+                raise KiwiError(
+                    f"cannot set owner, mode, attributes or time of {rel!r} in {self.dest}: {e.strerror}"
+                ) from None
         self._deferred.clear()
         self.close()
         return self.stats
@@ -675,15 +713,17 @@ class Extractor:
                     self._clear_slot(parent, leaf, rel, member.name)
                     os.mkdir(leaf, 0o700, dir_fd=parent)
             self.stats.dirs += 1  # the top folder itself is not an entry of the tree
-        self._deferred[rel] = _DirMeta(member.mode & 0o7777, member.uid, member.gid,
-                                       _mtime_ns(member), _member_xattrs(member))
+        self._deferred[rel] = _DirMeta(
+            member.mode & 0o7777, member.uid, member.gid, _mtime_ns(member), _member_xattrs(member)
+        )
 
     def _add_file(self, tar, rel: str, member) -> None:
         regions = _data_regions(tar, member)
         self._space.claim(regions, member.name)
         parent, leaf = self._locate(rel, member.name)
-        fd = self._create(parent, leaf, rel, member.name,
-                          lambda: os.open(leaf, _NEW_FILE_FLAGS, 0o600, dir_fd=parent))
+        fd = self._create(
+            parent, leaf, rel, member.name, lambda: os.open(leaf, _NEW_FILE_FLAGS, 0o600, dir_fd=parent)
+        )
         try:
             if member.size:
                 self._copy_data(tar, member, fd, regions)
@@ -692,7 +732,7 @@ class Extractor:
             if self._as_root:
                 os.fchown(fd, member.uid, member.gid)
             os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears setuid
-            self._set_xattrs(fd, member)         # after chown, which clears file caps
+            self._set_xattrs(fd, member)  # after chown, which clears file caps
             mtime = _mtime_ns(member)
             os.utime(fd, ns=(mtime, mtime))
         finally:
@@ -702,8 +742,7 @@ class Extractor:
 
     def _add_symlink(self, rel: str, member) -> None:
         parent, leaf = self._locate(rel, member.name)
-        self._create(parent, leaf, rel, member.name,
-                     lambda: os.symlink(member.linkname, leaf, dir_fd=parent))
+        self._create(parent, leaf, rel, member.name, lambda: os.symlink(member.linkname, leaf, dir_fd=parent))
         if self._as_root:
             os.chown(leaf, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
         # setxattr has no dir_fd form; /proc/self/fd/N is our own directory, never the archive's
@@ -736,12 +775,20 @@ class Extractor:
         target_leaf = target.rpartition("/")[2]
         try:
             parent, leaf = self._locate(rel, member.name)
-            self._create(parent, leaf, rel, member.name, lambda: os.link(
-                target_leaf, leaf, src_dir_fd=target_parent, dst_dir_fd=parent,
-                follow_symlinks=False))
+            self._create(
+                parent,
+                leaf,
+                rel,
+                member.name,
+                lambda: os.link(
+                    target_leaf, leaf, src_dir_fd=target_parent, dst_dir_fd=parent, follow_symlinks=False
+                ),
+            )
         except FileNotFoundError:
-            raise KiwiError(f"hard link {member.name!r} points to {member.linkname!r},"
-                            f" which the archive does not contain before it") from None
+            raise KiwiError(
+                f"hard link {member.name!r} points to {member.linkname!r},"
+                f" which the archive does not contain before it"
+            ) from None
         finally:
             os.close(target_parent)
         self.stats.hardlinks += 1
@@ -752,21 +799,21 @@ class Extractor:
         except UnsafeArchiveError:
             raise UnsafeArchiveError(
                 f"hard link {member.name!r} points outside the target ({member.linkname!r});"
-                f" refusing the archive, it is unsafe") from None
+                f" refusing the archive, it is unsafe"
+            ) from None
         if not target:
-            raise KiwiError(f"hard link {member.name!r} points to the top folder;"
-                            f" the archive is damaged")
+            raise KiwiError(f"hard link {member.name!r} points to the top folder; the archive is damaged")
         return target
 
     def _whiteout_path(self, relpath: str) -> str:
         if not self.allow_whiteouts:
             raise UnsafeArchiveError(
                 f"archive member {relpath!r} is an overlay whiteout, which is not allowed here;"
-                f" refusing the archive")
+                f" refusing the archive"
+            )
         rel = normalise_member_path(relpath)
         if not rel:
-            raise UnsafeArchiveError("an overlay whiteout names the top folder;"
-                                     " refusing the archive")
+            raise UnsafeArchiveError("an overlay whiteout names the top folder; refusing the archive")
         return rel
 
     # -- helpers
@@ -784,8 +831,9 @@ class Extractor:
             except tarfile.ReadError:
                 data = b""
             if not data:
-                raise KiwiError(f"the archive ends in the middle of {member.name!r};"
-                                f" it is truncated, get it again")
+                raise KiwiError(
+                    f"the archive ends in the middle of {member.name!r}; it is truncated, get it again"
+                )
             _write_all(fd, data)
             remaining -= len(data)
 
@@ -811,8 +859,9 @@ class Extractor:
             try:
                 os.setxattr(target, name, value, follow_symlinks=follow_symlinks)
             except OSError as e:
-                raise KiwiError(f"cannot set extended attribute {name!r} of {member.name!r}"
-                                f" in {self.dest}: {e.strerror}") from None
+                raise KiwiError(
+                    f"cannot set extended attribute {name!r} of {member.name!r} in {self.dest}: {e.strerror}"
+                ) from None
 
     def _apply_dir_meta(self, fd: int, rel: str, meta: _DirMeta) -> None:
         if self._as_root:
@@ -843,8 +892,10 @@ class Extractor:
             os.rmdir(leaf, dir_fd=parent)
         except OSError as e:
             if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise KiwiError(f"archive member {member_name!r} would replace the non-empty"
-                                f" directory {rel!r}; the archive is damaged") from None
+                raise KiwiError(
+                    f"archive member {member_name!r} would replace the non-empty"
+                    f" directory {rel!r}; the archive is damaged"
+                ) from None
             raise
 
     def _locate(self, rel: str, member_name: str, create: bool = True) -> tuple[int, str]:
@@ -863,7 +914,7 @@ class Extractor:
         parts = path.split("/")
         depth, fd = self._deepest_cached_ancestor(parts)
         for i in range(depth, len(parts)):
-            sub = "/".join(parts[:i + 1])
+            sub = "/".join(parts[: i + 1])
             fd = self._open_subdir(fd, parts[i], sub, member_name, create)
             self._remember(sub, fd)
         return fd
@@ -875,14 +926,14 @@ class Extractor:
                 return depth, fd
         return 0, self._root_fd
 
-    def _open_subdir(self, parent: int, name: str, path: str, member_name: str,
-                     create: bool) -> int:
+    def _open_subdir(self, parent: int, name: str, path: str, member_name: str, create: bool) -> int:
         try:
             return os.open(name, _DIR_FLAGS, dir_fd=parent)
         except FileNotFoundError:
             if not create:
-                raise KiwiError(f"archive member {member_name!r} needs {path!r},"
-                                f" which the archive does not contain") from None
+                raise KiwiError(
+                    f"archive member {member_name!r} needs {path!r}, which the archive does not contain"
+                ) from None
             os.mkdir(name, 0o755, dir_fd=parent)  # a folder the archive implies but does not list
             return os.open(name, _DIR_FLAGS, dir_fd=parent)
         except OSError as e:
@@ -891,9 +942,12 @@ class Extractor:
             if _is_symlink(parent, name):
                 raise UnsafeArchiveError(
                     f"archive member {member_name!r} would be written through the symlink"
-                    f" {path!r}; refusing the archive, it is unsafe") from None
-            raise KiwiError(f"archive member {member_name!r} needs {path!r} to be a folder,"
-                            f" but the archive made it a file") from None
+                    f" {path!r}; refusing the archive, it is unsafe"
+                ) from None
+            raise KiwiError(
+                f"archive member {member_name!r} needs {path!r} to be a folder,"
+                f" but the archive made it a file"
+            ) from None
 
     def _remember(self, path: str, fd: int) -> None:
         self._dir_fds[path] = fd

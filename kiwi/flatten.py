@@ -9,6 +9,7 @@ Whiteouts hide base entries, opaque upper dirs hide the whole base dir.
 The walk uses directory fds and never follows a symlink, so a container's
 upper dir cannot redirect reads or writes outside the trees involved.
 """
+
 from __future__ import annotations
 
 import errno
@@ -63,7 +64,7 @@ class _Frame:
 
     def __init__(self, lower_fd, upper_fd, dest_fd, rel, source=None, owned=()):
         self.lower_fd, self.upper_fd, self.dest_fd, self.rel = lower_fd, upper_fd, dest_fd, rel
-        self.source = source    # the _Node whose metadata the folder gets when done (None: top)
+        self.source = source  # the _Node whose metadata the folder gets when done (None: top)
         self.owned = list(owned)  # fds this frame closes
         self.upper, self.lower_names, self.names = {}, set(), iter(())
 
@@ -85,8 +86,9 @@ class _Node:
 
     def __init__(self, dir_fd, name, st=None):
         self.dir_fd, self.name = dir_fd, name
-        self.st = st or (os.fstat(dir_fd) if name is None else
-                         os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
+        self.st = st or (
+            os.fstat(dir_fd) if name is None else os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        )
 
     @property
     def proc_path(self):
@@ -190,8 +192,7 @@ class _Flattener:
 
     def link_or_copy(self, node, dest_fd, rel):
         try:
-            os.link(node.name, node.name, src_dir_fd=node.dir_fd, dst_dir_fd=dest_fd,
-                    follow_symlinks=False)
+            os.link(node.name, node.name, src_dir_fd=node.dir_fd, dst_dir_fd=dest_fd, follow_symlinks=False)
             self.stats["linked"] += 1
             return
         except OSError as e:
@@ -209,8 +210,13 @@ class _Flattener:
     def copy_file(self, node, dest_fd, rel):
         key = (node.st.st_dev, node.st.st_ino)
         if node.st.st_nlink > 1 and key in self.copied_inodes:
-            os.link(self.copied_inodes[key], node.name, src_dir_fd=self.dest_root_fd,
-                    dst_dir_fd=dest_fd, follow_symlinks=False)
+            os.link(
+                self.copied_inodes[key],
+                node.name,
+                src_dir_fd=self.dest_root_fd,
+                dst_dir_fd=dest_fd,
+                follow_symlinks=False,
+            )
             return
         src = os.open(node.name, _READ_FLAGS, dir_fd=node.dir_fd)
         try:
@@ -237,7 +243,7 @@ class _Flattener:
         if fd is not None:
             os.fchown(fd, st.st_uid, st.st_gid)
             os.fchmod(fd, stat.S_IMODE(st.st_mode))  # after chown, which clears setuid
-            for name, value in xattrs.items():       # after chown, which clears file caps
+            for name, value in xattrs.items():  # after chown, which clears file caps
                 os.setxattr(fd, name, value)
             os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
             return
@@ -247,8 +253,7 @@ class _Flattener:
             os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dest_dir_fd)
         for key, value in xattrs.items():
             os.setxattr(f"/proc/self/fd/{dest_dir_fd}/{name}", key, value, follow_symlinks=False)
-        os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dest_dir_fd,
-                 follow_symlinks=False)
+        os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dest_dir_fd, follow_symlinks=False)
 
 
 def _upper_entries(upper_fd) -> dict:
@@ -288,8 +293,10 @@ def _copyable_xattrs(node) -> dict:
     xattrs = node.xattrs()
     for name in UNSUPPORTED_OVERLAY_XATTRS:
         if name in xattrs:
-            raise KiwiError(f"the container's changes use overlayfs {name.split('.')[-1]}, "
-                            "which commit cannot flatten; mount overlays without it")
+            raise KiwiError(
+                f"the container's changes use overlayfs {name.split('.')[-1]}, "
+                "which commit cannot flatten; mount overlays without it"
+            )
     return {k: v for k, v in xattrs.items() if not k.startswith(OVERLAY_XATTR_PREFIX)}
 
 
@@ -311,4 +318,4 @@ def _copy_data(src, dst, size):
                 break
             left -= len(chunk)
             while chunk:
-                chunk = chunk[os.write(dst, chunk):]
+                chunk = chunk[os.write(dst, chunk) :]

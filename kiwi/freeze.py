@@ -5,6 +5,7 @@ froze it (pid + start time). SIGTERM, SIGHUP and SIGINT unwind through the
 thaw; a SIGKILL cannot, so whoever next finds a lease whose owner is dead
 (list, attach, start, stop, cleanup) thaws the container and drops the lease.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,8 +43,10 @@ def read_lease(store: Store, cid: str) -> dict | None:
 @contextlib.contextmanager
 def unwinding_signals():
     """TERM/HUP/INT raise Interrupted, so every finally below runs."""
+
     def interrupt(signum, frame):
         raise Interrupted(signum)
+
     old = {s: signal.signal(s, interrupt) for s in UNWIND_SIGNALS}
     try:
         yield
@@ -66,6 +69,7 @@ def signals_blocked():
 def frozen_if_running(store: Store, cid: str):
     """Freeze a running container's processes for a consistent copy; thaw on every way out."""
     from . import runtime
+
     if not runtime.read_runtime(store, cid):
         yield
         return
@@ -88,6 +92,7 @@ def thaw_if_abandoned(store: Store, cid: str, locked: bool = False) -> bool:
     Under the container lock, so a new snap's fresh lease is never taken for
     the dead one; callers that hold the lock already pass locked=True."""
     from .runtime import owner_alive
+
     lease = read_lease(store, cid)
     if lease is None or owner_alive(lease):
         return False
@@ -108,6 +113,7 @@ def thaw_if_abandoned(store: Store, cid: str, locked: bool = False) -> bool:
 
 def thaw_abandoned(store: Store, cid: str, lease: dict) -> bool:
     from .runtime import container_cgroup
+
     if read_lease(store, cid) != lease:
         return False  # another process dealt with it, or froze it anew
     group = container_cgroup(store, cid)
@@ -121,6 +127,7 @@ def thaw_abandoned(store: Store, cid: str, lease: dict) -> bool:
 def thaw_unleased(store: Store, cid: str) -> bool:
     """Under the container lock (cleanup): a frozen cgroup that no live lease explains."""
     from .runtime import container_cgroup, owner_alive
+
     if thaw_if_abandoned(store, cid, locked=True):
         return True
     lease = read_lease(store, cid)

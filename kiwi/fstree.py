@@ -7,6 +7,7 @@ changes meanwhile can never lead the walk outside itself, and no path grows
 past PATH_MAX. One fd per level: a walk raises its soft open-file limit to
 the hard one while it runs (the usual 1024 would end at that depth).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,6 +26,7 @@ def more_open_files(top=None):
     """Allow as many open files as the hard limit does, for the duration of a deep walk;
     a tree deeper than even that is one clear line."""
     import resource
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -34,8 +36,10 @@ def more_open_files(top=None):
         if e.errno != errno.EMFILE:
             raise
         where = f"{os.fsdecode(top)} is" if top is not None else "the files are"
-        raise KiwiError(f"{where} nested deeper than the open-file limit ({hard}) allows;"
-                        " raise it (ulimit -Hn) and try again") from None
+        raise KiwiError(
+            f"{where} nested deeper than the open-file limit ({hard}) allows;"
+            " raise it (ulimit -Hn) and try again"
+        ) from None
     finally:
         if soft != hard:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -17,6 +17,7 @@ character devices, opaque folders as trusted.overlay.opaque):
 
 Nothing from the archive widens access: `network: host` is never taken over.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,21 +68,45 @@ def check_superblock(path) -> None:
     bad = KiwiError(f"{path} is not a valid squashfs archive; the file is damaged or hostile")
     if len(raw) < SQUASHFS_SUPERBLOCK.size:
         raise bad
-    (magic, inodes, _mtime, block_size, fragments, compression, block_log, _flags, ids,
-     major, minor, root_inode, bytes_used, *tables) = SQUASHFS_SUPERBLOCK.unpack(raw)
+    (
+        magic,
+        inodes,
+        _mtime,
+        block_size,
+        fragments,
+        compression,
+        block_log,
+        _flags,
+        ids,
+        major,
+        minor,
+        root_inode,
+        bytes_used,
+        *tables,
+    ) = SQUASHFS_SUPERBLOCK.unpack(raw)
     if compression not in SQUASHFS_COMPRESSORS:
-        raise KiwiError(f"{path} uses squashfs compressor {compression}; Kiwi reads gzip, xz, lz4"
-                        f" and zstd, make the archive again with one of them")
-    sane = (magic == int.from_bytes(SQUASHFS_MAGIC, "little") and (major, minor) == (4, 0)
-            and 12 <= block_log <= 20 and block_size == 1 << block_log
-            and SQUASHFS_SUPERBLOCK.size < bytes_used <= size and 0 < ids <= 65536
-            and inodes > 0 and fragments >= 0 and root_inode >= 0
-            and all(t == -1 or 0 < t <= bytes_used for t in tables))
+        raise KiwiError(
+            f"{path} uses squashfs compressor {compression}; Kiwi reads gzip, xz, lz4"
+            f" and zstd, make the archive again with one of them"
+        )
+    sane = (
+        magic == int.from_bytes(SQUASHFS_MAGIC, "little")
+        and (major, minor) == (4, 0)
+        and 12 <= block_log <= 20
+        and block_size == 1 << block_log
+        and SQUASHFS_SUPERBLOCK.size < bytes_used <= size
+        and 0 < ids <= 65536
+        and inodes > 0
+        and fragments >= 0
+        and root_inode >= 0
+        and all(t == -1 or 0 < t <= bytes_used for t in tables)
+    )
     if not sane:
         raise bad
 
 
 # ------------------------------------------------------------------ reading
+
 
 @contextlib.contextmanager
 def opened_archive(path, fmt):
@@ -94,8 +119,9 @@ def opened_archive(path, fmt):
     try:
         yield fd
     except OSError as e:  # the kernel's reader refused a damaged or crafted inode
-        raise KiwiError(f"{path} is damaged or hostile: reading it failed"
-                        f" ({e.strerror}); it cannot be used") from None
+        raise KiwiError(
+            f"{path} is damaged or hostile: reading it failed ({e.strerror}); it cannot be used"
+        ) from None
     finally:
         os.close(fd)  # the last reference: the mount and its loop device go away
 
@@ -105,6 +131,7 @@ def _mount_detached(path, fmt) -> int:
 
     from . import loop
     from . import syscalls as sc
+
     mnt = tempfile.mkdtemp(prefix="kiwi-go-archive-")
     try:
         with loop.attach(path, read_only=True) as dev:
@@ -112,8 +139,10 @@ def _mount_detached(path, fmt) -> int:
             try:
                 sc.mount(str(dev), mnt, "squashfs", flags, None)
             except OSError as e:
-                raise KiwiError(f"cannot read {path} as squashfs ({e.strerror}); the file is"
-                                f" damaged, or this kernel lacks squashfs {fmt} support") from None
+                raise KiwiError(
+                    f"cannot read {path} as squashfs ({e.strerror}); the file is"
+                    f" damaged, or this kernel lacks squashfs {fmt} support"
+                ) from None
         try:
             return os.open(mnt, _NOFOLLOW_DIR)
         finally:
@@ -153,7 +182,7 @@ def parse_meta(found: dict, path) -> dict:
     info = {}
     for name in META_FILES:
         data = found.get(name)
-        key = name[:-len(".json")]
+        key = name[: -len(".json")]
         info[key] = None if data is None else json_object(data, f"{path}: its {name}")
     if info["meta"] is None or info["manifest"] is None:
         raise KiwiError(f"{path} is not a Go Kiwi archive (no meta.json and manifest.json)")
@@ -185,6 +214,7 @@ def squashfs_info(path, fmt) -> dict:
 def tar_info(path) -> dict:
     """The JSON files at the start of an older tar.gz archive (the Go program put them first)."""
     from .extract import iter_members, normalise_member_path, open_archive, open_tar_stream
+
     found, name = {}, ""
     with open_archive(path) as stream:
         tar = open_tar_stream(stream, path)
@@ -204,6 +234,7 @@ def tar_info(path) -> dict:
 
 def read_info(path, fmt) -> dict:
     from . import privatens
+
     if fmt == "squashfs":
         check_superblock(path)
         return privatens.run(squashfs_info, str(path), fmt)
@@ -221,8 +252,9 @@ def open_part(top: int, part: str, path) -> int | None:
             except FileNotFoundError:
                 return None
             except OSError:
-                raise UnsafeArchiveError(f"{path}: its {part} is not a folder; refusing the"
-                                         f" archive, it is unsafe") from None
+                raise UnsafeArchiveError(
+                    f"{path}: its {part} is not a folder; refusing the archive, it is unsafe"
+                ) from None
             os.close(fd)
             fd = sub
         result, fd = fd, -1
@@ -241,8 +273,10 @@ def walk(top_fd: int, path):
             base = "" if dirpath == "." else dirpath[2:]
             for name in sorted(dirnames + filenames):
                 if name in (".", "..") or "/" in name or "\0" in name:
-                    raise UnsafeArchiveError(f"{path} has an entry named {name!r} in {base or '/'!r};"
-                                             f" refusing the archive, it is unsafe")
+                    raise UnsafeArchiveError(
+                        f"{path} has an entry named {name!r} in {base or '/'!r};"
+                        f" refusing the archive, it is unsafe"
+                    )
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                 yield (f"{base}/{name}" if base else name), dir_fd, name, st
     except RecursionError:
@@ -261,9 +295,11 @@ def declared_bytes(top: int, part: str, path) -> int:
 
 # ------------------------------------------------------------------ extraction
 
+
 def extract_part(path, fmt, part: str, dest: str, progress=None) -> None:
     """Child side (private mount namespace): copy one part of the archive into dest."""
     from .extract import Extractor
+
     if fmt == "tar.gz":
         return extract_tar_part(path, part, dest)
     with opened_archive(path, fmt) as top:
@@ -291,8 +327,9 @@ def feed_tree(extractor, top_fd: int, upper: bool, path) -> None:
         member.mtime = st.st_mtime
         # listxattr has no dir_fd form; /proc/self/fd keeps the lookup inside dir_fd
         xattrs = read_xattrs(f"/proc/self/fd/{dir_fd}/{name}" if name else top_fd)
-        member.pax_headers = {"SCHILY.xattr." + k: v.decode("utf-8", "surrogateescape")
-                              for k, v in xattrs.items()}
+        member.pax_headers = {
+            "SCHILY.xattr." + k: v.decode("utf-8", "surrogateescape") for k, v in xattrs.items()
+        }
         if stat.S_ISDIR(mode):
             member.type = tarfile.DIRTYPE
             extractor.add(None, member, relpath=rel)
@@ -301,8 +338,9 @@ def feed_tree(extractor, top_fd: int, upper: bool, path) -> None:
         elif stat.S_ISCHR(mode) and upper and st.st_rdev == os.makedev(WHITEOUT_DEV, WHITEOUT_DEV):
             extractor.add_whiteout(rel)
         elif (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) and upper:
-            raise UnsafeArchiveError(f"{path} has a device node {rel!r} in its changes;"
-                                     f" refusing the archive, it is unsafe")
+            raise UnsafeArchiveError(
+                f"{path} has a device node {rel!r} in its changes; refusing the archive, it is unsafe"
+            )
         elif st.st_nlink > 1 and not stat.S_ISDIR(mode) and st.st_ino in first_name_of_inode:
             member.type = tarfile.LNKTYPE
             member.linkname = first_name_of_inode[st.st_ino]
@@ -340,6 +378,7 @@ def add_entry(extractor, member, rel, dir_fd, name, st) -> None:
 def read_xattrs(target) -> dict:
     """Extended attributes of a path (never followed) or of an open fd."""
     import errno
+
     follow = isinstance(target, int)
     try:
         names = os.listxattr(target, follow_symlinks=follow)
@@ -354,6 +393,7 @@ def extract_tar_part(path, part: str, dest: str) -> None:
     """One part of an older tar.gz archive; Go wrote whiteouts as 0:0 char devices and
     opaque folders as a trusted.overlay.opaque xattr (tar --xattrs)."""
     from .extract import Extractor, iter_members, normalise_member_path, open_archive, open_tar_stream
+
     prefix = part + "/"
     with open_archive(path) as stream, Extractor(dest, allow_whiteouts=(part == UPPER)) as extractor:
         tar = open_tar_stream(stream, path)
@@ -361,13 +401,15 @@ def extract_tar_part(path, part: str, dest: str) -> None:
         for member in iter_members(tar, path):
             name = normalise_member_path(member.name)
             if name == "state.img":
-                raise KiwiError(f"{path} holds its changes in an ext4 state.img, which Kiwi does not"
-                                f" mount from an archive; restore it with the original Kiwi and"
-                                f" snapshot it again")
+                raise KiwiError(
+                    f"{path} holds its changes in an ext4 state.img, which Kiwi does not"
+                    f" mount from an archive; restore it with the original Kiwi and"
+                    f" snapshot it again"
+                )
             if name != part and not name.startswith(prefix):
                 continue
             seen = True
-            add_tar_member(extractor, tar, member, name[len(prefix):], part, path)
+            add_tar_member(extractor, tar, member, name[len(prefix) :], part, path)
         if part == ROOTFS and not seen:
             raise KiwiError(f"{path} has no rootfs/ folder; the file is damaged")
         extractor.finish()
@@ -375,20 +417,24 @@ def extract_tar_part(path, part: str, dest: str) -> None:
 
 def add_tar_member(extractor, tar, member, rel, part, path) -> None:
     from .extract import normalise_member_path
+
     upper = part == UPPER
     if upper and member.ischr() and member.devmajor == 0 and member.devminor == 0:
         extractor.add_whiteout(rel)
         return
     if upper and (member.ischr() or member.isblk()):
-        raise UnsafeArchiveError(f"{path} has a device node {member.name!r} in its changes;"
-                                 f" refusing the archive, it is unsafe")
+        raise UnsafeArchiveError(
+            f"{path} has a device node {member.name!r} in its changes; refusing the archive, it is unsafe"
+        )
     linkpath = None
     if member.islnk():
         target = normalise_member_path(member.linkname)
         if not target.startswith(part + "/"):
-            raise UnsafeArchiveError(f"hard link {member.name!r} points outside its part"
-                                     f" ({member.linkname!r}); refusing the archive, it is unsafe")
-        linkpath = target[len(part) + 1:]
+            raise UnsafeArchiveError(
+                f"hard link {member.name!r} points outside its part"
+                f" ({member.linkname!r}); refusing the archive, it is unsafe"
+            )
+        linkpath = target[len(part) + 1 :]
     extractor.add(tar, member, relpath=rel, linkpath=linkpath)
     opaque = member.pax_headers.get("SCHILY.xattr.trusted.overlay.opaque")
     if upper and member.isdir() and rel and opaque == "y":
@@ -397,19 +443,24 @@ def add_tar_member(extractor, tar, member, rel, part, path) -> None:
 
 # ------------------------------------------------------------------ create
 
+
 def check_free_space(store, info: dict, path) -> None:
     from .sizes import format_size
+
     needed = sum(info["sizes"].values())
     st = os.statvfs(store.root)
     free = st.f_bavail * st.f_frsize
     if needed > free:
-        raise KiwiError(f"{path} declares {format_size(needed)} of files but only {format_size(free)}"
-                        f" is free under {store.root}; free some space first")
+        raise KiwiError(
+            f"{path} declares {format_size(needed)} of files but only {format_size(free)}"
+            f" is free under {store.root}; free some space first"
+        )
 
 
 def find_image(store, identity: str) -> str | None:
     """A local image restored or adopted from the same Go image."""
     from . import images
+
     for meta in images.list_images(store):
         if meta.get("go_image") == identity:
             return meta["name"]
@@ -419,13 +470,16 @@ def find_image(store, identity: str) -> str | None:
 def image_without_rootfs(store, info: dict, path) -> str | None:
     """An archive without rootfs uses the local image of the same name, or is refused."""
     from . import images
+
     if info["has_rootfs"]:
         return None
     name = info["manifest"].get("name")
     if isinstance(name, str) and NAME_RE.match(name) and images.image_exists(store, name):
         return name
-    raise KiwiError(f"{path} holds no rootfs (an older Go Kiwi snapshot) and there is no image"
-                    f" {name!r} here; import that image first (kiwi import --name NAME rootfs.tar.xz)")
+    raise KiwiError(
+        f"{path} holds no rootfs (an older Go Kiwi snapshot) and there is no image"
+        f" {name!r} here; import that image first (kiwi import --name NAME rootfs.tar.xz)"
+    )
 
 
 def restore_image(store, path, fmt, info: dict, progress=None) -> str:
@@ -433,6 +487,7 @@ def restore_image(store, path, fmt, info: dict, progress=None) -> str:
     from .containers import now_iso
     from .snapshots import free_image_name
     from .store import atomic_write_json, fsync_dir
+
     manifest, identity = info["manifest"], info["identity"]
     base = str(manifest.get("name") or info["meta"].get("image_name") or "restored")
     store.ensure_layout()
@@ -445,10 +500,18 @@ def restore_image(store, path, fmt, info: dict, progress=None) -> str:
                 name = free_image_name(store, base, identity)
             except KiwiError:
                 name = free_image_name(store, "restored", identity)
-            atomic_write_json(staging / "image.json", {
-                "name": name, "source": os.path.abspath(path), "sha256": None,
-                "size": info["sizes"][ROOTFS] or None, "created": now_iso(), "files": None,
-                "go_image": identity})
+            atomic_write_json(
+                staging / "image.json",
+                {
+                    "name": name,
+                    "source": os.path.abspath(path),
+                    "sha256": None,
+                    "size": info["sizes"][ROOTFS] or None,
+                    "created": now_iso(),
+                    "files": None,
+                    "go_image": identity,
+                },
+            )
             os.rename(staging, store.image_dir(name))
             fsync_dir(store.images_dir)
     finally:
@@ -461,6 +524,7 @@ def create_container(store, path, name=None, storage_text=None, progress=None) -
     from . import containers, gokiwi, privatens, storage
     from .sizes import format_size
     from .snapshots import checked_settings, extract_upper
+
     fmt = archive_format(path)
     info = read_info(path, fmt)
     store.ensure_layout()
@@ -471,9 +535,11 @@ def create_container(store, path, name=None, storage_text=None, progress=None) -
     size = containers.parse_storage(storage_text)
     needed = info["sizes"][UPPER]
     if size is not None and needed + storage.GIB // 8 > size:
-        raise KiwiError(f"storage {format_size(size)} is too small for the archive's"
-                        f" {format_size(needed)} of changes; give --storage"
-                        f" {format_size(needed + storage.GIB)} or more")
+        raise KiwiError(
+            f"storage {format_size(size)} is too small for the archive's"
+            f" {format_size(needed)} of changes; give --storage"
+            f" {format_size(needed + storage.GIB)} or more"
+        )
     check_free_space(store, info, path)
     reused = find_image(store, info["identity"]) or image_without_rootfs(store, info, path)
     image = reused or restore_image(store, path, fmt, info, progress)
@@ -486,12 +552,13 @@ def create_container(store, path, name=None, storage_text=None, progress=None) -
 
     settings.pop("storage", None)
     try:
-        return containers.create(store, image, name=name, storage_text=storage_text,
-                                 settings=settings, populate=populate)
+        return containers.create(
+            store, image, name=name, storage_text=storage_text, settings=settings, populate=populate
+        )
     except BaseException:
         if not reused:
             from . import images
+
             with contextlib.suppress(KiwiError, OSError):
                 images.delete_image(store, image)
         raise
-

@@ -16,6 +16,7 @@ point simply resumes the next time. Paths stored in the Go JSON files
 opened without following symlinks, and device nodes (other than overlay
 whiteouts in state/upper) are removed, as Kiwi's extractor never creates them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,6 +34,7 @@ _NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 # ------------------------------------------------------------------ settings
+
 
 def settings_from_go(config: dict, where) -> dict:
     """Kiwi settings from a Go container config (memory, cpu, shell, storage).
@@ -71,6 +73,7 @@ def settings_from_go(config: dict, where) -> dict:
 
 # ------------------------------------------------------------------ detection
 
+
 def _real_dirs(folder) -> list[str]:
     """Entries of folder that are directories themselves (a symlink is not)."""
     try:
@@ -92,9 +95,12 @@ def go_container_ids(store) -> list[str]:
 
 
 def go_image_names(store) -> list[str]:
-    return [n for n in _real_dirs(store.images_dir)
-            if stat.S_ISREG(_lstat_mode(store.images_dir / n / "manifest.json"))
-            and not os.path.lexists(store.images_dir / n / "image.json")]
+    return [
+        n
+        for n in _real_dirs(store.images_dir)
+        if stat.S_ISREG(_lstat_mode(store.images_dir / n / "manifest.json"))
+        and not os.path.lexists(store.images_dir / n / "image.json")
+    ]
 
 
 def pending(store) -> bool:
@@ -104,24 +110,26 @@ def pending(store) -> bool:
 
 # ------------------------------------------------------------------ refusals
 
+
 def refuse_symlinked_layout(store) -> None:
-    for folder in (store.images_dir, store.containers_dir, store.mounts_dir,
-                   store.mounts_dir / "containers"):
+    for folder in (store.images_dir, store.containers_dir, store.mounts_dir, store.mounts_dir / "containers"):
         if os.path.islink(folder):
-            raise KiwiError(f"{folder} is a symlink; Kiwi only adopts a data folder whose"
-                            f" folders are real ones (replace the link by the folder it names)")
+            raise KiwiError(
+                f"{folder} is a symlink; Kiwi only adopts a data folder whose"
+                f" folders are real ones (replace the link by the folder it names)"
+            )
 
 
 def running_go_containers(store) -> list[str]:
     """Go ids the old program still runs (runtime.json running + live pid) or still mounts."""
     from .cleanup import pid_alive
+
     runtime_root = store.mounts_dir / "containers"
     found = []
     for goid in sorted(set(_real_dirs(runtime_root)) | set(go_container_ids(store))):
         record = _read_go_json(runtime_root / goid, "runtime.json")
         pid = record.get("pid") if record else None
-        if record and record.get("running") is True and isinstance(pid, int) and pid > 0 \
-                and pid_alive(pid):
+        if record and record.get("running") is True and isinstance(pid, int) and pid > 0 and pid_alive(pid):
             found.append(f"{goid} (pid {pid})")
     mounted = _mounts_below([runtime_root, store.containers_dir])
     if mounted:
@@ -144,6 +152,7 @@ def _mounts_below(folders) -> list[str]:
 def _read_go_json(folder, name: str) -> dict | None:
     """A small JSON object from a Go folder, opened without following any symlink."""
     from .goarchive import json_object, read_small_file
+
     try:
         fd = os.open(folder, _NOFOLLOW_DIR)
     except OSError:
@@ -157,15 +166,18 @@ def _read_go_json(folder, name: str) -> dict | None:
 
 # ------------------------------------------------------------------ migrate
 
+
 def migrate(store) -> list[str]:
     """Adopt every Go image and container; returns one line per thing done or skipped
     (a skipped one starts with 'image ' or 'container ' and says why)."""
     refuse_symlinked_layout(store)
     running = running_go_containers(store)
     if running:
-        raise KiwiError(f"the original Kiwi still runs or mounts {', '.join(running)}; stop its"
-                        f" containers with the old program first (old-kiwi stop <id>),"
-                        f" then run 'kiwi migrate'")
+        raise KiwiError(
+            f"the original Kiwi still runs or mounts {', '.join(running)}; stop its"
+            f" containers with the old program first (old-kiwi stop <id>),"
+            f" then run 'kiwi migrate'"
+        )
     store.ensure_layout()
     lines = []
     with store.lock():
@@ -193,6 +205,7 @@ def _skipped_on_error(what: str, adopt, store, name: str) -> list[str]:
 def adopt_image(store, name: str) -> str:
     from .containers import now_iso
     from .goarchive import image_identity
+
     folder = store.images_dir / name
     if not NAME_RE.match(name):
         return f"image {name!r} skipped: its name is not a valid Kiwi name; re-import it"
@@ -209,10 +222,18 @@ def adopt_image(store, name: str) -> str:
         os.close(rootfs)
     created = manifest.get("created_at")
     source = manifest.get("source")
-    atomic_write_json(folder / "image.json", {
-        "name": name, "source": source if isinstance(source, str) else None, "sha256": None,
-        "size": size, "created": created if isinstance(created, str) else now_iso(),
-        "files": None, "go_image": image_identity(manifest)})
+    atomic_write_json(
+        folder / "image.json",
+        {
+            "name": name,
+            "source": source if isinstance(source, str) else None,
+            "sha256": None,
+            "size": size,
+            "created": created if isinstance(created, str) else now_iso(),
+            "files": None,
+            "go_image": image_identity(manifest),
+        },
+    )
     note = f" ({removed} device nodes dropped)" if removed else ""
     return f"adopted image {name}{note}"
 
@@ -223,6 +244,7 @@ def unpack_squashfs_image(folder) -> None:
     import shutil
 
     from . import goarchive, privatens
+
     image, staging = folder / "rootfs.squashfs", folder / ".rootfs-unpacking"
     if os.path.islink(staging):
         os.unlink(staging)
@@ -237,6 +259,7 @@ def adopt_container(store, goid: str) -> list[str]:
     from .containers import new_config
     from .sizes import format_size
     from .store import is_container_id
+
     folder = store.containers_dir / goid
     current = _read_go_json(folder, "config.json")
     resumed = current is not None and current.get("go_id") == goid  # killed after writing it
@@ -244,8 +267,12 @@ def adopt_container(store, goid: str) -> list[str]:
     if go is None:
         return [f"container {goid} skipped: it has no config.json"]
     image = go.get("image")
-    if not isinstance(image, str) or not NAME_RE.match(image) or not images.image_exists(store, image) \
-            or not os.path.lexists(store.image_dir(image) / "image.json"):
+    if (
+        not isinstance(image, str)
+        or not NAME_RE.match(image)
+        or not images.image_exists(store, image)
+        or not os.path.lexists(store.image_dir(image) / "image.json")
+    ):
         return [f"container {goid} skipped: its image {image!r} was not adopted"]
     settings = settings_from_go(go, f"container {goid}")
     storage = adopt_state(folder, settings, goid)
@@ -268,18 +295,25 @@ def adopt_container(store, goid: str) -> list[str]:
     atomic_write_json(folder / "config.json", config)
     os.rename(folder, store.container_dir(cid))
     limit = "host" if storage is None else format_size(storage)
-    lines = [(f"adopted container {goid} as {cid} (image {image}, memory "
-             f"{format_size(settings['memory']) if settings['memory'] else 'host'}, cpu "
-             f"{settings['cpu'] or 'host'}, storage {limit}, ip {config['ipv4']})")]
+    lines = [
+        (
+            f"adopted container {goid} as {cid} (image {image}, memory "
+            f"{format_size(settings['memory']) if settings['memory'] else 'host'}, cpu "
+            f"{settings['cpu'] or 'host'}, storage {limit}, ip {config['ipv4']})"
+        )
+    ]
     if go.get("network") == "host":
-        lines.append(f"container {cid}: network host is not carried over;"
-                     f" 'kiwi set {cid} --network host' grants it again")
+        lines.append(
+            f"container {cid}: network host is not carried over;"
+            f" 'kiwi set {cid} --network host' grants it again"
+        )
     return lines
 
 
 def pick_id(store, goid: str) -> str:
     """The Go id's first 12 digits (so old prefixes still work), unless taken."""
     from .store import new_container_id
+
     cid = goid[:12]
     while os.path.lexists(store.containers_dir / cid):
         cid = new_container_id()
@@ -335,6 +369,7 @@ def _open_below_fd(parent: int, name: str, close: bool = False) -> int | None:
 def sanitize_tree(top_fd: int, upper: bool, where) -> tuple[int, int]:
     """Remove device nodes (whiteouts stay in an upper layer); returns (removed, file bytes)."""
     from .goarchive import walk
+
     removed = size = 0
     for _rel, dir_fd, name, st in walk(top_fd, where):
         if stat.S_ISREG(st.st_mode):

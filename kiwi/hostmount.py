@@ -4,6 +4,7 @@ A running container exposes its LIVE root (a clone of the very overlay mount
 it runs on, never a second overlay on the same upper dir); a stopped one gets
 an overlay built in a throw-away namespace and moved onto the target.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,17 +15,57 @@ from . import privatens
 from .errors import KiwiError
 from .store import Store, atomic_write_json
 
-SYSTEM_DIRS = {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32",
-               "/media", "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp",
-               "/usr", "/var", "/var/tmp", "/var/lib", "/var/log", "/snap"}
-SYSTEM_TREES = ("/proc", "/sys", "/dev", "/boot", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32",
-                "/lib64", "/libx32", "/run")
+SYSTEM_DIRS = {
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/var/tmp",
+    "/var/lib",
+    "/var/log",
+    "/snap",
+}
+SYSTEM_TREES = (
+    "/proc",
+    "/sys",
+    "/dev",
+    "/boot",
+    "/etc",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/run",
+)
 
 
 def check_target(store: Store, target: str) -> str:
     path = os.path.realpath(target)
     if path in SYSTEM_DIRS or any(path == t or path.startswith(t + "/") for t in SYSTEM_TREES):
-        raise KiwiError(f"refusing to mount over the system folder {path}; choose an empty folder of your own")
+        raise KiwiError(
+            f"refusing to mount over the system folder {path}; choose an empty folder of your own"
+        )
     root = os.path.realpath(store.root)
     if path == root or path.startswith(root + "/") or root.startswith(path + "/"):
         raise KiwiError(f"refusing to mount at {path}: it is inside or above Kiwi's data folder")
@@ -47,10 +88,13 @@ def mount_id_of(path: str) -> int | None:
 
 def mount(store: Store, cid: str, target: str) -> str:
     from . import runtime
+
     with store.container_lock(cid):
         existing = runtime.read_mount(store, cid)
         if existing:
-            raise KiwiError(f"container {cid} is already mounted at {existing}; run 'kiwi unmount {cid}' first")
+            raise KiwiError(
+                f"container {cid} is already mounted at {existing}; run 'kiwi unmount {cid}' first"
+            )
         path = check_target(store, target)
         store.runtime_dir(cid).mkdir(mode=0o700, parents=True, exist_ok=True)
         record = runtime.read_runtime(store, cid)
@@ -58,16 +102,20 @@ def mount(store: Store, cid: str, target: str) -> str:
             privatens.run(clone_live_root, record["init_pid"], path, private_namespace=False)
         else:
             from .storage_ops import finish_interrupted_change
+
             config = store.container_config(cid)
             finish_interrupted_change(store, config)
             lower = str(store.image_dir(config["image"]) / "rootfs")
             privatens.run(mount_stopped_overlay, store, cid, lower, path)
-        atomic_write_json(runtime.mount_file(store, cid), {"target": path, "mount_id": mount_id_of(path)}, 0o600)
+        atomic_write_json(
+            runtime.mount_file(store, cid), {"target": path, "mount_id": mount_id_of(path)}, 0o600
+        )
         return path
 
 
 def clone_live_root(init_pid: int, target: str) -> None:
     from . import syscalls as sc
+
     host_ns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     container_ns = os.open(f"/proc/{init_pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     sc.setns(container_ns, sc.CLONE_NEWNS)
@@ -80,8 +128,8 @@ def attach_to_host(tree: int, target: str) -> None:
     """Move a detached container tree onto target, nosuid and nodev: a setuid-root file the
     container wrote must not run as root for a host user, nor its device nodes open."""
     from . import syscalls as sc
-    sc.mount_setattr(tree, "", sc.AT_EMPTY_PATH | sc.AT_RECURSIVE,
-                     sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
+
+    sc.mount_setattr(tree, "", sc.AT_EMPTY_PATH | sc.AT_RECURSIVE, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
     sc.move_mount(tree, "", sc.AT_FDCWD, target, sc.MOVE_MOUNT_F_EMPTY_PATH)
 
 
@@ -89,6 +137,7 @@ def mount_stopped_overlay(store: Store, cid: str, lower: str, target: str) -> No
     """Runs in a private namespace: state + overlay there, then only the overlay moves to the host."""
     from . import rootfs
     from . import syscalls as sc
+
     # The kiwi process that forked us still lives in the namespace the user sees.
     host_ns = os.open(f"/proc/{os.getppid()}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     work = tempfile.mkdtemp(prefix="mount-", dir=str(store.tmp_dir))
@@ -115,6 +164,7 @@ def unmount(store: Store, cid: str) -> str:
     from . import runtime
     from . import syscalls as sc
     from .store import read_json
+
     with store.container_lock(cid):
         try:
             record = read_json(runtime.mount_file(store, cid))
@@ -125,7 +175,9 @@ def unmount(store: Store, cid: str) -> str:
             try:
                 sc.umount(target, 0)
             except OSError as e:
-                raise KiwiError(f"cannot unmount {target}: {e.strerror}; close files and shells using it") from None
+                raise KiwiError(
+                    f"cannot unmount {target}: {e.strerror}; close files and shells using it"
+                ) from None
         os.unlink(runtime.mount_file(store, cid))
         if not runtime.read_runtime(store, cid):
             runtime.teardown(store, cid)

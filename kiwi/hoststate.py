@@ -16,6 +16,7 @@ is not there) or maybe only on a disk that is not mounted now. Per-folder
 ranges that must never overlap (user namespace uid ranges) belong here too.
 Bridge locks live beside it. Root only: the directory is 0700.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,7 @@ def host_dir() -> Path:
         if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and info.st_mode & 0o077:
             os.chmod(path, 0o700)
     except OSError as e:
-        raise KiwiError(f"cannot use {path} for Kiwi's host-wide state: {e.strerror}; "
-                        "run as root") from None
+        raise KiwiError(f"cannot use {path} for Kiwi's host-wide state: {e.strerror}; run as root") from None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
         raise KiwiError(f"{path} is not a directory owned by root; move it away")
     return path
@@ -82,6 +82,7 @@ def canonical(state: dict) -> str:
 
 
 # -- folders --------------------------------------------------------------------------
+
 
 def check_in(store: Store) -> None:
     """Register the folder (a copy takes a new id here, before anything uses the old one)."""

@@ -4,6 +4,7 @@ An import extracts into a staging folder under .tmp/ (same filesystem) and
 renames it into place only when everything succeeded, so a failure, Ctrl-C
 or a killed process never leaves a half image in images/.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,8 +55,9 @@ def import_image(store, name: str, archive_path, progress=None, source=None) -> 
 
 def _refuse_existing(store, name: str) -> None:
     if image_exists(store, name):
-        raise KiwiError(f"an image named {name} already exists; choose another name"
-                        f" or delete that image first")
+        raise KiwiError(
+            f"an image named {name} already exists; choose another name or delete that image first"
+        )
 
 
 def _commit(store, name: str, staging: Path) -> None:
@@ -134,8 +136,17 @@ def list_images(store) -> list[dict]:
         try:
             images.append(get_image(store, name))
         except KiwiError:
-            images.append({"name": name, "source": None, "sha256": None, "size": None,
-                           "created": None, "files": None, "damaged": True})
+            images.append(
+                {
+                    "name": name,
+                    "source": None,
+                    "sha256": None,
+                    "size": None,
+                    "created": None,
+                    "files": None,
+                    "damaged": True,
+                }
+            )
     return images
 
 
@@ -147,8 +158,7 @@ def delete_image(store, name: str) -> None:
         if not image_exists(store, name):
             raise KiwiError(f"no image named {name}; see 'kiwi list images'")
         # Move it out of images/ at once; a crash mid-delete leaves only .tmp/ debris.
-        doomed = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-deleted-",
-                                       dir=store.tmp_dir))
+        doomed = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-deleted-", dir=store.tmp_dir))
         os.rename(store.image_dir(name), doomed / "image")
     with contextlib.suppress(FileNotFoundError):
         remove_tree(doomed)

@@ -60,6 +60,7 @@ def prefixlen(network: IPv4Network | None = None) -> int:
 
 # -- pure allocation on a per-subnet state dict ---------------------------------
 
+
 def empty_pool() -> dict:
     return {"next": FIRST_CONTAINER_OFFSET, "free": [], "owners": {}}
 
@@ -79,7 +80,8 @@ def take(pool: dict, network: IPv4Network, owner: str) -> str:
     else:
         raise KiwiError(
             f"no free address left in subnet {network}; delete a container "
-            "or set KIWI_SUBNET to a larger subnet")
+            "or set KIWI_SUBNET to a larger subnet"
+        )
     ip = str(network.network_address + offset)
     pool["owners"][ip] = owner
     return ip
@@ -111,8 +113,10 @@ def can_take(pool: dict, network: IPv4Network, ip: str, owner: str) -> bool:
         offset = int(IPv4Address(ip)) - int(network.network_address)
     except ValueError:
         return False
-    return (FIRST_CONTAINER_OFFSET <= offset <= last_container_offset(network)
-            and pool["owners"].get(ip) in (None, owner))
+    return FIRST_CONTAINER_OFFSET <= offset <= last_container_offset(network) and pool["owners"].get(ip) in (
+        None,
+        owner,
+    )
 
 
 def pool_of(state: dict, network: IPv4Network) -> dict:
@@ -138,6 +142,7 @@ def release_in(state: dict, ip: str, owner: str | None = None) -> None:
 
 # -- host-wide leases -----------------------------------------------------------------
 
+
 def owner_of(store, cid: str) -> str:
     return f"{store.folder_id()}/{cid}"
 
@@ -145,6 +150,7 @@ def owner_of(store, cid: str) -> str:
 def allocate(store, cid: str) -> str:
     """A free IPv4 for container `cid` of this folder, leased host-wide."""
     from kiwi import hoststate
+
     network = subnet()
     with hoststate.leases(store) as state:
         adopt_old_state(state, store)
@@ -156,6 +162,7 @@ def release(store, ip: str | None, cid: str) -> None:
     if not ip:
         return
     from kiwi import hoststate
+
     with hoststate.leases(store) as state:
         release_in(state, ip, owner_of(store, cid))
 
@@ -165,6 +172,7 @@ def claim(store, cid: str, ip: str | None) -> str | None:
     new one (a copied folder, or a lease another folder took meanwhile). Returns the
     address to use; the caller records it when it changed."""
     from kiwi import hoststate
+
     network = subnet()
     if ip and not can_parse_in(ip, network):
         return ip  # outside KIWI_SUBNET: network.attach_container says what to do
@@ -189,14 +197,19 @@ def can_parse_in(ip: str, network: IPv4Network) -> bool:
 def own_leases(state: dict, fid: str) -> list[tuple[str, str]]:
     """(ip, container id) of every lease this folder holds."""
     prefix = fid + "/"
-    return [(ip, owner[len(prefix):]) for pool in state["subnets"].values()
-            for ip, owner in pool["owners"].items() if owner.startswith(prefix)]
+    return [
+        (ip, owner[len(prefix) :])
+        for pool in state["subnets"].values()
+        for ip, owner in pool["owners"].items()
+        if owner.startswith(prefix)
+    ]
 
 
 def adopt_old_state(state: dict, store) -> None:
     """Addresses an older Kiwi recorded in <folder>/network/ipam.json join the host-wide
     leases once (unless another folder holds them already)."""
     from kiwi.store import is_container_id, read_json
+
     old = store.root / OLD_STATE
     if not old.exists():
         return

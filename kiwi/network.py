@@ -44,6 +44,7 @@ def _register_pyroute2_without_its_init() -> None:
     if "pyroute2" in sys.modules:
         return
     import importlib.util
+
     spec = importlib.util.find_spec("pyroute2")
     if spec is None or spec.submodule_search_locations is None:
         return
@@ -73,20 +74,25 @@ CONTAINER_IFNAME = "eth0"
 MAIN_TABLE = 254
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 LEGACY_TABLES = "/proc/net/ip_tables_names"
-NO_OUTBOUND_WARNING = ("neither nft nor iptables is installed; containers have no "
-                       "outbound network access (install nftables)")
-NO_FILTER_WARNING = ("the anti-spoofing filter needs nft: containers can send with other "
-                     "containers' addresses (install nftables)")
+NO_OUTBOUND_WARNING = (
+    "neither nft nor iptables is installed; containers have no outbound network access (install nftables)"
+)
+NO_FILTER_WARNING = (
+    "the anti-spoofing filter needs nft: containers can send with other "
+    "containers' addresses (install nftables)"
+)
 
 
 # -- names -------------------------------------------------------------------------
+
 
 def bridge_name() -> str:
     """The bridge from KIWI_BRIDGE (default kiwi0), validated as an interface name."""
     name = os.environ.get("KIWI_BRIDGE") or DEFAULT_BRIDGE
     if not BRIDGE_NAME_RE.fullmatch(name):
-        raise KiwiError(f"KIWI_BRIDGE {name!r} is not a valid interface name "
-                        "(1-15 letters, digits, '_', '.', '-')")
+        raise KiwiError(
+            f"KIWI_BRIDGE {name!r} is not a valid interface name (1-15 letters, digits, '_', '.', '-')"
+        )
     return name
 
 
@@ -116,6 +122,7 @@ def iptables_chain(bridge: str) -> str:
 
 # -- netlink helpers ------------------------------------------------------------------
 
+
 def link_index(ipr, name: str) -> int | None:
     found = ipr.link_lookup(ifname=name)
     return found[0] if found else None
@@ -144,6 +151,7 @@ def netlink_failure(what: str, e: NetlinkError) -> KiwiError:
 
 # -- bridge -----------------------------------------------------------------------------
 
+
 def foreign_overlapping_route(ipr, subnet, bridge_index) -> str | None:
     """A main-table route overlapping `subnet` that is not on our bridge."""
     for route in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
@@ -158,8 +166,9 @@ def foreign_overlapping_route(ipr, subnet, bridge_index) -> str | None:
 def check_subnet_is_free(ipr, subnet, bridge_index) -> None:
     clash = foreign_overlapping_route(ipr, subnet, bridge_index)
     if clash:
-        raise KiwiError(f"subnet {subnet} overlaps the host route {clash}; "
-                        "set KIWI_SUBNET to an unused private subnet")
+        raise KiwiError(
+            f"subnet {subnet} overlaps the host route {clash}; set KIWI_SUBNET to an unused private subnet"
+        )
 
 
 def ensure_bridge() -> str:
@@ -173,8 +182,9 @@ def ensure_bridge() -> str:
         elif link_kind(ipr.get_links(index)[0]) != "bridge":
             raise KiwiError(f"{bridge} exists and is not a bridge; set KIWI_BRIDGE to another name")
         try:
-            ignore_exists(lambda: ipr.addr("add", index=index, address=ipam.gateway(subnet),
-                                           prefixlen=subnet.prefixlen))
+            ignore_exists(
+                lambda: ipr.addr("add", index=index, address=ipam.gateway(subnet), prefixlen=subnet.prefixlen)
+            )
             ipr.link("set", index=index, state="up")
         except NetlinkError as e:
             raise netlink_failure(f"configuring bridge {bridge}", e) from None
@@ -202,12 +212,14 @@ def remove_bridge() -> None:
 
 def bridge_lock_path(bridge: str):
     from kiwi import hoststate
+
     return hoststate.lock_file(f"bridge-{bridge}.lock")
 
 
 def bridge_in_use():
     """Held (shared) by every start from ensure_bridge until its veth is on the bridge."""
     from kiwi.store import flock
+
     return flock(bridge_lock_path(bridge_name()), shared=True)
 
 
@@ -215,6 +227,7 @@ def remove_bridge_if_unused() -> list[str]:
     """Remove the bridge, NAT and filter tables when no container of any folder uses
     them: none of its ports left and no start under way. Only a bridge Kiwi made."""
     from kiwi.store import flock
+
     bridge = bridge_name()
     try:
         with flock(bridge_lock_path(bridge), wait=False):
@@ -245,6 +258,7 @@ def delete_link(name: str) -> None:
 
 # -- veth pairs --------------------------------------------------------------------------
 
+
 def attach_container(cid: str, ipv4: str, netns_pid: int, folder_id: str) -> str:
     """Give the network namespace of `netns_pid` an eth0 on the bridge; returns the host veth.
 
@@ -252,8 +266,10 @@ def attach_container(cid: str, ipv4: str, netns_pid: int, folder_id: str) -> str
     bridge, subnet = bridge_name(), ipam.subnet()
     host = veth_name(cid, folder_id)
     if ipaddress.ip_address(ipv4) not in subnet:
-        raise KiwiError(f"container {cid} has address {ipv4}, outside KIWI_SUBNET {subnet}; "
-                        "recreate it or set KIWI_SUBNET back")
+        raise KiwiError(
+            f"container {cid} has address {ipv4}, outside KIWI_SUBNET {subnet}; "
+            "recreate it or set KIWI_SUBNET back"
+        )
     delete_own_veth(cid, folder_id)  # a stale pair from a crashed start
     with IPRoute() as ipr:
         bridge_index = link_index(ipr, bridge)
@@ -262,7 +278,9 @@ def attach_container(cid: str, ipv4: str, netns_pid: int, folder_id: str) -> str
             bridge_index = link_index(ipr, bridge)
         create_veth_pair(ipr, host, netns_pid, container_mac(ipv4))
         try:
-            ipr.link("set", index=link_index(ipr, host), ifalias=OWNER_ALIAS_PREFIX + owner_tag(folder_id, cid))
+            ipr.link(
+                "set", index=link_index(ipr, host), ifalias=OWNER_ALIAS_PREFIX + owner_tag(folder_id, cid)
+            )
             allow_only_own_addresses(bridge, host, container_mac(ipv4), ipv4, owner_tag(folder_id, cid))
             ipr.link("set", index=link_index(ipr, host), master=bridge_index, state="up")
             configure_container_side(netns_pid, ipv4, subnet)
@@ -277,8 +295,12 @@ def attach_container(cid: str, ipv4: str, netns_pid: int, folder_id: str) -> str
 def create_veth_pair(ipr, host: str, netns_pid: int, mac: str) -> None:
     # The peer is born inside the container's namespace, so its name cannot clash on the host.
     try:
-        ipr.link("add", ifname=host, kind="veth",
-                 peer={"ifname": CONTAINER_IFNAME, "net_ns_pid": netns_pid, "address": mac})
+        ipr.link(
+            "add",
+            ifname=host,
+            kind="veth",
+            peer={"ifname": CONTAINER_IFNAME, "net_ns_pid": netns_pid, "address": mac},
+        )
     except NetlinkError as e:
         raise netlink_failure(f"creating veth {host} for process {netns_pid}", e) from None
 
@@ -304,7 +326,11 @@ def delete_own_veth(cid: str, folder_id: str) -> None:
     with IPRoute() as ipr:
         index = link_index(ipr, host)
         # The name is a hash of the owner; an alias naming someone else is not ours anyway.
-        if index is None or link_alias(ipr, index) not in (None, "", OWNER_ALIAS_PREFIX + owner_tag(folder_id, cid)):
+        if index is None or link_alias(ipr, index) not in (
+            None,
+            "",
+            OWNER_ALIAS_PREFIX + owner_tag(folder_id, cid),
+        ):
             return
     delete_link(host)
 
@@ -313,12 +339,15 @@ def list_kiwi_veths(folder_id: str) -> dict[str, str]:
     """{veth: container id} of every veth this data folder made (for cleanup)."""
     mine = OWNER_ALIAS_PREFIX + folder_id + "/"
     with IPRoute() as ipr:
-        return {link.get("IFLA_IFNAME"): alias[len(mine):] for link in ipr.get_links()
-                if link_kind(link) == "veth"
-                and (alias := link.get("IFLA_IFALIAS") or "").startswith(mine)}
+        return {
+            link.get("IFLA_IFNAME"): alias[len(mine) :]
+            for link in ipr.get_links()
+            if link_kind(link) == "veth" and (alias := link.get("IFLA_IFALIAS") or "").startswith(mine)
+        }
 
 
 # -- anti-spoofing --------------------------------------------------------------------------
+
 
 def spoof_table(bridge: str) -> str:
     return f"bridge {nft_table(bridge)}"
@@ -356,10 +385,12 @@ def port_ruleset(bridge: str, host: str, mac: str, ipv4: str, owner: str) -> str
         "ether type != { ip, arp } drop",
         "accept",
     ]
-    return (f'add chain {table} {chain} {{ comment "{OWNER_ALIAS_PREFIX}{owner}"; }}\n'
-            f"flush chain {table} {chain}\n"
-            + "".join(f"add rule {table} {chain} {rule}\n" for rule in rules)
-            + f'add element {table} ports {{ "{host}" : jump {chain} }}\n')
+    return (
+        f'add chain {table} {chain} {{ comment "{OWNER_ALIAS_PREFIX}{owner}"; }}\n'
+        f"flush chain {table} {chain}\n"
+        + "".join(f"add rule {table} {chain} {rule}\n" for rule in rules)
+        + f'add element {table} ports {{ "{host}" : jump {chain} }}\n'
+    )
 
 
 def allow_only_own_addresses(bridge: str, host: str, mac: str, ipv4: str, owner: str) -> None:
@@ -380,8 +411,11 @@ def forget_port(bridge: str, host: str) -> None:
         return
     table, chain = spoof_table(bridge), port_chain(host)
     # One transaction: element and chain are only ever added together.
-    run([nft, "-f", "-"], f'delete element {table} ports {{ "{host}" }}\n'
-                          f"flush chain {table} {chain}\ndelete chain {table} {chain}\n")
+    run(
+        [nft, "-f", "-"],
+        f'delete element {table} ports {{ "{host}" }}\n'
+        f"flush chain {table} {chain}\ndelete chain {table} {chain}\n",
+    )
 
 
 def own_port_chains(bridge: str, folder_id: str) -> dict[str, str]:
@@ -395,6 +429,7 @@ def own_port_chains(bridge: str, folder_id: str) -> dict[str, str]:
 
 
 # -- NAT and forwarding -------------------------------------------------------------------
+
 
 def run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(argv, input=stdin, capture_output=True, text=True)
@@ -473,6 +508,7 @@ def remove_nat() -> None:
 
 # -- iptables --------------------------------------------------------------------------------
 
+
 def iptables_variants() -> list[str]:
     """Every iptables backend that may hold rules: nft-based, legacy if in use, or plain."""
     found = []
@@ -522,11 +558,16 @@ def forward_hook_chain(cmd: str) -> str:
 
 def iptables_forward_accept(cmd: str, bridge: str) -> None:
     chain = iptables_chain(bridge)
-    define_chain(cmd, "filter", chain, [
-        f"-i {bridge} -j ACCEPT",
-        f"-o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-        f"-o {bridge} -j DROP",
-    ])
+    define_chain(
+        cmd,
+        "filter",
+        chain,
+        [
+            f"-i {bridge} -j ACCEPT",
+            f"-o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            f"-o {bridge} -j DROP",
+        ],
+    )
     insert_jump_once(cmd, "filter", forward_hook_chain(cmd), chain)
 
 
@@ -564,6 +605,7 @@ def iptables_remove_chain(cmd: str, table: str, hooks: tuple[str, ...], bridge: 
 
 
 # -- one call for the runtime ------------------------------------------------------------------
+
 
 def setup_host() -> str | None:
     """Bridge plus NAT; returns a warning for the CLI to print, or None."""

@@ -3,6 +3,7 @@
 Whatever the function mounts disappears with the child: a crash can never
 leave a mount on the host. Errors come back to the caller as KiwiError.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,6 +19,7 @@ def run(fn, *args, private_namespace: bool = True):
     """fn(*args) in a forked child, by default with a private mount namespace
     (without one, fn switches namespaces itself); returns its (picklable) result."""
     from . import syscalls as sc
+
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     parent = os.getpid()
     pid = os.fork()
@@ -45,7 +47,7 @@ def run(fn, *args, private_namespace: bool = True):
             data = pickle.dumps(("error", f"unpicklable result: {e}"))
         view = memoryview(data)
         while view:
-            view = view[os.write(write_fd, view):]
+            view = view[os.write(write_fd, view) :]
         os._exit(0)
     os.close(write_fd)
     chunks = []
@@ -74,6 +76,7 @@ def stop_helper(pid: int, grace: float = 2.0) -> None:
     """SIGTERM first: a helper that inherited our signal handlers unwinds and removes its
     work files; SIGKILL when it has not ended after grace seconds."""
     import time
+
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -89,6 +92,7 @@ def mount_state(store, cid: str, mountpoint: str) -> str:
     """Inside a private namespace: the container's state folder (upper/ work/) at mountpoint
     when it lives in state.img, or the plain state/ folder. Returns the path holding upper/."""
     from . import storage
+
     cdir = store.container_dir(cid)
     img = storage.image_path(cdir)
     if not img.exists():
@@ -104,6 +108,7 @@ def mount_ext4_image(img: str, mountpoint: str) -> None:
     superblock, while a second loop device would be a second, corrupting writer."""
     from . import loop
     from . import syscalls as sc
+
     flags = sc.MS_NOSUID | sc.MS_NODEV
     for dev in loop.find_by_backing_file(img):
         try:

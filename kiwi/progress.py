@@ -1,4 +1,5 @@
 """A progress bar with bytes and speed on a terminal; silent when piped."""
+
 from __future__ import annotations
 
 import os

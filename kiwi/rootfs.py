@@ -3,6 +3,7 @@ each step is one small function. Runs in the future PID 1 (a forked child of
 kiwi) before it becomes the init; nothing here touches the host's mount table
 because the caller unshared the mount namespace and made / private first.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,17 +14,26 @@ import stat
 from . import syscalls as sc
 
 DEV_NODES = [  # name, major, minor, mode
-    ("null", 1, 3, 0o666), ("zero", 1, 5, 0o666), ("full", 1, 7, 0o666),
-    ("random", 1, 8, 0o666), ("urandom", 1, 9, 0o666), ("tty", 5, 0, 0o666),
+    ("null", 1, 3, 0o666),
+    ("zero", 1, 5, 0o666),
+    ("full", 1, 7, 0o666),
+    ("random", 1, 8, 0o666),
+    ("urandom", 1, 9, 0o666),
+    ("tty", 5, 0, 0o666),
 ]
 # The only devices the container may open (its cgroup enforces it, so a node
 # that appears later, however it got there, stays closed): the nodes above
 # (console is null's device), devpts' ptmx and its terminals.
-ALLOWED_DEVICES = tuple(dict.fromkeys(
-    [("c", major, minor) for _, major, minor, _ in DEV_NODES] + [("c", 5, 2), ("c", 136, None)]))
-DEV_LINKS = [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
-             ("ptmx", "pts/ptmx")]
+ALLOWED_DEVICES = tuple(
+    dict.fromkeys([("c", major, minor) for _, major, minor, _ in DEV_NODES] + [("c", 5, 2), ("c", 136, None)])
+)
+DEV_LINKS = [
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+]
 NOSUID_NODEV_NOEXEC = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 
 
@@ -46,10 +56,12 @@ def mount_state(device: str | None, state_dir: str, mountpoint: str, discard: bo
 
 
 def mount_overlay(lower: str, state: str, target: str) -> None:
-    data = (f"lowerdir={overlay_escape(lower)},upperdir={overlay_escape(state + '/upper')},"
-            f"workdir={overlay_escape(state + '/work')},"
-            # Self-contained upper dirs: snap and commit read them as plain trees.
-            "redirect_dir=off,metacopy=off")
+    data = (
+        f"lowerdir={overlay_escape(lower)},upperdir={overlay_escape(state + '/upper')},"
+        f"workdir={overlay_escape(state + '/work')},"
+        # Self-contained upper dirs: snap and commit read them as plain trees.
+        "redirect_dir=off,metacopy=off"
+    )
     sc.mount("overlay", target, "overlay", 0, data)
 
 
@@ -128,8 +140,14 @@ def mount_dev(root_fd: int) -> None:
             os.chmod(sub, mode, dir_fd=dev)
     finally:
         os.close(dev)
-    mount_at(root_fd, "dev/pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
-             "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    mount_at(
+        root_fd,
+        "dev/pts",
+        "devpts",
+        "devpts",
+        sc.MS_NOSUID | sc.MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620,gid=5",
+    )
     mount_at(root_fd, "dev/shm", "tmpfs", "tmpfs", NOSUID_NODEV_NOEXEC, "mode=1777,size=64m")
 
 
@@ -148,8 +166,13 @@ def write_container_file(path: str, text: str, mode: int = 0o644) -> None:
     A missing or odd parent (a hostile /etc symlink) is skipped, not followed out."""
     parent, name = os.path.split(path)
     try:
-        dfd = sc.openat2(sc.AT_FDCWD, parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0,
-                         sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+        dfd = sc.openat2(
+            sc.AT_FDCWD,
+            parent,
+            os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+            0,
+            sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS,
+        )
     except OSError:
         return
     tmp = f".{name}.kiwi-tmp"
@@ -158,7 +181,9 @@ def write_container_file(path: str, text: str, mode: int = 0o644) -> None:
             os.unlink(tmp, dir_fd=dfd)
         except FileNotFoundError:
             pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd
+        )
         with os.fdopen(fd, "w") as f:
             f.write(text)
             os.fchmod(f.fileno(), mode)
@@ -174,6 +199,7 @@ def write_container_file(path: str, text: str, mode: int = 0o644) -> None:
 
 def write_identity_files(hostname: str, ipv4: str | None) -> None:
     from . import dns
+
     write_container_file("/etc/hostname", hostname + "\n")
     write_container_file("/etc/hosts", dns.hosts_text(hostname, ipv4))
     write_container_file("/etc/resolv.conf", dns_text_cached())
@@ -187,6 +213,7 @@ def prepare_dns_text(host_network: bool = False) -> None:
     With the host's network the host's own file works as it is (stub included)."""
     global _RESOLV_TEXT
     from . import dns
+
     if host_network:
         try:
             with open("/etc/resolv.conf") as f:

@@ -7,6 +7,7 @@ of the container is mounted on the host: every mount lives in the container's
 own mount namespace, so a killed kiwi leaves no mount behind, and the loop
 device (autoclear) frees itself when that namespace goes away.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,13 +20,24 @@ from pathlib import Path
 from .errors import KiwiError
 from .store import Store, atomic_write_json, read_json
 
-SHELLS = ["/bin/bash", "/usr/bin/bash", "/bin/zsh", "/usr/bin/zsh", "/usr/bin/fish",
-          "/bin/fish", "/bin/ash", "/usr/bin/ash", "/bin/sh", "/usr/bin/sh"]
+SHELLS = [
+    "/bin/bash",
+    "/usr/bin/bash",
+    "/bin/zsh",
+    "/usr/bin/zsh",
+    "/usr/bin/fish",
+    "/bin/fish",
+    "/bin/ash",
+    "/usr/bin/ash",
+    "/bin/sh",
+    "/usr/bin/sh",
+]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_PIDS_MAX = 1024
 
 
 # --- runtime records ------------------------------------------------------------
+
 
 def runtime_file(store: Store, cid: str) -> Path:
     return store.runtime_dir(cid) / "runtime.json"
@@ -42,7 +54,7 @@ def process_start_time(pid: int) -> int | None:
             data = f.read()
     except OSError:
         return None
-    fields = data[data.rindex(b")") + 2:].split()
+    fields = data[data.rindex(b")") + 2 :].split()
     if fields[0] == b"Z":
         return None
     return int(fields[19])
@@ -79,6 +91,7 @@ def read_runtime(store: Store, cid: str) -> dict | None:
 
 def container_cgroup(store: Store, cid: str):
     from . import cgroups
+
     return cgroups.Cgroup.for_container(cid, store.folder_id())
 
 
@@ -103,9 +116,14 @@ def status(store: Store, cid: str) -> dict:
     target = read_mount(store, cid)
     if record:
         from . import freeze
+
         freeze.thaw_if_abandoned(store, cid)
-        return {"status": "running", "init_pid": record["init_pid"], "mount_target": target,
-                "cgroup": record.get("cgroup_version")}
+        return {
+            "status": "running",
+            "init_pid": record["init_pid"],
+            "mount_target": target,
+            "cgroup": record.get("cgroup_version"),
+        }
     if not target and left_running(store, cid):
         return {"status": "stale", "mount_target": None}
     return {"status": "mounted" if target else "stopped", "mount_target": target}
@@ -127,6 +145,7 @@ def left_running(store: Store, cid: str) -> bool:
 
 # --- start -----------------------------------------------------------------------
 
+
 def ensure_running(store: Store, cid: str) -> dict:
     record = read_runtime(store, cid)
     if record:
@@ -139,12 +158,16 @@ def start(store: Store, cid: str) -> dict:
         record = read_runtime(store, cid)
         if record:
             from . import freeze
+
             freeze.thaw_if_abandoned(store, cid, locked=True)
             return record
         config = store.container_config(cid)
         if read_mount(store, cid):
-            raise KiwiError(f"container {cid} is mounted while stopped; run 'kiwi unmount {cid}' before starting it")
+            raise KiwiError(
+                f"container {cid} is mounted while stopped; run 'kiwi unmount {cid}' before starting it"
+            )
         from . import storage_ops
+
         storage_ops.finish_interrupted_change(store, config)
         teardown(store, cid, release_network=False)  # whatever a crashed earlier start left
         return Starter(store, config).run()
@@ -163,6 +186,7 @@ class Starter:
 
     def run(self) -> dict:
         from . import images
+
         images.get_image(self.store, self.config["image"])
         self.lower = str(self.store.image_dir(self.config["image"]) / "rootfs")
         self.store.ensure_layout()
@@ -183,15 +207,23 @@ class Starter:
             # image has run yet (kiwi-init is ours), and everything that enters
             # later joins this cgroup.
             from . import rootfs
+
             self.cgroup.restrict_devices(rootfs.ALLOWED_DEVICES)
-            record = {"init_pid": init_pid, "init_start_time": process_start_time(init_pid),
-                      "cgroup_version": self.cgroup.version, "network": self.config.get("network"),
-                      "started": time.time(), "folder": self.store.folder_id(),
-                      "root": self.store.real_root}
+            record = {
+                "init_pid": init_pid,
+                "init_start_time": process_start_time(init_pid),
+                "cgroup_version": self.cgroup.version,
+                "network": self.config.get("network"),
+                "started": time.time(),
+                "folder": self.store.folder_id(),
+                "root": self.store.real_root,
+            }
             if self.separate_net:
                 from . import network
-                record["veth"] = network.attach_container(self.cid, self.config["ipv4"], init_pid,
-                                                          self.store.folder_id())
+
+                record["veth"] = network.attach_container(
+                    self.cid, self.config["ipv4"], init_pid, self.store.folder_id()
+                )
                 record["mac"] = network.container_mac(self.config["ipv4"])
             self.holds.close()
             atomic_write_json(runtime_file(self.store, self.cid), record, mode=0o600)
@@ -209,6 +241,7 @@ class Starter:
 
     def prepare_network(self) -> None:
         from . import ipam, network
+
         self.claim_address(ipam)
         # Until our veth is on the bridge, no other folder's stop or cleanup may remove it.
         self.holds.enter_context(network.bridge_in_use())
@@ -222,11 +255,13 @@ class Starter:
         ipv4 = ipam.claim(self.store, self.cid, self.config.get("ipv4"))
         if ipv4 != self.config.get("ipv4"):
             from . import containers
+
             self.config["ipv4"] = ipv4
             containers.save_config(self.store, self.config)
 
     def attach_storage(self):
         from . import loop, storage
+
         img = storage.image_path(self.cdir)
         if not img.exists():
             if not storage.folder_path(self.cdir).is_dir():
@@ -238,6 +273,7 @@ class Starter:
     def spawn_init(self) -> int:
         """Fork stage 1; returns the host pid of the container's init once its root is ready."""
         from . import rootfs, security  # both before the fork: stage 1 and 2 use them
+
         rootfs.prepare_dns_text(host_network=not self.separate_net)
         memfd = security.init_memfd()
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
@@ -259,10 +295,10 @@ class Starter:
 
     def stage1(self, status_w: int, memfd: int) -> None:
         from . import syscalls as sc
+
         try:
             self.cgroup.add_pid(os.getpid())
-            flags = (sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWPID
-                     | sc.CLONE_NEWCGROUP)
+            flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWPID | sc.CLONE_NEWCGROUP
             if self.separate_net:
                 flags |= sc.CLONE_NEWNET
             sc.unshare(flags)
@@ -278,12 +314,17 @@ class Starter:
         """PID 1 of the container, still Python: build the root, harden, exec init."""
         from . import rootfs, security
         from . import syscalls as sc
+
         try:
             os.setsid()
             os.umask(0o022)
             rootfs.make_mounts_private()
-            state = rootfs.mount_state(self.device, str(storage_folder(self.cdir)), str(self.rdir / "state"),
-                                       discard=self.config.get("storage_sparse", False))
+            state = rootfs.mount_state(
+                self.device,
+                str(storage_folder(self.cdir)),
+                str(self.rdir / "state"),
+                discard=self.config.get("storage_sparse", False),
+            )
             root = str(self.rdir / "root")
             rootfs.mount_overlay(self.lower, state, root)
             root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -307,6 +348,7 @@ class Starter:
 
 def storage_folder(cdir: Path) -> Path:
     from . import storage
+
     return storage.folder_path(cdir)
 
 
@@ -320,6 +362,7 @@ def redirect_stdio_to_null() -> None:
 
 def report_and_exit(status_w: int, error: BaseException) -> None:
     from .errors import describe, traceback_if_debug
+
     traceback_if_debug()
     with contextlib.suppress(OSError):
         os.write(status_w, f"error {describe(error)}\n".encode())
@@ -386,8 +429,15 @@ def open_namespaces(pid: int, include_net: bool) -> list[int]:
 
 def container_env(config: dict, shell: str | None, term: str | None) -> dict:
     hostname = config.get("name") or config["id"]
-    env = {"PATH": DEFAULT_PATH, "HOME": "/root", "USER": "root", "LOGNAME": "root",
-           "LANG": "C.UTF-8", "HOSTNAME": hostname, "TERM": term or "xterm"}
+    env = {
+        "PATH": DEFAULT_PATH,
+        "HOME": "/root",
+        "USER": "root",
+        "LOGNAME": "root",
+        "LANG": "C.UTF-8",
+        "HOSTNAME": hostname,
+        "TERM": term or "xterm",
+    }
     if shell:
         env["SHELL"] = shell
     return env
@@ -410,6 +460,7 @@ def pick_shell(init_pid: int, saved: str | None) -> str:
 
 def is_executable_in(root: int, path: str) -> bool:
     from .rootfs import open_in_root
+
     try:
         fd = open_in_root(root, path.lstrip("/"))
     except OSError:
@@ -429,8 +480,9 @@ def command_of(init_pid: int, config: dict, argv: list[str] | None) -> tuple[lis
     return ([shell, "-l"] if shell.endswith(("bash", "zsh")) else [shell]), shell
 
 
-def spawn(store: Store, cid: str, argv: list[str] | None, fds=(0, 1, 2), term: str | None = None,
-          tty: bool = False) -> int:
+def spawn(
+    store: Store, cid: str, argv: list[str] | None, fds=(0, 1, 2), term: str | None = None, tty: bool = False
+) -> int:
     """Start kiwi-exec to run argv (a shell when None) in the running container.
 
     Returns the pid of kiwi-exec, our child, once the command runs; its exit
@@ -439,8 +491,10 @@ def spawn(store: Store, cid: str, argv: list[str] | None, fds=(0, 1, 2), term: s
     stdio.py); tty: fds[0] is a PTY slave that becomes its controlling terminal.
     """
     from . import cgroups, security
+
     record = running_record(store, cid)
     from . import freeze
+
     freeze.thaw_if_abandoned(store, cid)
     init_pid = record["init_pid"]
     config = store.container_config(cid)
@@ -465,8 +519,9 @@ def spawn(store: Store, cid: str, argv: list[str] | None, fds=(0, 1, 2), term: s
         options += [f"-c{5 + i}" for i in range(len(cgroup_fds))]
         options += [f"-n{5 + len(cgroup_fds) + i}" for i in range(len(ns_fds))]
         options += ["-t"] if tty else []
-        pid = spawn_helper(memfd, layout, [security.EXEC_NAME, *options, "--", *argv],
-                           container_env(config, shell, term))
+        pid = spawn_helper(
+            memfd, layout, [security.EXEC_NAME, *options, "--", *argv], container_env(config, shell, term)
+        )
         opened.remove(err_w)
         os.close(err_w)
         message = read_all(err_r)
@@ -497,13 +552,20 @@ def spawn_helper(memfd: int, layout: list[int], argv: list[str], env: dict) -> i
     Its /proc/self/exe is the memfd, never a host file. The fds are first moved
     above every target, so no placement overwrites a source still to be placed."""
     import fcntl
+
     high = []
     try:
         for fd in layout:
             high.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, HELPER_FD_BASE))
         actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(high)]
-        return os.posix_spawn(f"/proc/self/fd/{memfd}", argv, env, file_actions=actions, setsigmask=(),
-                              setsigdef=signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
+        return os.posix_spawn(
+            f"/proc/self/fd/{memfd}",
+            argv,
+            env,
+            file_actions=actions,
+            setsigmask=(),
+            setsigdef=signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP},
+        )
     finally:
         for fd in high:
             os.close(fd)
@@ -526,6 +588,7 @@ def exit_code_of(wstatus: int) -> int:
 def run_attached(store: Store, cid: str, argv: list[str] | None) -> int:
     """Run argv (or a shell) with this process's stdio, relayed; returns its exit status."""
     from . import stdio
+
     with stdio.Relay(running_record(store, cid)["init_pid"]) as relay:
         pid = spawn(store, cid, argv, fds=relay.child_fds, term=relay.term, tty=relay.pty)
         relay.started()
@@ -533,6 +596,7 @@ def run_attached(store: Store, cid: str, argv: list[str] | None) -> int:
 
 
 # --- stop, teardown, cleanup ---------------------------------------------------------
+
 
 def wait_for_exit(pid: int, start_time: int | None, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
@@ -549,6 +613,7 @@ def stop(store: Store, cid: str, grace: float = 10) -> bool:
         record = read_runtime(store, cid)
         if record:
             from . import freeze
+
             freeze.thaw_unleased(store, cid)  # a frozen init never sees its SIGTERM
         stop_sessions(store, cid)
         if record:
@@ -569,6 +634,7 @@ def stop(store: Store, cid: str, grace: float = 10) -> bool:
 def stop_sessions(store: Store, cid: str) -> None:
     with contextlib.suppress(ImportError):
         from . import sessions
+
         with contextlib.suppress(KiwiError, OSError):
             sessions.stop_all(store, cid)
 
@@ -584,6 +650,7 @@ def teardown(store: Store, cid: str, release_network: bool = True) -> None:
         cgroup.remove()
     with contextlib.suppress(Exception):
         from . import network
+
         network.detach_container(cid, store.folder_id())
         if release_network:
             network.remove_bridge_if_unused()
@@ -604,6 +671,7 @@ def forget(store: Store, cid: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(mount_file(store, cid))
     import shutil
+
     shutil.rmtree(store.runtime_dir(cid), ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(store.locks_dir / f"{cid}.lock")
@@ -611,10 +679,12 @@ def forget(store: Store, cid: str) -> None:
 
 def cleanup(store: Store) -> list[str]:
     from . import cleanup as c
+
     return c.run(store)
 
 
 # --- settings on a running container ---------------------------------------------------
+
 
 def apply_live(store: Store, config: dict, changed: list[str]) -> list[str]:
     cid = config["id"]
@@ -631,16 +701,22 @@ def apply_live(store: Store, config: dict, changed: list[str]) -> list[str]:
 
 def change_storage(store: Store, config: dict, new_size: int | None) -> list[str]:
     from . import storage_ops
-    return storage_ops.change_storage(store, config, new_size, running=read_runtime(store, config["id"]) is not None)
+
+    return storage_ops.change_storage(
+        store, config, new_size, running=read_runtime(store, config["id"]) is not None
+    )
 
 
 # --- host-visible mount ------------------------------------------------------------------
 
+
 def mount(store: Store, cid: str, target: str) -> str:
     from . import hostmount
+
     return hostmount.mount(store, cid, target)
 
 
 def unmount(store: Store, cid: str) -> str:
     from . import hostmount
+
     return hostmount.unmount(store, cid)

@@ -40,22 +40,64 @@ from kiwi import syscalls as sc
 # -- capabilities ---------------------------------------------------------
 
 CAPABILITIES = {
-    "CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4,
-    "KILL": 5, "SETGID": 6, "SETUID": 7, "SETPCAP": 8, "LINUX_IMMUTABLE": 9,
-    "NET_BIND_SERVICE": 10, "NET_BROADCAST": 11, "NET_ADMIN": 12, "NET_RAW": 13,
-    "IPC_LOCK": 14, "IPC_OWNER": 15, "SYS_MODULE": 16, "SYS_RAWIO": 17,
-    "SYS_CHROOT": 18, "SYS_PTRACE": 19, "SYS_PACCT": 20, "SYS_ADMIN": 21,
-    "SYS_BOOT": 22, "SYS_NICE": 23, "SYS_RESOURCE": 24, "SYS_TIME": 25,
-    "SYS_TTY_CONFIG": 26, "MKNOD": 27, "LEASE": 28, "AUDIT_WRITE": 29,
-    "AUDIT_CONTROL": 30, "SETFCAP": 31, "MAC_OVERRIDE": 32, "MAC_ADMIN": 33,
-    "SYSLOG": 34, "WAKE_ALARM": 35, "BLOCK_SUSPEND": 36, "AUDIT_READ": 37,
-    "PERFMON": 38, "BPF": 39, "CHECKPOINT_RESTORE": 40,
+    "CHOWN": 0,
+    "DAC_OVERRIDE": 1,
+    "DAC_READ_SEARCH": 2,
+    "FOWNER": 3,
+    "FSETID": 4,
+    "KILL": 5,
+    "SETGID": 6,
+    "SETUID": 7,
+    "SETPCAP": 8,
+    "LINUX_IMMUTABLE": 9,
+    "NET_BIND_SERVICE": 10,
+    "NET_BROADCAST": 11,
+    "NET_ADMIN": 12,
+    "NET_RAW": 13,
+    "IPC_LOCK": 14,
+    "IPC_OWNER": 15,
+    "SYS_MODULE": 16,
+    "SYS_RAWIO": 17,
+    "SYS_CHROOT": 18,
+    "SYS_PTRACE": 19,
+    "SYS_PACCT": 20,
+    "SYS_ADMIN": 21,
+    "SYS_BOOT": 22,
+    "SYS_NICE": 23,
+    "SYS_RESOURCE": 24,
+    "SYS_TIME": 25,
+    "SYS_TTY_CONFIG": 26,
+    "MKNOD": 27,
+    "LEASE": 28,
+    "AUDIT_WRITE": 29,
+    "AUDIT_CONTROL": 30,
+    "SETFCAP": 31,
+    "MAC_OVERRIDE": 32,
+    "MAC_ADMIN": 33,
+    "SYSLOG": 34,
+    "WAKE_ALARM": 35,
+    "BLOCK_SUSPEND": 36,
+    "AUDIT_READ": 37,
+    "PERFMON": 38,
+    "BPF": 39,
+    "CHECKPOINT_RESTORE": 40,
 }
 
 # Docker's default set without MKNOD (/dev is prepared by the runtime).
 KEPT_CAPABILITIES = (
-    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "NET_RAW", "SETGID", "SETUID",
-    "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
 )
 
 
@@ -100,88 +142,241 @@ AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7, "arm": 0x40000028}
 ABIS_OF_MACHINE = {
     "x86_64": ("x86_64",),
     "aarch64": ("aarch64", "arm"),
-    "armv7l": ("arm",), "armv8l": ("arm",), "armv6l": ("arm",),
+    "armv7l": ("arm",),
+    "armv8l": ("arm",),
+    "armv6l": ("arm",),
 }
 
 DENIED_SYSCALLS = (
-    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
-    "open_by_handle_at", "name_to_handle_at", "bpf", "perf_event_open",
-    "keyctl", "add_key", "request_key",
-    "mount", "umount2", "pivot_root", "swapon", "swapoff", "reboot", "acct",
-    "settimeofday", "clock_settime", "clock_settime64", "clock_adjtime",
-    "clock_adjtime64", "adjtimex", "iopl", "ioperm", "userfaultfd",
-    "lookup_dcookie", "quotactl", "quotactl_fd",
-    "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree",
-    "open_tree_attr", "mount_setattr", "unshare", "setns",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "bpf",
+    "perf_event_open",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "acct",
+    "settimeofday",
+    "clock_settime",
+    "clock_settime64",
+    "clock_adjtime",
+    "clock_adjtime64",
+    "adjtimex",
+    "iopl",
+    "ioperm",
+    "userfaultfd",
+    "lookup_dcookie",
+    "quotactl",
+    "quotactl_fd",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "open_tree_attr",
+    "mount_setattr",
+    "unshare",
+    "setns",
     # What Docker's default profile also refuses a container without the
     # matching capability: kernel log (readable when dmesg_restrict=0), io_uring
     # (bypasses this filter: its operations are no syscalls), NUMA placement
     # (CAP_SYS_NICE), fd theft and kernel pointer order (CAP_SYS_PTRACE), fs-wide
     # notification, tty hangup, and obsolete interfaces.
-    "syslog", "io_uring_setup", "io_uring_enter", "io_uring_register",
-    "mbind", "get_mempolicy", "set_mempolicy", "set_mempolicy_home_node",
-    "migrate_pages", "move_pages", "kcmp", "pidfd_getfd", "process_madvise",
-    "fanotify_init", "vhangup", "uselib", "ustat", "sysfs", "_sysctl",
+    "syslog",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "mbind",
+    "get_mempolicy",
+    "set_mempolicy",
+    "set_mempolicy_home_node",
+    "migrate_pages",
+    "move_pages",
+    "kcmp",
+    "pidfd_getfd",
+    "process_madvise",
+    "fanotify_init",
+    "vhangup",
+    "uselib",
+    "ustat",
+    "sysfs",
+    "_sysctl",
     # arm OABI's multiplexer: it would carry socket() past the family check below.
     "socketcall",
 )
 
 # Numbers of only the syscalls the filter names. 424+ are shared by all ABIs.
 _COMMON_NEW = {
-    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-    "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
-    "fsmount": 432, "fspick": 433, "clone3": 435, "pidfd_getfd": 438,
-    "process_madvise": 440, "mount_setattr": 442, "quotactl_fd": 443,
-    "set_mempolicy_home_node": 450, "open_tree_attr": 467,
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
+    "open_tree": 428,
+    "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "fspick": 433,
+    "clone3": 435,
+    "pidfd_getfd": 438,
+    "process_madvise": 440,
+    "mount_setattr": 442,
+    "quotactl_fd": 443,
+    "set_mempolicy_home_node": 450,
+    "open_tree_attr": 467,
 }
 SYSCALL_NUMBERS = {
     "x86_64": {
-        "socket": 41, "clone": 56, "syslog": 103, "uselib": 134, "personality": 135,
-        "ustat": 136, "sysfs": 139, "vhangup": 153, "pivot_root": 155, "_sysctl": 156,
-        "adjtimex": 159, "acct": 163,
-        "settimeofday": 164, "mount": 165, "umount2": 166, "swapon": 167,
-        "swapoff": 168, "reboot": 169, "iopl": 172, "ioperm": 173,
-        "init_module": 175, "delete_module": 176, "quotactl": 179,
-        "lookup_dcookie": 212, "clock_settime": 227, "mbind": 237, "set_mempolicy": 238,
-        "get_mempolicy": 239, "kexec_load": 246,
-        "add_key": 248, "request_key": 249, "keyctl": 250, "migrate_pages": 256,
-        "unshare": 272, "move_pages": 279,
-        "perf_event_open": 298, "fanotify_init": 300, "name_to_handle_at": 303,
-        "open_by_handle_at": 304, "clock_adjtime": 305, "setns": 308, "kcmp": 312,
+        "socket": 41,
+        "clone": 56,
+        "syslog": 103,
+        "uselib": 134,
+        "personality": 135,
+        "ustat": 136,
+        "sysfs": 139,
+        "vhangup": 153,
+        "pivot_root": 155,
+        "_sysctl": 156,
+        "adjtimex": 159,
+        "acct": 163,
+        "settimeofday": 164,
+        "mount": 165,
+        "umount2": 166,
+        "swapon": 167,
+        "swapoff": 168,
+        "reboot": 169,
+        "iopl": 172,
+        "ioperm": 173,
+        "init_module": 175,
+        "delete_module": 176,
+        "quotactl": 179,
+        "lookup_dcookie": 212,
+        "clock_settime": 227,
+        "mbind": 237,
+        "set_mempolicy": 238,
+        "get_mempolicy": 239,
+        "kexec_load": 246,
+        "add_key": 248,
+        "request_key": 249,
+        "keyctl": 250,
+        "migrate_pages": 256,
+        "unshare": 272,
+        "move_pages": 279,
+        "perf_event_open": 298,
+        "fanotify_init": 300,
+        "name_to_handle_at": 303,
+        "open_by_handle_at": 304,
+        "clock_adjtime": 305,
+        "setns": 308,
+        "kcmp": 312,
         "finit_module": 313,
-        "kexec_file_load": 320, "bpf": 321, "userfaultfd": 323, **_COMMON_NEW,
+        "kexec_file_load": 320,
+        "bpf": 321,
+        "userfaultfd": 323,
+        **_COMMON_NEW,
     },
     "aarch64": {
-        "lookup_dcookie": 18, "umount2": 39, "mount": 40, "pivot_root": 41,
-        "vhangup": 58, "quotactl": 60, "acct": 89, "personality": 92, "unshare": 97,
+        "lookup_dcookie": 18,
+        "umount2": 39,
+        "mount": 40,
+        "pivot_root": 41,
+        "vhangup": 58,
+        "quotactl": 60,
+        "acct": 89,
+        "personality": 92,
+        "unshare": 97,
         "kexec_load": 104,
-        "init_module": 105, "delete_module": 106, "clock_settime": 112,
-        "syslog": 116, "reboot": 142, "settimeofday": 170, "adjtimex": 171,
-        "socket": 198, "add_key": 217,
-        "request_key": 218, "keyctl": 219, "clone": 220, "swapon": 224,
-        "swapoff": 225, "mbind": 235, "get_mempolicy": 236, "set_mempolicy": 237,
-        "migrate_pages": 238, "move_pages": 239, "perf_event_open": 241,
-        "fanotify_init": 262, "name_to_handle_at": 264,
-        "open_by_handle_at": 265, "clock_adjtime": 266, "setns": 268, "kcmp": 272,
-        "finit_module": 273, "bpf": 280, "userfaultfd": 282,
-        "kexec_file_load": 294, **_COMMON_NEW,
+        "init_module": 105,
+        "delete_module": 106,
+        "clock_settime": 112,
+        "syslog": 116,
+        "reboot": 142,
+        "settimeofday": 170,
+        "adjtimex": 171,
+        "socket": 198,
+        "add_key": 217,
+        "request_key": 218,
+        "keyctl": 219,
+        "clone": 220,
+        "swapon": 224,
+        "swapoff": 225,
+        "mbind": 235,
+        "get_mempolicy": 236,
+        "set_mempolicy": 237,
+        "migrate_pages": 238,
+        "move_pages": 239,
+        "perf_event_open": 241,
+        "fanotify_init": 262,
+        "name_to_handle_at": 264,
+        "open_by_handle_at": 265,
+        "clock_adjtime": 266,
+        "setns": 268,
+        "kcmp": 272,
+        "finit_module": 273,
+        "bpf": 280,
+        "userfaultfd": 282,
+        "kexec_file_load": 294,
+        **_COMMON_NEW,
     },
     "arm": {  # EABI
-        "mount": 21, "acct": 51, "umount2": 52, "ustat": 62, "settimeofday": 79,
-        "uselib": 86, "swapon": 87,
-        "reboot": 88, "socketcall": 102, "syslog": 103, "vhangup": 111, "swapoff": 115, "clone": 120,
+        "mount": 21,
+        "acct": 51,
+        "umount2": 52,
+        "ustat": 62,
+        "settimeofday": 79,
+        "uselib": 86,
+        "swapon": 87,
+        "reboot": 88,
+        "socketcall": 102,
+        "syslog": 103,
+        "vhangup": 111,
+        "swapoff": 115,
+        "clone": 120,
         "adjtimex": 124,
-        "init_module": 128, "delete_module": 129, "quotactl": 131, "sysfs": 135,
-        "personality": 136, "_sysctl": 149,
-        "pivot_root": 218, "lookup_dcookie": 249, "clock_settime": 262,
-        "socket": 281, "add_key": 309, "request_key": 310, "keyctl": 311,
-        "mbind": 319, "get_mempolicy": 320, "set_mempolicy": 321, "unshare": 337,
+        "init_module": 128,
+        "delete_module": 129,
+        "quotactl": 131,
+        "sysfs": 135,
+        "personality": 136,
+        "_sysctl": 149,
+        "pivot_root": 218,
+        "lookup_dcookie": 249,
+        "clock_settime": 262,
+        "socket": 281,
+        "add_key": 309,
+        "request_key": 310,
+        "keyctl": 311,
+        "mbind": 319,
+        "get_mempolicy": 320,
+        "set_mempolicy": 321,
+        "unshare": 337,
         "move_pages": 344,
-        "kexec_load": 347, "perf_event_open": 364, "fanotify_init": 367,
+        "kexec_load": 347,
+        "perf_event_open": 364,
+        "fanotify_init": 367,
         "name_to_handle_at": 370,
-        "open_by_handle_at": 371, "clock_adjtime": 372, "setns": 375, "kcmp": 378,
-        "finit_module": 379, "bpf": 386, "userfaultfd": 388, "migrate_pages": 400,
-        "kexec_file_load": 401, "clock_settime64": 404, "clock_adjtime64": 405,
+        "open_by_handle_at": 371,
+        "clock_adjtime": 372,
+        "setns": 375,
+        "kcmp": 378,
+        "finit_module": 379,
+        "bpf": 386,
+        "userfaultfd": 388,
+        "migrate_pages": 400,
+        "kexec_file_load": 401,
+        "clock_settime64": 404,
+        "clock_adjtime64": 405,
         **_COMMON_NEW,
     },
 }
@@ -194,8 +389,9 @@ FIRST_UNKNOWN_SYSCALL = 470
 ARM_PRIVATE_SYSCALLS = 0x0F0000
 
 # clone() may not create namespaces either (unshare/setns are denied already).
-CLONE_NAMESPACE_FLAGS = (0x00020000 | 0x04000000 | 0x08000000 | 0x10000000
-                         | 0x20000000 | 0x40000000 | 0x02000000)
+CLONE_NAMESPACE_FLAGS = (
+    0x00020000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x02000000
+)
 X32_SYSCALL_BIT = 0x40000000
 
 # personality(): what Docker allows - PER_LINUX, PER_LINUX32, UNAME26 with
@@ -256,8 +452,7 @@ def _abi_section(abi: str) -> list:
     if abi == "x86_64":  # x32 ABI: same arch value, numbers with bit 30 set
         body += _when_nr_at_least(X32_SYSCALL_BIT, _deny(errno.EPERM))
     if abi == "arm":
-        body += _below(ARM_PRIVATE_SYSCALLS,
-                       _when_nr_at_least(FIRST_UNKNOWN_SYSCALL, _deny(errno.ENOSYS)))
+        body += _below(ARM_PRIVATE_SYSCALLS, _when_nr_at_least(FIRST_UNKNOWN_SYSCALL, _deny(errno.ENOSYS)))
     else:
         body += _when_nr_at_least(FIRST_UNKNOWN_SYSCALL, _deny(errno.ENOSYS))
     for name in DENIED_SYSCALLS:
@@ -267,16 +462,21 @@ def _abi_section(abi: str) -> list:
     # libc fall back to clone(), whose flags are checked below.
     body += _when_nr(numbers["clone3"], [_deny(errno.ENOSYS)])
     # Each argument check loads arg0 over nr, so each ends in a return.
-    body += _when_nr(numbers["personality"],
-                     _arg0_in(ALLOWED_PERSONALITIES, then=_ALLOW, otherwise=_deny(errno.EPERM)))
-    body += _when_nr(numbers["socket"],
-                     _arg0_in(DENIED_SOCKET_FAMILIES, then=_deny(errno.EPERM), otherwise=_ALLOW))
-    body += _when_nr(numbers["clone"], [
-        _ins(_LD_W_ABS, _OFFSET_ARG0_LOW),  # the kernel uses the low 32 bits
-        _ins(_JSET_K, CLONE_NAMESPACE_FLAGS, jt=0, jf=1),
-        _deny(errno.EPERM),
-        _ALLOW,
-    ])
+    body += _when_nr(
+        numbers["personality"], _arg0_in(ALLOWED_PERSONALITIES, then=_ALLOW, otherwise=_deny(errno.EPERM))
+    )
+    body += _when_nr(
+        numbers["socket"], _arg0_in(DENIED_SOCKET_FAMILIES, then=_deny(errno.EPERM), otherwise=_ALLOW)
+    )
+    body += _when_nr(
+        numbers["clone"],
+        [
+            _ins(_LD_W_ABS, _OFFSET_ARG0_LOW),  # the kernel uses the low 32 bits
+            _ins(_JSET_K, CLONE_NAMESPACE_FLAGS, jt=0, jf=1),
+            _deny(errno.EPERM),
+            _ALLOW,
+        ],
+    )
     return body + [_ALLOW]
 
 
@@ -287,8 +487,7 @@ def build_filter(abis) -> list:
     start = 1 + 2 * len(abis) + 1  # index of the first section
     for abi, section in zip(abis, sections, strict=True):
         jump_from = len(program) + 2  # the ja instruction's successor
-        program += [_ins(_JEQ_K, AUDIT_ARCH[abi], jt=0, jf=1),
-                    _ins(_JMP_JA, start - jump_from)]
+        program += [_ins(_JEQ_K, AUDIT_ARCH[abi], jt=0, jf=1), _ins(_JMP_JA, start - jump_from)]
         start += len(section)
     program.append(_ins(_RET_K, _RET_KILL_PROCESS))
     for section in sections:
@@ -355,14 +554,14 @@ def device_program(rules) -> list:
 
 def pack_device_program(program) -> bytes:
     """struct bpf_insn, little-endian layout (dst in the low nibble)."""
-    return b"".join(struct.pack("<BBhi", code, dst | src << 4, off, imm)
-                    for code, dst, src, off, imm in program)
+    return b"".join(
+        struct.pack("<BBhi", code, dst | src << 4, off, imm) for code, dst, src, off, imm in program
+    )
 
 
 def attach_device_program(cgroup_dir, rules) -> None:
     """Load the allowlist and attach it to a v2 cgroup; it stays until the cgroup goes."""
-    prog_fd = sc.bpf_prog_load(sc.BPF_PROG_TYPE_CGROUP_DEVICE,
-                               pack_device_program(device_program(rules)))
+    prog_fd = sc.bpf_prog_load(sc.BPF_PROG_TYPE_CGROUP_DEVICE, pack_device_program(device_program(rules)))
     try:
         dir_fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -380,12 +579,25 @@ def attach_device_program(cgroup_dir, rules) -> None:
 # kallsyms, slabinfo (a kernel heap exploit's window) and the kpage* files
 # (physical page state, a Rowhammer aid).
 MASKED_FILES = (
-    "proc/kcore", "proc/keys", "proc/timer_list", "proc/timer_stats",
-    "proc/sched_debug", "proc/latency_stats", "proc/interrupts", "proc/kallsyms",
-    "proc/slabinfo", "proc/kpageflags", "proc/kpagecount", "proc/kpagecgroup",
+    "proc/kcore",
+    "proc/keys",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/latency_stats",
+    "proc/interrupts",
+    "proc/kallsyms",
+    "proc/slabinfo",
+    "proc/kpageflags",
+    "proc/kpagecount",
+    "proc/kpagecgroup",
 )
 MASKED_DIRECTORIES = (
-    "proc/acpi", "proc/asound", "proc/scsi", "sys/firmware", "sys/devices/virtual/powercap",
+    "proc/acpi",
+    "proc/asound",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
 )
 MASKED_DIRECTORY_PATTERNS = ("sys/devices/system/cpu/cpu[0-9]*/thermal_throttle",)
 READ_ONLY_PATHS = ("proc/sys", "proc/bus", "proc/fs", "proc/irq", "proc/sysrq-trigger")
@@ -427,6 +639,7 @@ def _bind_read_only(path: Path) -> None:
 
 # -- file descriptors and init ---------------------------------------------
 
+
 def close_fds_except_stdio(keep=()) -> None:
     """Close every fd above 2 except those in keep (e.g. the init memfd)."""
     low = 3
@@ -457,8 +670,9 @@ def helper_binary_path(name: str) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(errno.ENOENT, f"{name} not found (looked in "
-                            f"{', '.join(map(str, candidates))}); run ./build.sh")
+    raise FileNotFoundError(
+        errno.ENOENT, f"{name} not found (looked in {', '.join(map(str, candidates))}); run ./build.sh"
+    )
 
 
 def helper_memfd(name: str) -> int:
@@ -490,7 +704,7 @@ def init_memfd() -> int:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def exec_init(memfd: int, env=None) -> None:

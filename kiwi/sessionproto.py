@@ -12,6 +12,7 @@ A connection starts with one request frame from the client:
   STATUS                               -> STATUS {"attached", "foreground"}
   KILL                                 -> EXIT (status) once the shell has ended
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,17 @@ import socket
 import struct
 
 HELLO, REPLAY, DATA, RESIZE, DETACH, EXIT, REFUSED, STATUS, KILL = range(1, 10)
-NAMES = {HELLO: "HELLO", REPLAY: "REPLAY", DATA: "DATA", RESIZE: "RESIZE", DETACH: "DETACH",
-         EXIT: "EXIT", REFUSED: "REFUSED", STATUS: "STATUS", KILL: "KILL"}
+NAMES = {
+    HELLO: "HELLO",
+    REPLAY: "REPLAY",
+    DATA: "DATA",
+    RESIZE: "RESIZE",
+    DETACH: "DETACH",
+    EXIT: "EXIT",
+    REFUSED: "REFUSED",
+    STATUS: "STATUS",
+    KILL: "KILL",
+}
 
 HEADER = struct.Struct(">BI")
 MAX_PAYLOAD = 1 << 20  # far above the 64 KiB replay; a bigger length means a broken peer
@@ -84,7 +94,7 @@ class FrameReader:
             end = HEADER.size + length
             if len(self.buffer) < end:
                 break
-            frames.append((kind, bytes(self.buffer[HEADER.size:end])))
+            frames.append((kind, bytes(self.buffer[HEADER.size : end])))
             del self.buffer[:end]
         return frames
 

@@ -17,6 +17,7 @@ container removes it.
 Takeover: a second client is refused while one is attached; with --takeover the
 old client gets a DETACH frame saying so and the new one takes its place.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,9 +44,9 @@ SID_RE = re.compile(r"[0-9a-f]{8}\Z")
 SID_PREFIX_RE = re.compile(r"[0-9a-f]{1,8}\Z")
 RING_SIZE = 64 * 1024
 DEFAULT_SIZE = (24, 80)
-KILL_GRACE = 2.0          # SIGHUP first, SIGKILL after this
-STOP_GRACE = 3.0          # stop_all: SIGTERM to daemons, SIGKILL after this
-REQUEST_TIMEOUT = 5.0     # a client's wait for the daemon's first answer
+KILL_GRACE = 2.0  # SIGHUP first, SIGKILL after this
+STOP_GRACE = 3.0  # stop_all: SIGTERM to daemons, SIGKILL after this
+REQUEST_TIMEOUT = 5.0  # a client's wait for the daemon's first answer
 CLIENT_SEND_TIMEOUT = 5.0  # a client that reads nothing this long is dropped
 FIRST_FRAME_TIMEOUT = 2.0
 MAX_INPUT_BACKLOG = 256 * 1024
@@ -55,6 +56,7 @@ TERMINAL_QUERIES = re.compile(rb"\x1b\[[>=?]?[0-9;]*[cn]|\x1b\][0-9]+;\?(?:\x07|
 
 
 # --- files ------------------------------------------------------------------------
+
 
 def sessions_dir(store: Store, cid: str) -> Path:
     return store.runtime_dir(cid) / "sessions"
@@ -88,8 +90,9 @@ def session_ids(store: Store, cid: str) -> list[str]:
     except FileNotFoundError:
         return []
     except PermissionError:
-        raise KiwiError(f"the sessions of container {cid} are readable by root only; "
-                        f"run: sudo kiwi sessions {cid}") from None
+        raise KiwiError(
+            f"the sessions of container {cid} are readable by root only; run: sudo kiwi sessions {cid}"
+        ) from None
     stems = {name.rsplit(".", 1)[0] for name in names if name.endswith((".json", ".sock"))}
     return sorted(s for s in stems if SID_RE.match(s))
 
@@ -106,10 +109,15 @@ def containers_with_runtime(store: Store) -> list[str]:
 def find_session(store: Store, ref: str) -> tuple[str, str]:
     """A session id or unique prefix -> (container id, session id), across all containers."""
     if not SID_PREFIX_RE.match(ref or ""):
-        raise KiwiError(f"invalid session id {ref!r}: sessions have 8 hex digits; "
-                        "see kiwi sessions <container>")
-    matches = [(cid, sid) for cid in containers_with_runtime(store)
-               for sid in session_ids(store, cid) if sid.startswith(ref)]
+        raise KiwiError(
+            f"invalid session id {ref!r}: sessions have 8 hex digits; see kiwi sessions <container>"
+        )
+    matches = [
+        (cid, sid)
+        for cid in containers_with_runtime(store)
+        for sid in session_ids(store, cid)
+        if sid.startswith(ref)
+    ]
     if not matches:
         raise KiwiError(f"no session {ref}; list them with: kiwi sessions <container>")
     if len(matches) > 1:
@@ -137,6 +145,7 @@ def utc_now() -> str:
 
 # --- processes ----------------------------------------------------------------------
 
+
 def stat_fields(pid: int) -> list[bytes] | None:
     """Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ..."""
     try:
@@ -144,7 +153,7 @@ def stat_fields(pid: int) -> list[bytes] | None:
             data = f.read()
     except OSError:
         return None
-    return data[data.rindex(b")") + 2:].split()
+    return data[data.rindex(b")") + 2 :].split()
 
 
 def process_alive(pid, start_time) -> bool:
@@ -193,6 +202,7 @@ def kill_leftovers(record: dict) -> None:
 
 # --- terminal helpers ------------------------------------------------------------------
 
+
 def parse_detach_key(text: str) -> tuple[int, str]:
     """'ctrl-\\' -> (0x1c, 'Ctrl-\\'); any ctrl-<char> with a control code (@, a-z, [, \\, ], ^, _)."""
     value = (text or "").strip()
@@ -204,6 +214,7 @@ def parse_detach_key(text: str) -> tuple[int, str]:
 
 
 # --- sockets ---------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def short_address(path: Path):
@@ -258,6 +269,7 @@ def request(store: Store, cid: str, sid: str, kind: int, timeout: float) -> tupl
 
 # --- the daemon ------------------------------------------------------------------------
 
+
 class Daemon:
     """Owns the PTY master of one shell; serves one attached client at a time."""
 
@@ -281,11 +293,13 @@ class Daemon:
         # A PTY of the container's devpts (see stdio.container_pty); kiwi-exec
         # gives the shell a session of its own with the slave as its terminal.
         from .stdio import container_pty
+
         self.master, slave = container_pty(runtime.running_record(self.store, self.cid)["init_pid"])
         set_window_size(self.master, *self.size)
         try:
-            self.relay = runtime.spawn(self.store, self.cid, None, fds=(slave, slave, slave),
-                                       term=self.term, tty=True)
+            self.relay = runtime.spawn(
+                self.store, self.cid, None, fds=(slave, slave, slave), term=self.term, tty=True
+            )
         finally:
             os.close(slave)
         shells = children_of(self.relay)
@@ -301,10 +315,15 @@ class Daemon:
     def publish(self) -> None:
         """Record first, socket second: a socket never exists without its record."""
         self.record = {
-            "id": self.sid, "container": self.cid, "created": utc_now(),
+            "id": self.sid,
+            "container": self.cid,
+            "created": utc_now(),
             "command": (command_line(self.shell_pid) if self.shell_pid else None) or "shell",
-            "daemon_pid": os.getpid(), "daemon_start": runtime.process_start_time(os.getpid()),
-            "relay_pid": self.relay, "shell_pid": self.shell_pid, "shell_start": self.shell_start,
+            "daemon_pid": os.getpid(),
+            "daemon_start": runtime.process_start_time(os.getpid()),
+            "relay_pid": self.relay,
+            "shell_pid": self.shell_pid,
+            "shell_start": self.shell_start,
             "state": "live",
         }
         atomic_write_json(record_path(self.store, self.cid, self.sid), self.record, mode=0o600)
@@ -389,14 +408,14 @@ class Daemon:
     def remember(self, data: bytes) -> None:
         self.ring += data
         if len(self.ring) > RING_SIZE:
-            del self.ring[:len(self.ring) - RING_SIZE]
+            del self.ring[: len(self.ring) - RING_SIZE]
             self.ring_trimmed = True
 
     def replay(self) -> bytes:
         """The ring without terminal queries; a trimmed ring starts at a line, not mid-sequence."""
         data = bytes(self.ring)
         if self.ring_trimmed and b"\n" in data:
-            data = data[data.index(b"\n") + 1:]
+            data = data[data.index(b"\n") + 1 :]
         return TERMINAL_QUERIES.sub(b"", data)
 
     def write_to_shell(self) -> None:
@@ -476,14 +495,21 @@ class Daemon:
             return
         if self.client is not None and not hello.get("takeover"):
             with contextlib.suppress(OSError):
-                conn.sendall(proto.pack(proto.REFUSED, (
-                    f"session {self.sid} is attached on another terminal; take it over with: "
-                    f"kiwi attach --old {self.sid} --takeover").encode()))
+                conn.sendall(
+                    proto.pack(
+                        proto.REFUSED,
+                        (
+                            f"session {self.sid} is attached on another terminal; take it over with: "
+                            f"kiwi attach --old {self.sid} --takeover"
+                        ).encode(),
+                    )
+                )
             conn.close()
             return
         if self.client is not None:
-            self.drop_client({"reason": f"session {self.sid} was taken over by another terminal",
-                              "status": 0})
+            self.drop_client(
+                {"reason": f"session {self.sid} was taken over by another terminal", "status": 0}
+            )
         self.apply_size(hello.get("rows"), hello.get("cols"))
         conn.settimeout(CLIENT_SEND_TIMEOUT)
         try:
@@ -573,8 +599,12 @@ class Daemon:
 
     def end_for_stop(self) -> None:
         """The container is stopping: tell the client, hang up the shell, leave no files."""
-        self.drop_client({"reason": f"container {self.cid} is stopping; session {self.sid} ended",
-                          "status": 128 + signal.SIGHUP})
+        self.drop_client(
+            {
+                "reason": f"container {self.cid} is stopping; session {self.sid} ended",
+                "status": 128 + signal.SIGHUP,
+            }
+        )
         for conn in self.killers:
             conn.close()
         if process_alive(self.shell_pid, self.shell_start):
@@ -613,8 +643,11 @@ def start_daemon(store: Store, cid: str, sid: str, term: str | None, size: tuple
         os.waitpid(pid, 0)
     if report != "ok":
         remove_files(store, cid, sid)
-        raise KiwiError(report[len("error "):] if report.startswith("error ") else
-                        "the session daemon did not start; see kiwi cleanup")
+        raise KiwiError(
+            report[len("error ") :]
+            if report.startswith("error ")
+            else "the session daemon did not start; see kiwi cleanup"
+        )
 
 
 def read_line(fd: int) -> str:
@@ -631,6 +664,7 @@ def read_line(fd: int) -> str:
 def daemon_process(store, cid, sid, term, size, ready_w: int) -> None:
     """First child: new session, fork the daemon, leave. Never returns."""
     from . import syscalls as sc
+
     try:
         os.setsid()
         if os.fork() != 0:
@@ -642,6 +676,7 @@ def daemon_process(store, cid, sid, term, size, ready_w: int) -> None:
         daemon.start()
     except BaseException as e:  # noqa: BLE001 - reported to the waiting client
         from .errors import describe
+
         text = e.message if isinstance(e, KiwiError) else f"starting the session failed: {describe(e)}"
         with contextlib.suppress(OSError):
             os.write(ready_w, f"error {text}\n".encode())
@@ -657,6 +692,7 @@ def daemon_process(store, cid, sid, term, size, ready_w: int) -> None:
 def become_daemon(keep_fd: int) -> None:
     """Let go of the client's terminal, folder and every other inherited fd."""
     from . import security
+
     null = os.open(os.devnull, os.O_RDWR)
     for target in (0, 1, 2):
         os.dup2(null, target)
@@ -668,6 +704,7 @@ def become_daemon(keep_fd: int) -> None:
 
 
 # --- the client ------------------------------------------------------------------------
+
 
 class Client:
     """Relays this terminal to a session until detach, shell exit, signal or lost daemon.
@@ -811,6 +848,7 @@ def tell(line: str) -> None:
 
 # --- API used by commands.py -----------------------------------------------------------
 
+
 def new_session(store: Store, cid: str, detach_key: str = "ctrl-\\") -> int:
     key = parse_detach_key(detach_key)
     sid = new_session_id(store, cid)
@@ -819,8 +857,7 @@ def new_session(store: Store, cid: str, detach_key: str = "ctrl-\\") -> int:
     start_daemon(store, cid, sid, term, size)
     sock = connect(socket_path(store, cid, sid), REQUEST_TIMEOUT)
     if sock is None:
-        raise KiwiError(f"session {sid} started but does not accept connections; "
-                        f"see kiwi sessions {cid}")
+        raise KiwiError(f"session {sid} started but does not accept connections; see kiwi sessions {cid}")
     return attach_client(sock, sid, key, False, f"kiwi: session {sid} (detach with {key[1]})")
 
 
@@ -830,10 +867,13 @@ def reattach(store: Store, session_id: str, detach_key: str = "ctrl-\\", takeove
     usable_record(store, cid, sid)
     sock = connect(socket_path(store, cid, sid), REQUEST_TIMEOUT)
     if sock is None:
-        raise KiwiError(f"session {sid} does not accept connections; try again, "
-                        f"or end it with: kiwi sessions {cid} --delete {sid}")
-    return attach_client(sock, sid, key, takeover,
-                         f"kiwi: reattached to session {sid} (detach with {key[1]})")
+        raise KiwiError(
+            f"session {sid} does not accept connections; try again, "
+            f"or end it with: kiwi sessions {cid} --delete {sid}"
+        )
+    return attach_client(
+        sock, sid, key, takeover, f"kiwi: reattached to session {sid} (detach with {key[1]})"
+    )
 
 
 def usable_record(store: Store, cid: str, sid: str) -> dict:
@@ -841,14 +881,18 @@ def usable_record(store: Store, cid: str, sid: str) -> dict:
     record = read_record(record_path(store, cid, sid))
     if record is not None and record.get("state") == "exited":
         remove_files(store, cid, sid)
-        raise KiwiError(f"session {sid} has ended (exit status {record.get('exit_status')}); "
-                        f"start a new one with: kiwi attach {cid}")
+        raise KiwiError(
+            f"session {sid} has ended (exit status {record.get('exit_status')}); "
+            f"start a new one with: kiwi attach {cid}"
+        )
     if record is None or not daemon_alive(record):
         if record is not None:
             kill_leftovers(record)
         remove_files(store, cid, sid)
-        raise KiwiError(f"session {sid} is gone: its daemon is no longer running "
-                        f"(its stale files were removed); start a new one with: kiwi attach {cid}")
+        raise KiwiError(
+            f"session {sid} is gone: its daemon is no longer running "
+            f"(its stale files were removed); start a new one with: kiwi attach {cid}"
+        )
     return record
 
 
@@ -872,9 +916,12 @@ def list_sessions(store: Store, cid: str) -> list[dict]:
     rows = []
     for sid in session_ids(store, cid):
         record = read_record(record_path(store, cid, sid))
-        row = {"id": sid, "state": session_state(store, cid, sid, record),
-               "created": (record or {}).get("created", "-"),
-               "command": (record or {}).get("command", "-")}
+        row = {
+            "id": sid,
+            "state": session_state(store, cid, sid, record),
+            "created": (record or {}).get("created", "-"),
+            "command": (record or {}).get("command", "-"),
+        }
         if row["state"] == "exited":
             row["exit_status"] = record.get("exit_status")
         rows.append(row)
@@ -894,8 +941,10 @@ def kill(store: Store, cid: str, sid: str) -> None:
     """End the session's processes; the daemon then ends and leaves an `exited` record."""
     record = existing_record(store, cid, sid)
     if record is not None and record.get("state") == "exited":
-        raise KiwiError(f"session {sid} has already ended (exit status {record.get('exit_status')}); "
-                        f"remove it with: kiwi sessions {cid} --delete {sid}")
+        raise KiwiError(
+            f"session {sid} has already ended (exit status {record.get('exit_status')}); "
+            f"remove it with: kiwi sessions {cid} --delete {sid}"
+        )
     if record is None or not daemon_alive(record):
         if record is not None:
             kill_leftovers(record)
@@ -993,8 +1042,8 @@ def clean_temp_files(store: Store, cid: str) -> list[str]:
     except OSError:
         return removed
     for name in names:
-        if name.startswith(".") and name.endswith(".tmp") and SID_RE.match(name[1:1 + SID_LEN]):
-            record = read_record(record_path(store, cid, name[1:1 + SID_LEN]))
+        if name.startswith(".") and name.endswith(".tmp") and SID_RE.match(name[1 : 1 + SID_LEN]):
+            record = read_record(record_path(store, cid, name[1 : 1 + SID_LEN]))
             if record is None or not daemon_alive(record):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(folder / name)

@@ -1,4 +1,5 @@
 """Human sizes, 1024-based: 512M, 1.5G, 2t."""
+
 from __future__ import annotations
 
 import re
@@ -8,12 +9,11 @@ from .errors import KiwiError
 UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 # The unit is a letter (k, M, G, T, with an optional B or iB) or B alone: plain bytes.
 SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt](?:i?b)?|b)?\s*\Z", re.IGNORECASE | re.ASCII)
-MAX_SIZE = 1 << 60      # far above any disk or RAM, far below what a C off_t or long holds
-MAX_DIGITS = 24         # more is never a size; it would only make huge ints
+MAX_SIZE = 1 << 60  # far above any disk or RAM, far below what a C off_t or long holds
+MAX_DIGITS = 24  # more is never a size; it would only make huge ints
 
 
-def parse_size(text: str, default_unit: str = "", what: str = "size",
-               maximum: int = MAX_SIZE) -> int:
+def parse_size(text: str, default_unit: str = "", what: str = "size", maximum: int = MAX_SIZE) -> int:
     """'512M' -> bytes. A bare number means default_unit ('m' for memory)."""
     text = str(text)
     if text.strip().startswith("-"):

@@ -4,6 +4,7 @@ The container's upper layer is read in a private mount namespace (privatens)
 so nothing appears on the host; a running container is frozen meanwhile so
 the copy is consistent, and always thawed again.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,11 +23,13 @@ EXPORTED_SETTINGS = ("memory", "cpu", "storage", "network", "shell")
 
 def container_image(store: Store, config: dict) -> tuple[dict, str]:
     from . import images
+
     meta = images.get_image(store, config["image"])
     return meta, str(store.image_dir(config["image"]) / "rootfs")
 
 
 # --- snap --------------------------------------------------------------------------
+
 
 def snap(store: Store, cid: str, snapshot: str, progress=None):
     out = store.snapshot_path(cid, snapshot)
@@ -39,18 +42,28 @@ def snap(store: Store, cid: str, snapshot: str, progress=None):
         settings = {k: config.get(k) for k in EXPORTED_SETTINGS}
         settings["name"] = config.get("name")
         with frozen_if_running(store, cid):
-            manifest = privatens.run(write_container_archive, store, cid, str(out), settings, meta, rootfs, progress)
+            manifest = privatens.run(
+                write_container_archive, store, cid, str(out), settings, meta, rootfs, progress
+            )
         remember_rootfs_hash(store, config["image"], manifest)
     return out
 
 
 def write_container_archive(store, cid, out, settings, meta, rootfs, progress):
     from . import archive
+
     work = tempfile.mkdtemp(prefix=f"snap-{os.getpid()}-", dir=str(store.tmp_dir))
     try:
         state = privatens.mount_state(store, cid, os.path.join(work, "state"))
-        return archive.write_archive(out, "container", settings, meta, rootfs,
-                                     upper_dir=os.path.join(state, "upper"), progress=progress)
+        return archive.write_archive(
+            out,
+            "container",
+            settings,
+            meta,
+            rootfs,
+            upper_dir=os.path.join(state, "upper"),
+            progress=progress,
+        )
     finally:
         release_work_dir(work)
 
@@ -58,6 +71,7 @@ def write_container_archive(store, cid, out, settings, meta, rootfs, progress):
 def release_work_dir(work: str) -> None:
     """Unmount what this private namespace mounted under work, then remove it."""
     from . import syscalls as sc
+
     mnt = os.path.join(work, "state")
     if os.path.ismount(mnt):
         with contextlib.suppress(OSError):
@@ -78,10 +92,12 @@ def remember_rootfs_hash(store: Store, image: str, manifest: dict) -> None:
 
 # --- create from a .kiwi file --------------------------------------------------------
 
+
 def find_identical_image(store: Store, manifest: dict) -> tuple[str | None, bool]:
     """A local image with exactly the archive's rootfs, by content hash, and whether we
     now own it (restored by a create that was killed: this create takes it over)."""
     from . import archive, images
+
     wanted = archive.image_content_hash(manifest)
     preferred = manifest.get("image", {}).get("name")
     candidates = images.list_images(store)
@@ -106,6 +122,7 @@ def find_identical_image(store: Store, manifest: dict) -> tuple[str | None, bool
 def take_over_restored(store: Store, image: str) -> bool:
     """Claim an image whose restoring create died before its container existed."""
     from .runtime import own_identity, owner_alive
+
     path = store.image_dir(image) / "image.json"
     with store.lock():
         meta = read_json(path)
@@ -127,6 +144,7 @@ def release_restored(store: Store, image: str) -> None:
 
 def free_image_name(store: Store, base: str, digest: str) -> str:
     from . import images
+
     for name in (base, f"{base}-{digest[:8]}", f"{base}-{digest[:16]}"):
         try:
             validate_name(name, "image name")
@@ -141,6 +159,7 @@ def restore_image(store: Store, path: str, manifest: dict, progress=None) -> str
     """Extract the archive's rootfs as a new image (staged, then renamed)."""
     from . import archive
     from .runtime import own_identity
+
     digest = archive.image_content_hash(manifest)
     base = manifest.get("image", {}).get("name") or "restored"
     store.ensure_layout()
@@ -160,15 +179,24 @@ def restore_image(store: Store, path: str, manifest: dict, progress=None) -> str
     return name
 
 
-def create_from_archive(store: Store, path: str, name: str | None = None, storage_text: str | None = None,
-                        overrides: dict | None = None, notes: list | None = None, progress=None,
-                        sparse: bool = False) -> dict:
+def create_from_archive(
+    store: Store,
+    path: str,
+    name: str | None = None,
+    storage_text: str | None = None,
+    overrides: dict | None = None,
+    notes: list | None = None,
+    progress=None,
+    sparse: bool = False,
+) -> dict:
     """overrides: settings the user gave on the command line; notes collects what to tell them."""
     from . import archive, containers, storage
     from .sizes import format_size
+
     if not os.path.isfile(path):
         raise KiwiError(f"no such file: {path}")
     from . import goarchive
+
     if goarchive.archive_format(path):  # written by the original Go Kiwi
         config = goarchive.create_container(store, path, name, storage_text, progress)
         if overrides:  # the command line's --memory/--cpu/--network win, as for .kiwi files
@@ -192,9 +220,11 @@ def create_from_archive(store: Store, path: str, name: str | None = None, storag
     size = containers.parse_storage(storage_text)
     reserve = storage.GIB // 8  # ext4's own metadata and journal in state.img
     if size is not None and needed + reserve > size:
-        raise KiwiError(f"storage {format_size(size)} is too small for the archive's {format_size(needed)} "
-                        f"of changes plus {format_size(reserve)} for the filesystem; "
-                        f"give --storage {format_size(needed + storage.GIB)} or more")
+        raise KiwiError(
+            f"storage {format_size(size)} is too small for the archive's {format_size(needed)} "
+            f"of changes plus {format_size(reserve)} for the filesystem; "
+            f"give --storage {format_size(needed + storage.GIB)} or more"
+        )
     if name is None and settings.get("name"):
         wanted = settings["name"]
         name = wanted if wanted not in store.container_names() else None
@@ -211,11 +241,19 @@ def create_from_archive(store: Store, path: str, name: str | None = None, storag
                 os.rmdir(os.path.join(staging, "mnt"))
 
     try:
-        config = containers.create(store, image, name=name, storage_text=storage_text,
-                                   settings=settings, populate=populate, sparse=sparse)
+        config = containers.create(
+            store,
+            image,
+            name=name,
+            storage_text=storage_text,
+            settings=settings,
+            populate=populate,
+            sparse=sparse,
+        )
     except BaseException:
         if owned:  # restored for this container only (e.g. its upper part was damaged)
             from . import images
+
             with contextlib.suppress(KiwiError, OSError):
                 images.delete_image(store, image)
         raise
@@ -230,22 +268,29 @@ def drop_widening(settings: dict, path: str, granted: set) -> list[str]:
     notes = []
     if settings.get("network") == "host" and "network" not in granted:
         settings["network"] = "separate"
-        notes.append(f"{path} asks for the host's network; the container gets its own network "
-                     f"(add --network host to grant it)")
+        notes.append(
+            f"{path} asks for the host's network; the container gets its own network "
+            f"(add --network host to grant it)"
+        )
     if "storage" in settings and settings["storage"] is None and "storage" not in granted:
         del settings["storage"]
-        notes.append(f"{path} asks for unlimited storage; the container gets the default limit "
-                     f"(add --storage host to grant it)")
+        notes.append(
+            f"{path} asks for unlimited storage; the container gets the default limit "
+            f"(add --storage host to grant it)"
+        )
     return notes
 
 
 def check_free_space(store: Store, path: str, needed: int) -> None:
     """Extracted data never exceeds its tar bytes (sparse files stay sparse): refuse up front."""
     from .sizes import format_size
+
     free = free_bytes(store.root)
     if needed > free:
-        raise KiwiError(f"{path} needs up to {format_size(needed)} and the filesystem of {store.root} "
-                        f"has only {format_size(free)} free; free some space and try again")
+        raise KiwiError(
+            f"{path} needs up to {format_size(needed)} and the filesystem of {store.root} "
+            f"has only {format_size(free)} free; free some space and try again"
+        )
 
 
 def free_bytes(path) -> int:
@@ -261,11 +306,15 @@ def checked_settings(settings: dict, path: str) -> dict:
         return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= low)
 
     unknown = sorted(set(settings) - set(EXPORTED_SETTINGS) - {"name"})
-    ok = (not unknown and whole(settings.get("memory"), MIN_MEMORY) and whole(settings.get("cpu"), 1)
-          and whole(settings.get("storage"), 1)
-          and settings.get("network") in (None, "host", "separate")
-          and (settings.get("name") is None or isinstance(settings["name"], str))
-          and (settings.get("shell") is None or isinstance(settings["shell"], str)))
+    ok = (
+        not unknown
+        and whole(settings.get("memory"), MIN_MEMORY)
+        and whole(settings.get("cpu"), 1)
+        and whole(settings.get("storage"), 1)
+        and settings.get("network") in (None, "host", "separate")
+        and (settings.get("name") is None or isinstance(settings["name"], str))
+        and (settings.get("shell") is None or isinstance(settings["shell"], str))
+    )
     if not ok:
         what = f"unknown setting {unknown[0]!r}" if unknown else "invalid settings"
         raise KiwiError(f"{path}: {what}; the file is damaged or hostile")
@@ -280,13 +329,18 @@ def refuse_beyond_host(store: Store, path: str, settings: dict) -> None:
     """Limits an archive asks for must exist on this host: refuse here, not at the first start."""
     from .containers import host_memory, usable_cpus
     from .sizes import format_size
+
     store.ensure_layout()
-    for key, have, show, unit in (("cpu", usable_cpus, str, "usable CPUs"),
-                                  ("memory", host_memory, format_size, "of memory"),
-                                  ("storage", lambda: free_bytes(store.root), format_size, "free")):
+    for key, have, show, unit in (
+        ("cpu", usable_cpus, str, "usable CPUs"),
+        ("memory", host_memory, format_size, "of memory"),
+        ("storage", lambda: free_bytes(store.root), format_size, "free"),
+    ):
         if settings.get(key) and settings[key] > have():
-            raise KiwiError(f"{path} asks for {key} {show(settings[key])} but this host has only "
-                            f"{show(have())} {unit}; give a smaller --{key} to create it here")
+            raise KiwiError(
+                f"{path} asks for {key} {show(settings[key])} but this host has only "
+                f"{show(have())} {unit}; give a smaller --{key} to create it here"
+            )
 
 
 def extract_upper(staging: str, path: str, progress) -> None:
@@ -295,6 +349,7 @@ def extract_upper(staging: str, path: str, progress) -> None:
     from . import archive, storage
     from .extract import NoSpaceError
     from .sizes import format_size
+
     img = storage.image_path(Path(staging))
     if img.exists():
         mnt = os.path.join(staging, "mnt")
@@ -306,6 +361,7 @@ def extract_upper(staging: str, path: str, progress) -> None:
     upper = os.path.join(state, "upper")
     os.rmdir(upper)  # the archive's upper replaces the empty one
     from . import goarchive
+
     fmt = goarchive.archive_format(path)
     if fmt:  # written by the original Go Kiwi
         goarchive.extract_part(path, fmt, goarchive.UPPER, upper)
@@ -315,15 +371,19 @@ def extract_upper(staging: str, path: str, progress) -> None:
     except NoSpaceError:
         if not img.exists():
             raise
-        raise KiwiError(f"the changes in {path} do not fit the container's storage of "
-                        f"{format_size(img.stat().st_size)}; give a larger --storage") from None
+        raise KiwiError(
+            f"the changes in {path} do not fit the container's storage of "
+            f"{format_size(img.stat().st_size)}; give a larger --storage"
+        ) from None
 
 
 # --- commit --------------------------------------------------------------------------
 
+
 def commit(store: Store, cid: str, image: str, progress=None) -> dict:
     from . import images
     from .containers import now_iso
+
     validate_name(image, "image name")
     if images.image_exists(store, image):
         raise KiwiError(f"an image named {image!r} exists already; choose another name")
@@ -336,9 +396,14 @@ def commit(store: Store, cid: str, image: str, progress=None) -> dict:
         try:
             with frozen_if_running(store, cid):
                 stats = privatens.run(flatten_container, store, cid, rootfs, str(staging))
-            meta = {"name": image, "source": f"commit of container {cid} (image {config['image']})",
-                    "sha256": None, "size": stats.get("size"), "created": now_iso(),
-                    "parent": config["image"]}
+            meta = {
+                "name": image,
+                "source": f"commit of container {cid} (image {config['image']})",
+                "sha256": None,
+                "size": stats.get("size"),
+                "created": now_iso(),
+                "parent": config["image"],
+            }
             atomic_write_json(staging / "image.json", meta)
             with store.lock():
                 if images.image_exists(store, image):
@@ -351,12 +416,14 @@ def commit(store: Store, cid: str, image: str, progress=None) -> dict:
 
 def flatten_container(store, cid, rootfs, staging) -> dict:
     from . import flatten
+
     os.mkdir(staging, 0o700)
     work = os.path.join(staging, "state-mnt")
     state = privatens.mount_state(store, cid, work)
     stats = flatten.flatten(rootfs, os.path.join(state, "upper"), os.path.join(staging, "rootfs"))
     if state == work:
         from . import syscalls as sc
+
         sc.umount(work, sc.MNT_DETACH)
     with contextlib.suppress(OSError):
         os.rmdir(work)
@@ -368,4 +435,5 @@ def tree_size(path: str) -> int:
     import stat
 
     from .fstree import walk_stats
+
     return sum(st.st_size for _fd, _name, st in walk_stats(path) if not stat.S_ISDIR(st.st_mode))

@@ -12,6 +12,7 @@ One poll loop in the kiwi process does all the copying.
 
 Also home of the terminal helpers the session client and daemon share.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,12 +26,13 @@ import termios
 import tty
 
 CHUNK = 65536
-TIOCSPTLCK = 0x40045431   # _IOW('T', 0x31, int): unlock the slave
-TIOCGPTPEER = 0x5441      # _IO('T', 0x41): open the slave from the master, no path lookup
+TIOCSPTLCK = 0x40045431  # _IOW('T', 0x31, int): unlock the slave
+TIOCGPTPEER = 0x5441  # _IO('T', 0x41): open the slave from the master, no path lookup
 PTMX_DEVICE = os.makedev(5, 2)
 
 
 # --- terminal helpers ---------------------------------------------------------------
+
 
 def terminal_size(fd: int) -> tuple[int, int] | None:
     try:
@@ -118,6 +120,7 @@ class RawTerminal:
 
 # --- what the command gets ---------------------------------------------------------------
 
+
 def container_pty(init_pid: int) -> tuple[int, int]:
     """A new PTY of the container's own devpts: (master, slave), both close-on-exec.
 
@@ -127,20 +130,30 @@ def container_pty(init_pid: int) -> tuple[int, int]:
     Inside, `tty` shows /dev/pts/N; the host's devpts is never involved."""
     from . import syscalls as sc
     from .errors import KiwiError
+
     root = os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        master = sc.openat2(root, "dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC,
-                            0, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS)
+        master = sc.openat2(
+            root,
+            "dev/pts/ptmx",
+            os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC,
+            0,
+            sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS,
+        )
     except OSError as exc:
-        raise KiwiError(f"cannot open a terminal in the container ({exc.strerror}); "
-                        "restart it with kiwi stop, then attach") from None
+        raise KiwiError(
+            f"cannot open a terminal in the container ({exc.strerror}); "
+            "restart it with kiwi stop, then attach"
+        ) from None
     finally:
         os.close(root)
     try:
         info = os.fstat(master)
         if not stat.S_ISCHR(info.st_mode) or info.st_rdev != PTMX_DEVICE:
-            raise KiwiError("the container's /dev/pts/ptmx is not a terminal multiplexer; "
-                            "restart it with kiwi stop, then attach")
+            raise KiwiError(
+                "the container's /dev/pts/ptmx is not a terminal multiplexer; "
+                "restart it with kiwi stop, then attach"
+            )
         fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
         slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     except BaseException:
@@ -225,9 +238,9 @@ class Relay:
         self.pty = os.isatty(0)
         self.master = None
         self.child_fds: list[int] = []
-        self.child_ends: list[int] = []   # ours to close once the command holds them
+        self.child_ends: list[int] = []  # ours to close once the command holds them
         self.pumps: list[Pump] = []
-        self.ours: list[int] = []         # ours to close at the end
+        self.ours: list[int] = []  # ours to close at the end
         try:
             slave = self.open_pty(init_pid) if self.pty else None
             for fd in (0, 1, 2):
@@ -285,6 +298,7 @@ class Relay:
     def run(self, helper: int) -> int:
         """Copy until kiwi-exec (our child, pid helper) has ended; returns its status."""
         from .runtime import wait_exit_code
+
         exited = os.pidfd_open(helper)
         ignored = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)}
         try:
@@ -315,7 +329,9 @@ class Relay:
         if signals.r in ready:
             self.handle_signals(signals, helper)
         for pump in self.pumps:
-            if pump.wants_input() and ready.get(pump.src, 0) & (select.POLLIN | select.POLLHUP | select.POLLERR):
+            if pump.wants_input() and ready.get(pump.src, 0) & (
+                select.POLLIN | select.POLLHUP | select.POLLERR
+            ):
                 pump.read()
             elif pump.buffer and ready.get(pump.dst, 0) & (select.POLLOUT | select.POLLERR):
                 pump.flush()

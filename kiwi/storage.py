@@ -5,6 +5,7 @@ Both hold upper/ and work/ for the overlay. state.img is reserved on the host
 (fallocate) unless the container opted into sparse storage: a write that the
 container's fsync acknowledged must never meet a full host disk later.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,10 +39,18 @@ def spawn_tool(argv: list[str], lock_fd: int | None = None):
     still finishes (a resize2fs cut short corrupts), and until it has, the
     container stays locked for every other kiwi."""
     import subprocess
+
     keep = () if lock_fd is None else (lock_fd,)
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, pass_fds=keep, start_new_session=bool(keep))
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            pass_fds=keep,
+            start_new_session=bool(keep),
+        )
     except FileNotFoundError:
         raise KiwiError(f"{argv[0]} is missing; install e2fsprogs (apt-get install e2fsprogs)") from None
     out, err = proc.communicate()  # never kills the tool, even when a signal interrupts us
@@ -63,8 +72,10 @@ def extend_file(img: Path, size: int, sparse: bool) -> None:
         _extend_open_file(img, size, sparse)
     except OSError as e:
         if e.errno == errno.EFBIG:
-            raise KiwiError(f"storage {format_size(size)} is larger than the filesystem of Kiwi's data "
-                            "folder allows for one file; give a smaller --storage") from None
+            raise KiwiError(
+                f"storage {format_size(size)} is larger than the filesystem of Kiwi's data "
+                "folder allows for one file; give a smaller --storage"
+            ) from None
         raise
 
 
@@ -80,9 +91,11 @@ def _extend_open_file(img: Path, size: int, sparse: bool) -> None:
             return
         free = shutil.disk_usage(img.parent).free
         if missing > free:
-            raise KiwiError(f"reserving {format_size(size)} of storage needs {format_size(missing)} more "
-                            f"on the host, which has {format_size(free)} free where {img.parent} lives; "
-                            "choose a smaller --storage, free space, or add --sparse (not reserved)")
+            raise KiwiError(
+                f"reserving {format_size(size)} of storage needs {format_size(missing)} more "
+                f"on the host, which has {format_size(free)} free where {img.parent} lives; "
+                "choose a smaller --storage, free space, or add --sparse (not reserved)"
+            )
         try:
             os.posix_fallocate(f.fileno(), 0, size)
         except OSError as e:
@@ -110,9 +123,24 @@ def format_image(img: Path, size: int, sparse: bool, content: str, lock_fd: int 
         os.fchmod(f.fileno(), 0o600)  # the container's whole writable data
     extend_file(img, size, sparse)
     # nodiscard: mke2fs would punch the reservation out of the file again.
-    run_tool(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "kiwi-state",
-              "-E", "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0,nodiscard",
-              "-d", content, str(img)], "formatting the container's storage", lock_fd)
+    run_tool(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            "-L",
+            "kiwi-state",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0,nodiscard",
+            "-d",
+            content,
+            str(img),
+        ],
+        "formatting the container's storage",
+        lock_fd,
+    )
 
 
 def filesystem_usage(device_or_image: Path | str) -> int:
@@ -137,6 +165,7 @@ def folder_usage(path: Path) -> int | None:
 def read_superblock(img: Path) -> dict | None:
     """Block counts from the ext4 superblock itself: no tool to run, so `list` stays fast."""
     import struct
+
     try:
         with open(img, "rb") as f:
             f.seek(1024)
@@ -210,7 +239,8 @@ def check_new_size(current_used: int, new_size: int, current_size: int | None) -
     if current_size is not None and new_size < current_size and new_size < current_used + GIB:
         raise KiwiError(
             f"cannot shrink storage to {format_size(new_size)}: {format_size(current_used)} is in use "
-            f"and at least 1G must stay free; choose {format_size(current_used + GIB)} or more")
+            f"and at least 1G must stay free; choose {format_size(current_used + GIB)} or more"
+        )
 
 
 def resize_image(container_dir: Path, new_size: int, sparse: bool, lock_fd: int | None = None) -> None:
@@ -242,8 +272,10 @@ def check_fits(folder: Path, size: int) -> None:
     st = os.statvfs(folder)
     total = st.f_blocks * st.f_frsize
     if size > total:
-        raise KiwiError(f"storage {format_size(size)} is more than the whole filesystem of Kiwi's data "
-                        f"folder holds ({format_size(total)}); give a smaller --storage, or --storage host")
+        raise KiwiError(
+            f"storage {format_size(size)} is more than the whole filesystem of Kiwi's data "
+            f"folder holds ({format_size(total)}); give a smaller --storage, or --storage host"
+        )
 
 
 def remove_state(container_dir: Path) -> None:

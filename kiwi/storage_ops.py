@@ -7,6 +7,7 @@ the process doing it (resize2fs inherits the lock), and every step can run
 again, so start, set, snap, commit and mount finish a resize that a killed
 kiwi left half done.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,8 +56,10 @@ def change_running(store, config: dict, new_size: int | None) -> list[str]:
         raise KiwiError(f"shrinking storage needs the container stopped: kiwi stop {cid}")
     storage.check_new_size(storage.used_bytes(store.container_dir(cid)) or 0, new_size, current)
     if not can_resize_online():
-        raise KiwiError("this host withholds CAP_SYS_RESOURCE from Kiwi, which growing a mounted ext4 "
-                        f"needs; stop the container (kiwi stop {cid}) and run the same set again")
+        raise KiwiError(
+            "this host withholds CAP_SYS_RESOURCE from Kiwi, which growing a mounted ext4 "
+            f"needs; stop the container (kiwi stop {cid}) and run the same set again"
+        )
     write_intent(store.container_dir(cid), current, new_size)  # killed: the next start grows offline
     grow_online(store, cid, new_size, config.get("storage_sparse", False))
     commit_size(store, config, new_size)
@@ -75,7 +78,9 @@ def read_intent(cdir) -> dict | None:
         return None
     new = intent.get("new") if isinstance(intent, dict) else 0
     if new is not None and (not isinstance(new, int) or isinstance(new, bool) or new < storage.MIN_STORAGE):
-        raise KiwiError(f"{intent_path(cdir)} is damaged; give the size again: kiwi set {cdir.name} --storage <size>")
+        raise KiwiError(
+            f"{intent_path(cdir)} is damaged; give the size again: kiwi set {cdir.name} --storage <size>"
+        )
     return intent
 
 
@@ -93,6 +98,7 @@ def journaled_change(store, config: dict, new_size: int | None) -> None:
 def commit_size(store, config: dict, new_size: int | None) -> None:
     """The config holds the new size only now that the state has it; then the journal goes."""
     from .containers import save_config
+
     config["storage"] = new_size
     save_config(store, config)
     intent_path(store.container_dir(config["id"])).unlink(missing_ok=True)
@@ -123,6 +129,7 @@ def mount_once(store, cid: str) -> None:
     """resize2fs zeroes the superblock's overhead count that `list` needs to show usage
     as df does; the kernel computes and stores it again on mount."""
     from . import syscalls as sc
+
     mnt = tempfile.mkdtemp(prefix=f"remount-{os.getpid()}-", dir=str(store.tmp_dir))
     try:
         privatens.mount_state(store, cid, mnt)
@@ -134,6 +141,7 @@ def mount_once(store, cid: str) -> None:
 def finish_interrupted_change(store, config: dict) -> bool:
     """Under the container lock, stopped: finish what a killed `set --storage` began."""
     from . import runtime
+
     cdir = store.container_dir(config["id"])
     pending = read_intent(cdir)
     if pending is None or runtime.read_runtime(store, config["id"]):
@@ -141,9 +149,11 @@ def finish_interrupted_change(store, config: dict) -> bool:
     try:
         bring_state_to(store, config, pending["new"])
     except KiwiError as e:
-        raise KiwiError(f"a storage change to {describe(pending['new'])} was interrupted and cannot be "
-                        f"finished ({e.message}); run kiwi set {config['id']} --storage "
-                        f"{'host' if pending.get('old') is None else format_size(pending['old'])}") from None
+        raise KiwiError(
+            f"a storage change to {describe(pending['new'])} was interrupted and cannot be "
+            f"finished ({e.message}); run kiwi set {config['id']} --storage "
+            f"{'host' if pending.get('old') is None else format_size(pending['old'])}"
+        ) from None
     commit_size(store, config, pending["new"])
     return True
 
@@ -162,6 +172,7 @@ def can_resize_online() -> bool:
 
 def grow_online(store, cid: str, new_size: int, sparse: bool) -> None:
     from . import loop
+
     cdir = store.container_dir(cid)
     img = storage.image_path(cdir)
     devices = loop.find_by_backing_file(str(img))
@@ -176,6 +187,7 @@ def resize_mounted(device: str, tmp_root: str) -> None:
     """resize2fs grows a mounted ext4 only through a mount it can see in /proc/mounts;
     mounting the same device again here shares the container's superblock."""
     from . import syscalls as sc
+
     mnt = tempfile.mkdtemp(prefix=f"resize-{os.getpid()}-", dir=tmp_root)
     mounted = False
     try:
@@ -192,7 +204,9 @@ def folder_to_image(cdir, new_size: int, sparse: bool, lock_fd: int | None) -> N
     folder = storage.folder_path(cdir)
     used = storage.folder_usage(folder) or 0
     if new_size < used + storage.GIB:
-        raise KiwiError(f"{format_size(used)} is in use; choose a storage of at least {format_size(used + storage.GIB)}")
+        raise KiwiError(
+            f"{format_size(used)} is in use; choose a storage of at least {format_size(used + storage.GIB)}"
+        )
     img = storage.image_path(cdir)
     tmp = img.with_name("state.img.tmp")
     try:
@@ -229,6 +243,7 @@ def copy_state_out(store, cid: str, dest: str) -> None:
             remove_tree(os.path.join(dest, junk), ignore_errors=True)
     finally:
         from . import syscalls as sc
+
         try:
             sc.umount(mnt, sc.MNT_DETACH)
         except OSError:
@@ -246,5 +261,8 @@ def change_reservation(store, config: dict, sparse: bool) -> list[str]:
     if not sparse and config.get("storage") is not None and img.exists():
         storage.extend_file(img, img.stat().st_size, sparse=False)
     config["storage_sparse"] = sparse
-    return ["storage is sparse: not reserved on the host's disk" if sparse
-            else "storage is reserved on the host's disk"]
+    return [
+        "storage is sparse: not reserved on the host's disk"
+        if sparse
+        else "storage is reserved on the host's disk"
+    ]

@@ -3,6 +3,7 @@
 Every path is derived from an id or a name that was validated here; nothing
 read back from a JSON file ever decides what root mounts or deletes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,7 @@ FOLDER_ID_FILE = "folder-id"
 
 def validate_name(name: str, what: str = "name") -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise KiwiError(
-            f"invalid {what} {name!r}: use 1-63 of a-z 0-9 _ . - starting with a letter or digit")
+        raise KiwiError(f"invalid {what} {name!r}: use 1-63 of a-z 0-9 _ . - starting with a letter or digit")
     return name
 
 
@@ -37,8 +37,9 @@ def validate_container_name(name: str) -> str:
     """A name that looks like an id would make `kiwi attach <it>` ambiguous."""
     validate_name(name, "container name")
     if is_container_id(name):
-        raise KiwiError(f"invalid container name {name!r}: 12 hex digits look like a container id;"
-                        " choose another name")
+        raise KiwiError(
+            f"invalid container name {name!r}: 12 hex digits look like a container id; choose another name"
+        )
     return name
 
 
@@ -48,12 +49,14 @@ def is_container_id(text: str) -> bool:
 
 def new_container_id() -> str:
     import secrets
+
     return secrets.token_hex(ID_LEN // 2)
 
 
 def atomic_write_json(path: Path | str, obj, mode: int = 0o644) -> None:
     """Write JSON so that a crash leaves either the old file or the new one."""
     import tempfile
+
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -78,6 +81,7 @@ def atomic_write_json(path: Path | str, obj, mode: int = 0o644) -> None:
 
 def is_disk_full(error: OSError) -> bool:
     import errno
+
     return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -86,12 +90,15 @@ def host_full(path: Path, what: str) -> KiwiError:
     import shutil
 
     from .sizes import format_size
+
     try:
         free = format_size(shutil.disk_usage(path).free)
     except OSError:
         free = "no space"
-    return KiwiError(f"the host's disk is full ({free} free where {path} lives) while {what}; "
-                     "free some space and run the command again")
+    return KiwiError(
+        f"the host's disk is full ({free} free where {path} lives) while {what}; "
+        "free some space and run the command again"
+    )
 
 
 def fsync_dir(path: Path) -> None:
@@ -216,8 +223,14 @@ class Store:
         return self.root / f"{cid}-{snapshot}.kiwi"
 
     def private_dirs(self) -> tuple[Path, ...]:
-        return (self.images_dir, self.containers_dir, self.mounts_dir,
-                self.exports_dir, self.tmp_dir, self.locks_dir)
+        return (
+            self.images_dir,
+            self.containers_dir,
+            self.mounts_dir,
+            self.exports_dir,
+            self.tmp_dir,
+            self.locks_dir,
+        )
 
     def ensure_layout(self) -> None:
         """Create the folders a writing command needs, all PRIVATE_MODE."""
@@ -245,8 +258,9 @@ class Store:
         """Without root the data folder is closed: say so once instead of failing on a file."""
         for d in (self.root, self.containers_dir, self.images_dir):
             if d.exists() and not os.access(d, os.R_OK | os.X_OK):
-                raise KiwiError(f"Kiwi's data folder {self.root} is readable by root only;"
-                                f" run this command with sudo")
+                raise KiwiError(
+                    f"Kiwi's data folder {self.root} is readable by root only; run this command with sudo"
+                )
 
     # --- identity ---------------------------------------------------------
     @functools.cached_property
@@ -273,6 +287,7 @@ class Store:
                 raise KiwiError(f"{path} is damaged; remove it only if no container of this folder runs")
             self._folder_id = text
             from . import hoststate
+
             hoststate.check_in(self)
         return self._folder_id
 
@@ -372,7 +387,8 @@ class Store:
             if len(matches) > 1:
                 raise KiwiError(
                     f"{ref!r} matches {len(matches)} containers ({', '.join(matches[:4])}"
-                    f"{', ...' if len(matches) > 4 else ''}); give more of the id")
+                    f"{', ...' if len(matches) > 4 else ''}); give more of the id"
+                )
         if re.fullmatch(r"[0-9a-f]{13,24}", ref):
             adopted = self.container_by_go_id(ref)
             if adopted:

@@ -56,9 +56,9 @@ def _optional(value):
 
 # -- mounts ---------------------------------------------------------------
 
+
 def mount(source, target, fstype=None, flags=0, data=None) -> None:
-    ret = lib.kiwi_mount(_optional(source), _path(target), _optional(fstype),
-                         flags, _optional(data))
+    ret = lib.kiwi_mount(_optional(source), _path(target), _optional(fstype), flags, _optional(data))
     _check(ret, f"mount {source!s} on {target!s} (type {fstype}, flags {flags:#x}, data {data})")
 
 
@@ -67,13 +67,11 @@ def umount(target, flags=0) -> None:
 
 
 def pivot_root(new_root, put_old) -> None:
-    _check(lib.kiwi_pivot_root(_path(new_root), _path(put_old)),
-           f"pivot_root {new_root!s} {put_old!s}")
+    _check(lib.kiwi_pivot_root(_path(new_root), _path(put_old)), f"pivot_root {new_root!s} {put_old!s}")
 
 
 def open_tree(dirfd: int, path, flags: int) -> int:
-    return _check(lib.kiwi_open_tree(dirfd, _path(path), flags),
-                  f"open_tree {path!s} (flags {flags:#x})")
+    return _check(lib.kiwi_open_tree(dirfd, _path(path), flags), f"open_tree {path!s} (flags {flags:#x})")
 
 
 def move_mount(from_dfd: int, from_path, to_dfd: int, to_path, flags: int) -> None:
@@ -81,13 +79,15 @@ def move_mount(from_dfd: int, from_path, to_dfd: int, to_path, flags: int) -> No
     _check(ret, f"move_mount {from_path!s} -> {to_path!s} (flags {flags:#x})")
 
 
-def mount_setattr(dirfd: int, path, flags: int, attr_set: int,
-                  attr_clr: int = 0, propagation: int = 0) -> None:
+def mount_setattr(
+    dirfd: int, path, flags: int, attr_set: int, attr_clr: int = 0, propagation: int = 0
+) -> None:
     ret = lib.kiwi_mount_setattr(dirfd, _path(path), flags, attr_set, attr_clr, propagation)
     _check(ret, f"mount_setattr {path!s}")
 
 
 # -- namespaces and process ----------------------------------------------
+
 
 def unshare(flags: int) -> None:
     _check(lib.kiwi_unshare(flags), f"unshare {flags:#x}")
@@ -111,8 +111,7 @@ def pidfd_open(pid: int, flags: int = 0) -> int:
 
 
 def pidfd_send_signal(pidfd: int, sig: int, flags: int = 0) -> None:
-    _check(lib.kiwi_pidfd_send_signal(pidfd, sig, flags),
-           f"pidfd_send_signal fd {pidfd} signal {sig}")
+    _check(lib.kiwi_pidfd_send_signal(pidfd, sig, flags), f"pidfd_send_signal fd {pidfd} signal {sig}")
 
 
 def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
@@ -142,14 +141,14 @@ def execveat(fd: int, argv, envp, path="", flags=None) -> None:
 
 # -- files ----------------------------------------------------------------
 
+
 def openat2(dirfd: int, path, flags: int, mode: int = 0, resolve: int = 0) -> int:
     ret = lib.kiwi_openat2(dirfd, _path(path), flags, mode, resolve)
     return _check(ret, f"openat2 {path!s} (flags {flags:#x}, resolve {resolve:#x})")
 
 
 def mknod_at(dirfd: int, path, mode: int, major: int = 0, minor: int = 0) -> None:
-    _check(lib.kiwi_mknodat(dirfd, _path(path), mode, major, minor),
-           f"mknodat {path!s} ({major}:{minor})")
+    _check(lib.kiwi_mknodat(dirfd, _path(path), mode, major, minor), f"mknodat {path!s} ({major}:{minor})")
 
 
 def memfd_create(name: str, flags: int) -> int:
@@ -175,6 +174,7 @@ def ioctl_ptr(fd: int, request: int, arg) -> int:
 
 # -- capabilities and seccomp --------------------------------------------
 
+
 def capget(pid: int = 0) -> tuple[int, int, int]:
     """(effective, permitted, inheritable) as 64-bit masks."""
     sets = ffi.new("uint64_t[3]")
@@ -183,8 +183,10 @@ def capget(pid: int = 0) -> tuple[int, int, int]:
 
 
 def capset(effective: int, permitted: int, inheritable: int) -> None:
-    _check(lib.kiwi_capset(effective, permitted, inheritable),
-           f"capset eff {effective:#x} perm {permitted:#x} inh {inheritable:#x}")
+    _check(
+        lib.kiwi_capset(effective, permitted, inheritable),
+        f"capset eff {effective:#x} perm {permitted:#x} inh {inheritable:#x}",
+    )
 
 
 def seccomp_set_filter(program: bytes, flags: int = 0) -> None:
@@ -197,15 +199,20 @@ def seccomp_set_filter(program: bytes, flags: int = 0) -> None:
 
 # -- cgroup BPF ------------------------------------------------------------
 
+
 def bpf_prog_load(prog_type: int, program: bytes, license: str = "GPL") -> int:
     """program: packed struct bpf_insn entries (8 bytes each); returns the program's fd."""
     if len(program) % 8 or not program:
         raise ValueError("a BPF program is a non-empty list of 8-byte instructions")
     buffer = ffi.from_buffer(program)
-    return _check(lib.kiwi_bpf_prog_load(prog_type, buffer, len(program) // 8, license.encode()),
-                  f"bpf PROG_LOAD (type {prog_type}, {len(program) // 8} instructions)")
+    return _check(
+        lib.kiwi_bpf_prog_load(prog_type, buffer, len(program) // 8, license.encode()),
+        f"bpf PROG_LOAD (type {prog_type}, {len(program) // 8} instructions)",
+    )
 
 
 def bpf_prog_attach(target_fd: int, prog_fd: int, attach_type: int, flags: int = 0) -> None:
-    _check(lib.kiwi_bpf_prog_attach(target_fd, prog_fd, attach_type, flags),
-           f"bpf PROG_ATTACH (type {attach_type}, flags {flags:#x})")
+    _check(
+        lib.kiwi_bpf_prog_attach(target_fd, prog_fd, attach_type, flags),
+        f"bpf PROG_ATTACH (type {attach_type}, flags {flags:#x})",
+    )

@@ -5,6 +5,7 @@ process per line). readline gives line editing, persistent history and Tab
 completion of command names, options, containers and images; the command
 names and options come from cli.build_parser(), like --help and the man pages.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,15 @@ HISTORY_FILE = ".terminal_history"
 HISTORY_LINES = 1000
 LEAVE_WORDS = ("exit", "quit")
 # Environment the console (and the commands it runs) needs to survive sudo.
-PRESERVED_ENV = ("KIWI_ROOT", "KIWI_SUBNET", "KIWI_BRIDGE", "KIWI_CGROUP_PARENT",
-                 "KIWI_IMAGE_SERVER", "TERM")
-BANNER = "Kiwi terminal: type a command without 'kiwi', 'help' for help; Tab completes; exit or Ctrl-D leaves."
-CONSOLE_HELP = ("\nIn this console: commands are typed without 'kiwi' and quoted like in a shell;\n"
-                "Tab completes commands, options, containers and images; Up/Down walk the history;\n"
-                "Ctrl-C cancels the line; exit, quit or Ctrl-D leaves.")
+PRESERVED_ENV = ("KIWI_ROOT", "KIWI_SUBNET", "KIWI_BRIDGE", "KIWI_CGROUP_PARENT", "KIWI_IMAGE_SERVER", "TERM")
+BANNER = (
+    "Kiwi terminal: type a command without 'kiwi', 'help' for help; Tab completes; exit or Ctrl-D leaves."
+)
+CONSOLE_HELP = (
+    "\nIn this console: commands are typed without 'kiwi' and quoted like in a shell;\n"
+    "Tab completes commands, options, containers and images; Up/Down walk the history;\n"
+    "Ctrl-C cancels the line; exit, quit or Ctrl-D leaves."
+)
 
 
 def run_console() -> int:
@@ -38,11 +42,13 @@ def run_console() -> int:
     if os.geteuid() != 0:
         reexec_with_sudo()
     from .store import Store
+
     console = Console(Store.open())
     return console.loop()
 
 
 # --- start-up -------------------------------------------------------------------
+
 
 def require_terminal() -> None:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
@@ -53,6 +59,7 @@ def kiwi_argv() -> list[str]:
     """How to start this same kiwi again: the frozen executable, or the source package."""
     if getattr(sys, "frozen", False):
         from .store import executable_path
+
         return [str(executable_path())]
     return [sys.executable, "-m", "kiwi"]
 
@@ -67,8 +74,10 @@ def reexec_with_sudo() -> None:
     sudo = shutil.which("sudo")
     if not sudo:
         again = " ".join(kiwi_argv() + ["terminal"])
-        raise KiwiError("kiwi terminal needs root and sudo is not installed; "
-                        f"install sudo or start it as root: su -c '{again}'")
+        raise KiwiError(
+            "kiwi terminal needs root and sudo is not installed; "
+            f"install sudo or start it as root: su -c '{again}'"
+        )
     frozen = getattr(sys, "frozen", False)
     if not frozen:
         # sudo starts elsewhere with a clean path; the package must still be importable.
@@ -84,6 +93,7 @@ def reexec_with_sudo() -> None:
 
 
 # --- the parser as data for completion ------------------------------------------------
+
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     for action in parser._actions:
@@ -106,6 +116,7 @@ def positional_actions(sub: argparse.ArgumentParser) -> list[argparse.Action]:
 
 # --- completion -------------------------------------------------------------------------
 
+
 class Completer:
     """readline completer: what the word under the cursor can become."""
 
@@ -117,7 +128,8 @@ class Completer:
     def __call__(self, text: str, state: int) -> str | None:
         if state == 0:
             import readline
-            before = readline.get_line_buffer()[:readline.get_begidx()]
+
+            before = readline.get_line_buffer()[: readline.get_begidx()]
             try:
                 self.matches = self.candidates(words_of(before), text)
             except Exception:  # noqa: BLE001 - a failing Tab must never break the prompt
@@ -197,6 +209,7 @@ def words_of(text: str) -> list[str]:
 
 # --- history ----------------------------------------------------------------------------
 
+
 class History:
     """readline history kept in <kiwi-data>/.terminal_history (0600, bounded)."""
 
@@ -205,6 +218,7 @@ class History:
 
     def load(self) -> None:
         import readline
+
         readline.set_history_length(HISTORY_LINES)
         with contextlib.suppress(OSError):
             readline.read_history_file(self.path)
@@ -212,6 +226,7 @@ class History:
     def add(self, line: str) -> None:
         """Remember the line and save at once, so a crash does not lose it."""
         import readline
+
         count = readline.get_current_history_length()
         if count and readline.get_history_item(count) == line:
             return
@@ -220,6 +235,7 @@ class History:
 
     def save(self) -> None:
         import readline
+
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Create it private first: commands typed here may name secrets.
@@ -232,9 +248,11 @@ class History:
 
 # --- the console ------------------------------------------------------------------------
 
+
 class Console:
     def __init__(self, store):
         from .cli import build_parser
+
         self.store = store
         self.history = History(store.root / HISTORY_FILE)
         self.completer = Completer(store, build_parser())
@@ -258,6 +276,7 @@ class Console:
 
     def setup_readline(self) -> None:
         import readline
+
         # Quotes and spaces end a word; '-', '.', '_' belong to options, ids and names.
         readline.set_completer_delims(" \t\n\"'")
         readline.set_completer(self.completer)
@@ -308,6 +327,7 @@ class Console:
 
     def run_command(self, argv: list[str]) -> None:
         from .cli import run
+
         try:
             run(argv)
             if argv[0] == "help" and len(argv) == 1:
@@ -407,6 +427,7 @@ def loaded_readline_library():
     """GNU readline as loaded by the readline module (bundled in the frozen kiwi), or None."""
     import ctypes
     import readline  # noqa: F401 - loads the library looked up below
+
     try:
         with open("/proc/self/maps") as f:
             paths = {line.split()[-1] for line in f if "/libreadline.so" in line}

@@ -3,6 +3,7 @@ $KIWI_BIN); KIWI_SOURCE=1 runs `python -m kiwi` instead (development only).
 
 Every test gets its own KIWI_ROOT, bridge, subnet and cgroup parent, and its
 teardown stops and removes everything it made, even when the test failed."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,7 @@ def kiwi_command() -> list[str]:
 
 @pytest.fixture(scope="session")
 def test_images() -> Path:
-    subprocess.run([str(REPO / "scripts" / "make-test-images")], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([str(REPO / "scripts" / "make-test-images")], check=True, stdout=subprocess.DEVNULL)
     return CACHE
 
 
@@ -53,13 +53,27 @@ class Kiwi:
         self.root = root
         self.cmd = kiwi_command()
 
-    def __call__(self, *args, check: bool = True, input: str | None = None, timeout: float = 120,
-                 env: dict | None = None) -> subprocess.CompletedProcess:
-        done = subprocess.run(self.cmd + [str(a) for a in args], input=input, capture_output=True,
-                              text=True, timeout=timeout, env={**self.env, **(env or {})})
+    def __call__(
+        self,
+        *args,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 120,
+        env: dict | None = None,
+    ) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            self.cmd + [str(a) for a in args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**self.env, **(env or {})},
+        )
         if check and done.returncode != 0:
-            raise AssertionError(f"kiwi {' '.join(map(str, args))} exited {done.returncode}\n"
-                                 f"stdout: {done.stdout}\nstderr: {done.stderr}")
+            raise AssertionError(
+                f"kiwi {' '.join(map(str, args))} exited {done.returncode}\n"
+                f"stdout: {done.stdout}\nstderr: {done.stderr}"
+            )
         return done
 
     def out(self, *args, **kw) -> str:
@@ -75,8 +89,13 @@ class Kiwi:
         """Start `kiwi args`, SIGKILL it after `after` seconds (a crash at a random point)."""
         import signal
         import time
-        proc = subprocess.Popen(self.cmd + [str(a) for a in args], env=self.env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        proc = subprocess.Popen(
+            self.cmd + [str(a) for a in args],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(after)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -89,14 +108,16 @@ def make_env(tmp_path_factory) -> tuple[dict, Path]:
     tag = secrets.token_hex(3)
     root = tmp_path_factory.mktemp(f"kiwi-{tag}") / "kiwi-data"
     env = dict(os.environ)
-    env.update({
-        "KIWI_ROOT": str(root),
-        "KIWI_BRIDGE": f"kt{tag}",
-        "KIWI_SUBNET": f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(256)}.0/24",
-        "KIWI_CGROUP_PARENT": f"kiwi-test-{tag}",
-        "KIWI_HOST_DIR": str(root.parent / "host"),  # address leases shared by data folders
-        "KIWI_TEST_CACHE": str(CACHE),
-    })
+    env.update(
+        {
+            "KIWI_ROOT": str(root),
+            "KIWI_BRIDGE": f"kt{tag}",
+            "KIWI_SUBNET": f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(256)}.0/24",
+            "KIWI_CGROUP_PARENT": f"kiwi-test-{tag}",
+            "KIWI_HOST_DIR": str(root.parent / "host"),  # address leases shared by data folders
+            "KIWI_TEST_CACHE": str(CACHE),
+        }
+    )
     env.pop("KIWI_IMAGE_SERVER", None)
     return env, root
 
@@ -118,6 +139,7 @@ def teardown_env(kiwi: Kiwi) -> None:
     remove_cgroup_parent(kiwi.env["KIWI_CGROUP_PARENT"])
     unmount_below(kiwi.root.parent)
     from kiwi.fstree import remove_tree  # any depth: a test may leave a 1200-level tree
+
     remove_tree(kiwi.root.parent, ignore_errors=True)
 
 
@@ -157,10 +179,14 @@ def remove_cgroup_parent(parent: str) -> None:
 
 
 def remove_network(env: dict) -> None:
-    code = ("import os\nfrom kiwi import network\n"
-            "network.remove_nat()\nnetwork.remove_bridge()\n")
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
-                   capture_output=True, timeout=60)
+    code = "import os\nfrom kiwi import network\nnetwork.remove_nat()\nnetwork.remove_bridge()\n"
+    subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def unmount_below(path: Path) -> None:
@@ -201,8 +227,16 @@ def terminals():
 
     def spawn(program: str, args: list[str], env: dict, rows: int = 24, cols: int = 80):
         import pexpect
-        child = pexpect.spawn(program, args, env={**env, "TERM": "xterm"}, dimensions=(rows, cols),
-                              encoding="utf-8", codec_errors="replace", timeout=30)
+
+        child = pexpect.spawn(
+            program,
+            args,
+            env={**env, "TERM": "xterm"},
+            dimensions=(rows, cols),
+            encoding="utf-8",
+            codec_errors="replace",
+            timeout=30,
+        )
         opened.append(child)
         return child
 

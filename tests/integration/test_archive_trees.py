@@ -1,4 +1,5 @@
 """Archives and flatten on real trees: a real rootfs, changes made through a real overlay mount."""
+
 from __future__ import annotations
 
 import hashlib
@@ -24,9 +25,18 @@ def mounts():
     def mount_overlay(lower, upper, work, merged):
         for d in (upper, work, merged):
             Path(d).mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                        f"lowerdir={lower},upperdir={upper},workdir={work},"
-                        "redirect_dir=off,metacopy=off,index=off", str(merged)], check=True)
+        subprocess.run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={lower},upperdir={upper},workdir={work},redirect_dir=off,metacopy=off,index=off",
+                str(merged),
+            ],
+            check=True,
+        )
         made.append(merged)
         return Path(merged)
 
@@ -62,9 +72,9 @@ def change_through_overlay(merged: Path):
     """What a container does: edits, deletes, replaces a folder, adds files."""
     with open(merged / "etc" / "passwd", "a") as f:
         f.write("kiwi:x:1000:1000::/home/kiwi:/bin/sh\n")
-    os.unlink(merged / "etc" / "motd")                                  # -> whiteout
+    os.unlink(merged / "etc" / "motd")  # -> whiteout
     subprocess.run(["rm", "-rf", str(merged / "usr" / "share" / "doc")], check=True)
-    (merged / "usr" / "share" / "doc").mkdir()                           # -> opaque dir
+    (merged / "usr" / "share" / "doc").mkdir()  # -> opaque dir
     (merged / "usr" / "share" / "doc" / "NEW").write_text("fresh\n")
     home = merged / "home" / "kiwi"
     home.mkdir(parents=True)
@@ -111,14 +121,14 @@ def test_container_archive_restores_the_same_merged_view(tmp_path, mounts):
     mounts.unmount(merged)
 
     out = tmp_path / "c.kiwi"
-    manifest = archive.write_archive(out, "container", {"name": "web"}, {"name": "busybox"},
-                                     lower, tmp_path / "upper")
+    manifest = archive.write_archive(
+        out, "container", {"name": "web"}, {"name": "busybox"}, lower, tmp_path / "upper"
+    )
     assert manifest["parts"]["upper"]["data_bytes"] < 400_000
     restored = tmp_path / "restored"
     archive.extract_archive(out, restored / "rootfs", restored / "upper")
     assert archive.image_content_hash(restored / "rootfs") == archive.image_content_hash(manifest)
-    merged2 = mounts(restored / "rootfs", restored / "upper", restored / "work",
-                     restored / "merged")
+    merged2 = mounts(restored / "rootfs", restored / "upper", restored / "work", restored / "merged")
     assert describe(merged2) == expected
     assert not (merged2 / "etc" / "motd").exists()
     assert os.listdir(merged2 / "usr" / "share" / "doc") == ["NEW"]
@@ -158,11 +168,14 @@ def test_flatten_shares_unchanged_files(tmp_path):
     elapsed = time.monotonic() - started
     assert stats == {"linked": 59, "copied": 1, "copied_bytes": 700_000}
     for i in range(60):
-        same = os.stat(base / "data" / f"blob{i:02}").st_ino == \
-            os.stat(tmp_path / "flat" / "data" / f"blob{i:02}").st_ino
+        same = (
+            os.stat(base / "data" / f"blob{i:02}").st_ino
+            == os.stat(tmp_path / "flat" / "data" / f"blob{i:02}").st_ino
+        )
         assert same == (i != 7)
-    du = subprocess.run(["du", "-sk", str(base), str(tmp_path / "flat")], check=True,
-                        capture_output=True, text=True).stdout.split()
+    du = subprocess.run(
+        ["du", "-sk", str(base), str(tmp_path / "flat")], check=True, capture_output=True, text=True
+    ).stdout.split()
     assert int(du[0]) > 60_000
     assert int(du[2]) < 1_000  # du counts shared inodes once: only the changed file grew
     assert elapsed < 5

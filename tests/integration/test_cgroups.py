@@ -87,7 +87,9 @@ class CgroupLab:
         """Run argv inside `group` from its first instruction on."""
         child = subprocess.Popen(
             [sys.executable, "-c", GATE, *argv],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         self.children.append(child)
         group.add_pid(child.pid)

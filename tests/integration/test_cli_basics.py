@@ -1,4 +1,5 @@
 """Issue 2: the foundation through the frozen binary — records, names, errors, locking."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -79,6 +80,7 @@ def test_ambiguous_prefix(kiwi, busybox):
 def test_twenty_parallel_creates(kiwi, busybox):
     def create(_):
         return kiwi("create", busybox, check=False)
+
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         results = list(pool.map(create, range(20)))
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results if r.returncode]
@@ -115,6 +117,7 @@ def test_read_only_commands_without_root_say_they_need_it(kiwi, busybox_tar, tmp
     """The data folder is 0700 (issue 12 item 4): one clear line, never wrong data."""
     import shutil
     import tempfile
+
     shared = tempfile.mkdtemp(prefix="kiwi-ro-", dir="/tmp")  # pytest's own tmp is 0700
     os.chmod(shared, 0o755)
     cache = os.path.join(shared, "cache")  # where the launcher unpacks for nobody; removed below

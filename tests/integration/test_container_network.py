@@ -7,6 +7,7 @@ started and, for NAT, an "outside" namespace on TEST-NET 198.51.100.0/24 that
 the host reaches through a test-made veth. Host settings the tests change
 (iptables FORWARD policy, ip_forward, iptables-nft's empty tables) are put back.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,6 +58,7 @@ while True:
 
 # -- polling and small clients -------------------------------------------------------------
 
+
 def wait_for(probe, what: str, timeout: float = 60, interval: float = 0.2):
     """Call `probe` until it returns something true; exceptions count as 'not yet'."""
     deadline = time.monotonic() + timeout
@@ -91,24 +93,30 @@ def serve_in(kiwi, cid: str, command: str) -> None:
 
 def nc_in(kiwi, cid: str, ip: str, port: int, tries: int = 50) -> str:
     """busybox nc from inside the container; retried there until it reads something."""
-    script = (f"i=0; while [ $i -lt {tries} ]; do "
-              f"out=$(nc -w 5 {ip} {port} </dev/null 2>/dev/null); "
-              f"if [ -n \"$out\" ]; then echo \"$out\"; exit 0; fi; "
-              f"i=$((i+1)); sleep 0.2; done; exit 1")
+    script = (
+        f"i=0; while [ $i -lt {tries} ]; do "
+        f"out=$(nc -w 5 {ip} {port} </dev/null 2>/dev/null); "
+        f'if [ -n "$out" ]; then echo "$out"; exit 0; fi; '
+        f"i=$((i+1)); sleep 0.2; done; exit 1"
+    )
     result = kiwi.sh(cid, script, check=False, timeout=300)
-    assert result.returncode == 0, (f"{cid} could not read from {ip}:{port}\n"
-                                    f"stdout: {result.stdout}\nstderr: {result.stderr}")
+    assert result.returncode == 0, (
+        f"{cid} could not read from {ip}:{port}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    )
     return result.stdout.strip()
 
 
 def wget_in(kiwi, cid: str, url: str, tries: int = 50) -> str:
-    script = (f"i=0; while [ $i -lt {tries} ]; do "
-              # busybox 1.35 wget -T segfaults (also on the host), hence timeout(1)
-              f"if out=$(timeout 10 wget -q -O - {url} 2>/dev/null); then echo \"$out\"; exit 0; fi; "
-              f"i=$((i+1)); sleep 0.2; done; exit 1")
+    script = (
+        f"i=0; while [ $i -lt {tries} ]; do "
+        # busybox 1.35 wget -T segfaults (also on the host), hence timeout(1)
+        f'if out=$(timeout 10 wget -q -O - {url} 2>/dev/null); then echo "$out"; exit 0; fi; '
+        f"i=$((i+1)); sleep 0.2; done; exit 1"
+    )
     result = kiwi.sh(cid, script, check=False, timeout=300)
-    assert result.returncode == 0, (f"{cid} could not fetch {url}\n"
-                                    f"stdout: {result.stdout}\nstderr: {result.stderr}")
+    assert result.returncode == 0, (
+        f"{cid} could not fetch {url}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    )
     return result.stdout.strip()
 
 
@@ -138,6 +146,7 @@ def free_port() -> int:
 
 class LineServer(socketserver.ThreadingTCPServer):
     """A host TCP server that answers '<name> <peer address>' and remembers the peers."""
+
     daemon_threads = True
     allow_reuse_address = True
 
@@ -179,14 +188,14 @@ def host_server(ip: str, name: str, preferred: int = 0):
 
 # -- host state --------------------------------------------------------------------------------
 
+
 def nft_tables() -> set[str]:
     out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     return {line.removeprefix("table ").strip() for line in out.splitlines() if line.strip()}
 
 
 def nft_table_json(family: str, name: str) -> list[dict]:
-    out = subprocess.run(["nft", "-j", "list", "table", family, name],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(["nft", "-j", "list", "table", family, name], capture_output=True, text=True).stdout
     return json.loads(out)["nftables"] if out.strip() else []
 
 
@@ -199,13 +208,13 @@ def is_empty_accepting_shell(table: str) -> bool:
     items = nft_table_json(*table.split())
     if not items or any("rule" in item for item in items):
         return False
-    return all(item["chain"].get("policy", "accept") == "accept"
-               for item in items if "chain" in item)
+    return all(item["chain"].get("policy", "accept") == "accept" for item in items if "chain" in item)
 
 
 def forward_policy() -> str:
-    out = subprocess.run(["iptables", "-w", "-S", "FORWARD"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True, check=True
+    ).stdout
     return "DROP" if "-P FORWARD DROP" in out else "ACCEPT"
 
 
@@ -229,8 +238,11 @@ def firewall_snapshot() -> tuple[list[str], set[str]]:
                 rules += section
             section = []
     # iptables-nft's own tables are compared through iptables-save above.
-    tables = {t for t in nft_tables() if not t.startswith(("inet kiwi-", "bridge kiwi-"))
-              and t not in ("ip filter", "ip nat")}
+    tables = {
+        t
+        for t in nft_tables()
+        if not t.startswith(("inet kiwi-", "bridge kiwi-")) and t not in ("ip filter", "ip nat")
+    }
     return rules, tables
 
 
@@ -260,8 +272,10 @@ def host_lock():
 
 # -- links --------------------------------------------------------------------------------------
 
+
 def veth_of(kiwi, cid: str) -> str:
     from kiwi import network
+
     return network.veth_name(cid, (kiwi.root / "folder-id").read_text().strip())
 
 
@@ -279,8 +293,10 @@ def ipv4_addresses(ifname: str) -> list[str]:
         found = ipr.link_lookup(ifname=ifname)
         if not found:
             return []
-        return sorted(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
-                      for a in ipr.get_addr(family=socket.AF_INET, index=found[0]))
+        return sorted(
+            f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
+            for a in ipr.get_addr(family=socket.AF_INET, index=found[0])
+        )
 
 
 def delete_link(name: str) -> None:
@@ -292,6 +308,7 @@ def delete_link(name: str) -> None:
 
 
 # -- the outside world ----------------------------------------------------------------------------
+
 
 class Outside:
     """A namespace on 198.51.100.0/24 that the host routes to through a veth, with a
@@ -306,12 +323,17 @@ class Outside:
         sleeper = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
         self.processes.append(sleeper)
         own = os.readlink("/proc/self/ns/net")
-        wait_for(lambda: os.readlink(f"/proc/{sleeper.pid}/ns/net") != own,
-                 "unshare to make a namespace", timeout=20, interval=0.01)
+        wait_for(
+            lambda: os.readlink(f"/proc/{sleeper.pid}/ns/net") != own,
+            "unshare to make a namespace",
+            timeout=20,
+            interval=0.01,
+        )
         self.pid = sleeper.pid
         with IPRoute() as ipr:
-            ipr.link("add", ifname=self.host_side, kind="veth",
-                     peer={"ifname": "eth0", "net_ns_pid": self.pid})
+            ipr.link(
+                "add", ifname=self.host_side, kind="veth", peer={"ifname": "eth0", "net_ns_pid": self.pid}
+            )
             index = ipr.link_lookup(ifname=self.host_side)[0]
             ipr.addr("add", index=index, address=OUTSIDE_HOST_IP, prefixlen=24)
             ipr.link("set", index=index, state="up")
@@ -321,13 +343,24 @@ class Outside:
             ns.link("set", index=eth0, state="up")
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
             # No route back to any container subnet: only masqueraded traffic can be answered.
-            assert all(r["dst_len"] == 0 or r.get("RTA_DST", "").startswith("198.51.100.")
-                       for r in ns.get_routes(family=socket.AF_INET)
-                       if r.get("RTA_TABLE") == 254)
+            assert all(
+                r["dst_len"] == 0 or r.get("RTA_DST", "").startswith("198.51.100.")
+                for r in ns.get_routes(family=socket.AF_INET)
+                if r.get("RTA_TABLE") == 254
+            )
         self.server = subprocess.Popen(
-            ["nsenter", f"--net=/proc/{self.pid}/ns/net", sys.executable, "-c",
-             OUTSIDE_SERVER, OUTSIDE_SERVER_IP, str(OUTSIDE_PORT)],
-            stdout=subprocess.PIPE, text=True)
+            [
+                "nsenter",
+                f"--net=/proc/{self.pid}/ns/net",
+                sys.executable,
+                "-c",
+                OUTSIDE_SERVER,
+                OUTSIDE_SERVER_IP,
+                str(OUTSIDE_PORT),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.processes.append(self.server)
         assert self.server.stdout.readline().strip() == "ready"
 
@@ -359,6 +392,7 @@ def outside(host_lock):
 
 # -- tests ---------------------------------------------------------------------------------------
 
+
 def test_host_reaches_tcp_server_in_container(kiwi, busybox):
     cid = kiwi.create(busybox, "--name", "web")
     start(kiwi, cid)
@@ -368,8 +402,9 @@ def test_host_reaches_tcp_server_in_container(kiwi, busybox):
     serve_in(kiwi, cid, "nc -ll -p 7000 -e echo hi")
     assert answer_from(ip, 7000, "nc in the container") == "hi"
     # httpd too: a real multi-connection server, fetched over HTTP from the host.
-    serve_in(kiwi, cid, f"mkdir -p /tmp/www && echo {cid} > /tmp/www/index.html && "
-                        "httpd -f -p 8080 -h /tmp/www")
+    serve_in(
+        kiwi, cid, f"mkdir -p /tmp/www && echo {cid} > /tmp/www/index.html && httpd -f -p 8080 -h /tmp/www"
+    )
 
     def fetch():
         conn = http.client.HTTPConnection(ip, 8080, timeout=10)
@@ -379,6 +414,7 @@ def test_host_reaches_tcp_server_in_container(kiwi, busybox):
             return response.status == 200 and response.read().decode().strip()
         finally:
             conn.close()
+
     assert wait_for(fetch, "httpd in the container") == cid
 
 
@@ -389,8 +425,9 @@ def test_two_containers_reach_each_other(kiwi, busybox):
     start(kiwi, b)
     ip_a, ip_b = kiwi.out("ip", a), kiwi.out("ip", b)
     assert ip_a != ip_b
-    serve_in(kiwi, a, f"mkdir -p /tmp/www && echo from-{a} > /tmp/www/index.html && "
-                      "httpd -f -p 8080 -h /tmp/www")
+    serve_in(
+        kiwi, a, f"mkdir -p /tmp/www && echo from-{a} > /tmp/www/index.html && httpd -f -p 8080 -h /tmp/www"
+    )
     serve_in(kiwi, b, f"nc -ll -p 7000 -e echo from-{b}")
     assert wget_in(kiwi, b, f"http://{ip_a}:8080/index.html") == f"from-{a}"
     assert nc_in(kiwi, a, ip_b, 7000) == f"from-{b}"
@@ -440,8 +477,10 @@ def test_nat_with_forward_policy_drop(kiwi, busybox, outside):
     subprocess.run(["iptables", "-w", "-P", "FORWARD", "DROP"], check=True)
     try:
         cid = check_masquerade(kiwi, busybox, outside)
-        assert f"-j KIWI-{bridge}" in subprocess.run(
-            ["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True).stdout
+        assert (
+            f"-j KIWI-{bridge}"
+            in subprocess.run(["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True).stdout
+        )
         # Container to container still works too (bridged traffic may meet FORWARD).
         other = kiwi.create(busybox)
         start(kiwi, other)
@@ -457,8 +496,7 @@ def test_nat_with_forward_policy_drop(kiwi, busybox, outside):
                 subprocess.run(["nft", "delete", "table", *table.split()], capture_output=True)
     assert forward_policy() == policy
     assert firewall_snapshot() == before
-    assert f"KIWI-{bridge}" not in subprocess.run(["iptables-save"], capture_output=True,
-                                                  text=True).stdout
+    assert f"KIWI-{bridge}" not in subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
     assert f"inet kiwi-{bridge}" not in nft_tables()
 
 
@@ -516,8 +554,9 @@ def test_fifty_start_stop_cycles_leak_nothing(kiwi, busybox):
 def test_thirty_containers_started_in_parallel(kiwi, busybox):
     count = 30
     with ThreadPoolExecutor(max_workers=6) as pool:
-        cids = list(pool.map(
-            lambda _: kiwi.out("create", busybox, timeout=300).splitlines()[-1], range(count)))
+        cids = list(
+            pool.map(lambda _: kiwi.out("create", busybox, timeout=300).splitlines()[-1], range(count))
+        )
     assert len(set(cids)) == count
     with ThreadPoolExecutor(max_workers=count) as pool:
         list(pool.map(lambda cid: start(kiwi, cid), cids))
@@ -534,8 +573,7 @@ def test_thirty_containers_started_in_parallel(kiwi, busybox):
         port = server.server_address[1]
 
         def probe(cid: str) -> tuple[str, str]:
-            shown = kiwi.out("attach", cid, "--", "ip", "-4", "-o", "addr", "show", "eth0",
-                             timeout=300)
+            shown = kiwi.out("attach", cid, "--", "ip", "-4", "-o", "addr", "show", "eth0", timeout=300)
             return shown, nc_in(kiwi, cid, gw, port)
 
         with ThreadPoolExecutor(max_workers=10) as pool:
@@ -565,8 +603,11 @@ def test_network_host_shares_the_host_stack(kiwi, busybox):
     assert "Traceback" not in refused.stderr and refused.stdout == ""
     # A server it starts on 127.0.0.1 is the host's 127.0.0.1.
     port = free_port()
-    serve_in(kiwi, cid, f"mkdir -p /tmp/www && echo {cid} > /tmp/www/index.html && "
-                        f"httpd -f -p 127.0.0.1:{port} -h /tmp/www")
+    serve_in(
+        kiwi,
+        cid,
+        f"mkdir -p /tmp/www && echo {cid} > /tmp/www/index.html && httpd -f -p 127.0.0.1:{port} -h /tmp/www",
+    )
 
     def fetch():
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -575,6 +616,7 @@ def test_network_host_shares_the_host_stack(kiwi, busybox):
             return conn.getresponse().read().decode().strip()
         finally:
             conn.close()
+
     assert wait_for(fetch, "httpd of the host-network container on 127.0.0.1") == cid
     # Its resolv.conf is the host's, unchanged (a loopback stub works there).
     with open("/etc/resolv.conf") as f:
@@ -587,6 +629,7 @@ def test_network_host_shares_the_host_stack(kiwi, busybox):
         with socket.socket() as s:
             s.settimeout(5)
             return s.connect_ex(("127.0.0.1", port)) != 0
+
     wait_for(closed, "the host-network container's server to go away with stop")
 
 
@@ -595,8 +638,11 @@ def test_resolv_conf_and_hosts_inside(kiwi, busybox):
     start(kiwi, cid)
     ip = kiwi.out("ip", cid)
     resolv = kiwi.out("attach", cid, "--", "cat", "/etc/resolv.conf")
-    servers = [line.split()[1] for line in resolv.splitlines()
-               if line.split()[:1] == ["nameserver"] and len(line.split()) > 1]
+    servers = [
+        line.split()[1]
+        for line in resolv.splitlines()
+        if line.split()[:1] == ["nameserver"] and len(line.split()) > 1
+    ]
     assert servers, resolv
     for server in servers:
         address = ipaddress.ip_address(server)
@@ -604,8 +650,9 @@ def test_resolv_conf_and_hosts_inside(kiwi, busybox):
     assert any(ipaddress.ip_address(s).version == 4 for s in servers), resolv
     # The host's usable nameservers are passed on.
     with open("/etc/resolv.conf") as f:
-        host_servers = [line.split()[1] for line in f
-                        if line.split()[:1] == ["nameserver"] and len(line.split()) > 1]
+        host_servers = [
+            line.split()[1] for line in f if line.split()[:1] == ["nameserver"] and len(line.split()) > 1
+        ]
     for server in host_servers:
         with contextlib.suppress(ValueError):
             address = ipaddress.ip_address(server)

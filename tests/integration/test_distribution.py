@@ -3,6 +3,7 @@
 A lazy import whose module is missing from the one-file bundle only fails when
 that command runs, so the frozen binary runs one command of each kind here, on
 this host and from a Debian chroot that has no Python at all."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,13 +30,16 @@ def run(argv, **kw) -> subprocess.CompletedProcess:
 
 # --- build.sh -------------------------------------------------------------------
 
+
 def path_without_docker() -> str:
     dirs = [d for d in os.environ.get("PATH", "").split(":") if d and not (Path(d) / "docker").exists()]
     return ":".join(dirs or ["/usr/bin", "/bin"])
 
 
 def test_foreign_build_without_docker_says_what_to_install():
-    done = run([str(BUILD), FOREIGN.removeprefix("linux-")], env={**os.environ, "PATH": path_without_docker()})
+    done = run(
+        [str(BUILD), FOREIGN.removeprefix("linux-")], env={**os.environ, "PATH": path_without_docker()}
+    )
     assert done.returncode != 0
     assert "needs docker" in done.stderr and "buildx" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
@@ -43,7 +47,7 @@ def test_foreign_build_without_docker_says_what_to_install():
 
 def test_foreign_build_without_buildx_says_so(tmp_path):
     fake = tmp_path / "docker"
-    fake.write_text("#!/bin/sh\necho \"docker: unknown command: docker $1\" >&2\nexit 1\n")
+    fake.write_text('#!/bin/sh\necho "docker: unknown command: docker $1" >&2\nexit 1\n')
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{tmp_path}:{path_without_docker()}"}
     done = run([str(BUILD), FOREIGN], env=env)
@@ -54,8 +58,10 @@ def test_foreign_build_without_buildx_says_so(tmp_path):
 def test_dry_run_prints_the_buildx_command_line():
     done = run([str(BUILD), "--dry-run", "linux-arm64"], env={**os.environ, "PATH": path_without_docker()})
     assert done.returncode == 0, done.stderr
-    expected = ("docker buildx build --platform linux/arm64 --file scripts/Dockerfile.build "
-                "--build-arg TARGET=linux-arm64 --output type=local,dest=dist .")
+    expected = (
+        "docker buildx build --platform linux/arm64 --file scripts/Dockerfile.build "
+        "--build-arg TARGET=linux-arm64 --output type=local,dest=dist ."
+    )
     if FOREIGN == "linux-arm64":
         assert done.stdout.strip() == expected
     assert (REPO / "scripts" / "Dockerfile.build").is_file()
@@ -67,6 +73,7 @@ def test_unknown_target_is_refused():
 
 
 # --- man pages ------------------------------------------------------------------
+
 
 def subcommands(parser) -> dict:
     for action in parser._actions:
@@ -88,6 +95,7 @@ def test_main_man_page_shows_every_command_and_option():
     kiwi_command()  # builds dist/ (binary and man pages) when missing
     sys.path.insert(0, str(REPO))
     from kiwi.cli import build_parser
+
     text = rendered(REPO / "dist" / "kiwi.1")
     missing = []
     for name, sub in subcommands(build_parser()).items():
@@ -101,6 +109,7 @@ def test_main_man_page_shows_every_command_and_option():
 
 def test_each_command_has_its_own_page():
     from kiwi.cli import build_parser
+
     for name, sub in subcommands(build_parser()).items():
         text = rendered(REPO / "dist" / f"kiwi-{name}.1")
         assert f"kiwi {name}" in text
@@ -110,6 +119,7 @@ def test_each_command_has_its_own_page():
 
 
 # --- the frozen binary on this host -----------------------------------------------
+
 
 def test_frozen_binary_runs_every_kind_of_command(kiwi, busybox):
     assert kiwi.out("--version").startswith("kiwi ")
@@ -135,6 +145,7 @@ def test_frozen_pull_reaches_https(kiwi):
 
 # --- the frozen binary on a host without Python ----------------------------------
 
+
 class Chroot:
     """A Debian minbase tree; every kiwi run gets a private mount namespace in which
     /proc, /sys (with the cgroup hierarchies) and /dev are bind-mounted in, so
@@ -142,9 +153,11 @@ class Chroot:
 
     # The tree is bound onto itself first: on a real host / is a mount point, and
     # kiwi's start (making / private, pivot_root) relies on that.
-    SCRIPT = ('mount --bind "$KIWI_CHROOT" "$KIWI_CHROOT" || exit 97; '
-              'for d in proc sys dev; do mount --rbind "/$d" "$KIWI_CHROOT/$d" || exit 97; done; '
-              'exec chroot "$KIWI_CHROOT" "$@"')
+    SCRIPT = (
+        'mount --bind "$KIWI_CHROOT" "$KIWI_CHROOT" || exit 97; '
+        'for d in proc sys dev; do mount --rbind "/$d" "$KIWI_CHROOT/$d" || exit 97; done; '
+        'exec chroot "$KIWI_CHROOT" "$@"'
+    )
 
     def __init__(self, root: Path, env: dict):
         self.root = root
@@ -163,10 +176,15 @@ class Chroot:
 
 def chroot_env() -> dict:
     tag = secrets.token_hex(3)
-    return {"PATH": CHROOT_PATH, "HOME": "/root", "LANG": "C.UTF-8",
-            "KIWI_ROOT": "/root/kiwi-data", "KIWI_BRIDGE": f"kc{tag}",
-            "KIWI_SUBNET": f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(256)}.0/24",
-            "KIWI_CGROUP_PARENT": f"kiwi-test-{tag}"}
+    return {
+        "PATH": CHROOT_PATH,
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "KIWI_ROOT": "/root/kiwi-data",
+        "KIWI_BRIDGE": f"kc{tag}",
+        "KIWI_SUBNET": f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(256)}.0/24",
+        "KIWI_CGROUP_PARENT": f"kiwi-test-{tag}",
+    }
 
 
 def make_minbase(root: Path) -> None:
@@ -186,8 +204,11 @@ def kill_leftover_inits(root: Path) -> None:
 
 def remove_network(env: dict) -> None:
     code = "from kiwi import network\nnetwork.remove_nat()\nnetwork.remove_bridge()\n"
-    host_env = {**os.environ, **{k: v for k, v in env.items() if k.startswith("KIWI_")},
-                "PYTHONPATH": str(REPO)}
+    host_env = {
+        **os.environ,
+        **{k: v for k, v in env.items() if k.startswith("KIWI_")},
+        "PYTHONPATH": str(REPO),
+    }
     run([sys.executable, "-c", code], cwd=REPO, env=host_env, timeout=60)
 
 

@@ -4,6 +4,7 @@ Each case runs the frozen binary and asserts: the exit code, exactly one stderr
 line starting with `kiwi: `, no traceback or exception class name, and nothing
 half-written left behind (no container, image, staging or partial archive).
 """
+
 from __future__ import annotations
 
 import io
@@ -37,25 +38,39 @@ def assert_one_line(done, fragment: str, code: int = 1) -> str:
 
 def state_of(kiwi: Kiwi) -> dict:
     """What a refused command must not change: records, images, staging, archives."""
+
     def names(folder):
         return sorted(os.listdir(folder)) if folder.is_dir() else []
-    return {"containers": names(kiwi.root / "containers"), "images": names(kiwi.root / "images"),
-            "tmp": names(kiwi.root / ".tmp"),
-            "top": [n for n in names(kiwi.root) if n.endswith(".kiwi") or n.startswith(".kiwi-partial")]}
+
+    return {
+        "containers": names(kiwi.root / "containers"),
+        "images": names(kiwi.root / "images"),
+        "tmp": names(kiwi.root / ".tmp"),
+        "top": [n for n in names(kiwi.root) if n.endswith(".kiwi") or n.startswith(".kiwi-partial")],
+    }
 
 
 def run_with_soft_nofile(kiwi: Kiwi, *args, soft: int = 1024) -> subprocess.CompletedProcess:
     """The usual desktop soft limit, whatever this test runner has."""
+
     def lower():
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, hard), hard))
-    return subprocess.run(kiwi.cmd + [str(a) for a in args], env=kiwi.env, capture_output=True,
-                          text=True, timeout=600, preexec_fn=lower)
+
+    return subprocess.run(
+        kiwi.cmd + [str(a) for a in args],
+        env=kiwi.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lower,
+    )
 
 
 def variant_tar(base_tar: Path, out: Path, replace: dict) -> Path:
     """The busybox rootfs with the top entries in `replace` swapped: path -> ("symlink", target)
     | ("file", b"data") | ("dir",) | ("fifo",) | ("chr",)."""
+
     def norm(name):
         return name[2:] if name.startswith("./") else name
 
@@ -83,6 +98,7 @@ def variant_tar(base_tar: Path, out: Path, replace: dict) -> Path:
 
 # ------------------------------------------------------------- sizes and names
 
+
 def test_sizes_have_bounds_and_negative_sizes_a_message(kiwi, busybox):
     cid = kiwi.create(busybox, "--name", "c")
     before = state_of(kiwi)
@@ -102,15 +118,24 @@ def test_sizes_have_bounds_and_negative_sizes_a_message(kiwi, busybox):
 
 def test_a_name_that_looks_like_an_id_is_refused(kiwi, busybox, tmp_path):
     before = state_of(kiwi)
-    assert_one_line(kiwi("create", busybox, "--name", "0123456789ab", check=False), "look like a container id")
+    assert_one_line(
+        kiwi("create", busybox, "--name", "0123456789ab", check=False), "look like a container id"
+    )
     assert state_of(kiwi) == before
     # An archive whose settings carry such a name, and --name on a restore.
     from kiwi import archive
+
     upper = tmp_path / "upper"
     upper.mkdir()
     path = tmp_path / "hostile.kiwi"
-    archive.write_archive(path, "container", {"name": "abcdef012345"}, {"name": "busybox"},
-                          kiwi.root / "images" / busybox / "rootfs", upper_dir=upper)
+    archive.write_archive(
+        path,
+        "container",
+        {"name": "abcdef012345"},
+        {"name": "busybox"},
+        kiwi.root / "images" / busybox / "rootfs",
+        upper_dir=upper,
+    )
     assert_one_line(kiwi("create", path, check=False), "look like a container id")
     assert_one_line(kiwi("create", path, "--name", "0123456789ab", check=False), "look like a container id")
     assert state_of(kiwi) == before
@@ -118,11 +143,16 @@ def test_a_name_that_looks_like_an_id_is_refused(kiwi, busybox, tmp_path):
 
 # ------------------------------------------------------------- the data folder
 
+
 def test_a_bad_data_folder_is_one_line(kiwi, tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    for root, fragment in (("/dev/null", "is not a folder"), (str(a_file), "is not a folder"),
-                           (f"{a_file}/sub", "Not a directory"), ("relative/data", "absolute path")):
+    for root, fragment in (
+        ("/dev/null", "is not a folder"),
+        (str(a_file), "is not a folder"),
+        (f"{a_file}/sub", "Not a directory"),
+        ("relative/data", "absolute path"),
+    ):
         for args in (("list",), ("create", "busybox"), ("cleanup",)):
             assert_one_line(kiwi(*args, check=False, env={"KIWI_ROOT": root}), fragment)
     assert a_file.read_text() == "x" and not Path("relative").exists()
@@ -143,20 +173,27 @@ def test_a_read_only_data_folder_is_one_line(kiwi, busybox_tar, tmp_path):
 
 def test_permission_denied_says_root_only_to_others(kiwi):
     import tempfile
+
     top = Path(tempfile.mkdtemp(prefix="kiwi-perm-", dir="/tmp"))
     try:
         os.chmod(top, 0o755)
         (top / "kiwi-data" / "containers").mkdir(parents=True, mode=0o700)
         os.chmod(top / "kiwi-data", 0o755)
         env = {**kiwi.env, "KIWI_ROOT": str(top / "kiwi-data")}
-        done = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-                               *kiwi.cmd, "list"], env=env, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", *kiwi.cmd, "list"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         line = assert_one_line(done, "Permission denied")
         assert "sudo kiwi" in line and str(top / "kiwi-data" / "containers") in line
         # As root the same folder is readable: no advice to become root.
         assert kiwi("list", env={"KIWI_ROOT": str(top / "kiwi-data")}).stderr == ""
     finally:
         import shutil
+
         shutil.rmtree(top, ignore_errors=True)
 
 
@@ -170,14 +207,14 @@ def test_debug_shows_the_traceback(kiwi):
 
 # ------------------------------------------------------------- attach
 
+
 def test_attach_errors_are_one_plain_line(kiwi, busybox):
     cid = kiwi.create(busybox, "--name", "c")
     # Empty command: refused before anything starts, 127 as sh and env say for "not found".
     assert_one_line(kiwi("attach", "c", "--", "", check=False), "command to run is empty", code=127)
     assert kiwi.json("list", "containers")[0]["status"] == "stopped"
     # Not found: 127, as Docker, Podman and sh say it.
-    line = assert_one_line(kiwi("attach", "c", "--", "/no/such/tool", check=False), "/no/such/tool",
-                           code=127)
+    line = assert_one_line(kiwi("attach", "c", "--", "/no/such/tool", check=False), "/no/such/tool", code=127)
     assert "not found" in line
     assert kiwi.json("list", "containers")[0]["status"] == "running"
     kiwi("stop", cid, "--time", "2")
@@ -187,10 +224,17 @@ def test_attach_errors_are_one_plain_line(kiwi, busybox):
 
 # Each image combines several hostile mountpoints (each is handled on its own).
 HOSTILE_ROOTS = {
-    "out-and-dangling": {"dev": ("symlink", "/nonexistent"), "proc": ("symlink", "/etc"),
-                         "tmp": ("symlink", "/"), "run": ("file", b"x")},
-    "up-and-out": {"dev": ("symlink", "../../.."), "sys": ("symlink", "../../../../../sys"),
-                   "etc": ("symlink", "/")},
+    "out-and-dangling": {
+        "dev": ("symlink", "/nonexistent"),
+        "proc": ("symlink", "/etc"),
+        "tmp": ("symlink", "/"),
+        "run": ("file", b"x"),
+    },
+    "up-and-out": {
+        "dev": ("symlink", "../../.."),
+        "sys": ("symlink", "../../../../../sys"),
+        "etc": ("symlink", "/"),
+    },
     "dev-file": {"dev": ("file", b"not a folder\n")},
     "dev-inside": {"dev": ("dir",), "dev/pts": ("file", b"x"), "dev/shm": ("symlink", "/etc")},
 }
@@ -237,15 +281,20 @@ def test_fifos_survive_snap_restore_commit_and_import(kiwi, busybox, busybox_tar
     kiwi("commit", restored, "withfifo")
     fifo = kiwi.root / "images" / "withfifo" / "rootfs" / "srv" / "pipe"
     st = os.lstat(fifo)
-    assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640 and (st.st_uid, st.st_gid) == (12, 34)
+    assert (
+        stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640 and (st.st_uid, st.st_gid) == (12, 34)
+    )
     # Import: the fifo comes in, a device node stays out.
-    tar = variant_tar(busybox_tar, tmp_path / "fifo.tar", {"srv": ("dir",), "srv/pipe": ("fifo",),
-                                                           "srv/mem": ("chr",)})
+    tar = variant_tar(
+        busybox_tar, tmp_path / "fifo.tar", {"srv": ("dir",), "srv/pipe": ("fifo",), "srv/mem": ("chr",)}
+    )
     kiwi("import", "--name", "imported", tar)
     rootfs = kiwi.root / "images" / "imported" / "rootfs" / "srv"
     assert sorted(os.listdir(rootfs)) == ["pipe"]
     st = os.lstat(rootfs / "pipe")
-    assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640 and (st.st_uid, st.st_gid) == (12, 34)
+    assert (
+        stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640 and (st.st_uid, st.st_gid) == (12, 34)
+    )
     for c in (cid, restored):
         kiwi("stop", c, "--time", "2")
 
@@ -299,6 +348,7 @@ def test_a_deep_host_storage_folder_is_listed_and_deleted(kiwi, busybox):
 
 
 # ------------------------------------------------------------- a full disk
+
 
 @pytest.fixture
 def small_disk(tmp_path_factory):

@@ -3,6 +3,7 @@ moments, full host disks and killed restores, injected into the frozen kiwi.
 
 A kill here ends kiwi's whole process group (the one-file launcher and the
 Python process doing the work, with its helpers): the worst case."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,14 @@ GIB = 1 << 30
 
 def signal_midway(kiwi, args, after: float, sig: int) -> subprocess.CompletedProcess:
     """Run `kiwi args` in its own process group and send sig to the whole group after `after` s."""
-    proc = subprocess.Popen(kiwi.cmd + [str(a) for a in args], env=kiwi.env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        kiwi.cmd + [str(a) for a in args],
+        env=kiwi.env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         proc.wait(timeout=after)
     except subprocess.TimeoutExpired:
@@ -47,21 +54,32 @@ def lease_path(kiwi, cid):
 
 # --- 1. frozen containers -------------------------------------------------------------
 
+
 def test_killed_snap_and_commit_never_leave_the_container_frozen(kiwi, busybox):
     cid = kiwi.create(busybox, "--storage", "2G")
     # A few hundred MB of changes that compress badly: snap and commit take a while.
-    kiwi.sh(cid, "dd if=/dev/urandom of=/root/noise bs=1M count=300 2>/dev/null; "
-                 "(while true; do date > /root/clock; sleep 0.1; done) >/dev/null 2>&1 &", timeout=300)
+    kiwi.sh(
+        cid,
+        "dd if=/dev/urandom of=/root/noise bs=1M count=300 2>/dev/null; "
+        "(while true; do date > /root/clock; sleep 0.1; done) >/dev/null 2>&1 &",
+        timeout=300,
+    )
     group = cgroup_of(kiwi, cid)
     took = {}  # how long each takes here and now, uninterrupted
     for command, target in (("snap", "whole"), ("commit", "whole")):
         started = time.monotonic()
         kiwi(command, cid, target, timeout=300)
         took[command] = time.monotonic() - started
-    plans = ([("snap", signal.SIGKILL, f) for f in (0.3, 0.45, 0.6, 0.75, 0.9)]
-             + [("commit", signal.SIGKILL, f) for f in (0.4, 0.6, 0.8)]
-             + [(cmd, sig, f) for cmd in ("snap", "commit") for sig in (signal.SIGTERM, signal.SIGHUP)
-                for f in (0.5, 0.8)])
+    plans = (
+        [("snap", signal.SIGKILL, f) for f in (0.3, 0.45, 0.6, 0.75, 0.9)]
+        + [("commit", signal.SIGKILL, f) for f in (0.4, 0.6, 0.8)]
+        + [
+            (cmd, sig, f)
+            for cmd in ("snap", "commit")
+            for sig in (signal.SIGTERM, signal.SIGHUP)
+            for f in (0.5, 0.8)
+        ]
+    )
     caught_frozen = unwound = 0
     for n, (command, sig, fraction) in enumerate(plans):
         target = f"s{n}" if command == "snap" else f"img{n}"
@@ -95,7 +113,7 @@ def test_list_and_cleanup_thaw_an_abandoned_freeze(kiwi, busybox):
     zombie = subprocess.Popen(["true"])
     time.sleep(0.3)
     stat = open(f"/proc/{zombie.pid}/stat").read()
-    start = int(stat[stat.rindex(")") + 2:].split()[19])
+    start = int(stat[stat.rindex(")") + 2 :].split()[19])
     for thawer in (("list",), ("cleanup",), ("stop", cid, "--time", "2")):
         lease_path(kiwi, cid).write_text(json.dumps({"pid": zombie.pid, "start_time": start}))
         group.freeze()
@@ -107,8 +125,9 @@ def test_list_and_cleanup_thaw_an_abandoned_freeze(kiwi, busybox):
     kiwi("attach", cid, "--", "true")
     group.freeze()
     me = open("/proc/self/stat").read()
-    lease_path(kiwi, cid).write_text(json.dumps(
-        {"pid": os.getpid(), "start_time": int(me[me.rindex(")") + 2:].split()[19])}))
+    lease_path(kiwi, cid).write_text(
+        json.dumps({"pid": os.getpid(), "start_time": int(me[me.rindex(")") + 2 :].split()[19])})
+    )
     try:
         kiwi("list")
         assert group.is_frozen()
@@ -119,13 +138,17 @@ def test_list_and_cleanup_thaw_an_abandoned_freeze(kiwi, busybox):
 
 # --- 2. killed resizes -------------------------------------------------------------
 
+
 def image_facts(kiwi, cid) -> dict:
     img = kiwi.root / "containers" / cid / "state.img"
     info = subprocess.run(["dumpe2fs", "-h", str(img)], capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
     config = json.loads((kiwi.root / "containers" / cid / "config.json").read_text())
-    return {"config": config["storage"], "file": img.stat().st_size,
-            "fs": int(fields["Block count"]) * int(fields["Block size"])}
+    return {
+        "config": config["storage"],
+        "file": img.stat().st_size,
+        "fs": int(fields["Block count"]) * int(fields["Block size"]),
+    }
 
 
 def assert_storage_sound(kiwi, cid, context):
@@ -141,9 +164,13 @@ def assert_storage_sound(kiwi, cid, context):
 def test_killed_resize_is_finished_by_the_next_command(kiwi, busybox):
     cid = kiwi.create(busybox, "--storage", "3G")
     # Data spread over the image, so a shrink must move blocks.
-    kiwi.sh(cid, "for i in 1 2 3 4 5 6; do dd if=/dev/urandom of=/root/f$i bs=1M count=60 2>/dev/null; "
-                 "mkdir -p /srv/d$i; echo $i > /srv/d$i/small; done; rm /root/f2 /root/f4; "
-                 "sha256sum /root/f* /srv/d*/small > /root/sums; sync", timeout=300)
+    kiwi.sh(
+        cid,
+        "for i in 1 2 3 4 5 6; do dd if=/dev/urandom of=/root/f$i bs=1M count=60 2>/dev/null; "
+        "mkdir -p /srv/d$i; echo $i > /srv/d$i/small; done; rm /root/f2 /root/f4; "
+        "sha256sum /root/f* /srv/d*/small > /root/sums; sync",
+        timeout=300,
+    )
     kiwi("stop", cid)
     took = 0.0  # how long a whole resize takes here and now
     for size in ("2G", "3G"):
@@ -188,7 +215,9 @@ def test_set_to_the_current_size_reconciles_a_disagreeing_image(kiwi, busybox):
     # A damaged journal entry is refused with one line, never guessed at.
     (kiwi.root / "containers" / cid / "resize.json").write_text('{"old": 1, "new": "x"}')
     refused = kiwi("attach", cid, "--", "true", check=False)
-    assert refused.returncode == 1 and refused.stderr.startswith("kiwi: ") and "Traceback" not in refused.stderr
+    assert (
+        refused.returncode == 1 and refused.stderr.startswith("kiwi: ") and "Traceback" not in refused.stderr
+    )
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     kiwi("set", cid, "--storage", "3G")  # giving the size again replaces the damaged entry
     assert_storage_sound(kiwi, cid, "redone")
@@ -197,13 +226,17 @@ def test_set_to_the_current_size_reconciles_a_disagreeing_image(kiwi, busybox):
 
 # --- 3. a full host disk ---------------------------------------------------------------
 
+
 @pytest.fixture
 def small_disk(kiwi, tmp_path):
     """The same Kiwi environment, its data folder on a 2600M tmpfs this test mounts."""
     from conftest import Kiwi, teardown_env
+
     disk = tmp_path / "disk"
     disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2600m,mode=0755", "kiwi-test-disk", str(disk)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2600m,mode=0755", "kiwi-test-disk", str(disk)], check=True
+    )
     small = Kiwi({**kiwi.env, "KIWI_ROOT": str(disk / "kiwi-data")}, disk / "kiwi-data")
     try:
         yield small
@@ -239,8 +272,12 @@ def test_full_host_disk_loses_nothing_a_container_synced(small_disk, busybox_tar
     kiwi("attach", cid, "--", "true")
     fill(kiwi.root.parent / "filler")
     # The host's disk is full, yet what the container writes and syncs is safe.
-    written = kiwi.sh(cid, "dd if=/dev/urandom of=/root/precious bs=1M count=100 2>/dev/null && sync "
-                           "&& sha256sum /root/precious > /root/sum && sync && echo ok", timeout=300)
+    written = kiwi.sh(
+        cid,
+        "dd if=/dev/urandom of=/root/precious bs=1M count=100 2>/dev/null && sync "
+        "&& sha256sum /root/precious > /root/sum && sync && echo ok",
+        timeout=300,
+    )
     assert written.stdout == "ok\n", written.stderr
     # Filling the container hits its own limit, nothing else.
     full = kiwi.sh(cid, "dd if=/dev/zero of=/root/fill bs=1M", check=False, timeout=300)
@@ -286,9 +323,11 @@ def test_sparse_storage_is_marked_warned_and_gives_space_back(small_disk, busybo
 
 # --- 5. leftovers ----------------------------------------------------------------------
 
+
 @pytest.fixture
 def kiwi2(tmp_path_factory):
     from conftest import fresh_kiwi
+
     yield from fresh_kiwi(tmp_path_factory)
 
 
@@ -309,7 +348,9 @@ def images_without_container(kiwi) -> set:
 
 def test_killed_restore_leaves_no_image_behind(kiwi, kiwi2, busybox):
     cid = kiwi.create(busybox, "--storage", "2G")
-    kiwi.sh(cid, "dd if=/dev/urandom of=/root/noise bs=1M count=150 2>/dev/null; echo hi > /root/hi", timeout=300)
+    kiwi.sh(
+        cid, "dd if=/dev/urandom of=/root/noise bs=1M count=150 2>/dev/null; echo hi > /root/hi", timeout=300
+    )
     kiwi("stop", cid)
     archive = kiwi.out("snap", cid, "s1", timeout=300)
     # How long a whole restore takes here and now; then forget it (image included).
@@ -388,4 +429,9 @@ def test_storage_column_matches_the_filesystem_after_resizes(kiwi, busybox):
         kiwi("attach", cid, "--", "true")
         running = kiwi.json("list", "containers")[0]["storage_used"]
         df_used = int(kiwi.sh(cid, "df -k / | tail -1 | awk '{print $3}'").stdout) * 1024
-        assert abs(stopped - df_used) < 2 * MIB and abs(running - df_used) < 2 * MIB, (size, stopped, running, df_used)
+        assert abs(stopped - df_used) < 2 * MIB and abs(running - df_used) < 2 * MIB, (
+            size,
+            stopped,
+            running,
+            df_used,
+        )

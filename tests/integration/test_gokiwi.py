@@ -5,6 +5,7 @@ s1.kiwi) and tests/fixtures/go-kiwi/ (see its README: a deletion, an opaque fold
 --storage host, memory and shell settings, the older tar.gz snapshot). Hostile squashfs
 archives are made here with mksquashfs.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,8 +32,10 @@ def unpack_data_folder(kiwi, tarball: Path) -> None:
     """A Go kiwi-data/ folder as the test's KIWI_ROOT."""
     kiwi.root.parent.mkdir(parents=True, exist_ok=True)
     # GNU tar: the upper layer's opaque xattr and 0:0 whiteouts must come back as they were
-    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "-xzf", str(tarball),
-                    "-C", str(kiwi.root.parent)], check=True)
+    subprocess.run(
+        ["tar", "--xattrs", "--xattrs-include=*", "-xzf", str(tarball), "-C", str(kiwi.root.parent)],
+        check=True,
+    )
 
 
 def only_container(kiwi) -> dict:
@@ -60,6 +63,7 @@ def assert_nothing_left(kiwi) -> None:
 
 # ------------------------------------------------------------------ data folder
 
+
 def test_adopt_go_data_folder(kiwi):
     unpack_data_folder(kiwi, SHARED / "kiwi-data.tar.gz")
     listed = kiwi("list")
@@ -67,8 +71,13 @@ def test_adopt_go_data_folder(kiwi):
     out = kiwi.out("migrate")
     assert f"adopted container {GO_ID} as {GO_ID[:12]}" in out and "adopted image bb" in out
     row = only_container(kiwi)
-    assert (row["id"], row["image"], row["memory"], row["cpu"], row["network"]) == \
-        (GO_ID[:12], "bb", 256 * MIB, 1, "separate")
+    assert (row["id"], row["image"], row["memory"], row["cpu"], row["network"]) == (
+        GO_ID[:12],
+        "bb",
+        256 * MIB,
+        1,
+        "separate",
+    )
     assert "kiwi migrate" not in kiwi("list").stderr
     # the old id's prefixes keep working, the full 24-hex id too
     assert kiwi.out("attach", GO_ID[:8], "--", "cat", "/root/hello") == "written-in-go-kiwi"
@@ -93,8 +102,11 @@ def test_adopt_older_state_img_container(kiwi):
     longer made by the Go program: converted here from the fixture's state/ folder)."""
     unpack_data_folder(kiwi, SHARED / "kiwi-data.tar.gz")
     folder = kiwi.root / "containers" / GO_ID
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(folder / "state"), str(folder / "state.img"),
-                    "1G"], check=True, capture_output=True)
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-d", str(folder / "state"), str(folder / "state.img"), "1G"],
+        check=True,
+        capture_output=True,
+    )
     shutil.rmtree(folder / "state")
     config = json.loads((folder / "config.json").read_text())
     config.update({"state_backend": "", "state_path": "/etc"})
@@ -125,8 +137,14 @@ def test_half_migrated_folder_resumes(kiwi):
     row = only_container(kiwi)
     assert row["id"] == GO_ID[:12]
     assert kiwi.out("attach", row["id"], "--", "cat", "/root/hello") == "written-in-go-kiwi"
-    assert len(json.loads((kiwi.root / "network" / "ipam.json").read_text())
-               ["subnets"][kiwi.env["KIWI_SUBNET"]]["owners"]) == 1
+    assert (
+        len(
+            json.loads((kiwi.root / "network" / "ipam.json").read_text())["subnets"][kiwi.env["KIWI_SUBNET"]][
+                "owners"
+            ]
+        )
+        == 1
+    )
 
 
 def test_half_migrated_at_each_step(kiwi):
@@ -171,8 +189,8 @@ def test_hostile_data_folder_touches_nothing_outside(kiwi, tmp_path):
     (outside / "manifest.json").write_text("{}")
     before = sorted(p.name for p in outside.rglob("*"))
     images = kiwi.root / "images"
-    os.symlink(outside, images / "evil")                 # an image that is a symlink
-    fake = kiwi.root / "containers" / ("ab" * 12)       # a container whose state is a symlink
+    os.symlink(outside, images / "evil")  # an image that is a symlink
+    fake = kiwi.root / "containers" / ("ab" * 12)  # a container whose state is a symlink
     fake.mkdir()
     (fake / "config.json").write_text(json.dumps({"image": "bb", "state_path": str(outside)}))
     os.symlink(outside, fake / "state")
@@ -221,6 +239,7 @@ def test_symlinked_containers_folder_is_refused(kiwi, tmp_path):
 
 
 # ------------------------------------------------------------------ archives
+
 
 def test_create_from_go_squashfs(kiwi):
     cid = kiwi.create(SHARED / "s1.kiwi")
@@ -272,25 +291,38 @@ def test_go_squashfs_compressors(kiwi, tmp_path, comp):
 
 # ------------------------------------------------------------------ hostile archives
 
+
 def go_tree(tmp_path: Path, config: dict | None = None) -> Path:
     """A Go-layout container tree: a busybox rootfs and a small upper layer."""
     tree = tmp_path / "tree"
     rootfs = tree / "rootfs"
     rootfs.mkdir(parents=True)
-    subprocess.run(["tar", "-xJf", str(Path(os.environ.get("KIWI_TEST_CACHE", "/var/cache/kiwi-test"))
-                                         / "busybox-rootfs.tar.xz"), "-C", str(rootfs)], check=True)
+    subprocess.run(
+        [
+            "tar",
+            "-xJf",
+            str(Path(os.environ.get("KIWI_TEST_CACHE", "/var/cache/kiwi-test")) / "busybox-rootfs.tar.xz"),
+            "-C",
+            str(rootfs),
+        ],
+        check=True,
+    )
     (tree / "state" / "upper" / "root").mkdir(parents=True)
     (tree / "state" / "upper" / "root" / "hello").write_text("hi\n")
     (tree / "meta.json").write_text(json.dumps({"kind": "container", "image_name": "t"}))
     (tree / "manifest.json").write_text(json.dumps({"name": "t", "format": "dir"}))
-    (tree / "config.json").write_text(json.dumps({"image": "t", "state_backend": "dir",
-                                                  "state_size_bytes": GIB, **(config or {})}))
+    (tree / "config.json").write_text(
+        json.dumps({"image": "t", "state_backend": "dir", "state_size_bytes": GIB, **(config or {})})
+    )
     return tree
 
 
 def squash(tree: Path, out: Path, *options) -> Path:
-    subprocess.run(["mksquashfs", str(tree), str(out), "-noappend", "-no-progress", "-quiet",
-                    "-xattrs", *options], check=True, capture_output=True)
+    subprocess.run(
+        ["mksquashfs", str(tree), str(out), "-noappend", "-no-progress", "-quiet", "-xattrs", *options],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -326,7 +358,7 @@ def crafted_name(tmp_path, name: bytes) -> Path:
     dir_start, frag_start = struct.unpack_from("<qq", data, 72)  # directory, fragment table starts
     spot = data.find(b"qq", dir_start, frag_start)
     assert spot > 0
-    data[spot:spot + 2] = name
+    data[spot : spot + 2] = name
     out.write_bytes(bytes(data))
     return out
 
@@ -372,10 +404,12 @@ def test_damaged_squashfs_superblock(kiwi, tmp_path):
 
 def go_targz(out: Path, evil: tarfile.TarInfo, data: bytes = b"") -> Path:
     """An older-form Go archive (meta, manifest, config, rootfs) plus one hostile member."""
+
     def add(tar, name, payload, kind=tarfile.REGTYPE):
         info = tarfile.TarInfo(name)
         info.type, info.size = kind, len(payload) if kind == tarfile.REGTYPE else 0
         tar.addfile(info, io.BytesIO(payload) if kind == tarfile.REGTYPE else None)
+
     with tarfile.open(out, "w:gz") as tar:
         add(tar, "meta.json", json.dumps({"kind": "container", "image_name": "t"}).encode())
         add(tar, "manifest.json", json.dumps({"name": "t"}).encode())
@@ -394,14 +428,17 @@ def member(name, kind=tarfile.REGTYPE, size=0, linkname="", dev=(0, 0)):
     return info
 
 
-@pytest.mark.parametrize("evil, data, words", [
-    (member("state/upper/../../x", size=3), b"hi\n", "'..'"),
-    (member("/etc/kiwi-go-evil", size=3), b"hi\n", "absolute"),
-    (member("rootfs/../../x", size=3), b"hi\n", "'..'"),
-    (member("state/upper/sda", tarfile.BLKTYPE, dev=(8, 0)), b"", "device node"),
-    (member("state/upper/x", tarfile.LNKTYPE, linkname="/etc/shadow"), b"", "unsafe"),
-    (member("state/upper/x", tarfile.LNKTYPE, linkname="rootfs/hello"), b"", "outside its part"),
-])
+@pytest.mark.parametrize(
+    "evil, data, words",
+    [
+        (member("state/upper/../../x", size=3), b"hi\n", "'..'"),
+        (member("/etc/kiwi-go-evil", size=3), b"hi\n", "absolute"),
+        (member("rootfs/../../x", size=3), b"hi\n", "'..'"),
+        (member("state/upper/sda", tarfile.BLKTYPE, dev=(8, 0)), b"", "device node"),
+        (member("state/upper/x", tarfile.LNKTYPE, linkname="/etc/shadow"), b"", "unsafe"),
+        (member("state/upper/x", tarfile.LNKTYPE, linkname="rootfs/hello"), b"", "outside its part"),
+    ],
+)
 def test_hostile_older_targz(kiwi, tmp_path, evil, data, words):
     assert_refused(kiwi, go_targz(tmp_path / "evil.kiwi", evil, data), words)
     assert not os.path.exists("/etc/kiwi-go-evil")
@@ -410,8 +447,11 @@ def test_hostile_older_targz(kiwi, tmp_path, evil, data, words):
 def test_older_targz_symlink_then_write_through(kiwi, tmp_path):
     out = tmp_path / "evil.kiwi"
     with tarfile.open(out, "w:gz") as tar:
-        for name, payload in (("meta.json", {"kind": "container"}), ("manifest.json", {"name": "t"}),
-                              ("config.json", {"image": "t"})):
+        for name, payload in (
+            ("meta.json", {"kind": "container"}),
+            ("manifest.json", {"name": "t"}),
+            ("config.json", {"image": "t"}),
+        ):
             raw = json.dumps(payload).encode()
             info = tarfile.TarInfo(name)
             info.size = len(raw)

@@ -4,6 +4,7 @@ Both trees must agree on every path's type, owner, mode (setuid too), symlink
 target, hard link groups, extended attributes, content and mtime. The only
 intended difference: tar creates device nodes, Kiwi skips them (FIFOs both create).
 """
+
 import collections
 import hashlib
 import os
@@ -44,10 +45,17 @@ def file_sha256(path: str) -> str:
 
 def describe(path: str) -> dict:
     st = os.lstat(path)
-    entry = {"type": stat.S_IFMT(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
-             "mode": stat.S_IMODE(st.st_mode), "mtime_ns": st.st_mtime_ns,
-             "xattrs": {name: os.getxattr(path, name, follow_symlinks=False)
-                        for name in sorted(os.listxattr(path, follow_symlinks=False))}}
+    entry = {
+        "type": stat.S_IFMT(st.st_mode),
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "mode": stat.S_IMODE(st.st_mode),
+        "mtime_ns": st.st_mtime_ns,
+        "xattrs": {
+            name: os.getxattr(path, name, follow_symlinks=False)
+            for name in sorted(os.listxattr(path, follow_symlinks=False))
+        },
+    }
     if stat.S_ISLNK(st.st_mode):
         entry["target"] = os.readlink(path)
         del entry["mode"]  # always 0777 on Linux
@@ -74,8 +82,10 @@ def snapshot(root: Path) -> tuple[dict, set]:
 def extract_with_gnu_tar(archive: Path, dest: Path) -> float:
     dest.mkdir()
     started = time.monotonic()
-    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf",
-                    str(archive), "-C", str(dest)], check=True)
+    subprocess.run(
+        ["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", str(archive), "-C", str(dest)],
+        check=True,
+    )
     return time.monotonic() - started
 
 
@@ -118,8 +128,11 @@ def make_source_tree(root: Path) -> None:
     tagged.write_bytes(b"tagged")
     os.setxattr(tagged, "user.kiwi.test", b"\x00\x01binary\xff")
     os.setxattr(root / "usr", "user.kiwi.dir", b"folder")
-    for name, mode, owner in (("su", 0o4755, (0, 0)), ("wall", 0o2755, (0, 5)),
-                              ("secret", 0o400, (1000, 1000))):
+    for name, mode, owner in (
+        ("su", 0o4755, (0, 0)),
+        ("wall", 0o2755, (0, 5)),
+        ("secret", 0o400, (1000, 1000)),
+    ):
         path = root / "usr/bin" / name
         path.write_bytes(name.encode() * 1000)
         os.chown(path, *owner)
@@ -143,9 +156,23 @@ def test_gnu_tar_xattrs_caps_and_modes(workdir, compress):
     source.mkdir()
     make_source_tree(source)
     archive = workdir / "tree.tar"
-    subprocess.run(["tar", "--create", compress, "--format=posix", "--xattrs",
-                    "--xattrs-include=*", "--numeric-owner", "-f", str(archive),
-                    "-C", str(source), "."], check=True)
+    subprocess.run(
+        [
+            "tar",
+            "--create",
+            compress,
+            "--format=posix",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--numeric-owner",
+            "-f",
+            str(archive),
+            "-C",
+            str(source),
+            ".",
+        ],
+        check=True,
+    )
     store = Store(workdir / "kiwi-data")
     images.import_image(store, "tree", archive)
     extract_with_gnu_tar(archive, workdir / "by-tar")

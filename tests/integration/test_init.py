@@ -25,8 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def kiwi_init_binary():
     path = ROOT / "kiwi" / "kiwi-init"
     if not path.exists():
-        subprocess.run([sys.executable, str(ROOT / "cffi_build" / "build_sys.py"), "init"],
-                       check=True)
+        subprocess.run([sys.executable, str(ROOT / "cffi_build" / "build_sys.py"), "init"], check=True)
     return path
 
 
@@ -71,8 +70,7 @@ class Container:
             os.close(report_fd)
             memfd = security.init_memfd()
             for workload in self.workloads:
-                subprocess.Popen(["sh", "-c", workload.script, workload.name],
-                                 start_new_session=True)
+                subprocess.Popen(["sh", "-c", workload.script, workload.name], start_new_session=True)
             os.open("/dev/null", os.O_RDONLY)  # inherited fd that init must close
             os.chdir(self.cwd)
             security.exec_init(memfd)
@@ -190,8 +188,7 @@ def test_init_is_small_clean_and_stays_up_without_children(container, tmp_path):
 
 
 def test_init_reaps_zombies_and_orphans(container):
-    orphans = Workload("kiwi-test-orphans",
-                       "for i in 1 2 3 4 5 6 7 8; do (sleep 1 &); done; sleep 0.2")
+    orphans = Workload("kiwi-test-orphans", "for i in 1 2 3 4 5 6 7 8; do (sleep 1 &); done; sleep 0.2")
     quick = Workload("kiwi-test-quick", "exit 0")
     box = container(orphans, quick)
     # the orphaned sleeps were reparented to PID 1 ...
@@ -203,8 +200,9 @@ def test_init_reaps_zombies_and_orphans(container):
 
 def test_sigterm_is_forwarded_and_init_exits_when_last_process_goes(container, tmp_path):
     marker = tmp_path / "got-term"
-    polite = Workload("kiwi-test-polite",
-                      f"trap 'echo term > {marker}; exit 0' TERM; while :; do sleep 0.05; done")
+    polite = Workload(
+        "kiwi-test-polite", f"trap 'echo term > {marker}; exit 0' TERM; while :; do sleep 0.05; done"
+    )
     stubborn = Workload("kiwi-test-stubborn", "trap '' TERM; while :; do sleep 0.05; done")
     box = container(polite, stubborn)
     assert wait_until(lambda: len(box.children()) == 2)
@@ -213,13 +211,13 @@ def test_sigterm_is_forwarded_and_init_exits_when_last_process_goes(container, t
 
     os.kill(box.init_pid, signal.SIGTERM)
     assert wait_until(marker.exists)
-    assert wait_until(lambda: [name for _, name in box.children().values()
-                               if "kiwi-test-polite" in name] == [])
+    assert wait_until(
+        lambda: [name for _, name in box.children().values() if "kiwi-test-polite" in name] == []
+    )
     time.sleep(0.3)
     assert box.alive()  # the stubborn one still runs, so PID 1 waits
 
-    stubborn_pid = next(pid for pid, (_, name) in box.children().items()
-                        if "kiwi-test-stubborn" in name)
+    stubborn_pid = next(pid for pid, (_, name) in box.children().items() if "kiwi-test-stubborn" in name)
     os.kill(stubborn_pid, signal.SIGKILL)
     started = time.monotonic()
     assert box.exit_code(timeout=2.0) == 0

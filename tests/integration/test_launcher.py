@@ -2,6 +2,7 @@
 the shell sees is the worker, a kill -9 leaves no folder behind, the cache of
 unpacked files is private, verified and re-made when damaged, and the binary
 runs from a read-only folder and for a user who is not root."""
+
 from __future__ import annotations
 
 import os
@@ -67,8 +68,9 @@ def alive(processes: dict[int, str]) -> list[int]:
 def kill_visible_pid(kiwi, args: list, after: float, env: dict) -> dict[int, str]:
     """Start kiwi, kill -9 the pid we got back after `after` s; returns what was still
     alive of it (the pid itself and everything it had started)."""
-    proc = subprocess.Popen(kiwi.cmd + [str(a) for a in args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        kiwi.cmd + [str(a) for a in args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         time.sleep(after)
         below = descendants(proc.pid)
@@ -84,8 +86,12 @@ def test_kill_of_the_visible_pid_stops_the_import(kiwi, debian_tar, tmp_path):
     tmpdir.mkdir()
     env = {**kiwi.env, "TMPDIR": str(tmpdir)}
     kiwi("--version", env=env)  # unpacked once
-    proc = subprocess.Popen(kiwi.cmd + ["import", "--name", "deb", str(debian_tar)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        kiwi.cmd + ["import", "--name", "deb", str(debian_tar)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         staging = kiwi.root / ".tmp"
         deadline = time.monotonic() + 60
@@ -119,8 +125,7 @@ def test_twenty_kills_leave_exactly_one_cache_folder(kiwi, busybox_tar, tmp_path
         if round_ % 2 == 0:
             shutil.rmtree(cache_dir(kiwi), ignore_errors=True)
         after = 0.02 + 0.06 * round_  # 0.02 .. 1.16 s: inside the unpack, then inside Python
-        survivors.update(kill_visible_pid(kiwi, ["import", "--name", f"bb{round_}", busybox_tar],
-                                          after, env))
+        survivors.update(kill_visible_pid(kiwi, ["import", "--name", f"bb{round_}", busybox_tar], after, env))
         assert not survivors, f"round {round_}: processes survived kill -9: {survivors}"
     assert os.listdir(tmpdir) == [], "something was unpacked into TMPDIR"
     kiwi("--version", env=env)  # sweeps what a killed unpack left, if the last one was
@@ -190,6 +195,7 @@ def test_older_build_is_removed_newer_kept(kiwi):
     held = os.open(older / ".complete", os.O_RDONLY)  # a running kiwi of the older build
     try:
         import fcntl
+
         fcntl.flock(held, fcntl.LOCK_SH)
         (build / ".complete").unlink()
         kiwi("--version")
@@ -239,8 +245,12 @@ def test_runs_from_a_read_only_folder(kiwi, tmp_path):
     folder.mkdir()
     shutil.copy2(kiwi_command()[0], folder / "kiwi")
     script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && exec "$1/kiwi" --version'
-    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", str(folder)],
-                          env=kiwi.env, capture_output=True, text=True)
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", str(folder)],
+        env=kiwi.env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0 and done.stdout.startswith("kiwi "), done.stderr
     assert os.listdir(folder) == ["kiwi"]
     only_build(kiwi)
@@ -282,6 +292,7 @@ def test_frozen_executable_names_the_one_file(tmp_path, monkeypatch):
     """sys.executable is the cache's copy; the data folder and `kiwi terminal`'s
     sudo use the file the user ran, which the launcher names in KIWI_EXECUTABLE."""
     from kiwi import store, terminal
+
     monkeypatch.setattr(store.sys, "frozen", True, raising=False)
     monkeypatch.setattr(store.sys, "executable", "/var/lib/kiwi/.runtime/0123456789abcdef/kiwi")
     monkeypatch.setenv("KIWI_EXECUTABLE", str(tmp_path / "kiwi"))
@@ -305,6 +316,7 @@ def test_damaged_download_is_one_clear_line(kiwi, tmp_path):
     """A flipped bit in the bundle (zstd's checksum) or a file cut short: one line, exit 1,
     nothing half-unpacked left behind."""
     import struct
+
     good = Path(kiwi_command()[0]).read_bytes()
     _, _, _, data_offset, data_size, _, _ = struct.unpack("<8s5Q24s", good[-72:])
     flipped = bytearray(good)

@@ -1,6 +1,7 @@
 """Issue 9: every limit Kiwi promises, enforced by the kernel, seen from a real
 container. Marked `limits`: the same file runs on this hybrid (v1) host and
 inside the pure cgroup v2 VM (scripts/vm-test)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -39,8 +40,11 @@ def cgroup_of(kiwi, cid):
 
 def test_backend_is_the_expected_one():
     """Inside the VM tier the run must really be on cgroup v2 (and v1 on this hybrid host)."""
-    expected = os.environ.get("KIWI_EXPECT_CGROUP") or ("v1" if not os.path.exists(
-        "/sys/fs/cgroup/cgroup.controllers") and os.path.isdir("/sys/fs/cgroup/memory") else "v2")
+    expected = os.environ.get("KIWI_EXPECT_CGROUP") or (
+        "v1"
+        if not os.path.exists("/sys/fs/cgroup/cgroup.controllers") and os.path.isdir("/sys/fs/cgroup/memory")
+        else "v2"
+    )
     assert cgroups.backend() == expected
 
 
@@ -86,8 +90,12 @@ def test_cpu_limit(kiwi, busybox):
 
 def test_fork_bomb_stops_at_pids_max(kiwi, busybox):
     cid = kiwi.create(busybox)
-    kiwi.sh(cid, "exec >/dev/null 2>&1; i=0; while [ $i -lt 1500 ]; do sleep 300 & i=$((i+1)); done; exit 0",
-            check=False, timeout=300)
+    kiwi.sh(
+        cid,
+        "exec >/dev/null 2>&1; i=0; while [ $i -lt 1500 ]; do sleep 300 & i=$((i+1)); done; exit 0",
+        check=False,
+        timeout=300,
+    )
     count = len(cgroup_of(kiwi, cid).pids())
     assert 900 <= count <= 1024, count
     assert subprocess.run(["true"]).returncode == 0  # the host still forks
@@ -132,8 +140,11 @@ def test_storage_is_a_hard_limit_and_grows_online(kiwi, busybox):
 
 def test_shrink_stopped_keeps_files(kiwi, busybox):
     cid = kiwi.create(busybox, "--storage", "3G")
-    kiwi.sh(cid, "dd if=/dev/urandom of=/root/keep bs=1M count=20 2>/dev/null; "
-                 "mkdir -p /srv/a/b; echo hello > /srv/a/b/c; sha256sum /root/keep /srv/a/b/c > /root/sums")
+    kiwi.sh(
+        cid,
+        "dd if=/dev/urandom of=/root/keep bs=1M count=20 2>/dev/null; "
+        "mkdir -p /srv/a/b; echo hello > /srv/a/b/c; sha256sum /root/keep /srv/a/b/c > /root/sums",
+    )
     kiwi("stop", cid)
     kiwi("set", cid, "--storage", "2G")
     assert kiwi.json("list", "containers")[0]["storage_limit"] == 2 << 30

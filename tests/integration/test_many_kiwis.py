@@ -4,6 +4,7 @@ run: they must never touch each other's containers, cgroups, veths, rules or
 addresses, and the shared bridge goes only when neither uses it.
 
 Traffic only to the test's own bridge subnet."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -25,6 +26,7 @@ SHARED = ("KIWI_BRIDGE", "KIWI_SUBNET", "KIWI_HOST_DIR")
 
 # -- two folders -----------------------------------------------------------------------
 
+
 def folder_id(kiwi: Kiwi) -> str:
     return (kiwi.root / "folder-id").read_text().strip()
 
@@ -45,8 +47,11 @@ def folder_cgroup_parents(fid: str) -> list[Path]:
 
 
 def container_cgroups(kiwi: Kiwi, cid: str) -> list[Path]:
-    return [parent / f"kiwi-{cid}" for parent in folder_cgroup_parents(folder_id(kiwi))
-            if (parent / f"kiwi-{cid}").is_dir()]
+    return [
+        parent / f"kiwi-{cid}"
+        for parent in folder_cgroup_parents(folder_id(kiwi))
+        if (parent / f"kiwi-{cid}").is_dir()
+    ]
 
 
 def remove_folder_cgroups(fid: str) -> None:
@@ -119,6 +124,7 @@ def status(kiwi: Kiwi, cid: str) -> str:
 
 # -- network views ---------------------------------------------------------------------
 
+
 def gateway(kiwi: Kiwi) -> str:
     return str(ipaddress.ip_network(kiwi.env["KIWI_SUBNET"]).network_address + 1)
 
@@ -147,8 +153,9 @@ def nft_tables() -> set[str]:
 
 
 def nft_table(bridge: str, family: str) -> str:
-    return subprocess.run(["nft", "list", "table", family, f"kiwi-{bridge}"],
-                          capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["nft", "list", "table", family, f"kiwi-{bridge}"], capture_output=True, text=True
+    ).stdout
 
 
 def reaches(kiwi: Kiwi, cid: str, ip: str) -> bool:
@@ -170,6 +177,7 @@ def assert_running_intact(kiwi: Kiwi, cid: str) -> None:
 
 # -- tests -----------------------------------------------------------------------------
 
+
 def test_two_folders_share_a_bridge_and_never_touch_each_other(images):
     a, b, _ = images
     bridge = a.env["KIWI_BRIDGE"]
@@ -177,7 +185,9 @@ def test_two_folders_share_a_bridge_and_never_touch_each_other(images):
     assert folder_id(a) != folder_id(b)
     ip_a, ip_b = a.out("ip", ca), b.out("ip", cb)
     assert ip_a != ip_b
-    assert {ipaddress.ip_address(ip) in ipaddress.ip_network(a.env["KIWI_SUBNET"]) for ip in (ip_a, ip_b)} == {True}
+    assert {
+        ipaddress.ip_address(ip) in ipaddress.ip_network(a.env["KIWI_SUBNET"]) for ip in (ip_a, ip_b)
+    } == {True}
     assert sorted(bridge_ports(bridge)) == sorted([veth(a, ca), veth(b, cb)])
     assert alias(veth(a, ca)) == f"kiwi {folder_id(a)}/{ca}"
     for group in container_cgroups(a, ca):
@@ -293,6 +303,7 @@ def test_deleted_folder_leases_are_reclaimed_but_unmounted_ones_kept(images, bus
 def test_a_stop_in_one_folder_never_pulls_the_bridge_from_a_start_in_the_other(images):
     """A's last container stops (bridge and NAT go if unused) while B starts one."""
     from concurrent.futures import ThreadPoolExecutor
+
     a, b, _ = images
     bridge = a.env["KIWI_BRIDGE"]
     ca, cb = a.create("busybox"), b.create("busybox")

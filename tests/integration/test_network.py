@@ -50,14 +50,16 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys
 
 # -- host state that tests change --------------------------------------------------------
 
+
 def nft_tables() -> set[str]:
     out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     return {line.removeprefix("table ").strip() for line in out.splitlines() if line.strip()}
 
 
 def nft_table_has_rules(table: str) -> bool:
-    out = subprocess.run(["nft", "-j", "list", "table", *table.split()],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["nft", "-j", "list", "table", *table.split()], capture_output=True, text=True
+    ).stdout
     return not out or any("rule" in item for item in json.loads(out)["nftables"])
 
 
@@ -78,10 +80,14 @@ def restore_host_settings():
 
 # -- per-test bridge, subnet, namespaces, processes -------------------------------------------
 
+
 def used_routes() -> list:
     with IPRoute() as ipr:
-        return [ipaddress.ip_network(f"{r.get('RTA_DST')}/{r['dst_len']}", strict=False)
-                for r in ipr.get_routes(family=socket.AF_INET) if r["dst_len"]]
+        return [
+            ipaddress.ip_network(f"{r.get('RTA_DST')}/{r['dst_len']}", strict=False)
+            for r in ipr.get_routes(family=socket.AF_INET)
+            if r["dst_len"]
+        ]
 
 
 def free_test_subnet() -> str:
@@ -161,8 +167,7 @@ class Lab:
         host_side = "kwo" + secrets.token_hex(4)
         self.links.append(host_side)
         with IPRoute() as ipr:
-            ipr.link("add", ifname=host_side, kind="veth",
-                     peer={"ifname": "eth0", "net_ns_pid": pid})
+            ipr.link("add", ifname=host_side, kind="veth", peer={"ifname": "eth0", "net_ns_pid": pid})
             index = ipr.link_lookup(ifname=host_side)[0]
             ipr.addr("add", index=index, address=OUTSIDE_HOST_IP, prefixlen=24)
             ipr.link("set", index=index, state="up")
@@ -209,8 +214,7 @@ def lab(monkeypatch):
 @pytest.fixture
 def forward_drop():
     """iptables FORWARD policy DROP, as Docker sets it; restored afterwards."""
-    before = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True,
-                            check=True).stdout
+    before = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True, check=True).stdout
     policy = "DROP" if "-P FORWARD DROP" in before else "ACCEPT"
     subprocess.run(["iptables", "-P", "FORWARD", "DROP"], check=True)
     try:
@@ -220,9 +224,12 @@ def forward_drop():
 
 
 def run_client_in(pid: int, ip: str, port: int, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, "-c",
-                           CLIENT, ip, str(port), str(timeout)],
-                          capture_output=True, text=True, timeout=timeout + 15)
+    return subprocess.run(
+        ["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, "-c", CLIENT, ip, str(port), str(timeout)],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 15,
+    )
 
 
 def client_in(pid: int, ip: str, port: int) -> str:
@@ -249,8 +256,10 @@ def ipv4_of(pid: int | None, ifname: str) -> list[str]:
     path = {} if pid is None else {"netns": f"/proc/{pid}/ns/net", "flags": 0}
     with IPRoute(**path) as ipr:
         index = ipr.link_lookup(ifname=ifname)[0]
-        return [f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
-                for a in ipr.get_addr(family=socket.AF_INET, index=index)]
+        return [
+            f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
+            for a in ipr.get_addr(family=socket.AF_INET, index=index)
+        ]
 
 
 def iptables_rules(*args: str) -> str:
@@ -258,11 +267,13 @@ def iptables_rules(*args: str) -> str:
 
 
 def nft_ruleset(bridge: str) -> str:
-    return subprocess.run(["nft", "list", "table", "inet", f"kiwi-{bridge}"],
-                          capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["nft", "list", "table", "inet", f"kiwi-{bridge}"], capture_output=True, text=True
+    ).stdout
 
 
 # -- bridge -------------------------------------------------------------------------------------
+
 
 def test_bridge_gets_gateway_address_and_is_idempotent(lab):
     assert network.ensure_bridge() == lab.bridge
@@ -298,6 +309,7 @@ def test_bad_bridge_name_is_a_user_error(monkeypatch):
 
 
 # -- veth --------------------------------------------------------------------------------------
+
 
 def test_attach_gives_eth0_address_and_default_route(lab):
     network.ensure_bridge()
@@ -366,6 +378,7 @@ def test_port_6000_on_host_and_in_two_containers_at_once(lab):
 
 
 # -- NAT -------------------------------------------------------------------------------------------
+
 
 def check_masquerade(lab, port: int) -> int:
     """The outside has no route to the subnet: only a masqueraded connection works."""

@@ -1,4 +1,5 @@
 """pull against a local image server on 127.0.0.1 with the real LXC layout."""
+
 from __future__ import annotations
 
 import hashlib
@@ -41,8 +42,10 @@ def rootfs_tarball() -> bytes:
 def with_extra_file(tarball: bytes, name: str, data: bytes) -> bytes:
     """The same rootfs plus one file: what a newer build looks like."""
     out = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:xz") as src, \
-            tarfile.open(fileobj=out, mode="w:xz", format=tarfile.PAX_FORMAT) as dst:
+    with (
+        tarfile.open(fileobj=io.BytesIO(tarball), mode="r:xz") as src,
+        tarfile.open(fileobj=out, mode="w:xz", format=tarfile.PAX_FORMAT) as dst,
+    ):
         for member in src:
             dst.addfile(member, src.extractfile(member) if member.isreg() else None)
         info = tarfile.TarInfo(name)
@@ -88,8 +91,7 @@ class ImageServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def publish(self, tarball: bytes, build_path=BUILD_PATH, sha256=None,
-                extra_index_lines=()):
+    def publish(self, tarball: bytes, build_path=BUILD_PATH, sha256=None, extra_index_lines=()):
         folder = self.root / build_path
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "rootfs.tar.xz").write_bytes(tarball)
@@ -110,8 +112,7 @@ class ImageServer:
 
 
 def index_line(distro, release, arch, build):
-    return (f"{distro};{release};{arch};default;{build};"
-            f"/images/{distro}/{release}/{arch}/default/{build}/")
+    return f"{distro};{release};{arch};default;{build};/images/{distro}/{release}/{arch}/default/{build}/"
 
 
 @pytest.fixture
@@ -133,7 +134,8 @@ def store(tmp_path):
 
 def leftovers(store) -> list:
     return sorted(os.listdir(store.tmp_dir)) + sorted(
-        n for n in os.listdir(store.exports_dir) if n.startswith("."))
+        n for n in os.listdir(store.exports_dir) if n.startswith(".")
+    )
 
 
 def test_pull_imports_verifies_and_exports(server, store):

@@ -1,4 +1,5 @@
 """Issue 3: real running containers through the frozen binary, busybox and Debian."""
+
 from __future__ import annotations
 
 import os
@@ -52,12 +53,30 @@ def test_inside_view(running):
     assert kiwi.out("attach", cid, "--", "cat", "/proc/1/comm") == "kiwi-init"
     assert len(pids) <= 4, comms  # init, then sh, ls and sort of this very pipeline
     dev = kiwi.out("attach", cid, "--", "ls", "-A", "/dev").split()
-    assert sorted(dev) == sorted(["console", "fd", "full", "null", "ptmx", "pts", "random", "shm",
-                                  "stderr", "stdin", "stdout", "tty", "urandom", "zero"])
+    assert sorted(dev) == sorted(
+        [
+            "console",
+            "fd",
+            "full",
+            "null",
+            "ptmx",
+            "pts",
+            "random",
+            "shm",
+            "stderr",
+            "stdin",
+            "stdout",
+            "tty",
+            "urandom",
+            "zero",
+        ]
+    )
     modes = kiwi.out("attach", cid, "--", "sh", "-c", "stat -c '%n %a %F' /dev/null /dev/zero /dev/shm /tmp")
     assert "/dev/null 666 character special file" in modes
     assert "/dev/shm 1777" in modes and "/tmp 1777" in modes
-    env = dict(line.split("=", 1) for line in kiwi.out("attach", cid, "--", "env").splitlines() if "=" in line)
+    env = dict(
+        line.split("=", 1) for line in kiwi.out("attach", cid, "--", "env").splitlines() if "=" in line
+    )
     assert env["HOME"] == "/root" and env["HOSTNAME"] == f"rt-{image}" and "PATH" in env
     assert not any(k.startswith(("KIWI_", "PYTEST", "SUDO")) for k in env)
 
@@ -77,7 +96,7 @@ ESCAPES = {
     "sysrq": "echo h > /proc/sysrq-trigger",
     "write /proc/1/exe": "echo x >> /proc/1/exe",
     "load a module": "insmod /nonexistent.ko 2>&1 | grep -qv 'No such file' && exit 1; "
-                     "grep -q . /proc/modules && echo x > /sys/module/loop/parameters/max_part",
+    "grep -q . /proc/modules && echo x > /sys/module/loop/parameters/max_part",
     "remount /sys rw": "echo 1 > /sys/kernel/profiling",
     "new user namespace": "unshare -U true",
 }
@@ -96,12 +115,20 @@ def test_privileged_syscalls_are_denied(running):
     if image != "debian":
         return  # busybox has no perl; the Debian container runs the syscall checks
     # x86_64 numbers: open_by_handle_at 304, init_module 175, finit_module 313, kexec_load 246.
-    script = ("for n in 304 175 313 246; do perl -e '$r=syscall(shift,0,0,0,0,0); print \"$r $!\\n\"' $n; done")
+    script = "for n in 304 175 313 246; do perl -e '$r=syscall(shift,0,0,0,0,0); print \"$r $!\\n\"' $n; done"
     lines = kiwi.sh(cid, script).stdout.strip().splitlines()
     assert len(lines) == 4 and all(line.startswith("-1 Operation not permitted") for line in lines), lines
     caps = kiwi.out("attach", cid, "--", "grep", "CapBnd", "/proc/self/status").split()[1]
     bounding = int(caps, 16)
-    for cap in (21, 16, 17, 19, 25, 27, 12):  # SYS_ADMIN, SYS_MODULE, SYS_RAWIO, SYS_PTRACE, SYS_TIME, MKNOD, NET_ADMIN
+    for cap in (
+        21,
+        16,
+        17,
+        19,
+        25,
+        27,
+        12,
+    ):  # SYS_ADMIN, SYS_MODULE, SYS_RAWIO, SYS_PTRACE, SYS_TIME, MKNOD, NET_ADMIN
         assert not bounding & (1 << cap), cap
 
 
@@ -150,7 +177,13 @@ def test_hostile_symlinks_do_not_touch_the_host(kiwi, busybox_tar, tmp_path, mod
     kiwi("attach", cid, "--", "true")
     assert {p.name: p.read_bytes() for p in victim.iterdir()} == before
     if mode == "resolv":
-        assert kiwi.sh(cid, "test -f /etc/resolv.conf && ! test -L /etc/resolv.conf && grep -q nameserver /etc/resolv.conf").returncode == 0
+        assert (
+            kiwi.sh(
+                cid,
+                "test -f /etc/resolv.conf && ! test -L /etc/resolv.conf && grep -q nameserver /etc/resolv.conf",
+            ).returncode
+            == 0
+        )
     kiwi("stop", cid)
 
 

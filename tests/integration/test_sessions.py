@@ -2,6 +2,7 @@
 
 Every terminal a test opens is closed at teardown, and the `kiwi` fixture's
 teardown stops the containers (which ends every session daemon)."""
+
 from __future__ import annotations
 
 import json
@@ -118,8 +119,10 @@ def test_detach_reattach_takeover_and_killed_client(kiwi, terminals, image):
     expect_output(third, 'echo "Z=[$X]"', r"Z=\[42\]")
     daemon = record(kiwi, cid, sid)["daemon_pid"]
     rss = vm_rss_kib(daemon)
-    print(f"\n[{image}] attach --old to first replayed byte: {replay_seconds * 1000:.0f} ms; "
-          f"session daemon VmRSS: {rss} KiB")
+    print(
+        f"\n[{image}] attach --old to first replayed byte: {replay_seconds * 1000:.0f} ms; "
+        f"session daemon VmRSS: {rss} KiB"
+    )
     assert rss < 64 * 1024
 
     third.sendline("exit 3")
@@ -177,8 +180,11 @@ def test_stop_ends_every_session_daemon(kiwi, terminals, busybox):
     detached, detached_sid = open_session(terminals, kiwi, cid)
     detach(detached, detached_sid)
     attached, attached_sid = open_session(terminals, kiwi, cid)
-    pids = [record(kiwi, cid, s)[k] for s in (detached_sid, attached_sid)
-            for k in ("daemon_pid", "relay_pid", "shell_pid")]
+    pids = [
+        record(kiwi, cid, s)[k]
+        for s in (detached_sid, attached_sid)
+        for k in ("daemon_pid", "relay_pid", "shell_pid")
+    ]
     kiwi("stop", cid, "--time", "2")
     attached.expect(f"container {cid} is stopping; session {attached_sid} ended")
     attached.expect(pexpect.EOF)

@@ -3,6 +3,7 @@
 Trees are compared through `kiwi mount` of the (stopped) containers: every entry's
 type, mode, owner, link target, content hash, link count and xattrs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,6 +30,7 @@ GIB = 1 << 30
 
 
 # ------------------------------------------------------------------ helpers
+
 
 @pytest.fixture
 def kiwi2(tmp_path_factory):
@@ -58,8 +60,13 @@ def describe(root: Path) -> dict:
 
     def entry(path):
         st = os.lstat(path)
-        info = {"type": stat.S_IFMT(st.st_mode), "mode": stat.S_IMODE(st.st_mode),
-                "uid": st.st_uid, "gid": st.st_gid, "xattrs": xattrs_of(path)}
+        info = {
+            "type": stat.S_IFMT(st.st_mode),
+            "mode": stat.S_IMODE(st.st_mode),
+            "uid": st.st_uid,
+            "gid": st.st_gid,
+            "xattrs": xattrs_of(path),
+        }
         if stat.S_ISLNK(st.st_mode):
             info["target"] = os.readlink(path)
         elif stat.S_ISREG(st.st_mode):
@@ -153,8 +160,9 @@ def make_changes(kiwi: Kiwi, cid: str, tmp_path: Path) -> None:
 
 def assert_changes_kept(tree: dict) -> None:
     assert "etc/group" not in tree, "a deleted image file must stay deleted"
-    assert sorted(p for p in tree if p.startswith("usr/sbin/")) == ["usr/sbin/only"], \
+    assert sorted(p for p in tree if p.startswith("usr/sbin/")) == ["usr/sbin/only"], (
         "a folder removed and made again must stay opaque"
+    )
     assert tree["home/kiwi/data.bin"]["xattrs"] == {"user.note": b"kept"}
     assert tree["home/kiwi/data.bin"]["nlink"] == 2
     assert tree["home/kiwi/data.bin"]["sha256"] == tree["home/kiwi/data-again.bin"]["sha256"]
@@ -166,6 +174,7 @@ def assert_changes_kept(tree: dict) -> None:
 
 
 # ------------------------------------------------- snap -> delete -> create
+
 
 def test_snap_delete_restore_is_identical_in_both_roots(kiwi, kiwi2, busybox, busybox_tar, tmp_path):
     image_rootfs = kiwi.root / "images" / "busybox" / "rootfs"
@@ -224,8 +233,11 @@ def test_chained_snaps_keep_both_generations(kiwi, busybox, tmp_path):
 
     second = kiwi.create(snap1)
     assert rows(kiwi)[second]["name"] is None  # "gen" is still taken by the first
-    kiwi.sh(second, "set -e; test ! -e /linuxrc; echo 1b >> /root/gen1; echo two > /root/gen2;"
-                    " rm /etc/group; rm /opt/a; echo b > /opt/b")
+    kiwi.sh(
+        second,
+        "set -e; test ! -e /linuxrc; echo 1b >> /root/gen1; echo two > /root/gen2;"
+        " rm /etc/group; rm /opt/a; echo b > /opt/b",
+    )
     kiwi("stop", second, "--time", "2")
     before = tree_of(kiwi, second, tmp_path / "before")
     snap2 = kiwi.out("snap", second, "two").splitlines()[-1]
@@ -246,7 +258,7 @@ def test_chained_snaps_keep_both_generations(kiwi, busybox, tmp_path):
 # ---------------------------------------------------- snap of a running container
 
 PAD = "x" * 180
-WRITER = ("i=0; while :; do i=$((i+1)); echo \"line $i " + PAD + " end\" >> /root/log; sync; done")
+WRITER = 'i=0; while :; do i=$((i+1)); echo "line $i ' + PAD + ' end" >> /root/log; sync; done'
 LINE = re.compile(r"line (\d+) " + PAD + " end")
 
 
@@ -286,31 +298,48 @@ def test_snap_of_a_running_writer_is_consistent_and_it_keeps_running(kiwi, busyb
 
 # --------------------------------------------------------------- hostile files
 
+
 def member(name, data=b"", kind=tarfile.REGTYPE, linkname="", mode=0o644) -> bytes:
     info = tarfile.TarInfo(name)
     info.type, info.linkname, info.mode, info.size = kind, linkname, mode, len(data)
-    return (info.tobuf(tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
-            + data + b"\0" * (-len(data) % 512))
+    return (
+        info.tobuf(tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+        + data
+        + b"\0" * (-len(data) % 512)
+    )
 
 
 ROOT_DIR = member("rootfs", kind=tarfile.DIRTYPE, mode=0o755)
 UPPER_DIR = member("upper", kind=tarfile.DIRTYPE, mode=0o755)
 HEAD = 64 << 10
-GOOD_ROOTFS = [ROOT_DIR, member("rootfs/bin", kind=tarfile.DIRTYPE, mode=0o755),
-               member("rootfs/hello", b"hi\n")]
+GOOD_ROOTFS = [
+    ROOT_DIR,
+    member("rootfs/bin", kind=tarfile.DIRTYPE, mode=0o755),
+    member("rootfs/hello", b"hi\n"),
+]
 
 
-def craft(path, rootfs_members, upper_members=None, manifest_changes=None, sums=None,
-          settings=None) -> Path:
+def craft(path, rootfs_members, upper_members=None, manifest_changes=None, sums=None, settings=None) -> Path:
     """A .kiwi file written by hand: sums right unless `sums` overrides them."""
     parts = {"rootfs": b"".join(rootfs_members)}
     if upper_members is not None:
         parts["upper"] = b"".join(upper_members)
-    manifest = {"format_version": 1, "kind": "container" if upper_members is not None else "image",
-                "settings": settings or {}, "image": {"name": "crafted"},
-                "parts": {n: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b), "offset": 0,
-                              "files": 1, "data_bytes": 1}
-                          for n, b in parts.items()}}
+    manifest = {
+        "format_version": 1,
+        "kind": "container" if upper_members is not None else "image",
+        "settings": settings or {},
+        "image": {"name": "crafted"},
+        "parts": {
+            n: {
+                "sha256": hashlib.sha256(b).hexdigest(),
+                "size": len(b),
+                "offset": 0,
+                "files": 1,
+                "data_bytes": 1,
+            }
+            for n, b in parts.items()
+        },
+    }
     for name, digest in (sums or {}).items():
         manifest["parts"][name]["sha256"] = digest
     # As kiwi writes them: the manifest frame padded by a skippable frame to HEAD bytes,
@@ -342,29 +371,68 @@ def huge_manifest(path) -> Path:
 def hostile_files(folder: Path, outside: Path) -> dict:
     upper_ok = [UPPER_DIR, member("upper/x", b"1")]
     return {
-        "bad rootfs sum": (craft(folder / "sum.kiwi", GOOD_ROOTFS, upper_ok, sums={"rootfs": "0" * 64}),
-                           "does not match its sha256"),
-        "bad upper sum": (craft(folder / "usum.kiwi", GOOD_ROOTFS, upper_ok,
-                                sums={"upper": hashlib.sha256(b"other").hexdigest()}),
-                          "upper part .* does not match"),
-        "unknown version": (craft(folder / "v9.kiwi", GOOD_ROOTFS, upper_ok,
-                                  manifest_changes={"format_version": 9}), "format version 9"),
-        "dotdot in rootfs": (craft(folder / "dd.kiwi", GOOD_ROOTFS + [member("rootfs/../../escaped", b"x")],
-                                   upper_ok), r"\.\."),
-        "dotdot in upper": (craft(folder / "ddu.kiwi", GOOD_ROOTFS,
-                                  [UPPER_DIR, member("upper/../../../escaped", b"x")]), r"\.\."),
-        "symlink escape": (craft(folder / "sym.kiwi", GOOD_ROOTFS + [
-            member("rootfs/etc", kind=tarfile.SYMTYPE, linkname=str(outside)),
-            member("rootfs/etc/evil", b"owned")], upper_ok), "symlink"),
-        "symlink escape in upper": (craft(folder / "symu.kiwi", GOOD_ROOTFS, [
-            UPPER_DIR, member("upper/home", kind=tarfile.SYMTYPE, linkname=str(outside)),
-            member("upper/home/evil", b"owned")]), "symlink"),
-        "hard link out": (craft(folder / "hl.kiwi", GOOD_ROOTFS, [
-            UPPER_DIR, member("upper/shadow", kind=tarfile.LNKTYPE, linkname="/etc/shadow")]),
-            "outside"),
+        "bad rootfs sum": (
+            craft(folder / "sum.kiwi", GOOD_ROOTFS, upper_ok, sums={"rootfs": "0" * 64}),
+            "does not match its sha256",
+        ),
+        "bad upper sum": (
+            craft(
+                folder / "usum.kiwi",
+                GOOD_ROOTFS,
+                upper_ok,
+                sums={"upper": hashlib.sha256(b"other").hexdigest()},
+            ),
+            "upper part .* does not match",
+        ),
+        "unknown version": (
+            craft(folder / "v9.kiwi", GOOD_ROOTFS, upper_ok, manifest_changes={"format_version": 9}),
+            "format version 9",
+        ),
+        "dotdot in rootfs": (
+            craft(folder / "dd.kiwi", GOOD_ROOTFS + [member("rootfs/../../escaped", b"x")], upper_ok),
+            r"\.\.",
+        ),
+        "dotdot in upper": (
+            craft(folder / "ddu.kiwi", GOOD_ROOTFS, [UPPER_DIR, member("upper/../../../escaped", b"x")]),
+            r"\.\.",
+        ),
+        "symlink escape": (
+            craft(
+                folder / "sym.kiwi",
+                GOOD_ROOTFS
+                + [
+                    member("rootfs/etc", kind=tarfile.SYMTYPE, linkname=str(outside)),
+                    member("rootfs/etc/evil", b"owned"),
+                ],
+                upper_ok,
+            ),
+            "symlink",
+        ),
+        "symlink escape in upper": (
+            craft(
+                folder / "symu.kiwi",
+                GOOD_ROOTFS,
+                [
+                    UPPER_DIR,
+                    member("upper/home", kind=tarfile.SYMTYPE, linkname=str(outside)),
+                    member("upper/home/evil", b"owned"),
+                ],
+            ),
+            "symlink",
+        ),
+        "hard link out": (
+            craft(
+                folder / "hl.kiwi",
+                GOOD_ROOTFS,
+                [UPPER_DIR, member("upper/shadow", kind=tarfile.LNKTYPE, linkname="/etc/shadow")],
+            ),
+            "outside",
+        ),
         "huge kiwi.json": (huge_manifest(folder / "huge.kiwi"), "over the .*limit"),
-        "hostile settings": (craft(folder / "set.kiwi", GOOD_ROOTFS, upper_ok,
-                                   settings={"memory": "lots", "shell": "x"}), "settings"),
+        "hostile settings": (
+            craft(folder / "set.kiwi", GOOD_ROOTFS, upper_ok, settings={"memory": "lots", "shell": "x"}),
+            "settings",
+        ),
         "not a kiwi file": (folder / "plain.kiwi", "not a Kiwi archive|damaged"),
     }
 
@@ -408,6 +476,7 @@ def test_truncated_archives_are_refused_and_leave_nothing(kiwi, kiwi2, busybox, 
 
 # ------------------------------------------------------------------ storage
 
+
 def test_storage_smaller_than_the_archive_is_refused(kiwi, kiwi2, busybox, tmp_path):
     cid = kiwi.create(busybox, "--storage", "2G")
     kiwi.sh(cid, "set -e; head -c 157286400 /dev/urandom > /root/random.bin")
@@ -430,13 +499,17 @@ def test_storage_smaller_than_the_archive_is_refused(kiwi, kiwi2, busybox, tmp_p
         images, containers = image_names(k), sorted(rows(k))
         line = one_line_error(k("create", big, "--storage", "1G", check=False, timeout=300))
         # 1050 MiB of changes + 128 MiB > 1 GiB; the suggestion adds 1 GiB.
-        assert re.search(r"storage 1G is too small for the archive's 1(\.\d)?G of changes plus 128M "
-                         r"for the filesystem; give --storage 2(\.\d)?G or more", line), line
+        assert re.search(
+            r"storage 1G is too small for the archive's 1(\.\d)?G of changes plus 128M "
+            r"for the filesystem; give --storage 2(\.\d)?G or more",
+            line,
+        ), line
         assert image_names(k) == images and sorted(rows(k)) == containers
         assert leftovers(k) == []
 
 
 # ------------------------------------------------------------------- commit
+
 
 def inodes(root: Path) -> set:
     found = set()
@@ -473,8 +546,7 @@ def test_commit_of_a_running_container_shares_unchanged_files(kiwi, debian_tar, 
     with mounted(kiwi, cid, tmp_path / "m") as m:  # content under /proc and /sys of the state
         (m / "proc" / "leftover").write_text("never in an image\n")
         (m / "sys" / "leftover").write_text("never in an image\n")
-    kiwi.sh(cid, "set -e; head -c 1048576 /dev/urandom > /usr/local/blob;"
-                 " echo changed > /etc/motd")
+    kiwi.sh(cid, "set -e; head -c 1048576 /dev/urandom > /usr/local/blob; echo changed > /etc/motd")
     digest = kiwi.out("attach", cid, "--", "sha256sum", "/usr/local/blob").split()[0]
     assert rows(kiwi)[cid]["status"] == "running"
 
@@ -523,7 +595,8 @@ def image_server(folder: Path, tarball: bytes, sha256: str | None = None):
     (folder / "meta" / "1.0").mkdir(parents=True)
     (folder / "meta" / "1.0" / "index-system").write_text(
         f"alpine;3.20;{HOST_ARCH};default;20250102_13:00;/{BUILD}/\n"
-        f"debian;bookworm;{HOST_ARCH};default;20250102_05:24;/images/debian/bookworm/x/\n")
+        f"debian;bookworm;{HOST_ARCH};default;20250102_05:24;/images/debian/bookworm/x/\n"
+    )
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args, **kw):
@@ -558,8 +631,9 @@ def test_pull_then_create_from_the_export(kiwi, busybox_tar, tmp_path):
 
 def test_pull_with_a_wrong_sha256_is_refused(kiwi, busybox_tar, tmp_path):
     with image_server(tmp_path / "server", busybox_tar.read_bytes(), sha256="ab" * 32) as url:
-        line = one_line_error(kiwi("pull", "alpine", env={"KIWI_IMAGE_SERVER": url}, check=False,
-                                   timeout=300))
+        line = one_line_error(
+            kiwi("pull", "alpine", env={"KIWI_IMAGE_SERVER": url}, check=False, timeout=300)
+        )
     assert "does not match the sha256" in line
     assert image_names(kiwi) == []
     assert not (kiwi.root / "exports" / "alpine.kiwi").exists()

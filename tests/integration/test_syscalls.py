@@ -158,8 +158,7 @@ def jail(tmp_path):
 
 @pytest.mark.parametrize("link", ["escape", "dotdot"])
 def test_openat2_in_root_keeps_symlinks_inside(jail, link):
-    fd = sc.openat2(jail, f"{link}/etc/passwd", os.O_RDONLY | os.O_CLOEXEC,
-                    resolve=sc.RESOLVE_IN_ROOT)
+    fd = sc.openat2(jail, f"{link}/etc/passwd", os.O_RDONLY | os.O_CLOEXEC, resolve=sc.RESOLVE_IN_ROOT)
     with os.fdopen(fd) as f:
         assert f.read() == "jail passwd\n"
 
@@ -257,10 +256,10 @@ def raw_syscall(name, *args) -> int:
 
 # Arguments that make each call fail harmlessly (or do nothing) when unfiltered.
 HARMLESS_CALLS = {
-    "mount": ("mount", 0, 0, 0, 0, 0),            # EFAULT
-    "setns": ("setns", -1, 0),                    # EBADF
+    "mount": ("mount", 0, 0, 0, 0, 0),  # EFAULT
+    "setns": ("setns", -1, 0),  # EBADF
     "open_by_handle_at": ("open_by_handle_at", -1, 0, 0),  # EBADF
-    "unshare_newuser": ("unshare", 0x10000000),   # would succeed in the child
+    "unshare_newuser": ("unshare", 0x10000000),  # would succeed in the child
 }
 
 
@@ -338,8 +337,7 @@ def test_drop_capabilities_leaves_docker_set_without_mknod():
 
 
 def open_status_via_exec() -> str:
-    return subprocess.run(["cat", "/proc/self/status"], capture_output=True,
-                          text=True, check=True).stdout
+    return subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True, check=True).stdout
 
 
 def test_mask_proc_paths(tmp_path):

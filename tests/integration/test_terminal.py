@@ -1,6 +1,7 @@
 """`kiwi terminal`: the interactive console, driven on a real PTY (pexpect)
 against the frozen binary. Every console is closed even when a test fails;
 containers are stopped and removed by the `kiwi` fixture's teardown."""
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,14 @@ CURSOR_UP = "\x1b[A"  # xterm's cursor-up, the same bytes as the Up key
 
 @contextlib.contextmanager
 def console(kiwi, timeout: float = 60):
-    child = pexpect.spawn(kiwi.cmd[0], kiwi.cmd[1:] + ["terminal"], env={**kiwi.env, "TERM": "xterm"},
-                          dimensions=(40, 120), encoding="utf-8", timeout=timeout)
+    child = pexpect.spawn(
+        kiwi.cmd[0],
+        kiwi.cmd[1:] + ["terminal"],
+        env={**kiwi.env, "TERM": "xterm"},
+        dimensions=(40, 120),
+        encoding="utf-8",
+        timeout=timeout,
+    )
     try:
         child.expect_exact(PROMPT)
         yield child
@@ -57,6 +64,7 @@ def unique_prefix(cid: str, others: list[str]) -> str:
 
 # --- start-up -------------------------------------------------------------------------
 
+
 def test_without_a_terminal_is_a_clear_error(kiwi):
     done = kiwi("terminal", check=False, input="list\n")
     assert done.returncode == 1
@@ -68,9 +76,14 @@ def test_not_root_without_sudo_is_a_clear_error(kiwi, tmp_path):
     cache = tempfile.mkdtemp(prefix="kiwi-nobody-", dir="/tmp")  # where the launcher unpacks for nobody
     os.chown(cache, 65534, 65534)
     env = {**kiwi.env, "PATH": str(tmp_path), "XDG_CACHE_HOME": cache}  # PATH: an empty folder, no sudo
-    child = pexpect.spawn("/usr/bin/setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                                               "--", *kiwi.cmd, "terminal"],
-                          env=env, dimensions=(40, 120), encoding="utf-8", timeout=60)
+    child = pexpect.spawn(
+        "/usr/bin/setpriv",
+        ["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", *kiwi.cmd, "terminal"],
+        env=env,
+        dimensions=(40, 120),
+        encoding="utf-8",
+        timeout=60,
+    )
     try:
         child.expect(pexpect.EOF)
         child.close()
@@ -93,8 +106,14 @@ def test_reexec_through_sudo_keeps_kiwi_environment(monkeypatch):
     assert path == "/usr/bin/sudo"
     assert argv[0] == "/usr/bin/sudo" and argv[-2:] == ["/opt/kiwi/kiwi", "terminal"]
     preserved = argv[1].removeprefix("--preserve-env=").split(",")
-    assert set(preserved) >= {"KIWI_ROOT", "KIWI_SUBNET", "KIWI_BRIDGE", "KIWI_CGROUP_PARENT",
-                              "KIWI_IMAGE_SERVER", "TERM"}
+    assert set(preserved) >= {
+        "KIWI_ROOT",
+        "KIWI_SUBNET",
+        "KIWI_BRIDGE",
+        "KIWI_CGROUP_PARENT",
+        "KIWI_IMAGE_SERVER",
+        "TERM",
+    }
 
 
 def test_missing_sudo_is_a_kiwi_error(monkeypatch):
@@ -104,6 +123,7 @@ def test_missing_sudo_is_a_kiwi_error(monkeypatch):
 
 
 # --- line editing, completion, history -----------------------------------------------------
+
 
 def test_tab_completes_a_command_name_and_ctrl_d_exits_zero(kiwi):
     with console(kiwi) as child:
@@ -154,6 +174,7 @@ def test_history_survives_a_restart(kiwi):
 
 # --- errors do not end the console ----------------------------------------------------------
 
+
 def test_quoting_error_and_unknown_command_are_reported_not_fatal(kiwi):
     with console(kiwi) as child:
         assert "kiwi: no closing quotation" in run_line(child, 'ip "web')
@@ -161,7 +182,7 @@ def test_quoting_error_and_unknown_command_are_reported_not_fatal(kiwi):
         assert "kiwi: no container named or starting with" in run_line(child, "ip nosuch")
         assert "kiwi: you are already in the Kiwi terminal" in run_line(child, "terminal")
         assert "usage: kiwi stop" in run_line(child, "stop --help")  # argparse exits; we do not
-        assert "kiwi: " in run_line(child, "set")                    # usage error
+        assert "kiwi: " in run_line(child, "set")  # usage error
         assert "list containers and images" in run_line(child, "help")
         assert leave(child) == 0
 
@@ -181,6 +202,7 @@ def test_delete_asks_in_the_console_and_the_answer_stays_out_of_history(kiwi, bu
 
 
 # --- attach from the console ----------------------------------------------------------------
+
 
 def test_attach_with_a_command_returns_to_the_prompt(kiwi, busybox):
     cid = kiwi.create("busybox", "--name", "box")

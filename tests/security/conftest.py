@@ -1,4 +1,5 @@
 """Fixtures for the attack tests."""
+
 from __future__ import annotations
 
 import subprocess
@@ -12,9 +13,13 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture
 def static_program(tmp_path):
     """Compiles tests/security/<name>.c into a static binary; it runs in any image."""
+
     def build(name: str) -> Path:
         out = tmp_path / name
-        subprocess.run(["gcc", "-static", "-Os", "-Wall", "-Wextra", "-Werror", "-o", str(out),
-                        str(HERE / f"{name}.c")], check=True)
+        subprocess.run(
+            ["gcc", "-static", "-Os", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(HERE / f"{name}.c")],
+            check=True,
+        )
         return out
+
     return build

@@ -5,6 +5,7 @@ A static probe (confine_probe.c, built here with gcc -static) makes each
 forbidden call from inside; the host side checks that the same call works
 where Kiwi does not confine it, so none of these can pass by accident.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,9 @@ EPERM, ENOENT, EROFS = f"errno {errno.EPERM}", f"errno {errno.ENOENT}", f"errno 
 @pytest.fixture(scope="module")
 def probe_binary(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("probe") / "probe"
-    subprocess.run(["gcc", "-static", "-O1", "-Wall", "-Werror", "-o", str(out), str(PROBE_SOURCE)],
-                   check=True)
+    subprocess.run(
+        ["gcc", "-static", "-O1", "-Wall", "-Werror", "-o", str(out), str(PROBE_SOURCE)], check=True
+    )
     return out
 
 
@@ -54,11 +56,13 @@ def probe(box, *args) -> str:
 
 
 def host_probe(probe_binary, *args) -> str:
-    return subprocess.run([str(probe_binary), *map(str, args)], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        [str(probe_binary), *map(str, args)], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 # -- seccomp ---------------------------------------------------------------------------
+
 
 def test_io_uring_setup_is_refused(box, probe_binary):
     assert probe(box, "io_uring_setup") == EPERM
@@ -94,6 +98,7 @@ def test_ordinary_sockets_work(box):
 
 
 # -- masked and read-only paths --------------------------------------------------------
+
 
 @pytest.mark.parametrize("relative", security.MASKED_FILES)
 def test_masked_files_give_nothing(box, probe_binary, relative):
@@ -139,16 +144,20 @@ def test_read_only_paths_are_read_only_mounts(box):
             assert "ro" in mounts.get("/" + relative, []), relative
 
 
-@pytest.mark.parametrize("path, text", [
-    ("/proc/sysrq-trigger", "h"),             # h: print help, harmless even if it got through
-    ("/proc/sys/vm/drop_caches", "x"),         # EINVAL if it got through
-    ("/proc/irq/default_smp_affinity", "x"),   # EINVAL if it got through
-])
+@pytest.mark.parametrize(
+    "path, text",
+    [
+        ("/proc/sysrq-trigger", "h"),  # h: print help, harmless even if it got through
+        ("/proc/sys/vm/drop_caches", "x"),  # EINVAL if it got through
+        ("/proc/irq/default_smp_affinity", "x"),  # EINVAL if it got through
+    ],
+)
 def test_writes_to_read_only_paths_fail(box, path, text):
     assert probe(box, "write", path, text) == (EROFS if os.path.exists(path) else ENOENT)
 
 
 # -- device allowlist ----------------------------------------------------------------------
+
 
 def init_pid_of(kiwi, cid) -> int:
     return json.loads((kiwi.root / "mounts" / cid / "runtime.json").read_text())["init_pid"]
@@ -183,7 +192,7 @@ def test_device_nodes_that_appear_later_stay_closed(box):
     tag = secrets.token_hex(3)
     expected = {f"probe-null-{tag}": "ok", f"probe-loopctl-{tag}": EPERM, f"probe-disk-{tag}": EPERM}
     nodes = {
-        f"probe-null-{tag}": (stat.S_IFCHR, os.makedev(1, 3)),        # allowed: the control
+        f"probe-null-{tag}": (stat.S_IFCHR, os.makedev(1, 3)),  # allowed: the control
         f"probe-loopctl-{tag}": (stat.S_IFCHR, os.makedev(10, 237)),  # loop-control
         f"probe-disk-{tag}": (stat.S_IFBLK, storage_device_of(kiwi, cid)),  # raw ext4 under its /
     }
@@ -223,13 +232,19 @@ def test_v2_device_program_denies_what_is_not_listed(tmp_path):
         security.attach_device_program(group, rootfs.ALLOWED_DEVICES)
         loopctl = tmp_path / "loopctl"
         os.mknod(loopctl, stat.S_IFCHR | 0o600, os.makedev(10, 237))
-        code = ("import os, sys\n"
-                f"open({str(group / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n"
-                "for path in sys.argv[1:]:\n"
-                "    try:\n        os.close(os.open(path, os.O_RDONLY)); print('ok')\n"
-                "    except OSError as e:\n        print(e.errno)\n")
-        done = subprocess.run([sys.executable, "-c", code, "/dev/null", "/dev/zero", str(loopctl)],
-                              capture_output=True, text=True, check=True)
+        code = (
+            "import os, sys\n"
+            f"open({str(group / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n"
+            "for path in sys.argv[1:]:\n"
+            "    try:\n        os.close(os.open(path, os.O_RDONLY)); print('ok')\n"
+            "    except OSError as e:\n        print(e.errno)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code, "/dev/null", "/dev/zero", str(loopctl)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert done.stdout.split() == ["ok", "ok", str(errno.EPERM)]
         os.close(os.open(loopctl, os.O_RDONLY))  # outside the cgroup it opens
     finally:

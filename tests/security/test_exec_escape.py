@@ -10,6 +10,7 @@ enters the container the three ways there are: a one-shot command, --direct
 and a session. Debian image: the one-file kiwi needs a dynamic loader to start
 inside, which is exactly what made the attack work before kiwi-exec.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,10 @@ from .helpers import put_file
 MEMFD = "/memfd:kiwi-exec (deleted)"
 DASH = "/usr/bin/dash"  # the real shell, kept for the test's own commands
 # /usr/bin/sh and bash become the trap; bash stays reachable as bash.real.
-SET_TRAPS = ("rm /usr/bin/sh && printf '#!/proc/self/exe\\n' > /usr/bin/sh && chmod 755 /usr/bin/sh"
-             " && mv /usr/bin/bash /usr/bin/bash.real && cp /usr/bin/sh /usr/bin/bash")
+SET_TRAPS = (
+    "rm /usr/bin/sh && printf '#!/proc/self/exe\\n' > /usr/bin/sh && chmod 755 /usr/bin/sh"
+    " && mv /usr/bin/bash /usr/bin/bash.real && cp /usr/bin/sh /usr/bin/bash"
+)
 
 
 def sha256(path) -> str:
@@ -63,8 +66,9 @@ def watch_log(kiwi, cid: str) -> str:
 
 
 def as_admin(kiwi, admin, *args, input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(admin), *args], input=input, capture_output=True, text=True,
-                          env=kiwi.env, timeout=120)
+    return subprocess.run(
+        [str(admin), *args], input=input, capture_output=True, text=True, env=kiwi.env, timeout=120
+    )
 
 
 def test_trapped_shell_cannot_rewrite_the_kiwi_binary(kiwi, trap):
@@ -77,7 +81,7 @@ def test_trapped_shell_cannot_rewrite_the_kiwi_binary(kiwi, trap):
         if f"DENIED {MEMFD}" in watch_log(kiwi, cid):
             break
     as_admin(kiwi, admin, "attach", cid, "--direct", input="true\n")  # the shell: bash, trapped
-    as_admin(kiwi, admin, "attach", cid, input="exit\n")              # a session's shell, trapped
+    as_admin(kiwi, admin, "attach", cid, input="exit\n")  # a session's shell, trapped
     time.sleep(1)  # every kiwi process has ended: the watcher's moment to write
     as_admin(kiwi, admin, "list")  # the admin's next command would run the payload
 
@@ -116,8 +120,13 @@ def test_entering_processes_run_from_a_sealed_memfd_outside_the_pid_namespace(ki
     cid = kiwi.create(busybox)
     kiwi("attach", cid, "--", "true")
     tag = "31.4159"
-    proc = subprocess.Popen(kiwi.cmd + ["attach", cid, "--", "sleep", tag], env=kiwi.env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        kiwi.cmd + ["attach", cid, "--", "sleep", tag],
+        env=kiwi.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert wait_for(lambda: len(kiwi_exec_processes(tag)) == 1)
         helper = kiwi_exec_processes(tag)[0]

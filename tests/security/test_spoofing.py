@@ -8,6 +8,7 @@ forged datagrams, and the host's neighbour entry for B must keep B's MAC; the
 same program's honest datagrams must arrive (so the test can fail).
 
 Traffic stays inside the test's own bridge subnet."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -36,8 +37,13 @@ def gateway(kiwi) -> str:
 
 def install(kiwi, cid: str, binary: Path) -> None:
     with open(binary, "rb") as f:
-        done = subprocess.run(kiwi.cmd + ["attach", cid, "--", "sh", "-c", "cat > /spoof && chmod 755 /spoof"],
-                              stdin=f, env=kiwi.env, capture_output=True, timeout=120)
+        done = subprocess.run(
+            kiwi.cmd + ["attach", cid, "--", "sh", "-c", "cat > /spoof && chmod 755 /spoof"],
+            stdin=f,
+            env=kiwi.env,
+            capture_output=True,
+            timeout=120,
+        )
     assert done.returncode == 0, done.stderr
 
 
@@ -101,8 +107,12 @@ def test_container_cannot_send_with_another_containers_addresses(kiwi, busybox, 
     assert neighbour_mac(bridge, ip_b) == mac_b
 
     host = HostListener(gw)
-    in_b = subprocess.Popen(kiwi.cmd + ["attach", cb, "--", "/spoof", "listen", str(PORT), "8"],
-                            env=kiwi.env, stdout=subprocess.PIPE, text=True)
+    in_b = subprocess.Popen(
+        kiwi.cmd + ["attach", cb, "--", "/spoof", "listen", str(PORT), "8"],
+        env=kiwi.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert in_b.stdout.readline().strip() == "listening"
 
@@ -154,9 +164,34 @@ def test_changing_its_own_mac_or_address_cuts_a_container_off(kiwi, busybox, spo
         mac = mac_inside(kiwi, cid)
         for _ in range(3):
             kiwi("attach", cid, "--", "/spoof", "udp", "eth0", mac, bridge_mac, ip, gw, str(PORT), "honest")
-            kiwi("attach", cid, "--", "/spoof", "udp", "eth0", mac, bridge_mac, other, gw, str(PORT), "forged-free-ip")
-            kiwi("attach", cid, "--", "/spoof", "udp", "eth0", "02:00:00:00:00:01", bridge_mac, ip, gw, str(PORT),
-                 "forged-free-mac")
+            kiwi(
+                "attach",
+                cid,
+                "--",
+                "/spoof",
+                "udp",
+                "eth0",
+                mac,
+                bridge_mac,
+                other,
+                gw,
+                str(PORT),
+                "forged-free-ip",
+            )
+            kiwi(
+                "attach",
+                cid,
+                "--",
+                "/spoof",
+                "udp",
+                "eth0",
+                "02:00:00:00:00:01",
+                bridge_mac,
+                ip,
+                gw,
+                str(PORT),
+                "forged-free-mac",
+            )
         got = host.received(2)
     finally:
         host.close()

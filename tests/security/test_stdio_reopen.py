@@ -6,6 +6,7 @@ a `>> file` already held, truncate it, or chmod it (the host's /dev/null and a
 host FIFO included). Kiwi relays such fds through fresh pipes; the data must
 still flow both ways and the exit status pass through.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,9 @@ def box(kiwi_module, busybox_tar):
 def attach(box, script: str, **kw) -> subprocess.CompletedProcess:
     kiwi, cid = box
     kw.setdefault("capture_output", "stdout" not in kw and "stderr" not in kw)
-    return subprocess.run(kiwi.cmd + ["attach", cid, "--", "sh", "-c", script], env=kiwi.env,
-                          timeout=120, **kw)
+    return subprocess.run(
+        kiwi.cmd + ["attach", cid, "--", "sh", "-c", script], env=kiwi.env, timeout=120, **kw
+    )
 
 
 def test_read_only_stdin_file_is_not_rewritten(box, tmp_path):
@@ -48,8 +50,10 @@ def test_read_only_stdin_file_is_not_rewritten(box, tmp_path):
 
 
 # Read what the host file held, chmod it, truncate it; then write normally.
-REOPEN_OUTPUT = ("timeout 1 cat /proc/self/fd/{fd} >&{other}; chmod 777 /proc/self/fd/{fd}; "
-                 ": > /proc/self/fd/{fd}; echo written >&{fd}")
+REOPEN_OUTPUT = (
+    "timeout 1 cat /proc/self/fd/{fd} >&{other}; chmod 777 /proc/self/fd/{fd}; "
+    ": > /proc/self/fd/{fd}; echo written >&{fd}"
+)
 
 
 @pytest.mark.parametrize("fd", [1, 2])
@@ -59,7 +63,9 @@ def test_output_file_is_neither_read_nor_truncated(box, tmp_path, fd):
     host.chmod(0o600)
     other = 3 - fd
     with open(host, "ab") as f:
-        target = {"stdout": f, "stderr": subprocess.PIPE} if fd == 1 else {"stderr": f, "stdout": subprocess.PIPE}
+        target = (
+            {"stdout": f, "stderr": subprocess.PIPE} if fd == 1 else {"stderr": f, "stdout": subprocess.PIPE}
+        )
         done = attach(box, REOPEN_OUTPUT.format(fd=fd, other=other), **target)
     leaked = done.stderr if fd == 1 else done.stdout
     assert done.returncode == 0, leaked

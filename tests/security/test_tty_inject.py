@@ -5,6 +5,7 @@ inject.c, in the container, pushes `touch <marker>` into every terminal it can
 reach through fds 0-2 and /dev/tty (this host has dev.tty.legacy_tiocsti=1).
 Had it reached the admin's terminal, bash would run it once kiwi ended.
 """
+
 from __future__ import annotations
 
 import re
@@ -98,7 +99,9 @@ def test_injection_from_a_direct_shell(kiwi, host_shell, tmp_path):
 
 def test_terminal_inside_is_the_containers_own(kiwi, host_shell):
     cid, shell, _ = host_shell
-    out = run(shell, f"{kiwi_line(kiwi)} attach {cid} -- sh -c 'tty; ls -l /proc/self/fd/0; exit 7'; echo STATUS=$?")
+    out = run(
+        shell, f"{kiwi_line(kiwi)} attach {cid} -- sh -c 'tty; ls -l /proc/self/fd/0; exit 7'; echo STATUS=$?"
+    )
     assert shows_container_tty(out), out
     assert "/proc/self/fd/0 -> /dev/pts/" in out, out
     assert "STATUS=7" in out, out

@@ -1,4 +1,5 @@
 """The .kiwi format: round trips and hostile archives (run as root: xattrs, mknod)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -22,6 +23,7 @@ ENC = dict(encoding="utf-8", errors="surrogateescape")
 
 
 # ------------------------------------------------------------------ trees
+
 
 def make_rootfs(root: Path) -> Path:
     (root / "bin").mkdir(parents=True)
@@ -72,8 +74,7 @@ def describe(root: Path) -> dict:
             path = Path(dirpath) / name
             st = os.lstat(path)
             rel = str(path.relative_to(root))
-            entry = {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid,
-                     "xattrs": {}}
+            entry = {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid, "xattrs": {}}
             if not stat.S_ISDIR(st.st_mode):
                 entry["mtime"] = int(st.st_mtime)
             if stat.S_ISREG(st.st_mode):
@@ -97,13 +98,20 @@ def trees(tmp_path):
 
 # ------------------------------------------------------------- round trips
 
+
 def test_container_round_trip_keeps_everything(tmp_path, trees):
     rootfs, upper = trees
     seen = []
     settings = {"id": "8f3b9d2a1c44", "ipv4": "10.44.0.2", "name": "web", "memory": 1 << 28}
-    manifest = archive.write_archive(tmp_path / "c.kiwi", "container", settings,
-                                     {"name": "alpine", "sha256": "ab" * 32}, rootfs, upper,
-                                     progress=lambda d, t: seen.append((d, t)))
+    manifest = archive.write_archive(
+        tmp_path / "c.kiwi",
+        "container",
+        settings,
+        {"name": "alpine", "sha256": "ab" * 32},
+        rootfs,
+        upper,
+        progress=lambda d, t: seen.append((d, t)),
+    )
     assert seen[-1][0] == seen[-1][1] > 500_000
     assert manifest["settings"] == {"name": "web", "memory": 1 << 28}  # no id, no ip
 
@@ -120,8 +128,9 @@ def test_container_round_trip_keeps_everything(tmp_path, trees):
 def test_plain_tar_sees_kiwi_json_first_and_oci_whiteouts(tmp_path, trees):
     rootfs, upper = trees
     archive.write_archive(tmp_path / "c.kiwi", "container", {}, {}, rootfs, upper)
-    listing = subprocess.run(["tar", "-I", "zstd", "-tf", str(tmp_path / "c.kiwi")],
-                             check=True, capture_output=True, text=True).stdout.split()
+    listing = subprocess.run(
+        ["tar", "-I", "zstd", "-tf", str(tmp_path / "c.kiwi")], check=True, capture_output=True, text=True
+    ).stdout.split()
     assert listing[0] == "kiwi.json"
     assert listing[1].rstrip("/") == "rootfs"
     assert "upper/etc/.wh.empty" in listing
@@ -134,8 +143,7 @@ def test_upper_only_extraction_seeks_past_the_rootfs(tmp_path, trees):
     rootfs, upper = trees
     archive.write_archive(tmp_path / "c.kiwi", "container", {}, {}, rootfs, upper)
     seen = []
-    archive.extract_archive(tmp_path / "c.kiwi", None, tmp_path / "u",
-                            progress=lambda d, t: seen.append(d))
+    archive.extract_archive(tmp_path / "c.kiwi", None, tmp_path / "u", progress=lambda d, t: seen.append(d))
     assert describe(tmp_path / "u") == describe(upper)
     assert not (tmp_path / "rootfs-out").exists()
     assert max(seen) < 100_000  # the half-megabyte rootfs was never decompressed
@@ -167,6 +175,7 @@ def test_write_is_atomic_and_private(tmp_path, trees):
 
 # --------------------------------------------------------- hostile archives
 
+
 def member(name, data=b"", kind=tarfile.REGTYPE, linkname="", mode=0o644) -> bytes:
     info = tarfile.TarInfo(name)
     info.type, info.linkname, info.mode, info.size = kind, linkname, mode, len(data)
@@ -178,10 +187,16 @@ def craft(path, rootfs_members, upper_members=None, manifest_changes=None, sums=
     parts = {"rootfs": b"".join(rootfs_members)}
     if upper_members is not None:
         parts["upper"] = b"".join(upper_members)
-    manifest = {"format_version": 1, "kind": "container" if upper_members is not None else "image",
-                "settings": {}, "image": {},
-                "parts": {n: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b), "offset": 0}
-                          for n, b in parts.items()}}
+    manifest = {
+        "format_version": 1,
+        "kind": "container" if upper_members is not None else "image",
+        "settings": {},
+        "image": {},
+        "parts": {
+            n: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b), "offset": 0}
+            for n, b in parts.items()
+        },
+    }
     for name, digest in (sums or {}).items():
         manifest["parts"][name]["sha256"] = digest
     manifest.update(manifest_changes or {})
@@ -211,8 +226,7 @@ def test_crafted_archive_is_accepted_when_sound(tmp_path):
 
 
 def test_bad_sum_is_refused(tmp_path):
-    path = craft(tmp_path / "bad.kiwi", [ROOT_DIR, member("rootfs/hello", b"hi")],
-                 sums={"rootfs": "0" * 64})
+    path = craft(tmp_path / "bad.kiwi", [ROOT_DIR, member("rootfs/hello", b"hi")], sums={"rootfs": "0" * 64})
     refused(path, tmp_path, "does not match its sha256")
 
 
@@ -244,19 +258,23 @@ def test_member_outside_its_part_is_refused(tmp_path):
 
 
 def test_hard_link_out_of_the_part_is_refused(tmp_path):
-    path = craft(tmp_path / "h.kiwi", [ROOT_DIR, member("rootfs/shadow", kind=tarfile.LNKTYPE,
-                                                       linkname="/etc/shadow")])
+    path = craft(
+        tmp_path / "h.kiwi", [ROOT_DIR, member("rootfs/shadow", kind=tarfile.LNKTYPE, linkname="/etc/shadow")]
+    )
     refused(path, tmp_path, "outside its rootfs part")
 
 
 def test_symlink_escape_is_refused(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
-    path = craft(tmp_path / "s.kiwi", [
-        ROOT_DIR,
-        member("rootfs/etc", kind=tarfile.SYMTYPE, linkname=str(outside)),
-        member("rootfs/etc/evil", b"owned"),
-    ])
+    path = craft(
+        tmp_path / "s.kiwi",
+        [
+            ROOT_DIR,
+            member("rootfs/etc", kind=tarfile.SYMTYPE, linkname=str(outside)),
+            member("rootfs/etc/evil", b"owned"),
+        ],
+    )
     refused(path, tmp_path, "symlink")
     assert os.listdir(outside) == []
 
@@ -266,8 +284,9 @@ def test_whiteouts_are_only_allowed_in_upper(tmp_path):
     path = craft(tmp_path / "w.kiwi", [ROOT_DIR, member("rootfs/.wh.passwd")])
     archive.extract_archive(path, tmp_path / "r")
     assert stat.S_ISREG(os.lstat(tmp_path / "r" / ".wh.passwd").st_mode)
-    bad = craft(tmp_path / "w2.kiwi", [ROOT_DIR],
-                [member("upper", kind=tarfile.DIRTYPE), member("upper/.wh..")])
+    bad = craft(
+        tmp_path / "w2.kiwi", [ROOT_DIR], [member("upper", kind=tarfile.DIRTYPE), member("upper/.wh..")]
+    )
     refused(bad, tmp_path, "invalid whiteout", upper=True)
 
 
@@ -294,7 +313,7 @@ def test_huge_kiwi_json_is_refused_without_reading_it(tmp_path):
 
 def test_truncated_zstd_stream_is_refused(tmp_path, trees):
     rootfs, upper = trees
-    whole = (tmp_path / "c.kiwi")
+    whole = tmp_path / "c.kiwi"
     archive.write_archive(whole, "container", {}, {}, rootfs, upper)
     data = whole.read_bytes()
     for cut in (len(data) // 2, len(data) - 20):
@@ -309,7 +328,7 @@ def test_garbage_inside_the_stream_is_refused(tmp_path, trees):
     manifest = archive.write_archive(whole, "container", {}, {}, rootfs, upper)
     data = bytearray(whole.read_bytes())
     spot = manifest["parts"]["rootfs"]["offset"] + 2000
-    data[spot:spot + 64] = os.urandom(64)
+    data[spot : spot + 64] = os.urandom(64)
     bad = tmp_path / "flipped.kiwi"
     bad.write_bytes(bytes(data))
     refused(bad, tmp_path, "damaged|does not match|truncated", upper=True)

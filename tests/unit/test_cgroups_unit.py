@@ -159,14 +159,18 @@ def test_absolute_parent_ignores_own_cgroup():
     mounts = cgroups.parse_mountinfo(HYBRID_MOUNTINFO)
     own = cgroups.parse_proc_cgroup(HYBRID_PROC_CGROUP)
     _, parents = cgroups.resolve_parents("/kiwi", mounts, own, None)
-    assert Cgroup("abc", "v1", parents, "0123456789ab").path("memory") == Path("/sys/fs/cgroup/memory/kiwi/kiwi-abc")
+    assert Cgroup("abc", "v1", parents, "0123456789ab").path("memory") == Path(
+        "/sys/fs/cgroup/memory/kiwi/kiwi-abc"
+    )
 
 
 def test_relative_parent_on_v2_goes_below_own_cgroup():
     mount = cgroups.parse_mountinfo(PURE_V2_MOUNTINFO)[0]
     version, parents = cgroups.resolve_parents("kt", [mount], {"unified": "/user.slice/s.scope"}, mount)
     assert version == "v2"
-    assert Cgroup("abc", version, parents, "0123456789ab").path("pids") == Path("/sys/fs/cgroup/user.slice/s.scope/kt/kiwi-abc")
+    assert Cgroup("abc", version, parents, "0123456789ab").path("pids") == Path(
+        "/sys/fs/cgroup/user.slice/s.scope/kt/kiwi-abc"
+    )
 
 
 def test_missing_v1_controllers_is_a_clear_error():

@@ -1,6 +1,7 @@
 """cli.main's last lines of defence: whatever escapes a command is one `kiwi: ` line
 with the right exit code; KIWI_DEBUG=1 adds the traceback. (The frozen-binary cases
 are in tests/integration/test_errors.py.)"""
+
 import errno
 import os
 
@@ -22,6 +23,7 @@ from kiwi.errors import (
 def main_raising(monkeypatch, capsys, error, debug=False):
     def run(argv):
         raise error
+
     monkeypatch.setattr(cli, "run", run)
     if debug:
         monkeypatch.setenv("KIWI_DEBUG", "1")
@@ -31,24 +33,45 @@ def main_raising(monkeypatch, capsys, error, debug=False):
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("error, code, line", [
-    (KiwiError("no container x"), EXIT_ERROR, "kiwi: no container x"),
-    (cli.UsageError("bad option"), EXIT_USAGE, "kiwi: bad option"),
-    (CommandNotFound("empty command"), 127, "kiwi: empty command"),
-    (KeyboardInterrupt(), EXIT_INTERRUPTED, "kiwi: interrupted"),
-    (FileNotFoundError(errno.ENOENT, "No such file or directory", "/x/y"), EXIT_ERROR,
-     "kiwi: cannot use /x/y: No such file or directory"),
-    (OSError(errno.ENOSPC, "No space left on device", "/d/f"), EXIT_ERROR,
-     "kiwi: cannot use /d/f: No space left on device; free some space and try again"),
-    (OSError(errno.EXDEV, "Invalid cross-device link", "/a", None, "/b"), EXIT_ERROR,
-     "kiwi: cannot use /a -> /b: Invalid cross-device link"),
-    (OSError(errno.ENOTDIR, "Not a directory: openat2 dev"), EXIT_ERROR,
-     "kiwi: Not a directory: openat2 dev"),
-    (ValueError("bad\nvalue"), EXIT_ERROR,
-     "kiwi: internal error: ValueError: bad value (run with KIWI_DEBUG=1 for the traceback)"),
-    (RecursionError("maximum recursion depth exceeded"), EXIT_ERROR,
-     "kiwi: the files are nested too deeply"),
-])
+@pytest.mark.parametrize(
+    "error, code, line",
+    [
+        (KiwiError("no container x"), EXIT_ERROR, "kiwi: no container x"),
+        (cli.UsageError("bad option"), EXIT_USAGE, "kiwi: bad option"),
+        (CommandNotFound("empty command"), 127, "kiwi: empty command"),
+        (KeyboardInterrupt(), EXIT_INTERRUPTED, "kiwi: interrupted"),
+        (
+            FileNotFoundError(errno.ENOENT, "No such file or directory", "/x/y"),
+            EXIT_ERROR,
+            "kiwi: cannot use /x/y: No such file or directory",
+        ),
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/d/f"),
+            EXIT_ERROR,
+            "kiwi: cannot use /d/f: No space left on device; free some space and try again",
+        ),
+        (
+            OSError(errno.EXDEV, "Invalid cross-device link", "/a", None, "/b"),
+            EXIT_ERROR,
+            "kiwi: cannot use /a -> /b: Invalid cross-device link",
+        ),
+        (
+            OSError(errno.ENOTDIR, "Not a directory: openat2 dev"),
+            EXIT_ERROR,
+            "kiwi: Not a directory: openat2 dev",
+        ),
+        (
+            ValueError("bad\nvalue"),
+            EXIT_ERROR,
+            "kiwi: internal error: ValueError: bad value (run with KIWI_DEBUG=1 for the traceback)",
+        ),
+        (
+            RecursionError("maximum recursion depth exceeded"),
+            EXIT_ERROR,
+            "kiwi: the files are nested too deeply",
+        ),
+    ],
+)
 def test_anything_escaping_is_one_line(monkeypatch, capsys, error, code, line):
     got, err = main_raising(monkeypatch, capsys, error)
     assert got == code and err == line + "\n"
@@ -72,8 +95,9 @@ def test_doing_names_the_operation_and_path():
     with pytest.raises(KiwiError) as caught:
         with Doing("write", "/d/config.json"):
             raise OSError(errno.EROFS, "Read-only file system")
-    assert caught.value.message == ("cannot write /d/config.json: Read-only file system;"
-                                    " that filesystem is read-only")
+    assert caught.value.message == (
+        "cannot write /d/config.json: Read-only file system; that filesystem is read-only"
+    )
     with Doing("write", "/x"):
         pass  # nothing raised, nothing changed
 
@@ -83,11 +107,14 @@ def test_describe_is_what_helper_processes_send_back():
     assert describe(FileExistsError(errno.EEXIST, "File exists", "dev")) == "cannot use dev: File exists"
 
 
-@pytest.mark.parametrize("argv, joined", [
-    (["set", "c", "--memory", "-5M"], ["set", "c", "--memory=-5M"]),
-    (["set", "c", "--storage", "-1.5G", "--cpu", "2"], ["set", "c", "--storage=-1.5G", "--cpu", "2"]),
-    (["stop", "c", "--time=-1"], ["stop", "c", "--time=-1"]),
-    (["attach", "-x"], ["attach", "-x"]),
-])
+@pytest.mark.parametrize(
+    "argv, joined",
+    [
+        (["set", "c", "--memory", "-5M"], ["set", "c", "--memory=-5M"]),
+        (["set", "c", "--storage", "-1.5G", "--cpu", "2"], ["set", "c", "--storage=-1.5G", "--cpu", "2"]),
+        (["stop", "c", "--time=-1"], ["stop", "c", "--time=-1"]),
+        (["attach", "-x"], ["attach", "-x"]),
+    ],
+)
 def test_negative_values_reach_their_own_check(argv, joined):
     assert cli.join_negative_values(argv) == joined

@@ -1,5 +1,6 @@
 """The cgroup v2 device allowlist program, checked without loading it: its
 instructions run through a small eBPF interpreter on device contexts."""
+
 import struct
 
 import pytest
@@ -40,28 +41,32 @@ def run_device_program(program, kind, major, minor, access=READ | WRITE):
 PROGRAM = security.device_program(rootfs.ALLOWED_DEVICES)
 
 
-@pytest.mark.parametrize("major, minor", [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2),
-                                          (136, 0), (136, 7), (136, 4095)])
+@pytest.mark.parametrize(
+    "major, minor", [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2), (136, 0), (136, 7), (136, 4095)]
+)
 def test_container_dev_nodes_are_allowed(major, minor):
     for access in (READ, WRITE, READ | WRITE, MKNOD):
         assert run_device_program(PROGRAM, CHAR, major, minor, access) == 1
 
 
-@pytest.mark.parametrize("kind, major, minor", [
-    (CHAR, 1, 1),      # /dev/mem
-    (CHAR, 1, 2),      # /dev/kmem
-    (CHAR, 1, 4),      # /dev/port
-    (CHAR, 1, 11),     # /dev/kmsg
-    (CHAR, 5, 1),      # the host's /dev/console
-    (CHAR, 4, 0),      # tty0
-    (CHAR, 10, 237),   # loop-control
-    (CHAR, 10, 200),   # net/tun
-    (CHAR, 137, 0),    # a pty beyond major 136
-    (BLOCK, 8, 0),     # sda
-    (BLOCK, 7, 0),     # loop0
-    (BLOCK, 1, 3),     # block device with /dev/null's numbers
-    (BLOCK, 136, 0),
-])
+@pytest.mark.parametrize(
+    "kind, major, minor",
+    [
+        (CHAR, 1, 1),  # /dev/mem
+        (CHAR, 1, 2),  # /dev/kmem
+        (CHAR, 1, 4),  # /dev/port
+        (CHAR, 1, 11),  # /dev/kmsg
+        (CHAR, 5, 1),  # the host's /dev/console
+        (CHAR, 4, 0),  # tty0
+        (CHAR, 10, 237),  # loop-control
+        (CHAR, 10, 200),  # net/tun
+        (CHAR, 137, 0),  # a pty beyond major 136
+        (BLOCK, 8, 0),  # sda
+        (BLOCK, 7, 0),  # loop0
+        (BLOCK, 1, 3),  # block device with /dev/null's numbers
+        (BLOCK, 136, 0),
+    ],
+)
 def test_everything_else_is_denied(kind, major, minor):
     for access in (READ, WRITE, MKNOD):
         assert run_device_program(PROGRAM, kind, major, minor, access) == 0

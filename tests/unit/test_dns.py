@@ -20,8 +20,9 @@ search lan example.org
 
 def test_stub_only_uses_resolved_upstream(tmp_path):
     host = write(tmp_path, "resolv.conf", STUB)
-    upstream = write(tmp_path, "upstream.conf",
-                     "nameserver 192.0.2.53\nnameserver 198.51.100.53\nsearch lan\n")
+    upstream = write(
+        tmp_path, "upstream.conf", "nameserver 192.0.2.53\nnameserver 198.51.100.53\nsearch lan\n"
+    )
     text = dns.resolv_conf_text(host, upstream)
     assert servers_of(text) == ["192.0.2.53", "198.51.100.53"]
     assert "127.0.0.53" not in text
@@ -40,9 +41,11 @@ def test_stub_with_loopback_only_upstream_falls_back(tmp_path):
 
 
 def test_mixed_drops_loopback_keeps_order(tmp_path):
-    host = write(tmp_path, "resolv.conf",
-                 "nameserver 127.0.0.1\nnameserver 192.0.2.1\nnameserver 127.1.2.3\n"
-                 "nameserver 203.0.113.7\n")
+    host = write(
+        tmp_path,
+        "resolv.conf",
+        "nameserver 127.0.0.1\nnameserver 192.0.2.1\nnameserver 127.1.2.3\nnameserver 203.0.113.7\n",
+    )
     text = dns.resolv_conf_text(host, str(tmp_path / "missing.conf"))
     assert servers_of(text) == ["192.0.2.1", "203.0.113.7"]
 
@@ -54,9 +57,11 @@ def test_mixed_with_stub_adds_upstream_without_duplicates(tmp_path):
 
 
 def test_ipv6_loopback_dropped_global_kept(tmp_path):
-    host = write(tmp_path, "resolv.conf",
-                 "nameserver ::1\nnameserver 2001:db8::53\nnameserver 192.0.2.1\n"
-                 "nameserver fe80::1%eth0\n")
+    host = write(
+        tmp_path,
+        "resolv.conf",
+        "nameserver ::1\nnameserver 2001:db8::53\nnameserver 192.0.2.1\nnameserver fe80::1%eth0\n",
+    )
     text = dns.resolv_conf_text(host, str(tmp_path / "missing.conf"))
     assert servers_of(text) == ["2001:db8::53", "192.0.2.1"]
 
@@ -69,10 +74,13 @@ def test_ipv6_only_gets_ipv4_fallback_too(tmp_path):
 
 
 def test_search_domain_options_kept_comments_and_junk_dropped(tmp_path):
-    host = write(tmp_path, "resolv.conf",
-                 "# comment\n; other comment\ndomain corp.example\n"
-                 "search corp.example example.org\noptions ndots:2 timeout:1\n"
-                 "nameserver not-an-address\nsortlist 130.155.160.0\nnameserver 192.0.2.1\n")
+    host = write(
+        tmp_path,
+        "resolv.conf",
+        "# comment\n; other comment\ndomain corp.example\n"
+        "search corp.example example.org\noptions ndots:2 timeout:1\n"
+        "nameserver not-an-address\nsortlist 130.155.160.0\nnameserver 192.0.2.1\n",
+    )
     text = dns.resolv_conf_text(host, str(tmp_path / "missing.conf"))
     lines = text.splitlines()
     assert "domain corp.example" in lines

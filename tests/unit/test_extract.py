@@ -1,4 +1,5 @@
 """kiwi.extract and kiwi.images on tarballs built in memory, hostile ones included."""
+
 import bz2
 import gzip
 import hashlib
@@ -35,8 +36,8 @@ PING_CAPS = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
 
 # ---------------------------------------------------------------- building archives
 
-def member(name, kind=tarfile.REGTYPE, mode=0o644, uid=0, gid=0, linkname="", xattrs=None,
-           mtime_ns=MTIME_NS):
+
+def member(name, kind=tarfile.REGTYPE, mode=0o644, uid=0, gid=0, linkname="", xattrs=None, mtime_ns=MTIME_NS):
     info = tarfile.TarInfo(name)
     info.type, info.mode, info.uid, info.gid, info.linkname = kind, mode, uid, gid, linkname
     info.mtime = mtime_ns // 10**9
@@ -64,8 +65,7 @@ def hard(name, target, **kw):
 
 def tar_bytes(entries, fmt=tarfile.PAX_FORMAT):
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt, encoding="utf-8",
-                      errors="surrogateescape") as tar:
+    with tarfile.open(fileobj=buf, mode="w", format=fmt, encoding="utf-8", errors="surrogateescape") as tar:
         for info, data in entries:
             if data is not None:
                 info.size = len(data)
@@ -95,6 +95,7 @@ def lstat(path):
 
 
 # ---------------------------------------------------------------- what is kept
+
 
 def sample_tree():
     return [
@@ -171,9 +172,11 @@ def test_concatenated_zstd_frames_and_gzip_members(tmp_path):
     cctx = zstandard.ZstdCompressor()
     checked = zstandard.ZstdCompressor(write_checksum=True, write_content_size=False)
     skippable = bytes.fromhex("502a4d18") + (5).to_bytes(4, "little") + b"12345"
-    for ext, blob in (("tar.zst", cctx.compress(data[:half]) + cctx.compress(data[half:])),
-                      ("tar.zst", skippable + checked.compress(data) + skippable),
-                      ("tar.gz", gzip.compress(data[:half]) + gzip.compress(data[half:]))):
+    for ext, blob in (
+        ("tar.zst", cctx.compress(data[:half]) + cctx.compress(data[half:])),
+        ("tar.zst", skippable + checked.compress(data) + skippable),
+        ("tar.gz", gzip.compress(data[:half]) + gzip.compress(data[half:])),
+    ):
         archive = tmp_path / f"multi-{uuid.uuid4().hex[:6]}.{ext}"
         archive.write_bytes(blob)
         dest = tmp_path / (archive.name + ".out")
@@ -185,8 +188,9 @@ def test_long_names_in_gnu_and_pax(tmp_path):
     deep = "/".join(["directory-with-a-long-name"] * 8) + "/" + "f" * 200
     for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
         dest = tmp_path / f"root{fmt}"
-        extract_archive(write_archive(tmp_path, [f(deep, b"deep"), sym(deep + "-l", "x" * 300)],
-                                      fmt=fmt), dest)
+        extract_archive(
+            write_archive(tmp_path, [f(deep, b"deep"), sym(deep + "-l", "x" * 300)], fmt=fmt), dest
+        )
         assert (dest / deep).read_bytes() == b"deep"
         assert os.readlink(dest / (deep + "-l")) == "x" * 300
 
@@ -197,7 +201,11 @@ def test_devices_are_skipped_fifos_are_kept(tmp_path):
         info.devmajor, info.devminor = 1, 3
     fifo = member("run/fifo", tarfile.FIFOTYPE, mode=0o640, uid=12, gid=34)
     entries = [(info, None) for info in specials] + [
-        hard("dev/null2", "dev/null"), f("dev/keep", b"k"), (fifo, None), hard("run/fifo2", "run/fifo")]
+        hard("dev/null2", "dev/null"),
+        f("dev/keep", b"k"),
+        (fifo, None),
+        hard("run/fifo2", "run/fifo"),
+    ]
     stats = extract_archive(write_archive(tmp_path, entries), tmp_path / "root")
     assert stats.skipped == 3 and stats.fifos == 1 and stats.hardlinks == 1
     assert sorted(os.listdir(tmp_path / "root/dev")) == ["keep"]
@@ -212,11 +220,18 @@ def test_later_duplicate_replaces_earlier(tmp_path):
     outside = tmp_path / "outside"
     outside.write_text("precious")
     entries = [
-        f("a", b"first"), f("a", b"second"),
-        sym("b", str(outside)), f("b", b"replaces the symlink, not its target"),
-        f("c", b"file"), d("c"), f("c/in", b"dir now"),
-        d("e"), f("e", b"empty dir replaced by a file"),
-        f("h", b"old"), hard("h2", "h"), f("h", b"new"),
+        f("a", b"first"),
+        f("a", b"second"),
+        sym("b", str(outside)),
+        f("b", b"replaces the symlink, not its target"),
+        f("c", b"file"),
+        d("c"),
+        f("c/in", b"dir now"),
+        d("e"),
+        f("e", b"empty dir replaced by a file"),
+        f("h", b"old"),
+        hard("h2", "h"),
+        f("h", b"new"),
     ]
     dest = tmp_path / "root"
     extract_archive(write_archive(tmp_path, entries), dest)
@@ -235,8 +250,10 @@ def test_non_empty_directory_is_not_replaced(tmp_path):
 
 
 def test_overlay_xattrs_from_the_archive_are_dropped(tmp_path):
-    entries = [d("dir", xattrs={"trusted.overlay.opaque": b"y"}),
-               f("dir/f", b"", xattrs={"trusted.overlay.redirect": b"/etc", "user.ok": b"1"})]
+    entries = [
+        d("dir", xattrs={"trusted.overlay.opaque": b"y"}),
+        f("dir/f", b"", xattrs={"trusted.overlay.redirect": b"/etc", "user.ok": b"1"}),
+    ]
     stats = extract_archive(write_archive(tmp_path, entries), tmp_path / "root")
     assert stats.skipped_xattrs == 2
     assert os.listxattr(tmp_path / "root/dir/f") == ["user.ok"]
@@ -258,18 +275,22 @@ ESCAPE_NAME = f"kiwi-test-escape-{uuid.uuid4().hex}"
 HOSTILE = {
     "dotdot": ([f("../" + ESCAPE_NAME, b"x")], "climbs out with '..'"),
     "absolute": ([f(f"/tmp/{ESCAPE_NAME}", b"x")], "absolute path"),
-    "symlink-to-root": ([sym("a", "/"), f(f"a/tmp/{ESCAPE_NAME}", b"x")],
-                        "written through the symlink 'a'"),
+    "symlink-to-root": ([sym("a", "/"), f(f"a/tmp/{ESCAPE_NAME}", b"x")], "written through the symlink 'a'"),
     "hardlink-out": ([hard("passwd", "../../etc/passwd")], "hard link 'passwd' points outside"),
     "hardlink-absolute": ([hard("passwd", "/etc/passwd")], "hard link 'passwd' points outside"),
-    "hardlink-via-symlink": ([sym("s", "/etc"), hard("passwd", "s/passwd")],
-                             "through the symlink 's'"),
-    "symlink-chain": ([sym("b", "../.."), sym("a", "b"), f(f"a/tmp/{ESCAPE_NAME}", b"x")],
-                      "through the symlink 'a'"),
-    "symlink-chain-deep": ([d("x"), sym("x/b", "../../.."), sym("x/a", "b"),
-                            d(f"x/a/tmp/{ESCAPE_NAME}")], "through the symlink 'x/a'"),
-    "symlinked-dir-later": ([d("dir"), f("dir/ok", b""), sym("link", "/tmp"),
-                             f(f"link/{ESCAPE_NAME}", b"x")], "through the symlink 'link'"),
+    "hardlink-via-symlink": ([sym("s", "/etc"), hard("passwd", "s/passwd")], "through the symlink 's'"),
+    "symlink-chain": (
+        [sym("b", "../.."), sym("a", "b"), f(f"a/tmp/{ESCAPE_NAME}", b"x")],
+        "through the symlink 'a'",
+    ),
+    "symlink-chain-deep": (
+        [d("x"), sym("x/b", "../../.."), sym("x/a", "b"), d(f"x/a/tmp/{ESCAPE_NAME}")],
+        "through the symlink 'x/a'",
+    ),
+    "symlinked-dir-later": (
+        [d("dir"), f("dir/ok", b""), sym("link", "/tmp"), f(f"link/{ESCAPE_NAME}", b"x")],
+        "through the symlink 'link'",
+    ),
 }
 
 
@@ -292,8 +313,7 @@ def test_hostile_archive_is_refused(tmp_path, case):
 def test_symlink_to_outside_file_is_never_written_through(tmp_path):
     victim = tmp_path / "victim"
     victim.write_text("precious")
-    for entries in ([sym("v", str(victim)), f("v/x", b"x")],
-                    [sym("v", str(tmp_path)), d("v/sub")]):
+    for entries in ([sym("v", str(victim)), f("v/x", b"x")], [sym("v", str(tmp_path)), d("v/sub")]):
         with pytest.raises(UnsafeArchiveError):
             extract_archive(write_archive(tmp_path, entries), tmp_path / uuid.uuid4().hex)
     assert victim.read_text() == "precious"
@@ -301,6 +321,7 @@ def test_symlink_to_outside_file_is_never_written_through(tmp_path):
 
 
 # ---------------------------------------------------------------- damaged archives
+
 
 def test_not_an_archive(tmp_path):
     junk = tmp_path / "junk.tar.xz"
@@ -329,7 +350,7 @@ def test_truncated_plain_tar_and_bad_header(tmp_path):
         extract_archive(cut, tmp_path / "r1")
     bad = bytearray(data)
     second_header = data.index(b"b" * 100) - 512
-    bad[second_header:second_header + 100] = b"\x01" * 100
+    bad[second_header : second_header + 100] = b"\x01" * 100
     broken = tmp_path / "broken.tar"
     broken.write_bytes(bytes(bad))
     with pytest.raises(KiwiError, match="damaged"):
@@ -338,14 +359,23 @@ def test_truncated_plain_tar_and_bad_header(tmp_path):
 
 # ---------------------------------------------------------------- per-member API
 
+
 def test_routing_one_tar_into_two_extractors(tmp_path):
-    archive = write_archive(tmp_path, [
-        f("kiwi.json", b"{}"), d("rootfs"), f("rootfs/etc/os", b"base"),
-        hard("rootfs/etc/os-link", "rootfs/etc/os"), d("upper/etc"),
-        f("upper/etc/.wh.os", b""), f("upper/var/.wh..wh..opq", b""), f("upper/new", b"n")])
+    archive = write_archive(
+        tmp_path,
+        [
+            f("kiwi.json", b"{}"),
+            d("rootfs"),
+            f("rootfs/etc/os", b"base"),
+            hard("rootfs/etc/os-link", "rootfs/etc/os"),
+            d("upper/etc"),
+            f("upper/etc/.wh.os", b""),
+            f("upper/var/.wh..wh..opq", b""),
+            f("upper/new", b"n"),
+        ],
+    )
     base, upper = tmp_path / "base", tmp_path / "upper"
-    with open_archive(archive) as stream, Extractor(base) as b, \
-            Extractor(upper, allow_whiteouts=True) as u:
+    with open_archive(archive) as stream, Extractor(base) as b, Extractor(upper, allow_whiteouts=True) as u:
         tar = open_tar_stream(stream, archive)
         for m in iter_members(tar, archive):
             top, _, rest = m.name.partition("/")
@@ -381,6 +411,7 @@ def test_whiteouts_need_permission(tmp_path):
 
 
 # ---------------------------------------------------------------- import_image
+
 
 @pytest.fixture
 def store(tmp_path):

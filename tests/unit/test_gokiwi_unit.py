@@ -1,5 +1,6 @@
 """Go Kiwi settings and address adoption (pure logic; the commands are in
 tests/integration/test_gokiwi.py)."""
+
 from ipaddress import IPv4Network
 
 import pytest
@@ -12,9 +13,18 @@ MIB, GIB = 1 << 20, 1 << 30
 NET = IPv4Network("10.44.0.0/24")
 
 
-@pytest.mark.parametrize("memory, expected", [
-    ("256", 256 * MIB), ("512M", 512 * MIB), ("1g", GIB), ("", 256 * MIB),
-    ("host", None), ("max", None), ("unlimited", None)])
+@pytest.mark.parametrize(
+    "memory, expected",
+    [
+        ("256", 256 * MIB),
+        ("512M", 512 * MIB),
+        ("1g", GIB),
+        ("", 256 * MIB),
+        ("host", None),
+        ("max", None),
+        ("unlimited", None),
+    ],
+)
 def test_go_memory_strings(memory, expected):
     assert settings_from_go({"memory": memory}, "t")["memory"] == expected
 
@@ -22,11 +32,10 @@ def test_go_memory_strings(memory, expected):
 def test_go_defaults_and_limits():
     s = settings_from_go({}, "t")
     assert s == {"memory": 256 * MIB, "cpu": 1, "shell": None, "storage": GIB, "network": "separate"}
-    assert settings_from_go({"cpu_host": True, "state_size_host": True}, "t")[
-        "cpu"] is None
+    assert settings_from_go({"cpu_host": True, "state_size_host": True}, "t")["cpu"] is None
     assert settings_from_go({"state_size_host": True}, "t")["storage"] is None
-    assert settings_from_go({"smp": 1}, "t")["cpu"] == 1          # the Go program's legacy key
-    assert settings_from_go({"cpu": 4096}, "t")["cpu"] >= 1      # capped to this host's CPUs
+    assert settings_from_go({"smp": 1}, "t")["cpu"] == 1  # the Go program's legacy key
+    assert settings_from_go({"cpu": 4096}, "t")["cpu"] >= 1  # capped to this host's CPUs
     assert settings_from_go({"state_size_bytes": 1 << 20}, "t")["storage"] == GIB  # Kiwi's minimum
 
 
@@ -34,9 +43,20 @@ def test_go_network_host_is_never_taken():
     assert settings_from_go({"network": "host"}, "t")["network"] == "separate"
 
 
-@pytest.mark.parametrize("config", [
-    {"memory": 256}, {"memory": "lots"}, {"memory": "1k"}, {"cpu": "2"}, {"cpu": -1},
-    {"cpu": True}, {"shell": "bin/sh"}, {"shell": 5}, {"state_size_bytes": "1G"}])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"memory": 256},
+        {"memory": "lots"},
+        {"memory": "1k"},
+        {"cpu": "2"},
+        {"cpu": -1},
+        {"cpu": True},
+        {"shell": "bin/sh"},
+        {"shell": 5},
+        {"state_size_bytes": "1G"},
+    ],
+)
 def test_bad_go_settings_are_refused(config):
     with pytest.raises(KiwiError):
         settings_from_go(config, "t")
@@ -57,8 +77,8 @@ def test_claim_keeps_a_free_wanted_address():
 def test_claim_is_idempotent_and_never_steals():
     state = {}
     ip = ipam.claim_in(state, NET, "a" * 12, "10.44.0.10")
-    assert ipam.claim_in(state, NET, "a" * 12, "10.44.0.99") == ip      # a resumed adoption
-    other = ipam.claim_in(state, NET, "b" * 12, "10.44.0.10")           # taken: the next free one
+    assert ipam.claim_in(state, NET, "a" * 12, "10.44.0.99") == ip  # a resumed adoption
+    other = ipam.claim_in(state, NET, "b" * 12, "10.44.0.10")  # taken: the next free one
     assert other not in (ip, "10.44.0.1")
     for wanted in ("10.45.0.7", "10.44.0.1", "10.44.0.255", "10.44.0.0", "nonsense", None):
         got = ipam.claim_in(state, NET, wanted or "x" * 12, wanted)

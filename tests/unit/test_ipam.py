@@ -24,8 +24,9 @@ def test_subnet_from_env(monkeypatch):
     assert ipam.prefixlen() == 24
 
 
-@pytest.mark.parametrize("bad", ["nonsense", "10.44.0.0/33", "fd00::/64",
-                                 "10.44.0.1/16", "10.44.0.0/31", "10.44.0.0"])
+@pytest.mark.parametrize(
+    "bad", ["nonsense", "10.44.0.0/33", "fd00::/64", "10.44.0.1/16", "10.44.0.0/31", "10.44.0.0"]
+)
 def test_bad_subnet_is_a_user_error(monkeypatch, bad):
     monkeypatch.setenv("KIWI_SUBNET", bad)
     with pytest.raises(KiwiError) as caught:
@@ -116,7 +117,9 @@ def test_allocate_and_release_persist_host_wide(tmp_path, monkeypatch):
     assert ipam.allocate(b, ca) == "10.213.3.3"  # same id, other folder: another address
     saved = json.loads((tmp_path / "host" / "leases.json").read_text())
     assert saved["subnets"]["10.213.3.0/24"]["owners"] == {
-        "10.213.3.2": f"{a.folder_id()}/{ca}", "10.213.3.3": f"{b.folder_id()}/{ca}"}
+        "10.213.3.2": f"{a.folder_id()}/{ca}",
+        "10.213.3.3": f"{b.folder_id()}/{ca}",
+    }
     assert (tmp_path / "host").stat().st_mode & 0o777 == 0o700
     ipam.release(a, "10.213.3.3", ca)  # b's lease: a may not give it back
     ipam.release(b, "10.213.3.2", cb)
@@ -162,8 +165,15 @@ def test_old_per_folder_leases_are_adopted(tmp_path, monkeypatch):
     store = Store(tmp_path / "a")
     old = tmp_path / "a" / "network" / "ipam.json"
     old.parent.mkdir(parents=True)
-    old.write_text(json.dumps({"subnets": {"10.213.6.0/24": {
-        "next": 5, "free": [2, 3], "owners": {"10.213.6.4": "0123456789ab"}}}}))
+    old.write_text(
+        json.dumps(
+            {
+                "subnets": {
+                    "10.213.6.0/24": {"next": 5, "free": [2, 3], "owners": {"10.213.6.4": "0123456789ab"}}
+                }
+            }
+        )
+    )
     assert ipam.allocate(store, "ba9876543210") == "10.213.6.2"
     assert ipam.allocate(store, "aaaaaaaaaaaa") == "10.213.6.3"
     assert ipam.allocate(store, "bbbbbbbbbbbb") == "10.213.6.5"
@@ -172,6 +182,7 @@ def test_old_per_folder_leases_are_adopted(tmp_path, monkeypatch):
 
 def test_a_folder_is_gone_only_when_its_filesystem_is_there_without_it(tmp_path):
     from kiwi import hoststate
+
     folder = tmp_path / "kiwi-data"
     folder.mkdir()
     record = hoststate.where(str(folder))

@@ -23,8 +23,10 @@ CLONE_THREAD_FLAGS = 0x003D0F00  # what pthread_create passes
 
 def header_numbers(path: str) -> dict:
     text = Path(path).read_text()
-    return {name: int(number) for name, number in
-            re.findall(r"#define __NR_(\w+)\s+(\d+)\s*$", text, re.MULTILINE)}
+    return {
+        name: int(number)
+        for name, number in re.findall(r"#define __NR_(\w+)\s+(\d+)\s*$", text, re.MULTILINE)
+    }
 
 
 def first_existing(paths) -> str:
@@ -34,10 +36,13 @@ def first_existing(paths) -> str:
     raise AssertionError(f"none of {paths} exists: install linux-libc-dev")
 
 
-@pytest.mark.parametrize("abi, header", [
-    ("x86_64", first_existing(X86_64_HEADERS)),
-    ("aarch64", GENERIC_HEADER),
-])
+@pytest.mark.parametrize(
+    "abi, header",
+    [
+        ("x86_64", first_existing(X86_64_HEADERS)),
+        ("aarch64", GENERIC_HEADER),
+    ],
+)
 def test_table_matches_kernel_header(abi, header):
     expected = header_numbers(header)
     newest = max(expected.values())
@@ -57,8 +62,17 @@ def test_aarch64_and_arm_miss_only_what_they_lack():
     aarch64 = security.SYSCALL_NUMBERS["aarch64"]
     arm = security.SYSCALL_NUMBERS["arm"]
     denied = set(security.DENIED_SYSCALLS)
-    assert denied - set(aarch64) == {"iopl", "ioperm", "clock_settime64", "clock_adjtime64",
-                                     "uselib", "ustat", "sysfs", "_sysctl", "socketcall"}  # never on arm64
+    assert denied - set(aarch64) == {
+        "iopl",
+        "ioperm",
+        "clock_settime64",
+        "clock_adjtime64",
+        "uselib",
+        "ustat",
+        "sysfs",
+        "_sysctl",
+        "socketcall",
+    }  # never on arm64
     assert denied - set(arm) == {"iopl", "ioperm"}  # EABI has neither
 
 
@@ -79,8 +93,7 @@ def run_filter(program, nr, arch, arg0=0):
         elif code == 0x05:  # ja
             pc += 1 + k
         elif code in (0x15, 0x35, 0x45):  # jeq / jge / jset
-            taken = {0x15: accumulator == k, 0x35: accumulator >= k,
-                     0x45: bool(accumulator & k)}[code]
+            taken = {0x15: accumulator == k, 0x35: accumulator >= k, 0x45: bool(accumulator & k)}[code]
             pc += 1 + (jt if taken else jf)
         elif code == 0x06:  # ret
             return k
@@ -150,13 +163,16 @@ def test_clone3_reports_enosys_for_libc_fallback():
     assert run_filter(filter_for(("x86_64",)), 435, X86) == ERRNO | errno.ENOSYS
 
 
-@pytest.mark.parametrize("flags, verdict", [
-    (SIGCHLD, ALLOW),
-    (CLONE_THREAD_FLAGS, ALLOW),
-    (CLONE_NEWUSER | SIGCHLD, ERRNO | errno.EPERM),
-    (CLONE_NEWNET, ERRNO | errno.EPERM),
-    ((1 << 32) | SIGCHLD, ALLOW),  # high bits are ignored by the kernel too
-])
+@pytest.mark.parametrize(
+    "flags, verdict",
+    [
+        (SIGCHLD, ALLOW),
+        (CLONE_THREAD_FLAGS, ALLOW),
+        (CLONE_NEWUSER | SIGCHLD, ERRNO | errno.EPERM),
+        (CLONE_NEWNET, ERRNO | errno.EPERM),
+        ((1 << 32) | SIGCHLD, ALLOW),  # high bits are ignored by the kernel too
+    ],
+)
 def test_clone_namespace_flags(flags, verdict):
     assert run_filter(filter_for(("x86_64",)), 56, X86, arg0=flags) == verdict
 
@@ -182,27 +198,43 @@ READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE, PER_BSD = 0x0400000, 0x0040000, 0x6
 
 
 @pytest.mark.parametrize("abi, arch", ABI_ARCHES)
-@pytest.mark.parametrize("persona, verdict", [
-    (0x0, ALLOW), (0x8, ALLOW), (0x20000, ALLOW), (0x20008, ALLOW), (0xFFFFFFFF, ALLOW),
-    (READ_IMPLIES_EXEC, ERRNO | errno.EPERM),
-    (ADDR_NO_RANDOMIZE, ERRNO | errno.EPERM),
-    (ADDR_NO_RANDOMIZE | 0x8, ERRNO | errno.EPERM),
-    (PER_BSD, ERRNO | errno.EPERM),
-    ((1 << 32) | READ_IMPLIES_EXEC, ERRNO | errno.EPERM),  # the kernel takes an unsigned int
-    ((1 << 32) | 0x8, ALLOW),
-])
+@pytest.mark.parametrize(
+    "persona, verdict",
+    [
+        (0x0, ALLOW),
+        (0x8, ALLOW),
+        (0x20000, ALLOW),
+        (0x20008, ALLOW),
+        (0xFFFFFFFF, ALLOW),
+        (READ_IMPLIES_EXEC, ERRNO | errno.EPERM),
+        (ADDR_NO_RANDOMIZE, ERRNO | errno.EPERM),
+        (ADDR_NO_RANDOMIZE | 0x8, ERRNO | errno.EPERM),
+        (PER_BSD, ERRNO | errno.EPERM),
+        ((1 << 32) | READ_IMPLIES_EXEC, ERRNO | errno.EPERM),  # the kernel takes an unsigned int
+        ((1 << 32) | 0x8, ALLOW),
+    ],
+)
 def test_personality_only_takes_what_docker_allows(abi, arch, persona, verdict):
     nr = security.SYSCALL_NUMBERS[abi]["personality"]
     assert run_filter(filter_for(FULL_FILTER[abi]), nr, arch, arg0=persona) == verdict
 
 
 @pytest.mark.parametrize("abi, arch", ABI_ARCHES)
-@pytest.mark.parametrize("family, verdict", [
-    (1, ALLOW), (2, ALLOW), (10, ALLOW), (16, ALLOW), (17, ALLOW), (39, ALLOW), (41, ALLOW),
-    (38, ERRNO | errno.EPERM),  # AF_ALG
-    (40, ERRNO | errno.EPERM),  # AF_VSOCK
-    ((1 << 32) | 38, ERRNO | errno.EPERM),
-])
+@pytest.mark.parametrize(
+    "family, verdict",
+    [
+        (1, ALLOW),
+        (2, ALLOW),
+        (10, ALLOW),
+        (16, ALLOW),
+        (17, ALLOW),
+        (39, ALLOW),
+        (41, ALLOW),
+        (38, ERRNO | errno.EPERM),  # AF_ALG
+        (40, ERRNO | errno.EPERM),  # AF_VSOCK
+        ((1 << 32) | 38, ERRNO | errno.EPERM),
+    ],
+)
 def test_socket_families(abi, arch, family, verdict):
     nr = security.SYSCALL_NUMBERS[abi]["socket"]
     assert run_filter(filter_for(FULL_FILTER[abi]), nr, arch, arg0=family) == verdict
@@ -228,7 +260,19 @@ def test_docker_capability_gated_syscalls_are_denied(abi, arch):
     """What Docker's profile refuses without CAP_SYSLOG, CAP_SYS_NICE, CAP_SYS_PTRACE, ..."""
     table = security.SYSCALL_NUMBERS[abi]
     program = filter_for(FULL_FILTER[abi])
-    for name in ("syslog", "mbind", "get_mempolicy", "set_mempolicy", "set_mempolicy_home_node",
-                 "migrate_pages", "move_pages", "kcmp", "pidfd_getfd", "process_madvise",
-                 "fanotify_init", "vhangup", "open_tree_attr"):
+    for name in (
+        "syslog",
+        "mbind",
+        "get_mempolicy",
+        "set_mempolicy",
+        "set_mempolicy_home_node",
+        "migrate_pages",
+        "move_pages",
+        "kcmp",
+        "pidfd_getfd",
+        "process_madvise",
+        "fanotify_init",
+        "vhangup",
+        "open_tree_attr",
+    ):
         assert run_filter(program, table[name], arch) == ERRNO | errno.EPERM, name

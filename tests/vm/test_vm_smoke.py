@@ -3,6 +3,7 @@
 One boot runs tests/vm/guest_checks.sh, which reports each capability the
 integration tests need; a second, short run checks the timeout path.
 """
+
 import os
 import subprocess
 from pathlib import Path
@@ -18,8 +19,7 @@ pytestmark = pytest.mark.vm
 
 
 def vm_test(*args, env=None):
-    return subprocess.run([str(VM_TEST), *args], capture_output=True, text=True,
-                          timeout=900, env=env)
+    return subprocess.run([str(VM_TEST), *args], capture_output=True, text=True, timeout=900, env=env)
 
 
 def parse_checks(stdout):
@@ -35,9 +35,18 @@ def parse_checks(stdout):
 @pytest.fixture(scope="module")
 def guest_run():
     caller_env = dict(os.environ, KIWI_VM_PASSED="from caller")
-    result = vm_test("--env", "KIWI_VM_SMOKE=a b'c", "--env", "KIWI_VM_PASSED",
-                     "--env", "RUN=must not disturb the guest's init",
-                     "--", "sh", str(GUEST_CHECKS), env=caller_env)
+    result = vm_test(
+        "--env",
+        "KIWI_VM_SMOKE=a b'c",
+        "--env",
+        "KIWI_VM_PASSED",
+        "--env",
+        "RUN=must not disturb the guest's init",
+        "--",
+        "sh",
+        str(GUEST_CHECKS),
+        env=caller_env,
+    )
     return result, parse_checks(result.stdout)
 
 
@@ -46,10 +55,19 @@ def test_exit_status_comes_back(guest_run):
     assert result.returncode == CHECKS_EXIT_STATUS, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("check", [
-    "cgroup2", "loop_ext4", "overlay", "unshare", "veth_bridge",
-    "reaping", "environment", "checkout_writable",
-])
+@pytest.mark.parametrize(
+    "check",
+    [
+        "cgroup2",
+        "loop_ext4",
+        "overlay",
+        "unshare",
+        "veth_bridge",
+        "reaping",
+        "environment",
+        "checkout_writable",
+    ],
+)
 def test_guest_capability(guest_run, check):
     result, checks = guest_run
     assert checks.get(check) == "ok", result.stdout + result.stderr
