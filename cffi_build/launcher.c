@@ -654,7 +654,7 @@ static int candidate_parents(const char *self, char bases[3][PATH_MAX], const ch
     if (me == 0) {
         data_folder(self, bases[n], PATH_MAX);
         subs[n] = ".runtime";
-        modes[n] = 0777;   /* the data folder as Python would make it (umask applies) */
+        modes[n] = 0700;   /* the data folder as Python makes it: root's alone */
         if (bases[n][0])
             n++;
         /* Only root can make folders here; in /tmp anyone could take the name first. */

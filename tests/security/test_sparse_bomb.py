@@ -23,9 +23,12 @@ MIB = 1 << 20
 
 
 def blocks_below(path: Path) -> int:
-    """Bytes really allocated under path (du, not the apparent sizes)."""
+    """Bytes really allocated under path (du, not the apparent sizes), leaving out
+    .runtime: the one-file launcher's unpacked copy of kiwi itself."""
     total = 0
     for dirpath, dirnames, filenames in os.walk(path):
+        if Path(dirpath) == path:
+            dirnames[:] = [d for d in dirnames if d != ".runtime"]
         for name in dirnames + filenames:
             total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
     return total
