@@ -620,13 +620,13 @@ class _MemberRouter:
         relpath = self.relpath(member.name)
         base = relpath.rsplit("/", 1)[-1]
         if self.part == "upper" and base.startswith(WHITEOUT_PREFIX):
-            self.add_whiteout(relpath, base)
+            self.add_whiteout(relpath, base, member.mtime)
         elif member.islnk():
             self.extractor.add(tar, member, relpath=relpath, linkpath=self.relpath(member.linkname))
         else:
             self.extractor.add(tar, member, relpath=relpath)
 
-    def add_whiteout(self, relpath, base):
+    def add_whiteout(self, relpath, base, mtime=None):
         parent = relpath[: -len(base)].rstrip("/")
         if base == OPAQUE_MARKER:
             self.extractor.set_opaque(parent)
@@ -634,7 +634,7 @@ class _MemberRouter:
         target = base[len(WHITEOUT_PREFIX) :]
         if target in ("", ".", "..") or target.startswith(WHITEOUT_PREFIX):
             raise KiwiError(f"the archive has an invalid whiteout {relpath!r}")
-        self.extractor.add_whiteout(_join(parent, target))
+        self.extractor.add_whiteout(_join(parent, target), mtime)
 
 
 def _check_end(stream):

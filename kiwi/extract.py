@@ -666,7 +666,7 @@ class Extractor:
                 ) from None
             raise KiwiError(f"cannot extract {member.name!r} into {self.dest}: {e.strerror}") from None
 
-    def add_whiteout(self, relpath: str) -> None:
+    def add_whiteout(self, relpath: str, mtime: float | None = None) -> None:
         rel = self._whiteout_path(relpath)
         parent, leaf = self._locate(rel, relpath)
         try:
@@ -677,6 +677,9 @@ class Extractor:
                 relpath,
                 lambda: os.mknod(leaf, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent),
             )
+            if mtime is not None:  # the archive's time, as for every other member
+                ns = int(mtime * 1_000_000_000)
+                os.utime(leaf, ns=(ns, ns), dir_fd=parent, follow_symlinks=False)
         except OSError as e:
             raise KiwiError(f"cannot create whiteout {relpath!r} in {self.dest}: {e.strerror}") from None
         self.stats.whiteouts += 1

@@ -63,23 +63,24 @@ def test_bad_go_settings_are_refused(config):
 
 
 def test_claim_keeps_a_free_wanted_address():
+    """An adopted container keeps its Go address when it is free (ipam.claim's pure steps)."""
     state = {}
-    assert ipam.claim_in(state, NET, "a" * 12, "10.44.0.10") == "10.44.0.10"
-    pool = state["subnets"][str(NET)]
+    pool = ipam.pool_of(state, NET)
+    assert ipam.can_take(pool, NET, "10.44.0.10", "f/" + "a" * 12)
+    ipam.take_exact(pool, NET, "10.44.0.10", "f/" + "a" * 12)
     assert pool["next"] == 11 and sorted(pool["free"]) == list(range(2, 10))
     # the skipped ones are handed out afterwards, lowest first
-    assert ipam.allocate_in(state, NET, "b" * 12) == "10.44.0.2"
+    assert ipam.allocate_in(state, NET, "f/" + "b" * 12) == "10.44.0.2"
     # a released address can be claimed back
     ipam.release_in(state, "10.44.0.2")
-    assert ipam.claim_in(state, NET, "c" * 12, "10.44.0.2") == "10.44.0.2"
+    assert ipam.can_take(pool, NET, "10.44.0.2", "f/" + "c" * 12)
 
 
 def test_claim_is_idempotent_and_never_steals():
     state = {}
-    ip = ipam.claim_in(state, NET, "a" * 12, "10.44.0.10")
-    assert ipam.claim_in(state, NET, "a" * 12, "10.44.0.99") == ip  # a resumed adoption
-    other = ipam.claim_in(state, NET, "b" * 12, "10.44.0.10")  # taken: the next free one
-    assert other not in (ip, "10.44.0.1")
-    for wanted in ("10.45.0.7", "10.44.0.1", "10.44.0.255", "10.44.0.0", "nonsense", None):
-        got = ipam.claim_in(state, NET, wanted or "x" * 12, wanted)
-        assert got != wanted
+    pool = ipam.pool_of(state, NET)
+    ipam.take_exact(pool, NET, "10.44.0.10", "f/" + "a" * 12)
+    assert ipam.can_take(pool, NET, "10.44.0.10", "f/" + "a" * 12)  # a resumed adoption
+    assert not ipam.can_take(pool, NET, "10.44.0.10", "f/" + "b" * 12)  # taken: never stolen
+    for wanted in ("10.45.0.7", "10.44.0.1", "10.44.0.255", "10.44.0.0", "nonsense"):
+        assert not ipam.can_take(pool, NET, wanted, "f/" + "x" * 12)
