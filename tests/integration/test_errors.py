@@ -187,8 +187,9 @@ def test_permission_denied_says_root_only_to_others(kiwi):
             text=True,
             timeout=60,
         )
-        line = assert_one_line(done, "Permission denied")
-        assert "sudo kiwi" in line and str(top / "kiwi-data" / "containers") in line
+        # The data folder is root's alone (0700 inside): one line that says so.
+        line = assert_one_line(done, "readable by root only")
+        assert "sudo" in line and str(top / "kiwi-data") in line
         # As root the same folder is readable: no advice to become root.
         assert kiwi("list", env={"KIWI_ROOT": str(top / "kiwi-data")}).stderr == ""
     finally:
@@ -393,12 +394,17 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(small_disk, busybox_tar):
     assert_one_line(kiwi("create", "busybox", check=False), "more than the whole filesystem")
     fill(kiwi.root.parent)
     before = state_of(kiwi)
-    assert_one_line(kiwi("create", "busybox", "--storage", "host", check=False), "No space left")
-    assert_one_line(kiwi("set", "c", "--memory", "256M", check=False), "No space left")
-    assert_one_line(kiwi("attach", "c", "--", "true", check=False), "No space left")
-    assert kiwi.json("list", "containers")[0]["status"] == "stopped"
-    assert_one_line(kiwi("snap", "c", "s", check=False), "No space left")
-    assert_one_line(kiwi("commit", "c", "copy", check=False), "No space left")
-    assert_one_line(kiwi("import", "--name", "again", busybox_tar, check=False), "No space left")
+    for args in (
+        ("create", "busybox", "--storage", "host"),
+        ("set", "c", "--memory", "256M"),
+        ("attach", "c", "--", "true"),
+        ("snap", "c", "s"),
+        ("commit", "c", "copy"),
+        ("import", "--name", "again", busybox_tar),
+    ):
+        line = assert_one_line(kiwi(*args, check=False), "")
+        assert any(w in line for w in ("No space left", "disk is full", "free some space")), (args, line)
+        if args[0] == "attach":
+            assert kiwi.json("list", "containers")[0]["status"] == "stopped"
     assert state_of(kiwi) == before
     assert kiwi.json("list", "containers")[0]["memory"] is None
