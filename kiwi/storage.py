@@ -66,8 +66,11 @@ def run_tool(argv: list[str], what: str, lock_fd: int | None = None) -> str:
 
 
 def extend_file(img: Path, size: int, sparse: bool) -> None:
-    """Make img size bytes long; unless sparse, reserve every byte on the host now."""
-    check_fits(img.parent, size)
+    """Make img size bytes long; unless sparse, reserve every byte on the host now.
+    Sparse is the user's explicit opt-in to overcommit (thin provisioning): only a
+    reserved image is refused for being larger than the whole filesystem."""
+    if not sparse:
+        check_fits(img.parent, size)
     try:
         _extend_open_file(img, size, sparse)
     except OSError as e:
