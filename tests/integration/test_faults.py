@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -70,18 +71,25 @@ def test_killed_snap_and_commit_never_leave_the_container_frozen(kiwi, busybox):
         started = time.monotonic()
         kiwi(command, cid, target, timeout=300)
         took[command] = time.monotonic() - started
-    plans = (
-        [("snap", signal.SIGKILL, f) for f in (0.3, 0.45, 0.6, 0.75, 0.9)]
-        + [("commit", signal.SIGKILL, f) for f in (0.4, 0.6, 0.8)]
-        + [
+    caught_frozen = unwound = 0
+
+    def plans():
+        yield from [("snap", signal.SIGKILL, f) for f in (0.3, 0.45, 0.6, 0.75, 0.9)]
+        yield from [("commit", signal.SIGKILL, f) for f in (0.4, 0.6, 0.8)]
+        yield from [
             (cmd, sig, f)
             for cmd in ("snap", "commit")
             for sig in (signal.SIGTERM, signal.SIGHUP)
             for f in (0.5, 0.8)
         ]
-    )
-    caught_frozen = unwound = 0
-    for n, (command, sig, fraction) in enumerate(plans):
+        rng = random.Random(13)
+        for _ in range(16):  # the load on the machine moves the window: go on until the faults landed
+            if caught_frozen >= 2 and unwound >= 2:
+                return
+            sig = signal.SIGKILL if caught_frozen < 2 else rng.choice((signal.SIGTERM, signal.SIGHUP))
+            yield rng.choice(("snap", "commit")), sig, rng.uniform(0.3, 0.9)
+
+    for n, (command, sig, fraction) in enumerate(plans()):
         target = f"s{n}" if command == "snap" else f"img{n}"
         after = fraction * took[command]
         done = signal_midway(kiwi, [command, cid, target], after, sig)
@@ -177,10 +185,15 @@ def test_killed_resize_is_finished_by_the_next_command(kiwi, busybox):
         started = time.monotonic()
         kiwi("set", cid, "--storage", size, timeout=300)
         took = max(took, time.monotonic() - started)
-    sizes = ["2G", "4G", "2G", "3G", "2G", "4G", "2G", "3G"]
-    delays = [f * took for f in (0.3, 0.45, 0.55, 0.65, 0.75, 0.85, 0.5, 0.7)]
+    fractions = [0.3, 0.45, 0.55, 0.65, 0.75, 0.85, 0.5, 0.7]
+    rng = random.Random(7)
     interrupted, before = 0, 3 * GIB
-    for n, (size, after) in enumerate(zip(sizes, delays)):
+    for n in range(len(fractions) + 12):
+        if n >= len(fractions):  # the load on the machine moves the window: go on until kills landed
+            if interrupted >= 2:
+                break
+            fractions.append(rng.uniform(0.3, 0.9))
+        size, after = ("2G", "4G", "2G", "3G")[n % 4], fractions[n] * took
         signal_midway(kiwi, ["set", cid, "--storage", size], after, signal.SIGKILL)
         journaled = (kiwi.root / "containers" / cid / "resize.json").exists()
         interrupted += journaled
