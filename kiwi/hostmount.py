@@ -97,20 +97,34 @@ def mount(store: Store, cid: str, target: str) -> str:
             )
         path = check_target(store, target)
         store.runtime_dir(cid).mkdir(mode=0o700, parents=True, exist_ok=True)
-        record = runtime.read_runtime(store, cid)
-        if record:
-            privatens.run(clone_live_root, record["init_pid"], path, private_namespace=False)
-        else:
-            from .storage_ops import finish_interrupted_change
-
-            config = store.container_config(cid)
-            finish_interrupted_change(store, config)
-            lower = str(store.image_dir(config["image"]) / "rootfs")
-            privatens.run(mount_stopped_overlay, store, cid, lower, path)
+        # Recorded before the mount appears: a kiwi killed right after it must not
+        # leave a mount of the container's filesystem that no command knows of.
+        atomic_write_json(runtime.mount_file(store, cid), {"target": path, "mount_id": None}, 0o600)
+        try:
+            mount_container(store, cid, path)
+        except BaseException:
+            if mount_id_of(path) is None:
+                runtime.mount_file(store, cid).unlink(missing_ok=True)
+            raise
         atomic_write_json(
             runtime.mount_file(store, cid), {"target": path, "mount_id": mount_id_of(path)}, 0o600
         )
         return path
+
+
+def mount_container(store: Store, cid: str, path: str) -> None:
+    from . import runtime
+
+    record = runtime.read_runtime(store, cid)
+    if record:
+        privatens.run(clone_live_root, record["init_pid"], path, private_namespace=False)
+    else:
+        from .storage_ops import finish_interrupted_change
+
+        config = store.container_config(cid)
+        finish_interrupted_change(store, config)
+        lower = str(store.image_dir(config["image"]) / "rootfs")
+        privatens.run(mount_stopped_overlay, store, cid, lower, path)
 
 
 def clone_live_root(init_pid: int, target: str) -> None:
@@ -171,7 +185,8 @@ def unmount(store: Store, cid: str) -> str:
         except FileNotFoundError:
             raise KiwiError(f"container {cid} is not mounted") from None
         target = record.get("target")
-        if target and mount_id_of(target) == record.get("mount_id"):
+        recorded = record.get("mount_id")
+        if target and mount_id_of(target) is not None and recorded in (None, mount_id_of(target)):
             try:
                 sc.umount(target, 0)
             except OSError as e:

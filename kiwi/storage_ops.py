@@ -33,6 +33,7 @@ def change_storage(store, config: dict, new_size: int | None, running: bool) -> 
     current = config.get("storage")
     if running:
         return change_running(store, config, new_size)
+    refuse_if_mounted(store, cid)
     try:
         pending = read_intent(cdir)
     except KiwiError:
@@ -64,6 +65,14 @@ def change_running(store, config: dict, new_size: int | None) -> list[str]:
     grow_online(store, cid, new_size, config.get("storage_sparse", False))
     commit_size(store, config, new_size)
     return [f"storage grown to {format_size(new_size)} while running"]
+
+
+def refuse_if_mounted(store, cid: str) -> None:
+    """`kiwi mount` keeps the filesystem mounted: resizing it underneath would corrupt it."""
+    from . import runtime
+    target = runtime.read_mount(store, cid)
+    if target:
+        raise KiwiError(f"container {cid} is mounted at {target}; run 'kiwi unmount {cid}' first")
 
 
 def intent_path(cdir):
@@ -146,6 +155,7 @@ def finish_interrupted_change(store, config: dict) -> bool:
     pending = read_intent(cdir)
     if pending is None or runtime.read_runtime(store, config["id"]):
         return False
+    refuse_if_mounted(store, config["id"])
     try:
         bring_state_to(store, config, pending["new"])
     except KiwiError as e:
