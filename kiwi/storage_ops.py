@@ -70,6 +70,7 @@ def change_running(store, config: dict, new_size: int | None) -> list[str]:
 def refuse_if_mounted(store, cid: str) -> None:
     """`kiwi mount` keeps the filesystem mounted: resizing it underneath would corrupt it."""
     from . import runtime
+
     target = runtime.read_mount(store, cid)
     if target:
         raise KiwiError(f"container {cid} is mounted at {target}; run 'kiwi unmount {cid}' first")
