@@ -4,8 +4,8 @@ import socket
 
 import pytest
 
-from kiwi import sessionproto as proto
-from kiwi.sessionproto import DATA, EXIT, HEADER, HELLO, MAX_PAYLOAD, FrameReader, ProtocolError
+from kiwi.sessions import proto
+from kiwi.sessions.proto import DATA, EXIT, HEADER, HELLO, MAX_PAYLOAD, FrameReader, ProtocolError
 
 FRAMES = [
     (HELLO, b'{"rows": 24, "cols": 80, "takeover": false}'),

@@ -1,4 +1,4 @@
-"""The framed protocol between a session daemon and its clients.
+"""The framed protocol between a session daemon and its clients, over a root-only Unix socket.
 
 Every frame is a 1-byte type, a 4-byte big-endian payload length and the
 payload. Terminal bytes travel in DATA frames, so control messages (resize,
@@ -15,9 +15,12 @@ A connection starts with one request frame from the client:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
 import struct
+from pathlib import Path
 
 HELLO, REPLAY, DATA, RESIZE, DETACH, EXIT, REFUSED, STATUS, KILL = range(1, 10)
 NAMES = {
@@ -107,3 +110,43 @@ def recv_frame(sock: socket.socket, reader: FrameReader, pending: list) -> tuple
             return None
         pending.extend(reader.feed(data))
     return pending.pop(0)
+
+
+# --- sockets ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def short_address(path: Path):
+    """Unix socket paths are limited to 108 bytes; reach the file through an fd of its folder."""
+    dir_fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{dir_fd}/{path.name}"
+    finally:
+        os.close(dir_fd)
+
+
+def connect(path: Path, timeout: float) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    try:
+        with short_address(path) as address:
+            sock.connect(address)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def listen(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    with short_address(path) as address:
+        sock.bind(address)
+    os.chmod(path, 0o600)
+    sock.listen(8)
+    sock.setblocking(False)
+    return sock
+
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
