@@ -4,6 +4,7 @@ start-up fast."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -326,7 +327,8 @@ def cmd_attach(args) -> int:
             raise KiwiError("--old takes only a session id: kiwi attach --old <session>")
         from . import sessions
 
-        return sessions.reattach(store, args.old, detach_key=args.detach_key, takeover=args.takeover)
+        session = sessions.reattach(store, args.old, detach_key=args.detach_key, takeover=args.takeover)
+        return attach_session(session, "reattached to session")
     if not args.container:
         raise KiwiError("which container? kiwi attach <container> [-- command]")
     if args.cmd and not args.cmd[0]:
@@ -346,7 +348,37 @@ def cmd_attach(args) -> int:
         return runtime.run_attached(store, cid, args.cmd or None)
     from . import sessions
 
-    return sessions.new_session(store, cid, detach_key=args.detach_key)
+    return attach_session(sessions.new_session(store, cid, detach_key=args.detach_key), "session")
+
+
+def attach_session(session, what: str) -> int:
+    """Greet the session, announce it, relay this terminal; then say how it ended."""
+    with session:
+        warn(f"{what} {session.sid} (detach with {session.key_name})")
+        outcome = session.relay()
+    return session_ended(outcome, session.sid)
+
+
+def session_ended(outcome, sid: str) -> int:
+    """After the terminal is restored: say what happened, return the exit status."""
+    if outcome.how == "lost":
+        raise KiwiError(f"lost the connection to session {sid}: its daemon ended")
+    if outcome.how == "detached":
+        tell(f"kiwi: detached from session {sid}; reattach with: kiwi attach --old {sid}")
+    elif outcome.how == "taken-over":
+        tell(f"kiwi: {outcome.reason if outcome.reason is not None else f'detached from session {sid}'}")
+    elif outcome.how == "signal":
+        tell(
+            f"kiwi: detached from session {sid} (signal {outcome.signum}); reattach with: kiwi attach --old {sid}"
+        )
+    return outcome.status
+
+
+def tell(line: str) -> None:
+    """A message on the session's terminal (it may have been left mid-line), on a line of its own."""
+    with contextlib.suppress(OSError):
+        sys.stderr.write("\r\n" + line + "\n")
+        sys.stderr.flush()
 
 
 def cmd_sessions(args) -> int:

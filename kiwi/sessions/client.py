@@ -1,5 +1,6 @@
 """The session client: relays this terminal to a session's daemon until
-detach, shell exit, signal or lost daemon."""
+detach, shell exit, signal or lost daemon, and says how it ended (an Outcome);
+commands.py prints the banner and the closing line."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import select
 import signal
 import socket
-import sys
+from dataclasses import dataclass
 
 from ..errors import KiwiError
 from ..stdio import RawTerminal, SignalPipe, terminal_size, write_all
@@ -19,11 +20,37 @@ from .records import REQUEST_TIMEOUT, find_session, new_session_id, socket_path,
 from .tty import parse_detach_key, window_size
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How an attachment ended. how: "detached" (the detach key), "exited" (the shell
+    ended), "taken-over" (the daemon let go of this client: a takeover or the container
+    stopping; reason says which), "signal" (signum: hung up or terminated), "lost" (the
+    daemon is gone). status is what `kiwi attach` exits with."""
+
+    how: str
+    status: int = 0
+    reason: str | None = None
+    signum: int = 0
+
+
+def taken_over(info: dict) -> Outcome:
+    status = info.get("status", 0)
+    reason = info.get("reason")
+    return Outcome(
+        "taken-over",
+        status=status if isinstance(status, int) else 0,
+        reason=None if reason is None else str(reason),
+    )
+
+
+def signalled(signum: int) -> Outcome:
+    return Outcome("signal", status=128 + signum, signum=signum)
+
+
 class Client:
     """Relays this terminal to a session until detach, shell exit, signal or lost daemon.
 
-    run() returns an outcome: ("detached",), ("exit", status), ("detached-by", dict),
-    ("signal", signum) or ("lost",)."""
+    run() returns how it ended as an Outcome."""
 
     def __init__(self, sock: socket.socket, reader, pending: list, signals: SignalPipe, detach_byte: int):
         self.sock, self.reader, self.pending = sock, reader, pending
@@ -31,7 +58,7 @@ class Client:
         self.stdin_tty = os.isatty(0)
         self.stdin_open = True
 
-    def run(self) -> tuple:
+    def run(self) -> Outcome:
         outcome = self.handle_frames(self.pending)
         while outcome is None:
             poller = select.poll()
@@ -45,41 +72,41 @@ class Client:
                     break
         return outcome
 
-    def dispatch(self, fd: int) -> tuple | None:
+    def dispatch(self, fd: int) -> Outcome | None:
         if fd == self.signals.r:
             return self.handle_signals()
         if fd == 0:
             return self.read_stdin()
         return self.read_socket()
 
-    def read_socket(self) -> tuple | None:
+    def read_socket(self) -> Outcome | None:
         try:
             data = self.sock.recv(65536)
             frames = self.reader.feed(data) if data else None
         except (OSError, proto.ProtocolError):
             frames = None
         if frames is None:
-            return ("lost",)
+            return Outcome("lost")
         return self.handle_frames(frames)
 
-    def handle_frames(self, frames: list) -> tuple | None:
+    def handle_frames(self, frames: list) -> Outcome | None:
         for kind, payload in frames:
             if kind == proto.DATA:
                 write_all(1, payload)
             elif kind == proto.EXIT:
-                return ("exit", proto.unpack_exit(payload))
+                return Outcome("exited", status=proto.unpack_exit(payload))
             elif kind == proto.DETACH:
-                return ("detached-by", proto.unpack_json(payload))
+                return taken_over(proto.unpack_json(payload))
         return None
 
-    def read_stdin(self) -> tuple | None:
+    def read_stdin(self) -> Outcome | None:
         try:
             data = os.read(0, 65536)
         except OSError:
             data = b""
         if not data:
             if self.stdin_tty:  # a terminal reads nothing only when it hung up
-                return ("signal", signal.SIGHUP)
+                return signalled(signal.SIGHUP)
             self.stdin_open = False
             return self.send(proto.pack(proto.DATA, b"\x04"))  # end of piped input: Ctrl-D to the shell
         cut = data.find(bytes([self.detach_byte]))
@@ -88,81 +115,79 @@ class Client:
         if cut:
             self.send(proto.pack(proto.DATA, data[:cut]))
         self.send(proto.pack(proto.DETACH))
-        return ("detached",)
+        return Outcome("detached")
 
-    def handle_signals(self) -> tuple | None:
+    def handle_signals(self) -> Outcome | None:
         for signum in self.signals.read():
             if signum != signal.SIGWINCH:
-                return ("signal", signum)
+                return signalled(signum)
             size = terminal_size(0) or terminal_size(1)
             if size:
                 self.send(proto.pack_resize(*size))
         return None
 
-    def send(self, frame: bytes) -> tuple | None:
+    def send(self, frame: bytes) -> Outcome | None:
         try:
             self.sock.sendall(frame)
         except OSError:
-            return ("lost",)
+            return Outcome("lost")
         return None
 
 
-def attach_client(sock: socket.socket, sid: str, key: tuple[int, str], takeover: bool, banner: str) -> int:
-    """Say hello, get the replay (or a refusal), then relay in raw mode; the terminal is always restored."""
-    detach_byte, _ = key
-    with sock, SignalPipe() as signals:
+class Attachment:
+    """A session that greeted this client (the replay is here, or a refusal was raised);
+    relay() then gives it this terminal, in raw mode, until the attachment ends.
+    Use as a context manager: the socket and signal handlers go at its end."""
+
+    def __init__(self, sock: socket.socket, sid: str, key: tuple[int, str], takeover: bool):
+        self.sock, self.sid, self.takeover = sock, sid, takeover
+        self.detach_byte, self.key_name = key
+        self.reader, self.pending = proto.FrameReader(), []
+        self.replay = b""
+        self.stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Attachment:
+        with self.stack as stack:
+            stack.enter_context(self.sock)
+            self.signals = stack.enter_context(SignalPipe())
+            self.greet()
+            self.stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stack.close()
+
+    def greet(self) -> None:
+        """Say hello, get the replay or a refusal."""
         rows, cols = window_size()
-        reader, pending = proto.FrameReader(), []
+        hello = {"rows": rows, "cols": cols, "takeover": self.takeover}
         try:
-            sock.sendall(proto.pack_json(proto.HELLO, {"rows": rows, "cols": cols, "takeover": takeover}))
-            first = proto.recv_frame(sock, reader, pending)
+            self.sock.sendall(proto.pack_json(proto.HELLO, hello))
+            first = proto.recv_frame(self.sock, self.reader, self.pending)
         except (OSError, proto.ProtocolError):
             first = None
         if first is None:
-            raise KiwiError(f"session {sid} did not answer; see kiwi sessions <container>")
+            raise KiwiError(f"session {self.sid} did not answer; see kiwi sessions <container>")
         kind, payload = first
         if kind == proto.REFUSED:
             raise KiwiError(payload.decode(errors="replace"))
         if kind != proto.REPLAY:
-            raise KiwiError(f"session {sid} answered with an unexpected {proto.NAMES[kind]} frame")
-        sock.settimeout(None)
-        print(banner, file=sys.stderr, flush=True)
+            raise KiwiError(f"session {self.sid} answered with an unexpected {proto.NAMES[kind]} frame")
+        self.sock.settimeout(None)
+        self.replay = payload
+
+    def relay(self) -> Outcome:
+        """The replay, then the live session; the terminal is always restored."""
         with RawTerminal(0):
-            write_all(1, payload)
-            outcome = Client(sock, reader, pending, signals, detach_byte).run()
-    return report_outcome(outcome, sid)
-
-
-def report_outcome(outcome: tuple, sid: str) -> int:
-    """After the terminal is restored: say what happened, return the exit status."""
-    what = outcome[0]
-    if what == "exit":
-        return outcome[1]
-    if what == "lost":
-        raise KiwiError(f"lost the connection to session {sid}: its daemon ended")
-    if what == "detached":
-        tell(f"kiwi: detached from session {sid}; reattach with: kiwi attach --old {sid}")
-        return 0
-    if what == "detached-by":
-        info = outcome[1]
-        tell(f"kiwi: {info.get('reason', f'detached from session {sid}')}")
-        status = info.get("status", 0)
-        return status if isinstance(status, int) else 0
-    tell(f"kiwi: detached from session {sid} (signal {outcome[1]}); reattach with: kiwi attach --old {sid}")
-    return 128 + outcome[1]
-
-
-def tell(line: str) -> None:
-    """A message on the client's terminal, on a line of its own."""
-    with contextlib.suppress(OSError):
-        sys.stderr.write("\r\n" + line + "\n")
-        sys.stderr.flush()
+            write_all(1, self.replay)
+            return Client(self.sock, self.reader, self.pending, self.signals, self.detach_byte).run()
 
 
 # --- API used by commands.py -----------------------------------------------------------
 
 
-def new_session(store: Store, cid: str, detach_key: str = "ctrl-\\") -> int:
+def new_session(store: Store, cid: str, detach_key: str = "ctrl-\\") -> Attachment:
+    """Start a session daemon with a shell in the container; enter the result to greet it."""
     key = parse_detach_key(detach_key)
     sid = new_session_id(store, cid)
     term = os.environ.get("TERM") or None
@@ -171,10 +196,13 @@ def new_session(store: Store, cid: str, detach_key: str = "ctrl-\\") -> int:
     sock = proto.connect(socket_path(store, cid, sid), REQUEST_TIMEOUT)
     if sock is None:
         raise KiwiError(f"session {sid} started but does not accept connections; see kiwi sessions {cid}")
-    return attach_client(sock, sid, key, False, f"kiwi: session {sid} (detach with {key[1]})")
+    return Attachment(sock, sid, key, False)
 
 
-def reattach(store: Store, session_id: str, detach_key: str = "ctrl-\\", takeover: bool = False) -> int:
+def reattach(
+    store: Store, session_id: str, detach_key: str = "ctrl-\\", takeover: bool = False
+) -> Attachment:
+    """An existing session by id or prefix; enter the result to greet it."""
     key = parse_detach_key(detach_key)
     cid, sid = find_session(store, session_id)
     usable_record(store, cid, sid)
@@ -184,6 +212,4 @@ def reattach(store: Store, session_id: str, detach_key: str = "ctrl-\\", takeove
             f"session {sid} does not accept connections; try again, "
             f"or end it with: kiwi sessions {cid} --delete {sid}"
         )
-    return attach_client(
-        sock, sid, key, takeover, f"kiwi: reattached to session {sid} (detach with {key[1]})"
-    )
+    return Attachment(sock, sid, key, takeover)
