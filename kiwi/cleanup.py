@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 
-from . import runtime
+from . import runstate, runtime
 from .errors import KiwiError
 from .fstree import remove_tree
+from .proc import pid_alive
 from .store import Store
 
 
@@ -45,25 +46,25 @@ def clean_container(store: Store, cid: str, removed: list[str]) -> bool:
     """Returns True when the container is really running."""
     from . import freeze, loop, storage
 
-    if runtime.read_runtime(store, cid):
+    if runstate.read_runtime(store, cid):
         if freeze.thaw_unleased(store, cid):
             removed.append(f"freeze of container {cid} (its snap or commit was killed)")
         return True
-    had_record = runtime.runtime_file(store, cid).exists()
-    cgroup = runtime.container_cgroup(store, cid)
+    had_record = runstate.runtime_file(store, cid).exists()
+    cgroup = runstate.container_cgroup(store, cid)
     had_cgroup = cgroup.exists() and not cgroup.foreign()
     if had_record or had_cgroup:
         runtime.teardown(store, cid)
         removed.append(
             f"stale runtime of container {cid}" + (" (killed its leftover processes)" if had_cgroup else "")
         )
-    mount_record = runtime.mount_file(store, cid)
-    if mount_record.exists() and not runtime.read_mount(store, cid):
+    mount_record = runstate.mount_file(store, cid)
+    if mount_record.exists() and not runstate.read_mount(store, cid):
         mount_record.unlink()
         removed.append(f"stale mount record of container {cid}")
         runtime.teardown(store, cid)
     finish_storage_change(store, cid, removed)
-    if not runtime.read_mount(store, cid):
+    if not runstate.read_mount(store, cid):
         for dev in loop.find_by_backing_file(str(storage.image_path(store.container_dir(cid)))):
             with contextlib.suppress(OSError):
                 loop.detach(dev)
@@ -86,7 +87,7 @@ def clean_orphan_cgroups(store: Store, keep: set[str]) -> list[str]:
     for cid in cgroups.list_container_cgroups(store.folder_id()):
         if cid in keep:
             continue
-        cgroup = runtime.container_cgroup(store, cid)
+        cgroup = runstate.container_cgroup(store, cid)
         cgroup.kill_all()
         cgroup.remove()
         out.append(f"cgroup of container {cid}")
@@ -120,11 +121,6 @@ def clean_sessions(store: Store) -> list[str]:
     with contextlib.suppress(KiwiError, OSError):
         return sessions.cleanup(store)
     return []
-
-
-def pid_alive(pid: int) -> bool:
-    """A zombie (killed a moment ago, not yet reaped) is dead too."""
-    return runtime.process_start_time(pid) is not None
 
 
 def staging_owner(name: str) -> int | None:
@@ -215,7 +211,7 @@ def clean_abandoned_restores(store: Store) -> list[str]:
             used.add(store.container_config(cid).get("image"))
     for meta in images.list_images(store):
         owner = meta.get("restored_by")
-        if owner is None or runtime.owner_alive(owner):
+        if owner is None or runstate.owner_alive(owner):
             continue
         with contextlib.suppress(KiwiError, OSError):
             if meta["name"] in used:

@@ -243,6 +243,10 @@ def run(argv: list[str]) -> int:
         args.parser.print_help()
         return EXIT_OK
     require_root(args.command)
+    if args.command == "terminal":  # a front end like this one: it runs what is typed through run()
+        from . import terminal
+
+        return terminal.run_console(build_parser, run)
     from . import commands
 
     return getattr(commands, "cmd_" + args.command)(args)

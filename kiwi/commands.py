@@ -245,7 +245,7 @@ def cmd_create(args) -> int:
 
 
 def cmd_set(args) -> int:
-    from . import containers, runtime
+    from . import containers, runstate, runtime
 
     store = Store.open()
     cid = store.resolve_container(args.container)
@@ -266,7 +266,10 @@ def cmd_set(args) -> int:
         if args.sparse is not None:
             notes += storage_ops.change_reservation(store, config, args.sparse)
         if args.storage is not None:
-            notes += runtime.change_storage(store, config, containers.parse_storage(args.storage))
+            running = runstate.read_runtime(store, cid) is not None
+            notes += storage_ops.change_storage(
+                store, config, containers.parse_storage(args.storage), running
+            )
         containers.save_config(store, config)
         notes += runtime.apply_live(store, config, changed)
     for note in notes:
@@ -406,22 +409,22 @@ def cmd_sessions(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    from . import runtime
+    from . import runtime, sessions
 
     store = Store.open()
     cid = store.resolve_container(args.container)
     if args.time < 0:
         raise KiwiError("--time must be 0 or more seconds")
-    was_running = runtime.stop(store, cid, grace=args.time)
+    was_running = runtime.stop(store, cid, sessions.stop_all, grace=args.time)
     out(f"stopped {cid}" if was_running else f"{cid} is not running")
     return 0
 
 
 def cmd_cleanup(args) -> int:
-    from . import runtime
+    from . import cleanup
 
     store = Store.open()
-    removed = runtime.cleanup(store)
+    removed = cleanup.run(store)
     for line in removed:
         out(f"removed {line}")
     if not removed:
@@ -430,21 +433,21 @@ def cmd_cleanup(args) -> int:
 
 
 def cmd_mount(args) -> int:
-    from . import runtime
+    from . import hostmount
 
     store = Store.open()
     cid = store.resolve_container(args.container)
-    target = runtime.mount(store, cid, args.target)
+    target = hostmount.mount(store, cid, args.target)
     out(f"mounted {cid} at {target}")
     return 0
 
 
 def cmd_unmount(args) -> int:
-    from . import runtime
+    from . import hostmount
 
     store = Store.open()
     cid = store.resolve_container(args.container)
-    target = runtime.unmount(store, cid)
+    target = hostmount.unmount(store, cid)
     out(f"unmounted {cid} from {target}")
     return 0
 
@@ -483,16 +486,8 @@ def cmd_commit(args) -> int:
 # --- console and help ---------------------------------------------------------
 
 
-def cmd_terminal(args) -> int:
-    from . import terminal
-
-    return terminal.run_console()
-
-
 def cmd_help(args) -> int:
-    from .cli import build_parser
-
-    parser = build_parser()
+    parser = args.parser
     if not args.topic:
         parser.print_help()
         return 0

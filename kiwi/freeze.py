@@ -68,14 +68,14 @@ def signals_blocked():
 @contextlib.contextmanager
 def frozen_if_running(store: Store, cid: str):
     """Freeze a running container's processes for a consistent copy; thaw on every way out."""
-    from . import runtime
+    from . import runstate
 
-    if not runtime.read_runtime(store, cid):
+    if not runstate.read_runtime(store, cid):
         yield
         return
-    group = runtime.container_cgroup(store, cid)
+    group = runstate.container_cgroup(store, cid)
     with unwinding_signals():
-        atomic_write_json(lease_file(store, cid), runtime.own_identity(), mode=0o600)
+        atomic_write_json(lease_file(store, cid), runstate.own_identity(), mode=0o600)
         try:
             group.freeze()
             yield
@@ -91,7 +91,7 @@ def thaw_if_abandoned(store: Store, cid: str, locked: bool = False) -> bool:
 
     Under the container lock, so a new snap's fresh lease is never taken for
     the dead one; callers that hold the lock already pass locked=True."""
-    from .runtime import owner_alive
+    from .runstate import owner_alive
 
     lease = read_lease(store, cid)
     if lease is None or owner_alive(lease):
@@ -112,7 +112,7 @@ def thaw_if_abandoned(store: Store, cid: str, locked: bool = False) -> bool:
 
 
 def thaw_abandoned(store: Store, cid: str, lease: dict) -> bool:
-    from .runtime import container_cgroup
+    from .runstate import container_cgroup
 
     if read_lease(store, cid) != lease:
         return False  # another process dealt with it, or froze it anew
@@ -126,7 +126,7 @@ def thaw_abandoned(store: Store, cid: str, lease: dict) -> bool:
 
 def thaw_unleased(store: Store, cid: str) -> bool:
     """Under the container lock (cleanup): a frozen cgroup that no live lease explains."""
-    from .runtime import container_cgroup, owner_alive
+    from .runstate import container_cgroup, owner_alive
 
     if thaw_if_abandoned(store, cid, locked=True):
         return True

@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import stat
 import struct
 import tarfile
@@ -32,7 +31,6 @@ import types
 
 from .errors import KiwiError
 from .extract import UnsafeArchiveError
-from .store import NAME_RE
 
 SQUASHFS_MAGIC = b"hsqs"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -439,126 +437,3 @@ def add_tar_member(extractor, tar, member, rel, part, path) -> None:
     opaque = member.pax_headers.get("SCHILY.xattr.trusted.overlay.opaque")
     if upper and member.isdir() and rel and opaque == "y":
         extractor.set_opaque(rel)
-
-
-# ------------------------------------------------------------------ create
-
-
-def check_free_space(store, info: dict, path) -> None:
-    from .sizes import format_size
-
-    needed = sum(info["sizes"].values())
-    st = os.statvfs(store.root)
-    free = st.f_bavail * st.f_frsize
-    if needed > free:
-        raise KiwiError(
-            f"{path} declares {format_size(needed)} of files but only {format_size(free)}"
-            f" is free under {store.root}; free some space first"
-        )
-
-
-def find_image(store, identity: str) -> str | None:
-    """A local image restored or adopted from the same Go image."""
-    from . import images
-
-    for meta in images.list_images(store):
-        if meta.get("go_image") == identity:
-            return meta["name"]
-    return None
-
-
-def image_without_rootfs(store, info: dict, path) -> str | None:
-    """An archive without rootfs uses the local image of the same name, or is refused."""
-    from . import images
-
-    if info["has_rootfs"]:
-        return None
-    name = info["manifest"].get("name")
-    if isinstance(name, str) and NAME_RE.match(name) and images.image_exists(store, name):
-        return name
-    raise KiwiError(
-        f"{path} holds no rootfs (an older Go Kiwi snapshot) and there is no image"
-        f" {name!r} here; import that image first (kiwi import --name NAME rootfs.tar.xz)"
-    )
-
-
-def restore_image(store, path, fmt, info: dict, progress=None) -> str:
-    from . import privatens
-    from .containers import now_iso
-    from .snapshots import free_image_name
-    from .store import atomic_write_json, fsync_dir
-
-    manifest, identity = info["manifest"], info["identity"]
-    base = str(manifest.get("name") or info["meta"].get("image_name") or "restored")
-    store.ensure_layout()
-    staging = store.tmp_dir / f"restore-{os.getpid()}-go{identity[:12]}"
-    try:
-        os.mkdir(staging, 0o755)
-        privatens.run(extract_part, str(path), fmt, ROOTFS, str(staging / "rootfs"))
-        with store.lock():
-            try:
-                name = free_image_name(store, base, identity)
-            except KiwiError:
-                name = free_image_name(store, "restored", identity)
-            atomic_write_json(
-                staging / "image.json",
-                {
-                    "name": name,
-                    "source": os.path.abspath(path),
-                    "sha256": None,
-                    "size": info["sizes"][ROOTFS] or None,
-                    "created": now_iso(),
-                    "files": None,
-                    "go_image": identity,
-                },
-            )
-            os.rename(staging, store.image_dir(name))
-            fsync_dir(store.images_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return name
-
-
-def create_container(store, path, name=None, storage_text=None, progress=None) -> dict:
-    """`kiwi create file.kiwi` for a file the Go program wrote."""
-    from . import containers, gokiwi, privatens, storage
-    from .sizes import format_size
-    from .snapshots import checked_settings, extract_upper
-
-    fmt = archive_format(path)
-    info = read_info(path, fmt)
-    store.ensure_layout()
-    config = info["config"] if info["meta"]["kind"] == "container" else {}
-    settings = checked_settings(gokiwi.settings_from_go(config, path), path)
-    if storage_text is None and config:
-        storage_text = "host" if settings["storage"] is None else str(settings["storage"])
-    size = containers.parse_storage(storage_text)
-    needed = info["sizes"][UPPER]
-    if size is not None and needed + storage.GIB // 8 > size:
-        raise KiwiError(
-            f"storage {format_size(size)} is too small for the archive's"
-            f" {format_size(needed)} of changes; give --storage"
-            f" {format_size(needed + storage.GIB)} or more"
-        )
-    check_free_space(store, info, path)
-    reused = find_image(store, info["identity"]) or image_without_rootfs(store, info, path)
-    image = reused or restore_image(store, path, fmt, info, progress)
-
-    def populate(staging, new_config):
-        if info["meta"]["kind"] == "container":
-            privatens.run(extract_upper, str(staging), path, progress)  # reads state/upper
-            with contextlib.suppress(FileNotFoundError):
-                os.rmdir(os.path.join(staging, "mnt"))
-
-    settings.pop("storage", None)
-    try:
-        return containers.create(
-            store, image, name=name, storage_text=storage_text, settings=settings, populate=populate
-        )
-    except BaseException:
-        if not reused:
-            from . import images
-
-            with contextlib.suppress(KiwiError, OSError):
-                images.delete_image(store, image)
-        raise

@@ -122,7 +122,7 @@ def refuse_symlinked_layout(store) -> None:
 
 def running_go_containers(store) -> list[str]:
     """Go ids the old program still runs (runtime.json running + live pid) or still mounts."""
-    from .cleanup import pid_alive
+    from .proc import pid_alive
 
     runtime_root = store.mounts_dir / "containers"
     found = []

@@ -87,10 +87,10 @@ def mount_id_of(path: str) -> int | None:
 
 
 def mount(store: Store, cid: str, target: str) -> str:
-    from . import runtime
+    from . import runstate
 
     with store.container_lock(cid):
-        existing = runtime.read_mount(store, cid)
+        existing = runstate.read_mount(store, cid)
         if existing:
             raise KiwiError(
                 f"container {cid} is already mounted at {existing}; run 'kiwi unmount {cid}' first"
@@ -99,23 +99,23 @@ def mount(store: Store, cid: str, target: str) -> str:
         store.runtime_dir(cid).mkdir(mode=0o700, parents=True, exist_ok=True)
         # Recorded before the mount appears: a kiwi killed right after it must not
         # leave a mount of the container's filesystem that no command knows of.
-        atomic_write_json(runtime.mount_file(store, cid), {"target": path, "mount_id": None}, 0o600)
+        atomic_write_json(runstate.mount_file(store, cid), {"target": path, "mount_id": None}, 0o600)
         try:
             mount_container(store, cid, path)
         except BaseException:
             if mount_id_of(path) is None:
-                runtime.mount_file(store, cid).unlink(missing_ok=True)
+                runstate.mount_file(store, cid).unlink(missing_ok=True)
             raise
         atomic_write_json(
-            runtime.mount_file(store, cid), {"target": path, "mount_id": mount_id_of(path)}, 0o600
+            runstate.mount_file(store, cid), {"target": path, "mount_id": mount_id_of(path)}, 0o600
         )
         return path
 
 
 def mount_container(store: Store, cid: str, path: str) -> None:
-    from . import runtime
+    from . import runstate
 
-    record = runtime.read_runtime(store, cid)
+    record = runstate.read_runtime(store, cid)
     if record:
         privatens.run(clone_live_root, record["init_pid"], path, private_namespace=False)
     else:
@@ -175,13 +175,13 @@ def mount_stopped_overlay(store: Store, cid: str, lower: str, target: str) -> No
 
 
 def unmount(store: Store, cid: str) -> str:
-    from . import runtime
+    from . import runstate, runtime
     from . import syscalls as sc
     from .store import read_json
 
     with store.container_lock(cid):
         try:
-            record = read_json(runtime.mount_file(store, cid))
+            record = read_json(runstate.mount_file(store, cid))
         except FileNotFoundError:
             raise KiwiError(f"container {cid} is not mounted") from None
         target = record.get("target")
@@ -193,7 +193,7 @@ def unmount(store: Store, cid: str) -> str:
                 raise KiwiError(
                     f"cannot unmount {target}: {e.strerror}; close files and shells using it"
                 ) from None
-        os.unlink(runtime.mount_file(store, cid))
-        if not runtime.read_runtime(store, cid):
+        os.unlink(runstate.mount_file(store, cid))
+        if not runstate.read_runtime(store, cid):
             runtime.teardown(store, cid)
         return target or "-"

@@ -26,7 +26,11 @@ import stat
 from pathlib import Path
 
 from .errors import KiwiError
-from .store import Store, atomic_write_json, flock, read_json
+from .files import atomic_write_json, flock, read_json
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from .store import Store
 
 HOST_DIR_ENV = "KIWI_HOST_DIR"
 DEFAULT_HOST_DIR = "/var/lib/kiwi"

@@ -15,10 +15,13 @@ import os
 import signal
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import KiwiError
-from .store import Store, atomic_write_json, read_json
+from .proc import process_start_time, wait_exit_code
+from .runstate import container_cgroup, mount_file, read_mount, read_runtime, runtime_file
+from .store import Store, atomic_write_json
 
 SHELLS = [
     "/bin/bash",
@@ -36,79 +39,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_PIDS_MAX = 1024
 
 
-# --- runtime records ------------------------------------------------------------
-
-
-def runtime_file(store: Store, cid: str) -> Path:
-    return store.runtime_dir(cid) / "runtime.json"
-
-
-def mount_file(store: Store, cid: str) -> Path:
-    return store.runtime_dir(cid) / "mount.json"
-
-
-def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat: tells a live init from a recycled pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2 :].split()
-    if fields[0] == b"Z":
-        return None
-    return int(fields[19])
-
-
-def own_identity() -> dict:
-    """Who is doing something (a freeze lease, a restore): pid + start time."""
-    return {"pid": os.getpid(), "start_time": process_start_time(os.getpid())}
-
-
-def owner_alive(identity) -> bool:
-    """A dead, zombie or recycled pid is not the owner any more."""
-    if not isinstance(identity, dict):
-        return False
-    pid = identity.get("pid")
-    return isinstance(pid, int) and pid > 0 and process_start_time(pid) == identity.get("start_time")
-
-
-def read_runtime(store: Store, cid: str) -> dict | None:
-    """The runtime record if its init is alive, else None."""
-    try:
-        record = read_json(runtime_file(store, cid))
-    except (FileNotFoundError, KiwiError, PermissionError):
-        return None
-    pid = record.get("init_pid")
-    if not isinstance(pid, int) or pid <= 1:
-        return None
-    if process_start_time(pid) != record.get("init_start_time"):
-        return None
-    if record.get("root", store.real_root) != store.real_root:
-        return None  # a record copied along with the folder: the init is the original's
-    return record
-
-
-def container_cgroup(store: Store, cid: str):
-    from . import cgroups
-
-    return cgroups.Cgroup.for_container(cid, store.folder_id())
-
-
-def read_mount(store: Store, cid: str) -> str | None:
-    try:
-        target = read_json(mount_file(store, cid)).get("target")
-    except (FileNotFoundError, KiwiError, PermissionError):
-        return None
-    return target if target and is_mountpoint(target) else None
-
-
-def is_mountpoint(path: str) -> bool:
-    try:
-        with open("/proc/self/mountinfo") as f:
-            return any(line.split()[4] == path for line in f)
-    except OSError:
-        return False
+# --- runtime records (kiwi/runstate.py) -------------------------------------------------
 
 
 def status(store: Store, cid: str) -> dict:
@@ -571,20 +502,6 @@ def spawn_helper(memfd: int, layout: list[int], argv: list[str], env: dict) -> i
             os.close(fd)
 
 
-def wait_exit_code(pid: int) -> int:
-    while True:
-        try:
-            return exit_code_of(os.waitpid(pid, 0)[1])
-        except InterruptedError:
-            continue
-
-
-def exit_code_of(wstatus: int) -> int:
-    if os.WIFSIGNALED(wstatus):
-        return 128 + os.WTERMSIG(wstatus)
-    return os.waitstatus_to_exitcode(wstatus)
-
-
 def run_attached(store: Store, cid: str, argv: list[str] | None) -> int:
     """Run argv (or a shell) with this process's stdio, relayed; returns its exit status."""
     from . import stdio
@@ -607,15 +524,18 @@ def wait_for_exit(pid: int, start_time: int | None, timeout: float) -> bool:
     return process_start_time(pid) != start_time
 
 
-def stop(store: Store, cid: str, grace: float = 10) -> bool:
-    """SIGTERM to the init (it forwards to everyone), then kill after the grace period."""
+def stop(store: Store, cid: str, stop_sessions: Callable[[Store, str], None], grace: float = 10) -> bool:
+    """SIGTERM to the init (it forwards to everyone), then kill after the grace period.
+    stop_sessions(store, cid) ends the container's session daemons first (sessions.stop_all:
+    the runtime sits below the sessions and does not import them)."""
     with store.container_lock(cid):
         record = read_runtime(store, cid)
         if record:
             from . import freeze
 
             freeze.thaw_unleased(store, cid)  # a frozen init never sees its SIGTERM
-        stop_sessions(store, cid)
+        with contextlib.suppress(KiwiError, OSError):
+            stop_sessions(store, cid)
         if record:
             pid, start_time = record["init_pid"], record["init_start_time"]
             with contextlib.suppress(ProcessLookupError):
@@ -629,14 +549,6 @@ def stop(store: Store, cid: str, grace: float = 10) -> bool:
                 wait_for_exit(pid, start_time, 5)
         teardown(store, cid)
         return record is not None
-
-
-def stop_sessions(store: Store, cid: str) -> None:
-    with contextlib.suppress(ImportError):
-        from . import sessions
-
-        with contextlib.suppress(KiwiError, OSError):
-            sessions.stop_all(store, cid)
 
 
 def teardown(store: Store, cid: str, release_network: bool = True) -> None:
@@ -677,12 +589,6 @@ def forget(store: Store, cid: str) -> None:
         os.unlink(store.locks_dir / f"{cid}.lock")
 
 
-def cleanup(store: Store) -> list[str]:
-    from . import cleanup as c
-
-    return c.run(store)
-
-
 # --- settings on a running container ---------------------------------------------------
 
 
@@ -697,26 +603,3 @@ def apply_live(store: Store, config: dict, changed: list[str]) -> list[str]:
     if "network" in changed:
         notes.append("the network change applies at the next start (kiwi stop, then attach)")
     return notes
-
-
-def change_storage(store: Store, config: dict, new_size: int | None) -> list[str]:
-    from . import storage_ops
-
-    return storage_ops.change_storage(
-        store, config, new_size, running=read_runtime(store, config["id"]) is not None
-    )
-
-
-# --- host-visible mount ------------------------------------------------------------------
-
-
-def mount(store: Store, cid: str, target: str) -> str:
-    from . import hostmount
-
-    return hostmount.mount(store, cid, target)
-
-
-def unmount(store: Store, cid: str) -> str:
-    from . import hostmount
-
-    return hostmount.unmount(store, cid)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 
 from . import privatens
@@ -16,7 +17,7 @@ from .errors import KiwiError
 from .freeze import frozen_if_running
 from .fstree import remove_tree
 from .storage_ops import finish_interrupted_change
-from .store import Store, atomic_write_json, read_json, validate_container_name, validate_name
+from .store import NAME_RE, Store, atomic_write_json, read_json, validate_container_name, validate_name
 
 EXPORTED_SETTINGS = ("memory", "cpu", "storage", "network", "shell")
 
@@ -121,7 +122,7 @@ def find_identical_image(store: Store, manifest: dict) -> tuple[str | None, bool
 
 def take_over_restored(store: Store, image: str) -> bool:
     """Claim an image whose restoring create died before its container existed."""
-    from .runtime import own_identity, owner_alive
+    from .runstate import own_identity, owner_alive
 
     path = store.image_dir(image) / "image.json"
     with store.lock():
@@ -158,7 +159,7 @@ def free_image_name(store: Store, base: str, digest: str) -> str:
 def restore_image(store: Store, path: str, manifest: dict, progress=None) -> str:
     """Extract the archive's rootfs as a new image (staged, then renamed)."""
     from . import archive
-    from .runtime import own_identity
+    from .runstate import own_identity
 
     digest = archive.image_content_hash(manifest)
     base = manifest.get("image", {}).get("name") or "restored"
@@ -198,7 +199,7 @@ def create_from_archive(
     from . import goarchive
 
     if goarchive.archive_format(path):  # written by the original Go Kiwi
-        config = goarchive.create_container(store, path, name, storage_text, progress)
+        config = create_from_go_archive(store, path, name, storage_text, progress)
         if overrides:  # the command line's --memory/--cpu/--network win, as for .kiwi files
             with store.container_lock(config["id"]):
                 config.update(overrides)
@@ -437,3 +438,124 @@ def tree_size(path: str) -> int:
     from .fstree import walk_stats
 
     return sum(st.st_size for _fd, _name, st in walk_stats(path) if not stat.S_ISDIR(st.st_mode))
+
+
+# --- .kiwi files the original Go Kiwi wrote (read by kiwi/goarchive.py) --------------------
+
+
+def check_go_free_space(store, info: dict, path) -> None:
+    from .sizes import format_size
+
+    needed = sum(info["sizes"].values())
+    st = os.statvfs(store.root)
+    free = st.f_bavail * st.f_frsize
+    if needed > free:
+        raise KiwiError(
+            f"{path} declares {format_size(needed)} of files but only {format_size(free)}"
+            f" is free under {store.root}; free some space first"
+        )
+
+
+def find_go_image(store, identity: str) -> str | None:
+    """A local image restored or adopted from the same Go image."""
+    from . import images
+
+    for meta in images.list_images(store):
+        if meta.get("go_image") == identity:
+            return meta["name"]
+    return None
+
+
+def go_image_without_rootfs(store, info: dict, path) -> str | None:
+    """An archive without rootfs uses the local image of the same name, or is refused."""
+    from . import images
+
+    if info["has_rootfs"]:
+        return None
+    name = info["manifest"].get("name")
+    if isinstance(name, str) and NAME_RE.match(name) and images.image_exists(store, name):
+        return name
+    raise KiwiError(
+        f"{path} holds no rootfs (an older Go Kiwi snapshot) and there is no image"
+        f" {name!r} here; import that image first (kiwi import --name NAME rootfs.tar.xz)"
+    )
+
+
+def restore_go_image(store, path, fmt, info: dict, progress=None) -> str:
+    from . import goarchive
+    from .containers import now_iso
+    from .store import atomic_write_json, fsync_dir
+
+    manifest, identity = info["manifest"], info["identity"]
+    base = str(manifest.get("name") or info["meta"].get("image_name") or "restored")
+    store.ensure_layout()
+    staging = store.tmp_dir / f"restore-{os.getpid()}-go{identity[:12]}"
+    try:
+        os.mkdir(staging, 0o755)
+        privatens.run(goarchive.extract_part, str(path), fmt, goarchive.ROOTFS, str(staging / "rootfs"))
+        with store.lock():
+            try:
+                name = free_image_name(store, base, identity)
+            except KiwiError:
+                name = free_image_name(store, "restored", identity)
+            atomic_write_json(
+                staging / "image.json",
+                {
+                    "name": name,
+                    "source": os.path.abspath(path),
+                    "sha256": None,
+                    "size": info["sizes"][goarchive.ROOTFS] or None,
+                    "created": now_iso(),
+                    "files": None,
+                    "go_image": identity,
+                },
+            )
+            os.rename(staging, store.image_dir(name))
+            fsync_dir(store.images_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return name
+
+
+def create_from_go_archive(store, path, name=None, storage_text=None, progress=None) -> dict:
+    """`kiwi create file.kiwi` for a file the Go program wrote."""
+    from . import containers, goarchive, gokiwi, storage
+    from .sizes import format_size
+
+    fmt = goarchive.archive_format(path)
+    info = goarchive.read_info(path, fmt)
+    store.ensure_layout()
+    config = info["config"] if info["meta"]["kind"] == "container" else {}
+    settings = checked_settings(gokiwi.settings_from_go(config, path), path)
+    if storage_text is None and config:
+        storage_text = "host" if settings["storage"] is None else str(settings["storage"])
+    size = containers.parse_storage(storage_text)
+    needed = info["sizes"][goarchive.UPPER]
+    if size is not None and needed + storage.GIB // 8 > size:
+        raise KiwiError(
+            f"storage {format_size(size)} is too small for the archive's"
+            f" {format_size(needed)} of changes; give --storage"
+            f" {format_size(needed + storage.GIB)} or more"
+        )
+    check_go_free_space(store, info, path)
+    reused = find_go_image(store, info["identity"]) or go_image_without_rootfs(store, info, path)
+    image = reused or restore_go_image(store, path, fmt, info, progress)
+
+    def populate(staging, new_config):
+        if info["meta"]["kind"] == "container":
+            privatens.run(extract_upper, str(staging), path, progress)  # reads state/upper
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(os.path.join(staging, "mnt"))
+
+    settings.pop("storage", None)
+    try:
+        return containers.create(
+            store, image, name=name, storage_text=storage_text, settings=settings, populate=populate
+        )
+    except BaseException:
+        if not reused:
+            from . import images
+
+            with contextlib.suppress(KiwiError, OSError):
+                images.delete_image(store, image)
+        raise

@@ -297,7 +297,7 @@ class Relay:
 
     def run(self, helper: int) -> int:
         """Copy until kiwi-exec (our child, pid helper) has ended; returns its status."""
-        from .runtime import wait_exit_code
+        from .proc import wait_exit_code
 
         exited = os.pidfd_open(helper)
         ignored = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)}

@@ -69,9 +69,9 @@ def change_running(store, config: dict, new_size: int | None) -> list[str]:
 
 def refuse_if_mounted(store, cid: str) -> None:
     """`kiwi mount` keeps the filesystem mounted: resizing it underneath would corrupt it."""
-    from . import runtime
+    from . import runstate
 
-    target = runtime.read_mount(store, cid)
+    target = runstate.read_mount(store, cid)
     if target:
         raise KiwiError(f"container {cid} is mounted at {target}; run 'kiwi unmount {cid}' first")
 
@@ -150,11 +150,11 @@ def mount_once(store, cid: str) -> None:
 
 def finish_interrupted_change(store, config: dict) -> bool:
     """Under the container lock, stopped: finish what a killed `set --storage` began."""
-    from . import runtime
+    from . import runstate
 
     cdir = store.container_dir(config["id"])
     pending = read_intent(cdir)
-    if pending is None or runtime.read_runtime(store, config["id"]):
+    if pending is None or runstate.read_runtime(store, config["id"]):
         return False
     refuse_if_mounted(store, config["id"])
     try:

@@ -37,13 +37,14 @@ CONSOLE_HELP = (
 )
 
 
-def run_console() -> int:
+def run_console(build_parser, run) -> int:
+    """build_parser and run are cli.py's (the console completes and runs its commands)."""
     require_terminal()
     if os.geteuid() != 0:
         reexec_with_sudo()
     from .store import Store
 
-    console = Console(Store.open())
+    console = Console(Store.open(), build_parser(), run)
     return console.loop()
 
 
@@ -250,12 +251,10 @@ class History:
 
 
 class Console:
-    def __init__(self, store):
-        from .cli import build_parser
-
-        self.store = store
+    def __init__(self, store, parser, run):
+        self.store, self.run = store, run
         self.history = History(store.root / HISTORY_FILE)
-        self.completer = Completer(store, build_parser())
+        self.completer = Completer(store, parser)
         self.window = WindowSize()
 
     def loop(self) -> int:
@@ -326,10 +325,8 @@ class Console:
             saved.restore()
 
     def run_command(self, argv: list[str]) -> None:
-        from .cli import run
-
         try:
-            run(argv)
+            self.run(argv)
             if argv[0] == "help" and len(argv) == 1:
                 print(CONSOLE_HELP, flush=True)
         except KiwiError as e:

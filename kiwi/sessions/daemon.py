@@ -14,7 +14,7 @@ import signal
 import socket
 import time
 
-from .. import runtime
+from .. import proc, runtime
 from ..errors import KiwiError
 from ..stdio import read_some, set_window_size
 from ..store import Store, atomic_write_json
@@ -73,7 +73,7 @@ class Daemon:
             os.close(slave)
         shells = children_of(self.relay)
         self.shell_pid = shells[0] if shells else None
-        self.shell_start = runtime.process_start_time(self.shell_pid) if self.shell_pid else None
+        self.shell_start = proc.process_start_time(self.shell_pid) if self.shell_pid else None
         try:
             self.publish()
         except BaseException:
@@ -89,7 +89,7 @@ class Daemon:
             "created": utc_now(),
             "command": (command_line(self.shell_pid) if self.shell_pid else None) or "shell",
             "daemon_pid": os.getpid(),
-            "daemon_start": runtime.process_start_time(os.getpid()),
+            "daemon_start": proc.process_start_time(os.getpid()),
             "relay_pid": self.relay,
             "shell_pid": self.shell_pid,
             "shell_start": self.shell_start,
@@ -161,7 +161,7 @@ class Daemon:
             self.exit_status = self.exit_status if self.exit_status is not None else 255
             return
         if pid:
-            self.exit_status = runtime.exit_code_of(wstatus)
+            self.exit_status = proc.exit_code_of(wstatus)
 
     # --- the PTY ---
     def read_master(self) -> None:

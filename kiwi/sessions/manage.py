@@ -16,7 +16,7 @@ import shutil
 import signal
 import time
 
-from .. import runtime
+from .. import runstate
 from ..errors import KiwiError
 from ..store import Store
 from . import proto
@@ -109,7 +109,7 @@ def cleanup(store: Store) -> list[str]:
     and every session file of a container that is not running."""
     removed = []
     for cid in containers_with_runtime(store):
-        running = runtime.read_runtime(store, cid) is not None
+        running = runstate.read_runtime(store, cid) is not None
         for sid in session_ids(store, cid):
             line = clean_session(store, cid, sid, running)
             if line:

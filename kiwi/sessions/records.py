@@ -18,7 +18,7 @@ import signal
 import time
 from pathlib import Path
 
-from .. import runtime
+from .. import proc
 from ..errors import KiwiError
 from ..store import Store, is_container_id, read_json
 from . import proto
@@ -121,18 +121,8 @@ def utc_now() -> str:
 # --- processes ----------------------------------------------------------------------
 
 
-def stat_fields(pid: int) -> list[bytes] | None:
-    """Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ..."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2 :].split()
-
-
 def process_alive(pid, start_time) -> bool:
-    return isinstance(pid, int) and pid > 1 and runtime.process_start_time(pid) == start_time
+    return isinstance(pid, int) and pid > 1 and proc.process_start_time(pid) == start_time
 
 
 def daemon_alive(record: dict) -> bool:
@@ -144,12 +134,12 @@ def all_pids() -> list[int]:
 
 
 def children_of(parent: int) -> list[int]:
-    return [pid for pid in all_pids() if (f := stat_fields(pid)) and int(f[1]) == parent]
+    return [pid for pid in all_pids() if (f := proc.stat_fields(pid)) and int(f[1]) == parent]
 
 
 def session_members(session_id: int) -> list[int]:
     """Processes of a terminal session (ids as the host sees them), the shell included."""
-    return [pid for pid in all_pids() if (f := stat_fields(pid)) and int(f[3]) == session_id]
+    return [pid for pid in all_pids() if (f := proc.stat_fields(pid)) and int(f[3]) == session_id]
 
 
 def signal_session(session_id: int, signals) -> None:

@@ -1,0 +1,95 @@
+"""Files written whole or not at all, and read with a bound: atomic JSON, fsync of a
+folder, flock, and the one error for a full host disk.
+
+The bottom layer with errors.py: store.py, hoststate.py and every layer above use it."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from pathlib import Path
+
+from .errors import KiwiError
+
+
+def atomic_write_json(path: Path | str, obj, mode: int = 0o644) -> None:
+    """Write JSON so that a crash leaves either the old file or the new one."""
+    import tempfile
+
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(obj, f, indent=2, sort_keys=True)
+                f.write("\n")
+                f.flush()
+                os.fchmod(f.fileno(), mode)
+                os.fsync(f.fileno())
+            os.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(path.parent)
+    except OSError as e:
+        if is_disk_full(e):
+            raise host_full(path.parent, f"writing {path.name}") from None
+        raise
+
+
+def is_disk_full(error: OSError) -> bool:
+    import errno
+
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def host_full(path: Path, what: str) -> KiwiError:
+    """The one line for ENOSPC on the host side."""
+    import shutil
+
+    from .sizes import format_size
+
+    try:
+        free = format_size(shutil.disk_usage(path).free)
+    except OSError:
+        free = "no space"
+    return KiwiError(
+        f"the host's disk is full ({free} free where {path} lives) while {what}; "
+        "free some space and run the command again"
+    )
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json(path: Path | str, limit: int = 1 << 20):
+    """Read a small JSON file; a damaged one is a clear error, not a traceback."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise KiwiError(f"{path} is larger than {limit} bytes; it is not a Kiwi file")
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        raise KiwiError(f"{path} is damaged ({e}); fix or remove it") from None
+
+
+@contextlib.contextmanager
+def flock(path: Path, wait: bool = True, shared: bool = False):
+    """Hold a lock file; wait=False raises BlockingIOError when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        fcntl.flock(fd, mode | (0 if wait else fcntl.LOCK_NB))
+        yield
+    finally:
+        os.close(fd)
