@@ -193,12 +193,12 @@ def cmd_pull(args) -> int:
     store = Store.open()
     bar = progress_bar(f"pulling {args.distro}")
     try:
-        result = pull.pull(
+        pull.pull(
             store, args.distro, release=args.release, arch=args.arch, variant=args.variant, progress=bar
         )
     finally:
         bar.close()
-    out(result.get("message") or f"pulled image {args.distro}")
+    out(f"pulled image {args.distro}")
     return 0
 
 

@@ -20,12 +20,14 @@ Order of a start (runtime.Starter), each step needing what the next removes:
 
 Commands run in a running container by `kiwi attach` and sessions enter it
 through kiwi-exec (cffi_build/exec.c), a static helper started from a sealed
-memfd like kiwi-init: it joins the cgroup (so the device allowlist holds for it too) and the namespaces, then does steps 4, 2
-and 3 itself (with the program from seccomp_program() and the mask of
-KEPT_CAPABILITIES) before it executes the user's command.
+memfd like kiwi-init: it joins the cgroup (so the device allowlist holds for it
+too) and the namespaces, forks into the PID namespace, and the child does steps
+2, 3 and 4 itself, in that order (with the program from seccomp_program() and
+the mask of KEPT_CAPABILITIES) before it executes the user's command.
 
-Everything here but attach_device_program (called by kiwi itself) runs in a
-forked child. Nothing here prints.
+Steps 1 to 5 run in the forked PID 1; kiwi itself only prepares what they use
+(init_memfd, helper_memfd, seccomp_program) and attaches the v2 device program
+(attach_device_program). Nothing here prints.
 """
 
 import errno
