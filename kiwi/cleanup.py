@@ -133,7 +133,7 @@ def staging_owner(name: str) -> int | None:
 
 
 def clean_tmp(store: Store) -> list[str]:
-    out = []
+    out: list[str] = []
     try:
         names = os.listdir(store.tmp_dir)
     except FileNotFoundError:

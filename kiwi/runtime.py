@@ -301,7 +301,7 @@ def report_and_exit(status_w: int, error: BaseException) -> None:
 
 
 def read_all(fd: int) -> str:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         data = os.read(fd, 4096)
         if not data:

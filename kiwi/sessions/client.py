@@ -142,7 +142,8 @@ class Attachment:
     def __init__(self, sock: socket.socket, sid: str, key: tuple[int, str], takeover: bool):
         self.sock, self.sid, self.takeover = sock, sid, takeover
         self.detach_byte, self.key_name = key
-        self.reader, self.pending = proto.FrameReader(), []
+        self.reader = proto.FrameReader()
+        self.pending: list[tuple[int, bytes]] = []
         self.replay = b""
         self.stack = contextlib.ExitStack()
 

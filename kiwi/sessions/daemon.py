@@ -222,7 +222,8 @@ class Daemon:
 
     def handle_connection(self, conn: socket.socket) -> None:
         conn.settimeout(FIRST_FRAME_TIMEOUT)
-        reader, pending = proto.FrameReader(), []
+        reader = proto.FrameReader()
+        pending: list[tuple[int, bytes]] = []
         try:
             if proto.peer_uid(conn) != 0:
                 raise PermissionError("session sockets are for root only")
@@ -294,9 +295,12 @@ class Daemon:
             set_window_size(self.master, rows, cols)
 
     def read_client(self) -> None:
+        client, reader = self.client, self.client_reader
+        if client is None or reader is None:
+            return
         try:
-            data = self.client.recv(65536)
-            frames = self.client_reader.feed(data) if data else None
+            data = client.recv(65536)
+            frames = reader.feed(data) if data else None
         except (OSError, proto.ProtocolError):
             frames = None
         if frames is None:
@@ -357,7 +361,7 @@ class Daemon:
             self.record.update(state="exited", exit_status=self.exit_status, ended=utc_now())
             with contextlib.suppress(OSError):
                 atomic_write_json(record_path(self.store, self.cid, self.sid), self.record, mode=0o600)
-        exit_frame = proto.pack_exit(self.exit_status)
+        exit_frame = proto.pack_exit(255 if self.exit_status is None else self.exit_status)
         self.send_to_client(exit_frame)
         self.drop_client()
         for conn in self.killers:

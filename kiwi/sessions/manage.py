@@ -54,7 +54,7 @@ def list_sessions(store: Store, cid: str) -> list[dict]:
             "command": (record or {}).get("command", "-"),
         }
         if row["state"] == "exited":
-            row["exit_status"] = record.get("exit_status")
+            row["exit_status"] = (record or {}).get("exit_status")
         rows.append(row)
     return rows
 
@@ -157,7 +157,7 @@ def clean_session(store: Store, cid: str, sid: str, running: bool) -> str | None
 
 def clean_temp_files(store: Store, cid: str) -> list[str]:
     """Half-written records (atomic_write_json's temp files) of dead daemons."""
-    removed = []
+    removed: list[str] = []
     folder = sessions_dir(store, cid)
     try:
         names = os.listdir(folder)

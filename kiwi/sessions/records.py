@@ -137,12 +137,12 @@ def children_of(parent: int) -> list[int]:
     return [pid for pid in all_pids() if (f := proc.stat_fields(pid)) and int(f[1]) == parent]
 
 
-def session_members(session_id: int) -> list[int]:
+def session_members(session_id: int | None) -> list[int]:
     """Processes of a terminal session (ids as the host sees them), the shell included."""
     return [pid for pid in all_pids() if (f := proc.stat_fields(pid)) and int(f[3]) == session_id]
 
 
-def signal_session(session_id: int, signals) -> None:
+def signal_session(session_id: int | None, signals) -> None:
     for pid in session_members(session_id):
         for sig in signals:
             with contextlib.suppress(ProcessLookupError):
