@@ -363,14 +363,6 @@ class Cgroup:
             raise KiwiError(f"the v1 {controller} cgroup controller is not mounted on this host")
         return directory / name
 
-    def describe(self) -> dict:
-        """What `list` shows: the version in use and the cgroup directories."""
-        return {
-            "version": self.version,
-            "name": self.name,
-            "paths": {key: str(path) for key, path in self._dirs.items()},
-        }
-
     def exists(self) -> bool:
         return any(d.is_dir() for d in self._unique_dirs())
 
@@ -527,25 +519,6 @@ class Cgroup:
         self._write_limit(self._file("cpu", "cpu.cfs_quota_us"), quota)
         self._write_limit(self._file("cpuset", "cpuset.cpus"), cpuset)
 
-    def limits(self) -> dict:
-        """Read back the limits: memory bytes, cpus (quota/period), cpuset, pids; None = none."""
-        if self.version == "v2":
-            memory = _parse_max(_read(self._file("memory", "memory.max")))
-            quota, period = _read(self._file("cpu", "cpu.max")).split()
-            cpu = None if quota == "max" else int(quota) / int(period)
-        else:
-            memory = int(_read(self._file("memory", "memory.limit_in_bytes")))
-            memory = None if memory >= _V1_UNLIMITED else memory
-            quota_us = int(_read(self._file("cpu", "cpu.cfs_quota_us")))
-            period_us = int(_read(self._file("cpu", "cpu.cfs_period_us")))
-            cpu = None if quota_us < 0 else quota_us / period_us
-        return {
-            "memory": memory,
-            "cpus": cpu,
-            "cpuset": _read(self._file("cpuset", "cpuset.cpus")).strip(),
-            "pids": _parse_max(_read(self._file("pids", "pids.max"))),
-        }
-
     # -- devices
 
     def restrict_devices(self, rules) -> bool:
@@ -682,39 +655,8 @@ class Cgroup:
             if not _wait_until(lambda d=directory: _try_rmdir(d), timeout):
                 raise KiwiError(f"cannot remove cgroup {directory}: processes are still in it")
 
-    # -- accounting
-
-    def memory_usage(self) -> int | None:
-        name = "memory.current" if self.version == "v2" else "memory.usage_in_bytes"
-        try:
-            return int(_read(self._file("memory", name)))
-        except (OSError, KiwiError, ValueError):
-            return None
-
-    def oom_kills(self) -> int:
-        """How many processes the kernel's OOM killer took in this cgroup."""
-        try:
-            if self.version == "v2":
-                return _events(self._file("memory", "memory.events")).get("oom_kill", 0)
-            control = _events(self._file("memory", "memory.oom_control"))
-            if "oom_kill" in control:
-                return control["oom_kill"]
-            return int(_read(self._file("memory", "memory.failcnt")))  # older kernels
-        except FileNotFoundError:
-            return 0
-
-    def cpu_usage_ns(self) -> int:
-        try:
-            if self.version == "v2":
-                return _events(self._file("cpu", "cpu.stat")).get("usage_usec", 0) * 1000
-            return int(_read(self._file("cpuacct", "cpuacct.usage")))
-        except FileNotFoundError:
-            return 0
-
 
 # ---------------------------------------------------------------- helpers
-
-_V1_UNLIMITED = 1 << 62  # v1 shows "no limit" as a huge page-rounded number
 
 
 def _check_limit(what: str, value: int | None) -> None:
@@ -722,11 +664,6 @@ def _check_limit(what: str, value: int | None) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise KiwiError(f"{what} limit must be a positive whole number, not {value!r}")
-
-
-def _parse_max(text: str) -> int | None:
-    text = text.strip()
-    return None if text == "max" else int(text)
 
 
 def _events(path: Path) -> dict[str, int]:

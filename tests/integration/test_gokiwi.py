@@ -18,6 +18,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from cgroup_readback import limits
 from test_limits import cgroup_of
 
 HERE = Path(__file__).resolve().parent
@@ -253,7 +254,7 @@ def test_create_from_go_squashfs_with_changes(kiwi):
     assert_changes_applied(kiwi, cid)
     assert kiwi.out("attach", cid, "--", "sh", "-c", "echo $SHELL") == "/bin/ash"
     # the settings are applied by the kernel, not only listed
-    assert cgroup_of(kiwi, cid).limits()["memory"] == 300 * MIB
+    assert limits(cgroup_of(kiwi, cid))["memory"] == 300 * MIB
     assert kiwi.out("attach", cid, "--", "nproc") == "1"
 
 

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from cgroup_readback import folders, parse_max
 
 from kiwi import cgroups
 from kiwi.cgroups import Cgroup, Mount
@@ -152,7 +153,7 @@ def test_v1_cgroup_paths_share_comounted_directory():
     assert group.path("cpu") == group.path("cpuacct") == Path("/sys/fs/cgroup/cpu,cpuacct/kt/kiwi-abc")
     assert len(group._unique_dirs()) == 5
     assert group.path("freezer") == Path("/sys/fs/cgroup/freezer/kt/kiwi-abc")
-    assert group.describe()["version"] == "v1"
+    assert group.version == "v1"
 
 
 def test_absolute_parent_ignores_own_cgroup():
@@ -183,7 +184,8 @@ def test_v2_cgroup_uses_one_directory_for_every_controller():
     group = Cgroup("abc", "v2", {"unified": (_mount(), "/kiwi")}, "0123456789ab")
     expected = Path("/sys/fs/cgroup/kiwi/kiwi-abc")
     assert group.path("memory") == group.path("cpuset") == group.path("freezer") == expected
-    assert group.describe() == {"version": "v2", "name": "kiwi-abc", "paths": {"unified": str(expected)}}
+    assert (group.version, group.name) == ("v2", "kiwi-abc")
+    assert folders(group) == {"unified": str(expected)}
 
 
 def test_events_parser_reads_key_value_files(tmp_path):
@@ -202,5 +204,5 @@ def test_limit_values_must_be_positive_integers(value):
 
 
 def test_parse_max():
-    assert cgroups._parse_max("max\n") is None
-    assert cgroups._parse_max("1024\n") == 1024
+    assert parse_max("max\n") is None
+    assert parse_max("1024\n") == 1024
