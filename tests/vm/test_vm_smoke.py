@@ -5,21 +5,15 @@ integration tests need; a second, short run checks the timeout path.
 """
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
+from vm_launcher import vm_test
 
-REPO = Path(__file__).resolve().parents[2]
-VM_TEST = REPO / "scripts" / "vm-test"
 GUEST_CHECKS = Path(__file__).with_name("guest_checks.sh")
 CHECKS_EXIT_STATUS = 42
 
 pytestmark = pytest.mark.vm
-
-
-def vm_test(*args, env=None):
-    return subprocess.run([str(VM_TEST), *args], capture_output=True, text=True, timeout=900, env=env)
 
 
 def parse_checks(stdout):
