@@ -35,9 +35,10 @@ from pathlib import Path
 
 from . import runtime
 from . import sessionproto as proto
-from .errors import KiwiError
+from .errors import KiwiError, exit_code_for_signal
+from .proc import exit_code_of, process_start_time, stat_fields
 from .stdio import RawTerminal, SignalPipe, read_some, set_window_size, terminal_size, write_all
-from .store import Store, atomic_write_json, is_container_id, read_json
+from .store import Store, atomic_write_json, is_container_id, read_json, utc_now
 
 SID_LEN = 8
 SID_RE = re.compile(r"[0-9a-f]{8}\Z")
@@ -139,25 +140,11 @@ def ensure_sessions_dir(store: Store, cid: str) -> Path:
     return path
 
 
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 # --- processes ----------------------------------------------------------------------
 
 
-def stat_fields(pid: int) -> list[bytes] | None:
-    """Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ..."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2 :].split()
-
-
 def process_alive(pid, start_time) -> bool:
-    return isinstance(pid, int) and pid > 1 and runtime.process_start_time(pid) == start_time
+    return isinstance(pid, int) and pid > 1 and process_start_time(pid) == start_time
 
 
 def daemon_alive(record: dict) -> bool:
@@ -304,7 +291,7 @@ class Daemon:
             os.close(slave)
         shells = children_of(self.relay)
         self.shell_pid = shells[0] if shells else None
-        self.shell_start = runtime.process_start_time(self.shell_pid) if self.shell_pid else None
+        self.shell_start = process_start_time(self.shell_pid) if self.shell_pid else None
         try:
             self.publish()
         except BaseException:
@@ -320,7 +307,7 @@ class Daemon:
             "created": utc_now(),
             "command": (command_line(self.shell_pid) if self.shell_pid else None) or "shell",
             "daemon_pid": os.getpid(),
-            "daemon_start": runtime.process_start_time(os.getpid()),
+            "daemon_start": process_start_time(os.getpid()),
             "relay_pid": self.relay,
             "shell_pid": self.shell_pid,
             "shell_start": self.shell_start,
@@ -392,7 +379,7 @@ class Daemon:
             self.exit_status = self.exit_status if self.exit_status is not None else 255
             return
         if pid:
-            self.exit_status = runtime.exit_code_of(wstatus)
+            self.exit_status = exit_code_of(wstatus)
 
     # --- the PTY ---
     def read_master(self) -> None:
@@ -602,7 +589,7 @@ class Daemon:
         self.drop_client(
             {
                 "reason": f"container {self.cid} is stopping; session {self.sid} ended",
-                "status": 128 + signal.SIGHUP,
+                "status": exit_code_for_signal(signal.SIGHUP),
             }
         )
         for conn in self.killers:
@@ -628,76 +615,54 @@ def preload_daemon_modules() -> None:
 
 def start_daemon(store: Store, cid: str, sid: str, term: str | None, size: tuple[int, int]) -> None:
     """Double-fork the session daemon; returns once its socket accepts clients."""
+    from .proc import Child
+
     preload_daemon_modules()
     ensure_sessions_dir(store, cid)
-    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        os.close(ready_r)
-        daemon_process(store, cid, sid, term, size, ready_w)
-    os.close(ready_w)
+    child = Child(daemon_process, store, cid, sid, term, size)
     try:
-        report = read_line(ready_r)
-    finally:
-        os.close(ready_r)
-        os.waitpid(pid, 0)
-    if report != "ok":
+        # Up to "ok", not EOF: the daemon keeps its end of the pipe open.
+        ready = ("ok", None) in child.read(until="ok")
+    except KiwiError as e:
         remove_files(store, cid, sid)
-        raise KiwiError(
-            report[len("error ") :]
-            if report.startswith("error ")
-            else "the session daemon did not start; see kiwi cleanup"
-        )
+        raise e.within("starting the session failed") from None
+    finally:
+        child.close()
+        child.wait()
+    if not ready:
+        remove_files(store, cid, sid)
+        raise KiwiError("the session daemon did not start; see kiwi cleanup")
 
 
-def read_line(fd: int) -> str:
-    """The relay child inherits the pipe, so the report ends at a newline, not at EOF."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode(errors="replace").strip()
-
-
-def daemon_process(store, cid, sid, term, size, ready_w: int) -> None:
-    """First child: new session, fork the daemon, leave. Never returns."""
+def daemon_process(report, store, cid, sid, term, size) -> None:
+    """First child: new session, fork the daemon, leave."""
+    from . import proc
     from . import syscalls as sc
 
-    try:
-        os.setsid()
-        if os.fork() != 0:
-            os._exit(0)
-        # Holds the PTY master of a shell in the container: no ptrace, no /proc/<pid>/fd of it.
-        sc.prctl(sc.PR_SET_DUMPABLE, 0)
-        become_daemon(ready_w)
-        daemon = Daemon(store, cid, sid, term, size)
-        daemon.start()
-    except BaseException as e:  # noqa: BLE001 - reported to the waiting client
-        from .errors import describe
+    os.setsid()
+    if os.fork() != 0:
+        return
+    # Holds the PTY master of a shell in the container: no ptrace, no /proc/<pid>/fd of it.
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)
+    proc.child_main(report, run_daemon, store, cid, sid, term, size)
 
-        text = e.message if isinstance(e, KiwiError) else f"starting the session failed: {describe(e)}"
-        with contextlib.suppress(OSError):
-            os.write(ready_w, f"error {text}\n".encode())
-        os._exit(1)
-    os.write(ready_w, b"ok\n")
-    os.close(ready_w)
-    try:
-        daemon.run()
-    finally:
-        os._exit(0)
+
+def run_daemon(report, store, cid, sid, term, size) -> None:
+    """The daemon: says "ok" once its socket listens, then serves until the session ends."""
+    become_daemon(report.fd)
+    daemon = Daemon(store, cid, sid, term, size)
+    daemon.start()
+    report.send("ok")
+    os.close(report.fd)
+    report.fd = -1  # the number may be reused: nothing more goes to it
+    daemon.run()
 
 
 def become_daemon(keep_fd: int) -> None:
     """Let go of the client's terminal, folder and every other inherited fd."""
-    from . import security
+    from . import proc, security
 
-    null = os.open(os.devnull, os.O_RDWR)
-    for target in (0, 1, 2):
-        os.dup2(null, target)
-    if null > 2:
-        os.close(null)
+    proc.stdio_to_devnull()
     security.close_fds_except_stdio(keep=(keep_fd,))
     os.chdir("/")
     os.umask(0o077)
@@ -836,7 +801,7 @@ def report_outcome(outcome: tuple, sid: str) -> int:
         status = info.get("status", 0)
         return status if isinstance(status, int) else 0
     tell(f"kiwi: detached from session {sid} (signal {outcome[1]}); reattach with: kiwi attach --old {sid}")
-    return 128 + outcome[1]
+    return exit_code_for_signal(outcome[1])
 
 
 def tell(line: str) -> None:
