@@ -48,6 +48,7 @@ from pathlib import Path
 
 from .errors import KiwiError, disk_full, os_error_message
 from .fstree import more_open_files, open_subdir, remove_tree, walk_stats
+from .store import fsync_dir, utc_now
 
 FORMAT_VERSION = 1
 KINDS = ("container", "image")
@@ -101,7 +102,7 @@ def write_archive(out_path, kind, settings, image_meta, rootfs_dir, upper_dir=No
             raw.flush()
             os.fsync(raw.fileno())
         os.rename(tmp, out_path)
-        _fsync_dir(out_path.parent)
+        fsync_dir(out_path.parent)
     except BaseException as e:
         _unlink_quietly(tmp)
         if isinstance(e, OSError) and disk_full(e):
@@ -115,7 +116,7 @@ def _new_manifest(kind, settings, image_meta, parts) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "kind": kind,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": utc_now(),
         "settings": settings,
         "image": dict(image_meta or {}),
         "parts": parts,
@@ -674,14 +675,6 @@ class _HashOnlySink:
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def _fsync_dir(path: Path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(path):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiwi.errors import KiwiError
+from kiwi.store import is_container_id
 
 PARENT_ENV = "KIWI_CGROUP_PARENT"
 OWNER_XATTR = "trusted.kiwi.folder"
@@ -39,7 +40,6 @@ V1_REQUIRED = ("memory", "cpu", "cpuacct", "cpuset", "pids")
 DEFAULT_PIDS = 1024
 WAIT_SECONDS = 5.0
 _POLL = 0.02
-_CID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _UNIFIED = "unified"  # key of the single v2 hierarchy in path maps
 
 
@@ -138,7 +138,7 @@ def validate_parent(value: str) -> str:
 
 
 def validate_cid(cid: str) -> str:
-    if not isinstance(cid, str) or not _CID_RE.fullmatch(cid):
+    if not isinstance(cid, str) or not is_container_id(cid):
         raise KiwiError(f"invalid container id for a cgroup: {cid!r}")
     return cid
 
@@ -274,7 +274,7 @@ def list_container_cgroups(folder_id: str) -> list[str]:
             continue
         for entry in entries:
             cid = entry.name[len(NAME_PREFIX) :]
-            if not (entry.name.startswith(NAME_PREFIX) and _CID_RE.fullmatch(cid) and entry.is_dir()):
+            if not (entry.name.startswith(NAME_PREFIX) and is_container_id(cid) and entry.is_dir()):
                 continue
             owner = _owner(entry)
             if owner == folder_id or (owner is None and own_parent):

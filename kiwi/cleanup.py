@@ -13,36 +13,50 @@ import contextlib
 import os
 
 from . import runstate, runtime
-from .errors import KiwiError
+from .errors import GoingOn, KiwiError, describe
 from .fstree import remove_tree
 from .proc import pid_alive
 from .store import Store
 
 
-def run(store: Store) -> list[str]:
-    removed: list[str] = clean_sessions(store)  # first: their files keep runtime dirs busy
+def run(store: Store, failures: list[str] | None = None) -> list[str]:
+    """What it removed, one line each; what it could not goes to failures (each step is
+    tried whatever the others did)."""
+    failures = [] if failures is None else failures
+    removed: list[str] = []
+    with GoingOn(failures, "cleaning up sessions"):
+        removed += clean_sessions(store)  # first: their files keep runtime dirs busy
     running = set()
     busy = set()
     for cid in store.container_ids():
         try:
             with store.container_lock(cid, wait=False):
-                if clean_container(store, cid, removed):
+                if clean_container(store, cid, removed, failures):
                     running.add(cid)
         except BlockingIOError:
             busy.add(cid)
+        except (KiwiError, OSError) as e:
+            failures.append(f"cleaning up container {cid}: {describe(e)}")
+            running.add(cid)  # unknown: leave its cgroup and veth alone
     keep = running | busy
-    removed += clean_orphan_cgroups(store, keep)
-    removed += clean_orphan_veths(store, keep)
-    removed += clean_tmp(store)
-    removed += clean_abandoned_restores(store)
-    removed += clean_partial_archives(store)
-    removed += clean_unpack_leftovers(store)
-    removed += clean_ipam(store)
-    removed += clean_nat()
+    network_errors = (Exception,)  # pyroute2 and nft report in exceptions of their own
+    steps = [
+        ("removing cgroups", lambda: clean_orphan_cgroups(store, keep), ()),
+        ("removing network devices", lambda: clean_orphan_veths(store, keep), network_errors),
+        ("removing half-written files", lambda: clean_tmp(store, failures), ()),
+        ("removing images of killed restores", lambda: clean_abandoned_restores(store, failures), ()),
+        ("removing half-written archives", lambda: clean_partial_archives(store), ()),
+        ("removing half-unpacked builds", lambda: clean_unpack_leftovers(store), ()),
+        ("releasing addresses", lambda: clean_ipam(store), ()),
+        ("removing the bridge", clean_nat, network_errors),
+    ]
+    for what, step, catch in steps:
+        with GoingOn(failures, what, catch=catch):
+            removed += step()
     return removed
 
 
-def clean_container(store: Store, cid: str, removed: list[str]) -> bool:
+def clean_container(store: Store, cid: str, removed: list[str], failures: list[str]) -> bool:
     """Returns True when the container is really running."""
     from . import freeze, loop, storage
 
@@ -54,28 +68,31 @@ def clean_container(store: Store, cid: str, removed: list[str]) -> bool:
     cgroup = runstate.container_cgroup(store, cid)
     had_cgroup = cgroup.exists() and not cgroup.foreign()
     if had_record or had_cgroup:
-        runtime.teardown(store, cid)
-        removed.append(
-            f"stale runtime of container {cid}" + (" (killed its leftover processes)" if had_cgroup else "")
-        )
+        failed = runtime.teardown(store, cid)
+        failures += failed
+        if not failed:
+            removed.append(
+                f"stale runtime of container {cid}"
+                + (" (killed its leftover processes)" if had_cgroup else "")
+            )
     mount_record = runstate.mount_file(store, cid)
     if mount_record.exists() and not runstate.read_mount(store, cid):
         mount_record.unlink()
         removed.append(f"stale mount record of container {cid}")
-        runtime.teardown(store, cid)
-    finish_storage_change(store, cid, removed)
+        failures += runtime.teardown(store, cid)
+    finish_storage_change(store, cid, removed, failures)
     if not runstate.read_mount(store, cid):
         for dev in loop.find_by_backing_file(str(storage.image_path(store.container_dir(cid)))):
-            with contextlib.suppress(OSError):
+            with GoingOn(failures, f"detaching loop device {dev} of container {cid}"):
                 loop.detach(dev)
                 removed.append(f"loop device {dev} of container {cid}")
     return False
 
 
-def finish_storage_change(store: Store, cid: str, removed: list[str]) -> None:
+def finish_storage_change(store: Store, cid: str, removed: list[str], failures: list[str]) -> None:
     from . import storage_ops
 
-    with contextlib.suppress(KiwiError):  # what cannot be finished, start refuses with the reason
+    with GoingOn(failures, f"finishing the storage change of container {cid}"):
         if storage_ops.finish_interrupted_change(store, store.container_config(cid)):
             removed.append(f"half-done storage change of container {cid} (finished it)")
 
@@ -114,13 +131,9 @@ def clean_orphan_veths(store: Store, keep: set[str]) -> list[str]:
 
 
 def clean_sessions(store: Store) -> list[str]:
-    try:
-        from . import sessions
-    except ImportError:
-        return []
-    with contextlib.suppress(KiwiError, OSError):
-        return sessions.cleanup(store)
-    return []
+    from . import sessions
+
+    return sessions.cleanup(store)
 
 
 def staging_owner(name: str) -> int | None:
@@ -132,7 +145,7 @@ def staging_owner(name: str) -> int | None:
     return None
 
 
-def clean_tmp(store: Store) -> list[str]:
+def clean_tmp(store: Store, failures: list[str]) -> list[str]:
     out: list[str] = []
     try:
         names = os.listdir(store.tmp_dir)
@@ -148,12 +161,11 @@ def clean_tmp(store: Store) -> list[str]:
         if owner is not None and owner != os.getpid() and pid_alive(owner):
             continue
         path = store.tmp_dir / name
-        if path.is_dir() and not path.is_symlink():
-            remove_tree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        out.append(f"half-written {path}")
+        with GoingOn(failures, "removing half-written files"):
+            remove_tree(path, ignore_errors=True)  # all it can
+            if os.path.lexists(path):
+                remove_tree(path)  # raises what stopped it
+            out.append(f"half-written {path}")
     return out
 
 
@@ -199,7 +211,7 @@ def clean_partial_archives(store: Store) -> list[str]:
     return out
 
 
-def clean_abandoned_restores(store: Store) -> list[str]:
+def clean_abandoned_restores(store: Store, failures: list[str]) -> list[str]:
     """Images that a killed `create <file>.kiwi` restored for a container it never made.
     Only images marked with their restorer's identity: never one a user imported."""
     from . import images, snapshots
@@ -213,7 +225,7 @@ def clean_abandoned_restores(store: Store) -> list[str]:
         owner = meta.get("restored_by")
         if owner is None or runstate.owner_alive(owner):
             continue
-        with contextlib.suppress(KiwiError, OSError):
+        with GoingOn(failures, f"removing image {meta['name']} restored by a killed create"):
             if meta["name"] in used:
                 snapshots.release_restored(store, meta["name"])
             else:
@@ -247,6 +259,4 @@ def clean_nat() -> list[str]:
     from . import network
 
     # Only a bridge Kiwi made, with no container of any folder left on it.
-    with contextlib.suppress(KiwiError, OSError):
-        return network.remove_bridge_if_unused()
-    return []
+    return network.remove_bridge_if_unused()

@@ -16,6 +16,7 @@ from .errors import (
     EXIT_OK,
     EXIT_USAGE,
     KiwiError,
+    debug_enabled,
     describe,
     one_line,
     os_error_message,
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'kiwi help <command>' shows a command's help.",
     )
     parser.add_argument("--version", action="version", version=VERSION_TEXT)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (as KIWI_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=Parser)
 
     p = sub.add_parser("list", help="list containers and images")
@@ -254,10 +256,12 @@ def run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--debug"]:
+        os.environ["KIWI_DEBUG"] = "1"  # helpers forked from here see it too
     try:
         return run(argv)
     except KiwiError as e:
-        return fail(e.message, e.exit_code)
+        return fail(e.message, e.exit_code, getattr(e, "child_traceback", None))
     except KeyboardInterrupt:
         return fail("interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:
@@ -270,9 +274,16 @@ def main(argv: list[str] | None = None) -> int:
         return fail(describe(e))
 
 
-def fail(message: str, code: int = EXIT_ERROR) -> int:
-    """The one line a failed command prints; the traceback too with KIWI_DEBUG=1."""
-    traceback_if_debug()
+def fail(message: str, code: int = EXIT_ERROR, child_traceback: str | None = None) -> int:
+    """The one line a failed command prints; the traceback too with KIWI_DEBUG=1 (a
+    helper process's own when the bug was in it)."""
+    if child_traceback and debug_enabled():
+        try:
+            print(f"In a helper process kiwi forked:\n{child_traceback.rstrip()}", file=sys.stderr)
+        except OSError:
+            pass
+    else:
+        traceback_if_debug()
     try:
         print(f"{PROG}: {one_line(message)}", file=sys.stderr, flush=True)
     except OSError:

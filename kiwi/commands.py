@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from .errors import KiwiError
+from .errors import EXIT_ERROR, KiwiError
 from .sizes import format_size
 from .store import Store
 
@@ -290,7 +290,7 @@ def cmd_delete(args) -> int:
         answer = input(f"Delete container {label} and all its data? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             out("not deleted")
-            return 1
+            return EXIT_ERROR
     with store.container_lock(cid):
         state = runtime.status(store, cid)
         if state["status"] == "running":
@@ -299,9 +299,11 @@ def cmd_delete(args) -> int:
             raise KiwiError(
                 f"container {label} is mounted at {state['mount_target']}; run: kiwi unmount {cid}"
             )
-        runtime.forget(store, cid)
+        left = runtime.forget(store, cid)
         containers.delete(store, cid)
     out(f"deleted {label}")
+    for line in left:
+        warn(f"{line}; run 'kiwi cleanup'")
     return 0
 
 
@@ -424,9 +426,12 @@ def cmd_cleanup(args) -> int:
     from . import cleanup
 
     store = Store.open()
-    removed = cleanup.run(store)
+    failures: list[str] = []
+    removed = cleanup.run(store, failures)
     for line in removed:
         out(f"removed {line}")
+    if failures:
+        raise KiwiError(f"cleanup could not finish: {'; '.join(failures)}")
     if not removed:
         out("nothing to clean up")
     return 0
@@ -487,21 +492,14 @@ def cmd_commit(args) -> int:
 
 
 def cmd_help(args) -> int:
+    from .argtools import subcommands
+
     parser = args.parser
     if not args.topic:
         parser.print_help()
         return 0
-    sub = subparsers(parser).get(args.topic)
+    sub = subcommands(parser).get(args.topic)
     if sub is None:
         raise KiwiError(f"no command {args.topic!r}; see 'kiwi --help'")
     sub.print_help()
     return 0
-
-
-def subparsers(parser) -> dict:
-    import argparse
-
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}

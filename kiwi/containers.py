@@ -8,7 +8,6 @@ lock, so a killed create never leaves a half container that `list` shows.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import shutil
 
@@ -16,14 +15,10 @@ from . import storage
 from .errors import KiwiError
 from .fstree import remove_tree
 from .sizes import format_size, parse_size
-from .store import Store, atomic_write_json, new_container_id, validate_container_name
+from .store import Store, atomic_write_json, new_container_id, utc_now, validate_container_name
 
 DEFAULT_STORAGE = storage.GIB
 MIN_MEMORY = 16 << 20
-
-
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_storage(text: str | None) -> int | None:
@@ -81,7 +76,7 @@ def new_config(
         "id": cid,
         "name": name,
         "image": image,
-        "created": now_iso(),
+        "created": utc_now(),
         "ipv4": None,
         "storage": storage_size,
         "storage_sparse": sparse,

@@ -10,8 +10,15 @@ import os
 EXIT_OK = 0
 EXIT_ERROR = 1  # a user mistake or an environment problem, told in one line
 EXIT_USAGE = 2  # the command line itself is wrong
+EXIT_NOT_EXECUTABLE = 126  # the command to run in the container is there but cannot run (as sh)
 EXIT_NOT_FOUND = 127  # the command to run in the container cannot be found (as sh and env)
+EXIT_SIGNAL_BASE = 128  # killed by signal n: 128 + n (as sh)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+
+def exit_code_for_signal(signum: int) -> int:
+    return EXIT_SIGNAL_BASE + signum
+
 
 DEBUG_HINT = "run with KIWI_DEBUG=1 for the traceback"
 
@@ -25,9 +32,25 @@ class KiwiError(Exception):
         super().__init__(message)
         self.message = message
 
+    def within(self, context: str) -> KiwiError:
+        """The same error (class, exit code), its line saying what failed: `<context>: <message>`."""
+        self.message = f"{context}: {self.message}"
+        self.args = (self.message,)
+        return self
+
 
 class CommandNotFound(KiwiError):
     exit_code = EXIT_NOT_FOUND
+
+
+class ChildBug(KiwiError):
+    """A programming error in a forked helper (kiwi/proc.py): one line for the user, the
+    helper's own traceback for KIWI_DEBUG=1. A KiwiError so that callers that go on after
+    a failed helper go on after this one too."""
+
+    def __init__(self, kind: str, text: str, child_traceback: str):
+        super().__init__(one_line(f"internal error: {kind}: {text} ({DEBUG_HINT})"))
+        self.child_traceback = child_traceback
 
 
 def one_line(text: str) -> str:
@@ -95,4 +118,25 @@ class Doing:
     def __exit__(self, kind, value, tb):
         if isinstance(value, OSError):
             raise KiwiError(os_error_message(value, self.op, self.path)) from value
+        return False
+
+
+class GoingOn:
+    """`with GoingOn(failures, "removing X"):` a step of a teardown or cleanup that may fail
+    while the rest goes on: its error becomes one line in failures, for the caller to report."""
+
+    def __init__(self, failures: list[str], what: str, catch: tuple[type[BaseException], ...] = ()):
+        self.failures, self.what = failures, what
+        self.catch = catch or (KiwiError, OSError)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        if isinstance(value, self.catch):
+            # A library's own exception (pyroute2) says enough by its name and text.
+            known = isinstance(value, KiwiError | OSError)
+            reason = describe(value) if known else one_line(f"{type(value).__name__}: {value}")
+            self.failures.append(f"{self.what}: {reason}")
+            return True
         return False

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import KiwiError
+from .proc import write_all
 
 DATA_CHUNK = 1 << 20  # decompressed bytes handed over per step, and file copy size
 TAR_BUFSIZE = 32 << 10  # tarfile's stream buffer; small reads copy its rest: keep it modest
@@ -565,12 +566,6 @@ def _is_symlink(dir_fd: int, name: str) -> bool:
         return False
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 @dataclass
 class _DirMeta:
     mode: int
@@ -837,7 +832,7 @@ class Extractor:
                 raise KiwiError(
                     f"the archive ends in the middle of {member.name!r}; it is truncated, get it again"
                 )
-            _write_all(fd, data)
+            write_all(fd, data)
             remaining -= len(data)
 
     @staticmethod

@@ -62,6 +62,13 @@ def host_full(path: Path, what: str) -> KiwiError:
     )
 
 
+def utc_now() -> str:
+    """The time records and archives carry: 2026-12-01T19:00:00Z."""
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

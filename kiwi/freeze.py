@@ -13,7 +13,7 @@ import os
 import signal
 import time
 
-from .errors import KiwiError
+from .errors import KiwiError, exit_code_for_signal
 from .store import Store, atomic_write_json, read_json
 
 LEASE = "freeze.json"
@@ -25,7 +25,7 @@ class Interrupted(KiwiError):
 
     def __init__(self, signum: int):
         super().__init__(f"interrupted by {signal.Signals(signum).name}; the container was thawed")
-        self.exit_code = 128 + signum
+        self.exit_code = exit_code_for_signal(signum)
 
 
 def lease_file(store: Store, cid: str):

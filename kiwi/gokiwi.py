@@ -203,8 +203,8 @@ def _skipped_on_error(what: str, adopt, store, name: str) -> list[str]:
 
 
 def adopt_image(store, name: str) -> str:
-    from .containers import now_iso
     from .goarchive import image_identity
+    from .store import utc_now
 
     folder = store.images_dir / name
     if not NAME_RE.match(name):
@@ -229,7 +229,7 @@ def adopt_image(store, name: str) -> str:
             "source": source if isinstance(source, str) else None,
             "sha256": None,
             "size": size,
-            "created": created if isinstance(created, str) else now_iso(),
+            "created": created if isinstance(created, str) else utc_now(),
             "files": None,
             "go_image": image_identity(manifest),
         },

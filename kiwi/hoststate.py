@@ -25,7 +25,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import KiwiError
+from .errors import KiwiError, os_error_message
 from .files import atomic_write_json, flock, read_json
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
@@ -48,7 +48,7 @@ def host_dir() -> Path:
         if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and info.st_mode & 0o077:
             os.chmod(path, 0o700)
     except OSError as e:
-        raise KiwiError(f"cannot use {path} for Kiwi's host-wide state: {e.strerror}; run as root") from None
+        raise KiwiError(os_error_message(e, "use", f"{path} for Kiwi's host-wide state")) from None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
         raise KiwiError(f"{path} is not a directory owned by root; move it away")
     return path

@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import os
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 from . import store as store_mod
@@ -40,7 +39,7 @@ def import_image(store, name: str, archive_path, progress=None, source=None) -> 
             "source": source if source is not None else str(archive_path.resolve()),
             "sha256": stats.sha256,
             "size": stats.bytes,
-            "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "created": store_mod.utc_now(),
             "files": stats.entries,
         }
         store_mod.atomic_write_json(staging / "image.json", info)

@@ -6,86 +6,38 @@ leave a mount on the host. Errors come back to the caller as KiwiError.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pickle
 import signal
-
-from .errors import KiwiError, describe, traceback_if_debug
-from .store import host_full, is_disk_full
+from pathlib import Path
 
 
 def run(fn, *args, private_namespace: bool = True):
     """fn(*args) in a forked child, by default with a private mount namespace
-    (without one, fn switches namespaces itself); returns its (picklable) result."""
+    (without one, fn switches namespaces itself); returns its result (plain JSON data)."""
+    from . import proc
+
+    return proc.run_child(in_helper, os.getpid(), private_namespace, fn, *args)
+
+
+def in_helper(parent: int, private_namespace: bool, fn, *args):
+    """The child's side of run()."""
     from . import syscalls as sc
+    from .store import host_full, is_disk_full
 
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        try:
-            # A helper must not outlive a killed kiwi: it would go on writing
-            # (a snap of a container no longer frozen) and hold its locks.
-            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != parent:
-                os._exit(1)
-            if private_namespace:
-                sc.unshare(sc.CLONE_NEWNS)
-                sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-            payload = ("ok", fn(*args))
-        except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
-            traceback_if_debug()
-            message = describe(e)
-            if isinstance(e, OSError) and is_disk_full(e):
-                message = host_full(e.filename or ".", "writing it").message
-            payload = ("error", message)
-        try:
-            data = pickle.dumps(payload)
-        except Exception as e:  # noqa: BLE001
-            data = pickle.dumps(("error", f"unpicklable result: {e}"))
-        view = memoryview(data)
-        while view:
-            view = view[os.write(write_fd, view) :]
-        os._exit(0)
-    os.close(write_fd)
-    chunks = []
+    # A helper must not outlive a killed kiwi: it would go on writing
+    # (a snap of a container no longer frozen) and hold its locks.
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+    if private_namespace:
+        sc.unshare(sc.CLONE_NEWNS)
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     try:
-        while True:
-            chunk = os.read(read_fd, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    except BaseException:  # e.g. a signal turned into an exception: stop the helper first
-        stop_helper(pid)
+        return fn(*args)
+    except OSError as e:
+        if is_disk_full(e):
+            raise host_full(Path(os.fsdecode(e.filename or ".")), "writing it") from e
         raise
-    finally:
-        os.close(read_fd)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-    if not chunks:
-        raise KiwiError("a helper process died unexpectedly; run 'kiwi cleanup' and try again")
-    kind, value = pickle.loads(b"".join(chunks))
-    if kind == "error":
-        raise KiwiError(value)
-    return value
-
-
-def stop_helper(pid: int, grace: float = 2.0) -> None:
-    """SIGTERM first: a helper that inherited our signal handlers unwinds and removes its
-    work files; SIGKILL when it has not ended after grace seconds."""
-    import time
-
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if os.waitpid(pid, os.WNOHANG)[0]:
-            return
-        time.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 def mount_state(store, cid: str, mountpoint: str) -> str:

@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import KiwiError
-from .proc import process_start_time, wait_exit_code
+from .errors import EXIT_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, KiwiError
+from .proc import process_start_time, read_to_end, wait_exit_code
 from .runstate import container_cgroup, mount_file, read_mount, read_runtime, runtime_file
 from .store import Store, atomic_write_json
 
@@ -35,8 +35,6 @@ SHELLS = [
     "/bin/sh",
     "/usr/bin/sh",
 ]
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-DEFAULT_PIDS_MAX = 1024
 
 
 # --- runtime records (kiwi/runstate.py) -------------------------------------------------
@@ -100,7 +98,8 @@ def start(store: Store, cid: str) -> dict:
         from . import storage_ops
 
         storage_ops.finish_interrupted_change(store, config)
-        teardown(store, cid, release_network=False)  # whatever a crashed earlier start left
+        # Whatever a crashed earlier start left; what cannot go, the start itself trips over.
+        teardown(store, cid, release_network=False)
         return Starter(store, config).run()
 
 
@@ -129,7 +128,7 @@ class Starter:
         try:
             self.cgroup = container_cgroup(self.store, self.cid)
             self.cgroup.create()
-            self.cgroup.set_limits(self.config.get("memory"), self.config.get("cpu"), DEFAULT_PIDS_MAX)
+            self.cgroup.set_limits(self.config.get("memory"), self.config.get("cpu"))
             if self.separate_net:
                 self.prepare_network()
             self.device = self.attach_storage()
@@ -162,7 +161,7 @@ class Starter:
                 record["warning"] = self.nat_warning  # for the CLI to show; not persisted
             return record
         except BaseException:
-            teardown(self.store, self.cid, release_network=False)
+            teardown(self.store, self.cid, release_network=False)  # the start's own error tells
             raise
         finally:
             self.holds.close()
@@ -203,122 +202,76 @@ class Starter:
 
     def spawn_init(self) -> int:
         """Fork stage 1; returns the host pid of the container's init once its root is ready."""
-        from . import rootfs, security  # both before the fork: stage 1 and 2 use them
+        from . import proc, rootfs, security  # before the fork: stage 1 and 2 use them
 
         rootfs.prepare_dns_text(host_network=not self.separate_net)
         memfd = security.init_memfd()
-        status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
-            pid = os.fork()
-            if pid == 0:
-                os.close(status_r)
-                self.stage1(status_w, memfd)  # never returns
-            os.close(status_w)
-            status_w = -1
-            message = read_all(status_r)
-            os.waitpid(pid, 0)  # the outcome is in the report
+            child = proc.Child(self.stage1, memfd)
+            try:
+                reports = dict(child.read())  # to EOF: init's exec closes the last end
+            except KiwiError as e:
+                raise e.within("starting the container failed") from None
+            finally:
+                child.close()
+                child.wait()  # the outcome is in the reports
         finally:
-            os.close(status_r)
-            if status_w >= 0:
-                os.close(status_w)
             os.close(memfd)
-        return parse_stage_report(message)
+        if not isinstance(reports.get("pid"), int) or "ready" not in reports:
+            raise KiwiError("starting the container failed: its init did not report back")
+        return reports["pid"]
 
-    def stage1(self, status_w: int, memfd: int) -> None:
+    def stage1(self, report, memfd: int) -> None:
+        from . import proc
         from . import syscalls as sc
 
-        try:
-            self.cgroup.add_pid(os.getpid())
-            flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWPID | sc.CLONE_NEWCGROUP
-            if self.separate_net:
-                flags |= sc.CLONE_NEWNET
-            sc.unshare(flags)
-            pid = os.fork()
-            if pid == 0:
-                self.stage2(status_w, memfd)
-            os.write(status_w, f"pid {pid}\n".encode())
-            os._exit(0)
-        except BaseException as e:  # noqa: BLE001 - report, never unwind into the parent's code
-            report_and_exit(status_w, e)
+        self.cgroup.add_pid(os.getpid())
+        flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWPID | sc.CLONE_NEWCGROUP
+        if self.separate_net:
+            flags |= sc.CLONE_NEWNET
+        sc.unshare(flags)
+        pid = os.fork()
+        if pid == 0:
+            proc.child_main(report, self.stage2, memfd)
+        report.send("pid", pid)
 
-    def stage2(self, status_w: int, memfd: int) -> None:
+    def stage2(self, report, memfd: int) -> None:
         """PID 1 of the container, still Python: build the root, harden, exec init."""
-        from . import rootfs, security
+        from . import proc, rootfs, security
         from . import syscalls as sc
 
-        try:
-            os.setsid()
-            os.umask(0o022)
-            rootfs.make_mounts_private()
-            state = rootfs.mount_state(
-                self.device,
-                str(storage_folder(self.cdir)),
-                str(self.rdir / "state"),
-                discard=self.config.get("storage_sparse", False),
-            )
-            root = str(self.rdir / "root")
-            rootfs.mount_overlay(self.lower, state, root)
-            root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            rootfs.mount_proc_sys_tmp(root_fd)
-            rootfs.mount_dev(root_fd)
-            os.close(root_fd)
-            rootfs.enter_root(root)
-            security.mask_proc_paths()
-            hostname = self.config.get("name") or self.cid
-            sc.sethostname(hostname)
-            rootfs.write_identity_files(hostname, self.config.get("ipv4") if self.separate_net else None)
-            redirect_stdio_to_null()
-            os.write(status_w, b"ready\n")
-            security.close_fds_except_stdio(keep=(memfd, status_w))
-            security.install_seccomp()
-            security.drop_capabilities()
-            security.exec_init(memfd)
-        except BaseException as e:  # noqa: BLE001
-            report_and_exit(status_w, e)
+        os.setsid()
+        os.umask(0o022)
+        rootfs.make_mounts_private()
+        state = rootfs.mount_state(
+            self.device,
+            str(storage_folder(self.cdir)),
+            str(self.rdir / "state"),
+            discard=self.config.get("storage_sparse", False),
+        )
+        root = str(self.rdir / "root")
+        rootfs.mount_overlay(self.lower, state, root)
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        rootfs.mount_proc_sys_tmp(root_fd)
+        rootfs.mount_dev(root_fd)
+        os.close(root_fd)
+        rootfs.enter_root(root)
+        security.mask_proc_paths()
+        hostname = self.config.get("name") or self.cid
+        sc.sethostname(hostname)
+        rootfs.write_identity_files(hostname, self.config.get("ipv4") if self.separate_net else None)
+        proc.stdio_to_devnull()
+        report.send("ready")
+        security.close_fds_except_stdio(keep=(memfd, report.fd))
+        security.install_seccomp()
+        security.drop_capabilities()
+        security.exec_init(memfd)
 
 
 def storage_folder(cdir: Path) -> Path:
     from . import storage
 
     return storage.folder_path(cdir)
-
-
-def redirect_stdio_to_null() -> None:
-    fd = os.open("/dev/null", os.O_RDWR)
-    for target in (0, 1, 2):
-        os.dup2(fd, target)
-    if fd > 2:
-        os.close(fd)
-
-
-def report_and_exit(status_w: int, error: BaseException) -> None:
-    from .errors import describe, traceback_if_debug
-
-    traceback_if_debug()
-    with contextlib.suppress(OSError):
-        os.write(status_w, f"error {describe(error)}\n".encode())
-    os._exit(1)
-
-
-def read_all(fd: int) -> str:
-    chunks: list[bytes] = []
-    while True:
-        data = os.read(fd, 4096)
-        if not data:
-            return b"".join(chunks).decode(errors="replace")
-        chunks.append(data)
-
-
-def parse_stage_report(message: str) -> int:
-    pid = None
-    for line in message.splitlines():
-        if line.startswith("error "):
-            raise KiwiError(f"starting the container failed: {line[6:]}")
-        if line.startswith("pid "):
-            pid = int(line[4:])
-    if pid is None or "ready" not in message.splitlines():
-        raise KiwiError("starting the container failed: its init did not report back")
-    return pid
 
 
 # --- entering a running container --------------------------------------------------
@@ -359,6 +312,8 @@ def open_namespaces(pid: int, include_net: bool) -> list[int]:
 
 
 def container_env(config: dict, shell: str | None, term: str | None) -> dict:
+    from .security import DEFAULT_PATH
+
     hostname = config.get("name") or config["id"]
     env = {
         "PATH": DEFAULT_PATH,
@@ -455,14 +410,14 @@ def spawn(
         )
         opened.remove(err_w)
         os.close(err_w)
-        message = read_all(err_r)
+        message = read_to_end(err_r).decode(errors="replace")
     finally:
         for fd in opened:
             os.close(fd)
     if message:
         status = wait_exit_code(pid)
         error = KiwiError(message.strip().splitlines()[-1])
-        error.exit_code = status if status in (126, 127) else 1
+        error.exit_code = status if status in (EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND) else EXIT_ERROR
         raise error
     return pid
 
@@ -547,20 +502,29 @@ def stop(store: Store, cid: str, stop_sessions: Callable[[Store, str], None], gr
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 wait_for_exit(pid, start_time, 5)
-        teardown(store, cid)
+        failures = teardown(store, cid)
+        if failures:
+            state = "stopped" if record else "is not running"
+            raise KiwiError(f"container {cid} {state}, but {'; '.join(failures)}; run 'kiwi cleanup'")
         return record is not None
 
 
-def teardown(store: Store, cid: str, release_network: bool = True) -> None:
+def teardown(store: Store, cid: str, release_network: bool = True) -> list[str]:
     """Remove what a start set up; safe to call on a partly started or dead container.
+    Each step is tried whatever the others did; returns what failed, one line each.
 
     Never touches a cgroup or veth that another data folder made; with
     release_network, the bridge and NAT go too once no container uses them."""
-    cgroup = container_cgroup(store, cid)
-    if cgroup.exists() and not cgroup.foreign():
-        cgroup.kill_all()
-        cgroup.remove()
-    with contextlib.suppress(Exception):
+    from .errors import GoingOn
+
+    failures: list[str] = []
+    with GoingOn(failures, f"removing the cgroup of container {cid}"):
+        cgroup = container_cgroup(store, cid)
+        if cgroup.exists() and not cgroup.foreign():
+            cgroup.kill_all()
+            cgroup.remove()
+    # pyroute2 and nft report in exceptions of their own.
+    with GoingOn(failures, f"removing the network device of container {cid}", catch=(Exception,)):
         from . import network
 
         network.detach_container(cid, store.folder_id())
@@ -575,11 +539,13 @@ def teardown(store: Store, cid: str, release_network: bool = True) -> None:
     if not mount_file(store, cid).exists():
         with contextlib.suppress(OSError):
             os.rmdir(rdir)
+    return failures
 
 
-def forget(store: Store, cid: str) -> None:
-    """Before delete: make sure nothing of the container is left running."""
-    teardown(store, cid)
+def forget(store: Store, cid: str) -> list[str]:
+    """Before delete: make sure nothing of the container is left running; returns what
+    could not be removed (teardown's failures)."""
+    failures = teardown(store, cid)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(mount_file(store, cid))
     import shutil
@@ -587,6 +553,7 @@ def forget(store: Store, cid: str) -> None:
     shutil.rmtree(store.runtime_dir(cid), ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(store.locks_dir / f"{cid}.lock")
+    return failures
 
 
 # --- settings on a running container ---------------------------------------------------
@@ -598,7 +565,7 @@ def apply_live(store: Store, config: dict, changed: list[str]) -> list[str]:
         return []
     notes = []
     if {"memory", "cpu"} & set(changed):
-        container_cgroup(store, cid).set_limits(config.get("memory"), config.get("cpu"), DEFAULT_PIDS_MAX)
+        container_cgroup(store, cid).set_limits(config.get("memory"), config.get("cpu"))
         notes.append("memory and cpu limits applied to the running container")
     if "network" in changed:
         notes.append("the network change applies at the next start (kiwi stop, then attach)")

@@ -38,6 +38,10 @@ import sys
 from pathlib import Path
 
 from kiwi import syscalls as sc
+from kiwi.proc import write_all
+
+# The PATH of a container's init and of every command run in it.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # -- capabilities ---------------------------------------------------------
 
@@ -687,7 +691,7 @@ def helper_memfd(name: str) -> int:
     data = helper_binary_path(name).read_bytes()
     fd = sc.memfd_create(name, sc.MFD_CLOEXEC | sc.MFD_ALLOW_SEALING)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
         sc.add_seals(fd, sc.F_SEAL_SEAL | sc.F_SEAL_SHRINK | sc.F_SEAL_GROW | sc.F_SEAL_WRITE)
     except BaseException:
         os.close(fd)
@@ -703,16 +707,10 @@ def init_memfd() -> int:
     return helper_memfd(INIT_NAME)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def exec_init(memfd: int, env=None) -> None:
     """Replace this process with kiwi-init (returns only by raising OSError)."""
     if env is None:
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+        env = {"PATH": DEFAULT_PATH}
     # The mask survives exec: a SIGTERM arriving before kiwi-init's own
     # sigprocmask stays pending instead of being dropped (PID 1 of a namespace
     # ignores default-action signals).

@@ -383,7 +383,7 @@ def extract_upper(staging: str, path: str, progress) -> None:
 
 def commit(store: Store, cid: str, image: str, progress=None) -> dict:
     from . import images
-    from .containers import now_iso
+    from .store import utc_now
 
     validate_name(image, "image name")
     if images.image_exists(store, image):
@@ -402,7 +402,7 @@ def commit(store: Store, cid: str, image: str, progress=None) -> dict:
                 "source": f"commit of container {cid} (image {config['image']})",
                 "sha256": None,
                 "size": stats.get("size"),
-                "created": now_iso(),
+                "created": utc_now(),
                 "parent": config["image"],
             }
             atomic_write_json(staging / "image.json", meta)

@@ -25,6 +25,8 @@ import struct
 import termios
 import tty
 
+from .proc import write_all
+
 CHUNK = 65536
 TIOCSPTLCK = 0x40045431  # _IOW('T', 0x31, int): unlock the slave
 TIOCGPTPEER = 0x5441  # _IO('T', 0x41): open the slave from the master, no path lookup
@@ -45,17 +47,6 @@ def terminal_size(fd: int) -> tuple[int, int] | None:
 def set_window_size(fd: int, rows: int, cols: int) -> None:
     with contextlib.suppress(OSError):
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except BlockingIOError:
-            select.select([], [fd], [])
-            continue
-        view = view[written:]
 
 
 def read_some(fd: int) -> bytes | None:

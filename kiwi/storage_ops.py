@@ -169,15 +169,14 @@ def finish_interrupted_change(store, config: dict) -> bool:
     return True
 
 
-CAP_SYS_RESOURCE = 24
-
-
 def can_resize_online() -> bool:
     """ext4's online resize ioctl needs CAP_SYS_RESOURCE; some sandboxes withhold it even from root."""
+    from .security import CAPABILITIES
+
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) & (1 << CAP_SYS_RESOURCE))
+                return bool(int(line.split()[1], 16) & (1 << CAPABILITIES["SYS_RESOURCE"]))
     return False
 
 

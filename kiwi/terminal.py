@@ -19,6 +19,7 @@ import termios
 import traceback
 from pathlib import Path
 
+from .argtools import subcommands
 from .errors import KiwiError
 
 PROMPT = "kiwi> "
@@ -94,13 +95,6 @@ def reexec_with_sudo() -> None:
 
 
 # --- the parser as data for completion ------------------------------------------------
-
-
-def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
 
 
 def takes_value(action: argparse.Action) -> bool:

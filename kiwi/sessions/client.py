@@ -11,7 +11,7 @@ import signal
 import socket
 from dataclasses import dataclass
 
-from ..errors import KiwiError
+from ..errors import KiwiError, exit_code_for_signal
 from ..stdio import RawTerminal, SignalPipe, terminal_size, write_all
 from ..store import Store
 from . import proto
@@ -44,7 +44,7 @@ def taken_over(info: dict) -> Outcome:
 
 
 def signalled(signum: int) -> Outcome:
-    return Outcome("signal", status=128 + signum, signum=signum)
+    return Outcome("signal", status=exit_code_for_signal(signum), signum=signum)
 
 
 class Client:

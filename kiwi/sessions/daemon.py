@@ -15,9 +15,9 @@ import socket
 import time
 
 from .. import proc, runtime
-from ..errors import KiwiError
+from ..errors import KiwiError, exit_code_for_signal
 from ..stdio import read_some, set_window_size
-from ..store import Store, atomic_write_json
+from ..store import Store, atomic_write_json, utc_now
 from . import proto
 from .records import (
     KILL_GRACE,
@@ -29,7 +29,6 @@ from .records import (
     remove_files,
     signal_session,
     socket_path,
-    utc_now,
 )
 from .tty import TERMINAL_QUERIES
 
@@ -375,7 +374,7 @@ class Daemon:
         self.drop_client(
             {
                 "reason": f"container {self.cid} is stopping; session {self.sid} ended",
-                "status": 128 + signal.SIGHUP,
+                "status": exit_code_for_signal(signal.SIGHUP),
             }
         )
         for conn in self.killers:
@@ -403,74 +402,49 @@ def start_daemon(store: Store, cid: str, sid: str, term: str | None, size: tuple
     """Double-fork the session daemon; returns once its socket accepts clients."""
     preload_daemon_modules()
     ensure_sessions_dir(store, cid)
-    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        os.close(ready_r)
-        daemon_process(store, cid, sid, term, size, ready_w)
-    os.close(ready_w)
+    child = proc.Child(daemon_process, store, cid, sid, term, size)
     try:
-        report = read_line(ready_r)
-    finally:
-        os.close(ready_r)
-        os.waitpid(pid, 0)
-    if report != "ok":
+        # Up to "ok", not EOF: the daemon keeps its end of the pipe open.
+        ready = ("ok", None) in child.read(until="ok")
+    except KiwiError as e:
         remove_files(store, cid, sid)
-        raise KiwiError(
-            report[len("error ") :]
-            if report.startswith("error ")
-            else "the session daemon did not start; see kiwi cleanup"
-        )
+        raise e.within("starting the session failed") from None
+    finally:
+        child.close()
+        child.wait()
+    if not ready:
+        remove_files(store, cid, sid)
+        raise KiwiError("the session daemon did not start; see kiwi cleanup")
 
 
-def read_line(fd: int) -> str:
-    """The relay child inherits the pipe, so the report ends at a newline, not at EOF."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode(errors="replace").strip()
-
-
-def daemon_process(store, cid, sid, term, size, ready_w: int) -> None:
-    """First child: new session, fork the daemon, leave. Never returns."""
+def daemon_process(report, store, cid, sid, term, size) -> None:
+    """First child: new session, fork the daemon, leave."""
     from .. import syscalls as sc
 
-    try:
-        os.setsid()
-        if os.fork() != 0:
-            os._exit(0)
-        # Holds the PTY master of a shell in the container: no ptrace, no /proc/<pid>/fd of it.
-        sc.prctl(sc.PR_SET_DUMPABLE, 0)
-        become_daemon(ready_w)
-        daemon = Daemon(store, cid, sid, term, size)
-        daemon.start()
-    except BaseException as e:  # noqa: BLE001 - reported to the waiting client
-        from ..errors import describe
+    os.setsid()
+    if os.fork() != 0:
+        return
+    # Holds the PTY master of a shell in the container: no ptrace, no /proc/<pid>/fd of it.
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)
+    proc.child_main(report, run_daemon, store, cid, sid, term, size)
 
-        text = e.message if isinstance(e, KiwiError) else f"starting the session failed: {describe(e)}"
-        with contextlib.suppress(OSError):
-            os.write(ready_w, f"error {text}\n".encode())
-        os._exit(1)
-    os.write(ready_w, b"ok\n")
-    os.close(ready_w)
-    try:
-        daemon.run()
-    finally:
-        os._exit(0)
+
+def run_daemon(report, store, cid, sid, term, size) -> None:
+    """The daemon: says "ok" once its socket listens, then serves until the session ends."""
+    become_daemon(report.fd)
+    daemon = Daemon(store, cid, sid, term, size)
+    daemon.start()
+    report.send("ok")
+    os.close(report.fd)
+    report.fd = -1  # the number may be reused: nothing more goes to it
+    daemon.run()
 
 
 def become_daemon(keep_fd: int) -> None:
     """Let go of the client's terminal, folder and every other inherited fd."""
     from .. import security
 
-    null = os.open(os.devnull, os.O_RDWR)
-    for target in (0, 1, 2):
-        os.dup2(null, target)
-    if null > 2:
-        os.close(null)
+    proc.stdio_to_devnull()
     security.close_fds_except_stdio(keep=(keep_fd,))
     os.chdir("/")
     os.umask(0o077)

@@ -114,10 +114,6 @@ def ensure_sessions_dir(store: Store, cid: str) -> Path:
     return path
 
 
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 # --- processes ----------------------------------------------------------------------
 
 

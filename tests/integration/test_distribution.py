@@ -6,7 +6,6 @@ this host and from a Debian chroot that has no Python at all."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -75,13 +74,6 @@ def test_unknown_target_is_refused():
 # --- man pages ------------------------------------------------------------------
 
 
-def subcommands(parser) -> dict:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action.choices
-    raise AssertionError("the parser has no subcommands")
-
-
 def rendered(page: Path) -> str:
     """The page as `man` shows it, in ASCII and without line wrapping."""
     assert page.is_file(), f"{page} missing: ./build.sh host writes it"
@@ -94,6 +86,7 @@ def rendered(page: Path) -> str:
 def test_main_man_page_shows_every_command_and_option():
     kiwi_command()  # builds dist/ (binary and man pages) when missing
     sys.path.insert(0, str(REPO))
+    from kiwi.argtools import subcommands
     from kiwi.cli import build_parser
 
     text = rendered(REPO / "dist" / "kiwi.1")
@@ -108,6 +101,7 @@ def test_main_man_page_shows_every_command_and_option():
 
 
 def test_each_command_has_its_own_page():
+    from kiwi.argtools import subcommands
     from kiwi.cli import build_parser
 
     for name, sub in subcommands(build_parser()).items():

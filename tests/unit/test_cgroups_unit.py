@@ -86,12 +86,24 @@ def test_validate_parent_refuses_tricks(value):
         cgroups.validate_parent(value)
 
 
-@pytest.mark.parametrize("cid", ["8f3b9d2a1c44", "abc", "a_b-c"])
+@pytest.mark.parametrize("cid", ["8f3b9d2a1c44", "000000000000"])
 def test_valid_cids(cid):
     assert cgroups.cgroup_name(cid) == "kiwi-" + cid
 
 
-@pytest.mark.parametrize("cid", ["", "..", "a/b", "a.b", "x" * 65, None])
+def test_every_id_the_store_makes_is_a_valid_cgroup_cid():
+    from kiwi.store import new_container_id
+
+    for _ in range(200):
+        cid = new_container_id()
+        assert cgroups.cgroup_name(cid) == "kiwi-" + cid
+
+
+# The store's rule, [0-9a-f]{12}: one validator for both.
+@pytest.mark.parametrize(
+    "cid",
+    ["", "..", "a/b", "a.b", "x" * 65, None, "abc", "a_b-c", "8F3B9D2A1C44", "8f3b9d2a1c4", "8f3b9d2a1c44\n"],
+)
 def test_invalid_cids_are_refused(cid):
     with pytest.raises(KiwiError):
         cgroups.validate_cid(cid)
@@ -148,11 +160,13 @@ def test_v1_cgroup_paths_share_comounted_directory():
     mounts = cgroups.parse_mountinfo(HYBRID_MOUNTINFO)
     own = cgroups.parse_proc_cgroup(HYBRID_PROC_CGROUP)
     version, parents = cgroups.resolve_parents("kt", mounts, own, None)
-    group = Cgroup("abc", version, parents, "0123456789ab")
-    assert group.path("memory") == Path("/sys/fs/cgroup/memory/process_api/276a/kt/kiwi-abc")
-    assert group.path("cpu") == group.path("cpuacct") == Path("/sys/fs/cgroup/cpu,cpuacct/kt/kiwi-abc")
+    group = Cgroup("8f3b9d2a1c44", version, parents, "0123456789ab")
+    assert group.path("memory") == Path("/sys/fs/cgroup/memory/process_api/276a/kt/kiwi-8f3b9d2a1c44")
+    assert (
+        group.path("cpu") == group.path("cpuacct") == Path("/sys/fs/cgroup/cpu,cpuacct/kt/kiwi-8f3b9d2a1c44")
+    )
     assert len(group._unique_dirs()) == 5
-    assert group.path("freezer") == Path("/sys/fs/cgroup/freezer/kt/kiwi-abc")
+    assert group.path("freezer") == Path("/sys/fs/cgroup/freezer/kt/kiwi-8f3b9d2a1c44")
     assert group.version == "v1"
 
 
@@ -160,8 +174,8 @@ def test_absolute_parent_ignores_own_cgroup():
     mounts = cgroups.parse_mountinfo(HYBRID_MOUNTINFO)
     own = cgroups.parse_proc_cgroup(HYBRID_PROC_CGROUP)
     _, parents = cgroups.resolve_parents("/kiwi", mounts, own, None)
-    assert Cgroup("abc", "v1", parents, "0123456789ab").path("memory") == Path(
-        "/sys/fs/cgroup/memory/kiwi/kiwi-abc"
+    assert Cgroup("8f3b9d2a1c44", "v1", parents, "0123456789ab").path("memory") == Path(
+        "/sys/fs/cgroup/memory/kiwi/kiwi-8f3b9d2a1c44"
     )
 
 
@@ -169,8 +183,8 @@ def test_relative_parent_on_v2_goes_below_own_cgroup():
     mount = cgroups.parse_mountinfo(PURE_V2_MOUNTINFO)[0]
     version, parents = cgroups.resolve_parents("kt", [mount], {"unified": "/user.slice/s.scope"}, mount)
     assert version == "v2"
-    assert Cgroup("abc", version, parents, "0123456789ab").path("pids") == Path(
-        "/sys/fs/cgroup/user.slice/s.scope/kt/kiwi-abc"
+    assert Cgroup("8f3b9d2a1c44", version, parents, "0123456789ab").path("pids") == Path(
+        "/sys/fs/cgroup/user.slice/s.scope/kt/kiwi-8f3b9d2a1c44"
     )
 
 
@@ -181,10 +195,10 @@ def test_missing_v1_controllers_is_a_clear_error():
 
 
 def test_v2_cgroup_uses_one_directory_for_every_controller():
-    group = Cgroup("abc", "v2", {"unified": (_mount(), "/kiwi")}, "0123456789ab")
-    expected = Path("/sys/fs/cgroup/kiwi/kiwi-abc")
+    group = Cgroup("8f3b9d2a1c44", "v2", {"unified": (_mount(), "/kiwi")}, "0123456789ab")
+    expected = Path("/sys/fs/cgroup/kiwi/kiwi-8f3b9d2a1c44")
     assert group.path("memory") == group.path("cpuset") == group.path("freezer") == expected
-    assert (group.version, group.name) == ("v2", "kiwi-abc")
+    assert (group.version, group.name) == ("v2", "kiwi-8f3b9d2a1c44")
     assert folders(group) == {"unified": str(expected)}
 
 
