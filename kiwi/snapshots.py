@@ -483,8 +483,7 @@ def go_image_without_rootfs(store, info: dict, path) -> str | None:
 
 def restore_go_image(store, path, fmt, info: dict, progress=None) -> str:
     from . import goarchive
-    from .containers import now_iso
-    from .store import atomic_write_json, fsync_dir
+    from .store import atomic_write_json, fsync_dir, utc_now
 
     manifest, identity = info["manifest"], info["identity"]
     base = str(manifest.get("name") or info["meta"].get("image_name") or "restored")
@@ -505,7 +504,7 @@ def restore_go_image(store, path, fmt, info: dict, progress=None) -> str:
                     "source": os.path.abspath(path),
                     "sha256": None,
                     "size": info["sizes"][goarchive.ROOTFS] or None,
-                    "created": now_iso(),
+                    "created": utc_now(),
                     "files": None,
                     "go_image": identity,
                 },

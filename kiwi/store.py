@@ -19,15 +19,7 @@ from .errors import Doing, KiwiError, os_error_message
 
 # The file helpers live in files.py (hoststate.py needs them and store.py needs hoststate.py);
 # their callers import them from here.
-from .files import (  # noqa: F401
-    atomic_write_json,
-    flock,
-    fsync_dir,
-    host_full,
-    is_disk_full,
-    read_json,
-    utc_now,
-)
+from .files import atomic_write_json, flock, fsync_dir, host_full, is_disk_full, read_json, utc_now  # noqa: F401
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
 ID_RE = re.compile(r"[0-9a-f]{12}\Z")

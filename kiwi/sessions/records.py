@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import signal
-import time
 from pathlib import Path
 
 from .. import proc

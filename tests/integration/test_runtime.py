@@ -187,9 +187,17 @@ def test_hostile_symlinks_do_not_touch_the_host(kiwi, busybox_tar, tmp_path, mod
     kiwi("stop", cid)
 
 
-def loop_devices_of(root: Path) -> list[str]:
-    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if str(root) in line]
+def loop_devices_of(root: Path, settle: float = 10.0) -> list[str]:
+    """Loop devices backed by files under root. The kernel detaches an autoclear device
+    when its last user lets go, which on a loaded machine can trail the unmount a little:
+    wait up to `settle` seconds for the list to empty."""
+    deadline = time.monotonic() + settle
+    while True:
+        out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+        found = [line for line in out.splitlines() if str(root) in line]
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 def cgroup_dirs_of(kiwi) -> list[str]:
