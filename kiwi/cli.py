@@ -68,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "what",
         nargs="?",
-        choices=["containers", "images", "all"],
+        choices=["containers", "images", "exports", "all"],
         default="containers",
-        help="what to list (default: containers)",
+        help="what to list (default: containers); exports: the .kiwi files in the data folder",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -162,8 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("container")
     p.add_argument("--time", type=int, default=10, metavar="SECONDS", help="grace period (default 10)")
 
-    p = sub.add_parser("delete", help="delete a container and its data")
-    p.add_argument("container")
+    p = sub.add_parser(
+        "delete",
+        help="delete a container, an image or a .kiwi file",
+        description="kiwi delete <container>: delete a container and all its data. "
+        "kiwi delete image <name>: delete an image no container uses. "
+        "kiwi delete export <file>: delete a .kiwi file shown by 'kiwi list exports'.",
+    )
+    p.add_argument("container", metavar="container | image | export", help="a container, or the word image or export")
+    p.add_argument("name", nargs="?", help="after image or export: the image or .kiwi file to delete")
     p.add_argument("--yes", action="store_true", help="do not ask (required without a terminal)")
 
     p = sub.add_parser("ip", help="print a container's IPv4 address")

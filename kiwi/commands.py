@@ -116,6 +116,13 @@ def show_images(rows: list[dict]) -> None:
     )
 
 
+def show_exports(rows: list[dict]) -> None:
+    print_table(
+        ["FILE", "SIZE", "MODIFIED", "PATH"],
+        [[r["name"], format_size(r["size"]), r["modified"], r["path"]] for r in rows],
+    )
+
+
 def cmd_list(args) -> int:
     store = Store.open()
     data = {}
@@ -128,6 +135,10 @@ def cmd_list(args) -> int:
             warn(shortfall)
     if args.what in ("images", "all"):
         data["images"] = image_rows(store)
+    if args.what in ("exports", "all"):
+        from . import images
+
+        data["exports"] = images.list_exports(store)
     if args.json:
         out(json.dumps(data if args.what == "all" else data[args.what], indent=2))
         return 0
@@ -137,6 +148,10 @@ def cmd_list(args) -> int:
         if "containers" in data:
             out()
         show_images(data["images"])
+    if "exports" in data:
+        if len(data) > 1:
+            out()
+        show_exports(data["exports"])
     hint_go_data(store)
     return 0
 
@@ -274,6 +289,8 @@ def cmd_set(args) -> int:
 
 
 def cmd_delete(args) -> int:
+    if args.name is not None:
+        return delete_image_or_export(args.container, args.name)
     from . import containers, runtime
 
     store = Store.open()
@@ -298,6 +315,22 @@ def cmd_delete(args) -> int:
         runtime.forget(store, cid)
         containers.delete(store, cid)
     out(f"deleted {label}")
+    return 0
+
+
+def delete_image_or_export(kind: str, name: str) -> int:
+    from . import images
+
+    store = Store.open()
+    if kind == "image":
+        images.remove_image(store, name)
+        out(f"deleted image {name}")
+    elif kind == "export":
+        out(f"deleted {images.delete_export(store, name)}")
+    else:
+        raise KiwiError(
+            f"'kiwi delete' takes one container, or: kiwi delete image <name> / kiwi delete export <file>"
+        )
     return 0
 
 

@@ -125,6 +125,7 @@ def create(
         if populate:
             populate(staging, config)
         with store.lock():
+            images.get_image(store, image)  # not deleted meanwhile: kiwi delete image holds this lock
             if name is not None:
                 check_name_free(store, name)
             if store.container_dir(cid).exists():
