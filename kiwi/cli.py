@@ -169,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
         "kiwi delete image <name>: delete an image no container uses. "
         "kiwi delete export <file>: delete a .kiwi file shown by 'kiwi list exports'.",
     )
-    p.add_argument("container", metavar="container | image | export", help="a container, or the word image or export")
+    p.add_argument(
+        "container", metavar="container | image | export", help="a container, or the word image or export"
+    )
     p.add_argument("name", nargs="?", help="after image or export: the image or .kiwi file to delete")
     p.add_argument("--yes", action="store_true", help="do not ask (required without a terminal)")
 

@@ -329,7 +329,7 @@ def delete_image_or_export(kind: str, name: str) -> int:
         out(f"deleted {images.delete_export(store, name)}")
     else:
         raise KiwiError(
-            f"'kiwi delete' takes one container, or: kiwi delete image <name> / kiwi delete export <file>"
+            "'kiwi delete' takes one container, or: kiwi delete image <name> / kiwi delete export <file>"
         )
     return 0
 
