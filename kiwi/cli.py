@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--network", choices=["host", "separate"], help="share the host's network or not")
     p.add_argument("--shell", help="shell for sessions, an absolute path inside the container")
+    p.add_argument(
+        "--autostart",
+        choices=["yes", "no"],
+        help="start the container at boot with 'kiwi autostart' (see 'kiwi autostart --install')",
+    )
 
     p = sub.add_parser(
         "attach",
@@ -158,6 +163,37 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--delete", metavar="SESSION", help="end and remove the session")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = sub.add_parser("start", help="start a container without attaching to it")
+    p.add_argument("container")
+
+    p = sub.add_parser("restart", help="stop a container (as 'kiwi stop' does), then start it")
+    p.add_argument("container")
+    p.add_argument("--time", type=int, default=10, metavar="SECONDS", help="grace period (default 10)")
+
+    p = sub.add_parser(
+        "rename",
+        help="give a container a new name",
+        description="Give a container a new name; it may be running. Its hostname "
+        "inside follows at the next start.",
+    )
+    p.add_argument("container")
+    p.add_argument("new_name", metavar="new-name")
+
+    p = sub.add_parser(
+        "autostart",
+        help="start every container marked 'set --autostart yes' (run at boot)",
+        description="Start every container of this data folder whose autostart is on "
+        "(kiwi set <c> --autostart yes). With --install: write the systemd unit "
+        "kiwi-autostart.service that runs this kiwi binary with this data folder at boot; "
+        "enable it with 'systemctl enable kiwi-autostart.service'.",
+    )
+    p.add_argument("--install", action="store_true", help="write the systemd unit instead of starting")
+    p.add_argument(
+        "--systemd-dir",
+        metavar="DIR",
+        help="with --install: unit folder (default /etc/systemd/system, or $KIWI_SYSTEMD_DIR)",
+    )
+
     p = sub.add_parser("stop", help="stop a container: SIGTERM, grace period, then kill")
     p.add_argument("container")
     p.add_argument("--time", type=int, default=10, metavar="SECONDS", help="grace period (default 10)")
@@ -174,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", nargs="?", help="after image or export: the image or .kiwi file to delete")
     p.add_argument("--yes", action="store_true", help="do not ask (required without a terminal)")
+    p.add_argument(
+        "--force", action="store_true", help="a container that runs or is mounted: stop or unmount it first"
+    )
 
     p = sub.add_parser("ip", help="print a container's IPv4 address")
     p.add_argument("container")

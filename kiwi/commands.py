@@ -263,9 +263,11 @@ def cmd_set(args) -> int:
 
     store = Store.open()
     cid = store.resolve_container(args.container)
-    if all(v is None for v in (args.memory, args.cpu, args.storage, args.network, args.shell, args.sparse)):
+    given = (args.memory, args.cpu, args.storage, args.network, args.shell, args.sparse, args.autostart)
+    if all(v is None for v in given):
         raise KiwiError(
-            "nothing to set; give --memory, --cpu, --storage, --sparse, --reserve, --network or --shell"
+            "nothing to set; give --memory, --cpu, --storage, --sparse, --reserve, --network, --shell"
+            " or --autostart"
         )
     from . import storage_ops
 
@@ -277,6 +279,8 @@ def cmd_set(args) -> int:
                 f"finished an interrupted storage change: storage is {storage_ops.describe(config['storage'])}"
             )
         changed = containers.apply_settings(config, args.memory, args.cpu, args.network, args.shell)
+        if args.autostart is not None:
+            config["autostart"] = args.autostart == "yes"
         if args.sparse is not None:
             notes += storage_ops.change_reservation(store, config, args.sparse)
         if args.storage is not None:
@@ -304,6 +308,8 @@ def cmd_delete(args) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             out("not deleted")
             return 1
+    if args.force:
+        stop_and_unmount(store, cid)
     with store.container_lock(cid):
         state = runtime.status(store, cid)
         if state["status"] == "running":
@@ -316,6 +322,16 @@ def cmd_delete(args) -> int:
         containers.delete(store, cid)
     out(f"deleted {label}")
     return 0
+
+
+def stop_and_unmount(store: Store, cid: str) -> None:
+    """delete --force: what would refuse the delete, undone first."""
+    from . import runtime
+
+    if runtime.stop(store, cid):
+        out(f"stopped {cid}")
+    if runtime.read_mount(store, cid):
+        out(f"unmounted {cid} from {runtime.unmount(store, cid)}")
 
 
 def delete_image_or_export(kind: str, name: str) -> int:
@@ -403,6 +419,71 @@ def cmd_sessions(args) -> int:
             ["SESSION", "STATE", "CREATED", "COMMAND"],
             [[r["id"], r["state"], r["created"], r["command"]] for r in rows],
         )
+    return 0
+
+
+def cmd_start(args) -> int:
+    from . import runtime
+
+    store = Store.open()
+    cid = store.resolve_container(args.container)
+    if runtime.read_runtime(store, cid):
+        out(f"{cid} is already running")
+        return 0
+    record = runtime.start(store, cid)
+    if record.get("warning"):
+        warn(record["warning"])
+    out(f"started {cid}")
+    return 0
+
+
+def cmd_restart(args) -> int:
+    from . import runtime
+
+    store = Store.open()
+    cid = store.resolve_container(args.container)
+    if args.time < 0:
+        raise KiwiError("--time must be 0 or more seconds")
+    runtime.stop(store, cid, grace=args.time)
+    record = runtime.start(store, cid)
+    if record.get("warning"):
+        warn(record["warning"])
+    out(f"restarted {cid}")
+    return 0
+
+
+def cmd_rename(args) -> int:
+    from . import containers, runtime
+
+    store = Store.open()
+    cid = store.resolve_container(args.container)
+    containers.rename(store, cid, args.new_name)
+    out(f"renamed {cid} to {args.new_name}")
+    if runtime.read_runtime(store, cid):
+        out("its hostname inside changes at the next start")
+    return 0
+
+
+def cmd_autostart(args) -> int:
+    from . import autostart
+
+    store = Store.open()
+    if args.install:
+        path = autostart.install_unit(store, args.systemd_dir)
+        enable = f"systemctl daemon-reload && systemctl enable {autostart.UNIT_NAME}"
+        out(f"wrote {path}; enable it with: {enable}")
+        return 0
+    if args.systemd_dir:
+        raise KiwiError("--systemd-dir goes with --install")
+    failed = 0
+    for cid, error in autostart.start_marked(store):
+        if error:
+            failed += 1
+            warn(f"{cid}: {error}")
+        else:
+            out(f"running {cid}")
+    if failed:
+        raise KiwiError(f"{failed} container(s) marked autostart did not start (see above)")
     return 0
 
 

@@ -161,6 +161,19 @@ def apply_settings(config: dict, memory=None, cpu=None, network=None, shell=None
     return changed
 
 
+def rename(store: Store, cid: str, new_name: str) -> dict:
+    """Give a container a new name. Only the hostname keys on it (set at start); ids
+    name everything else (cgroup, veth, folders), so a running container may be renamed."""
+    validate_container_name(new_name)
+    with store.container_lock(cid), store.lock():
+        config = store.container_config(cid)
+        if config.get("name") != new_name:
+            check_name_free(store, new_name)
+            config["name"] = new_name
+            save_config(store, config)
+    return config
+
+
 def save_config(store: Store, config: dict) -> None:
     atomic_write_json(store.container_dir(config["id"]) / "config.json", config)
 
