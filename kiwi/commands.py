@@ -422,6 +422,14 @@ def cmd_sessions(args) -> int:
     return 0
 
 
+def start_container(store: Store, cid: str) -> None:
+    from . import runtime
+
+    record = runtime.start(store, cid)
+    if record.get("warning"):
+        warn(record["warning"])
+
+
 def cmd_start(args) -> int:
     from . import runtime
 
@@ -430,9 +438,7 @@ def cmd_start(args) -> int:
     if runtime.read_runtime(store, cid):
         out(f"{cid} is already running")
         return 0
-    record = runtime.start(store, cid)
-    if record.get("warning"):
-        warn(record["warning"])
+    start_container(store, cid)
     out(f"started {cid}")
     return 0
 
@@ -445,9 +451,7 @@ def cmd_restart(args) -> int:
     if args.time < 0:
         raise KiwiError("--time must be 0 or more seconds")
     runtime.stop(store, cid, grace=args.time)
-    record = runtime.start(store, cid)
-    if record.get("warning"):
-        warn(record["warning"])
+    start_container(store, cid)
     out(f"restarted {cid}")
     return 0
 
