@@ -273,9 +273,12 @@ def request(store: Store, cid: str, sid: str, kind: int, timeout: float) -> tupl
 class Daemon:
     """Owns the PTY master of one shell; serves one attached client at a time."""
 
-    def __init__(self, store: Store, cid: str, sid: str, term: str | None, size: tuple[int, int]):
+    def __init__(
+        self, store: Store, cid: str, sid: str, term: str | None, size: tuple[int, int], command=None
+    ):
         self.store, self.cid, self.sid = store, cid, sid
         self.term, self.size = term, size
+        self.argv, self.exec_options = command or (None, None)  # None: the container's shell
         self.ring = bytearray()
         self.ring_trimmed = False
         self.to_shell = bytearray()
@@ -298,7 +301,13 @@ class Daemon:
         set_window_size(self.master, *self.size)
         try:
             self.relay = runtime.spawn(
-                self.store, self.cid, None, fds=(slave, slave, slave), term=self.term, tty=True
+                self.store,
+                self.cid,
+                self.argv,
+                fds=(slave, slave, slave),
+                term=self.term,
+                tty=True,
+                exec_options=self.exec_options,
             )
         finally:
             os.close(slave)
@@ -626,15 +635,18 @@ def preload_daemon_modules() -> None:
     from . import cgroups, rootfs, security, stdio, syscalls  # noqa: F401  (runtime.spawn uses them)
 
 
-def start_daemon(store: Store, cid: str, sid: str, term: str | None, size: tuple[int, int]) -> None:
-    """Double-fork the session daemon; returns once its socket accepts clients."""
+def start_daemon(
+    store: Store, cid: str, sid: str, term: str | None, size: tuple[int, int], command=None
+) -> None:
+    """Double-fork the session daemon; returns once its socket accepts clients.
+    command: (argv, execopts.ExecOptions) to run instead of the shell."""
     preload_daemon_modules()
     ensure_sessions_dir(store, cid)
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         os.close(ready_r)
-        daemon_process(store, cid, sid, term, size, ready_w)
+        daemon_process(store, cid, sid, term, size, ready_w, command)
     os.close(ready_w)
     try:
         report = read_line(ready_r)
@@ -661,7 +673,7 @@ def read_line(fd: int) -> str:
     return data.decode(errors="replace").strip()
 
 
-def daemon_process(store, cid, sid, term, size, ready_w: int) -> None:
+def daemon_process(store, cid, sid, term, size, ready_w: int, command=None) -> None:
     """First child: new session, fork the daemon, leave. Never returns."""
     from . import syscalls as sc
 
@@ -672,7 +684,7 @@ def daemon_process(store, cid, sid, term, size, ready_w: int) -> None:
         # Holds the PTY master of a shell in the container: no ptrace, no /proc/<pid>/fd of it.
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         become_daemon(ready_w)
-        daemon = Daemon(store, cid, sid, term, size)
+        daemon = Daemon(store, cid, sid, term, size, command)
         daemon.start()
     except BaseException as e:  # noqa: BLE001 - reported to the waiting client
         from .errors import describe
@@ -849,12 +861,13 @@ def tell(line: str) -> None:
 # --- API used by commands.py -----------------------------------------------------------
 
 
-def new_session(store: Store, cid: str, detach_key: str = "ctrl-\\") -> int:
+def new_session(store: Store, cid: str, detach_key: str = "ctrl-\\", argv=None, exec_options=None) -> int:
+    """A detachable session running argv (the container's shell when None); it ends when that ends."""
     key = parse_detach_key(detach_key)
     sid = new_session_id(store, cid)
     term = os.environ.get("TERM") or None
     size = terminal_size(0) or terminal_size(1) or DEFAULT_SIZE
-    start_daemon(store, cid, sid, term, size)
+    start_daemon(store, cid, sid, term, size, (argv, exec_options))
     sock = connect(socket_path(store, cid, sid), REQUEST_TIMEOUT)
     if sock is None:
         raise KiwiError(f"session {sid} started but does not accept connections; see kiwi sessions {cid}")
