@@ -134,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="start if needed and open a session or run a command",
         description="Start the container if needed. Without a command: a new managed "
         "session with a shell (detach with Ctrl-\\, reattach with --old). "
-        "With '-- cmd args': run it and pass its exit status through.",
+        "With '-- cmd args': run it and pass its exit status through (126: it cannot be "
+        "executed, 127: it is not found), or with --session run it in a detachable session "
+        "that ends when it ends.",
     )
     p.add_argument("container", nargs="?")
     mode = p.add_mutually_exclusive_group()
@@ -153,6 +155,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--takeover", action="store_true", help="with --old: take over a session attached elsewhere"
+    )
+    p.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        metavar="NAME=VALUE",
+        help="set an environment variable for the command (repeatable)",
+    )
+    p.add_argument(
+        "-w", "--workdir", metavar="DIR", help="working directory, an absolute path inside the container"
+    )
+    p.add_argument(
+        "-u",
+        "--user",
+        metavar="USER[:GROUP]",
+        help="run as this user (and group): names from the container's /etc/passwd and /etc/group, "
+        "or numeric ids; default root",
     )
     p.add_argument("cmd", nargs="*", metavar="-- cmd", help="command and arguments to run")
 

@@ -371,7 +371,7 @@ def cmd_ip(args) -> int:
 def cmd_attach(args) -> int:
     store = Store.open()
     if args.old:
-        if args.container or args.cmd:
+        if args.container or args.cmd or args.env or args.workdir or args.user:
             raise KiwiError("--old takes only a session id: kiwi attach --old <session>")
         from . import sessions
 
@@ -383,19 +383,24 @@ def cmd_attach(args) -> int:
         from .errors import CommandNotFound
 
         raise CommandNotFound("the command to run is empty; give one after --, e.g. kiwi attach c -- sh")
-    from . import runtime
+    from . import execopts, runtime
 
+    options = execopts.ExecOptions(
+        execopts.parse_env(args.env),
+        execopts.parse_workdir(args.workdir),
+        execopts.parse_user_spec(args.user),
+    )
     cid = store.resolve_container(args.container)
     record = runtime.ensure_running(store, cid)
     if record.get("warning"):
         warn(record["warning"])
-    if args.direct or args.cmd:
-        if args.session:
-            raise KiwiError("--session opens a shell; run a command with: kiwi attach <c> -- cmd")
-        return runtime.run_attached(store, cid, args.cmd or None)
+    if args.direct or (args.cmd and not args.session):
+        return runtime.run_attached(store, cid, args.cmd or None, exec_options=options)
     from . import sessions
 
-    return sessions.new_session(store, cid, detach_key=args.detach_key)
+    return sessions.new_session(
+        store, cid, detach_key=args.detach_key, argv=args.cmd or None, exec_options=options
+    )
 
 
 def cmd_sessions(args) -> int:
