@@ -245,6 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unmount", help="remove the host mount made by 'kiwi mount'")
     p.add_argument("container")
 
+    p = sub.add_parser(
+        "cp",
+        help="copy files or folders between a container and the host",
+        description="kiwi cp <container>:/path host-path copies out of the container, "
+        "kiwi cp host-path <container>:/path into it, running or stopped. Paths inside the "
+        "container resolve as in the container (its symlinks never lead out); folders are "
+        "copied whole, symlinks in them as symlinks; modes, times and numeric owners are kept "
+        "(setuid/setgid bits are dropped on the way out). Device nodes, FIFOs and sockets are "
+        "refused. Into an existing folder the copy takes the source's name; an existing file is "
+        "replaced. A host path with a colon is written ./a:b.",
+    )
+    p.add_argument("source", help="<container>:/path or a host path")
+    p.add_argument("dest", help="a host path or <container>:/path")
+
     p = sub.add_parser("snap", help="write a portable .kiwi archive of a container")
     p.add_argument("container")
     p.add_argument("snapshot", help="snapshot name; the file is kiwi-data/<id>-<snapshot>.kiwi")

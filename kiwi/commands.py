@@ -540,6 +540,15 @@ def cmd_unmount(args) -> int:
     return 0
 
 
+def cmd_cp(args) -> int:
+    from . import copyfiles
+
+    store = Store.open()
+    entries, size, _ = copyfiles.copy(store, args.source, args.dest)
+    out(f"copied {entries} file(s), {format_size(size)}, to {args.dest}")
+    return 0
+
+
 # --- archives -----------------------------------------------------------------
 
 
