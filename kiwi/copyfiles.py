@@ -268,6 +268,11 @@ def in_container_view(store, cid: str, work) -> tuple[int, int]:
     with store.container_lock(cid):
         if runtime.read_runtime(store, cid):
             raise KiwiError(f"container {cid} started meanwhile; run kiwi cp again")
+        mounted = runtime.read_mount(store, cid)
+        if mounted:  # a second overlay on its upper folder would corrupt it
+            raise KiwiError(
+                f"container {cid} is mounted at {mounted}; copy there, or run kiwi unmount {cid} first"
+            )
         config = store.container_config(cid)
         lower = str(store.image_dir(config["image"]) / "rootfs")
         return privatens.run(on_stopped_root, store, cid, lower, work)

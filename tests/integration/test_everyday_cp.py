@@ -157,3 +157,15 @@ def test_swapping_a_folder_for_a_link_during_copies(kiwi, busybox, tmp_path):
     assert all(p.read_text() != "HOSTDATA" for p in found if not p.is_symlink())
     assert sorted(os.listdir(host_dir)) == ["secret"]
     kiwi("stop", cid, "--time", "1")
+
+
+def test_stopped_and_mounted_is_refused(kiwi, busybox, tmp_path):
+    cid = kiwi.create("busybox")
+    target = tmp_path / "mnt"
+    target.mkdir()
+    kiwi("mount", cid, target)
+    done = kiwi("cp", f"{cid}:/etc/passwd", tmp_path / "p", check=False)
+    assert done.returncode == 1 and f"is mounted at {target}" in done.stderr
+    kiwi("unmount", cid)
+    kiwi("cp", f"{cid}:/etc/passwd", tmp_path / "p")
+    assert (tmp_path / "p").read_text().startswith("root:")
