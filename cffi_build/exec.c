@@ -7,7 +7,7 @@
  * runc CVE-2019-5736 class: `#!/proc/self/exe` in the container would
  * otherwise re-execute, and let a waiting process rewrite, the host binary).
  *
- *   kiwi-exec [-t] [-c FD]... [-n FD]... [-k CAPS] [-w DIR] -- command [args]
+ *   kiwi-exec [-t] [-c FD]... [-n FD]... [-k CAPS] [-w DIR] [-u UID -g GID [-G GIDS]] -- command [args]
  *
  *   fd 0-2  the command's stdio (pipes or a PTY slave of the container's devpts)
  *   fd 3    error pipe, close-on-exec: one line of text on failure, EOF on exec
@@ -17,6 +17,9 @@
  *   -k CAPS capabilities to keep, hexadecimal mask
  *   -t      fd 0 is a PTY slave: make it the controlling terminal
  *   -w DIR  working directory inside the container
+ *   -u UID  run as this user id (after the capabilities are dropped: the
+ *   -g GID  kernel clears them all on the switch away from uid 0)
+ *   -G GIDS supplementary groups, comma-separated ids (default: none)
  *
  * The environment given to kiwi-exec is the command's (PATH is searched inside
  * the container). The parent stays outside the container's PID namespace,
@@ -40,6 +43,7 @@
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <grp.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -53,6 +57,7 @@
 #define SECCOMP_FD 4
 #define MAX_FDS 32
 #define MAX_FILTER 4096  /* BPF_MAXINSNS */
+#define MAX_GROUPS 64    /* execopts.MAX_GROUPS */
 
 static struct sock_filter filter[MAX_FILTER];
 static unsigned short filter_len;
@@ -63,6 +68,11 @@ struct options {
     uint64_t keep_caps;
     int tty;
     const char *workdir;
+    int set_user;
+    uid_t uid;
+    gid_t gid;
+    gid_t groups[MAX_GROUPS];
+    int ngroups;
     char **argv;
 };
 
@@ -115,22 +125,50 @@ static void add_fd(int *list, int *count, const char *text)
     list[(*count)++] = parse_fd(text);
 }
 
+/* A uid or gid: decimal, below (id_t)-1 (which means "unchanged"). */
+static unsigned int parse_id(const char *text)
+{
+    char *end;
+    unsigned long long id;
+
+    errno = 0;
+    id = strtoull(text, &end, 10);
+    if (*text < '0' || *text > '9' || *end != '\0' || errno || id >= 0xffffffffULL)
+        fail(1, "kiwi-exec: bad user or group id %s", text);
+    return (unsigned int)id;
+}
+
+static void parse_groups(char *text, struct options *o)
+{
+    for (char *id = strtok(text, ","); id; id = strtok(NULL, ",")) {
+        if (o->ngroups >= MAX_GROUPS)
+            fail(1, "kiwi-exec: more than %d groups", MAX_GROUPS);
+        o->groups[o->ngroups++] = parse_id(id);
+    }
+}
+
 static void parse_options(int argc, char **argv, struct options *o)
 {
-    int opt;
+    int opt, have_uid = 0, have_gid = 0;
 
     memset(o, 0, sizeof *o);
     o->workdir = "/";
-    while ((opt = getopt(argc, argv, "+tc:n:k:w:")) != -1) {
+    while ((opt = getopt(argc, argv, "+tc:n:k:w:u:g:G:")) != -1) {
         switch (opt) {
         case 't': o->tty = 1; break;
         case 'c': add_fd(o->cgroups, &o->ncgroups, optarg); break;
         case 'n': add_fd(o->namespaces, &o->nnamespaces, optarg); break;
         case 'k': o->keep_caps = strtoull(optarg, NULL, 16); break;
         case 'w': o->workdir = optarg; break;
+        case 'u': o->uid = parse_id(optarg); have_uid = 1; break;
+        case 'g': o->gid = parse_id(optarg); have_gid = 1; break;
+        case 'G': parse_groups(optarg, o); break;
         default: fail(1, "kiwi-exec: usage: kiwi-exec [-t] [-c FD] [-n FD] [-k CAPS] [-w DIR] -- command");
         }
     }
+    if (have_uid != have_gid || (o->ngroups && !have_uid))
+        fail(1, "kiwi-exec: -u, -g and -G go together");
+    o->set_user = have_uid;
     if (optind >= argc)
         fail(1, "kiwi-exec: no command given");
     o->argv = argv + optind;
@@ -225,6 +263,18 @@ static void drop_capabilities(uint64_t keep)
         fail(1, "capset: %s", strerror(errno));
 }
 
+/* Groups first, uid last: each step needs CAP_SETGID/CAP_SETUID, which the
+ * switch away from uid 0 then clears with every other capability. */
+static void switch_user(const struct options *o)
+{
+    if (setgroups((size_t)o->ngroups, o->groups) != 0)
+        fail(1, "cannot set the groups in the container: %s", strerror(errno));
+    if (setresgid(o->gid, o->gid, o->gid) != 0)
+        fail(1, "cannot switch to group %u in the container: %s", (unsigned)o->gid, strerror(errno));
+    if (setresuid(o->uid, o->uid, o->uid) != 0)
+        fail(1, "cannot switch to user %u in the container: %s", (unsigned)o->uid, strerror(errno));
+}
+
 /* The command's process: inside the PID namespace, never in a host session. */
 static void run_command(const struct options *o)
 {
@@ -238,6 +288,8 @@ static void run_command(const struct options *o)
     close_from(ERROR_FD + 1);
     install_seccomp();
     drop_capabilities(o->keep_caps);
+    if (o->set_user)
+        switch_user(o);
     execvp(o->argv[0], o->argv);  /* PATH from our environment: the container's */
     if (errno == ENOENT)
         fail(127, "%s: command not found in the container", o->argv[0]);

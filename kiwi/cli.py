@@ -70,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "what",
         nargs="?",
-        choices=["containers", "images", "all"],
+        choices=["containers", "images", "exports", "all"],
         default="containers",
-        help="what to list (default: containers)",
+        help="what to list (default: containers); exports: the .kiwi files in the data folder",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -125,13 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--network", choices=["host", "separate"], help="share the host's network or not")
     p.add_argument("--shell", help="shell for sessions, an absolute path inside the container")
+    p.add_argument(
+        "--autostart",
+        choices=["yes", "no"],
+        help="start the container at boot with 'kiwi autostart' (see 'kiwi autostart --install')",
+    )
 
     p = sub.add_parser(
         "attach",
         help="start if needed and open a session or run a command",
         description="Start the container if needed. Without a command: a new managed "
         "session with a shell (detach with Ctrl-\\, reattach with --old). "
-        "With '-- cmd args': run it and pass its exit status through.",
+        "With '-- cmd args': run it and pass its exit status through (126: it cannot be "
+        "executed, 127: it is not found), or with --session run it in a detachable session "
+        "that ends when it ends.",
     )
     p.add_argument("container", nargs="?")
     mode = p.add_mutually_exclusive_group()
@@ -151,6 +158,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--takeover", action="store_true", help="with --old: take over a session attached elsewhere"
     )
+    p.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        metavar="NAME=VALUE",
+        help="set an environment variable for the command (repeatable)",
+    )
+    p.add_argument(
+        "-w", "--workdir", metavar="DIR", help="working directory, an absolute path inside the container"
+    )
+    p.add_argument(
+        "-u",
+        "--user",
+        metavar="USER[:GROUP]",
+        help="run as this user (and group): names from the container's /etc/passwd and /etc/group, "
+        "or numeric ids; default root",
+    )
     p.add_argument("cmd", nargs="*", metavar="-- cmd", help="command and arguments to run")
 
     p = sub.add_parser("sessions", help="list, kill or delete a container's sessions")
@@ -160,13 +184,56 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--delete", metavar="SESSION", help="end and remove the session")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = sub.add_parser("start", help="start a container without attaching to it")
+    p.add_argument("container")
+
+    p = sub.add_parser("restart", help="stop a container (as 'kiwi stop' does), then start it")
+    p.add_argument("container")
+    p.add_argument("--time", type=int, default=10, metavar="SECONDS", help="grace period (default 10)")
+
+    p = sub.add_parser(
+        "rename",
+        help="give a container a new name",
+        description="Give a container a new name; it may be running. Its hostname "
+        "inside follows at the next start.",
+    )
+    p.add_argument("container")
+    p.add_argument("new_name", metavar="new-name")
+
+    p = sub.add_parser(
+        "autostart",
+        help="start every container marked 'set --autostart yes' (run at boot)",
+        description="Start every container of this data folder whose autostart is on "
+        "(kiwi set <c> --autostart yes). With --install: write the systemd unit "
+        "kiwi-autostart.service that runs this kiwi binary with this data folder at boot; "
+        "enable it with 'systemctl enable kiwi-autostart.service'.",
+    )
+    p.add_argument("--install", action="store_true", help="write the systemd unit instead of starting")
+    p.add_argument(
+        "--systemd-dir",
+        metavar="DIR",
+        help="with --install: unit folder (default /etc/systemd/system, or $KIWI_SYSTEMD_DIR)",
+    )
+
     p = sub.add_parser("stop", help="stop a container: SIGTERM, grace period, then kill")
     p.add_argument("container")
     p.add_argument("--time", type=int, default=10, metavar="SECONDS", help="grace period (default 10)")
 
-    p = sub.add_parser("delete", help="delete a container and its data")
-    p.add_argument("container")
+    p = sub.add_parser(
+        "delete",
+        help="delete a container, an image or a .kiwi file",
+        description="kiwi delete <container>: delete a container and all its data. "
+        "kiwi delete image <name>: delete an image no container uses. "
+        "kiwi delete export <file>: delete a .kiwi file shown by 'kiwi list exports'.",
+    )
+    p.add_argument(
+        "container", metavar="container | image | export", help="a container, or the word image or export"
+    )
+    p.add_argument("name", nargs="?", help="after image or export: the image or .kiwi file to delete")
     p.add_argument("--yes", action="store_true", help="do not ask (required without a terminal)")
+    p.add_argument(
+        "--force", action="store_true", help="a container that runs or is mounted: stop or unmount it first"
+    )
 
     p = sub.add_parser("ip", help="print a container's IPv4 address")
     p.add_argument("container")
@@ -179,6 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("unmount", help="remove the host mount made by 'kiwi mount'")
     p.add_argument("container")
+
+    p = sub.add_parser(
+        "cp",
+        help="copy files or folders between a container and the host",
+        description="kiwi cp <container>:/path host-path copies out of the container, "
+        "kiwi cp host-path <container>:/path into it, running or stopped. Paths inside the "
+        "container resolve as in the container (its symlinks never lead out); folders are "
+        "copied whole, symlinks in them as symlinks; modes, times and numeric owners are kept "
+        "(setuid/setgid bits are dropped on the way out). Device nodes, FIFOs and sockets are "
+        "refused. Into an existing folder the copy takes the source's name; an existing file is "
+        "replaced. A host path with a colon is written ./a:b.",
+    )
+    p.add_argument("source", help="<container>:/path or a host path")
+    p.add_argument("dest", help="a host path or <container>:/path")
 
     p = sub.add_parser("snap", help="write a portable .kiwi archive of a container")
     p.add_argument("container")

@@ -117,6 +117,13 @@ def show_images(rows: list[dict]) -> None:
     )
 
 
+def show_exports(rows: list[dict]) -> None:
+    print_table(
+        ["FILE", "SIZE", "MODIFIED", "PATH"],
+        [[r["name"], format_size(r["size"]), r["modified"], r["path"]] for r in rows],
+    )
+
+
 def cmd_list(args) -> int:
     store = Store.open()
     data = {}
@@ -129,6 +136,10 @@ def cmd_list(args) -> int:
             warn(shortfall)
     if args.what in ("images", "all"):
         data["images"] = image_rows(store)
+    if args.what in ("exports", "all"):
+        from . import images
+
+        data["exports"] = images.list_exports(store)
     if args.json:
         out(json.dumps(data if args.what == "all" else data[args.what], indent=2))
         return 0
@@ -138,6 +149,10 @@ def cmd_list(args) -> int:
         if "containers" in data:
             out()
         show_images(data["images"])
+    if "exports" in data:
+        if len(data) > 1:
+            out()
+        show_exports(data["exports"])
     hint_go_data(store)
     return 0
 
@@ -249,9 +264,11 @@ def cmd_set(args) -> int:
 
     store = Store.open()
     cid = store.resolve_container(args.container)
-    if all(v is None for v in (args.memory, args.cpu, args.storage, args.network, args.shell, args.sparse)):
+    given = (args.memory, args.cpu, args.storage, args.network, args.shell, args.sparse, args.autostart)
+    if all(v is None for v in given):
         raise KiwiError(
-            "nothing to set; give --memory, --cpu, --storage, --sparse, --reserve, --network or --shell"
+            "nothing to set; give --memory, --cpu, --storage, --sparse, --reserve, --network, --shell"
+            " or --autostart"
         )
     from . import storage_ops
 
@@ -263,6 +280,8 @@ def cmd_set(args) -> int:
                 f"finished an interrupted storage change: storage is {storage_ops.describe(config['storage'])}"
             )
         changed = containers.apply_settings(config, args.memory, args.cpu, args.network, args.shell)
+        if args.autostart is not None:
+            config["autostart"] = args.autostart == "yes"
         if args.sparse is not None:
             notes += storage_ops.change_reservation(store, config, args.sparse)
         if args.storage is not None:
@@ -278,6 +297,8 @@ def cmd_set(args) -> int:
 
 
 def cmd_delete(args) -> int:
+    if args.name is not None:
+        return delete_image_or_export(args.container, args.name)
     from . import containers, runtime
 
     store = Store.open()
@@ -291,6 +312,8 @@ def cmd_delete(args) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             out("not deleted")
             return EXIT_ERROR
+    if args.force:
+        stop_and_unmount(store, cid)
     with store.container_lock(cid):
         state = runtime.status(store, cid)
         if state["status"] == "running":
@@ -304,6 +327,32 @@ def cmd_delete(args) -> int:
     out(f"deleted {label}")
     for line in left:
         warn(f"{line}; run 'kiwi cleanup'")
+    return 0
+
+
+def stop_and_unmount(store: Store, cid: str) -> None:
+    """delete --force: what would refuse the delete, undone first."""
+    from . import hostmount, runstate, runtime, sessions
+
+    if runtime.stop(store, cid, sessions.stop_all):
+        out(f"stopped {cid}")
+    if runstate.read_mount(store, cid):
+        out(f"unmounted {cid} from {hostmount.unmount(store, cid)}")
+
+
+def delete_image_or_export(kind: str, name: str) -> int:
+    from . import images
+
+    store = Store.open()
+    if kind == "image":
+        images.remove_image(store, name)
+        out(f"deleted image {name}")
+    elif kind == "export":
+        out(f"deleted {images.delete_export(store, name)}")
+    else:
+        raise KiwiError(
+            "'kiwi delete' takes one container, or: kiwi delete image <name> / kiwi delete export <file>"
+        )
     return 0
 
 
@@ -328,7 +377,7 @@ def cmd_ip(args) -> int:
 def cmd_attach(args) -> int:
     store = Store.open()
     if args.old:
-        if args.container or args.cmd:
+        if args.container or args.cmd or args.env or args.workdir or args.user:
             raise KiwiError("--old takes only a session id: kiwi attach --old <session>")
         from . import sessions
 
@@ -341,19 +390,25 @@ def cmd_attach(args) -> int:
         from .errors import CommandNotFound
 
         raise CommandNotFound("the command to run is empty; give one after --, e.g. kiwi attach c -- sh")
-    from . import runtime
+    from . import execopts, runtime
 
+    options = execopts.ExecOptions(
+        execopts.parse_env(args.env),
+        execopts.parse_workdir(args.workdir),
+        execopts.parse_user_spec(args.user),
+    )
     cid = store.resolve_container(args.container)
     record = runtime.ensure_running(store, cid)
     if record.get("warning"):
         warn(record["warning"])
-    if args.direct or args.cmd:
-        if args.session:
-            raise KiwiError("--session opens a shell; run a command with: kiwi attach <c> -- cmd")
-        return runtime.run_attached(store, cid, args.cmd or None)
+    if args.direct or (args.cmd and not args.session):
+        return runtime.run_attached(store, cid, args.cmd or None, exec_options=options)
     from . import sessions
 
-    return attach_session(sessions.new_session(store, cid, detach_key=args.detach_key), "session")
+    session = sessions.new_session(
+        store, cid, detach_key=args.detach_key, argv=args.cmd or None, exec_options=options
+    )
+    return attach_session(session, "session")
 
 
 def attach_session(session, what: str) -> int:
@@ -410,6 +465,75 @@ def cmd_sessions(args) -> int:
     return 0
 
 
+def start_container(store: Store, cid: str) -> None:
+    from . import runtime
+
+    record = runtime.start(store, cid)
+    if record.get("warning"):
+        warn(record["warning"])
+
+
+def cmd_start(args) -> int:
+    from . import runtime
+
+    store = Store.open()
+    cid = store.resolve_container(args.container)
+    if runtime.read_runtime(store, cid):
+        out(f"{cid} is already running")
+        return 0
+    start_container(store, cid)
+    out(f"started {cid}")
+    return 0
+
+
+def cmd_restart(args) -> int:
+    from . import runtime, sessions
+
+    store = Store.open()
+    cid = store.resolve_container(args.container)
+    if args.time < 0:
+        raise KiwiError("--time must be 0 or more seconds")
+    runtime.stop(store, cid, sessions.stop_all, grace=args.time)
+    start_container(store, cid)
+    out(f"restarted {cid}")
+    return 0
+
+
+def cmd_rename(args) -> int:
+    from . import containers, runtime
+
+    store = Store.open()
+    cid = store.resolve_container(args.container)
+    containers.rename(store, cid, args.new_name)
+    out(f"renamed {cid} to {args.new_name}")
+    if runtime.read_runtime(store, cid):
+        out("its hostname inside changes at the next start")
+    return 0
+
+
+def cmd_autostart(args) -> int:
+    from . import autostart
+
+    store = Store.open()
+    if args.install:
+        path = autostart.install_unit(store, args.systemd_dir)
+        enable = f"systemctl daemon-reload && systemctl enable {autostart.UNIT_NAME}"
+        out(f"wrote {path}; enable it with: {enable}")
+        return 0
+    if args.systemd_dir:
+        raise KiwiError("--systemd-dir goes with --install")
+    failed = 0
+    for cid, error in autostart.start_marked(store):
+        if error:
+            failed += 1
+            warn(f"{cid}: {error}")
+        else:
+            out(f"running {cid}")
+    if failed:
+        raise KiwiError(f"{failed} container(s) marked autostart did not start (see above)")
+    return 0
+
+
 def cmd_stop(args) -> int:
     from . import runtime, sessions
 
@@ -454,6 +578,15 @@ def cmd_unmount(args) -> int:
     cid = store.resolve_container(args.container)
     target = hostmount.unmount(store, cid)
     out(f"unmounted {cid} from {target}")
+    return 0
+
+
+def cmd_cp(args) -> int:
+    from . import copyfiles
+
+    store = Store.open()
+    entries, size, _ = copyfiles.copy(store, args.source, args.dest)
+    out(f"copied {entries} file(s), {format_size(size)}, to {args.dest}")
     return 0
 
 

@@ -120,6 +120,7 @@ def create(
         if populate:
             populate(staging, config)
         with store.lock():
+            images.get_image(store, image)  # not deleted meanwhile: kiwi delete image holds this lock
             if name is not None:
                 check_name_free(store, name)
             if store.container_dir(cid).exists():
@@ -153,6 +154,19 @@ def apply_settings(config: dict, memory=None, cpu=None, network=None, shell=None
         config["shell"] = parse_shell(shell)
         changed.append("shell")
     return changed
+
+
+def rename(store: Store, cid: str, new_name: str) -> dict:
+    """Give a container a new name. Only the hostname keys on it (set at start); ids
+    name everything else (cgroup, veth, folders), so a running container may be renamed."""
+    validate_container_name(new_name)
+    with store.container_lock(cid), store.lock():
+        config = store.container_config(cid)
+        if config.get("name") != new_name:
+            check_name_free(store, new_name)
+            config["name"] = new_name
+            save_config(store, config)
+    return config
 
 
 def save_config(store: Store, config: dict) -> None:

@@ -62,11 +62,11 @@ def host_full(path: Path, what: str) -> KiwiError:
     )
 
 
-def utc_now() -> str:
-    """The time records and archives carry: 2026-12-01T19:00:00Z."""
+def utc_now(when: float | None = None) -> str:
+    """The time records and archives carry: 2026-12-01T19:00:00Z (now, or `when` in epoch seconds)."""
     import time
 
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def fsync_dir(path: Path) -> None:

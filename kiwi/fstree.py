@@ -103,6 +103,22 @@ def remove_tree(path, ignore_errors: bool = False) -> None:
             raise
 
 
+def remove_tree_at(parent_fd: int, name: str) -> None:
+    """remove_tree for the entry `name` of an open folder: no path is looked up,
+    so a tree in a container's root is removed without following its links."""
+    try:
+        os.unlink(name, dir_fd=parent_fd)
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        sub = open_subdir(parent_fd, name)
+        if sub is not None:
+            with more_open_files():
+                _remove_contents(sub, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(name, dir_fd=parent_fd)
+
+
 def _remove_contents(top_fd: int, ignore_errors: bool) -> None:
     stack = [(top_fd, None, iter(os.listdir(top_fd)))]  # (fd, its name in the parent, names)
     try:

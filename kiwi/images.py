@@ -17,6 +17,7 @@ from . import store as store_mod
 from .errors import KiwiError
 from .extract import extract_archive
 from .fstree import remove_tree
+from .store import utc_now
 
 STAGING_PREFIX = "import-"
 
@@ -55,7 +56,7 @@ def import_image(store, name: str, archive_path, progress=None, source=None) -> 
 def _refuse_existing(store, name: str) -> None:
     if image_exists(store, name):
         raise KiwiError(
-            f"an image named {name} already exists; choose another name or delete that image first"
+            f"an image named {name} already exists; choose another name or delete it first: kiwi delete image {name}"
         )
 
 
@@ -149,15 +150,85 @@ def list_images(store) -> list[dict]:
     return images
 
 
-def delete_image(store, name: str) -> None:
-    """Remove an image. Callers check first that no container uses it."""
+def containers_using(store, name: str) -> list[str]:
+    """Labels ("id (name)") of the containers made from the image `name`."""
+    users = []
+    for cid in store.container_ids():
+        with contextlib.suppress(FileNotFoundError, KiwiError):
+            config = store.container_config(cid)
+            if config.get("image") == name:
+                users.append(cid + (f" ({config['name']})" if config.get("name") else ""))
+    return users
+
+
+def remove_image(store, name: str) -> None:
+    """`kiwi delete image`: refused while a container uses it (checked under the
+    global lock, which container creation also holds)."""
+    delete_image(store, name, refuse_used=True)
+
+
+def delete_image(store, name: str, refuse_used: bool = False) -> None:
+    """Remove an image. Callers check first that no container uses it, or ask for refuse_used."""
     store_mod.validate_name(name, "image name")
     store.ensure_layout()
     with store.lock():
         if not image_exists(store, name):
             raise KiwiError(f"no image named {name}; see 'kiwi list images'")
+        users = containers_using(store, name) if refuse_used else []
+        if users:
+            raise KiwiError(
+                f"image {name} is used by {len(users)} container(s): {', '.join(users)}; delete those first"
+            )
         # Move it out of images/ at once; a crash mid-delete leaves only .tmp/ debris.
         doomed = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-deleted-", dir=store.tmp_dir))
         os.rename(store.image_dir(name), doomed / "image")
     with contextlib.suppress(FileNotFoundError):
         remove_tree(doomed)
+
+
+# --- .kiwi archives ---------------------------------------------------------------
+
+EXPORT_SUFFIX = ".kiwi"
+
+
+def export_folders(store) -> list[Path]:
+    """exports/ (pulled images) and the data folder itself (snapshots: <id>-<name>.kiwi)."""
+    return [store.exports_dir, store.root]
+
+
+def list_exports(store) -> list[dict]:
+    """The .kiwi files Kiwi keeps, each as {name, path, size, modified}; symlinks are not listed."""
+    import stat
+
+    rows = []
+    for folder in export_folders(store):
+        try:
+            entries = sorted(os.listdir(folder))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if not entry.endswith(EXPORT_SUFFIX):
+                continue
+            try:
+                st = os.lstat(folder / entry)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                modified = utc_now(st.st_mtime)
+                rows.append(
+                    {"name": entry, "path": str(folder / entry), "size": st.st_size, "modified": modified}
+                )
+    return rows
+
+
+def delete_export(store, name: str) -> str:
+    """Remove one .kiwi file by its file name (".kiwi" may be left off); returns its path."""
+    base = name[: -len(EXPORT_SUFFIX)] if name.endswith(EXPORT_SUFFIX) else name
+    if not store_mod.NAME_RE.match(base):
+        raise KiwiError(f"no .kiwi file named {name!r}; see 'kiwi list exports'")
+    for row in list_exports(store):
+        if row["name"] == base + EXPORT_SUFFIX:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(row["path"])
+            return row["path"]
+    raise KiwiError(f"no .kiwi file named {name!r}; see 'kiwi list exports'")

@@ -367,14 +367,21 @@ def command_of(init_pid: int, config: dict, argv: list[str] | None) -> tuple[lis
 
 
 def spawn(
-    store: Store, cid: str, argv: list[str] | None, fds=(0, 1, 2), term: str | None = None, tty: bool = False
+    store: Store,
+    cid: str,
+    argv: list[str] | None,
+    fds=(0, 1, 2),
+    term: str | None = None,
+    tty: bool = False,
+    exec_options=None,
 ) -> int:
     """Start kiwi-exec to run argv (a shell when None) in the running container.
 
     Returns the pid of kiwi-exec, our child, once the command runs; its exit
     status is the command's (128+n when killed by signal n). fds become the
     command's stdin, stdout and stderr: never a host file or terminal (see
-    stdio.py); tty: fds[0] is a PTY slave that becomes its controlling terminal.
+    stdio.py); tty: fds[0] is a PTY slave that becomes its controlling terminal;
+    exec_options: an execopts.ExecOptions (attach -e/-w/-u).
     """
     from . import cgroups, security
 
@@ -385,6 +392,7 @@ def spawn(
     init_pid = record["init_pid"]
     config = store.container_config(cid)
     argv, shell = command_of(init_pid, config, argv)
+    extra, env = exec_options.helper_args(init_pid) if exec_options else ([], {})
     opened = []
     try:
         # The folder the start recorded: no host-wide registry lookup on the exec path.
@@ -406,7 +414,10 @@ def spawn(
         options += [f"-n{5 + len(cgroup_fds) + i}" for i in range(len(ns_fds))]
         options += ["-t"] if tty else []
         pid = spawn_helper(
-            memfd, layout, [security.EXEC_NAME, *options, "--", *argv], container_env(config, shell, term)
+            memfd,
+            layout,
+            [security.EXEC_NAME, *options, *extra, "--", *argv],
+            {**container_env(config, shell, term), **env},
         )
         opened.remove(err_w)
         os.close(err_w)
@@ -457,12 +468,14 @@ def spawn_helper(memfd: int, layout: list[int], argv: list[str], env: dict) -> i
             os.close(fd)
 
 
-def run_attached(store: Store, cid: str, argv: list[str] | None) -> int:
+def run_attached(store: Store, cid: str, argv: list[str] | None, exec_options=None) -> int:
     """Run argv (or a shell) with this process's stdio, relayed; returns its exit status."""
     from . import stdio
 
     with stdio.Relay(running_record(store, cid)["init_pid"]) as relay:
-        pid = spawn(store, cid, argv, fds=relay.child_fds, term=relay.term, tty=relay.pty)
+        pid = spawn(
+            store, cid, argv, fds=relay.child_fds, term=relay.term, tty=relay.pty, exec_options=exec_options
+        )
         relay.started()
         return relay.run(pid)
 

@@ -187,13 +187,16 @@ class Attachment:
 # --- API used by commands.py -----------------------------------------------------------
 
 
-def new_session(store: Store, cid: str, detach_key: str = "ctrl-\\") -> Attachment:
-    """Start a session daemon with a shell in the container; enter the result to greet it."""
+def new_session(
+    store: Store, cid: str, detach_key: str = "ctrl-\\", argv=None, exec_options=None
+) -> Attachment:
+    """Start a session daemon running argv (the container's shell when None; the session ends
+    when it ends); enter the result to greet it."""
     key = parse_detach_key(detach_key)
     sid = new_session_id(store, cid)
     term = os.environ.get("TERM") or None
     size = window_size()
-    start_daemon(store, cid, sid, term, size)
+    start_daemon(store, cid, sid, term, size, (argv, exec_options))
     sock = proto.connect(socket_path(store, cid, sid), REQUEST_TIMEOUT)
     if sock is None:
         raise KiwiError(f"session {sid} started but does not accept connections; see kiwi sessions {cid}")

@@ -32,6 +32,10 @@ from .records import (
 )
 from .tty import TERMINAL_QUERIES
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from ..execopts import ExecOptions
+
 RING_SIZE = 64 * 1024
 CLIENT_SEND_TIMEOUT = 5.0  # a client that reads nothing this long is dropped
 FIRST_FRAME_TIMEOUT = 2.0
@@ -41,9 +45,15 @@ MAX_INPUT_BACKLOG = 256 * 1024
 class Daemon:
     """Owns the PTY master of one shell; serves one attached client at a time."""
 
-    def __init__(self, store: Store, cid: str, sid: str, term: str | None, size: tuple[int, int]):
+    def __init__(
+        self, store: Store, cid: str, sid: str, term: str | None, size: tuple[int, int], command=None
+    ):
         self.store, self.cid, self.sid = store, cid, sid
         self.term, self.size = term, size
+        # None: the container's shell
+        self.argv: list[str] | None
+        self.exec_options: ExecOptions | None
+        self.argv, self.exec_options = command or (None, None)
         self.ring = bytearray()
         self.ring_trimmed = False
         self.to_shell = bytearray()
@@ -66,7 +76,13 @@ class Daemon:
         set_window_size(self.master, *self.size)
         try:
             self.relay = runtime.spawn(
-                self.store, self.cid, None, fds=(slave, slave, slave), term=self.term, tty=True
+                self.store,
+                self.cid,
+                self.argv,
+                fds=(slave, slave, slave),
+                term=self.term,
+                tty=True,
+                exec_options=self.exec_options,
             )
         finally:
             os.close(slave)
@@ -398,11 +414,14 @@ def preload_daemon_modules() -> None:
     from .. import cgroups, rootfs, security, stdio, syscalls  # noqa: F401  (runtime.spawn uses them)
 
 
-def start_daemon(store: Store, cid: str, sid: str, term: str | None, size: tuple[int, int]) -> None:
-    """Double-fork the session daemon; returns once its socket accepts clients."""
+def start_daemon(
+    store: Store, cid: str, sid: str, term: str | None, size: tuple[int, int], command=None
+) -> None:
+    """Double-fork the session daemon; returns once its socket accepts clients.
+    command: (argv, execopts.ExecOptions) to run instead of the shell."""
     preload_daemon_modules()
     ensure_sessions_dir(store, cid)
-    child = proc.Child(daemon_process, store, cid, sid, term, size)
+    child = proc.Child(daemon_process, store, cid, sid, term, size, command)
     try:
         # Up to "ok", not EOF: the daemon keeps its end of the pipe open.
         ready = ("ok", None) in child.read(until="ok")
@@ -417,7 +436,7 @@ def start_daemon(store: Store, cid: str, sid: str, term: str | None, size: tuple
         raise KiwiError("the session daemon did not start; see kiwi cleanup")
 
 
-def daemon_process(report, store, cid, sid, term, size) -> None:
+def daemon_process(report, store, cid, sid, term, size, command=None) -> None:
     """First child: new session, fork the daemon, leave."""
     from .. import syscalls as sc
 
@@ -426,13 +445,13 @@ def daemon_process(report, store, cid, sid, term, size) -> None:
         return
     # Holds the PTY master of a shell in the container: no ptrace, no /proc/<pid>/fd of it.
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
-    proc.child_main(report, run_daemon, store, cid, sid, term, size)
+    proc.child_main(report, run_daemon, store, cid, sid, term, size, command)
 
 
-def run_daemon(report, store, cid, sid, term, size) -> None:
+def run_daemon(report, store, cid, sid, term, size, command=None) -> None:
     """The daemon: says "ok" once its socket listens, then serves until the session ends."""
     become_daemon(report.fd)
-    daemon = Daemon(store, cid, sid, term, size)
+    daemon = Daemon(store, cid, sid, term, size, command)
     daemon.start()
     report.send("ok")
     os.close(report.fd)

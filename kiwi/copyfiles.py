@@ -1,0 +1,332 @@
+"""`kiwi cp`: files and folders between the host and a container, through the container's view.
+
+The container's side is always reached from its root: a running container's
+/proc/<init>/root, a stopped one's overlay built in a private mount namespace.
+Paths given by the user resolve with openat2(RESOLVE_IN_ROOT), so the
+container's symlinks lead only inside it; everything below is walked one
+name at a time with O_NOFOLLOW from open folders (no recursion, no path
+looked up again), so swapping a folder for a link mid-copy leads nowhere.
+The copy is built under a temporary name and renamed into place at the end:
+a failure leaves nothing half-written. Never prints.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+
+from . import fstree
+from .errors import KiwiError
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+CHUNK = 1 << 20
+# Copied out, setuid and setgid bits go: a container's setuid-root file must never run as root on the host.
+HOST_MODE_MASK = 0o1777
+
+
+def split_ref(text: str) -> tuple[str | None, str]:
+    """'container:/path' -> (container, path); a host path -> (None, path).
+    A host path with a colon is written ./a:b or /a:b."""
+    head, sep, tail = text.partition(":")
+    if sep and head and not head.startswith((".", "/")) and "/" not in head:
+        if not tail:
+            raise KiwiError(f"{text!r}: give a path after the colon, e.g. {head}:/root")
+        return head, tail
+    return None, text
+
+
+class Copy:
+    """One copy of a file, folder or symlink tree from an open source to a folder fd."""
+
+    def __init__(self, to_host: bool, label: str):
+        self.to_host = to_host
+        self.label = label  # the source as the user named it, for messages
+        self.entries = 0
+        self.bytes = 0
+
+    # --- the top ---
+    def run(self, src_path_fd: int, dst_parent: int, dst_name: str) -> None:
+        """src_path_fd: an O_PATH fd of the source (resolved already); dst_parent: the folder."""
+        st = os.fstat(src_path_fd)
+        tmp = f".kiwi-cp-{secrets.token_hex(4)}"
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                src = os.open(".", DIR_FLAGS, dir_fd=src_path_fd)
+                self.copy_tree(src, st, dst_parent, tmp)
+            elif stat.S_ISREG(st.st_mode):
+                src = os.open(f"/proc/self/fd/{src_path_fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                try:
+                    self.copy_file(src, st, dst_parent, tmp)
+                finally:
+                    os.close(src)
+            else:
+                raise self.special(self.label, st)
+            self.rename_into_place(dst_parent, tmp, dst_name)
+        except BaseException:
+            fstree.remove_tree_at(dst_parent, tmp)
+            raise
+
+    def rename_into_place(self, parent: int, tmp: str, name: str) -> None:
+        try:
+            os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+                raise
+            raise KiwiError(
+                f"{name} exists at the destination as a folder, or as a file where a folder goes;"
+                " remove it or choose another name"
+            ) from None
+
+    # --- the walk ---
+    def copy_tree(self, src: int, st: os.stat_result, dst_parent: int, dst_name: str) -> None:
+        """Folders of any depth, without recursion: one (source, destination) fd pair per level."""
+        with fstree.more_open_files():
+            stack = [
+                (src, self.make_dir(dst_parent, dst_name), st, iter(sorted(os.listdir(src))), self.label)
+            ]
+            try:
+                while stack:
+                    s, d, dir_st, names, path = stack[-1]
+                    name = next(names, None)
+                    if name is None:
+                        self.set_owner_mode_times(d, dir_st)
+                        stack.pop()
+                        os.close(s)
+                        os.close(d)
+                        continue
+                    child = self.copy_entry(s, name, d, f"{path.rstrip('/')}/{name}")
+                    if child is not None:
+                        stack.append(child)
+            finally:
+                for s, d, *_ in stack:
+                    os.close(s)
+                    os.close(d)
+
+    def copy_entry(self, s: int, name: str, d: int, path: str):
+        """Copy one entry; a folder is returned as the next level of the walk."""
+        try:
+            st = os.stat(name, dir_fd=s, follow_symlinks=False)
+        except FileNotFoundError:
+            return None  # removed meanwhile
+        if stat.S_ISDIR(st.st_mode):
+            sub = fstree.open_subdir(s, name)
+            if sub is None or not same_file(os.fstat(sub), st):
+                if sub is not None:
+                    os.close(sub)
+                raise KiwiError(f"{path} changed while it was copied; copy again")
+            try:
+                dst = self.make_dir(d, name)
+            except BaseException:
+                os.close(sub)
+                raise
+            return (sub, dst, st, iter(sorted(os.listdir(sub))), path)
+        if stat.S_ISREG(st.st_mode):
+            src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=s)
+            try:
+                if not same_file(os.fstat(src), st):
+                    raise KiwiError(f"{path} changed while it was copied; copy again")
+                self.copy_file(src, st, d, name)
+            finally:
+                os.close(src)
+        elif stat.S_ISLNK(st.st_mode):
+            # Copied as a link, never followed: its target means something only inside its tree.
+            os.symlink(os.readlink(name, dir_fd=s), name, dir_fd=d)
+            os.chown(name, st.st_uid, st.st_gid, dir_fd=d, follow_symlinks=False)
+            self.entries += 1
+        else:
+            raise self.special(path, st)
+        return None
+
+    # --- one entry ---
+    def make_dir(self, parent: int, name: str) -> int:
+        os.mkdir(name, 0o700, dir_fd=parent)
+        self.entries += 1
+        return os.open(name, DIR_FLAGS, dir_fd=parent)
+
+    def copy_file(self, src: int, st: os.stat_result, parent: int, name: str) -> None:
+        dst = os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
+        )
+        try:
+            offset = 0
+            while True:
+                sent = os.sendfile(dst, src, offset, CHUNK)
+                if sent == 0:
+                    break
+                offset += sent
+            self.bytes += offset
+            self.set_owner_mode_times(dst, st)
+        finally:
+            os.close(dst)
+        self.entries += 1
+
+    def set_owner_mode_times(self, fd: int, st: os.stat_result) -> None:
+        """The numeric ids as the container sees them, the mode (chmod after chown, which clears
+        setuid), the modification time."""
+        os.fchown(fd, st.st_uid, st.st_gid)
+        mode = stat.S_IMODE(st.st_mode)
+        os.fchmod(fd, mode & HOST_MODE_MASK if self.to_host else mode)
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    @staticmethod
+    def special(path: str, st: os.stat_result) -> KiwiError:
+        kind = {
+            stat.S_IFCHR: "a device",
+            stat.S_IFBLK: "a device",
+            stat.S_IFIFO: "a FIFO",
+            stat.S_IFSOCK: "a socket",
+        }
+        what = kind.get(stat.S_IFMT(st.st_mode), "a special file")
+        return KiwiError(f"{path} is {what}; kiwi cp copies only files, folders and symlinks")
+
+
+def same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+# --- the container's side ---------------------------------------------------------------
+
+
+def open_in_container(root: int, path: str, flags: int = os.O_PATH) -> int:
+    """path resolved with the container's root as '/': its links never lead out, no magic links."""
+    from . import syscalls as sc
+
+    return sc.openat2(
+        root, path.lstrip("/") or ".", flags | os.O_CLOEXEC, 0, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
+    )
+
+
+def leaf_name(path: str, fallback: str) -> str:
+    name = os.path.basename(path.rstrip("/"))
+    return name if name not in ("", ".", "..") else fallback
+
+
+def destination(open_dir, path: str, src_name: str) -> tuple[int, str]:
+    """(folder fd, name) like cp: into an existing folder under the source's name, else as `path`."""
+    try:
+        return open_dir(path), src_name
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    name = os.path.basename(path.rstrip("/"))
+    if name in ("", ".", ".."):
+        raise KiwiError(f"{path}: give the new name or an existing folder as the destination")
+    return open_dir(os.path.dirname(path.rstrip("/")) or "/"), name
+
+
+def copy_to(src: int, open_dir, dest: str, src_name: str, job: Copy) -> tuple[int, int]:
+    """Copy the open source (closed here) to dest, whose folders open_dir opens."""
+    try:
+        parent, name = destination(open_dir, dest, src_name)
+        try:
+            job.run(src, parent, name)
+        finally:
+            os.close(parent)
+    finally:
+        os.close(src)
+    return job.entries, job.bytes
+
+
+def copy_out(root: int, cpath: str, host_dest: str, label: str) -> tuple[int, int]:
+    try:
+        src = open_in_container(root, cpath)
+    except FileNotFoundError:
+        raise KiwiError(f"{label}: no such file or folder in the container") from None
+
+    def host_dir(path):
+        return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    return copy_to(src, host_dir, host_dest, leaf_name(cpath, "root"), Copy(to_host=True, label=label))
+
+
+def copy_in(root: int, host_src: str, cpath: str) -> tuple[int, int]:
+    src = os.open(host_src, os.O_PATH | os.O_CLOEXEC)  # the user's own path: followed
+
+    def container_dir(path):
+        return open_in_container(root, path, os.O_PATH | os.O_DIRECTORY)
+
+    return copy_to(
+        src, container_dir, cpath, leaf_name(host_src, "copy"), Copy(to_host=False, label=host_src)
+    )
+
+
+def in_container_view(store, cid: str, work) -> tuple[int, int]:
+    """work(root_fd) on the container's root: the live one, or (stopped) an overlay of its
+    image and state in a private namespace that goes away with the helper process."""
+    from . import runtime
+
+    record = runtime.read_runtime(store, cid)
+    if record:
+        root = os.open(f"/proc/{record['init_pid']}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return work(root)
+        finally:
+            os.close(root)
+    from . import privatens
+
+    with store.container_lock(cid):
+        if runtime.read_runtime(store, cid):
+            raise KiwiError(f"container {cid} started meanwhile; run kiwi cp again")
+        mounted = runtime.read_mount(store, cid)
+        if mounted:  # a second overlay on its upper folder would corrupt it
+            raise KiwiError(
+                f"container {cid} is mounted at {mounted}; copy there, or run kiwi unmount {cid} first"
+            )
+        config = store.container_config(cid)
+        lower = str(store.image_dir(config["image"]) / "rootfs")
+        return privatens.run(on_stopped_root, store, cid, lower, work)
+
+
+def on_stopped_root(store, cid: str, lower: str, work):
+    """In a private mount namespace (privatens.run): state + overlay, then work(root fd)."""
+    import tempfile
+
+    from . import privatens, rootfs
+
+    base = tempfile.mkdtemp(prefix="cp-", dir=str(store.tmp_dir))
+    try:
+        state = privatens.mount_state(store, cid, os.path.join(base, "state"))
+        merged = os.path.join(base, "merged")
+        os.mkdir(merged, 0o700)
+        rootfs.mount_overlay(lower, state, merged)
+        root = os.open(merged, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return work(root)
+        finally:
+            os.close(root)
+    finally:
+        unmount_work_folder(base)
+
+
+def unmount_work_folder(base: str) -> None:
+    import contextlib
+
+    from . import syscalls as sc
+
+    for sub in ("merged", "state"):
+        path = os.path.join(base, sub)
+        with contextlib.suppress(OSError):
+            sc.umount(path, sc.MNT_DETACH)
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(base)
+
+
+def copy(store, source: str, dest: str) -> tuple[int, int, str]:
+    """kiwi cp: (entries, bytes, the container's id)."""
+    src_c, src_path = split_ref(source)
+    dst_c, dst_path = split_ref(dest)
+    if (src_c is None) == (dst_c is None):
+        raise KiwiError(
+            "kiwi cp copies between a container and the host: kiwi cp <c>:/path host-path, or back"
+        )
+    cid = store.resolve_container(src_c or dst_c)
+    if src_c:
+        entries, size = in_container_view(store, cid, lambda root: copy_out(root, src_path, dst_path, source))
+    else:
+        if not os.path.lexists(src_path):
+            raise KiwiError(f"no such file or folder: {src_path}")
+        entries, size = in_container_view(store, cid, lambda root: copy_in(root, src_path, dst_path))
+    return entries, size, cid

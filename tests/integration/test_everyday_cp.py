@@ -1,0 +1,171 @@
+"""Issue 17 item 6: kiwi cp between the host and a container, running or stopped,
+through the container's view only."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(params=["running", "stopped"])
+def box(request, kiwi, busybox) -> str:
+    cid = kiwi.create("busybox", "--name", "cpbox", "--network", "host")
+    kiwi.sh(
+        cid,
+        "mkdir -p /data/sub/deep && echo hello > /data/a.txt && chmod 640 /data/a.txt"
+        " && chown 1234:5678 /data/a.txt && ln -s a.txt /data/link && ln -s /etc/passwd /data/abs"
+        " && echo deep > /data/sub/deep/f && chmod 4755 /data/sub/deep/f"
+        " && mkdir /spec && echo ok > /spec/a && mkfifo /spec/fifo",
+    )
+    if request.param == "stopped":
+        kiwi("stop", cid, "--time", "1")
+    return cid
+
+
+def test_copy_out_keeps_modes_ids_and_links(kiwi, box, tmp_path):
+    out = kiwi.out("cp", f"{box}:/data", tmp_path)
+    assert out.startswith("copied 7 file(s)")
+    data = tmp_path / "data"
+    a = data / "a.txt"
+    assert a.read_text() == "hello\n"
+    st = os.stat(a)
+    assert stat.S_IMODE(st.st_mode) == 0o640 and (st.st_uid, st.st_gid) == (1234, 5678)
+    assert os.readlink(data / "link") == "a.txt" and os.readlink(data / "abs") == "/etc/passwd"
+    # A setuid file of the container is never setuid on the host.
+    assert stat.S_IMODE(os.stat(data / "sub" / "deep" / "f").st_mode) == 0o755
+    # A single file, to a new name, and into an existing folder.
+    kiwi("cp", "cpbox:/data/a.txt", tmp_path / "renamed")
+    assert (tmp_path / "renamed").read_text() == "hello\n"
+    kiwi("cp", "cpbox:/data/link", tmp_path / "data" / "sub")  # the link resolves inside: a.txt
+    assert (data / "sub" / "link").read_text() == "hello\n"
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".kiwi-cp")]
+
+
+def test_copy_in_and_back(kiwi, box, tmp_path):
+    src = tmp_path / "tree"
+    (src / "x" / "y").mkdir(parents=True)
+    (src / "x" / "y" / "z.txt").write_text("zed")
+    os.chmod(src / "x" / "y" / "z.txt", 0o604)
+    os.symlink("../y/z.txt", src / "x" / "rel")
+    out = kiwi.out("cp", src, f"{box}:/data/")
+    assert out.startswith("copied 5 file(s)")
+    kiwi("cp", tmp_path / "tree" / "x" / "y" / "z.txt", f"{box}:/data/renamed.txt")
+    kiwi("start", box)
+    listing = kiwi.out(
+        "attach",
+        box,
+        "--",
+        "sh",
+        "-c",
+        "cat /data/tree/x/y/z.txt /data/renamed.txt; echo; stat -c '%a %u' /data/tree/x/y/z.txt;"
+        " readlink /data/tree/x/rel",
+    )
+    assert listing.splitlines() == ["zedzed", "604 0", "../y/z.txt"]
+
+
+def test_special_files_and_missing_paths_are_one_line(kiwi, box, tmp_path):
+    done = kiwi("cp", f"{box}:/spec/fifo", tmp_path / "fifo-copy", check=False)
+    assert (
+        done.returncode == 1
+        and done.stderr
+        == f"kiwi: {box}:/spec/fifo is a FIFO; kiwi cp copies only files, folders and symlinks\n"
+    )
+    done = kiwi("cp", f"{box}:/no/such", tmp_path, check=False)
+    assert done.returncode == 1 and "no such file or folder in the container" in done.stderr
+    os.mkfifo(tmp_path / "fifo")
+    done = kiwi("cp", tmp_path / "fifo", f"{box}:/data/", check=False)
+    assert done.returncode == 1 and "is a FIFO" in done.stderr
+    for args in ((tmp_path, tmp_path), (f"{box}:/a", f"{box}:/b")):
+        done = kiwi("cp", *args, check=False)
+        assert done.returncode == 1 and "between a container and the host" in done.stderr
+    # A tree holding a FIFO is refused whole: nothing half-copied is left.
+    done = kiwi("cp", f"{box}:/spec", tmp_path / "speccopy", check=False)
+    assert done.returncode == 1 and "/spec/fifo is a FIFO" in done.stderr
+    assert sorted(os.listdir(tmp_path)) == ["fifo"]
+
+
+def test_device_nodes_are_refused(kiwi, box, tmp_path):
+    kiwi("start", box)
+    done = kiwi("cp", f"{box}:/dev/null", tmp_path / "null", check=False)
+    assert done.returncode == 1 and "/dev/null is a device" in done.stderr and done.stderr.count("\n") == 1
+    assert os.listdir(tmp_path) == []
+
+
+def in_box(kiwi, box, script) -> None:
+    """Change the container's files, leaving it running or stopped as it was."""
+    was_running = any(r["id"] == box and r["status"] == "running" for r in kiwi.json("list"))
+    kiwi.sh(box, script)
+    if not was_running:
+        kiwi("stop", box, "--time", "1")
+
+
+def test_container_links_never_reach_the_host(kiwi, box, tmp_path):
+    secret = tmp_path / "host-secret"
+    secret.write_text("HOST ONLY")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    in_box(
+        kiwi,
+        box,
+        f"ln -s {secret} /data/evil; ln -s ../../../../../../..{secret} /data/evil2;"
+        f" ln -s /proc/self/root{secret} /data/evil3; ln -s {victim} /data/outdir;"
+        " ln -s /etc/shadow /data/shadow; echo CONTAINER-SHADOW > /etc/shadow",
+    )
+    for name in ("evil", "evil2", "evil3"):
+        done = kiwi("cp", f"{box}:/data/{name}", tmp_path / f"got-{name}", check=False)
+        assert done.returncode == 1, name
+        assert done.stderr.count("\n") == 1
+        assert not (tmp_path / f"got-{name}").exists()
+    # /etc/shadow of the container, not the host's.
+    kiwi("cp", f"{box}:/data/shadow", tmp_path / "shadow")
+    assert (tmp_path / "shadow").read_text() == "CONTAINER-SHADOW\n"
+    # Copying in through a container link to a host folder stays inside the container.
+    (tmp_path / "payload").write_text("in")
+    kiwi("cp", tmp_path / "payload", f"{box}:/data/outdir/")
+    assert os.listdir(victim) == []
+    assert kiwi.out("attach", box, "--", "cat", "/data/outdir") == "in"
+
+
+def test_swapping_a_folder_for_a_link_during_copies(kiwi, busybox, tmp_path):
+    """The container swaps a folder for a link to a host folder in a tight loop while
+    copies run both ways: nothing of the host is ever read or written."""
+    cid = kiwi.create("busybox", "--network", "host")
+    host_dir = tmp_path / "hostdir"
+    host_dir.mkdir()
+    (host_dir / "secret").write_text("HOSTDATA")
+    kiwi.sh(
+        cid,
+        "mkdir -p /race/a/d/sub && echo inside > /race/a/d/sub/f && "
+        f"(setsid sh -c 'while :; do mv /race/a/d /race/keep; ln -s {host_dir} /race/a/d;"
+        " rm /race/a/d; mv /race/keep /race/a/d; done' </dev/null >/dev/null 2>&1 &)",
+    )
+    payload = tmp_path / "payload"
+    payload.mkdir()
+    (payload / "p").write_text("x")
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for i in range(15):
+        kiwi("cp", f"{cid}:/race/a", copies / f"out{i}", check=False)
+        kiwi("cp", f"{cid}:/race/a/d/sub", copies / f"sub{i}", check=False)
+        done = kiwi("cp", payload, f"{cid}:/race/a/d/", check=False)
+        assert done.returncode in (0, 1) and done.stderr.count("\n") <= 1
+    found = [Path(d) / f for d, _, files in os.walk(copies) for f in files]
+    assert found  # some copies got through
+    assert all(p.read_text() != "HOSTDATA" for p in found if not p.is_symlink())
+    assert sorted(os.listdir(host_dir)) == ["secret"]
+    kiwi("stop", cid, "--time", "1")
+
+
+def test_stopped_and_mounted_is_refused(kiwi, busybox, tmp_path):
+    cid = kiwi.create("busybox")
+    target = tmp_path / "mnt"
+    target.mkdir()
+    kiwi("mount", cid, target)
+    done = kiwi("cp", f"{cid}:/etc/passwd", tmp_path / "p", check=False)
+    assert done.returncode == 1 and f"is mounted at {target}" in done.stderr
+    kiwi("unmount", cid)
+    kiwi("cp", f"{cid}:/etc/passwd", tmp_path / "p")
+    assert (tmp_path / "p").read_text().startswith("root:")
