@@ -5,7 +5,8 @@ Files, all in kiwi-data/mounts/<id>/sessions/ (0700; removed when the container 
   <sid>.json   id, container, created, command, daemon pid, shell relay pid
                (atomic writes; pids carry start times so a recycled pid is never trusted)
   <sid>.sock   the daemon's socket (0600; a peer must also be uid 0 by SO_PEERCRED)
-Recent output lives only in the daemon's memory (a 64 KiB ring), never in a file.
+Recent output for replay lives in the daemon's memory (a 64 KiB ring); all of it
+also goes to a bounded log beside the container's config (see sessionlog.py).
 
 Exited sessions: when the shell ends while a client is attached, that client
 gets the exit status and the session disappears. When it ends with nobody
@@ -36,6 +37,7 @@ from pathlib import Path
 from . import runtime
 from . import sessionproto as proto
 from .errors import KiwiError
+from .sessionlog import SessionLog
 from .stdio import RawTerminal, SignalPipe, read_some, set_window_size, terminal_size, write_all
 from .store import Store, atomic_write_json, is_container_id, read_json
 
@@ -295,6 +297,7 @@ class Daemon:
         from .stdio import container_pty
 
         self.master, slave = container_pty(runtime.running_record(self.store, self.cid)["init_pid"])
+        self.log = SessionLog(self.store, self.cid, self.sid)  # for kiwi logs, see sessionlog
         set_window_size(self.master, *self.size)
         try:
             self.relay = runtime.spawn(
@@ -406,6 +409,7 @@ class Daemon:
         self.send_to_client(proto.pack(proto.DATA, data))
 
     def remember(self, data: bytes) -> None:
+        self.log.write(data)
         self.ring += data
         if len(self.ring) > RING_SIZE:
             del self.ring[: len(self.ring) - RING_SIZE]
