@@ -83,7 +83,9 @@ def session_logs(store: Store, cid: str) -> list[str]:
     except FileNotFoundError:
         return []
     except PermissionError:
-        raise KiwiError(f"the logs of container {cid} are readable by root only; run: sudo kiwi logs {cid}") from None
+        raise KiwiError(
+            f"the logs of container {cid} are readable by root only; run: sudo kiwi logs {cid}"
+        ) from None
     found = []
     for name in names:
         match = LOG_RE.match(name)
@@ -108,9 +110,13 @@ def remove(store: Store, cid: str, sid: str) -> None:
 
 def find(store: Store, ref: str) -> tuple[str, str]:
     """A session id or unique prefix -> (container id, session id), among the sessions with a log."""
-    matches = [(cid, sid) for cid in store.container_ids() for sid in session_logs(store, cid) if sid.startswith(ref)]
+    matches = [
+        (cid, sid) for cid in store.container_ids() for sid in session_logs(store, cid) if sid.startswith(ref)
+    ]
     if not matches:
-        raise KiwiError(f"no container or session {ref!r} with logs; see kiwi list and kiwi sessions <container>")
+        raise KiwiError(
+            f"no container or session {ref!r} with logs; see kiwi list and kiwi sessions <container>"
+        )
     if len(matches) > 1:
         raise KiwiError(f"{ref!r} matches {len(matches)} sessions; give more of its id")
     return matches[0]
