@@ -131,8 +131,12 @@ def read_file(path: Path) -> bytes:
 
 
 def read(store: Store, cid: str, sid: str) -> bytes:
+    """The whole log; past a rotation it starts at a line, not mid-line."""
     path = log_path(store, cid, sid)
-    return read_file(old_path(path)) + read_file(path)
+    older = read_file(old_path(path))
+    if b"\n" in older:
+        older = older[older.index(b"\n") + 1 :]
+    return older + read_file(path)
 
 
 def tail(data: bytes, lines: int | None) -> bytes:

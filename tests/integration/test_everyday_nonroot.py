@@ -49,7 +49,7 @@ def test_nobody_never_sees_wrong_data(kiwi, busybox_tar):
         os.chmod(os.path.join(data, "images", "bb"), 0o755)
         done = as_nobody("list", "images", "--json")
         assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout) == kiwi.json("list", "images", env=env)
+        assert json.loads(done.stdout) == json.loads(kiwi.out("list", "images", "--json", env=env))
         for args in (["inspect", cid], ["stats"], ["logs", cid]):
             done = as_nobody(*args)
             assert done.returncode == 1 and done.stderr.startswith(f"kiwi: '{args[0]}' needs root"), done
