@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("container")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--kill", metavar="SESSION", help="end the session's processes")
-    g.add_argument("--delete", metavar="SESSION", help="end and remove the session")
+    g.add_argument("--delete", metavar="SESSION", help="end and remove the session and its log")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser(

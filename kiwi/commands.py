@@ -406,10 +406,13 @@ def cmd_sessions(args) -> int:
         out(f"killed session {sid}")
         return 0
     if args.delete:
-        sid = session_of(store, cid, args.delete)
-        sessions.delete(store, cid, sid)
         from . import sessionlog
 
+        # A session of a stopped container is gone, its log is not: --delete takes either.
+        logged = sessionlog.session_logs(store, cid)
+        sid = session_of(store, cid, args.delete, also=logged)
+        if sid in sessions.session_ids(store, cid):
+            sessions.delete(store, cid, sid)
         sessionlog.remove(store, cid, sid)
         out(f"deleted session {sid}")
         return 0
@@ -424,13 +427,15 @@ def cmd_sessions(args) -> int:
     return 0
 
 
-def session_of(store: Store, cid: str, ref: str) -> str:
-    """A session id or a unique prefix of one, within the container (like container ids)."""
+def session_of(store: Store, cid: str, ref: str, also: list[str] = ()) -> str:
+    """A session id or a unique prefix of one, within the container (like container ids);
+    `also`: more session ids to match (those with only a log left)."""
     from . import sessions
 
     if not sessions.SID_PREFIX_RE.match(ref or ""):
         raise KiwiError(f"invalid session id {ref!r}: sessions have 8 hex digits; see kiwi sessions {cid}")
-    matches = [sid for sid in sessions.session_ids(store, cid) if sid.startswith(ref)]
+    known = sorted(set(sessions.session_ids(store, cid)) | set(also))
+    matches = [sid for sid in known if sid.startswith(ref)]
     if len(matches) > 1:
         raise KiwiError(f"{ref!r} matches {len(matches)} sessions of container {cid}; give more of its id")
     if not matches:

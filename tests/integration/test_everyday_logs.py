@@ -65,8 +65,18 @@ def test_logs_of_a_detached_session_tail_and_follow(kiwi, busybox, terminals):
     assert stat.S_IMODE(os.lstat(folder).st_mode) == 0o700
     assert stat.S_IMODE(os.lstat(folder / f"{sid}.log").st_mode) == 0o600
 
-    # `sessions --delete` needs the session: a stopped container has none, and
-    # `delete` takes the logs with the container.
+    # A stopped container has no sessions left, but `sessions --delete` still takes the log.
+    assert kiwi.out("sessions", cid, "--delete", sid[:3]) == f"deleted session {sid}"
+    missing = kiwi("logs", sid, check=False)
+    assert missing.returncode == 1 and missing.stderr.startswith("kiwi: no container or session")
+    assert os.listdir(folder) == []
+
+
+def test_delete_takes_the_logs_along(kiwi, busybox, terminals):
+    cid = kiwi.create(busybox)
+    sid = open_detached_session(terminals, kiwi, cid, "echo GONE-$((5+5))")
+    wait_for(lambda: "GONE-10" in kiwi.out("logs", sid))
+    kiwi("stop", cid)
     kiwi("delete", cid, "--yes")
     missing = kiwi("logs", sid, check=False)
     assert missing.returncode == 1 and missing.stderr.startswith("kiwi: no container or session")
