@@ -24,3 +24,22 @@ def subcommands_action(parser: argparse.ArgumentParser) -> argparse._SubParsersA
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     """{command name: its parser}."""
     return dict(subcommands_action(parser).choices)
+
+
+# Docker's words for the same things, accepted but not listed in --help.
+HIDDEN_ALIASES = {"ps": "list", "rm": "delete", "exec": "attach"}
+
+
+def did_you_mean(word: str, names: list[str]) -> str:
+    """`kiwi lst` -> one line naming the closest commands, not argparse's list of all."""
+    import difflib
+
+    scored = sorted(
+        ((difflib.SequenceMatcher(None, word, name).ratio(), name) for name in names + list(HIDDEN_ALIASES)),
+        reverse=True,
+    )
+    # The best match, and any nearly as good (a tie is shown, a weaker one is noise).
+    close = [name for score, name in scored if score >= 0.6 and score >= scored[0][0] - 0.05]
+    close = list(dict.fromkeys(HIDDEN_ALIASES.get(c, c) for c in close))
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"unknown command {word!r}{hint} (see 'kiwi --help')"

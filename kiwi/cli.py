@@ -10,6 +10,7 @@ import os
 import sys
 
 from . import __version__
+from .argtools import HIDDEN_ALIASES, did_you_mean, subcommands
 from .errors import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -32,7 +33,13 @@ VERSION_TEXT = f"{PROG} {__version__}"
 
 # Commands that work without root where the files allow it ('terminal'
 # re-runs itself through sudo).
-READ_ONLY_COMMANDS = {"list", "ip", "sessions", "help", "terminal"}
+READ_ONLY_COMMANDS = {"list", "ip", "sessions", "help", "terminal", "completion"}
+# What the completion scripts run on Tab: not a command users type, not in --help.
+COMPLETE_WORD = "__complete"
+
+
+# docker exec's -i/-t: Kiwi gives a command a terminal when it has one anyway.
+EXEC_IGNORED = {"-i", "-t", "-it", "-ti", "--interactive", "--tty"}
 
 
 class UsageError(KiwiError):
@@ -103,7 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not reserve the storage limit on the host's disk (may run out when the host fills)",
     )
 
-    p = sub.add_parser("set", help="change a container's settings")
+    p = sub.add_parser(
+        "set",
+        help="change a container's settings",
+        description="Change a container's settings; it need not run. On a running container "
+        "--memory and --cpu apply at once, --storage grows it online (shrinking needs it "
+        "stopped), --sparse/--reserve apply at once, --shell applies to the next session, "
+        "and --network applies at the next start.",
+    )
     p.add_argument("container")
     p.add_argument("--memory", help="memory limit, e.g. 256M (bare number = MiB), or 'host'")
     p.add_argument("--cpu", help="number of CPUs, or 'host'")
@@ -181,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("container")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--kill", metavar="SESSION", help="end the session's processes")
-    g.add_argument("--delete", metavar="SESSION", help="end and remove the session")
+    g.add_argument("--delete", metavar="SESSION", help="end and remove the session and its log")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("start", help="start a container without attaching to it")
@@ -215,6 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --install: unit folder (default /etc/systemd/system, or $KIWI_SYSTEMD_DIR)",
     )
 
+    p = sub.add_parser(
+        "logs",
+        help="show what a session printed, also detached or ended",
+        description="Show the output of a session (by id or unique prefix), or of a container's "
+        "newest session. Logs are kept until 'kiwi sessions <c> --delete <s>' or 'kiwi delete'; "
+        "each holds up to the last 1-2 MiB of output.",
+    )
+    p.add_argument("target", metavar="session|container")
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new output until the session ends"
+    )
+    p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    p.add_argument(
+        "--all", action="store_true", help="with a container: every session's log, each under a header"
+    )
+
     p = sub.add_parser("stop", help="stop a container: SIGTERM, grace period, then kill")
     p.add_argument("container")
     p.add_argument("--time", type=int, default=10, metavar="SECONDS", help="grace period (default 10)")
@@ -234,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="a container that runs or is mounted: stop or unmount it first"
     )
+
+    p = sub.add_parser("inspect", help="every setting and the state of a container, as JSON")
+    p.add_argument("container")
+
+    p = sub.add_parser("stats", help="memory, cpu time, processes and storage of running containers")
+    p.add_argument("container", nargs="?", help="one container (default: every running one)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("ip", help="print a container's IPv4 address")
     p.add_argument("container")
@@ -271,6 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("terminal", help="interactive Kiwi console")
 
+    p = sub.add_parser(
+        "completion",
+        help="print the shell completion script for bash, zsh or fish",
+        description="Print a completion script; it completes commands, options, and the names of "
+        'containers, images and sessions. bash: eval "$(kiwi completion bash)" in ~/.bashrc, '
+        "or save it as /etc/bash_completion.d/kiwi.",
+    )
+    p.add_argument("shell", choices=["bash", "zsh", "fish"])
+
     sub.add_parser("migrate", help="adopt the containers and images of the original Go Kiwi")
 
     p = sub.add_parser("help", help="show help for a command")
@@ -299,9 +345,41 @@ def join_negative_values(argv: list[str]) -> list[str]:
     return joined
 
 
+def expand_alias(argv: list[str]) -> list[str]:
+    """ps/rm/exec -> list/delete/attach; `exec c cmd args` -> `attach c -- cmd args`."""
+    i = next((n for n, a in enumerate(argv) if not a.startswith("-")), None)
+    if i is None or argv[i] not in HIDDEN_ALIASES:
+        return argv
+    word = argv[i]
+    argv = argv[:i] + [HIDDEN_ALIASES[word]] + argv[i + 1 :]
+    if word != "exec" or "--" in argv:
+        return argv
+    rest = argv[i + 1 :]
+    # Options (with a value when they take one) come before the container; then the command.
+    n = 0
+    while n < len(rest) and rest[n].startswith("-"):
+        if rest[n] in EXEC_IGNORED:
+            del rest[n]
+        else:
+            n += 1 if "=" in rest[n] or rest[n] in ("--direct", "--session", "--takeover") else 2
+    if n + 1 >= len(rest):
+        raise UsageError(
+            "exec runs a command: kiwi exec <container> <command> [args]; for a shell: kiwi attach <container>"
+        )
+    return argv[: i + 1] + rest[: n + 1] + ["--"] + rest[n + 1 :]
+
+
+def check_command(parser, argv: list[str]) -> None:
+    word = next((a for a in argv if not a.startswith("-")), None)
+    names = list(subcommands(parser))
+    if word is not None and word not in names:
+        raise UsageError(did_you_mean(word, names))
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
-    head, command = split_command(argv)
+    head, command = split_command(expand_alias(argv))
     parser = build_parser()
+    check_command(parser, head)
     args = parser.parse_args(join_negative_values(head))
     if command is not None:
         if args.command != "attach":
@@ -320,6 +398,11 @@ def run(argv: list[str]) -> int:
     if argv == ["--version"]:
         # Same output as argparse's version action, without building the parser.
         print(VERSION_TEXT)
+        return EXIT_OK
+    if argv[:2] == [COMPLETE_WORD, "--"]:
+        from .completion import candidates
+
+        print("\n".join(candidates(argv[2:], build_parser())))
         return EXIT_OK
     args = parse(argv)
     if not args.command:

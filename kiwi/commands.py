@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 
 from .errors import EXIT_ERROR, KiwiError
@@ -124,10 +125,32 @@ def show_exports(rows: list[dict]) -> None:
     )
 
 
+def refuse_partial_view(store: Store) -> None:
+    """Without root, a running container's record (0600) cannot be read: it would show
+    as stopped, with other storage figures. Say so instead of showing wrong data."""
+    if os.geteuid() == 0:
+        return
+    from .runtime import runtime_file
+
+    for cid in store.container_ids():
+        runtime_json = runtime_file(store, cid)
+        try:
+            os.stat(runtime_json)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            pass
+        if not os.access(runtime_json, os.R_OK):
+            raise KiwiError(
+                "the state of Kiwi's running containers is readable by root only; run: sudo kiwi list"
+            )
+
+
 def cmd_list(args) -> int:
     store = Store.open()
     data = {}
     if args.what in ("containers", "all"):
+        refuse_partial_view(store)
         data["containers"] = container_rows(store)
         from .containers import sparse_shortfall
 
@@ -135,7 +158,10 @@ def cmd_list(args) -> int:
         if shortfall:
             warn(shortfall)
     if args.what in ("images", "all"):
-        data["images"] = image_rows(store)
+        try:
+            data["images"] = image_rows(store)
+        except PermissionError:
+            raise KiwiError("Kiwi's images are readable by root only; run: sudo kiwi list images") from None
     if args.what in ("exports", "all"):
         from . import images
 
@@ -282,6 +308,8 @@ def cmd_set(args) -> int:
         changed = containers.apply_settings(config, args.memory, args.cpu, args.network, args.shell)
         if args.autostart is not None:
             config["autostart"] = args.autostart == "yes"
+        if args.shell is not None:
+            containers.check_shell_exists(store, config, config["shell"])
         if args.sparse is not None:
             notes += storage_ops.change_reservation(store, config, args.sparse)
         if args.storage is not None:
@@ -398,6 +426,8 @@ def cmd_attach(args) -> int:
         execopts.parse_user_spec(args.user),
     )
     cid = store.resolve_container(args.container)
+    if not args.cmd:
+        refuse_shell_without_input(cid)
     record = runtime.ensure_running(store, cid)
     if record.get("warning"):
         warn(record["warning"])
@@ -441,18 +471,42 @@ def tell(line: str) -> None:
         sys.stderr.flush()
 
 
+def refuse_shell_without_input(cid: str) -> None:
+    """A shell needs a terminal, or a script piped in; /dev/null, a socket or a closed
+    stdin (cron, systemd, ssh -T) would only get the shell's prompts back."""
+    import stat
+
+    try:
+        mode = os.fstat(0).st_mode
+    except OSError:
+        mode = 0
+    if os.isatty(0) or stat.S_ISFIFO(mode) or stat.S_ISREG(mode):
+        return
+    raise KiwiError(
+        f"a shell needs a terminal or a script on standard input; run a command instead: kiwi attach {cid} -- cmd"
+    )
+
+
 def cmd_sessions(args) -> int:
     from . import sessions
 
     store = Store.open()
     cid = store.resolve_container(args.container)
     if args.kill:
-        sessions.kill(store, cid, args.kill)
-        out(f"killed session {args.kill}")
+        sid = session_of(store, cid, args.kill)
+        sessions.kill(store, cid, sid)
+        out(f"killed session {sid}")
         return 0
     if args.delete:
-        sessions.delete(store, cid, args.delete)
-        out(f"deleted session {args.delete}")
+        from .sessions import log as sessionlog
+
+        # A session of a stopped container is gone, its log is not: --delete takes either.
+        logged = sessionlog.session_logs(store, cid)
+        sid = session_of(store, cid, args.delete, also=logged)
+        if sid in sessions.session_ids(store, cid):
+            sessions.delete(store, cid, sid)
+        sessionlog.remove(store, cid, sid)
+        out(f"deleted session {sid}")
         return 0
     rows = sessions.list_sessions(store, cid)
     if args.json:
@@ -463,6 +517,22 @@ def cmd_sessions(args) -> int:
             [[r["id"], r["state"], r["created"], r["command"]] for r in rows],
         )
     return 0
+
+
+def session_of(store: Store, cid: str, ref: str, also: tuple[str, ...] | list[str] = ()) -> str:
+    """A session id or a unique prefix of one, within the container (like container ids);
+    `also`: more session ids to match (those with only a log left)."""
+    from . import sessions
+
+    if not sessions.SID_PREFIX_RE.match(ref or ""):
+        raise KiwiError(f"invalid session id {ref!r}: sessions have 8 hex digits; see kiwi sessions {cid}")
+    known = sorted(set(sessions.session_ids(store, cid)) | set(also))
+    matches = [sid for sid in known if sid.startswith(ref)]
+    if len(matches) > 1:
+        raise KiwiError(f"{ref!r} matches {len(matches)} sessions of container {cid}; give more of its id")
+    if not matches:
+        raise KiwiError(f"no session {ref} in container {cid}; see kiwi sessions {cid}")
+    return matches[0]
 
 
 def start_container(store: Store, cid: str) -> None:
@@ -631,8 +701,123 @@ def cmd_help(args) -> int:
     if not args.topic:
         parser.print_help()
         return 0
-    sub = subcommands(parser).get(args.topic)
+    from .argtools import HIDDEN_ALIASES, did_you_mean
+
+    commands = subcommands(parser)
+    sub = commands.get(HIDDEN_ALIASES.get(args.topic, args.topic))
     if sub is None:
-        raise KiwiError(f"no command {args.topic!r}; see 'kiwi --help'")
+        raise KiwiError(did_you_mean(args.topic, list(commands)))
     sub.print_help()
+    return 0
+
+
+# --- logs ---------------------------------------------------------------------
+
+
+def cmd_logs(args) -> int:
+    from .sessions import log as sessionlog
+
+    store = Store.open()
+    if args.tail is not None and args.tail < 0:
+        raise KiwiError("--tail takes a number of lines, 0 or more")
+    cid, sids = logs_target(store, args.target)
+    if args.all and len(sids) > 1 and args.follow:
+        raise KiwiError("--follow follows one session; leave out --all")
+    if not args.all:
+        sids = sids[-1:]
+    for sid in sids:
+        if args.all:
+            out(f"==> session {sid} <==")
+        write_log(sessionlog.tail(sessionlog.read(store, cid, sid), args.tail))
+    if args.follow and sids:
+        sid = sids[-1]
+        offset = len(sessionlog.read_file(sessionlog.log_path(store, cid, sid)))
+        sessionlog.follow(store, cid, sid, offset, lambda: session_running(store, cid, sid), write_log)
+    return 0
+
+
+def logs_target(store: Store, ref: str) -> tuple[str, list[str]]:
+    """(container, its session ids with a log, oldest first) for a container or one session."""
+    from .sessions import log as sessionlog
+
+    try:
+        cid = store.resolve_container(ref)
+    except KiwiError:
+        cid = None
+    if cid is None:
+        if not re.fullmatch(r"[0-9a-f]{1,8}", ref):
+            raise KiwiError(f"no container or session {ref!r}; see kiwi list and kiwi sessions <container>")
+        cid, sid = sessionlog.find(store, ref)
+        return cid, [sid]
+    sids = sessionlog.session_logs(store, cid)
+    if not sids:
+        raise KiwiError(f"container {cid} has no session logs; sessions start with: kiwi attach {cid}")
+    return cid, sids
+
+
+def session_running(store: Store, cid: str, sid: str) -> bool:
+    from . import sessions
+
+    record = sessions.read_record(sessions.record_path(store, cid, sid))
+    return record is not None and record.get("state") != "exited" and sessions.daemon_alive(record)
+
+
+def write_log(data: bytes) -> None:
+    """Raw output, minus the queries that would make this terminal type answers into its shell."""
+    from .sessions import TERMINAL_QUERIES
+
+    sys.stdout.buffer.write(TERMINAL_QUERIES.sub(b"", data))
+    sys.stdout.buffer.flush()
+
+
+# --- inspect and stats --------------------------------------------------------
+
+
+def cmd_inspect(args) -> int:
+    from . import usage
+
+    store = Store.open()
+    out(json.dumps(usage.inspect(store, store.resolve_container(args.container)), indent=2))
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from . import runtime, usage
+
+    store = Store.open()
+    ids = [store.resolve_container(args.container)] if args.container else store.container_ids()
+    rows = []
+    for cid in ids:
+        state = runtime.status(store, cid)
+        if state["status"] == "running" or args.container:
+            rows.append(usage.usage(store, cid, state))
+    if args.json:
+        out(json.dumps(rows, indent=2))
+        return 0
+    print_table(
+        ["ID", "NAME", "STATUS", "MEMORY", "CPU TIME", "PIDS", "STORAGE"], [stats_row(r) for r in rows]
+    )
+    return 0
+
+
+def stats_row(r: dict) -> list[str]:
+    def used_of(used, limit) -> str:
+        text = "-" if used is None else format_size(used)
+        return f"{text}/{'host' if limit is None else format_size(limit)}"
+
+    return [
+        r["id"],
+        r["name"] or "-",
+        r["status"],
+        used_of(r["memory_used"], r["memory_limit"]),
+        "-" if r["cpu_seconds"] is None else f"{r['cpu_seconds']:.2f}s",
+        "-" if r["pids"] is None else str(r["pids"]),
+        used_of(r["storage_used"], r["storage_limit"]),
+    ]
+
+
+def cmd_completion(args) -> int:
+    from .completion import script
+
+    sys.stdout.write(script(args.shell))
     return 0

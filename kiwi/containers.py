@@ -216,3 +216,30 @@ def sparse_shortfall(store: Store, sparse_ids: list[str]) -> str | None:
         f"{format_size(free)} free; when it fills they lose writes: free space or "
         "kiwi set <container> --reserve"
     )
+
+
+def check_shell_exists(store: Store, config: dict, shell: str) -> None:
+    """Refuse a shell the container does not have. Looked up beneath the running
+    container's root, or when stopped in its image: never on the host, and an
+    image's symlinks resolve inside the image (rootfs.is_executable_in)."""
+    from .rootfs import is_executable_in
+    from .runstate import read_runtime
+
+    record = read_runtime(store, config["id"])
+    where = f"/proc/{record['init_pid']}/root" if record else store.image_dir(config["image"]) / "rootfs"
+    try:
+        root = os.open(where, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return  # no image to look in: pick_shell says so when a session starts
+    try:
+        found = is_executable_in(root, shell)
+    finally:
+        os.close(root)
+    if found:
+        return
+    if record:
+        raise KiwiError(f"{shell} is not an executable file in container {config['id']}; give a shell it has")
+    raise KiwiError(
+        f"{shell} is not an executable file in image {config['image']}; if it was installed in the "
+        f"container, start the container first (kiwi attach {config['id']} -- true) and set it again"
+    )

@@ -226,3 +226,15 @@ def prepare_dns_text(host_network: bool = False) -> None:
 
 def dns_text_cached() -> str:
     return _RESOLV_TEXT or "nameserver 1.1.1.1\nnameserver 8.8.8.8\nnameserver 9.9.9.9\n"
+
+
+def is_executable_in(root: int, path: str) -> bool:
+    try:
+        fd = open_in_root(root, path.lstrip("/"))
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return stat.S_ISREG(info.st_mode) and bool(info.st_mode & 0o111)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -331,6 +330,8 @@ def container_env(config: dict, shell: str | None, term: str | None) -> dict:
 
 def pick_shell(init_pid: int, saved: str | None) -> str:
     """The first executable shell, looked up beneath the container's root (never on the host)."""
+    from .rootfs import is_executable_in
+
     candidates = ([saved] if saved else []) + SHELLS
     root = os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -342,20 +343,6 @@ def pick_shell(init_pid: int, saved: str | None) -> str:
     if saved:
         raise KiwiError(f"the shell {saved} does not exist in the container; change it with kiwi set --shell")
     raise KiwiError("no shell (bash, zsh, fish, ash, sh) found in the container; give a command after --")
-
-
-def is_executable_in(root: int, path: str) -> bool:
-    from .rootfs import open_in_root
-
-    try:
-        fd = open_in_root(root, path.lstrip("/"))
-    except OSError:
-        return False
-    try:
-        info = os.fstat(fd)
-    finally:
-        os.close(fd)
-    return stat.S_ISREG(info.st_mode) and bool(info.st_mode & 0o111)
 
 
 def command_of(init_pid: int, config: dict, argv: list[str] | None) -> tuple[list[str], str | None]:

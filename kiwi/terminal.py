@@ -148,7 +148,8 @@ class Completer:
             return []  # after '--' the words belong to the command run in the container
         options = option_actions(sub)
         if args and args[-1] in options and takes_value(options[args[-1]]):
-            return list(options[args[-1]].choices or [])
+            option = options[args[-1]]
+            return list(option.choices or []) or (self.session_ids() if option.metavar == "SESSION" else [])
         if text.startswith("-"):
             return [o for o in options if o.startswith("--")] + (["--"] if command == "attach" else [])
         action = next_positional(sub, args, options)
@@ -163,16 +164,33 @@ class Completer:
             return list(self.commands)
         if action.dest == "image" and command == "create":
             return self.image_names()
+        if action.dest == "target" and command == "logs":
+            return self.container_refs() + self.session_ids()
         return []
 
     def container_refs(self) -> list[str]:
-        return self.store.container_ids() + list(self.store.container_names())
+        if self.store is None:  # `kiwi __complete` for a user who cannot read the data folder
+            return []
+        with contextlib.suppress(OSError, KiwiError):
+            return self.store.container_ids() + list(self.store.container_names())
+        return []
 
     def image_names(self) -> list[str]:
         try:
             return [p.name for p in self.store.images_dir.iterdir() if p.is_dir()]
-        except OSError:
+        except (OSError, AttributeError):
             return []
+
+    def session_ids(self) -> list[str]:
+        from .sessions import records
+
+        with contextlib.suppress(OSError, KiwiError, AttributeError):
+            return [
+                sid
+                for cid in records.containers_with_runtime(self.store)
+                for sid in records.session_ids(self.store, cid)
+            ]
+        return []
 
 
 def next_positional(sub, args: list[str], options: dict) -> argparse.Action | None:
@@ -310,8 +328,11 @@ class Console:
             report("you are already in the Kiwi terminal")
             return
         if argv[0] not in self.completer.commands and not argv[0].startswith("-"):
-            report(f"unknown command {argv[0]!r}; type 'help' for the list, Tab to complete")
-            return
+            from .argtools import HIDDEN_ALIASES, did_you_mean
+
+            if argv[0] not in HIDDEN_ALIASES:
+                report(did_you_mean(argv[0], list(self.completer.commands)))
+                return
         saved = TerminalState.save()
         try:
             self.run_command(argv)
@@ -320,11 +341,13 @@ class Console:
 
     def run_command(self, argv: list[str]) -> None:
         try:
-            self.run(argv)
+            status = self.run(argv)
             if argv[0] == "help" and len(argv) == 1:
                 print(CONSOLE_HELP, flush=True)
+            if status:
+                report(f"exit status {status}")
         except KiwiError as e:
-            report(e.message)
+            report(f"{e.message} (exit status {e.exit_code})")
         except SystemExit:
             pass  # --help and --version end with SystemExit; the console goes on
         except KeyboardInterrupt:

@@ -11,5 +11,21 @@ container; clients attach and detach through a root-only Unix socket.
 
 from .client import new_session, reattach
 from .manage import cleanup, delete, kill, list_sessions, stop_all
+from .records import SID_PREFIX_RE, daemon_alive, read_record, record_path, session_ids
+from .tty import TERMINAL_QUERIES
 
-__all__ = ["cleanup", "delete", "kill", "list_sessions", "new_session", "reattach", "stop_all"]
+__all__ = [
+    "SID_PREFIX_RE",
+    "TERMINAL_QUERIES",
+    "cleanup",
+    "daemon_alive",
+    "delete",
+    "kill",
+    "list_sessions",
+    "new_session",
+    "read_record",
+    "reattach",
+    "record_path",
+    "session_ids",
+    "stop_all",
+]

@@ -19,6 +19,7 @@ from ..errors import KiwiError, exit_code_for_signal
 from ..stdio import read_some, set_window_size
 from ..store import Store, atomic_write_json, utc_now
 from . import proto
+from .log import SessionLog
 from .records import (
     KILL_GRACE,
     children_of,
@@ -73,6 +74,7 @@ class Daemon:
         from ..stdio import container_pty
 
         self.master, slave = container_pty(runtime.running_record(self.store, self.cid)["init_pid"])
+        self.log = SessionLog(self.store, self.cid, self.sid)  # for kiwi logs, see log.py
         set_window_size(self.master, *self.size)
         try:
             self.relay = runtime.spawn(
@@ -190,6 +192,7 @@ class Daemon:
         self.send_to_client(proto.pack(proto.DATA, data))
 
     def remember(self, data: bytes) -> None:
+        self.log.write(data)
         self.ring += data
         if len(self.ring) > RING_SIZE:
             del self.ring[: len(self.ring) - RING_SIZE]

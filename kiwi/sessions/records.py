@@ -5,7 +5,8 @@ Files, all in kiwi-data/mounts/<id>/sessions/ (0700; removed when the container 
   <sid>.json   id, container, created, command, daemon pid, shell relay pid
                (atomic writes; pids carry start times so a recycled pid is never trusted)
   <sid>.sock   the daemon's socket (0600; a peer must also be uid 0 by SO_PEERCRED)
-Recent output lives only in the daemon's memory (a 64 KiB ring), never in a file.
+Recent output for replay lives in the daemon's memory (a 64 KiB ring); all of it
+also goes to a bounded log beside the container's config (see log.py).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def test_bad_input_is_one_clear_line(kiwi, busybox):
     assert_clean_error(kiwi("import", "--name", "../x", "/etc/hostname", check=False), "invalid image name")
     assert_clean_error(kiwi("ip", "doesnotexist", check=False), "no container")
     assert_clean_error(kiwi("stop", "abc", check=False), "no container")
-    assert_clean_error(kiwi("frobnicate", check=False), "invalid choice", code=2)
+    assert_clean_error(kiwi("frobnicate", check=False), "unknown command 'frobnicate'", code=2)
     assert_clean_error(kiwi("list", "--bogus", check=False), "unrecognized", code=2)
     assert kiwi.json("list", "containers") == []
 
