@@ -443,6 +443,13 @@ def container_env(config: dict, shell: str | None, term: str | None) -> dict:
     return env
 
 
+def image_exec_defaults(store: Store, config: dict, env: dict) -> list[str]:
+    """An OCI image's Env (into env) and WorkingDir (kiwi-exec options)."""
+    from .oci.config import exec_defaults
+
+    return exec_defaults(store, config, env)
+
+
 def pick_shell(init_pid: int, saved: str | None) -> str:
     """The first executable shell, looked up beneath the container's root (never on the host)."""
     candidates = ([saved] if saved else []) + SHELLS
@@ -519,9 +526,9 @@ def spawn(
         options += [f"-c{5 + i}" for i in range(len(cgroup_fds))]
         options += [f"-n{5 + len(cgroup_fds) + i}" for i in range(len(ns_fds))]
         options += ["-t"] if tty else []
-        pid = spawn_helper(
-            memfd, layout, [security.EXEC_NAME, *options, "--", *argv], container_env(config, shell, term)
-        )
+        env = container_env(config, shell, term)
+        options += image_exec_defaults(store, config, env)
+        pid = spawn_helper(memfd, layout, [security.EXEC_NAME, *options, "--", *argv], env)
         opened.remove(err_w)
         os.close(err_w)
         message = read_all(err_r)
