@@ -200,6 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("container")
     p.add_argument("image", help="new image name")
 
+    p = sub.add_parser("export", help="write a container or image as an OCI image archive")
+    p.add_argument("what", metavar="container|image")
+    p.add_argument("file", help="the archive to write (oci-archive tar, for skopeo, podman load, ...)")
+    p.add_argument("--format", choices=["oci"], default="oci", help="archive format (default: oci)")
+    p.add_argument("--tag", default="latest", help="the tag recorded in the archive (default: latest)")
+
+    p = sub.add_parser("push", help="push a container or image to an OCI registry")
+    p.add_argument("what", metavar="container|image")
+    p.add_argument("reference", help="where to, e.g. registry.example.com/team/app:1.0")
+    add_registry_options(p)
+
     sub.add_parser("terminal", help="interactive Kiwi console")
 
     sub.add_parser("migrate", help="adopt the containers and images of the original Go Kiwi")

@@ -511,6 +511,30 @@ def cmd_commit(args) -> int:
 # --- console and help ---------------------------------------------------------
 
 
+def cmd_export(args) -> int:
+    from .oci.export import export_archive
+
+    built = export_archive(Store.open(), args.what, args.file, tag=args.tag, progress_for=progress_bar)
+    out(f"wrote {args.file} ({len(built.layers)} layers, {built.manifest_digest})")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .oci.export import push
+
+    result = push(
+        Store.open(),
+        args.what,
+        args.reference,
+        insecure=args.insecure,
+        credentials=registry_credentials(args.user),
+        progress_for=progress_bar,
+    )
+    layers = ", ".join(f"{n} {how}" for how, n in sorted(result["layers"].items()))
+    out(f"pushed {result['reference']} ({result['digest']}; layers: {layers})")
+    return 0
+
+
 def cmd_terminal(args) -> int:
     from . import terminal
 
