@@ -138,9 +138,3 @@ def test_import_oci_archive_layout_folder_and_docker_save(kiwi, oci_images, tmp_
     )
     kiwi("import", "--name", "fromdocker", saved)
     assert_multi_tree(rootfs(kiwi, "fromdocker"))
-
-
-def test_distro_names_still_use_the_lxc_server(kiwi):
-    # A bare name is a distribution: with no image server reachable, the LXC path says so.
-    done = kiwi("pull", "fedora", check=False, env={"KIWI_IMAGE_SERVER": "http://127.0.0.1:9"})
-    assert done.returncode == 1 and "image server" in done.stderr
