@@ -35,6 +35,7 @@ def run(store: Store) -> list[str]:
     removed += clean_tmp(store)
     removed += clean_abandoned_restores(store)
     removed += clean_partial_archives(store)
+    removed += clean_blob_temps(store)
     removed += clean_unpack_leftovers(store)
     removed += clean_ipam(store)
     removed += clean_nat()
@@ -200,6 +201,23 @@ def clean_partial_archives(store: Store) -> list[str]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(folder / name)
             out.append(f"half-written {folder / name}")
+    return out
+
+
+def clean_blob_temps(store: Store) -> list[str]:
+    """.add-/.layer-<pid>-... files of OCI blob writers that died; a .partial
+    download stays, the next pull resumes it."""
+    from .oci.blobs import cache_dir
+
+    out = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(cache_dir(store)):
+            owner = staging_owner(name) if name.startswith((".add-", ".layer-")) else None
+            if owner is None or pid_alive(owner):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(cache_dir(store) / name)
+            out.append(f"half-written {cache_dir(store) / name}")
     return out
 
 

@@ -150,8 +150,10 @@ class LayoutSource:
 
 def pull(store, text, name=None, arch=None, insecure=False, credentials=None, progress_for=None) -> dict:
     """Pull an OCI reference into image `name` (default from the reference)."""
+    from ..store import validate_name
+
     ref = parse_reference(text)
-    name = name or default_name(ref)
+    name = validate_name(name or default_name(ref), "image name")
     source = RegistrySource(store, ref, insecure, credentials)
     manifest, manifest_digest = resolve_manifest(source, arch)
     current = _image_meta(store, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import subprocess
 
 import pytest
 from ocitest import OCI_MANIFEST, Front, busybox_layer_tar, make_tar, sha256
@@ -146,6 +147,13 @@ def test_truncated_blob_is_refused_then_resumed(kiwi, hostile):
         layer[: len(layer) // 2],
     )
     refused(kiwi, f"{hostile.host}/x:1", expect="run the command again to resume")
+    # cleanup keeps the resumable .partial but removes what a dead blob writer left
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = kiwi.root / "blobs" / "sha256" / f".layer-{dead.pid}-0000"
+    stale.write_bytes(b"half")
+    kiwi("cleanup")
+    assert not stale.exists() and len(partials(kiwi)) == 1
     # The verified half waits as .partial; the next pull asks only for the rest.
     hostile.routes[path] = (206, {}, layer[len(layer) // 2 :])
     hostile.headers.clear()
