@@ -64,9 +64,12 @@ def assemble(store, what: str, progress_for=None) -> Built:
     """The OCI image of container or image `what` (a container wins over an image name)."""
     from .. import images
     from ..snapshots import container_image
+    from ..store import NAME_RE
 
     cid = _container_or_none(store, what)
     if cid is None:
+        if not (NAME_RE.match(what) and images.image_exists(store, what)):
+            raise KiwiError(f"no container or image named {what}; see 'kiwi list all'")
         meta = images.get_image(store, what)
         layers, diff_ids, transient = base_layers(store, meta, store.image_dir(what) / "rootfs", progress_for)
         return finish(store, meta, layers, diff_ids, transient)
@@ -240,6 +243,8 @@ def export_archive(store, what: str, out: Path, tag: str = "latest", progress_fo
     out = Path(out)
     if out.exists() or out.is_symlink():
         raise KiwiError(f"{out} exists already; choose another file name or remove it")
+    if not out.parent.is_dir():
+        raise KiwiError(f"no folder {out.parent} to write {out.name} in; create it first")
     built = assemble(store, what, progress_for)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
