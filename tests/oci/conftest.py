@@ -7,16 +7,17 @@ written in Python from the busybox test rootfs) and pushed with skopeo."""
 from __future__ import annotations
 
 import pytest
-from ocitest import Front, Layout, Registry, busybox_layer_tar, host_arch, make_tar, skopeo_push
-
-OTHER_ARCH = "arm64" if host_arch() != "arm64" else "amd64"
-APP_CONFIG = {
-    "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=hello from the image"],
-    "WorkingDir": "/srv/app",
-    "Entrypoint": ["/bin/echo", "entry"],
-    "Cmd": ["cmd-arg"],
-    "User": "0",
-}
+from ocitest import (
+    APP_CONFIG,
+    OTHER_ARCH,
+    Front,
+    Layout,
+    Registry,
+    busybox_layer_tar,
+    host_arch,
+    make_tar,
+    skopeo_push,
+)
 
 
 def multi_layers() -> list[bytes]:

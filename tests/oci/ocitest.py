@@ -30,6 +30,14 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+# The application test image's config (conftest.py pushes it as test/app:1).
+APP_CONFIG = {
+    "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=hello from the image"],
+    "WorkingDir": "/srv/app",
+    "Entrypoint": ["/bin/echo", "entry"],
+    "Cmd": ["cmd-arg"],
+    "User": "0",
+}
 
 
 def free_port() -> int:
@@ -302,3 +310,6 @@ def registry_get(url: str, accept: str = OCI_MANIFEST) -> bytes:
     req = urllib.request.Request(url, headers={"Accept": accept})
     with urllib.request.urlopen(req, timeout=30) as response:
         return response.read()
+
+
+OTHER_ARCH = "arm64" if host_arch() != "arm64" else "amd64"

@@ -7,9 +7,7 @@ import json
 import os
 import subprocess
 
-from ocitest import PASSWORD, USER, host_arch, skopeo_push
-
-from conftest import APP_CONFIG, OTHER_ARCH
+from ocitest import APP_CONFIG, OTHER_ARCH, PASSWORD, USER, host_arch, skopeo_push
 
 
 def rootfs(kiwi, image):

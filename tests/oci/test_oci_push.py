@@ -102,6 +102,11 @@ def test_export_oci_archive_imports_back(kiwi, changed_container, merged_view, t
     assert tree(kiwi.root / "images" / "imported" / "rootfs") == merged_view
     again = kiwi("export", changed_container, archive, check=False)
     assert again.returncode == 1 and "exists already" in again.stderr
+    missing = kiwi("export", "nothere", tmp_path / "n.tar", check=False)
+    assert (
+        missing.returncode == 1
+        and missing.stderr == "kiwi: no container or image named nothere; see 'kiwi list all'\n"
+    )
 
 
 def test_push_shares_the_pulled_base_layers(kiwi, registry, oci_images):
