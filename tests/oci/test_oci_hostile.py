@@ -8,6 +8,7 @@ import os
 import subprocess
 
 import pytest
+from ocifixtures import *  # noqa: F403 - this module's pytest fixtures
 from ocitest import OCI_MANIFEST, Front, busybox_layer_tar, make_tar, sha256
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 
+from ocifixtures import *  # noqa: F403 - this module's pytest fixtures
 from ocitest import APP_CONFIG, OTHER_ARCH, PASSWORD, USER, host_arch, skopeo_push
 
 

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from ocifixtures import *  # noqa: F403 - this module's pytest fixtures
 
 CHANGES = """
 set -e

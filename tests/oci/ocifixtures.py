@@ -1,4 +1,7 @@
-"""Registries on 127.0.0.1 for the OCI tests, and the test images pushed into them.
+"""Fixtures of the OCI tests (star-imported by each test module: a conftest.py here
+would shadow tests/conftest.py for `from conftest import ...` elsewhere).
+
+Registries on 127.0.0.1, and the test images pushed into them.
 
 docker-registry (Debian's CNCF Distribution) is started per module with its own
 storage and killed by the pid we started; the images are built here (OCI layouts
