@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="start if needed and open a session or run a command",
         description="Start the container if needed. Without a command: a new managed "
         "session with a shell (detach with Ctrl-\\, reattach with --old). "
-        "With '-- cmd args': run it and pass its exit status through.",
+        "With '-- cmd args': run it and pass its exit status through. "
+        "With '--' and nothing after it: the image's own command (OCI Entrypoint + Cmd).",
     )
     p.add_argument("container", nargs="?")
     mode = p.add_mutually_exclusive_group()
