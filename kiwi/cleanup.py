@@ -46,6 +46,7 @@ def run(store: Store, failures: list[str] | None = None) -> list[str]:
         ("removing half-written files", lambda: clean_tmp(store, failures), ()),
         ("removing images of killed restores", lambda: clean_abandoned_restores(store, failures), ()),
         ("removing half-written archives", lambda: clean_partial_archives(store), ()),
+        ("removing half-written OCI blobs", lambda: clean_blob_temps(store), ()),
         ("removing half-unpacked builds", lambda: clean_unpack_leftovers(store), ()),
         ("releasing addresses", lambda: clean_ipam(store), ()),
         ("removing the bridge", clean_nat, network_errors),
@@ -208,6 +209,23 @@ def clean_partial_archives(store: Store) -> list[str]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(folder / name)
             out.append(f"half-written {folder / name}")
+    return out
+
+
+def clean_blob_temps(store: Store) -> list[str]:
+    """.add-/.layer-<pid>-... files of OCI blob writers that died; a .partial
+    download stays, the next pull resumes it."""
+    from .oci.blobs import cache_dir
+
+    out = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(cache_dir(store)):
+            owner = staging_owner(name) if name.startswith((".add-", ".layer-")) else None
+            if owner is None or pid_alive(owner):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(cache_dir(store) / name)
+            out.append(f"half-written {cache_dir(store) / name}")
     return out
 
 

@@ -83,15 +83,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("pull", help="download a distribution image and verify it")
-    p.add_argument("distro", choices=["alpine", "debian"], help="distribution")
+    p = sub.add_parser(
+        "pull",
+        help="download a distribution or an OCI image and verify it",
+        description="A bare name (alpine, debian, ...) comes from the LXC image server; "
+        "a reference with a tag, digest or registry (alpine:3.20, ghcr.io/o/i@sha256:..., "
+        "localhost:5000/x) from that OCI registry.",
+    )
+    p.add_argument("distro", metavar="image", help="distribution name, or OCI image reference")
     p.add_argument("--release", help="release, e.g. 3.20 or bookworm (default: newest/stable)")
     p.add_argument("--arch", help="architecture: amd64, arm64, armhf (default: this host)")
     p.add_argument("--variant", default="default", help="image variant (default: default)")
+    add_registry_options(p)
+    p.add_argument("--name", help="OCI: image name (default: from the reference, e.g. alpine-3.20)")
 
-    p = sub.add_parser("import", help="turn a rootfs tarball into an image")
+    p = sub.add_parser(
+        "import", help="turn a rootfs tarball, an OCI layout or a docker save tar into an image"
+    )
     p.add_argument("--name", required=True, help="image name")
-    p.add_argument("archive", help="rootfs archive: .tar, .tar.gz, .tar.xz, .tar.zst, .tar.bz2")
+    p.add_argument(
+        "archive",
+        help="rootfs archive (.tar, .tar.gz, .tar.xz, .tar.zst, .tar.bz2), OCI layout (folder or tar)"
+        " or docker save tar",
+    )
 
     p = sub.add_parser("create", help="create a container from an image or a .kiwi file")
     p.add_argument("image", help="image name or path to a .kiwi archive")
@@ -152,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         "session with a shell (detach with Ctrl-\\, reattach with --old). "
         "With '-- cmd args': run it and pass its exit status through (126: it cannot be "
         "executed, 127: it is not found), or with --session run it in a detachable session "
-        "that ends when it ends.",
+        "that ends when it ends. "
+        "With '--' and nothing after it: the image's own command (OCI Entrypoint + Cmd).",
     )
     p.add_argument("container", nargs="?")
     mode = p.add_mutually_exclusive_group()
@@ -306,6 +321,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("container")
     p.add_argument("image", help="new image name")
 
+    p = sub.add_parser("export", help="write a container or image as an OCI image archive")
+    p.add_argument("what", metavar="container|image")
+    p.add_argument("file", help="the archive to write (oci-archive tar, for skopeo, podman load, ...)")
+    p.add_argument("--format", choices=["oci"], default="oci", help="archive format (default: oci)")
+    p.add_argument("--tag", default="latest", help="the tag recorded in the archive (default: latest)")
+
+    p = sub.add_parser("push", help="push a container or image to an OCI registry")
+    p.add_argument("what", metavar="container|image")
+    p.add_argument("reference", help="where to, e.g. registry.example.com/team/app:1.0")
+    add_registry_options(p)
+
     sub.add_parser("terminal", help="interactive Kiwi console")
 
     p = sub.add_parser(
@@ -322,6 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("help", help="show help for a command")
     p.add_argument("topic", nargs="?", help="command")
     return parser
+
+
+def add_registry_options(p) -> None:
+    p.add_argument(
+        "--user", metavar="NAME[:PASSWORD]", help="OCI registry login (asked for when no password)"
+    )
+    p.add_argument(
+        "--insecure", action="store_true", help="OCI: plain http to a registry that is not localhost"
+    )
 
 
 def split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
@@ -385,6 +420,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         if args.command != "attach":
             raise UsageError("'--' and a command only go with 'kiwi attach'")
         args.cmd = (args.cmd or []) + command
+    args.dashdash = command is not None  # `attach c --`: the image's own command
     args.parser = parser
     return args
 

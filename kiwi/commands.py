@@ -78,7 +78,13 @@ def image_rows(store: Store) -> list[dict]:
     from . import images
 
     return [
-        {"name": i.get("name"), "size": i.get("size"), "source": i.get("source"), "created": i.get("created")}
+        {
+            "name": i.get("name"),
+            "size": i.get("size"),
+            "source": i.get("source"),
+            "created": i.get("created"),
+            "config": i.get("config") or {},
+        }
         for i in images.list_images(store)
     ]
 
@@ -215,6 +221,13 @@ def cmd_import(args) -> int:
     from . import images
 
     store = Store.open()
+    if os.path.isdir(args.archive) or os.path.isfile(args.archive):
+        from .oci.pull import import_image_archive
+
+        meta = import_image_archive(store, args.name, args.archive, progress_for=progress_bar)
+        if meta is not None:
+            out(f"imported image {meta['name']} ({format_size(meta.get('size'))}) from an OCI image")
+            return 0
     if not os.path.isfile(args.archive):
         raise KiwiError(f"no such file: {args.archive}")
     bar = progress_bar(f"importing {args.name}")
@@ -230,8 +243,13 @@ def cmd_import(args) -> int:
 
 def cmd_pull(args) -> int:
     from . import pull
+    from .oci.reference import looks_like_reference
 
     store = Store.open()
+    if looks_like_reference(args.distro):
+        return pull_oci(store, args)
+    if args.name or args.user or args.insecure:
+        raise KiwiError("--name, --user and --insecure go with an OCI reference (e.g. alpine:3.20)")
     bar = progress_bar(f"pulling {args.distro}")
     try:
         pull.pull(
@@ -241,6 +259,39 @@ def cmd_pull(args) -> int:
         bar.close()
     out(f"pulled image {args.distro}")
     return 0
+
+
+def pull_oci(store: Store, args) -> int:
+    from .oci.pull import pull
+
+    if args.release or args.variant != "default":
+        raise KiwiError("--release and --variant go with a distribution name; an OCI reference has a tag")
+    result = pull(
+        store,
+        args.distro,
+        name=args.name,
+        arch=args.arch,
+        insecure=args.insecure,
+        credentials=registry_credentials(args.user),
+        progress_for=progress_bar,
+    )
+    done = "pulled" if result["downloaded"] else "already up to date:"
+    out(f"{done} image {result['image']} ({result['digest']})")
+    return 0
+
+
+def registry_credentials(user: str | None):
+    """--user NAME[:PASSWORD]; without a password, ask on the terminal."""
+    if not user:
+        return None
+    name, colon, password = user.partition(":")
+    if not colon:
+        if not sys.stdin.isatty():
+            raise KiwiError("--user NAME needs a terminal to ask the password on; give --user NAME:PASSWORD")
+        import getpass
+
+        password = getpass.getpass(f"password for {name}: ")
+    return name, password
 
 
 # --- containers ---------------------------------------------------------------
@@ -426,6 +477,8 @@ def cmd_attach(args) -> int:
         execopts.parse_user_spec(args.user),
     )
     cid = store.resolve_container(args.container)
+    if getattr(args, "dashdash", False) and not args.cmd:
+        args.cmd = image_default_command(store, cid)
     if not args.cmd:
         refuse_shell_without_input(cid)
     record = runtime.ensure_running(store, cid)
@@ -485,6 +538,13 @@ def refuse_shell_without_input(cid: str) -> None:
     raise KiwiError(
         f"a shell needs a terminal or a script on standard input; run a command instead: kiwi attach {cid} -- cmd"
     )
+
+
+def image_default_command(store: Store, cid: str) -> list[str]:
+    """`kiwi attach c --` with nothing after it: the image's Entrypoint + Cmd."""
+    from .oci.config import default_command
+
+    return default_command(store, store.container_config(cid))
 
 
 def cmd_sessions(args) -> int:
@@ -692,6 +752,30 @@ def cmd_commit(args) -> int:
 
 
 # --- console and help ---------------------------------------------------------
+
+
+def cmd_export(args) -> int:
+    from .oci.export import export_archive
+
+    built = export_archive(Store.open(), args.what, args.file, tag=args.tag, progress_for=progress_bar)
+    out(f"wrote {args.file} ({len(built.layers)} layers, {built.manifest_digest})")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .oci.export import push
+
+    result = push(
+        Store.open(),
+        args.what,
+        args.reference,
+        insecure=args.insecure,
+        credentials=registry_credentials(args.user),
+        progress_for=progress_bar,
+    )
+    layers = ", ".join(f"{n} {how}" for how, n in sorted(result["layers"].items()))
+    out(f"pushed {result['reference']} ({result['digest']}; layers: {layers})")
+    return 0
 
 
 def cmd_help(args) -> int:

@@ -687,6 +687,37 @@ class Extractor:
         except OSError as e:
             raise KiwiError(f"cannot mark {relpath!r} opaque in {self.dest}: {e.strerror}") from None
 
+    def remove(self, relpath: str) -> None:
+        """Delete what relpath names, a folder with all it holds (an OCI layer's whiteout).
+
+        Reached like every member, never through a symlink; nothing there is not an error."""
+        from .fstree import remove_tree
+
+        rel = normalise_member_path(relpath)
+        if not rel:
+            raise UnsafeArchiveError(f"a whiteout {relpath!r} names the top folder; refusing the archive")
+        head, _, leaf = rel.rpartition("/")
+        try:
+            parent = self._dir_fd(head, relpath, create=False)
+        except UnsafeArchiveError:
+            raise
+        except KiwiError:
+            return  # its folder is not there (or not a folder): nothing to delete
+        self._forget_dir(rel)
+        self._skipped.discard(rel)
+        try:
+            remove_tree(f"/proc/self/fd/{parent}/{leaf}")
+        except OSError as e:
+            raise KiwiError(f"cannot delete {relpath!r} in {self.dest}: {e.strerror}") from None
+
+    def clear_dir(self, relpath: str, keep) -> None:
+        """Delete what the folder holds except the paths in keep (an OCI opaque directory)."""
+        rel = normalise_member_path(relpath)
+        for name in os.listdir(self._dir_fd(rel, relpath, create=True)):
+            child = f"{rel}/{name}" if rel else name
+            if child not in keep:
+                self.remove(child)
+
     def finish(self) -> ExtractStats:
         # Deepest first and the top folder last, after everything inside is written.
         for rel in sorted(self._deferred, key=lambda p: p.count("/") if p else -1, reverse=True):

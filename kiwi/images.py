@@ -29,11 +29,7 @@ def import_image(store, name: str, archive_path, progress=None, source=None) -> 
     if not archive_path.is_file():
         raise KiwiError(f"{archive_path} is not a file; give the path of a rootfs archive")
     _refuse_existing(store, name)
-    store.ensure_layout()
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-", dir=store.tmp_dir))
-    committed = False
-    lock_fd = _hold_staging_lock(staging)
-    try:
+    with staging_folder(store, name) as staging:
         stats = extract_archive(archive_path, staging / "rootfs", progress=progress)
         info = {
             "name": name,
@@ -45,12 +41,21 @@ def import_image(store, name: str, archive_path, progress=None, source=None) -> 
         }
         store_mod.atomic_write_json(staging / "image.json", info)
         _commit(store, name, staging)
-        committed = True
         return info
+
+
+@contextlib.contextmanager
+def staging_folder(store, name: str):
+    """A locked folder under .tmp/ to build image `name` in; gone afterwards unless
+    _commit moved it into images/."""
+    store.ensure_layout()
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-", dir=store.tmp_dir))
+    lock_fd = _hold_staging_lock(staging)
+    try:
+        yield staging
     finally:
         os.close(lock_fd)
-        if not committed:
-            remove_tree(staging, ignore_errors=True)
+        remove_tree(staging, ignore_errors=True)  # nothing there once committed
 
 
 def _refuse_existing(store, name: str) -> None:

@@ -328,6 +328,13 @@ def container_env(config: dict, shell: str | None, term: str | None) -> dict:
     return env
 
 
+def image_exec_defaults(store: Store, config: dict, env: dict) -> list[str]:
+    """An OCI image's Env (into env) and WorkingDir (kiwi-exec options)."""
+    from .oci.config import exec_defaults
+
+    return exec_defaults(store, config, env)
+
+
 def pick_shell(init_pid: int, saved: str | None) -> str:
     """The first executable shell, looked up beneath the container's root (never on the host)."""
     from .rootfs import is_executable_in
@@ -379,7 +386,7 @@ def spawn(
     init_pid = record["init_pid"]
     config = store.container_config(cid)
     argv, shell = command_of(init_pid, config, argv)
-    extra, env = exec_options.helper_args(init_pid) if exec_options else ([], {})
+    extra, user_env = exec_options.helper_args(init_pid) if exec_options else ([], {})
     opened = []
     try:
         # The folder the start recorded: no host-wide registry lookup on the exec path.
@@ -400,11 +407,11 @@ def spawn(
         options += [f"-c{5 + i}" for i in range(len(cgroup_fds))]
         options += [f"-n{5 + len(cgroup_fds) + i}" for i in range(len(ns_fds))]
         options += ["-t"] if tty else []
+        env = container_env(config, shell, term)
+        # The image's defaults first: kiwi-exec takes the last -w, and attach -e wins over image Env.
+        options += image_exec_defaults(store, config, env)
         pid = spawn_helper(
-            memfd,
-            layout,
-            [security.EXEC_NAME, *options, *extra, "--", *argv],
-            {**container_env(config, shell, term), **env},
+            memfd, layout, [security.EXEC_NAME, *options, *extra, "--", *argv], {**env, **user_env}
         )
         opened.remove(err_w)
         os.close(err_w)

@@ -223,3 +223,12 @@ def test_unreachable_server_is_a_clear_error(store, monkeypatch):
     monkeypatch.setenv("KIWI_IMAGE_SERVER", "http://127.0.0.1:9")
     with pytest.raises(KiwiError, match="cannot reach the image server"):
         pull(store, "alpine")
+
+
+def test_cli_pulls_any_distribution_the_server_lists(server, kiwi):
+    """Not only alpine and debian: a bare name is whatever the index has (issue 16)."""
+    server.publish(rootfs_tarball(), build_path=f"images/fedora/40/{HOST_ARCH}/default/20250102_13:00")
+    kiwi("pull", "fedora", "--release", "40", env={"KIWI_IMAGE_SERVER": server.url})
+    assert (kiwi.root / "images" / "fedora" / "rootfs" / "bin").is_dir()
+    unknown = kiwi("pull", "plan9", check=False, env={"KIWI_IMAGE_SERVER": server.url})
+    assert unknown.returncode == 1 and "fedora" in unknown.stderr and unknown.stderr.count("\n") == 1
