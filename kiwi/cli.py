@@ -27,11 +27,23 @@ if TYPE_CHECKING:
     import argparse
 
 PROG = "kiwi"
-VERSION_TEXT = f"{PROG} {__version__}"
+# build.sh writes this file into the frozen bundle beside the kiwi package:
+# "commit <hash>, built <UTC time>, linux-<arch>".
+BUILD_INFO = "build-info"
 
 # Commands that work without root where the files allow it ('terminal'
 # re-runs itself through sudo).
 READ_ONLY_COMMANDS = {"list", "ip", "sessions", "help", "terminal"}
+
+
+def version_text() -> str:
+    """'kiwi 0.1.0 (commit c9c6e4a, built 2026-12-01T19:05Z, linux-amd64)'; a source checkout says so."""
+    try:
+        with open(os.path.join(os.path.dirname(__file__), BUILD_INFO), encoding="utf-8") as f:
+            built = f.read().strip()
+    except OSError:
+        built = f"source checkout, {os.uname().machine}"
+    return f"{PROG} {__version__} ({built})"
 
 
 class UsageError(KiwiError):
@@ -61,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="A container is named by its id, any unique prefix of its id, or its name. "
         "'kiwi help <command>' shows a command's help.",
     )
-    parser.add_argument("--version", action="version", version=VERSION_TEXT)
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=Parser)
 
     p = sub.add_parser("list", help="list containers and images")
@@ -236,7 +248,7 @@ def require_root(command: str) -> None:
 def run(argv: list[str]) -> int:
     if argv == ["--version"]:
         # Same output as argparse's version action, without building the parser.
-        print(VERSION_TEXT)
+        print(version_text())
         return EXIT_OK
     args = parse(argv)
     if not args.command:

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
@@ -21,7 +22,6 @@ from conftest import CACHE, REPO, kiwi_command
 
 BUILD = REPO / "build.sh"
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-FOREIGN = {"x86_64": "linux-arm64", "aarch64": "linux-amd64"}.get(platform.machine(), "linux-arm64")
 
 
 def run(argv, **kw) -> subprocess.CompletedProcess:
@@ -36,35 +36,33 @@ def path_without_docker() -> str:
     return ":".join(dirs or ["/usr/bin", "/bin"])
 
 
-def test_foreign_build_without_docker_says_what_to_install():
-    done = run(
-        [str(BUILD), FOREIGN.removeprefix("linux-")], env={**os.environ, "PATH": path_without_docker()}
-    )
-    assert done.returncode != 0
-    assert "needs docker" in done.stderr and "buildx" in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
-
-
-def test_foreign_build_without_buildx_says_so(tmp_path):
-    fake = tmp_path / "docker"
-    fake.write_text('#!/bin/sh\necho "docker: unknown command: docker $1" >&2\nexit 1\n')
-    fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{tmp_path}:{path_without_docker()}"}
-    done = run([str(BUILD), FOREIGN], env=env)
-    assert done.returncode != 0
-    assert "docker buildx is missing" in done.stderr, done.stderr
-
-
-def test_dry_run_prints_the_buildx_command_line():
+def test_dry_run_without_buildx_prints_the_debian_root_recipe():
     done = run([str(BUILD), "--dry-run", "linux-arm64"], env={**os.environ, "PATH": path_without_docker()})
     assert done.returncode == 0, done.stderr
-    expected = (
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("debootstrap --arch=arm64 --variant=minbase "), done.stdout
+    assert " --foreign bullseye /var/cache/kiwi-build/roots/bullseye-arm64 " in first, first
+    assert "apt-get source python3.11" in done.stdout and "pyinstaller kiwi.spec" in done.stdout
+
+
+def test_dry_run_of_the_host_architecture_needs_no_emulation():
+    target = {"x86_64": "linux-amd64", "aarch64": "linux-arm64"}[platform.machine()]
+    done = run([str(BUILD), "--dry-run", target], env={**os.environ, "PATH": path_without_docker()})
+    assert done.returncode == 0, done.stderr
+    assert "debootstrap --arch=" in done.stdout and "--foreign" not in done.stdout
+
+
+def test_dry_run_with_buildx_prints_the_buildx_command_line(tmp_path):
+    fake = tmp_path / "docker"
+    fake.write_text('#!/bin/sh\n[ "$1 $2" = "buildx version" ] && exit 0\nexit 1\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{path_without_docker()}"}
+    done = run([str(BUILD), "--dry-run", "linux-arm64"], env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
         "docker buildx build --platform linux/arm64 --file scripts/Dockerfile.build "
         "--build-arg TARGET=linux-arm64 --output type=local,dest=dist ."
     )
-    if FOREIGN == "linux-arm64":
-        assert done.stdout.strip() == expected
-    assert (REPO / "scripts" / "Dockerfile.build").is_file()
 
 
 def test_unknown_target_is_refused():
@@ -133,6 +131,18 @@ def test_frozen_binary_runs_every_kind_of_command(kiwi, busybox):
     kiwi("set", cid, "--memory", "256M")  # applies at once to the running container
     kiwi("stop", cid, "--time", "2")
     kiwi("cleanup")
+
+
+def test_version_names_commit_build_time_and_architecture(kiwi):
+    text = kiwi.out("--version").strip()
+    found = re.fullmatch(
+        r"kiwi \d+\.\d+\.\d+ \(commit ([0-9a-f]{12})(-dirty)?, built (\S+), linux-(\w+)\)", text
+    )
+    assert found, text
+    commit, built, arch = found.group(1), found.group(3), found.group(4)
+    assert run(["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"]).returncode == 0, text
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\dZ", built), text
+    assert arch == {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armv7"}[platform.machine()]
 
 
 def test_frozen_pull_reaches_https(kiwi):
