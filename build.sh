@@ -250,9 +250,11 @@ make_root_python() {
   in_root "$root" sh -euc '
     apt-get update -qq
     rm -rf /usr/src/python && mkdir -p /usr/src/python && cd /usr/src/python
-    apt-get source --download-only -qq python3.11
-    tar -xf python3.11_*.orig.tar.xz && cd Python-3.11.*
-    ./configure -q --prefix="$0" --enable-shared LDFLAGS="-Wl,-rpath,$0/lib"
+    apt-get source --download-only -qq -o APT::Sandbox::User=root python3.11
+    tar -xf python3.11_*.orig.tar.*
+    cd Python-3.11.*
+    # No debug info, -O2 and no test modules: a third less compiling under emulation.
+    ./configure -q --prefix="$0" --enable-shared --disable-test-modules OPT="-DNDEBUG -fwrapv -O2" LDFLAGS="-Wl,-rpath,$0/lib"
     make -s -j"$(nproc)"
     make -s altinstall
     cd / && rm -rf /usr/src/python' "$ROOT_PYTHON" >>"$root.log" 2>&1 \
@@ -286,7 +288,7 @@ copy_sources() {
   local dest=$1
   mkdir -p "$dest"
   tar -c --exclude='__pycache__' --exclude='kiwi/_sys*' --exclude=kiwi/kiwi-init --exclude=kiwi/kiwi-exec \
-    pyproject.toml kiwi.spec cffi_build kiwi scripts/python-deps scripts/make-manpages scripts/make-completions \
+    pyproject.toml kiwi.spec cffi_build kiwi scripts/python-deps \
     | tar -x -C "$dest"
 }
 
@@ -304,8 +306,8 @@ newer_than_floor() {
   [ "$(printf '%s\n%s\n' "$1" "$GLIBC_FLOOR" | sort -V | tail -1)" != "$GLIBC_FLOOR" ]
 }
 
-# Builds dist/kiwi-linux-<arch> and its man pages and completions (dist/release/<arch>/)
-# in the target's bullseye root; refuses a bundle that needs a glibc above 2.31.
+# Builds dist/kiwi-linux-<arch> in the target's bullseye root; refuses a bundle that
+# needs a glibc above 2.31.
 build_in_root() {
   local target=$1 arch=${1#linux-} root src floor
   root=$(root_of "$target")
@@ -313,7 +315,7 @@ build_in_root() {
     echo "debootstrap --arch=$(debian_arch_of "$target") --variant=minbase --include=$ROOT_PACKAGES$([ "$target" = "$(host_target)" ] || echo ' --foreign') $RELEASE_SUITE $root $MIRROR"
     echo "chroot $root: apt-get source python3.11 ($PYTHON_SOURCE_SUITE); configure --enable-shared --prefix=$ROOT_PYTHON; make altinstall"
     echo "chroot $root: $ROOT_PYTHON/bin/python3.11 -m venv $ROOT_VENV; pip install <the host .venv's versions of: $("$PY" scripts/python-deps build | tr '\n' ' ')>"
-    echo "chroot $root: build_sys.py sys init exec launcher; pyinstaller kiwi.spec; pack.py; make-manpages; make-completions"
+    echo "chroot $root: build_sys.py sys init exec launcher; pyinstaller kiwi.spec; pack.py"
     return
   fi
   [ "$(id -u)" = 0 ] || die "building $target in a Debian root needs root (debootstrap, chroot)"
@@ -332,16 +334,10 @@ build_in_root() {
   in_root "$root" sh -euc 'cd "$0" && export PATH="$1/bin:$PATH"
     python cffi_build/build_sys.py sys init exec launcher >/dev/null
     KIWI_ARCH="$2" KIWI_BUILD_INFO=build-info pyinstaller --noconfirm --clean --log-level WARN --distpath out --workpath work kiwi.spec
-    python cffi_build/pack.py build/kiwi-launcher "out/kiwi-linux-$2" "kiwi-linux-$2" >/dev/null
-    python scripts/make-manpages man >/dev/null
-    python scripts/make-completions completions >/dev/null' "$src" "$ROOT_VENV" "$arch" \
+    python cffi_build/pack.py build/kiwi-launcher "out/kiwi-linux-$2" "kiwi-linux-$2" >/dev/null' "$src" "$ROOT_VENV" "$arch" \
     || die "the build in $root failed"
   floor=$(glibc_floor "$root$src/out")
   ! newer_than_floor "$floor" || die "the $target bundle needs glibc $floor, above the $GLIBC_FLOOR floor"
-  mkdir -p "dist/release/$arch"
-  rm -rf "dist/release/$arch/man" "dist/release/$arch/completions"
-  cp -r "$root$src/man" "$root$src/completions" "dist/release/$arch/"
-  echo "$floor" >"dist/release/$arch/glibc"
   cp -f "$root$src/kiwi-linux-$arch" "dist/.kiwi-linux-$arch.tmp" && mv -f "dist/.kiwi-linux-$arch.tmp" "dist/kiwi-linux-$arch"
   rm -rf "${root:?}$src"
   trap - EXIT
@@ -349,11 +345,14 @@ build_in_root() {
 }
 
 # dist/release/kiwi-<version>-linux-<arch>.tar.gz (binary, man pages, completions)
-# for every target built, and SHA256SUMS of binaries and tarballs.
+# for every target built, and SHA256SUMS of binaries and tarballs. Man pages and
+# completions come from the parser and are the same on every architecture.
 pack_release() {
   local version target arch name stage
   version=$("$PY" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
-  rm -f dist/release/SHA256SUMS dist/release/*.tar.gz
+  rm -rf dist/release && mkdir -p dist/release
+  .venv/bin/python scripts/make-manpages dist/release/man >/dev/null || die "man pages failed"
+  .venv/bin/python scripts/make-completions dist/release/completions >/dev/null || die "shell completion failed"
   for target in $(release_targets); do
     arch=${target#linux-}
     name=kiwi-$version-linux-$arch
@@ -361,11 +360,12 @@ pack_release() {
     rm -rf "$stage" && mkdir -p "$stage"
     cp "dist/kiwi-linux-$arch" "$stage/kiwi"
     cp "dist/kiwi-linux-$arch" dist/release/
-    cp -r "dist/release/$arch/man" "dist/release/$arch/completions" "$stage/"
+    cp -r dist/release/man dist/release/completions "$stage/"
     tar -C dist/release --owner=0 --group=0 --sort=name -czf "dist/release/$name.tar.gz" "$name"
     rm -rf "$stage"
   done
-  (cd dist/release && sha256sum kiwi-linux-* ./*.tar.gz | sed 's| \./| |' >SHA256SUMS)
+  rm -rf dist/release/man dist/release/completions
+  (cd dist/release && sha256sum kiwi-linux-* kiwi-*.tar.gz >SHA256SUMS)
   echo "dist/release:" && (cd dist/release && cat SHA256SUMS)
 }
 
@@ -422,4 +422,5 @@ main() {
   build_target "$target"
 }
 
-main "$@"
+# exit on the same line: a build.sh edited while this one runs is never read further.
+main "$@"; exit
