@@ -2,12 +2,12 @@
 # Build the one-file kiwi executable.
 #   ./build.sh                 interactive menu on a terminal (host build otherwise)
 #   ./build.sh host            this machine: dist/kiwi-linux-<arch> and dist/kiwi
-#   ./build.sh linux-arm64     another architecture, inside a container (docker buildx + QEMU)
-#                              targets: host, linux-amd64, linux-arm64, linux-armv7 (or amd64,
-#                              arm64, armv7), all
+#   ./build.sh linux-arm64     a release binary (glibc >= 2.31): in a Debian 11 root (QEMU for
+#                              foreign ones), or docker buildx when present; also linux-amd64,
+#                              linux-armv7 (or amd64, arm64, armv7), all, release (+ dist/release)
 #   ./build.sh venv            only .venv and the cffi module (what lint and unit tests need)
 #   ./build.sh --dry-run T     print the build command lines instead of running them
-# docs/DISTRIBUTION.md explains the container builds and the glibc each binary needs.
+# docs/DISTRIBUTION.md explains the release builds and the glibc each binary needs.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -256,7 +256,8 @@ make_root_python() {
     # No debug info, -O2 and no test modules: a third less compiling under emulation.
     ./configure -q --prefix="$0" --enable-shared --disable-test-modules OPT="-DNDEBUG -fwrapv -O2" LDFLAGS="-Wl,-rpath,$0/lib"
     make -s -j"$(nproc)"
-    make -s altinstall
+    # .pyc files of the top-level stdlib only: PyInstaller compiles what it bundles.
+    make -s altinstall COMPILEALL_OPTS=-l
     cd / && rm -rf /usr/src/python' "$ROOT_PYTHON" >>"$root.log" 2>&1 \
     || die "building CPython in $root failed; see $root.log"
 }
@@ -277,8 +278,11 @@ make_root_venv() {
   stamp=$root$ROOT_VENV/.kiwi-deps
   [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$reqs" ] && return
   echo "installing $reqs in $root" >&2
+  # pip in the root trusts what the host trusts (a proxy with its own CA, say).
+  install -m 0644 "${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}" "$root/etc/ssl/certs/kiwi-host-ca.crt" \
+    || die "cannot copy the host's CA certificates into $root"
   # shellcheck disable=SC2086 # one requirement a word
-  in_root "$root" sh -euc 'venv=$1; shift; "$0/bin/python3.11" -m venv --clear "$venv" && "$venv/bin/pip" install -q --disable-pip-version-check "$@"' \
+  in_root "$root" sh -euc 'venv=$1; shift; "$0/bin/python3.11" -m venv --clear "$venv" && PIP_CERT=/etc/ssl/certs/kiwi-host-ca.crt "$venv/bin/pip" install -q --disable-pip-version-check "$@"' \
     "$ROOT_PYTHON" "$ROOT_VENV" $reqs >>"$root.log" 2>&1 || die "pip install in $root failed; see $root.log"
   echo "$reqs" >"$stamp"
 }
@@ -314,7 +318,7 @@ build_in_root() {
   if [ "$DRY_RUN" = 1 ]; then
     echo "debootstrap --arch=$(debian_arch_of "$target") --variant=minbase --include=$ROOT_PACKAGES$([ "$target" = "$(host_target)" ] || echo ' --foreign') $RELEASE_SUITE $root $MIRROR"
     echo "chroot $root: apt-get source python3.11 ($PYTHON_SOURCE_SUITE); configure --enable-shared --prefix=$ROOT_PYTHON; make altinstall"
-    echo "chroot $root: $ROOT_PYTHON/bin/python3.11 -m venv $ROOT_VENV; pip install <the host .venv's versions of: $("$PY" scripts/python-deps build | tr '\n' ' ')>"
+    echo "chroot $root: $ROOT_PYTHON/bin/python3.11 -m venv $ROOT_VENV; pip install <the host .venv's versions of: $("$PY" scripts/python-deps build | paste -sd' ')>"
     echo "chroot $root: build_sys.py sys init exec launcher; pyinstaller kiwi.spec; pack.py"
     return
   fi
