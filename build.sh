@@ -2,12 +2,12 @@
 # Build the one-file kiwi executable.
 #   ./build.sh                 interactive menu on a terminal (host build otherwise)
 #   ./build.sh host            this machine: dist/kiwi-linux-<arch> and dist/kiwi
-#   ./build.sh linux-arm64     another architecture, inside a container (docker buildx + QEMU)
-#                              targets: host, linux-amd64, linux-arm64, linux-armv7 (or amd64,
-#                              arm64, armv7), all
+#   ./build.sh linux-arm64     a release binary (glibc >= 2.31): in a Debian 11 root (QEMU for
+#                              foreign ones), or docker buildx when present; also linux-amd64,
+#                              linux-armv7 (or amd64, arm64, armv7), all, release (+ dist/release)
 #   ./build.sh venv            only .venv and the cffi module (what lint and unit tests need)
 #   ./build.sh --dry-run T     print the build command lines instead of running them
-# docs/DISTRIBUTION.md explains the container builds and the glibc each binary needs.
+# docs/DISTRIBUTION.md explains the release builds and the glibc each binary needs.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -87,7 +87,8 @@ build_host() {
   .venv/bin/python cffi_build/build_sys.py sys init exec >/dev/null || die "building the C parts failed (need gcc, libc6-dev, python3-dev)"
   .venv/bin/python cffi_build/build_sys.py launcher >/dev/null || die "building the launcher failed (need the static libzstd: apt-get install libzstd-dev)"
   trap 'rm -rf "$RUN_DIR"' EXIT
-  KIWI_ARCH=$arch $(pyinstaller_command) || die "PyInstaller failed"
+  write_build_info "$arch" "$RUN_DIR"
+  KIWI_ARCH=$arch KIWI_BUILD_INFO=$RUN_DIR/build-info $(pyinstaller_command) || die "PyInstaller failed"
   mkdir -p dist
   # pack.py and the copy replace the binaries atomically: tests and benchmarks may be running them.
   $(pack_command "$arch") >/dev/null || die "packing the one-file binary failed"
@@ -96,8 +97,20 @@ build_host() {
   echo "built dist/kiwi-linux-$arch and dist/kiwi ($(du -h dist/kiwi | cut -f1))"
 }
 
+# What `kiwi --version` says after the version: commit, build time (UTC) and
+# architecture; kiwi.spec bundles the file as kiwi/build-info.
+write_build_info() {
+  local arch=$1 out=$2 commit built
+  commit=$(git rev-parse --short=12 HEAD 2>/dev/null) || commit=unknown
+  git diff --quiet HEAD -- 2>/dev/null || commit+="-dirty"
+  built=$(date -u -d "@${SOURCE_DATE_EPOCH:-$(date +%s)}" +%Y-%m-%dT%H:%MZ)
+  mkdir -p "$out"
+  echo "commit $commit, built $built, linux-$arch" >"$out/build-info"
+}
+
 build_manpages() {
   .venv/bin/python scripts/make-manpages dist >/dev/null || die "man pages failed"
+  .venv/bin/python scripts/make-completions dist >/dev/null || die "shell completion failed"
 }
 
 platform_of() {
@@ -142,6 +155,246 @@ build_in_container() {
   echo "built dist/kiwi-$target"
 }
 
+# --- release builds: inside a Debian 11 (bullseye) root, glibc 2.31 ------------------
+# Every release binary, the host's architecture too, is built in a debootstrapped
+# bullseye root of its own architecture (foreign ones through debootstrap --foreign and
+# qemu-user-static's binfmt handlers), cached in $BUILD_CACHE. bullseye's Python is 3.9,
+# so the root gets a shared-library CPython 3.11 built from Debian's own python3.11
+# source package (bookworm), once per root. docs/DISTRIBUTION.md has the measurements.
+BUILD_CACHE=${KIWI_BUILD_CACHE:-/var/cache/kiwi-build}
+MIRROR=${KIWI_BUILD_MIRROR:-http://deb.debian.org/debian}
+RELEASE_SUITE=bullseye
+PYTHON_SOURCE_SUITE=bookworm
+ROOT_PYTHON=/opt/kiwi-python
+ROOT_VENV=/opt/kiwi-venv
+GLIBC_FLOOR=2.31
+# Emulated builds take both cores for many minutes: they yield to everyone else.
+NICE=(nice -n "${KIWI_BUILD_NICE:-19}")
+# gcc, libc6-dev, libzstd-dev: the C parts and the static launcher; make and the -dev
+# libraries: CPython and the modules kiwi uses (ssl, sqlite3, lzma, bz2, readline,
+# ctypes, zlib); binutils: PyInstaller's scan, strip and the glibc check.
+ROOT_PACKAGES=gcc,libc6-dev,make,binutils,libzstd-dev,libffi-dev,zlib1g-dev,libssl-dev,libsqlite3-dev,liblzma-dev,libbz2-dev,libreadline-dev,libncursesw5-dev,uuid-dev,ca-certificates,xz-utils
+
+debian_arch_of() {
+  case "$1" in
+    linux-amd64) echo amd64 ;;
+    linux-arm64) echo arm64 ;;
+    linux-armv7) echo armhf ;;
+  esac
+}
+
+root_of() {
+  echo "$BUILD_CACHE/roots/$RELEASE_SUITE-$(debian_arch_of "$1")"
+}
+
+# Runs a command in ROOT inside a private mount namespace with its own /proc: nothing
+# is mounted on the host, and whatever debootstrap or a build mounts goes with it.
+# shellcheck disable=SC2016 # the sh -c scripts here expand their own arguments
+in_root() {
+  local root=$1
+  shift
+  "${NICE[@]}" unshare -m --propagation private sh -c \
+    'mount -t proc proc "$0/proc" && exec chroot "$0" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"' \
+    "$root" "$@"
+}
+
+# The kernel runs the foreign root's binaries through qemu-user-static (its binfmt
+# entries have the F flag: the interpreter is opened at registration, so the root
+# needs no copy of it).
+ensure_binfmt() {
+  local target=$1 entry
+  entry=$(qemu_binfmt_of "$target")
+  [ -e /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc \
+    || die "cannot mount binfmt_misc (needed to run $target programs)"
+  [ -e "/proc/sys/fs/binfmt_misc/$entry" ] || update-binfmts --enable "$entry" >/dev/null 2>&1 \
+    || die "no QEMU binfmt handler for $target: apt-get install qemu-user-static binfmt-support (or scripts/install-deps --cross)"
+}
+
+# One build per root at a time; a second waits (the fd goes with the process).
+lock_root() {
+  local root=$1
+  mkdir -p "$(dirname "$root")"
+  exec {ROOT_LOCK}>"$root.lock"
+  flock -n "$ROOT_LOCK" || { echo "waiting for another build in $root" >&2; flock "$ROOT_LOCK"; }
+}
+
+make_root() {
+  local target=$1 root darch foreign=()
+  root=$(root_of "$target")
+  darch=$(debian_arch_of "$target")
+  [ -f "$root/.kiwi-root" ] && return
+  command -v debootstrap >/dev/null || die "building $target needs debootstrap (scripts/install-deps --cross)"
+  [ "$target" = "$(host_target)" ] || foreign=(--foreign)
+  echo "debootstrap $RELEASE_SUITE $darch into $root (minutes; cached)" >&2
+  rm -rf --one-file-system "$root.tmp"
+  "${NICE[@]}" unshare -m --propagation private debootstrap --arch="$darch" --variant=minbase \
+    --include="$ROOT_PACKAGES" "${foreign[@]}" "$RELEASE_SUITE" "$root.tmp" "$MIRROR" >"$root.log" 2>&1 \
+    || die "debootstrap failed; see $root.log"
+  if [ ${#foreign[@]} -gt 0 ]; then
+    in_root "$root.tmp" /debootstrap/debootstrap --second-stage >>"$root.log" 2>&1 \
+      || die "debootstrap --second-stage failed; see $root.log"
+  fi
+  touch "$root.tmp/.kiwi-root"
+  mv "$root.tmp" "$root"
+}
+
+# CPython 3.11 as a shared library (PyInstaller bundles libpython), from the upstream
+# tarball of Debian's python3.11 source package, built with the root's own glibc.
+make_root_python() {
+  local root=$1
+  [ -x "$root$ROOT_PYTHON/bin/python3.11" ] && return
+  echo "building CPython 3.11 in $root (once per root; long under emulation)" >&2
+  install -m 0644 /usr/share/keyrings/debian-archive-keyring.gpg "$root/usr/share/keyrings/kiwi-debian.gpg"
+  echo "deb-src [signed-by=/usr/share/keyrings/kiwi-debian.gpg] $MIRROR $PYTHON_SOURCE_SUITE main" \
+    >"$root/etc/apt/sources.list.d/kiwi-python-source.list"
+  in_root "$root" sh -euc '
+    apt-get update -qq
+    rm -rf /usr/src/python && mkdir -p /usr/src/python && cd /usr/src/python
+    apt-get source --download-only -qq -o APT::Sandbox::User=root python3.11
+    tar -xf python3.11_*.orig.tar.*
+    cd Python-3.11.*
+    # No debug info, -O2 and no test modules: a third less compiling under emulation.
+    ./configure -q --prefix="$0" --enable-shared --disable-test-modules OPT="-DNDEBUG -fwrapv -O2" LDFLAGS="-Wl,-rpath,$0/lib"
+    make -s -j"$(nproc)"
+    # .pyc files of the top-level stdlib only: PyInstaller compiles what it bundles.
+    make -s altinstall COMPILEALL_OPTS=-l
+    cd / && rm -rf /usr/src/python' "$ROOT_PYTHON" >>"$root.log" 2>&1 \
+    || die "building CPython in $root failed; see $root.log"
+}
+
+# The host venv's exact versions of the build requirements (pyproject.toml names them),
+# so every architecture bundles what the host build does.
+pinned_requirements() {
+  local names
+  names=$("$PY" scripts/python-deps build | sed 's/[<>=!~ ;].*//') || die "cannot read the dependencies from pyproject.toml"
+  # shellcheck disable=SC2086 # one name a word
+  .venv/bin/python -c 'import sys, importlib.metadata as m; print(" ".join(f"{n}=={m.version(n)}" for n in sys.argv[1:]))' $names \
+    || die "the host .venv lacks a build requirement: run ./build.sh venv"
+}
+
+make_root_venv() {
+  local root=$1 reqs stamp
+  reqs=$(pinned_requirements)
+  stamp=$root$ROOT_VENV/.kiwi-deps
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$reqs" ] && return
+  echo "installing $reqs in $root" >&2
+  # pip in the root trusts what the host trusts (a proxy with its own CA, say).
+  install -m 0644 "${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}" "$root/etc/ssl/certs/kiwi-host-ca.crt" \
+    || die "cannot copy the host's CA certificates into $root"
+  # shellcheck disable=SC2086 # one requirement a word
+  in_root "$root" sh -euc 'venv=$1; shift; "$0/bin/python3.11" -m venv --clear "$venv" && PIP_CERT=/etc/ssl/certs/kiwi-host-ca.crt "$venv/bin/pip" install -q --disable-pip-version-check "$@"' \
+    "$ROOT_PYTHON" "$ROOT_VENV" $reqs >>"$root.log" 2>&1 || die "pip install in $root failed; see $root.log"
+  echo "$reqs" >"$stamp"
+}
+
+# The files a build needs, without the host's compiled parts.
+copy_sources() {
+  local dest=$1
+  mkdir -p "$dest"
+  tar -c --exclude='__pycache__' --exclude='kiwi/_sys*' --exclude=kiwi/kiwi-init --exclude=kiwi/kiwi-exec \
+    pyproject.toml kiwi.spec cffi_build kiwi scripts/python-deps \
+    | tar -x -C "$dest"
+}
+
+# The newest GLIBC_ symbol version any ELF object in DIR needs (objdump -T reads only
+# the host's architecture; readelf reads them all).
+glibc_floor() {
+  local f
+  find "$1" -type f | while read -r f; do
+    [ "$(head -c 4 "$f" | od -An -c | tr -d ' ')" = '177ELF' ] || continue
+    objdump -T "$f" 2>/dev/null || readelf --dyn-syms -W "$f"
+  done | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -Vu | tail -1
+}
+
+newer_than_floor() {
+  [ "$(printf '%s\n%s\n' "$1" "$GLIBC_FLOOR" | sort -V | tail -1)" != "$GLIBC_FLOOR" ]
+}
+
+# Builds dist/kiwi-linux-<arch> in the target's bullseye root; refuses a bundle that
+# needs a glibc above 2.31.
+build_in_root() {
+  local target=$1 arch=${1#linux-} root src floor
+  root=$(root_of "$target")
+  if [ "$DRY_RUN" = 1 ]; then
+    echo "debootstrap --arch=$(debian_arch_of "$target") --variant=minbase --include=$ROOT_PACKAGES$([ "$target" = "$(host_target)" ] || echo ' --foreign') $RELEASE_SUITE $root $MIRROR"
+    echo "chroot $root: apt-get source python3.11 ($PYTHON_SOURCE_SUITE); configure --enable-shared --prefix=$ROOT_PYTHON; make altinstall"
+    echo "chroot $root: $ROOT_PYTHON/bin/python3.11 -m venv $ROOT_VENV; pip install <the host .venv's versions of: $("$PY" scripts/python-deps build | paste -sd' ')>"
+    echo "chroot $root: build_sys.py sys init exec launcher; pyinstaller kiwi.spec; pack.py"
+    return
+  fi
+  [ "$(id -u)" = 0 ] || die "building $target in a Debian root needs root (debootstrap, chroot)"
+  ensure_venv
+  [ "$target" = "$(host_target)" ] || ensure_binfmt "$target"
+  lock_root "$root"
+  make_root "$target"
+  make_root_python "$root"
+  make_root_venv "$root"
+  src=/src/kiwi-$$
+  rm -rf "$root$src"
+  copy_sources "$root$src"
+  write_build_info "$arch" "$root$src"
+  trap 'rm -rf "${root:?}$src"' EXIT
+  echo "building $target in $root" >&2
+  in_root "$root" sh -euc 'cd "$0" && export PATH="$1/bin:$PATH"
+    python cffi_build/build_sys.py sys init exec launcher >/dev/null
+    KIWI_ARCH="$2" KIWI_BUILD_INFO=build-info pyinstaller --noconfirm --clean --log-level WARN --distpath out --workpath work kiwi.spec
+    python cffi_build/pack.py build/kiwi-launcher "out/kiwi-linux-$2" "kiwi-linux-$2" >/dev/null' "$src" "$ROOT_VENV" "$arch" \
+    || die "the build in $root failed"
+  floor=$(glibc_floor "$root$src/out")
+  ! newer_than_floor "$floor" || die "the $target bundle needs glibc $floor, above the $GLIBC_FLOOR floor"
+  cp -f "$root$src/kiwi-linux-$arch" "dist/.kiwi-linux-$arch.tmp" && mv -f "dist/.kiwi-linux-$arch.tmp" "dist/kiwi-linux-$arch"
+  rm -rf "${root:?}$src"
+  trap - EXIT
+  echo "built dist/kiwi-linux-$arch (needs glibc >= $floor)"
+}
+
+# dist/release/kiwi-<version>-linux-<arch>.tar.gz (binary, man pages, completions)
+# for every target built, and SHA256SUMS of binaries and tarballs. Man pages and
+# completions come from the parser and are the same on every architecture.
+pack_release() {
+  local version target arch name stage
+  version=$("$PY" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+  rm -rf dist/release && mkdir -p dist/release
+  .venv/bin/python scripts/make-manpages dist/release/man >/dev/null || die "man pages failed"
+  .venv/bin/python scripts/make-completions dist/release/completions >/dev/null || die "shell completion failed"
+  for target in $(release_targets); do
+    arch=${target#linux-}
+    name=kiwi-$version-linux-$arch
+    stage=dist/release/$name
+    rm -rf "$stage" && mkdir -p "$stage"
+    cp "dist/kiwi-linux-$arch" "$stage/kiwi"
+    cp "dist/kiwi-linux-$arch" dist/release/
+    cp -r dist/release/man dist/release/completions "$stage/"
+    tar -C dist/release --owner=0 --group=0 --sort=name -czf "dist/release/$name.tar.gz" "$name"
+    rm -rf "$stage"
+  done
+  rm -rf dist/release/man dist/release/completions
+  (cd dist/release && sha256sum kiwi-linux-* kiwi-*.tar.gz >SHA256SUMS)
+  echo "dist/release:" && (cd dist/release && cat SHA256SUMS)
+}
+
+# KIWI_RELEASE_TARGETS="linux-amd64" limits a release to some architectures.
+release_targets() {
+  echo "${KIWI_RELEASE_TARGETS:-${TARGETS[*]}}"
+}
+
+build_release() {
+  local target
+  for target in $(release_targets); do build_arch "$target"; done
+  [ "$DRY_RUN" = 1 ] && { echo "pack dist/release/kiwi-<version>-linux-<arch>.tar.gz, dist/release/SHA256SUMS"; return; }
+  pack_release
+}
+
+# docker buildx where it exists (fast path), else the cached Debian root.
+build_arch() {
+  local target=$1
+  if command -v docker >/dev/null && docker buildx version >/dev/null 2>&1; then
+    build_in_container "$target"
+  else
+    build_in_root "$target"
+  fi
+}
+
 normalize_target() {
   case "$1" in
     amd64|arm64|armv7) echo "linux-$1" ;;
@@ -156,10 +409,9 @@ build_target() {
     host) build_host ;;
     venv) build_venv ;;
     all) for t in "${TARGETS[@]}"; do build_target "$t"; done ;;
-    linux-amd64|linux-arm64|linux-armv7)
-      # The host's own architecture needs no container (and no docker).
-      if [ "$target" = "$(host_target)" ]; then build_host; else build_in_container "$target"; fi ;;
-    *) die "unknown target '$1': choose host, linux-amd64, linux-arm64, linux-armv7, all or venv" ;;
+    release) build_release ;;
+    linux-amd64|linux-arm64|linux-armv7) build_arch "$target" ;;
+    *) die "unknown target '$1': choose host, linux-amd64, linux-arm64, linux-armv7, all, release or venv" ;;
   esac
 }
 
@@ -174,4 +426,5 @@ main() {
   build_target "$target"
 }
 
-main "$@"
+# exit on the same line: a build.sh edited while this one runs is never read further.
+main "$@"; exit

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     import argparse
 
 PROG = "kiwi"
-VERSION_TEXT = f"{PROG} {__version__}"
+# build.sh writes this file into the frozen bundle beside the kiwi package:
+# "commit <hash>, built <UTC time>, linux-<arch>".
+BUILD_INFO = "build-info"
 
 # Commands that work without root where the files allow it ('terminal'
 # re-runs itself through sudo).
@@ -40,6 +42,16 @@ COMPLETE_WORD = "__complete"
 
 # docker exec's -i/-t: Kiwi gives a command a terminal when it has one anyway.
 EXEC_IGNORED = {"-i", "-t", "-it", "-ti", "--interactive", "--tty"}
+
+
+def version_text() -> str:
+    """'kiwi 0.1.0 (commit c9c6e4a, built 2026-12-01T19:05Z, linux-amd64)'; a source checkout says so."""
+    try:
+        with open(os.path.join(os.path.dirname(__file__), BUILD_INFO), encoding="utf-8") as f:
+            built = f.read().strip()
+    except OSError:
+        built = f"source checkout, {os.uname().machine}"
+    return f"{PROG} {__version__} ({built})"
 
 
 class UsageError(KiwiError):
@@ -69,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="A container is named by its id, any unique prefix of its id, or its name. "
         "'kiwi help <command>' shows a command's help.",
     )
-    parser.add_argument("--version", action="version", version=VERSION_TEXT)
+    parser.add_argument("--version", action="version", version=version_text())
     parser.add_argument("--debug", action="store_true", help="show tracebacks (as KIWI_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=Parser)
 
@@ -433,7 +445,7 @@ def require_root(command: str) -> None:
 def run(argv: list[str]) -> int:
     if argv == ["--version"]:
         # Same output as argparse's version action, without building the parser.
-        print(VERSION_TEXT)
+        print(version_text())
         return EXIT_OK
     if argv[:2] == [COMPLETE_WORD, "--"]:
         from .completion import candidates

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
@@ -16,11 +17,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import CACHE, REPO, kiwi_command
+import pytest
+
+from conftest import REPO, kiwi_command
 
 BUILD = REPO / "build.sh"
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-FOREIGN = {"x86_64": "linux-arm64", "aarch64": "linux-amd64"}.get(platform.machine(), "linux-arm64")
 
 
 def run(argv, **kw) -> subprocess.CompletedProcess:
@@ -35,35 +37,33 @@ def path_without_docker() -> str:
     return ":".join(dirs or ["/usr/bin", "/bin"])
 
 
-def test_foreign_build_without_docker_says_what_to_install():
-    done = run(
-        [str(BUILD), FOREIGN.removeprefix("linux-")], env={**os.environ, "PATH": path_without_docker()}
-    )
-    assert done.returncode != 0
-    assert "needs docker" in done.stderr and "buildx" in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
-
-
-def test_foreign_build_without_buildx_says_so(tmp_path):
-    fake = tmp_path / "docker"
-    fake.write_text('#!/bin/sh\necho "docker: unknown command: docker $1" >&2\nexit 1\n')
-    fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{tmp_path}:{path_without_docker()}"}
-    done = run([str(BUILD), FOREIGN], env=env)
-    assert done.returncode != 0
-    assert "docker buildx is missing" in done.stderr, done.stderr
-
-
-def test_dry_run_prints_the_buildx_command_line():
+def test_dry_run_without_buildx_prints_the_debian_root_recipe():
     done = run([str(BUILD), "--dry-run", "linux-arm64"], env={**os.environ, "PATH": path_without_docker()})
     assert done.returncode == 0, done.stderr
-    expected = (
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("debootstrap --arch=arm64 --variant=minbase "), done.stdout
+    assert " --foreign bullseye /var/cache/kiwi-build/roots/bullseye-arm64 " in first, first
+    assert "apt-get source python3.11" in done.stdout and "pyinstaller kiwi.spec" in done.stdout
+
+
+def test_dry_run_of_the_host_architecture_needs_no_emulation():
+    target = {"x86_64": "linux-amd64", "aarch64": "linux-arm64"}[platform.machine()]
+    done = run([str(BUILD), "--dry-run", target], env={**os.environ, "PATH": path_without_docker()})
+    assert done.returncode == 0, done.stderr
+    assert "debootstrap --arch=" in done.stdout and "--foreign" not in done.stdout
+
+
+def test_dry_run_with_buildx_prints_the_buildx_command_line(tmp_path):
+    fake = tmp_path / "docker"
+    fake.write_text('#!/bin/sh\n[ "$1 $2" = "buildx version" ] && exit 0\nexit 1\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{path_without_docker()}"}
+    done = run([str(BUILD), "--dry-run", "linux-arm64"], env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
         "docker buildx build --platform linux/arm64 --file scripts/Dockerfile.build "
         "--build-arg TARGET=linux-arm64 --output type=local,dest=dist ."
     )
-    if FOREIGN == "linux-arm64":
-        assert done.stdout.strip() == expected
-    assert (REPO / "scripts" / "Dockerfile.build").is_file()
 
 
 def test_unknown_target_is_refused():
@@ -129,6 +129,18 @@ def test_frozen_binary_runs_every_kind_of_command(kiwi, busybox):
     kiwi("cleanup")
 
 
+def test_version_names_commit_build_time_and_architecture(kiwi):
+    text = kiwi.out("--version").strip()
+    found = re.fullmatch(
+        r"kiwi \d+\.\d+\.\d+ \(commit ([0-9a-f]{12})(-dirty)?, built (\S+), linux-(\w+)\)", text
+    )
+    assert found, text
+    commit, built, arch = found.group(1), found.group(3), found.group(4)
+    assert run(["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"]).returncode == 0, text
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\dZ", built), text
+    assert arch == {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armv7"}[platform.machine()]
+
+
 def test_frozen_pull_reaches_https(kiwi):
     """pull needs ssl in the bundle: an unreachable https server must give a clean error."""
     done = kiwi("pull", "alpine", check=False, env={"KIWI_IMAGE_SERVER": "https://127.0.0.1:9/"})
@@ -181,10 +193,9 @@ def chroot_env() -> dict:
     }
 
 
-def make_minbase(root: Path) -> None:
-    tarball = CACHE / "debian-minbase.tar.xz"
+def make_minbase(root: Path, tarball: Path) -> None:
     root.mkdir()
-    subprocess.run(["tar", "-xJf", str(tarball), "-C", str(root), "--numeric-owner"], check=True)
+    subprocess.run(["tar", "-xf", str(tarball), "-C", str(root), "--numeric-owner"], check=True)
 
 
 def kill_leftover_inits(root: Path) -> None:
@@ -212,14 +223,14 @@ def host_mounts_below(path: Path) -> list[str]:
     return [p for p in points if p == str(path) or p.startswith(f"{path}/")]
 
 
-def test_frozen_binary_runs_without_python(busybox_tar, tmp_path):
-    binary = Path(kiwi_command()[0])
+def run_without_python(binary: Path, tarball: Path, busybox_tar: Path, tmp_path: Path) -> None:
+    """--version, import, list, create and attach from the Debian tree TARBALL (no Python)."""
     root = tmp_path / "minbase"
     env = chroot_env()
     chroot = Chroot(root, env)
     cid = None
     try:
-        make_minbase(root)
+        make_minbase(root, tarball)
         assert not list((root / "usr" / "bin").glob("python*")), "the minbase tree has a python"
         assert chroot("sh", "-c", "command -v python3 || command -v python", check=False).returncode != 0
         shutil.copy2(binary, root / "usr" / "local" / "bin" / "kiwi")
@@ -242,3 +253,128 @@ def test_frozen_binary_runs_without_python(busybox_tar, tmp_path):
         leaked = host_mounts_below(tmp_path)
         shutil.rmtree(root, ignore_errors=True)
     assert not leaked, f"mounts leaked to the host: {leaked}"
+
+
+def test_frozen_binary_runs_without_python(busybox_tar, debian_tar, tmp_path):
+    run_without_python(Path(kiwi_command()[0]), debian_tar, busybox_tar, tmp_path)
+
+
+# --- release builds: glibc 2.31 ---------------------------------------------------
+
+RELEASE = REPO / "dist" / "release"
+GLIBC_FLOOR = (2, 31)
+HOST_TARGET = {"x86_64": "linux-amd64", "aarch64": "linux-arm64", "armv7l": "linux-armv7"}[platform.machine()]
+
+
+def newest_source_change() -> float:
+    tracked = run(
+        ["git", "-C", str(REPO), "ls-files", "kiwi", "cffi_build", "kiwi.spec", "pyproject.toml", "build.sh"]
+    )
+    return max((REPO / name).stat().st_mtime for name in tracked.stdout.split() if (REPO / name).exists())
+
+
+@pytest.fixture(scope="module")
+def host_release() -> Path:
+    """dist/release for this host's architecture, built in the bullseye root (cached
+    there; minutes only for the first build on a machine) unless it is up to date."""
+    sums = RELEASE / "SHA256SUMS"
+    fresh = (
+        sums.exists() and sums.stat().st_mtime > newest_source_change() and HOST_TARGET in sums.read_text()
+    )
+    if not fresh:
+        env = {**os.environ, "KIWI_RELEASE_TARGETS": HOST_TARGET}
+        done = run([str(BUILD), "release"], env=env, timeout=3 * 3600)
+        assert done.returncode == 0, done.stdout + done.stderr
+    return RELEASE
+
+
+def glibc_versions(path: Path) -> set[tuple[int, ...]]:
+    """The GLIBC_x.y symbol versions one object needs, as objdump -T lists them."""
+    done = run(["objdump", "-T", str(path)])
+    if "not a dynamic object" in done.stderr or "file format not recognized" in done.stderr:
+        return set()
+    assert done.returncode == 0, done.stderr
+    return {tuple(map(int, v.split("."))) for v in re.findall(r"GLIBC_(\d+(?:\.\d+)+)", done.stdout)}
+
+
+def unpacked_bundle(binary: Path, data: Path) -> Path:
+    """Runs the binary once so its launcher unpacks the bundle; returns that folder."""
+    done = run([str(binary), "--version"], env={**os.environ, "KIWI_ROOT": str(data)})
+    assert done.returncode == 0, done.stderr
+    (folder,) = [p for p in (data / ".runtime").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return folder
+
+
+def is_elf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
+def documented_floor(binary: str) -> str:
+    text = (REPO / "docs" / "DISTRIBUTION.md").read_text()
+    found = re.search(rf"^\| `{re.escape(binary)}` \|[^|\n]*\| ([0-9.]+) \|", text, re.MULTILINE)
+    assert found, f"docs/DISTRIBUTION.md has no glibc floor row for {binary}"
+    return found.group(1)
+
+
+@pytest.mark.release
+def test_release_sha256sums_verify(host_release, tmp_path):
+    sums = (host_release / "SHA256SUMS").read_text()
+    names = [line.split()[1] for line in sums.splitlines()]
+    assert f"kiwi-{HOST_TARGET}" in names and any(n.endswith(f"-{HOST_TARGET}.tar.gz") for n in names), sums
+    assert run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=host_release).returncode == 0
+    # The check must see a changed byte.
+    copy = tmp_path / "release"
+    shutil.copytree(host_release, copy)
+    with open(copy / f"kiwi-{HOST_TARGET}", "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 1]))
+    assert run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=copy).returncode != 0
+
+
+@pytest.mark.release
+def test_release_tarball_holds_binary_man_pages_and_completion(host_release, tmp_path):
+    (tarball,) = host_release.glob(f"kiwi-*-{HOST_TARGET}.tar.gz")
+    subprocess.run(["tar", "-xzf", str(tarball), "-C", str(tmp_path)], check=True)
+    top = tmp_path / tarball.name.removesuffix(".tar.gz")
+    assert (top / "kiwi").read_bytes() == (host_release / f"kiwi-{HOST_TARGET}").read_bytes()
+    assert os.access(top / "kiwi", os.X_OK)
+    assert "kiwi attach" in rendered(top / "man" / "kiwi.1")
+    assert (top / "man" / "kiwi-attach.1").is_file()
+    completion = top / "completions" / "kiwi.bash"
+    assert run(["bash", "-n", str(completion)]).returncode == 0
+    script = f'source {completion}; COMP_WORDS=(kiwi cre); COMP_CWORD=1; _kiwi; echo "${{COMPREPLY[@]}}"'
+    assert run(["bash", "-c", script]).stdout.split() == ["create"]
+
+
+@pytest.mark.release
+def test_release_bundle_needs_glibc_2_31_at_most(host_release, tmp_path):
+    binary = host_release / f"kiwi-{HOST_TARGET}"
+    bundle = unpacked_bundle(binary, tmp_path / "data")
+    objects = [binary] + [p for p in bundle.rglob("*") if p.is_file() and is_elf(p)]
+    assert any(p.name.startswith("libpython3") for p in objects), objects
+    needs = {p.relative_to(bundle) if p != binary else p.name: glibc_versions(p) for p in objects}
+    too_new = {str(p): max(v) for p, v in needs.items() if v and max(v) > GLIBC_FLOOR}
+    assert not too_new, f"objects that need a glibc above 2.31: {too_new}"
+    floor = max(v for versions in needs.values() for v in versions)
+    assert ".".join(map(str, floor)) == documented_floor(f"dist/kiwi-{HOST_TARGET}")
+    assert (
+        HOST_TARGET
+        in run([str(binary), "--version"], env={**os.environ, "KIWI_ROOT": str(tmp_path / "data")}).stdout
+    )
+
+
+@pytest.fixture(scope="module")
+def bullseye_tar(test_images) -> Path:
+    """The Debian 11 minbase (built only for the release tier: make-test-images --oldest)."""
+    subprocess.run(
+        [str(REPO / "scripts" / "make-test-images"), "--oldest"], check=True, stdout=subprocess.DEVNULL
+    )
+    return test_images / "bullseye-minbase.tar.zst"
+
+
+@pytest.mark.release
+def test_release_binary_runs_on_debian_11_without_python(host_release, bullseye_tar, busybox_tar, tmp_path):
+    run_without_python(host_release / f"kiwi-{HOST_TARGET}", bullseye_tar, busybox_tar, tmp_path)
