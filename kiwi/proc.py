@@ -184,7 +184,11 @@ def child_main(report: Report, body: Callable[..., Any], *args: Any) -> NoReturn
     except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
         report.failure(e)
     finally:
-        os._exit(code)
+        while True:  # a signal handler inherited from kiwi may raise at any moment
+            try:
+                os._exit(code)
+            except BaseException:  # noqa: BLE001 - never unwind into the parent's code
+                continue
 
 
 # --- the parent's side ------------------------------------------------------------------
