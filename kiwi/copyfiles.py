@@ -64,9 +64,21 @@ class Copy:
             else:
                 raise self.special(self.label, st)
             self.rename_into_place(dst_parent, tmp, dst_name)
-        except BaseException:
+        except BaseException as e:
             fstree.remove_tree_at(dst_parent, tmp)
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise KiwiError(self.full_message()) from None
             raise
+
+    def full_message(self) -> str:
+        if self.to_host:
+            return (
+                "the host's disk is full where the copy goes; nothing was copied: free space and copy again"
+            )
+        return (
+            "the container's storage is full; nothing was copied: free space in it"
+            " or raise its limit with kiwi set <container> --storage"
+        )
 
     def rename_into_place(self, parent: int, tmp: str, name: str) -> None:
         try:
