@@ -90,7 +90,7 @@ def assemble(store, what: str, progress_for=None) -> Built:
             finally:
                 if bar is not None:
                     bar.close()
-            transient.append(top[0])
+            transient.append(Path(top[0]))
         except BaseException:
             for path in transient:
                 with contextlib.suppress(FileNotFoundError):
@@ -141,7 +141,8 @@ def write_upper_layer(store, cid: str, progress):
     os.mkdir(work, 0o700)
     try:
         state = privatens.mount_state(store, cid, os.path.join(work, "state"))
-        return write_layer(store, Path(state) / "upper", upper=True, progress=progress)
+        path, descriptor, diff_id = write_layer(store, Path(state) / "upper", upper=True, progress=progress)
+        return str(path), descriptor, diff_id  # a helper's result travels as JSON
     finally:
         release_work_dir(work)
 
