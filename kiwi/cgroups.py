@@ -655,6 +655,23 @@ class Cgroup:
             if not _wait_until(lambda d=directory: _try_rmdir(d), timeout):
                 raise KiwiError(f"cannot remove cgroup {directory}: processes are still in it")
 
+    # -- accounting (kiwi stats / inspect)
+
+    def memory_usage(self) -> int | None:
+        name = "memory.current" if self.version == "v2" else "memory.usage_in_bytes"
+        try:
+            return int(_read(self._file("memory", name)))
+        except (OSError, KiwiError, ValueError):
+            return None
+
+    def cpu_usage_ns(self) -> int:
+        try:
+            if self.version == "v2":
+                return _events(self._file("cpu", "cpu.stat")).get("usage_usec", 0) * 1000
+            return int(_read(self._file("cpuacct", "cpuacct.usage")))
+        except FileNotFoundError:
+            return 0
+
 
 # ---------------------------------------------------------------- helpers
 
