@@ -59,7 +59,8 @@ pyinstaller_command() {
     --distpath "$RUN_DIR/dist" --workpath "$RUN_DIR/work" kiwi.spec
 }
 
-# The one file: Kiwi's static launcher + the PyInstaller one-folder bundle (zstd).
+# The one file: Kiwi's static launcher + the one-folder bundle (zstd) that PyInstaller
+# collects around build/kiwi-embed.
 pack_command() {
   local arch=$1
   echo .venv/bin/python cffi_build/pack.py build/kiwi-launcher "$RUN_DIR/dist/kiwi-linux-$arch" "dist/kiwi-linux-$arch"
@@ -77,7 +78,7 @@ build_host() {
   arch=${target#linux-}
   if [ "$DRY_RUN" = 1 ]; then
     echo .venv/bin/python cffi_build/build_sys.py sys init exec
-    echo .venv/bin/python cffi_build/build_sys.py launcher
+    echo .venv/bin/python cffi_build/build_sys.py launcher embed
     echo "KIWI_ARCH=$arch $(pyinstaller_command)"
     pack_command "$arch"
     echo .venv/bin/python scripts/make-manpages dist
@@ -86,6 +87,7 @@ build_host() {
   ensure_venv
   .venv/bin/python cffi_build/build_sys.py sys init exec >/dev/null || die "building the C parts failed (need gcc, libc6-dev, python3-dev)"
   .venv/bin/python cffi_build/build_sys.py launcher >/dev/null || die "building the launcher failed (need the static libzstd: apt-get install libzstd-dev)"
+  .venv/bin/python cffi_build/build_sys.py embed >/dev/null || die "building the bundle's executable failed (need python3-dev)"
   trap 'rm -rf "$RUN_DIR"' EXIT
   KIWI_ARCH=$arch $(pyinstaller_command) || die "PyInstaller failed"
   mkdir -p dist
