@@ -6,12 +6,10 @@
  *                          kiwi/kiwi-init, kiwi/kiwi-exec, libpython and the
  *                          shared libraries it and the extension modules need
  *   _internal/python3.X/lib-dynload/  the stdlib's extension modules
- * (kiwi.spec lays it out: PyInstaller collects, without its archive or bootloader). No PyInstaller bootloader runs: no re-exec, no
- * frozen importer, no archive to open, just an isolated interpreter with a
- * two-entry sys.path, so start-up costs what Python's own start costs.
- *
- * sys.frozen and sys._MEIPASS are set the way kiwi's code expects of a bundle
- * (store.executable_path, security.helper_binary_path). */
+ * (kiwi.spec lays it out: PyInstaller only collects). No PyInstaller
+ * bootloader runs: no re-exec, no frozen importer, no archive to open, just an
+ * isolated interpreter with a two-entry sys.path, so start-up costs what
+ * Python's own start costs. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <libgen.h>
@@ -21,23 +19,8 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Like kiwi/__main__.py, plus: a reader that left early (`kiwi --help | head`)
- * makes the last flush fail; that is no error worth a message at exit. */
-#define MAIN_CODE \
-    "import sys\n" \
-    "sys.frozen = True\n" \
-    "sys._MEIPASS = sys.prefix + '/_internal'\n" \
-    "from kiwi.cli import main\n" \
-    "try:\n" \
-    "    code = main()\n" \
-    "except SystemExit as e:\n" \
-    "    code = e.code\n" \
-    "try:\n" \
-    "    sys.stdout.flush()\n" \
-    "except BrokenPipeError:\n" \
-    "    import os\n" \
-    "    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)\n" \
-    "sys.exit(code)\n"
+/* kiwi/bundle_main.py: kiwi.cli.main, then an exit without finalization. */
+#define MAIN_CODE "from kiwi.bundle_main import run\nrun()\n"
 
 static void fail(const char *what, PyStatus status)
 {
