@@ -59,7 +59,8 @@ pyinstaller_command() {
     --distpath "$RUN_DIR/dist" --workpath "$RUN_DIR/work" kiwi.spec
 }
 
-# The one file: Kiwi's static launcher + the PyInstaller one-folder bundle (zstd).
+# The one file: Kiwi's static launcher + the one-folder bundle (zstd) that PyInstaller
+# collects around build/kiwi-embed.
 pack_command() {
   local arch=$1
   echo .venv/bin/python cffi_build/pack.py build/kiwi-launcher "$RUN_DIR/dist/kiwi-linux-$arch" "dist/kiwi-linux-$arch"
@@ -77,7 +78,7 @@ build_host() {
   arch=${target#linux-}
   if [ "$DRY_RUN" = 1 ]; then
     echo .venv/bin/python cffi_build/build_sys.py sys init exec
-    echo .venv/bin/python cffi_build/build_sys.py launcher
+    echo .venv/bin/python cffi_build/build_sys.py launcher embed
     echo "KIWI_ARCH=$arch $(pyinstaller_command)"
     pack_command "$arch"
     echo .venv/bin/python scripts/make-manpages dist
@@ -86,6 +87,7 @@ build_host() {
   ensure_venv
   .venv/bin/python cffi_build/build_sys.py sys init exec >/dev/null || die "building the C parts failed (need gcc, libc6-dev, python3-dev)"
   .venv/bin/python cffi_build/build_sys.py launcher >/dev/null || die "building the launcher failed (need the static libzstd: apt-get install libzstd-dev)"
+  .venv/bin/python cffi_build/build_sys.py embed >/dev/null || die "building the bundle's executable failed (need python3-dev)"
   trap 'rm -rf "$RUN_DIR"' EXIT
   write_build_info "$arch" "$RUN_DIR"
   KIWI_ARCH=$arch KIWI_BUILD_INFO=$RUN_DIR/build-info $(pyinstaller_command) || die "PyInstaller failed"
@@ -319,7 +321,7 @@ build_in_root() {
     echo "debootstrap --arch=$(debian_arch_of "$target") --variant=minbase --include=$ROOT_PACKAGES$([ "$target" = "$(host_target)" ] || echo ' --foreign') $RELEASE_SUITE $root $MIRROR"
     echo "chroot $root: apt-get source python3.11 ($PYTHON_SOURCE_SUITE); configure --enable-shared --prefix=$ROOT_PYTHON; make altinstall"
     echo "chroot $root: $ROOT_PYTHON/bin/python3.11 -m venv $ROOT_VENV; pip install <the host .venv's versions of: $("$PY" scripts/python-deps build | paste -sd' ')>"
-    echo "chroot $root: build_sys.py sys init exec launcher; pyinstaller kiwi.spec; pack.py"
+    echo "chroot $root: build_sys.py sys init exec launcher embed; pyinstaller kiwi.spec; pack.py"
     return
   fi
   [ "$(id -u)" = 0 ] || die "building $target in a Debian root needs root (debootstrap, chroot)"
@@ -336,7 +338,7 @@ build_in_root() {
   trap 'rm -rf "${root:?}$src"' EXIT
   echo "building $target in $root" >&2
   in_root "$root" sh -euc 'cd "$0" && export PATH="$1/bin:$PATH"
-    python cffi_build/build_sys.py sys init exec launcher >/dev/null
+    python cffi_build/build_sys.py sys init exec launcher embed >/dev/null
     KIWI_ARCH="$2" KIWI_BUILD_INFO=build-info pyinstaller --noconfirm --clean --log-level WARN --distpath out --workpath work kiwi.spec
     python cffi_build/pack.py build/kiwi-launcher "out/kiwi-linux-$2" "kiwi-linux-$2" >/dev/null' "$src" "$ROOT_VENV" "$arch" \
     || die "the build in $root failed"

@@ -5,6 +5,7 @@
     python cffi_build/build_sys.py init       # kiwi/kiwi-init       (static PID 1)
     python cffi_build/build_sys.py exec       # kiwi/kiwi-exec       (static container entry)
     python cffi_build/build_sys.py launcher   # build/kiwi-launcher  (static, head of the one-file kiwi)
+    python cffi_build/build_sys.py embed      # build/kiwi-embed     (the bundle's executable, runs libpython)
 
 Every wrapper returns -1 and leaves errno set on failure; kiwi/syscalls.py turns
 that into OSError. Raw syscall(2) is used wherever glibc has no wrapper (or has
@@ -378,31 +379,20 @@ def build_sys() -> Path:
     return Path(make_ffibuilder().compile(tmpdir=str(ROOT), verbose=False))
 
 
-def build_static(source: Path, output: Path, libs: tuple[str, ...] = ()) -> Path:
-    """Compile one C file into a small, stripped static binary."""
+def compile_c(output: Path, args: list[str]) -> Path:
+    """cc args -o output, atomically: a running test never sees half a binary."""
     cc = shlex.split(os.environ.get("CC", "gcc"))
-    cflags = shlex.split(os.environ.get("INIT_CFLAGS", ""))
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
-    subprocess.run(
-        [
-            *cc,
-            "-Os",
-            "-static",
-            "-s",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            *cflags,
-            "-o",
-            str(tmp),
-            str(source),
-            *libs,
-        ],
-        check=True,
-    )
-    tmp.replace(output)  # atomic: a running test never sees half a binary
+    subprocess.run([*cc, "-s", "-Wall", "-Wextra", "-Werror", "-o", str(tmp), *args], check=True)
+    tmp.replace(output)
     return output
+
+
+def build_static(source: Path, output: Path, libs: tuple[str, ...] = ()) -> Path:
+    """Compile one C file into a small, stripped static binary."""
+    cflags = shlex.split(os.environ.get("INIT_CFLAGS", ""))
+    return compile_c(output, ["-Os", "-static", *cflags, str(source), *libs])
 
 
 def build_init(output: Path = ROOT / "kiwi" / "kiwi-init") -> Path:
@@ -418,12 +408,31 @@ def build_launcher(output: Path = ROOT / "build" / "kiwi-launcher") -> Path:
     return build_static(HERE / "launcher.c", output, ("-lzstd",))
 
 
+def build_embed(output: Path = ROOT / "build" / "kiwi-embed") -> Path:
+    """The bundle's executable: starts libpython from <its folder>/_internal (kiwi.spec)."""
+    import sysconfig
+
+    cflags = shlex.split(os.environ.get("CFLAGS", ""))
+    libdir, version = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDVERSION")
+    # DT_RPATH, not RUNPATH: the loader then also searches _internal for what
+    # libpython and the extension modules need, with no LD_LIBRARY_PATH.
+    rpath = "-Wl,--disable-new-dtags,-rpath,$ORIGIN/_internal"
+    include = f"-I{sysconfig.get_paths()['include']}"
+    return compile_c(
+        output, ["-O2", *cflags, include, str(HERE / "embed.c"), f"-L{libdir}", f"-lpython{version}", rpath]
+    )
+
+
 def main(argv: list[str]) -> int:
     targets = argv or ["sys", "init", "exec"]
     for target in targets:
-        built = {"sys": build_sys, "init": build_init, "exec": build_exec, "launcher": build_launcher}[
-            target
-        ]()
+        built = {
+            "sys": build_sys,
+            "init": build_init,
+            "exec": build_exec,
+            "launcher": build_launcher,
+            "embed": build_embed,
+        }[target]()
         print(f"built {built}")
     return 0
 

@@ -58,11 +58,23 @@ class UsageError(KiwiError):
     exit_code = EXIT_USAGE
 
 
+def untranslated_argparse(argparse) -> None:
+    """argparse passes each of its ~60 strings per parser build through gettext,
+    which searches for a message catalogue every time (locale.normalize and
+    stats): ~90% of building kiwi's parser, paid by every command. Kiwi's
+    messages are English only, and neither Python nor the bundle ships argparse
+    catalogues."""
+    argparse._ = str
+    argparse.ngettext = lambda singular, plural, n: singular if n == 1 else plural
+
+
 def parser_class():
     """argparse, but a usage mistake is one `kiwi: ...` line and exit 2.
 
     Built on first use: importing argparse is a visible part of `kiwi --version`."""
     import argparse
+
+    untranslated_argparse(argparse)
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):

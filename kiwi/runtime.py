@@ -478,6 +478,30 @@ def run_attached(store: Store, cid: str, argv: list[str] | None, exec_options=No
 
 
 def wait_for_exit(pid: int, start_time: int | None, timeout: float) -> bool:
+    """True once the process (pid, start_time) is gone; False if still there after timeout.
+
+    Sleeps on a pidfd, which the kernel wakes the moment the process exits; it
+    need not be our child. Kernels without pidfd_open (< 5.3) get polled."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return poll_for_exit(pid, start_time, timeout)
+    try:
+        # The pidfd follows whoever has the pid now: the init only if the start time matches.
+        if process_start_time(pid) != start_time:
+            return True
+        import select
+
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout * 1000))))
+    finally:
+        os.close(pidfd)
+
+
+def poll_for_exit(pid: int, start_time: int | None, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process_start_time(pid) != start_time:
