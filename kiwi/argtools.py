@@ -27,7 +27,7 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 # Docker's words for the same things, accepted but not listed in --help.
-HIDDEN_ALIASES = {"ps": "list", "rm": "delete", "exec": "attach"}
+HIDDEN_ALIASES = {"ps": "list", "rm": "delete", "rmi": "delete image", "exec": "attach"}
 
 
 def did_you_mean(word: str, names: list[str]) -> str:

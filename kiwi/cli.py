@@ -405,12 +405,12 @@ def join_negative_values(argv: list[str]) -> list[str]:
 
 
 def expand_alias(argv: list[str]) -> list[str]:
-    """ps/rm/exec -> list/delete/attach; `exec c cmd args` -> `attach c -- cmd args`."""
+    """ps/rm/rmi/exec -> list/delete/delete image/attach; `exec c cmd args` -> `attach c -- cmd args`."""
     i = next((n for n, a in enumerate(argv) if not a.startswith("-")), None)
     if i is None or argv[i] not in HIDDEN_ALIASES:
         return argv
     word = argv[i]
-    argv = argv[:i] + [HIDDEN_ALIASES[word]] + argv[i + 1 :]
+    argv = argv[:i] + HIDDEN_ALIASES[word].split() + argv[i + 1 :]
     if word != "exec" or "--" in argv:
         return argv
     rest = argv[i + 1 :]

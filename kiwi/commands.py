@@ -788,7 +788,7 @@ def cmd_help(args) -> int:
     from .argtools import HIDDEN_ALIASES, did_you_mean
 
     commands = subcommands(parser)
-    sub = commands.get(HIDDEN_ALIASES.get(args.topic, args.topic))
+    sub = commands.get(HIDDEN_ALIASES.get(args.topic, args.topic).split()[0])
     if sub is None:
         raise KiwiError(did_you_mean(args.topic, list(commands)))
     sub.print_help()

@@ -34,6 +34,8 @@ def test_docker_aliases(kiwi, busybox):
     kiwi("stop", cid)
     assert kiwi.out("rm", "dock", "--yes") == f"deleted {cid} (dock)"
     assert kiwi.json("list") == []
+    assert "busybox" in kiwi.out("rmi", "busybox")  # rmi: kiwi delete image
+    assert kiwi.json("list", "images") == []
 
 
 def test_session_prefixes_for_kill_and_delete(kiwi, busybox, terminals):
