@@ -363,6 +363,14 @@ class Cgroup:
             raise KiwiError(f"the v1 {controller} cgroup controller is not mounted on this host")
         return directory / name
 
+    def describe(self) -> dict:
+        """What `kiwi inspect` shows: the version in use and the cgroup directories."""
+        return {
+            "version": self.version,
+            "name": self.name,
+            "paths": {key: str(path) for key, path in self._dirs.items()},
+        }
+
     def exists(self) -> bool:
         return any(d.is_dir() for d in self._unique_dirs())
 
