@@ -31,7 +31,7 @@ def start_marked(store: Store) -> list[tuple[str, str | None]]:
     One failure does not keep the others from starting."""
     from . import runtime
 
-    results = []
+    results: list[tuple[str, str | None]] = []
     for cid in marked(store):
         try:
             if runtime.read_runtime(store, cid) is None:

@@ -141,6 +141,7 @@ def resolve_group(groups: list[list[str]], group: str) -> int:
     entry = next((g for g in groups if g[0] == group), None)
     if entry is not None:
         return int(entry[2])
-    if parse_id(group) is None:
+    gid = parse_id(group)
+    if gid is None:
         raise KiwiError(f"no group {group!r} in the container's /etc/group; give a name it has, or a gid")
-    return parse_id(group)
+    return gid
