@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not reserve the storage limit on the host's disk (may run out when the host fills)",
     )
+    p.add_argument(
+        "--privileged",
+        action="store_true",
+        default=None,
+        help="root inside is root of the host (no user namespace); only for what needs real root",
+    )
 
     p = sub.add_parser("set", help="change a container's settings")
     p.add_argument("container")
@@ -123,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--network", choices=["host", "separate"], help="share the host's network or not")
     p.add_argument("--shell", help="shell for sessions, an absolute path inside the container")
+    p.add_argument(
+        "--privileged",
+        choices=["yes", "no"],
+        help="yes: root inside is root of the host; no: its own user namespace (stopped only)",
+    )
 
     p = sub.add_parser(
         "attach",
