@@ -15,6 +15,8 @@ import pytest
 
 from kiwi import cgroups, storage_ops
 
+BOTH_MODES = True  # every test using `kiwi` runs unprivileged and --privileged (conftest)
+
 pytestmark = pytest.mark.limits
 MIB = 1 << 20
 
