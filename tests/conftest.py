@@ -199,6 +199,36 @@ def unmount_below(path: Path) -> None:
             subprocess.run(["umount", "-l", point], capture_output=True)
 
 
+def in_mount_namespace_of(pid: int, code: str, *args: str) -> None:
+    """Run `code` (Python, kiwi.syscalls imported as sc, argv in sys.argv) in a host
+    process that joined the mount namespace of `pid` after preparing what it needs."""
+    prelude = "import os, sys\nfrom kiwi import syscalls as sc\n"
+    join = "sc.setns(os.open(f'/proc/{sys.argv[1]}/ns/mnt', os.O_RDONLY), sc.CLONE_NEWNS)\n"
+    subprocess.run(
+        [sys.executable, "-c", prelude + code.replace("JOIN\n", join), str(pid), *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def bind_into_container(pid: int, host_path, inside: str) -> None:
+    """As a runtime bug would: mount a host file or folder over `inside` (which must exist)
+    in the mount namespace of the container whose init is `pid`."""
+    code = (
+        "tree = sc.open_tree(sc.AT_FDCWD, sys.argv[2], sc.OPEN_TREE_CLONE)\n"
+        "JOIN\n"
+        "sc.move_mount(tree, '', sc.AT_FDCWD, sys.argv[3], sc.MOVE_MOUNT_F_EMPTY_PATH)\n"
+    )
+    in_mount_namespace_of(pid, code, str(host_path), inside)
+
+
+def unmount_in_container(pid: int, inside: str) -> None:
+    in_mount_namespace_of(pid, "JOIN\nsc.umount(sys.argv[2], sc.MNT_DETACH)\n", inside)
+
+
 def fresh_kiwi(tmp_path_factory, create_args: tuple = ()):
     """A Kiwi in its own environment, torn down after use (generator for fixtures)."""
     env, root = make_env(tmp_path_factory)

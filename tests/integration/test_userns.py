@@ -12,10 +12,11 @@ import base64
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import bind_into_container as leak_into
 
 SIZE = 65536
 
@@ -113,26 +114,6 @@ def test_old_configs_stay_privileged(kiwi, busybox):
     path.write_text(json.dumps(config))
     assert row(kiwi, cid)["privileged"] is True
     assert kiwi.out("attach", cid, "--", "cat", "/proc/self/uid_map").split() == ["0", "0", "4294967295"]
-
-
-def leak_into(pid: int, host_path: Path, inside: str) -> None:
-    """As a bug in a runtime would: bind a host file into the container's mount namespace."""
-    code = (
-        "import os, sys\n"
-        "from kiwi import syscalls as sc\n"
-        "tree = sc.open_tree(sc.AT_FDCWD, sys.argv[1], sc.OPEN_TREE_CLONE)\n"
-        "sc.setns(os.open(f'/proc/{sys.argv[2]}/ns/mnt', os.O_RDONLY), sc.CLONE_NEWNS)\n"
-        "sc.move_mount(tree, '', sc.AT_FDCWD, sys.argv[3], sc.MOVE_MOUNT_F_EMPTY_PATH)\n"
-    )
-    repo = Path(__file__).resolve().parents[2]
-    subprocess.run(
-        [sys.executable, "-c", code, str(host_path), str(pid), inside],
-        cwd=repo,
-        env={**os.environ, "PYTHONPATH": str(repo)},
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
 
 
 def test_escape_through_a_leaked_host_path_lands_unprivileged(kiwi, busybox, tmp_path):
