@@ -244,3 +244,26 @@ def test_create_refuses_a_filesystem_without_idmapped_mounts(kiwi, busybox_tar, 
             kiwi("stop", made["id"], "--time", "2", env=env, check=False)
             kiwi("delete", made["id"], "--yes", env=env, check=False)
         subprocess.run(["umount", "-l", str(layers["merged"])], check=False)
+
+
+def test_host_network_gets_the_hosts_sysfs_read_only(kiwi, busybox):
+    """A user namespace may not mount sysfs for the host's network namespace: the host's, bound."""
+    cid = create_unprivileged(kiwi, busybox, "--network", "host")
+    inside = set(kiwi.out("attach", cid, "--", "ls", "/sys/class/net").split())
+    assert inside == set(os.listdir("/sys/class/net"))
+    done = kiwi.sh(cid, "echo 1 > /sys/kernel/profiling", check=False)
+    assert done.returncode != 0 and "Read-only file system" in done.stderr
+
+
+def test_mount_of_a_running_container_shows_host_ids(kiwi, busybox, tmp_path):
+    """Documented: the live overlay cannot be idmapped back (overlayfs has no idmapped mounts)."""
+    cid = create_unprivileged(kiwi, busybox)
+    base = config_of(kiwi, cid)["idmap"]["base"]
+    kiwi.sh(cid, "touch /live")
+    target = tmp_path / "live"
+    target.mkdir()
+    kiwi("mount", cid, target)
+    try:
+        assert os.stat(target / "live").st_uid == base
+    finally:
+        kiwi("unmount", cid)
