@@ -160,17 +160,21 @@ def user_namespace(base: int) -> int:
             os.close(ready_r)
             os.close(done_w)
             sc.unshare(sc.CLONE_NEWUSER)
-            os.write(ready_w, b"1")
+            os.write(ready_w, b"ok")
             os.read(done_r, 1)
+        except OSError as e:
+            os.write(ready_w, os.strerror(e.errno).encode())
         finally:
             os._exit(0)
     os.close(ready_w)
     os.close(done_r)
     try:
-        if os.read(ready_r, 1) != b"1":
+        answer = os.read(ready_r, 200).decode(errors="replace")
+        if answer != "ok":
             raise KiwiError(
-                "this kernel refuses to create a user namespace (user.max_user_namespaces is 0?); "
-                "enable user namespaces or create the container with --privileged"
+                f"cannot create a user namespace for the container ({answer or 'no answer'}: "
+                "kiwi runs in a chroot, or user.max_user_namespaces is 0); "
+                "create the container with --privileged"
             )
         for name in ("uid_map", "gid_map"):
             with open(f"/proc/{pid}/{name}", "w") as f:
