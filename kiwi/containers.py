@@ -21,7 +21,7 @@ from .store import Store, atomic_write_json, new_container_id, validate_containe
 DEFAULT_STORAGE = storage.GIB
 MIN_MEMORY = 16 << 20
 # Without --privileged a container gets its own user namespace (idmap.py).
-DEFAULT_PRIVILEGED = True
+DEFAULT_PRIVILEGED = False
 
 
 def now_iso() -> str:

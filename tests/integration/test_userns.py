@@ -73,6 +73,13 @@ def test_root_inside_is_its_own_host_range(kiwi, busybox, tmp_path):
     assert os.stat(image_root / "bin").st_uid == 0  # the image itself was never chowned
 
 
+def test_containers_are_unprivileged_by_default(kiwi, busybox):
+    cid = kiwi.out("create", busybox)
+    base = config_of(kiwi, cid)["idmap"]["base"]
+    assert row(kiwi, cid)["privileged"] is False
+    assert kiwi.out("attach", cid, "--", "cat", "/proc/self/uid_map").split() == ["0", str(base), str(SIZE)]
+
+
 def test_ranges_are_distinct_and_given_back_on_delete(kiwi, busybox):
     first, second = create_unprivileged(kiwi, busybox), create_unprivileged(kiwi, busybox)
     a, b = config_of(kiwi, first)["idmap"]["base"], config_of(kiwi, second)["idmap"]["base"]
@@ -230,6 +237,10 @@ def test_create_refuses_a_filesystem_without_idmapped_mounts(kiwi, busybox_tar, 
     env = {"KIWI_ROOT": str(layers["merged"] / "kiwi-data")}
     try:
         kiwi("import", "--name", "busybox", busybox_tar, env=env)
+        done = kiwi("create", "busybox", env=env, check=False)  # the default: unprivileged
+        assert done.returncode == 1 and done.stdout == "" and len(done.stderr.strip().splitlines()) == 1
+        assert "idmapped mounts" in done.stderr and "--privileged" in done.stderr
+        assert json.loads(kiwi.out("list", "containers", "--json", env=env)) == []
         cid = kiwi.out("create", "busybox", "--privileged", env=env)
         done = kiwi("set", cid, "--privileged", "no", env=env, check=False)
         assert done.returncode == 1 and done.stdout == ""
