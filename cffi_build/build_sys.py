@@ -101,6 +101,7 @@ int kiwi_move_mount(int from_dfd, const char *from_path, int to_dfd,
 int kiwi_mount_setattr(int dirfd, const char *path, unsigned int flags,
                        uint64_t attr_set, uint64_t attr_clr,
                        uint64_t propagation);
+int kiwi_mount_idmap(int tree_fd, int userns_fd);
 int kiwi_execveat(int fd, const char *path, char *const argv[],
                   char *const envp[], int flags);
 int kiwi_capget(int pid, uint64_t *effective, uint64_t *permitted,
@@ -288,6 +289,14 @@ int kiwi_mount_setattr(int dirfd, const char *path, unsigned int flags,
 {
     struct kiwi_mount_attr attr = { attr_set, attr_clr, propagation, 0 };
     return (int)syscall(SYS_mount_setattr, dirfd, path, flags, &attr, sizeof attr);
+}
+
+/* Make a detached tree (open_tree OPEN_TREE_CLONE) show its files through the
+ * id mapping of the user namespace userns_fd. */
+int kiwi_mount_idmap(int tree_fd, int userns_fd)
+{
+    struct kiwi_mount_attr attr = { MOUNT_ATTR_IDMAP, 0, 0, (uint64_t)userns_fd };
+    return (int)syscall(SYS_mount_setattr, tree_fd, "", AT_EMPTY_PATH, &attr, sizeof attr);
 }
 
 int kiwi_execveat(int fd, const char *path, char *const argv[],

@@ -32,6 +32,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -220,6 +221,14 @@ static void join_namespaces(const struct options *o)
     }
 }
 
+/* In a user namespace our host uid 0 has no id: become the namespace's root
+ * (the container's uid 0). Outside one this only drops our supplementary groups. */
+static void become_root(void)
+{
+    if (setgroups(0, NULL) != 0 || setresgid(0, 0, 0) != 0 || setresuid(0, 0, 0) != 0)
+        fail(1, "cannot become root in the container: %s", strerror(errno));
+}
+
 static void reset_signals(void)
 {
     sigset_t none;
@@ -348,6 +357,7 @@ int main(int argc, char **argv)
     read_filter();
     join_cgroups(&o);
     join_namespaces(&o);
+    become_root();
     if (chdir(o.workdir) != 0)
         fail(1, "cannot enter %s in the container: %s", o.workdir, strerror(errno));
 

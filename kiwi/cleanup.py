@@ -253,8 +253,9 @@ def clean_abandoned_restores(store: Store, failures: list[str]) -> list[str]:
 
 
 def clean_ipam(store: Store) -> list[str]:
-    """Leases of this folder's deleted containers, and of folders that are provably gone."""
-    from . import hoststate, ipam
+    """Leases (addresses, user id ranges) of this folder's deleted containers, and of
+    folders that are provably gone."""
+    from . import hoststate, idmap, ipam
 
     out = []
     with store.lock(), hoststate.leases(store) as state:
@@ -264,11 +265,18 @@ def clean_ipam(store: Store) -> list[str]:
             if cid not in existing:
                 ipam.release_in(state, ip, ipam.owner_of(store, cid))
                 out.append(f"address {ip} of a container that no longer exists")
+        for base, cid in idmap.own_leases(state, store.folder_id()):
+            if cid not in existing:
+                del state["idmaps"][base]
+                out.append(f"user id range {base} of a container that no longer exists")
         for fid, record in list(state["folders"].items()):
             if fid != store.folder_id() and hoststate.folder_is_gone(record):
                 for ip, _ in ipam.own_leases(state, fid):
                     ipam.release_in(state, ip)
                     out.append(f"address {ip} of the deleted data folder {record['path']}")
+                for base, _ in idmap.own_leases(state, fid):
+                    del state["idmaps"][base]
+                    out.append(f"user id range {base} of the deleted data folder {record['path']}")
                 del state["folders"][fid]
     return out
 

@@ -147,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not reserve the storage limit on the host's disk (may run out when the host fills)",
     )
+    p.add_argument(
+        "--privileged",
+        action="store_true",
+        default=None,
+        help="root inside is root of the host (no user namespace); only for what needs real root",
+    )
 
     p = sub.add_parser(
         "set",
@@ -181,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--autostart",
         choices=["yes", "no"],
         help="start the container at boot with 'kiwi autostart' (see 'kiwi autostart --install')",
+    )
+    p.add_argument(
+        "--privileged",
+        choices=["yes", "no"],
+        help="yes: root inside is root of the host; no: its own user namespace (stopped only)",
     )
 
     p = sub.add_parser(

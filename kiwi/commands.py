@@ -43,7 +43,7 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def container_rows(store: Store) -> list[dict]:
-    from . import runtime
+    from . import idmap, runtime
     from .containers import storage_summary
 
     rows = []
@@ -69,6 +69,7 @@ def container_rows(store: Store) -> list[dict]:
                 "network": config.get("network", "separate"),
                 "mount": state.get("mount_target"),
                 "cgroup": state.get("cgroup"),
+                "privileged": idmap.is_privileged(config),
             }
         )
     return rows
@@ -109,12 +110,12 @@ def show_containers(rows: list[dict]) -> None:
                 limit(r["cpu"], str),
                 storage,
                 r["network"],
+                "yes" if r["privileged"] else "no",
                 r["mount"] or "-",
             ]
         )
-    print_table(
-        ["ID", "NAME", "STATUS", "IMAGE", "IPV4", "MEMORY", "CPU", "STORAGE", "NETWORK", "MOUNT"], table
-    )
+    columns = ["ID", "NAME", "STATUS", "IMAGE", "IPV4", "MEMORY", "CPU", "STORAGE", "NETWORK", "PRIVILEGED"]
+    print_table([*columns, "MOUNT"], table)
 
 
 def show_images(rows: list[dict]) -> None:
@@ -318,6 +319,7 @@ def cmd_create(args) -> int:
                 notes=notes,
                 progress=bar,
                 sparse=args.sparse,
+                privileged=args.privileged,
             )
         finally:
             bar.close()
@@ -329,6 +331,7 @@ def cmd_create(args) -> int:
             storage_text=args.storage,
             settings=settings,
             sparse=args.sparse,
+            privileged=args.privileged,
         )
     for note in notes:
         warn(note)
@@ -341,11 +344,20 @@ def cmd_set(args) -> int:
 
     store = Store.open()
     cid = store.resolve_container(args.container)
-    given = (args.memory, args.cpu, args.storage, args.network, args.shell, args.sparse, args.autostart)
+    given = (
+        args.memory,
+        args.cpu,
+        args.storage,
+        args.network,
+        args.shell,
+        args.sparse,
+        args.autostart,
+        args.privileged,
+    )
     if all(v is None for v in given):
         raise KiwiError(
-            "nothing to set; give --memory, --cpu, --storage, --sparse, --reserve, --network, --shell"
-            " or --autostart"
+            "nothing to set; give --memory, --cpu, --storage, --sparse, --reserve, --network, --shell,"
+            " --autostart or --privileged"
         )
     from . import storage_ops
 
@@ -368,11 +380,28 @@ def cmd_set(args) -> int:
             notes += storage_ops.change_storage(
                 store, config, containers.parse_storage(args.storage), running
             )
+        if args.privileged is not None:
+            notes += change_privileged(store, config, args.privileged == "yes")
         containers.save_config(store, config)
         notes += runtime.apply_live(store, config, changed)
     for note in notes:
         out(note)
     return 0
+
+
+def change_privileged(store: Store, config: dict, privileged: bool) -> list[str]:
+    from . import containers, idmap, runtime
+
+    if privileged == idmap.is_privileged(config):
+        return []
+    if runtime.status(store, config["id"])["status"] in ("running", "stale"):
+        raise KiwiError(f"container {config['id']} is running; stop it first: kiwi stop {config['id']}")
+    if not privileged:
+        containers.check_unprivileged_support(store, config["image"], store.container_dir(config["id"]))
+    containers.set_privileged(store, config, privileged)
+    if privileged:
+        return ["root inside is now root of the host"]
+    return ["root inside is now an unprivileged host user"]
 
 
 def cmd_delete(args) -> int:

@@ -19,6 +19,8 @@ from .store import Store, atomic_write_json, new_container_id, utc_now, validate
 
 DEFAULT_STORAGE = storage.GIB
 MIN_MEMORY = 16 << 20
+# Without --privileged a container gets its own user namespace (idmap.py).
+DEFAULT_PRIVILEGED = False
 
 
 def parse_storage(text: str | None) -> int | None:
@@ -100,6 +102,7 @@ def create(
     settings: dict | None = None,
     populate=None,
     sparse: bool = False,
+    privileged: bool | None = None,
 ) -> dict:
     """Create a container of an existing image. populate(staging_dir) may fill its state."""
     from . import images, ipam
@@ -108,6 +111,8 @@ def create(
     if name is not None:
         validate_container_name(name)
     size = parse_storage(storage_text)
+    if privileged is None:
+        privileged = DEFAULT_PRIVILEGED
     store.ensure_layout()
     cid = new_container_id()
     staging = store.tmp_dir / f"create-{os.getpid()}-{cid}"
@@ -117,6 +122,8 @@ def create(
         if settings:
             config.update({k: v for k, v in settings.items() if k in ("memory", "cpu", "network", "shell")})
         storage.create_state(staging, size, sparse)
+        if not privileged:
+            check_unprivileged_support(store, image, staging)
         if populate:
             populate(staging, config)
         with store.lock():
@@ -127,10 +134,12 @@ def create(
                 raise KiwiError("id collision; run the command again")
             config["ipv4"] = ipam.allocate(store, cid)
             try:
+                set_privileged(store, config, privileged)
                 atomic_write_json(staging / "config.json", config)
                 os.rename(staging, store.container_dir(cid))
             except BaseException:
                 ipam.release(store, config["ipv4"], cid)
+                release_idmap(store, config)
                 raise
     except BaseException:
         remove_tree(staging, ignore_errors=True)
@@ -169,6 +178,37 @@ def rename(store: Store, cid: str, new_name: str) -> dict:
     return config
 
 
+def check_unprivileged_support(store: Store, image: str, staging) -> None:
+    """The image and the container's storage must be idmappable (ext4 image: always)."""
+    from . import idmap
+
+    paths = [str(store.image_dir(image) / "rootfs")]
+    if storage.folder_path(staging).is_dir():
+        paths.append(str(storage.folder_path(staging)))
+    idmap.check_support(paths)
+
+
+def set_privileged(store: Store, config: dict, privileged: bool) -> None:
+    """Record the mode; an unprivileged container leases its id block now, a privileged
+    one gives its block back. The files on disk need no change either way."""
+    from . import idmap
+
+    if privileged:
+        release_idmap(store, config)
+        config["idmap"] = None
+    elif idmap.is_privileged(config):
+        config["idmap"] = idmap.allocate(store, config["id"])
+    config["privileged"] = privileged
+
+
+def release_idmap(store: Store, config: dict) -> None:
+    from . import idmap
+
+    if not idmap.is_privileged(config):
+        with contextlib.suppress(KiwiError):
+            idmap.release(store, config["id"], config["idmap"])
+
+
 def save_config(store: Store, config: dict) -> None:
     atomic_write_json(store.container_dir(config["id"]) / "config.json", config)
 
@@ -187,6 +227,7 @@ def delete(store: Store, cid: str) -> None:
         if config.get("ipv4"):
             with contextlib.suppress(KiwiError):
                 ipam.release(store, config["ipv4"], cid)
+        release_idmap(store, config)
     remove_tree(doomed, ignore_errors=True)
 
 

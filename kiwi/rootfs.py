@@ -65,6 +65,40 @@ def mount_overlay(lower: str, state: str, target: str) -> None:
     sc.mount("overlay", target, "overlay", 0, data)
 
 
+def mount_idmapped(source: str, target: str, userns_fd: int) -> None:
+    """Mount a copy of `source` on `target`, its files shown through the namespace's id map."""
+    from .idmap import idmapped_tree
+
+    tree = idmapped_tree(source, userns_fd)
+    try:
+        sc.move_mount(tree, "", sc.AT_FDCWD, target, sc.MOVE_MOUNT_F_EMPTY_PATH)
+    finally:
+        os.close(tree)
+
+
+def mount_overlay_as(lower: str, state: str, target: str, host_id: int) -> None:
+    """Mount the overlay over idmapped layers with the container root's host id as fsuid.
+
+    overlayfs does its own work (workdir, copy-up) with the mounter's credentials,
+    and host uid 0 has no id on an idmapped layer (EOVERFLOW). Only the ids change:
+    the capabilities stay, raised again after the euid switch cleared them."""
+    os.setresgid(-1, host_id, -1)
+    os.setresuid(-1, host_id, -1)
+    try:
+        _, permitted, inheritable = sc.capget()
+        sc.capset(permitted, permitted, inheritable)
+        mount_overlay(lower, state, target)
+    finally:
+        os.setresuid(-1, 0, -1)
+        os.setresgid(-1, 0, -1)
+
+
+def bind_to_itself(path: str) -> None:
+    """A mount made in this (user-namespace owned) mount namespace: pivot_root refuses
+    the locked copy of a mount that came from the host's side."""
+    sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
+
+
 def open_in_root(root_fd: int, path: str, flags: int = os.O_PATH) -> int:
     """Resolve path with the container root as '/', so an image's symlinks never lead out."""
     return sc.openat2(root_fd, path, flags | os.O_CLOEXEC, 0, sc.RESOLVE_IN_ROOT)
@@ -115,26 +149,32 @@ def mount_at(root_fd: int, path: str, source, fstype, flags: int, data=None, mod
         os.close(fd)
 
 
-def mount_proc_sys_tmp(root_fd: int) -> None:
+def mount_proc_sys_tmp(root_fd: int, host_sysfs: bool = False) -> None:
+    """host_sysfs: a user namespace sharing the host's network may not mount sysfs
+    (it belongs to the host's network namespace): the host's, bound read-only."""
     mount_at(root_fd, "proc", "proc", "proc", NOSUID_NODEV_NOEXEC)
-    mount_at(root_fd, "sys", "sysfs", "sysfs", NOSUID_NODEV_NOEXEC | sc.MS_RDONLY)
+    if host_sysfs:
+        mount_at(root_fd, "sys", "/sys", None, sc.MS_BIND | sc.MS_REC)
+        mount_at(root_fd, "sys", None, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | NOSUID_NODEV_NOEXEC)
+    else:
+        mount_at(root_fd, "sys", "sysfs", "sysfs", NOSUID_NODEV_NOEXEC | sc.MS_RDONLY)
     mount_at(root_fd, "run", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755,size=64m")
     mount_at(root_fd, "tmp", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
 
 
-def mount_dev(root_fd: int) -> None:
-    """A minimal /dev with exactly the nodes a container needs, modes independent of umask."""
+def mount_dev(root_fd: int, bind_nodes: bool = False) -> None:
+    """A minimal /dev with exactly the nodes a container needs, modes independent of umask.
+    bind_nodes: in a user namespace mknod is refused; the host's nodes are bound instead."""
     mount_at(root_fd, "dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "mode=755,size=64k")
     dev = open_in_root(root_fd, "dev", os.O_RDONLY | os.O_DIRECTORY)
     try:
+        make_node = bind_host_node if bind_nodes else make_dev_node
         for name, major, minor, mode in DEV_NODES:
-            sc.mknod_at(dev, name, stat.S_IFCHR | mode, major, minor)
-            os.chmod(name, mode, dir_fd=dev)
+            make_node(dev, name, name, major, minor, mode)
         for name, target in DEV_LINKS:
             os.symlink(target, name, dir_fd=dev)
         # /dev/console must not be the host's console: it is /dev/null's device.
-        sc.mknod_at(dev, "console", stat.S_IFCHR | 0o620, 1, 3)
-        os.chmod("console", 0o620, dir_fd=dev)
+        make_node(dev, "console", "null", 1, 3, 0o620)
         for sub, mode in (("pts", 0o755), ("shm", 0o1777)):
             os.mkdir(sub, mode, dir_fd=dev)
             os.chmod(sub, mode, dir_fd=dev)
@@ -151,8 +191,20 @@ def mount_dev(root_fd: int) -> None:
     mount_at(root_fd, "dev/shm", "tmpfs", "tmpfs", NOSUID_NODEV_NOEXEC, "mode=1777,size=64m")
 
 
-def enter_root(root: str) -> None:
-    """pivot_root into the merged view and drop every trace of the host's tree."""
+def make_dev_node(dev: int, name: str, host_name: str, major: int, minor: int, mode: int) -> None:
+    sc.mknod_at(dev, name, stat.S_IFCHR | mode, major, minor)
+    os.chmod(name, mode, dir_fd=dev)
+
+
+def bind_host_node(dev: int, name: str, host_name: str, major: int, minor: int, mode: int) -> None:
+    """The host's /dev/<host_name> bound on an empty file (the host's / is still visible
+    here); it keeps the host node's owner and mode."""
+    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dev))
+    sc.mount(f"/dev/{host_name}", f"/proc/self/fd/{dev}/{name}", None, sc.MS_BIND)
+
+
+def enter_root(root) -> None:
+    """pivot_root into the merged view (a path or an fd) and drop every trace of the host's tree."""
     os.chdir(root)
     sc.pivot_root(".", ".")
     # The old root is now stacked on the same place; detach it.

@@ -34,6 +34,9 @@ SHELLS = [
     "/bin/sh",
     "/usr/bin/sh",
 ]
+# Mount points of a start, in its own mount namespaces: the state, the merged root,
+# and (unprivileged) the idmapped image and state.
+RUNTIME_SUBDIRS = ("state", "root", "image", "data")
 
 
 # --- runtime records (kiwi/runstate.py) -------------------------------------------------
@@ -120,9 +123,10 @@ class Starter:
         self.lower = str(self.store.image_dir(self.config["image"]) / "rootfs")
         self.store.ensure_layout()
         self.rdir.mkdir(mode=0o700, exist_ok=True)
-        for sub in ("state", "root"):
+        for sub in RUNTIME_SUBDIRS:
             (self.rdir / sub).mkdir(mode=0o700, exist_ok=True)
         self.device = None
+        self.userns = None
         self.holds = contextlib.ExitStack()
         try:
             self.cgroup = container_cgroup(self.store, self.cid)
@@ -131,6 +135,7 @@ class Starter:
             if self.separate_net:
                 self.prepare_network()
             self.device = self.attach_storage()
+            self.userns = self.open_user_namespace()
             init_pid = self.spawn_init()
             # Only now: building the root opened the loop device. Nothing of the
             # image has run yet (kiwi-init is ours), and everything that enters
@@ -167,6 +172,8 @@ class Starter:
             # The mount inside the container now holds the autoclear loop device.
             if self.device is not None:
                 self.device.release()
+            if self.userns is not None:
+                os.close(self.userns)  # the init's processes keep the namespace
 
     def prepare_network(self) -> None:
         from . import ipam, network
@@ -187,6 +194,50 @@ class Starter:
 
             self.config["ipv4"] = ipv4
             containers.save_config(self.store, self.config)
+
+    def open_user_namespace(self) -> int | None:
+        """The container's own user namespace (None when privileged), its id block leased."""
+        from . import idmap
+
+        if idmap.is_privileged(self.config):
+            return None
+        claimed = idmap.claim(self.store, self.cid, self.config["idmap"])
+        if claimed != self.config["idmap"]:
+            from . import containers
+
+            self.config["idmap"] = claimed
+            containers.save_config(self.store, self.config)
+        return idmap.user_namespace(claimed["base"])
+
+    def build_idmapped_root(self) -> None:
+        """Stage 1 of an unprivileged container, still root of the host: the mounts only
+        real root may make, in a mount namespace of its own. The state (ext4 image or
+        folder) and the shared image are idmapped, so the container's ids land on
+        disk as the container sees them; the overlay over them is then copied into
+        the container's mount namespace by the unshare that follows."""
+        from . import idmap, rootfs
+        from . import syscalls as sc
+
+        userns, base = self.userns, idmap.base_of(self.config)
+        assert userns is not None and base is not None  # only unprivileged containers get here
+        sc.unshare(sc.CLONE_NEWNS)
+        rootfs.make_mounts_private()
+        state = self.mount_state()
+        rootfs.mount_idmapped(self.lower, str(self.rdir / "image"), userns)
+        rootfs.mount_idmapped(state, str(self.rdir / "data"), userns)
+        image, data = str(self.rdir / "image"), str(self.rdir / "data")
+        rootfs.mount_overlay_as(image, data, str(self.rdir / "root"), base)
+
+    def mount_state(self) -> str:
+        """The container's upper/work: its ext4 image (sparse: discard), or its state/ folder."""
+        from . import rootfs
+
+        return rootfs.mount_state(
+            self.device,
+            str(storage_folder(self.cdir)),
+            str(self.rdir / "state"),
+            discard=self.config.get("storage_sparse", False),
+        )
 
     def attach_storage(self):
         from . import loop, storage
@@ -225,6 +276,9 @@ class Starter:
         from . import syscalls as sc
 
         self.cgroup.add_pid(os.getpid())
+        if self.userns is not None:
+            self.build_idmapped_root()
+            join_user_namespace(self.userns)
         flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWPID | sc.CLONE_NEWCGROUP
         if self.separate_net:
             flags |= sc.CLONE_NEWNET
@@ -241,20 +295,20 @@ class Starter:
 
         os.setsid()
         os.umask(0o022)
-        rootfs.make_mounts_private()
-        state = rootfs.mount_state(
-            self.device,
-            str(storage_folder(self.cdir)),
-            str(self.rdir / "state"),
-            discard=self.config.get("storage_sparse", False),
-        )
         root = str(self.rdir / "root")
-        rootfs.mount_overlay(self.lower, state, root)
+        if self.userns is None:
+            rootfs.make_mounts_private()
+            state = self.mount_state()
+            rootfs.mount_overlay(self.lower, state, root)
+        else:
+            rootfs.bind_to_itself(root)
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        rootfs.mount_proc_sys_tmp(root_fd)
-        rootfs.mount_dev(root_fd)
+        if self.userns is not None:
+            become_namespace_root()  # from here on, only paths beneath root_fd
+        rootfs.mount_proc_sys_tmp(root_fd, host_sysfs=self.userns is not None and not self.separate_net)
+        rootfs.mount_dev(root_fd, bind_nodes=self.userns is not None)
+        rootfs.enter_root(root_fd)
         os.close(root_fd)
-        rootfs.enter_root(root)
         security.mask_proc_paths()
         hostname = self.config.get("name") or self.cid
         sc.sethostname(hostname)
@@ -265,6 +319,23 @@ class Starter:
         security.install_seccomp()
         security.drop_capabilities()
         security.exec_init(memfd)
+
+
+def join_user_namespace(userns: int) -> None:
+    """Join the container's user namespace: the namespaces unshared after this are
+    owned by it, so its root's capabilities end there. The ids stay the host's 0
+    (unmapped inside) until become_namespace_root: path lookups through Kiwi's own
+    0700 folders still pass as their owner."""
+    from . import syscalls as sc
+
+    sc.setns(userns, sc.CLONE_NEWUSER)
+
+
+def become_namespace_root() -> None:
+    """uid and gid 0 of the user namespace: host ids <base>."""
+    os.setgroups([])
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
 
 
 def storage_folder(cdir: Path) -> Path:
@@ -564,7 +635,7 @@ def teardown(store: Store, cid: str, release_network: bool = True) -> list[str]:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(runtime_file(store, cid))
     rdir = store.runtime_dir(cid)
-    for sub in ("state", "root"):
+    for sub in RUNTIME_SUBDIRS:
         with contextlib.suppress(OSError):
             os.rmdir(rdir / sub)
     if not mount_file(store, cid).exists():

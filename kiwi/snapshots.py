@@ -189,6 +189,7 @@ def create_from_archive(
     notes: list | None = None,
     progress=None,
     sparse: bool = False,
+    privileged: bool | None = None,
 ) -> dict:
     """overrides: settings the user gave on the command line; notes collects what to tell them."""
     from . import archive, containers, storage
@@ -200,9 +201,11 @@ def create_from_archive(
 
     if goarchive.archive_format(path):  # written by the original Go Kiwi
         config = create_from_go_archive(store, path, name, storage_text, progress)
-        if overrides:  # the command line's --memory/--cpu/--network win, as for .kiwi files
+        if overrides or privileged is not None:  # the command line's settings win, as for .kiwi files
             with store.container_lock(config["id"]):
-                config.update(overrides)
+                config.update(overrides or {})
+                if privileged is not None:
+                    containers.set_privileged(store, config, privileged)
                 containers.save_config(store, config)
         return config
     manifest = archive.read_manifest(path)
@@ -250,6 +253,7 @@ def create_from_archive(
             settings=settings,
             populate=populate,
             sparse=sparse,
+            privileged=privileged,
         )
     except BaseException:
         if owned:  # restored for this container only (e.g. its upper part was damaged)

@@ -222,6 +222,17 @@ class Pump:
             self.buffer += data
 
 
+def give_to_container_root(fds: list[int], init_pid: int) -> None:
+    """The pipes and the PTY Kiwi made for a command belong to the container's root:
+    in a user namespace, host uid 0 is nobody there, and reopening /dev/stdout
+    (/proc/self/fd/1) would be refused. Privileged containers: nothing to do."""
+    with open(f"/proc/{init_pid}/status") as f:
+        ids = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f) if k in ("Uid", "Gid")}
+    if ids["Uid"] != 0:
+        for fd in fds:
+            os.fchown(fd, ids["Uid"], ids["Gid"])
+
+
 class Relay:
     """Kiwi's side of a command's stdio; the fds to give the command are in child_fds."""
 
@@ -236,6 +247,7 @@ class Relay:
             slave = self.open_pty(init_pid) if self.pty else None
             for fd in (0, 1, 2):
                 self.child_fds.append(self.child_end(fd, slave))
+            give_to_container_root(self.child_ends, init_pid)
         except BaseException:
             self.close()
             raise

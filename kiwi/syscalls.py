@@ -86,6 +86,11 @@ def mount_setattr(
     _check(ret, f"mount_setattr {path!s}")
 
 
+def mount_idmap(tree_fd: int, userns_fd: int) -> None:
+    """Idmap the detached mount tree_fd through the user namespace userns_fd."""
+    _check(lib.kiwi_mount_idmap(tree_fd, userns_fd), f"mount_setattr MOUNT_ATTR_IDMAP fd {tree_fd}")
+
+
 # -- namespaces and process ----------------------------------------------
 
 

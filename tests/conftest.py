@@ -48,10 +48,11 @@ def debian_tar(test_images) -> Path:
 class Kiwi:
     """Runs the kiwi command inside one test's private environment."""
 
-    def __init__(self, env: dict, root: Path):
+    def __init__(self, env: dict, root: Path, create_args: tuple = ()):
         self.env = env
         self.root = root
         self.cmd = kiwi_command()
+        self.create_args = list(create_args)  # e.g. --privileged, for every create()
 
     def __call__(
         self,
@@ -83,7 +84,7 @@ class Kiwi:
         return json.loads(self.out(*args, "--json"))
 
     def create(self, image: str, *args) -> str:
-        return self.out("create", image, *args).splitlines()[-1]
+        return self.out("create", image, *args, *self.create_args).splitlines()[-1]
 
     def kill_midway(self, *args, after: float) -> None:
         """Start `kiwi args`, SIGKILL it after `after` seconds (a crash at a random point)."""
@@ -198,17 +199,58 @@ def unmount_below(path: Path) -> None:
             subprocess.run(["umount", "-l", point], capture_output=True)
 
 
-def fresh_kiwi(tmp_path_factory):
+def in_mount_namespace_of(pid: int, code: str, *args: str) -> None:
+    """Run `code` (Python, kiwi.syscalls imported as sc, argv in sys.argv) in a host
+    process that joined the mount namespace of `pid` after preparing what it needs."""
+    prelude = "import os, sys\nfrom kiwi import syscalls as sc\n"
+    join = "sc.setns(os.open(f'/proc/{sys.argv[1]}/ns/mnt', os.O_RDONLY), sc.CLONE_NEWNS)\n"
+    subprocess.run(
+        [sys.executable, "-c", prelude + code.replace("JOIN\n", join), str(pid), *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def bind_into_container(pid: int, host_path, inside: str) -> None:
+    """As a runtime bug would: mount a host file or folder over `inside` (which must exist)
+    in the mount namespace of the container whose init is `pid`."""
+    code = (
+        "tree = sc.open_tree(sc.AT_FDCWD, sys.argv[2], sc.OPEN_TREE_CLONE)\n"
+        "JOIN\n"
+        "sc.move_mount(tree, '', sc.AT_FDCWD, sys.argv[3], sc.MOVE_MOUNT_F_EMPTY_PATH)\n"
+    )
+    in_mount_namespace_of(pid, code, str(host_path), inside)
+
+
+def unmount_in_container(pid: int, inside: str) -> None:
+    in_mount_namespace_of(pid, "JOIN\nsc.umount(sys.argv[2], sc.MNT_DETACH)\n", inside)
+
+
+def fresh_kiwi(tmp_path_factory, create_args: tuple = ()):
     """A Kiwi in its own environment, torn down after use (generator for fixtures)."""
     env, root = make_env(tmp_path_factory)
-    k = Kiwi(env, root)
+    k = Kiwi(env, root, create_args)
     yield k
     teardown_env(k)
 
 
+# kiwi.create() arguments per container mode (issue 15).
+MODES = {"unprivileged": (), "privileged": ("--privileged",)}
+
+
+def pytest_generate_tests(metafunc):
+    """A module with BOTH_MODES = True runs each test using `kiwi` twice: in the
+    default (unprivileged: a user namespace) and with --privileged."""
+    if "kiwi" in metafunc.fixturenames and getattr(metafunc.module, "BOTH_MODES", False):
+        metafunc.parametrize("kiwi", list(MODES), indirect=True)
+
+
 @pytest.fixture
-def kiwi(tmp_path_factory):
-    yield from fresh_kiwi(tmp_path_factory)
+def kiwi(request, tmp_path_factory):
+    yield from fresh_kiwi(tmp_path_factory, MODES.get(getattr(request, "param", None), ()))
 
 
 @pytest.fixture(scope="module")

@@ -239,7 +239,11 @@ def run_without_python(binary: Path, tarball: Path, busybox_tar: Path, tmp_path:
         assert chroot.kiwi("--version").stdout.startswith("kiwi ")
         chroot.kiwi("import", "--name", "bb", "/root/busybox-rootfs.tar.xz")
         assert "bb" in chroot.kiwi("list", "images").stdout
-        cid = chroot.kiwi("create", "bb").stdout.strip().splitlines()[-1]
+        # A chrooted process may not create a user namespace: said in one line, never a fallback.
+        refused = chroot.kiwi("create", "bb", check=False)
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "chroot" in refused.stderr and "--privileged" in refused.stderr
+        cid = chroot.kiwi("create", "bb", "--privileged").stdout.strip().splitlines()[-1]
         done = chroot.kiwi("attach", cid, "--", "sh", "-c", "echo inside; exit 5", check=False)
         assert done.returncode == 5 and "inside" in done.stdout, done.stderr
         assert cid in chroot.kiwi("list").stdout

@@ -16,6 +16,8 @@ from cgroup_readback import cpu_usage_ns, limits, oom_kills
 
 from kiwi import cgroups, storage_ops
 
+BOTH_MODES = True  # every test using `kiwi` runs unprivileged and --privileged (conftest)
+
 pytestmark = pytest.mark.limits
 MIB = 1 << 20
 

@@ -10,17 +10,23 @@ from pathlib import Path
 
 import pytest
 
+from conftest import MODES
 
-@pytest.fixture(scope="module", params=["busybox", "debian"])
+BOTH_MODES = True  # tests using `kiwi` run unprivileged and --privileged (conftest)
+
+
+@pytest.fixture(scope="module", params=[(i, m) for i in ("busybox", "debian") for m in MODES])
 def running(request, kiwi_module, busybox_tar, debian_tar):
-    """One started container per image, shared by this module's tests."""
+    """One started container per image and mode (unprivileged, privileged), shared by this module's tests."""
     kiwi = kiwi_module
-    tar = busybox_tar if request.param == "busybox" else debian_tar
-    kiwi("import", "--name", request.param, tar, timeout=600)
-    cid = kiwi.create(request.param, "--name", f"rt-{request.param}")
+    image, mode = request.param
+    if image not in [i["name"] for i in kiwi.json("list", "images")]:
+        kiwi("import", "--name", image, busybox_tar if image == "busybox" else debian_tar, timeout=600)
+    cid = kiwi.create(image, "--name", f"rt-{image}", *MODES[mode])
     kiwi("attach", cid, "--", "true")
-    yield kiwi, cid, request.param
+    yield kiwi, cid, image
     kiwi("stop", cid, "--time", "2", check=False)
+    kiwi("delete", cid, "--yes", check=False)
 
 
 def test_exit_status_and_stdio_pass_through(running):

@@ -15,6 +15,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
+BOTH_MODES = True  # every test using `kiwi` runs unprivileged and --privileged (conftest)
+
 SESSION_LINE = r"kiwi: session ([0-9a-f]{8}) "
 DETACH_KEY = "\x1c"  # Ctrl-\
 

@@ -25,6 +25,8 @@ import zstandard
 from conftest import Kiwi, fresh_kiwi
 from kiwi.pull import normalise_arch
 
+BOTH_MODES = True  # every test using `kiwi` runs unprivileged and --privileged (conftest)
+
 MIB = 1 << 20
 GIB = 1 << 30
 
