@@ -19,11 +19,13 @@ import stat
 
 from . import fstree
 from .errors import KiwiError
+from .idmap import SIZE as ID_BLOCK  # ids of an unprivileged container
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 CHUNK = 1 << 20
 # Copied out, setuid and setgid bits go: a container's setuid-root file must never run as root on the host.
 HOST_MODE_MASK = 0o1777
+OVERFLOW_ID = 65534  # the kernel's overflowuid: an id with no mapping
 
 
 def split_ref(text: str) -> tuple[str | None, str]:
@@ -40,9 +42,12 @@ def split_ref(text: str) -> tuple[str | None, str]:
 class Copy:
     """One copy of a file, folder or symlink tree from an open source to a folder fd."""
 
-    def __init__(self, to_host: bool, label: str):
+    def __init__(self, to_host: bool, label: str, shift: int = 0):
         self.to_host = to_host
         self.label = label  # the source as the user named it, for messages
+        # A running unprivileged container's tree shows host ids <base>+id: shift is
+        # that base (0 otherwise), so the copy carries the ids the container sees.
+        self.shift = shift
         self.entries = 0
         self.bytes = 0
 
@@ -145,7 +150,7 @@ class Copy:
         elif stat.S_ISLNK(st.st_mode):
             # Copied as a link, never followed: its target means something only inside its tree.
             os.symlink(os.readlink(name, dir_fd=s), name, dir_fd=d)
-            os.chown(name, st.st_uid, st.st_gid, dir_fd=d, follow_symlinks=False)
+            os.chown(name, *self.owner(st), dir_fd=d, follow_symlinks=False)
             self.entries += 1
         else:
             raise self.special(path, st)
@@ -174,10 +179,22 @@ class Copy:
             os.close(dst)
         self.entries += 1
 
+    def owner(self, st: os.stat_result) -> tuple[int, int]:
+        """The (uid, gid) to give the copy: the container's view of the ids, written
+        as the destination stores them."""
+        return self.shifted(st.st_uid), self.shifted(st.st_gid)
+
+    def shifted(self, i: int) -> int:
+        if not self.shift:
+            return i
+        if self.to_host:  # host id <base>+n -> n; one outside the block is nobody's
+            return i - self.shift if 0 <= i - self.shift < ID_BLOCK else OVERFLOW_ID
+        return self.shift + (i if i < ID_BLOCK else OVERFLOW_ID)
+
     def set_owner_mode_times(self, fd: int, st: os.stat_result) -> None:
         """The numeric ids as the container sees them, the mode (chmod after chown, which clears
         setuid), the modification time."""
-        os.fchown(fd, st.st_uid, st.st_gid)
+        os.fchown(fd, *self.owner(st))
         mode = stat.S_IMODE(st.st_mode)
         os.fchmod(fd, mode & HOST_MODE_MASK if self.to_host else mode)
         os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -240,7 +257,7 @@ def copy_to(src: int, open_dir, dest: str, src_name: str, job: Copy) -> tuple[in
     return job.entries, job.bytes
 
 
-def copy_out(root: int, cpath: str, host_dest: str, label: str) -> tuple[int, int]:
+def copy_out(root: int, cpath: str, host_dest: str, label: str, shift: int = 0) -> tuple[int, int]:
     try:
         src = open_in_container(root, cpath)
     except FileNotFoundError:
@@ -249,30 +266,38 @@ def copy_out(root: int, cpath: str, host_dest: str, label: str) -> tuple[int, in
     def host_dir(path):
         return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
-    return copy_to(src, host_dir, host_dest, leaf_name(cpath, "root"), Copy(to_host=True, label=label))
+    return copy_to(
+        src, host_dir, host_dest, leaf_name(cpath, "root"), Copy(to_host=True, label=label, shift=shift)
+    )
 
 
-def copy_in(root: int, host_src: str, cpath: str) -> tuple[int, int]:
+def copy_in(root: int, host_src: str, cpath: str, shift: int = 0) -> tuple[int, int]:
     src = os.open(host_src, os.O_PATH | os.O_CLOEXEC)  # the user's own path: followed
 
     def container_dir(path):
         return open_in_container(root, path, os.O_PATH | os.O_DIRECTORY)
 
     return copy_to(
-        src, container_dir, cpath, leaf_name(host_src, "copy"), Copy(to_host=False, label=host_src)
+        src,
+        container_dir,
+        cpath,
+        leaf_name(host_src, "copy"),
+        Copy(to_host=False, label=host_src, shift=shift),
     )
 
 
 def in_container_view(store, cid: str, work) -> tuple[int, int]:
-    """work(root_fd) on the container's root: the live one, or (stopped) an overlay of its
-    image and state in a private namespace that goes away with the helper process."""
-    from . import runtime
+    """work(root_fd, shift) on the container's root: the live one, or (stopped) an overlay of
+    its image and state in a private namespace that goes away with the helper process.
+    shift: the base of a running unprivileged container's ids as the host sees them there
+    (its stopped state holds the container's own ids: 0)."""
+    from . import idmap, runtime
 
     record = runtime.read_runtime(store, cid)
     if record:
         root = os.open(f"/proc/{record['init_pid']}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            return work(root)
+            return work(root, idmap.base_of(store.container_config(cid)) or 0)
         finally:
             os.close(root)
     from . import privatens
@@ -304,7 +329,7 @@ def on_stopped_root(store, cid: str, lower: str, work):
         rootfs.mount_overlay(lower, state, merged)
         root = os.open(merged, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            return work(root)
+            return work(root, 0)
         finally:
             os.close(root)
     finally:
@@ -336,9 +361,13 @@ def copy(store, source: str, dest: str) -> tuple[int, int, str]:
         )
     cid = store.resolve_container(src_c or dst_c)
     if src_c:
-        entries, size = in_container_view(store, cid, lambda root: copy_out(root, src_path, dst_path, source))
+        entries, size = in_container_view(
+            store, cid, lambda root, shift: copy_out(root, src_path, dst_path, source, shift)
+        )
     else:
         if not os.path.lexists(src_path):
             raise KiwiError(f"no such file or folder: {src_path}")
-        entries, size = in_container_view(store, cid, lambda root: copy_in(root, src_path, dst_path))
+        entries, size = in_container_view(
+            store, cid, lambda root, shift: copy_in(root, src_path, dst_path, shift)
+        )
     return entries, size, cid
