@@ -277,13 +277,13 @@ def copy_in(root: int, host_src: str, cpath: str, shift: int = 0) -> tuple[int, 
     def container_dir(path):
         return open_in_container(root, path, os.O_PATH | os.O_DIRECTORY)
 
-    return copy_to(
-        src,
-        container_dir,
-        cpath,
-        leaf_name(host_src, "copy"),
-        Copy(to_host=False, label=host_src, shift=shift),
-    )
+    job = Copy(to_host=False, label=host_src, shift=shift)
+    if not shift:
+        return copy_to(src, container_dir, cpath, leaf_name(host_src, "copy"), job)
+    from .rootfs import acting_as
+
+    with acting_as(shift):  # a running unprivileged container's files are made by its root
+        return copy_to(src, container_dir, cpath, leaf_name(host_src, "copy"), job)
 
 
 def in_container_view(store, cid: str, work) -> tuple[int, int]:

@@ -80,14 +80,22 @@ def mount_overlay_as(lower: str, state: str, target: str, host_id: int) -> None:
     """Mount the overlay over idmapped layers with the container root's host id as fsuid.
 
     overlayfs does its own work (workdir, copy-up) with the mounter's credentials,
-    and host uid 0 has no id on an idmapped layer (EOVERFLOW). Only the ids change:
-    the capabilities stay, raised again after the euid switch cleared them."""
+    and host uid 0 has no id on an idmapped layer (EOVERFLOW)."""
+    with acting_as(host_id):
+        mount_overlay(lower, state, target)
+
+
+@contextlib.contextmanager
+def acting_as(host_id: int):
+    """Create files as host_id (an unprivileged container's root: host uid 0 has no id on
+    its idmapped layers, EOVERFLOW). Only the ids change: the capabilities stay, raised
+    again after the euid switch cleared them."""
     os.setresgid(-1, host_id, -1)
     os.setresuid(-1, host_id, -1)
     try:
         _, permitted, inheritable = sc.capget()
         sc.capset(permitted, permitted, inheritable)
-        mount_overlay(lower, state, target)
+        yield
     finally:
         os.setresuid(-1, 0, -1)
         os.setresgid(-1, 0, -1)
