@@ -125,7 +125,7 @@ def test_impossible_or_invalid_settings_are_refused(elsewhere, snap_file, tmp_pa
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("kiwi: ") and words in lines[0], done.stderr
     assert leftovers(elsewhere) == []
-    assert elsewhere.json("list", "all") == {"containers": [], "images": []}
+    assert elsewhere.json("list", "all") == {"containers": [], "images": [], "exports": []}
 
 
 def test_command_line_replaces_what_the_host_cannot_give(elsewhere, snap_file, tmp_path):
