@@ -26,7 +26,9 @@ def pytest_in_vm(
 ) -> subprocess.CompletedProcess:
     """pytest inside the VM (KIWI_EXPECT_CGROUP=v2) on the same dist/kiwi (or KIWI_BIN)."""
     binary = os.environ.get("KIWI_BIN", str(REPO / "dist" / "kiwi"))
-    options = ["--timeout", str(vm_timeout)]
+    # /tmp on ext4: the Debian 6.1 kernel has no idmapped mounts on tmpfs (6.3+), and an
+    # unprivileged container (the default) idmaps its image and state.
+    options = ["--timeout", str(vm_timeout), "--tmp", "ext4"]
     if memory_mib is not None:
         options += ["--memory", str(memory_mib)]
     for setting in ("KIWI_EXPECT_CGROUP=v2", f"KIWI_BIN={binary}", f"KIWI_TEST_CACHE={test_images}"):
