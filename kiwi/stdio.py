@@ -150,6 +150,12 @@ def container_pty(init_pid: int) -> tuple[int, int]:
     except BaseException:
         os.close(master)
         raise
+    try:
+        give_to_container_root([slave], init_pid)  # its terminal is its root's, as with ssh
+    except BaseException:
+        os.close(master)
+        os.close(slave)
+        raise
     return master, slave
 
 
@@ -223,7 +229,7 @@ class Pump:
 
 
 def give_to_container_root(fds: list[int], init_pid: int) -> None:
-    """The pipes and the PTY Kiwi made for a command belong to the container's root:
+    """The pipes and the PTYs Kiwi makes for a command belong to the container's root:
     in a user namespace, host uid 0 is nobody there, and reopening /dev/stdout
     (/proc/self/fd/1) would be refused. Privileged containers: nothing to do."""
     with open(f"/proc/{init_pid}/status") as f:

@@ -71,16 +71,9 @@ class Daemon:
     def start(self) -> None:
         # A PTY of the container's devpts (see stdio.container_pty); kiwi-exec
         # gives the shell a session of its own with the slave as its terminal.
-        from ..stdio import container_pty, give_to_container_root
+        from ..stdio import container_pty
 
-        init_pid = runtime.running_record(self.store, self.cid)["init_pid"]
-        self.master, slave = container_pty(init_pid)
-        try:
-            give_to_container_root([slave], init_pid)  # its terminal is its root's, as with ssh
-        except BaseException:
-            os.close(self.master)
-            os.close(slave)
-            raise
+        self.master, slave = container_pty(runtime.running_record(self.store, self.cid)["init_pid"])
         self.log = SessionLog(self.store, self.cid, self.sid)  # for kiwi logs, see log.py
         set_window_size(self.master, *self.size)
         try:
