@@ -135,7 +135,13 @@ def test_entering_processes_run_from_a_sealed_memfd_outside_the_pid_namespace(ki
         # (the one-file launcher execs the unpacked kiwi, so the pid is the one we started).
         assert parent_of(helper) == proc.pid
         assert os.readlink(f"/proc/{helper}/ns/pid") == os.readlink("/proc/self/ns/pid")
-        command = [p for p in os.listdir("/proc") if p.isdigit() and parent_of_safe(int(p)) == helper]
+
+        def children() -> list[str]:
+            return [p for p in os.listdir("/proc") if p.isdigit() and parent_of_safe(int(p)) == helper]
+
+        # kiwi-exec shows its argv before it has forked the command: wait for the fork.
+        wait_for(lambda: len(children()) == 1)
+        command = children()
         assert len(command) == 1
         assert os.readlink(f"/proc/{command[0]}/ns/pid") != os.readlink("/proc/self/ns/pid")
     finally:
