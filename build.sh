@@ -77,7 +77,7 @@ build_host() {
   target=$(host_target)
   arch=${target#linux-}
   if [ "$DRY_RUN" = 1 ]; then
-    echo .venv/bin/python cffi_build/build_sys.py sys init exec
+    echo .venv/bin/python cffi_build/build_sys.py sys init exec lxfs
     echo .venv/bin/python cffi_build/build_sys.py launcher embed
     echo "KIWI_ARCH=$arch $(pyinstaller_command)"
     pack_command "$arch"
@@ -85,7 +85,7 @@ build_host() {
     return
   fi
   ensure_venv
-  .venv/bin/python cffi_build/build_sys.py sys init exec >/dev/null || die "building the C parts failed (need gcc, libc6-dev, python3-dev)"
+  .venv/bin/python cffi_build/build_sys.py sys init exec lxfs >/dev/null || die "building the C parts failed (need gcc, libc6-dev, python3-dev)"
   .venv/bin/python cffi_build/build_sys.py launcher >/dev/null || die "building the launcher failed (need the static libzstd: apt-get install libzstd-dev)"
   .venv/bin/python cffi_build/build_sys.py embed >/dev/null || die "building the bundle's executable failed (need python3-dev)"
   trap 'rm -rf "$RUN_DIR"' EXIT
@@ -293,7 +293,7 @@ make_root_venv() {
 copy_sources() {
   local dest=$1
   mkdir -p "$dest"
-  tar -c --exclude='__pycache__' --exclude='kiwi/_sys*' --exclude=kiwi/kiwi-init --exclude=kiwi/kiwi-exec \
+  tar -c --exclude='__pycache__' --exclude='kiwi/_sys*' --exclude=kiwi/kiwi-init --exclude=kiwi/kiwi-exec --exclude=kiwi/kiwi-lxfs \
     pyproject.toml kiwi.spec cffi_build kiwi scripts/python-deps \
     | tar -x -C "$dest"
 }
@@ -321,7 +321,7 @@ build_in_root() {
     echo "debootstrap --arch=$(debian_arch_of "$target") --variant=minbase --include=$ROOT_PACKAGES$([ "$target" = "$(host_target)" ] || echo ' --foreign') $RELEASE_SUITE $root $MIRROR"
     echo "chroot $root: apt-get source python3.11 ($PYTHON_SOURCE_SUITE); configure --enable-shared --prefix=$ROOT_PYTHON; make altinstall"
     echo "chroot $root: $ROOT_PYTHON/bin/python3.11 -m venv $ROOT_VENV; pip install <the host .venv's versions of: $("$PY" scripts/python-deps build | paste -sd' ')>"
-    echo "chroot $root: build_sys.py sys init exec launcher embed; pyinstaller kiwi.spec; pack.py"
+    echo "chroot $root: build_sys.py sys init exec lxfs launcher embed; pyinstaller kiwi.spec; pack.py"
     return
   fi
   [ "$(id -u)" = 0 ] || die "building $target in a Debian root needs root (debootstrap, chroot)"
@@ -338,7 +338,7 @@ build_in_root() {
   trap 'rm -rf "${root:?}$src"' EXIT
   echo "building $target in $root" >&2
   in_root "$root" sh -euc 'cd "$0" && export PATH="$1/bin:$PATH"
-    python cffi_build/build_sys.py sys init exec launcher embed >/dev/null
+    python cffi_build/build_sys.py sys init exec lxfs launcher embed >/dev/null
     KIWI_ARCH="$2" KIWI_BUILD_INFO=build-info pyinstaller --noconfirm --clean --log-level WARN --distpath out --workpath work kiwi.spec
     python cffi_build/pack.py build/kiwi-launcher "out/kiwi-linux-$2" "kiwi-linux-$2" >/dev/null' "$src" "$ROOT_VENV" "$arch" \
     || die "the build in $root failed"

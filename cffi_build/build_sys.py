@@ -1,9 +1,10 @@
 """Build Kiwi's native parts.
 
-    python cffi_build/build_sys.py            # sys, init and exec
+    python cffi_build/build_sys.py            # sys, init, exec and lxfs
     python cffi_build/build_sys.py sys        # kiwi/_sys*.so        (cffi API mode)
     python cffi_build/build_sys.py init       # kiwi/kiwi-init       (static PID 1)
     python cffi_build/build_sys.py exec       # kiwi/kiwi-exec       (static container entry)
+    python cffi_build/build_sys.py lxfs       # kiwi/kiwi-lxfs       (static FUSE server: limits seen inside)
     python cffi_build/build_sys.py launcher   # build/kiwi-launcher  (static, head of the one-file kiwi)
     python cffi_build/build_sys.py embed      # build/kiwi-embed     (the bundle's executable, runs libpython)
 
@@ -412,6 +413,10 @@ def build_exec(output: Path = ROOT / "kiwi" / "kiwi-exec") -> Path:
     return build_static(HERE / "exec.c", output)
 
 
+def build_lxfs(output: Path = ROOT / "kiwi" / "kiwi-lxfs") -> Path:
+    return build_static(HERE / "lxfs.c", output)
+
+
 def build_launcher(output: Path = ROOT / "build" / "kiwi-launcher") -> Path:
     """Needs the static libzstd (libzstd-dev); cffi_build/pack.py appends the bundle."""
     return build_static(HERE / "launcher.c", output, ("-lzstd",))
@@ -433,12 +438,13 @@ def build_embed(output: Path = ROOT / "build" / "kiwi-embed") -> Path:
 
 
 def main(argv: list[str]) -> int:
-    targets = argv or ["sys", "init", "exec"]
+    targets = argv or ["sys", "init", "exec", "lxfs"]
     for target in targets:
         built = {
             "sys": build_sys,
             "init": build_init,
             "exec": build_exec,
+            "lxfs": build_lxfs,
             "launcher": build_launcher,
             "embed": build_embed,
         }[target]()

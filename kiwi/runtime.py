@@ -35,8 +35,8 @@ SHELLS = [
     "/usr/bin/sh",
 ]
 # Mount points of a start, in its own mount namespaces: the state, the merged root,
-# and (unprivileged) the idmapped image and state.
-RUNTIME_SUBDIRS = ("state", "root", "image", "data")
+# (unprivileged) the idmapped image and state, and the limits server's files (lxfs.py).
+RUNTIME_SUBDIRS = ("state", "root", "image", "data", "lxfs")
 
 
 # --- runtime records (kiwi/runstate.py) -------------------------------------------------
@@ -149,6 +149,7 @@ class Starter:
                 "cgroup_version": self.cgroup.version,
                 "network": self.config.get("network"),
                 "started": time.time(),
+                "lxfs": self.lxfs,
                 "folder": self.store.folder_id(),
                 "root": self.store.real_root,
             }
@@ -252,14 +253,22 @@ class Starter:
 
     def spawn_init(self) -> int:
         """Fork stage 1; returns the host pid of the container's init once its root is ready."""
-        from . import proc, rootfs, security  # before the fork: stage 1 and 2 use them
+        import socket
+
+        from . import lxfs, proc, rootfs, security  # before the fork: stage 1 and 2 use them
 
         rootfs.prepare_dns_text(host_network=not self.separate_net)
         memfd = security.init_memfd()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            child = proc.Child(self.stage1, memfd)
+            child = proc.Child(self.stage1, memfd, theirs)
+            theirs.close()
             try:
-                reports = dict(child.read())  # to EOF: init's exec closes the last end
+                reports = dict(child.read(until="lxfs"))
+                served = reports.get("lxfs")
+                if served == lxfs.ACTIVE:
+                    served = self.serve_limits(ours)  # stage 2 waits for its answers
+                reports.update(child.read())  # to EOF: init's exec closes the last end
             except KiwiError as e:
                 raise e.within("starting the container failed") from None
             finally:
@@ -267,11 +276,27 @@ class Starter:
                 child.wait()  # the outcome is in the reports
         finally:
             os.close(memfd)
+            ours.close()
+            theirs.close()
+        # Why the container shows the host's figures (the server's own reason first), or ACTIVE.
+        self.lxfs = served if served != lxfs.ACTIVE else reports.get("lxfs")
         if not isinstance(reports.get("pid"), int) or "ready" not in reports:
             raise KiwiError("starting the container failed: its init did not report back")
         return reports["pid"]
 
-    def stage1(self, report, memfd: int) -> None:
+    def serve_limits(self, sock) -> str:
+        """Start the limits server (lxfs.py) on the connection stage 2 sent."""
+        from . import lxfs
+
+        fuse = lxfs.receive_connection(sock)
+        if fuse is None:
+            return "the container's init sent no FUSE connection"
+        try:
+            return lxfs.start_server(fuse, self.cgroup, spawn_helper)
+        finally:
+            os.close(fuse)  # the server holds it now; if it failed, stage 2 sees ENOTCONN
+
+    def stage1(self, report, memfd: int, sock) -> None:
         from . import proc
         from . import syscalls as sc
 
@@ -285,12 +310,12 @@ class Starter:
         sc.unshare(flags)
         pid = os.fork()
         if pid == 0:
-            proc.child_main(report, self.stage2, memfd)
+            proc.child_main(report, self.stage2, memfd, sock)
         report.send("pid", pid)
 
-    def stage2(self, report, memfd: int) -> None:
+    def stage2(self, report, memfd: int, sock) -> None:
         """PID 1 of the container, still Python: build the root, harden, exec init."""
-        from . import proc, rootfs, security
+        from . import lxfs, proc, rootfs, security
         from . import syscalls as sc
 
         os.setsid()
@@ -303,9 +328,13 @@ class Starter:
         else:
             rootfs.bind_to_itself(root)
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        limits = lxfs.mount_connection(str(self.rdir / "lxfs"), sock, report)
+        sock.close()
         if self.userns is not None:
             become_namespace_root()  # from here on, only paths beneath root_fd
         rootfs.mount_proc_sys_tmp(root_fd, host_sysfs=self.userns is not None and not self.separate_net)
+        if limits is not None:
+            lxfs.bind_files(limits, root_fd, report)
         rootfs.mount_dev(root_fd, bind_nodes=self.userns is not None)
         rootfs.enter_root(root_fd)
         os.close(root_fd)

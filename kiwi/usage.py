@@ -79,6 +79,8 @@ def inspect(store: Store, cid: str) -> dict:
         "mount": state.get("mount_target"),
         "init_pid": record.get("init_pid"),
         "started": record.get("started"),
+        # "active", or why free, nproc and uptime inside show the host's figures (lxfs.py)
+        "limits_inside": record.get("lxfs") if running else None,
         "usage": usage(store, cid, state),
         "pids": runtime.container_cgroup(store, cid).pids() if running else [],
         "sessions": container_sessions(store, cid) if running else [],

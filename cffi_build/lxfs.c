@@ -1,0 +1,795 @@
+/* kiwi-lxfs: a container's limits shown in its /proc and /sys (what lxcfs does for Incus).
+ *
+ * A tiny read-only FUSE server speaking the kernel protocol on /dev/fuse directly
+ * (no libfuse). Kiwi starts it on the host side, from a sealed memfd, with the
+ * connection the container's PID 1 mounted in the container's own mount namespace
+ * (kiwi/lxfs.py binds its files over /proc/meminfo, /proc/cpuinfo, /proc/stat,
+ * /proc/uptime and /sys/devices/system/cpu/online). It is never in the container's
+ * namespaces, only in its cgroup (accounted there, killed with it), and it ends
+ * when the container's mount namespace goes (the kernel aborts the connection).
+ *
+ *   kiwi-lxfs -v 1|2 -m MEMDIR -s CPUSETDIR -q CPUDIR -a CPUACCTDIR -p COUNT
+ *   fd 3: the /dev/fuse connection; fds 4 to 4+COUNT-1: cgroup.procs files to join
+ *
+ * Every file is opened once at start (before dropping to nobody) and re-read
+ * with pread at offset 0, which makes the kernel render it again. Each request
+ * is bounds-checked: a container process can send anything through the mount.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/fuse.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FUSE_FD 3
+#define FIRST_PROCS_FD 4
+#define REQUEST_MAX (64 * 1024 + 4096) /* > max_write + headers, >= FUSE_MIN_READ_BUFFER */
+#define READ_MAX (64 * 1024)          /* the most one READ reply carries */
+#define RENDER_MAX (4 * 1024 * 1024)  /* a rendered file (cpuinfo of a huge host) */
+#define SOURCE_MAX (4 * 1024 * 1024)  /* a host file read whole */
+#define NOBODY 65534
+#define CPU_MAX 4096
+
+enum { INO_ROOT = FUSE_ROOT_ID, INO_MEMINFO, INO_CPUINFO, INO_STAT, INO_UPTIME, INO_ONLINE, INO_END };
+
+static const char *const names[INO_END] = {
+    [INO_MEMINFO] = "meminfo", [INO_CPUINFO] = "cpuinfo", [INO_STAT] = "stat",
+    [INO_UPTIME] = "uptime",   [INO_ONLINE] = "online",
+};
+
+/* ------------------------------------------------------------------ sources */
+
+enum {
+    SRC_MEMINFO, SRC_CPUINFO, SRC_STAT, SRC_ONLINE,
+    SRC_MEM_LIMIT, SRC_MEM_USAGE, SRC_MEM_STAT, SRC_SWAP_LIMIT, SRC_SWAP_USAGE,
+    SRC_CPUSET, SRC_CPU_QUOTA, SRC_CPU_PERIOD, SRC_CPU_USAGE, SRC_END
+};
+static int src[SRC_END];
+static int cgroup_v2;
+
+struct buf { char *data; size_t len, cap; };
+
+static int buf_reserve(struct buf *b, size_t more)
+{
+    if (more > RENDER_MAX || b->len + more > RENDER_MAX)
+        return -1;
+    if (b->len + more + 1 <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + more + 1)
+        cap *= 2;
+    char *data = realloc(b->data, cap);
+    if (!data)
+        return -1;
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+static void buf_add(struct buf *b, const char *s, size_t n)
+{
+    if (buf_reserve(b, n) < 0)
+        return; /* too big: the file is cut short, never overrun */
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+    b->data[b->len] = 0;
+}
+
+static void buf_printf(struct buf *b, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        buf_add(b, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+}
+
+/* The whole file behind fd, read again from offset 0 (0-terminated; empty on error). */
+static void load(int fd, struct buf *b)
+{
+    b->len = 0;
+    if (buf_reserve(b, 4096) < 0)
+        return;
+    b->data[0] = 0;
+    if (fd < 0)
+        return;
+    for (;;) {
+        if (b->cap - b->len - 1 < 1024 && buf_reserve(b, b->cap) < 0)
+            break;
+        size_t room = b->cap - b->len - 1;
+        if (b->len + room > SOURCE_MAX)
+            room = SOURCE_MAX - b->len;
+        if (!room)
+            break;
+        ssize_t n = pread(fd, b->data + b->len, room, (off_t)b->len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        b->len += (size_t)n;
+    }
+    b->data[b->len] = 0;
+}
+
+/* A number file ("max" or -1-ish huge values mean no limit): UINT64_MAX. */
+static uint64_t read_number(int fd)
+{
+    static struct buf b;
+    load(fd, &b);
+    if (!b.len || !strncmp(b.data, "max", 3))
+        return UINT64_MAX;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(b.data, &end, 10);
+    if (errno || end == b.data || b.data[0] == '-')
+        return UINT64_MAX;
+    return v;
+}
+
+/* The number after "key<sep>" at the start of a line; 0 when absent. */
+static uint64_t field(const char *text, const char *key, char sep)
+{
+    size_t klen = strlen(key);
+    for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (!strncmp(p, key, klen) && p[klen] == sep)
+            return strtoull(p + klen + 1, NULL, 10);
+    }
+    return 0;
+}
+
+/* "key value" in a cgroup stat file. */
+static uint64_t stat_value(const char *text, const char *key) { return field(text, key, ' '); }
+
+/* "Key:   1234 kB" in /proc/meminfo, in kB. */
+static uint64_t meminfo_value(const char *text, const char *key) { return field(text, key, ':'); }
+
+/* ------------------------------------------------------------------ CPUs */
+
+/* The host CPUs the container sees, in order: its cpuset, cut to its quota. */
+static int container_cpus(int *cpus)
+{
+    static struct buf b;
+    load(src[SRC_CPUSET], &b);
+    int n = 0;
+    for (char *p = b.data; *p && *p != '\n' && n < CPU_MAX;) {
+        char *end;
+        long low = strtol(p, &end, 10), high = low;
+        if (end == p || low < 0)
+            break;
+        if (*end == '-') {
+            p = end + 1;
+            high = strtol(p, &end, 10);
+            if (end == p || high < low)
+                break;
+        }
+        for (long c = low; c <= high && n < CPU_MAX && c < CPU_MAX; c++)
+            cpus[n++] = (int)c;
+        p = *end == ',' ? end + 1 : end;
+    }
+    uint64_t quota, period;
+    if (cgroup_v2) {
+        static struct buf q;
+        load(src[SRC_CPU_QUOTA], &q);
+        char *end;
+        quota = strncmp(q.data, "max", 3) ? strtoull(q.data, &end, 10) : UINT64_MAX;
+        period = strncmp(q.data, "max", 3) ? strtoull(end, NULL, 10) : 0;
+    } else {
+        quota = read_number(src[SRC_CPU_QUOTA]);
+        period = read_number(src[SRC_CPU_PERIOD]);
+    }
+    if (quota != UINT64_MAX && period && period != UINT64_MAX) {
+        uint64_t whole = (quota + period - 1) / period;
+        if (whole < 1)
+            whole = 1;
+        if (whole < (uint64_t)n)
+            n = (int)whole;
+    }
+    return n;
+}
+
+static int host_cpu_count(void)
+{
+    static struct buf b;
+    load(src[SRC_STAT], &b);
+    int n = 0;
+    for (char *p = b.data; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+        if (!strncmp(p, "cpu", 3) && p[3] >= '0' && p[3] <= '9')
+            n++;
+    return n;
+}
+
+/* The CPUs to show, or 0 when they are all the host's (its file is then shown as it is). */
+static int limited_cpus(int *cpus)
+{
+    int n = container_cpus(cpus);
+    return n > 0 && n < host_cpu_count() ? n : 0;
+}
+
+/* Position of host CPU `cpu` among the shown ones, or -1. */
+static int shown_index(const int *cpus, int n, long cpu)
+{
+    for (int i = 0; i < n; i++)
+        if (cpus[i] == cpu)
+            return i;
+    return -1;
+}
+
+/* ------------------------------------------------------------------ rendering */
+
+static void render_passthrough(int fd, struct buf *out)
+{
+    load(fd, out);
+}
+
+/* memory.stat keys, v1 (hierarchical totals) and v2. */
+enum { ST_CACHE, ST_SHMEM, ST_ACTIVE_ANON, ST_INACTIVE_ANON, ST_ACTIVE_FILE, ST_INACTIVE_FILE, ST_MAPPED, ST_END };
+static const char *const stat_keys[2][ST_END] = {
+    {"total_cache", "total_shmem", "total_active_anon", "total_inactive_anon", "total_active_file",
+     "total_inactive_file", "total_mapped_file"},
+    {"file", "shmem", "active_anon", "inactive_anon", "active_file", "inactive_file", "file_mapped"},
+};
+
+static void render_meminfo(struct buf *out)
+{
+    static struct buf host, st;
+    load(src[SRC_MEMINFO], &host);
+    uint64_t limit = read_number(src[SRC_MEM_LIMIT]);
+    uint64_t host_total = meminfo_value(host.data, "MemTotal");
+    if (limit == UINT64_MAX || limit / 1024 >= host_total) {
+        render_passthrough(src[SRC_MEMINFO], out); /* no limit: the host's own figures */
+        return;
+    }
+    uint64_t total = limit / 1024, usage = read_number(src[SRC_MEM_USAGE]);
+    usage = usage == UINT64_MAX ? 0 : usage / 1024;
+    load(src[SRC_MEM_STAT], &st);
+    uint64_t m[ST_END];
+    for (int i = 0; i < ST_END; i++)
+        m[i] = stat_value(st.data, stat_keys[cgroup_v2][i]) / 1024;
+    uint64_t cache = m[ST_CACHE], shmem = m[ST_SHMEM];
+    uint64_t free = usage < total ? total - usage : 0;
+    uint64_t reclaimable = cache > shmem ? cache - shmem : 0;
+    uint64_t available = free + reclaimable < total ? free + reclaimable : total;
+
+    /* Swap: v1 memsw counts memory + swap, v2 swap.max swap alone; never above the host's. */
+    uint64_t host_swap = meminfo_value(host.data, "SwapTotal"), swap_total = host_swap, swap_used = 0;
+    uint64_t swap_limit = read_number(src[SRC_SWAP_LIMIT]), swap_usage = read_number(src[SRC_SWAP_USAGE]);
+    if (cgroup_v2) {
+        if (swap_limit != UINT64_MAX && swap_limit / 1024 < host_swap)
+            swap_total = swap_limit / 1024;
+        swap_used = swap_usage == UINT64_MAX ? 0 : swap_usage / 1024;
+    } else if (src[SRC_SWAP_LIMIT] >= 0) {
+        if (swap_limit != UINT64_MAX) {
+            uint64_t extra = swap_limit > limit ? (swap_limit - limit) / 1024 : 0;
+            swap_total = extra < host_swap ? extra : host_swap;
+        }
+        if (swap_usage != UINT64_MAX)
+            swap_used = swap_usage / 1024 > usage ? swap_usage / 1024 - usage : 0;
+    }
+    if (swap_used > swap_total)
+        swap_used = swap_total;
+
+    static const struct { const char *key; int slot; } shown[] = {
+        {"MemTotal", 0}, {"MemFree", 1}, {"MemAvailable", 2}, {"Buffers", 3}, {"Cached", 4},
+        {"SwapCached", 3}, {"Active", 5}, {"Inactive", 6}, {"Active(anon)", 7},
+        {"Inactive(anon)", 8}, {"Active(file)", 9}, {"Inactive(file)", 10}, {"Shmem", 11},
+        {"Mapped", 12}, {"SwapTotal", 13}, {"SwapFree", 14},
+    };
+    uint64_t value[] = {
+        total, free, available, 0, reclaimable, m[ST_ACTIVE_ANON] + m[ST_ACTIVE_FILE],
+        m[ST_INACTIVE_ANON] + m[ST_INACTIVE_FILE], m[ST_ACTIVE_ANON], m[ST_INACTIVE_ANON],
+        m[ST_ACTIVE_FILE], m[ST_INACTIVE_FILE], shmem, m[ST_MAPPED], swap_total, swap_total - swap_used,
+    };
+    out->len = 0;
+    buf_add(out, "", 0);
+    for (char *line = host.data; line && *line;) {
+        char *next = strchr(line, '\n');
+        size_t len = next ? (size_t)(next - line) + 1 : strlen(line);
+        char *colon = memchr(line, ':', len);
+        int replaced = 0;
+        for (size_t i = 0; colon && i < sizeof shown / sizeof shown[0]; i++) {
+            size_t klen = strlen(shown[i].key);
+            if ((size_t)(colon - line) == klen && !strncmp(line, shown[i].key, klen)) {
+                char key[32];
+                snprintf(key, sizeof key, "%s:", shown[i].key);
+                buf_printf(out, "%-15s %8llu kB\n", key, (unsigned long long)value[shown[i].slot]);
+                replaced = 1;
+                break;
+            }
+        }
+        if (!replaced)
+            buf_add(out, line, len);
+        line = next ? next + 1 : NULL;
+    }
+}
+
+static int shown[CPU_MAX]; /* the host CPUs shown, in order (limited_cpus) */
+
+/* The host's file (source) into host when the container has fewer CPUs than the host,
+ * their number returned; else the file as it is into out, and 0. */
+static int host_file_for_cpus(int source, struct buf *host, struct buf *out)
+{
+    int n = limited_cpus(shown);
+    load(src[source], n ? host : out);
+    return n;
+}
+
+/* /proc/stat: the shown CPUs' lines renumbered from 0, the "cpu" line their sum. */
+static void render_stat(struct buf *out)
+{
+    static struct buf host;
+    int n = host_file_for_cpus(SRC_STAT, &host, out);
+    if (!n)
+        return;
+    unsigned long long sum[10] = {0};
+    struct buf lines = {0};
+    buf_add(&lines, "", 0);
+    struct buf rest = {0};
+    buf_add(&rest, "", 0);
+    for (char *line = host.data; line && *line;) {
+        char *next = strchr(line, '\n');
+        size_t len = next ? (size_t)(next - line) + 1 : strlen(line);
+        if (!strncmp(line, "cpu", 3) && line[3] >= '0' && line[3] <= '9') {
+            char *end;
+            long cpu = strtol(line + 3, &end, 10);
+            int index = shown_index(shown, n, cpu);
+            if (index >= 0) {
+                unsigned long long f[10] = {0};
+                char *p = end;
+                for (int i = 0; i < 10; i++) {
+                    f[i] = strtoull(p, &end, 10);
+                    if (end == p)
+                        break;
+                    p = end;
+                    sum[i] += f[i];
+                }
+                buf_printf(&lines, "cpu%d %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu\n", index,
+                           f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]);
+            }
+        } else if (strncmp(line, "cpu ", 4)) {
+            buf_add(&rest, line, len);
+        }
+        line = next ? next + 1 : NULL;
+    }
+    out->len = 0;
+    buf_printf(out, "cpu  %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu\n", sum[0], sum[1], sum[2],
+               sum[3], sum[4], sum[5], sum[6], sum[7], sum[8], sum[9]);
+    buf_add(out, lines.data, lines.len);
+    buf_add(out, rest.data, rest.len);
+    free(lines.data);
+    free(rest.data);
+}
+
+/* /proc/cpuinfo: the shown CPUs' "processor" blocks, renumbered; other blocks as they are. */
+static void render_cpuinfo(struct buf *out)
+{
+    static struct buf host;
+    int n = host_file_for_cpus(SRC_CPUINFO, &host, out);
+    if (!n)
+        return;
+    out->len = 0;
+    buf_add(out, "", 0);
+    for (char *block = host.data; block && *block;) {
+        char *end = strstr(block, "\n\n");
+        size_t len = end ? (size_t)(end - block) + 2 : strlen(block);
+        if (!strncmp(block, "processor", 9)) {
+            char *colon = memchr(block, ':', len);
+            char *eol = memchr(block, '\n', len);
+            int index = colon && (!eol || colon < eol) ? shown_index(shown, n, strtol(colon + 1, NULL, 10)) : -1;
+            if (index >= 0) {
+                buf_printf(out, "processor\t: %d\n", index);
+                if (eol)
+                    buf_add(out, eol + 1, len - (size_t)(eol + 1 - block));
+            }
+        } else {
+            buf_add(out, block, len);
+        }
+        block = end ? end + 2 : NULL;
+    }
+}
+
+static struct timespec started; /* CLOCK_BOOTTIME: the container's uptime counts from here */
+static time_t started_at;        /* the files' times */
+
+static void render_uptime(struct buf *out)
+{
+    static int cpus[CPU_MAX];
+    struct timespec now;
+    clock_gettime(CLOCK_BOOTTIME, &now);
+    int64_t ms = (int64_t)(now.tv_sec - started.tv_sec) * 1000 + (now.tv_nsec - started.tv_nsec) / 1000000;
+    if (ms < 0)
+        ms = 0;
+    int n = container_cpus(cpus);
+    uint64_t used_ms;
+    if (cgroup_v2) {
+        static struct buf b;
+        load(src[SRC_CPU_USAGE], &b);
+        used_ms = stat_value(b.data, "usage_usec") / 1000;
+    } else {
+        uint64_t ns = read_number(src[SRC_CPU_USAGE]);
+        used_ms = ns == UINT64_MAX ? 0 : ns / 1000000;
+    }
+    uint64_t all_ms = (uint64_t)ms * (uint64_t)(n > 0 ? n : 1);
+    uint64_t idle_ms = all_ms > used_ms ? all_ms - used_ms : 0;
+    out->len = 0;
+    buf_printf(out, "%llu.%02llu %llu.%02llu\n", (unsigned long long)(ms / 1000),
+               (unsigned long long)(ms % 1000 / 10), (unsigned long long)(idle_ms / 1000),
+               (unsigned long long)(idle_ms % 1000 / 10));
+}
+
+static void render_online(struct buf *out)
+{
+    static int cpus[CPU_MAX];
+    int n = limited_cpus(cpus);
+    if (!n)
+        return render_passthrough(src[SRC_ONLINE], out);
+    out->len = 0;
+    if (n == 1)
+        buf_printf(out, "0\n");
+    else
+        buf_printf(out, "0-%d\n", n - 1);
+}
+
+/* The last rendering of each file: a read at offset 0 renders again, later
+ * offsets continue the same text (one reader's chunks stay consistent). */
+static struct buf rendered[INO_END];
+
+static struct buf *render(uint64_t ino)
+{
+    struct buf *out = &rendered[ino];
+    switch (ino) {
+    case INO_MEMINFO: render_meminfo(out); break;
+    case INO_CPUINFO: render_cpuinfo(out); break;
+    case INO_STAT: render_stat(out); break;
+    case INO_UPTIME: render_uptime(out); break;
+    case INO_ONLINE: render_online(out); break;
+    }
+    return out;
+}
+
+/* ------------------------------------------------------------------ the protocol */
+
+static void reply(uint64_t unique, int error, const void *data, size_t len)
+{
+    if (len > READ_MAX)
+        len = READ_MAX;
+    struct fuse_out_header header = {
+        .len = (uint32_t)(sizeof header + (error ? 0 : len)), .error = -error, .unique = unique,
+    };
+    static char out[sizeof(struct fuse_out_header) + READ_MAX];
+    memcpy(out, &header, sizeof header);
+    if (!error && len)
+        memcpy(out + sizeof header, data, len);
+    /* ENOENT: the request was interrupted meanwhile; nothing to do. */
+    while (write(FUSE_FD, out, header.len) < 0 && errno == EINTR)
+        ;
+}
+
+/* The size the kernel is told. Reads through the page cache (sendfile, as busybox cat
+ * does, even on a direct_io file) stop at it, and a short read lowers it to the real
+ * length: so it must never be below what a read returns. SIZE_SLACK covers a file
+ * that grows between this answer and the read. */
+#define SIZE_SLACK 512
+
+static uint64_t shown_size(uint64_t ino)
+{
+    return ino == INO_ROOT ? 0 : render(ino)->len + SIZE_SLACK;
+}
+
+static void fill_attr(uint64_t ino, struct fuse_attr *attr)
+{
+    memset(attr, 0, sizeof *attr);
+    attr->ino = ino;
+    attr->size = shown_size(ino);
+    attr->mode = ino == INO_ROOT ? S_IFDIR | 0555 : S_IFREG | 0444;
+    attr->nlink = ino == INO_ROOT ? 2 : 1;
+    attr->blksize = 4096;
+    attr->atime = attr->mtime = attr->ctime = (uint64_t)started_at;
+}
+
+static int valid_file(uint64_t ino) { return ino > INO_ROOT && ino < INO_END; }
+
+static void do_init(uint64_t unique, const char *body, size_t len)
+{
+    if (len < 8) /* major, minor */
+        return reply(unique, EPROTO, NULL, 0);
+    struct fuse_init_in in;
+    memset(&in, 0, sizeof in);
+    memcpy(&in, body, len < sizeof in ? len : sizeof in);
+    struct fuse_init_out out;
+    memset(&out, 0, sizeof out);
+    out.major = FUSE_KERNEL_VERSION;
+    out.minor = FUSE_KERNEL_MINOR_VERSION;
+    if (in.major != FUSE_KERNEL_VERSION) /* the kernel then offers its own major again */
+        return reply(unique, 0, &out, 8);
+    out.max_readahead = 0;
+    out.max_write = 4096;
+    out.max_background = 1;
+    out.congestion_threshold = 1;
+    out.time_gran = 1;
+    reply(unique, 0, &out, sizeof out);
+}
+
+static void do_lookup(uint64_t unique, uint64_t parent, const char *body, size_t len)
+{
+    if (parent != INO_ROOT || !len || memchr(body, 0, len) == NULL)
+        return reply(unique, ENOENT, NULL, 0);
+    for (uint64_t ino = INO_ROOT + 1; ino < INO_END; ino++) {
+        if (!strcmp(body, names[ino])) {
+            struct fuse_entry_out out;
+            memset(&out, 0, sizeof out);
+            out.nodeid = ino;
+            out.entry_valid = 3600;
+            out.attr_valid = 3600;
+            fill_attr(ino, &out.attr);
+            return reply(unique, 0, &out, sizeof out);
+        }
+    }
+    reply(unique, ENOENT, NULL, 0);
+}
+
+static void do_getattr(uint64_t unique, uint64_t ino)
+{
+    if (ino != INO_ROOT && !valid_file(ino))
+        return reply(unique, ENOENT, NULL, 0);
+    struct fuse_attr_out out;
+    memset(&out, 0, sizeof out);
+    out.attr_valid = 3600;
+    fill_attr(ino, &out.attr);
+    reply(unique, 0, &out, sizeof out);
+}
+
+/* Raise the kernel's size of an open file to its current length (a store of no data
+ * at that offset); the open then drops the page cache, as no FOPEN_KEEP_CACHE is given. */
+static void raise_size(uint64_t ino)
+{
+    struct {
+        struct fuse_out_header header;
+        struct fuse_notify_store_out store;
+    } notify;
+    memset(&notify, 0, sizeof notify);
+    notify.header.len = sizeof notify;
+    notify.header.error = FUSE_NOTIFY_STORE;
+    notify.store.nodeid = ino;
+    notify.store.offset = shown_size(ino);
+    while (write(FUSE_FD, &notify, sizeof notify) < 0 && errno == EINTR)
+        ;
+}
+
+static void do_open(uint64_t unique, uint64_t ino, const char *body, size_t len, int dir)
+{
+    if (len < sizeof(uint32_t) || (dir ? ino != INO_ROOT : !valid_file(ino)))
+        return reply(unique, dir ? ENOTDIR : EISDIR, NULL, 0);
+    uint32_t flags;
+    memcpy(&flags, body, sizeof flags);
+    if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC))
+        return reply(unique, EROFS, NULL, 0);
+    if (!dir)
+        raise_size(ino);
+    struct fuse_open_out out;
+    memset(&out, 0, sizeof out);
+    out.fh = ino;
+    out.open_flags = dir ? 0 : FOPEN_DIRECT_IO; /* size 0 on stat, whatever length on read */
+    reply(unique, 0, &out, sizeof out);
+}
+
+static void do_read(uint64_t unique, uint64_t ino, const char *body, size_t len)
+{
+    if (len < sizeof(struct fuse_read_in) || !valid_file(ino))
+        return reply(unique, EBADF, NULL, 0);
+    struct fuse_read_in in;
+    memcpy(&in, body, sizeof in);
+    struct buf *text = in.offset == 0 || !rendered[ino].data ? render(ino) : &rendered[ino];
+    size_t size = in.size < READ_MAX ? in.size : READ_MAX;
+    if (in.offset >= text->len)
+        return reply(unique, 0, NULL, 0);
+    size_t left = text->len - (size_t)in.offset;
+    reply(unique, 0, text->data + in.offset, left < size ? left : size);
+}
+
+static void do_readdir(uint64_t unique, uint64_t ino, const char *body, size_t len)
+{
+    if (len < sizeof(struct fuse_read_in) || ino != INO_ROOT)
+        return reply(unique, ENOTDIR, NULL, 0);
+    struct fuse_read_in in;
+    memcpy(&in, body, sizeof in);
+    static char out[4096];
+    size_t used = 0, size = in.size < sizeof out ? in.size : sizeof out;
+    /* Entry i is ".", "..", then the files; each dirent's off is the next entry's index. */
+    for (uint64_t i = in.offset; i < 2 + (INO_END - INO_ROOT - 1); i++) {
+        const char *name = i == 0 ? "." : i == 1 ? ".." : names[INO_ROOT + 1 + (i - 2)];
+        size_t namelen = strlen(name), entry = FUSE_DIRENT_ALIGN(FUSE_NAME_OFFSET + namelen);
+        if (used + entry > size)
+            break;
+        struct fuse_dirent *d = (struct fuse_dirent *)(out + used);
+        memset(d, 0, entry);
+        d->ino = i < 2 ? INO_ROOT : INO_ROOT + 1 + (i - 2);
+        d->off = i + 1;
+        d->namelen = (uint32_t)namelen;
+        d->type = i < 2 ? S_IFDIR >> 12 : S_IFREG >> 12;
+        memcpy(d->name, name, namelen);
+        used += entry;
+    }
+    reply(unique, 0, out, used);
+}
+
+static void do_statfs(uint64_t unique)
+{
+    struct fuse_statfs_out out;
+    memset(&out, 0, sizeof out);
+    out.st.bsize = out.st.frsize = 4096;
+    out.st.namelen = 255;
+    reply(unique, 0, &out, sizeof out);
+}
+
+static void serve(void)
+{
+    static char request[REQUEST_MAX] __attribute__((aligned(8)));
+    for (;;) {
+        ssize_t n = read(FUSE_FD, request, sizeof request);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN || errno == ENOENT)
+                continue;
+            _exit(errno == ENODEV ? 0 : 1); /* ENODEV: unmounted, the container is gone */
+        }
+        struct fuse_in_header header;
+        if ((size_t)n < sizeof header)
+            continue;
+        memcpy(&header, request, sizeof header);
+        if (header.len != (size_t)n)
+            continue;
+        const char *body = request + sizeof header;
+        size_t len = (size_t)n - sizeof header;
+        switch (header.opcode) {
+        case FUSE_INIT: do_init(header.unique, body, len); break;
+        case FUSE_LOOKUP: do_lookup(header.unique, header.nodeid, body, len); break;
+        case FUSE_GETATTR: do_getattr(header.unique, header.nodeid); break;
+        case FUSE_OPEN: do_open(header.unique, header.nodeid, body, len, 0); break;
+        case FUSE_OPENDIR: do_open(header.unique, header.nodeid, body, len, 1); break;
+        case FUSE_READ: do_read(header.unique, header.nodeid, body, len); break;
+        case FUSE_READDIR: do_readdir(header.unique, header.nodeid, body, len); break;
+        case FUSE_STATFS: do_statfs(header.unique); break;
+        case FUSE_RELEASE:
+        case FUSE_RELEASEDIR:
+        case FUSE_FLUSH: reply(header.unique, 0, NULL, 0); break;
+        case FUSE_FORGET:
+        case FUSE_BATCH_FORGET:
+        case FUSE_INTERRUPT: break; /* no reply is expected */
+        case FUSE_DESTROY: _exit(0);
+        default: reply(header.unique, ENOSYS, NULL, 0);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ start */
+
+static int open_in(const char *dir, const char *name)
+{
+    if (!dir)
+        return -1;
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
+        return -1;
+    return open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+}
+
+static void die(const char *what)
+{
+    dprintf(2, "kiwi-lxfs: %s: %s\n", what, strerror(errno));
+    _exit(1);
+}
+
+/* Where each source is: a host path, or a file in one of the cgroup folders (v1, v2). */
+enum { HOST, MEM, CPUSET, CPU, CPUACCT };
+static const struct { int slot, dir; const char *v1, *v2; } sources[] = {
+    {SRC_MEMINFO, HOST, "/proc/meminfo", "/proc/meminfo"},
+    {SRC_CPUINFO, HOST, "/proc/cpuinfo", "/proc/cpuinfo"},
+    {SRC_STAT, HOST, "/proc/stat", "/proc/stat"},
+    {SRC_ONLINE, HOST, "/sys/devices/system/cpu/online", "/sys/devices/system/cpu/online"},
+    {SRC_MEM_LIMIT, MEM, "memory.limit_in_bytes", "memory.max"},
+    {SRC_MEM_USAGE, MEM, "memory.usage_in_bytes", "memory.current"},
+    {SRC_MEM_STAT, MEM, "memory.stat", "memory.stat"},
+    {SRC_SWAP_LIMIT, MEM, "memory.memsw.limit_in_bytes", "memory.swap.max"},
+    {SRC_SWAP_USAGE, MEM, "memory.memsw.usage_in_bytes", "memory.swap.current"},
+    {SRC_CPUSET, CPUSET, "cpuset.effective_cpus", "cpuset.cpus.effective"},
+    {SRC_CPU_QUOTA, CPU, "cpu.cfs_quota_us", "cpu.max"},
+    {SRC_CPU_PERIOD, CPU, "cpu.cfs_period_us", NULL},
+    {SRC_CPU_USAGE, CPUACCT, "cpuacct.usage", "cpu.stat"},
+};
+
+static void open_sources(const char *dirs[])
+{
+    for (size_t i = 0; i < sizeof sources / sizeof sources[0]; i++) {
+        const char *name = cgroup_v2 ? sources[i].v2 : sources[i].v1;
+        int fd = -1;
+        if (name && sources[i].dir == HOST)
+            fd = open(name, O_RDONLY | O_CLOEXEC);
+        else if (name)
+            fd = open_in(dirs[sources[i].dir], name);
+        src[sources[i].slot] = fd;
+    }
+    if (src[SRC_CPUSET] < 0 && !cgroup_v2) /* v1 without effective_cpus */
+        src[SRC_CPUSET] = open_in(dirs[CPUSET], "cpuset.cpus");
+    const int required[] = {SRC_MEMINFO, SRC_CPUINFO, SRC_STAT, SRC_MEM_LIMIT, SRC_MEM_USAGE,
+                            SRC_MEM_STAT, SRC_CPUSET};
+    for (size_t i = 0; i < sizeof required / sizeof required[0]; i++)
+        if (src[required[i]] < 0)
+            die("cannot open the host's /proc or the container's cgroup files");
+}
+
+/* Join the container's cgroup (accounted and killed with it); close every other fd
+ * that came along (nothing of kiwi's, e.g. a launcher's lock, outlives it here). */
+static void join_cgroup(int count)
+{
+    for (int fd = FIRST_PROCS_FD; fd < FIRST_PROCS_FD + count; fd++) {
+        if (write(fd, "0", 1) != 1)
+            die("cannot join the container's cgroup");
+        close(fd);
+    }
+    if (syscall(SYS_close_range, FIRST_PROCS_FD, ~0U, 0) < 0)
+        for (int fd = FIRST_PROCS_FD; fd < 1024; fd++)
+            close(fd);
+}
+
+/* Become nobody, unable to fork: from here on only the files already open are read. */
+static void confine(void)
+{
+    struct rlimit none = {0, 0};
+    if (setgroups(0, NULL) < 0 || setresgid(NOBODY, NOBODY, NOBODY) < 0 ||
+        setresuid(NOBODY, NOBODY, NOBODY) < 0)
+        die("cannot drop privileges");
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 || setrlimit(RLIMIT_NPROC, &none) < 0 ||
+        setrlimit(RLIMIT_CORE, &none) < 0)
+        die("cannot confine itself");
+}
+
+#define DIR_OPTIONS "msqa" /* -m MEM, -s CPUSET, -q CPU, -a CPUACCT folders, in enum order */
+
+int main(int argc, char **argv)
+{
+    const char *dirs[CPUACCT + 1] = {NULL};
+    int procs = 0;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        const char *option = argv[i], *value = argv[i + 1];
+        if (!strcmp(option, "-v"))
+            cgroup_v2 = !strcmp(value, "2");
+        else if (!strcmp(option, "-p"))
+            procs = atoi(value);
+        else if (option[0] == '-' && option[1] && !option[2] && strchr(DIR_OPTIONS, option[1]))
+            dirs[MEM + (strchr(DIR_OPTIONS, option[1]) - DIR_OPTIONS)] = value;
+    }
+    if (fcntl(FUSE_FD, F_GETFD) < 0)
+        die("no FUSE connection on fd 3");
+    clock_gettime(CLOCK_BOOTTIME, &started);
+    started_at = time(NULL);
+    signal(SIGPIPE, SIG_IGN);
+    if (chdir("/") < 0)
+        die("cannot change to /");
+    join_cgroup(procs); /* first: the sources get the fds after the cgroup.procs ones */
+    open_sources(dirs);
+    setsid();
+    /* Kiwi waits for this process; the server goes on in a child it never waits for. */
+    pid_t pid = fork();
+    if (pid < 0)
+        die("cannot fork");
+    if (pid > 0)
+        _exit(0);
+    dup2(0, 2); /* /dev/null: kiwi reads our stderr to its end, i.e. until the parent exits */
+    confine();
+    serve();
+    return 0;
+}

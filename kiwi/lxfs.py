@@ -1,0 +1,155 @@
+"""Limits visible inside a container (what lxcfs does for Incus): `free`, /proc/meminfo,
+/proc/cpuinfo, /proc/stat, `nproc --all`/`getconf _NPROCESSORS_ONLN` and `uptime` show
+the container's memory limit and usage, its CPUs and its own uptime, live.
+
+kiwi-lxfs (cffi_build/lxfs.c) is a tiny read-only FUSE server. The container's
+PID 1, while it builds the root (runtime.Starter.stage2), opens /dev/fuse in the
+container's user namespace, mounts the connection in its own mount namespace,
+hands the connection to kiwi over a socket and binds the server's files over
+the /proc and /sys ones. Kiwi starts the server on the host side from a sealed
+memfd (never a host file the container could reach), in the container's cgroup
+only: no namespace of the container, so nothing inside can see or join it. The
+server ends when the container's mount namespace goes (the kernel aborts the
+connection) or with the cgroup. Without FUSE the container starts anyway and
+`kiwi inspect` says why its files are the host's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from . import syscalls as sc
+
+NAME = "kiwi-lxfs"
+# The server's file -> the path it covers beneath the container's root.
+FILES = (
+    ("meminfo", "proc/meminfo"),
+    ("cpuinfo", "proc/cpuinfo"),
+    ("stat", "proc/stat"),
+    ("uptime", "proc/uptime"),
+    ("online", "sys/devices/system/cpu/online"),
+)
+ACTIVE = "active"
+
+
+# --- in the container's PID 1, before its root is sealed ------------------------------
+
+
+def mount_connection(mountpoint: str, sock, report) -> int | None:
+    """Mount a new FUSE connection on mountpoint (in this mount namespace) and send it to
+    kiwi; returns an O_PATH fd of the mount's root, or None (reported) when this
+    kernel or machine has no FUSE. Call it in the user namespace the mount belongs to:
+    the kernel refuses a /dev/fuse opened elsewhere."""
+    try:
+        fuse = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        report.send("lxfs", f"no FUSE on this host (/dev/fuse: {e.strerror})")
+        return None
+    try:
+        options = f"fd={fuse},rootmode=40000,user_id=0,group_id=0,allow_other"
+        flags = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+        try:
+            sc.mount(NAME, mountpoint, "fuse", flags, options)
+        except OSError as e:
+            report.send("lxfs", f"cannot mount FUSE here ({e.strerror})")
+            return None
+        # Before anything looks into the mount: the server must be running to answer.
+        import socket
+
+        socket.send_fds(sock, [b"F"], [fuse])
+        report.send("lxfs", ACTIVE)
+    finally:
+        os.close(fuse)  # the server's copy alone keeps the connection
+    return os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def bind_files(server_root: int, root_fd: int, report) -> None:
+    """Bind the server's files over their /proc and /sys paths beneath root_fd (/proc and
+    /sys mounted there). When the server does not answer, the container keeps the host's
+    files (reported) instead of failing to start."""
+    from .rootfs import open_in_root
+
+    bound = []
+    try:
+        for name, target in FILES:
+            try:
+                destination = open_in_root(root_fd, target)
+            except FileNotFoundError:
+                continue  # e.g. no /sys/devices/system/cpu/online on this kernel
+            try:
+                source = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=server_root)
+                try:
+                    sc.mount(f"/proc/self/fd/{source}", f"/proc/self/fd/{destination}", None, sc.MS_BIND)
+                    bound.append(os.dup(destination))
+                finally:
+                    os.close(source)
+            finally:
+                os.close(destination)
+    except OSError as e:
+        for fd in bound:
+            with contextlib.suppress(OSError):
+                sc.umount(f"/proc/self/fd/{fd}", sc.MNT_DETACH)
+        report.send("lxfs", f"its server did not answer ({e.strerror})")
+    finally:
+        for fd in bound:
+            os.close(fd)
+        os.close(server_root)
+
+
+# --- on the host side ----------------------------------------------------------------
+
+
+def receive_connection(sock) -> int | None:
+    """The FUSE connection the container's PID 1 sent (None if it died first)."""
+    import socket
+
+    try:
+        _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+    except OSError:
+        return None
+    for extra in fds[1:]:
+        os.close(extra)
+    return fds[0] if fds else None
+
+
+def server_argv(cgroup, procs: int) -> list[str]:
+    """Where the server reads the container's memory and CPU figures; procs: how many
+    cgroup.procs fds it gets to join."""
+    argv = [NAME, "-v", "2" if cgroup.version == "v2" else "1", "-p", str(procs)]
+    for option, controller in (("-m", "memory"), ("-s", "cpuset"), ("-q", "cpu"), ("-a", "cpuacct")):
+        directory = cgroup.path(controller)
+        if directory is not None:
+            argv += [option, str(directory)]
+    return argv
+
+
+def start_server(fuse: int, cgroup, spawn_helper) -> str:
+    """Start kiwi-lxfs on the connection; returns ACTIVE or why it could not start.
+
+    The helper joins the cgroup (its CPU and memory are the container's, and stop
+    kills it with the rest), forks the server and exits; we wait only for that."""
+    from . import security
+    from .proc import read_to_end, wait_exit_code
+
+    opened = []
+    try:
+        memfd = security.helper_memfd(NAME)
+        opened.append(memfd)
+        procs = cgroup.open_procs_files()
+        opened += procs
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        opened.append(null)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        opened += [err_r, err_w]
+        pid = spawn_helper(memfd, [null, null, err_w, fuse, *procs], server_argv(cgroup, len(procs)), {})
+        opened.remove(err_w)
+        os.close(err_w)
+        message = read_to_end(err_r).decode(errors="replace").strip()
+        status = wait_exit_code(pid)
+    finally:
+        for fd in opened:
+            os.close(fd)
+    if status != 0:
+        return f"its server failed: {message or f'exit status {status}'}"
+    return ACTIVE
