@@ -1,7 +1,6 @@
-"""Limits visible inside (issue 17 item 11), the part Kiwi shows today: nproc follows
---cpu through the cpuset, df follows --storage through the container's own ext4.
-(free, /proc/meminfo, /proc/cpuinfo and uptime still show the host's: see
-docs/ARCHITECTURE.md, "Limits seen from inside".)"""
+"""Limits visible inside (issue 17 item 11), the kernel's part: nproc follows --cpu
+through the cpuset, df follows --storage through the container's own ext4.
+(/proc/meminfo, cpuinfo, stat, uptime and cpu/online: test_limits_inside.py.)"""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 
 BOTH_MODES = True
@@ -191,3 +192,24 @@ def test_hostile_root_inside(kiwi, busybox):
         assert f.readline().split(":")[0] == host_before.split(":")[0]
     kiwi("stop", cid)
     assert_no_server_left(pids)
+
+
+def test_starts_without_fuse(kiwi, busybox):
+    """A host whose /dev/fuse is no FUSE device (here /dev/null bound over it, in a mount
+    namespace of this start only): the container starts with the host's files, and
+    inspect says why."""
+    cid = kiwi.create(busybox, "--memory", "256M")
+    script = 'mount --bind /dev/null /dev/fuse && exec "$@"'
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *kiwi.cmd, "start", cid],
+        env=kiwi.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    reason = inspect(kiwi, cid)["limits_inside"]
+    assert reason.startswith("cannot mount FUSE here"), reason
+    assert meminfo(kiwi, cid)["MemTotal"] == host_meminfo()["MemTotal"]
+    assert server_pids(kiwi, cid) == []
+    kiwi("stop", cid)
