@@ -8,12 +8,13 @@
  * namespaces, only in its cgroup (accounted there, killed with it), and it ends
  * when the container's mount namespace goes (the kernel aborts the connection).
  *
- *   kiwi-lxfs -v 1|2 -m MEMDIR -s CPUSETDIR -q CPUDIR -a CPUACCTDIR -p COUNT
+ *   kiwi-lxfs -v 1|2 -m MEMDIR -s CPUSETDIR -q CPUDIR -a CPUACCTDIR -p COUNT -u UID
  *   fd 3: the /dev/fuse connection; fds 4 to 4+COUNT-1: cgroup.procs files to join
  *
  * Every file is opened once at start (before dropping to nobody) and re-read
  * with pread at offset 0, which makes the kernel render it again. Each request
  * is bounds-checked: a container process can send anything through the mount.
+ * UID: the ids it then runs as (no host account's: the container's own nobody).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -40,7 +41,7 @@
 #define READ_MAX (64 * 1024)          /* the most one READ reply carries */
 #define RENDER_MAX (4 * 1024 * 1024)  /* a rendered file (cpuinfo of a huge host) */
 #define SOURCE_MAX (4 * 1024 * 1024)  /* a host file read whole */
-#define NOBODY 65534
+#define NOBODY 65534 /* the default -u */
 #define CPU_MAX 4096
 
 enum { INO_ROOT = FUSE_ROOT_ID, INO_MEMINFO, INO_CPUINFO, INO_STAT, INO_UPTIME, INO_ONLINE, INO_END };
@@ -745,12 +746,11 @@ static void join_cgroup(int count)
             close(fd);
 }
 
-/* Become nobody, unable to fork: from here on only the files already open are read. */
-static void confine(void)
+/* Become uid (and gid) `id`, unable to fork: from here on only the files already open are read. */
+static void confine(uid_t id)
 {
     struct rlimit none = {0, 0};
-    if (setgroups(0, NULL) < 0 || setresgid(NOBODY, NOBODY, NOBODY) < 0 ||
-        setresuid(NOBODY, NOBODY, NOBODY) < 0)
+    if (setgroups(0, NULL) < 0 || setresgid(id, id, id) < 0 || setresuid(id, id, id) < 0)
         die("cannot drop privileges");
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 || setrlimit(RLIMIT_NPROC, &none) < 0 ||
         setrlimit(RLIMIT_CORE, &none) < 0)
@@ -763,12 +763,15 @@ int main(int argc, char **argv)
 {
     const char *dirs[CPUACCT + 1] = {NULL};
     int procs = 0;
+    uid_t id = NOBODY;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *option = argv[i], *value = argv[i + 1];
         if (!strcmp(option, "-v"))
             cgroup_v2 = !strcmp(value, "2");
         else if (!strcmp(option, "-p"))
             procs = atoi(value);
+        else if (!strcmp(option, "-u") && atol(value) > 0)
+            id = (uid_t)atol(value);
         else if (option[0] == '-' && option[1] && !option[2] && strchr(DIR_OPTIONS, option[1]))
             dirs[MEM + (strchr(DIR_OPTIONS, option[1]) - DIR_OPTIONS)] = value;
     }
@@ -789,7 +792,7 @@ int main(int argc, char **argv)
     if (pid > 0)
         _exit(0);
     dup2(0, 2); /* /dev/null: kiwi reads our stderr to its end, i.e. until the parent exits */
-    confine();
+    confine(id);
     serve();
     return 0;
 }

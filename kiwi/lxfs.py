@@ -113,10 +113,10 @@ def receive_connection(sock) -> int | None:
     return fds[0] if fds else None
 
 
-def server_argv(cgroup, procs: int) -> list[str]:
+def server_argv(cgroup, procs: int, uid: int) -> list[str]:
     """Where the server reads the container's memory and CPU figures; procs: how many
-    cgroup.procs fds it gets to join."""
-    argv = [NAME, "-v", "2" if cgroup.version == "v2" else "1", "-p", str(procs)]
+    cgroup.procs fds it gets to join; uid: the ids it then runs as."""
+    argv = [NAME, "-v", "2" if cgroup.version == "v2" else "1", "-p", str(procs), "-u", str(uid)]
     for option, controller in (("-m", "memory"), ("-s", "cpuset"), ("-q", "cpu"), ("-a", "cpuacct")):
         directory = cgroup.path(controller)
         if directory is not None:
@@ -124,7 +124,17 @@ def server_argv(cgroup, procs: int) -> list[str]:
     return argv
 
 
-def start_server(fuse: int, cgroup, spawn_helper) -> str:
+def server_uid(idmap_base: int | None) -> int:
+    """The container's own nobody (host id <base>+65534): no host account, and the processes
+    that have it are in the container's PID namespace, where the server is not. A privileged
+    container has no id block: the host's nobody."""
+    return NOBODY if idmap_base is None else idmap_base + NOBODY
+
+
+NOBODY = 65534
+
+
+def start_server(fuse: int, cgroup, spawn_helper, uid: int) -> str:
     """Start kiwi-lxfs on the connection; returns ACTIVE or why it could not start.
 
     The helper joins the cgroup (its CPU and memory are the container's, and stop
@@ -142,7 +152,7 @@ def start_server(fuse: int, cgroup, spawn_helper) -> str:
         opened.append(null)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         opened += [err_r, err_w]
-        pid = spawn_helper(memfd, [null, null, err_w, fuse, *procs], server_argv(cgroup, len(procs)), {})
+        pid = spawn_helper(memfd, [null, null, err_w, fuse, *procs], server_argv(cgroup, len(procs), uid), {})
         opened.remove(err_w)
         os.close(err_w)
         message = read_to_end(err_r).decode(errors="replace").strip()

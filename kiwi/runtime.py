@@ -286,13 +286,14 @@ class Starter:
 
     def serve_limits(self, sock) -> str:
         """Start the limits server (lxfs.py) on the connection stage 2 sent."""
-        from . import lxfs
+        from . import idmap, lxfs
 
         fuse = lxfs.receive_connection(sock)
         if fuse is None:
             return "the container's init sent no FUSE connection"
         try:
-            return lxfs.start_server(fuse, self.cgroup, spawn_helper)
+            uid = lxfs.server_uid(idmap.base_of(self.config))
+            return lxfs.start_server(fuse, self.cgroup, spawn_helper, uid)
         finally:
             os.close(fuse)  # the server holds it now; if it failed, stage 2 sees ENOTCONN
 
