@@ -63,6 +63,7 @@ class Server:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(control_path(self.store))  # a dead server's (the starter holds the lock)
         self.control = proto.listen(control_path(self.store))
+        self.control_inode = os.stat(control_path(self.store)).st_ino
 
     # --- main loop ---
     def run(self) -> None:
@@ -149,7 +150,8 @@ class Server:
     def close_control(self) -> None:
         self.control.close()
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(control_path(self.store))
+            if os.stat(control_path(self.store)).st_ino == self.control_inode:  # ours, not a successor's
+                os.unlink(control_path(self.store))
 
     # --- connections ---
     def accept_control(self) -> None:
