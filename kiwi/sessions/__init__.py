@@ -1,10 +1,12 @@
-"""Managed sessions: a daemon on the host owns the PTY of a shell inside the
-container; clients attach and detach through a root-only Unix socket.
+"""Managed sessions: one session server per data folder (the tmux model) owns the
+PTY of every session's shell inside its container; clients attach and detach
+through each session's root-only Unix socket.
 
   records.py  files, ids, lookup, liveness and state of a session
   proto.py    the framed protocol and its Unix socket
   tty.py      detach key, window size, what a replay leaves out
-  daemon.py   the daemon (started by client.new_session)
+  server.py   the session server: control socket, start on demand, one poll loop
+  session.py  one session in it: PTY master, ring, log, its socket and client
   client.py   attach to a new or an existing session
   manage.py   list, kill, delete; stop_all and cleanup for stop and `kiwi cleanup`
 """

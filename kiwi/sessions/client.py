@@ -15,8 +15,8 @@ from ..errors import KiwiError, exit_code_for_signal
 from ..stdio import RawTerminal, SignalPipe, terminal_size, write_all
 from ..store import Store
 from . import proto
-from .daemon import start_daemon
 from .records import REQUEST_TIMEOUT, find_session, new_session_id, socket_path, usable_record
+from .server import create_session
 from .tty import parse_detach_key, window_size
 
 
@@ -190,13 +190,13 @@ class Attachment:
 def new_session(
     store: Store, cid: str, detach_key: str = "ctrl-\\", argv=None, exec_options=None
 ) -> Attachment:
-    """Start a session daemon running argv (the container's shell when None; the session ends
+    """Have the session server start a session running argv (the container's shell when None; the session ends
     when it ends); enter the result to greet it."""
     key = parse_detach_key(detach_key)
     sid = new_session_id(store, cid)
     term = os.environ.get("TERM") or None
     size = window_size()
-    start_daemon(store, cid, sid, term, size, (argv, exec_options))
+    create_session(store, cid, sid, term, size, (argv, exec_options))
     sock = proto.connect(socket_path(store, cid, sid), REQUEST_TIMEOUT)
     if sock is None:
         raise KiwiError(f"session {sid} started but does not accept connections; see kiwi sessions {cid}")

@@ -13,13 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import time
 
 from .. import runstate
 from ..errors import KiwiError
 from ..store import Store
-from . import proto
+from . import proto, server
 from .records import (
     KILL_GRACE,
     REQUEST_TIMEOUT,
@@ -38,7 +36,7 @@ from .records import (
     sessions_dir,
 )
 
-STOP_GRACE = 3.0  # stop_all: SIGTERM to daemons, SIGKILL after this
+STOP_GRACE = 3.0  # stop_all: the session server's answer, SIGKILL to the shells after this
 
 
 def list_sessions(store: Store, cid: str) -> list[dict]:
@@ -85,29 +83,20 @@ def delete(store: Store, cid: str, sid: str) -> None:
 
 
 def stop_all(store: Store, cid: str) -> None:
-    """End every session daemon of the container (SIGTERM, then SIGKILL) and remove their files."""
-    daemons = []
-    for sid in session_ids(store, cid):
-        record = read_record(record_path(store, cid, sid))
-        if record and daemon_alive(record):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(record["daemon_pid"], signal.SIGTERM)
-            daemons.append(record)
-    deadline = time.monotonic() + STOP_GRACE
-    while any(daemon_alive(r) for r in daemons) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    for record in daemons:
-        if daemon_alive(record):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(record["daemon_pid"], signal.SIGKILL)
+    """End every session of the container (the session server hangs up their shells,
+    SIGKILL for what is left) and remove their files."""
+    records = [r for sid in session_ids(store, cid) if (r := read_record(record_path(store, cid, sid)))]
+    if any(daemon_alive(r) for r in records):
+        server.stop_container(store, cid, STOP_GRACE)
+    for record in records:
         kill_leftovers(record)
     shutil.rmtree(sessions_dir(store, cid), ignore_errors=True)
 
 
 def cleanup(store: Store) -> list[str]:
-    """Remove what crashed daemons left: records and sockets without a live daemon,
-    and every session file of a container that is not running."""
-    removed = []
+    """Remove what a crashed session server left: records and sockets without a live
+    server, its control socket, and every session file of a container that is not running."""
+    removed = [line] if (line := server.remove_stale_control(store)) else []
     for cid in containers_with_runtime(store):
         running = runstate.read_runtime(store, cid) is not None
         for sid in session_ids(store, cid):

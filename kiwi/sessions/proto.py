@@ -11,6 +11,11 @@ A connection starts with one request frame from the client:
                                           DETACH/EXIT from the daemon; or REFUSED
   STATUS                               -> STATUS {"attached", "foreground"}
   KILL                                 -> EXIT (status) once the shell has ended
+
+On the session server's control socket (server.py), from kiwi's own commands:
+  CREATE {"container", "session", ...} -> ANSWER {"kind": "ok"} once the session's
+                                          socket listens, or the error as proc reports it
+  STOP   {"container"}                 -> ANSWER once every session of it has ended
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import socket
 import struct
 from pathlib import Path
 
-HELLO, REPLAY, DATA, RESIZE, DETACH, EXIT, REFUSED, STATUS, KILL = range(1, 10)
+HELLO, REPLAY, DATA, RESIZE, DETACH, EXIT, REFUSED, STATUS, KILL, CREATE, STOP, ANSWER = range(1, 13)
 NAMES = {
     HELLO: "HELLO",
     REPLAY: "REPLAY",
@@ -33,6 +38,9 @@ NAMES = {
     REFUSED: "REFUSED",
     STATUS: "STATUS",
     KILL: "KILL",
+    CREATE: "CREATE",
+    STOP: "STOP",
+    ANSWER: "ANSWER",
 }
 
 HEADER = struct.Struct(">BI")

@@ -2,11 +2,12 @@
 their processes are still the ones recorded.
 
 Files, all in kiwi-data/mounts/<id>/sessions/ (0700; removed when the container stops):
-  <sid>.json   id, container, created, command, daemon pid, shell relay pid
+  <sid>.json   id, container, created, command, daemon pid (the session server,
+               server.py), relay pid (kiwi-exec, the server's child), shell pid
                (atomic writes; pids carry start times so a recycled pid is never trusted)
-  <sid>.sock   the daemon's socket (0600; a peer must also be uid 0 by SO_PEERCRED)
-Recent output for replay lives in the daemon's memory (a 64 KiB ring); all of it
-also goes to a bounded log beside the container's config (see log.py).
+  <sid>.sock   the session's socket (0600; a peer must also be uid 0 by SO_PEERCRED)
+Recent output for replay lives in the server's memory (a 64 KiB ring per session);
+all of it also goes to a bounded log beside the container's config (see log.py).
 """
 
 from __future__ import annotations

@@ -159,8 +159,10 @@ def test_kill_delete_and_running_state(kiwi, terminals, busybox):
     time.sleep(0.5)
     detach(busy, busy_sid)
     assert states(kiwi, cid) == {first_sid: "idle", busy_sid: "running"}
-    first_pids = [record(kiwi, cid, first_sid)[k] for k in ("daemon_pid", "shell_pid")]
-    busy_pids = [record(kiwi, cid, busy_sid)[k] for k in ("daemon_pid", "shell_pid")]
+    # One session server serves both: a session's own processes are its relay and shell.
+    assert record(kiwi, cid, first_sid)["daemon_pid"] == record(kiwi, cid, busy_sid)["daemon_pid"]
+    first_pids = [record(kiwi, cid, first_sid)[k] for k in ("relay_pid", "shell_pid")]
+    busy_pids = [record(kiwi, cid, busy_sid)[k] for k in ("relay_pid", "shell_pid")]
 
     assert kiwi.out("sessions", cid, "--kill", first_sid) == f"killed session {first_sid}"
     wait_gone(first_pids)
@@ -277,8 +279,9 @@ def test_crashed_daemon_is_cleaned_up(kiwi, terminals, busybox):
     detach(child, sid)
     crashed, crashed_sid = open_session(terminals, kiwi, cid)
     detach(crashed, crashed_sid)
-    for s in (sid, crashed_sid):
-        os.kill(record(kiwi, cid, s)["daemon_pid"], signal.SIGKILL)
+    servers = {record(kiwi, cid, s)["daemon_pid"] for s in (sid, crashed_sid)}
+    assert len(servers) == 1  # one session server for both
+    os.kill(servers.pop(), signal.SIGKILL)
     shells = [record(kiwi, cid, s)["shell_pid"] for s in (sid, crashed_sid)]
     assert states(kiwi, cid) == {sid: "dead", crashed_sid: "dead"}
 

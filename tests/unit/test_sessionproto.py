@@ -56,7 +56,7 @@ def test_an_oversize_length_is_refused_from_the_header_alone(length):
         FrameReader().feed(HEADER.pack(DATA, length))
 
 
-@pytest.mark.parametrize("kind", [0, 10, 255])
+@pytest.mark.parametrize("kind", [0, 13, 255])
 def test_an_unknown_type_is_refused(kind):
     with pytest.raises(ProtocolError, match=f"type {kind}"):
         FrameReader().feed(proto.pack(DATA, b"ok") + HEADER.pack(kind, 0))
