@@ -220,10 +220,11 @@ def delete_link(name: str) -> None:
 # -- veth pairs --------------------------------------------------------------------------
 
 
-def attach_container(cid: str, ipv4: str, netns_pid: int, folder_id: str) -> str:
+def attach_container(cid: str, ipv4: str, netns_pid: int, folder_id: str, filtered: bool = False) -> str:
     """Give the network namespace of `netns_pid` an eth0 on the bridge; returns the host veth.
 
-    The veth joins the bridge only after its anti-spoofing chain is in place."""
+    The veth joins the bridge only after its anti-spoofing chain is in place
+    (filtered: ensure_nat installed it already, see container_port_filter)."""
     bridge, subnet = bridge_name(), ipam.subnet()
     host = veth_name(cid, folder_id)
     if ipaddress.ip_address(ipv4) not in subnet:
@@ -241,7 +242,8 @@ def attach_container(cid: str, ipv4: str, netns_pid: int, folder_id: str) -> str
         try:
             host_index = link_index(nl, host)
             netlink.set_link(nl, host_index, alias=OWNER_ALIAS_PREFIX + owner_tag(folder_id, cid))
-            allow_only_own_addresses(bridge, host, container_mac(ipv4), ipv4, owner_tag(folder_id, cid))
+            if not filtered:
+                allow_only_own_addresses(bridge, host, container_mac(ipv4), ipv4, owner_tag(folder_id, cid))
             netlink.set_link(nl, host_index, up=True, master=bridge_index)
             configure_container_side(netns_pid, ipv4, subnet)
         except BaseException as e:
@@ -348,6 +350,13 @@ def port_ruleset(bridge: str, host: str, mac: str, ipv4: str, owner: str) -> str
     )
 
 
+def container_port_filter(cid: str, ipv4: str, folder_id: str) -> str:
+    """The container's anti-spoofing chain, for ensure_nat to install in its own nft run
+    (one nft process per start instead of two)."""
+    owner = owner_tag(folder_id, cid)
+    return port_ruleset(bridge_name(), veth_name(cid, folder_id), container_mac(ipv4), ipv4, owner)
+
+
 def allow_only_own_addresses(bridge: str, host: str, mac: str, ipv4: str, owner: str) -> None:
     nft = find_nft()
     if not nft:
@@ -404,13 +413,17 @@ def enable_ip_forward() -> None:
         f.write("1\n")
 
 
-def ensure_nat() -> str | None:
-    """Forwarding and masquerading for the subnet; returns a warning when impossible."""
+def ensure_nat(port_filter: str = "") -> str | None:
+    """Forwarding and masquerading for the subnet; returns a warning when impossible.
+    port_filter (container_port_filter) goes into the same transaction: it is in
+    place exactly when no warning is returned."""
     bridge, subnet = bridge_name(), ipam.subnet()
     enable_ip_forward()
     nft, iptables = find_nft(), find_iptables()
     if nft:
-        result = run([nft, "-f", "-"], nft_ruleset(bridge, subnet) + spoof_filter_ruleset(bridge))
+        result = run(
+            [nft, "-f", "-"], nft_ruleset(bridge, subnet) + spoof_filter_ruleset(bridge) + port_filter
+        )
         if result.returncode == 0:
             accept_in_dropping_iptables(bridge)
             return None
