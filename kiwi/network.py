@@ -1,6 +1,6 @@
 """Host networking for containers: bridge, veth pairs, NAT.
 
-Links, addresses and routes go through netlink (pyroute2), never the `ip`
+Links, addresses and routes go through netlink (kiwi/netlink.py), never the `ip`
 command. Firewall rules live in Kiwi's own nftables table `inet kiwi-<bridge>`;
 without `nft`, in Kiwi's own iptables chains `KIWI-<bridge>`. Nothing here
 touches rules or links that Kiwi did not make, except one jump into FORWARD
@@ -31,37 +31,11 @@ import ipaddress
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 
-
-def _register_pyroute2_without_its_init() -> None:
-    """pyroute2's package __init__ imports every protocol it has (IPDB, NDB with
-    sqlite, wireguard, nl80211 ...): about 65 ms of every container start. Kiwi
-    needs IPRoute only, so the package is registered without running that
-    __init__ and the modules Kiwi uses are imported directly."""
-    if "pyroute2" in sys.modules:
-        return
-    import importlib.util
-
-    spec = importlib.util.find_spec("pyroute2")
-    if spec is None or spec.submodule_search_locations is None:
-        return
-    sys.modules["pyroute2"] = importlib.util.module_from_spec(spec)
-
-
-_register_pyroute2_without_its_init()
-try:
-    from pyroute2.iproute.linux import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-except ImportError:  # a pyroute2 laid out differently: take the public route
-    sys.modules.pop("pyroute2", None)
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
-from kiwi import ipam
+from kiwi import ipam, netlink
 from kiwi.errors import KiwiError
+from kiwi.netlink import NetlinkError
 
 DEFAULT_BRIDGE = "kiwi0"
 BRIDGE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
@@ -71,7 +45,6 @@ BRIDGE_ALIAS = "kiwi bridge"
 OWNER_ALIAS_PREFIX = "kiwi "
 MAC_PREFIX = "02:6b"  # locally administered, unicast; the other 4 bytes are the IPv4
 CONTAINER_IFNAME = "eth0"
-MAIN_TABLE = 254
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 LEGACY_TABLES = "/proc/net/ip_tables_names"
 NO_OUTBOUND_WARNING = (
@@ -123,48 +96,36 @@ def iptables_chain(bridge: str) -> str:
 # -- netlink helpers ------------------------------------------------------------------
 
 
-def link_index(ipr, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
-
-
-def link_kind(link) -> str | None:
-    return link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
-
-
-def link_alias(ipr, index: int) -> str | None:
-    return ipr.get_links(index)[0].get("IFLA_IFALIAS")
+def link_index(nl, name: str) -> int | None:
+    link = netlink.get_link(nl, name)
+    return link.index if link else None
 
 
 def ignore_exists(action) -> None:
     """Run a netlink change that may already have been made (idempotent setup)."""
-    try:
-        action()
-    except NetlinkError as e:
-        if e.code != errno.EEXIST:
-            raise
+    netlink.unless_errno(errno.EEXIST, action)
 
 
 def netlink_failure(what: str, e: NetlinkError) -> KiwiError:
-    return KiwiError(f"{what} failed: {os.strerror(e.code)}")
+    return KiwiError(f"{what} failed: {os.strerror(e.errno)}")
 
 
 # -- bridge -----------------------------------------------------------------------------
 
 
-def foreign_overlapping_route(ipr, subnet, bridge_index) -> str | None:
+def foreign_overlapping_route(nl, subnet, bridge_index) -> str | None:
     """A main-table route overlapping `subnet` that is not on our bridge."""
-    for route in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
-        if route["dst_len"] == 0:
+    for route in netlink.main_table_routes(nl):
+        if route.dst_len == 0:
             continue  # the default route overlaps everything by design
-        dst = ipaddress.ip_network(f"{route.get('RTA_DST')}/{route['dst_len']}", strict=False)
-        if dst.overlaps(subnet) and route.get("RTA_OIF") != bridge_index:
+        dst = ipaddress.ip_network(f"{route.dst}/{route.dst_len}", strict=False)
+        if dst.overlaps(subnet) and route.oif != bridge_index:
             return str(dst)
     return None
 
 
-def check_subnet_is_free(ipr, subnet, bridge_index) -> None:
-    clash = foreign_overlapping_route(ipr, subnet, bridge_index)
+def check_subnet_is_free(nl, subnet, bridge_index) -> None:
+    clash = foreign_overlapping_route(nl, subnet, bridge_index)
     if clash:
         raise KiwiError(
             f"subnet {subnet} overlaps the host route {clash}; set KIWI_SUBNET to an unused private subnet"
@@ -174,33 +135,33 @@ def check_subnet_is_free(ipr, subnet, bridge_index) -> None:
 def ensure_bridge() -> str:
     """Create the bridge with the gateway address and bring it up; returns its name."""
     bridge, subnet = bridge_name(), ipam.subnet()
-    with IPRoute() as ipr:
-        index = link_index(ipr, bridge)
-        check_subnet_is_free(ipr, subnet, index)
-        if index is None:
-            index = create_bridge(ipr, bridge, container_mac(ipam.gateway(subnet)))
-        elif link_kind(ipr.get_links(index)[0]) != "bridge":
+    with netlink.open_route() as nl:
+        link = netlink.get_link(nl, bridge)
+        check_subnet_is_free(nl, subnet, link.index if link else None)
+        if link is None:
+            index = create_bridge(nl, bridge, container_mac(ipam.gateway(subnet)))
+        elif link.kind != "bridge":
             raise KiwiError(f"{bridge} exists and is not a bridge; set KIWI_BRIDGE to another name")
+        else:
+            index = link.index
         try:
-            ignore_exists(
-                lambda: ipr.addr("add", index=index, address=ipam.gateway(subnet), prefixlen=subnet.prefixlen)
-            )
-            ipr.link("set", index=index, state="up")
+            ignore_exists(lambda: netlink.add_address(nl, index, str(ipam.gateway(subnet)), subnet.prefixlen))
+            netlink.set_link(nl, index, up=True)
         except NetlinkError as e:
             raise netlink_failure(f"configuring bridge {bridge}", e) from None
     return bridge
 
 
-def create_bridge(ipr, bridge: str, mac: str) -> int:
+def create_bridge(nl, bridge: str, mac: str) -> int:
     # A fixed MAC: else the bridge takes its lowest port's, and every container's ARP
     # entry for the gateway goes stale when that container stops.
     try:
-        ipr.link("add", ifname=bridge, kind="bridge", address=mac)
-        index = link_index(ipr, bridge)
-        ipr.link("set", index=index, ifalias=BRIDGE_ALIAS)  # Kiwi made it: Kiwi may remove it
+        netlink.add_bridge(nl, bridge, mac)
+        index = link_index(nl, bridge)
+        netlink.set_link(nl, index, alias=BRIDGE_ALIAS)  # Kiwi made it: Kiwi may remove it
     except NetlinkError as e:
-        if e.code == errno.EEXIST:  # a concurrent start made it
-            return link_index(ipr, bridge)
+        if e.errno == errno.EEXIST:  # a concurrent start made it
+            return link_index(nl, bridge)
         raise netlink_failure(f"creating bridge {bridge}", e) from None
     return index
 
@@ -231,11 +192,11 @@ def remove_bridge_if_unused() -> list[str]:
     bridge = bridge_name()
     try:
         with flock(bridge_lock_path(bridge), wait=False):
-            with IPRoute() as ipr:
-                index = link_index(ipr, bridge)
-                if index is None or link_alias(ipr, index) != BRIDGE_ALIAS:
+            with netlink.open_route() as nl:
+                link = netlink.get_link(nl, bridge)
+                if link is None or link.alias != BRIDGE_ALIAS:
                     return []
-                if any(link.get("IFLA_MASTER") == index for link in ipr.get_links()):
+                if any(port.master == link.index for port in netlink.get_links(nl)):
                     return []
             remove_nat()
             delete_link(bridge)
@@ -245,24 +206,25 @@ def remove_bridge_if_unused() -> list[str]:
 
 
 def delete_link(name: str) -> None:
-    with IPRoute() as ipr:
-        index = link_index(ipr, name)
+    with netlink.open_route() as nl:
+        index = link_index(nl, name)
         if index is None:
             return
         try:
-            ipr.link("del", index=index)
+            netlink.delete_link(nl, index)
         except NetlinkError as e:
-            if e.code != errno.ENODEV:  # deleted concurrently
+            if e.errno != errno.ENODEV:  # deleted concurrently
                 raise netlink_failure(f"deleting {name}", e) from None
 
 
 # -- veth pairs --------------------------------------------------------------------------
 
 
-def attach_container(cid: str, ipv4: str, netns_pid: int, folder_id: str) -> str:
+def attach_container(cid: str, ipv4: str, netns_pid: int, folder_id: str, filtered: bool = False) -> str:
     """Give the network namespace of `netns_pid` an eth0 on the bridge; returns the host veth.
 
-    The veth joins the bridge only after its anti-spoofing chain is in place."""
+    The veth joins the bridge only after its anti-spoofing chain is in place
+    (filtered: ensure_nat installed it already, see container_port_filter)."""
     bridge, subnet = bridge_name(), ipam.subnet()
     host = veth_name(cid, folder_id)
     if ipaddress.ip_address(ipv4) not in subnet:
@@ -271,18 +233,18 @@ def attach_container(cid: str, ipv4: str, netns_pid: int, folder_id: str) -> str
             "recreate it or set KIWI_SUBNET back"
         )
     delete_own_veth(cid, folder_id)  # a stale pair from a crashed start
-    with IPRoute() as ipr:
-        bridge_index = link_index(ipr, bridge)
+    with netlink.open_route() as nl:
+        bridge_index = link_index(nl, bridge)
         if bridge_index is None:  # removed by a concurrent cleanup
             ensure_bridge()
-            bridge_index = link_index(ipr, bridge)
-        create_veth_pair(ipr, host, netns_pid, container_mac(ipv4))
+            bridge_index = link_index(nl, bridge)
+        create_veth_pair(nl, host, netns_pid, container_mac(ipv4))
         try:
-            ipr.link(
-                "set", index=link_index(ipr, host), ifalias=OWNER_ALIAS_PREFIX + owner_tag(folder_id, cid)
-            )
-            allow_only_own_addresses(bridge, host, container_mac(ipv4), ipv4, owner_tag(folder_id, cid))
-            ipr.link("set", index=link_index(ipr, host), master=bridge_index, state="up")
+            host_index = link_index(nl, host)
+            netlink.set_link(nl, host_index, alias=OWNER_ALIAS_PREFIX + owner_tag(folder_id, cid))
+            if not filtered:
+                allow_only_own_addresses(bridge, host, container_mac(ipv4), ipv4, owner_tag(folder_id, cid))
+            netlink.set_link(nl, host_index, up=True, master=bridge_index)
             configure_container_side(netns_pid, ipv4, subnet)
         except BaseException as e:
             detach_container(cid, folder_id)  # also removes the peer inside the namespace
@@ -292,27 +254,22 @@ def attach_container(cid: str, ipv4: str, netns_pid: int, folder_id: str) -> str
     return host
 
 
-def create_veth_pair(ipr, host: str, netns_pid: int, mac: str) -> None:
+def create_veth_pair(nl, host: str, netns_pid: int, mac: str) -> None:
     # The peer is born inside the container's namespace, so its name cannot clash on the host.
     try:
-        ipr.link(
-            "add",
-            ifname=host,
-            kind="veth",
-            peer={"ifname": CONTAINER_IFNAME, "net_ns_pid": netns_pid, "address": mac},
-        )
+        netlink.add_veth(nl, host, CONTAINER_IFNAME, netns_pid, mac)
     except NetlinkError as e:
         raise netlink_failure(f"creating veth {host} for process {netns_pid}", e) from None
 
 
 def configure_container_side(netns_pid: int, ipv4: str, subnet) -> None:
     # Open the namespace by path: no named `ip netns` entry is left behind.
-    with IPRoute(netns=f"/proc/{netns_pid}/ns/net", flags=0) as ns:
+    with netlink.open_route(netns=f"/proc/{netns_pid}/ns/net") as ns:
         eth0 = link_index(ns, CONTAINER_IFNAME)
-        ns.addr("add", index=eth0, address=ipv4, prefixlen=subnet.prefixlen)
-        ns.link("set", index=eth0, state="up")
-        ns.link("set", index=link_index(ns, "lo"), state="up")
-        ns.route("add", dst="0.0.0.0/0", gateway=ipam.gateway(subnet))
+        netlink.add_address(ns, eth0, ipv4, subnet.prefixlen)
+        netlink.set_link(ns, eth0, up=True)
+        netlink.set_link(ns, link_index(ns, "lo"), up=True)
+        netlink.add_default_route(ns, str(ipam.gateway(subnet)))
 
 
 def detach_container(cid: str, folder_id: str) -> None:
@@ -323,10 +280,10 @@ def detach_container(cid: str, folder_id: str) -> None:
 
 def delete_own_veth(cid: str, folder_id: str) -> None:
     host = veth_name(cid, folder_id)
-    with IPRoute() as ipr:
-        index = link_index(ipr, host)
+    with netlink.open_route() as nl:
+        link = netlink.get_link(nl, host)
         # The name is a hash of the owner; an alias naming someone else is not ours anyway.
-        if index is None or link_alias(ipr, index) not in (
+        if link is None or link.alias not in (
             None,
             "",
             OWNER_ALIAS_PREFIX + owner_tag(folder_id, cid),
@@ -338,11 +295,11 @@ def delete_own_veth(cid: str, folder_id: str) -> None:
 def list_kiwi_veths(folder_id: str) -> dict[str, str]:
     """{veth: container id} of every veth this data folder made (for cleanup)."""
     mine = OWNER_ALIAS_PREFIX + folder_id + "/"
-    with IPRoute() as ipr:
+    with netlink.open_route() as nl:
         return {
-            link.get("IFLA_IFNAME"): alias[len(mine) :]
-            for link in ipr.get_links()
-            if link_kind(link) == "veth" and (alias := link.get("IFLA_IFALIAS") or "").startswith(mine)
+            link.name: link.alias[len(mine) :]
+            for link in netlink.get_links(nl)
+            if link.kind == "veth" and (link.alias or "").startswith(mine)
         }
 
 
@@ -393,6 +350,13 @@ def port_ruleset(bridge: str, host: str, mac: str, ipv4: str, owner: str) -> str
     )
 
 
+def container_port_filter(cid: str, ipv4: str, folder_id: str) -> str:
+    """The container's anti-spoofing chain, for ensure_nat to install in its own nft run
+    (one nft process per start instead of two)."""
+    owner = owner_tag(folder_id, cid)
+    return port_ruleset(bridge_name(), veth_name(cid, folder_id), container_mac(ipv4), ipv4, owner)
+
+
 def allow_only_own_addresses(bridge: str, host: str, mac: str, ipv4: str, owner: str) -> None:
     nft = find_nft()
     if not nft:
@@ -409,13 +373,9 @@ def forget_port(bridge: str, host: str) -> None:
     nft = find_nft()
     if not nft:
         return
-    table, chain = spoof_table(bridge), port_chain(host)
-    # One transaction: element and chain are only ever added together.
-    run(
-        [nft, "-f", "-"],
-        f'delete element {table} ports {{ "{host}" }}\n'
-        f"flush chain {table} {chain}\ndelete chain {table} {chain}\n",
-    )
+    # One transaction: element and chain are only ever added together. Over netlink:
+    # no nft process on the stop path.
+    netlink.delete_nft_port(nft_table(bridge), "ports", host, port_chain(host))
 
 
 def own_port_chains(bridge: str, folder_id: str) -> dict[str, str]:
@@ -453,13 +413,17 @@ def enable_ip_forward() -> None:
         f.write("1\n")
 
 
-def ensure_nat() -> str | None:
-    """Forwarding and masquerading for the subnet; returns a warning when impossible."""
+def ensure_nat(port_filter: str = "") -> str | None:
+    """Forwarding and masquerading for the subnet; returns a warning when impossible.
+    port_filter (container_port_filter) goes into the same transaction: it is in
+    place exactly when no warning is returned."""
     bridge, subnet = bridge_name(), ipam.subnet()
     enable_ip_forward()
     nft, iptables = find_nft(), find_iptables()
     if nft:
-        result = run([nft, "-f", "-"], nft_ruleset(bridge, subnet) + spoof_filter_ruleset(bridge))
+        result = run(
+            [nft, "-f", "-"], nft_ruleset(bridge, subnet) + spoof_filter_ruleset(bridge) + port_filter
+        )
         if result.returncode == 0:
             accept_in_dropping_iptables(bridge)
             return None
@@ -497,10 +461,9 @@ table inet {table} {{
 def remove_nat() -> None:
     """Remove Kiwi's table and chains for this bridge; missing ones are fine."""
     bridge = bridge_name()
-    nft = find_nft()
-    if nft:
-        tables = (f"inet {nft_table(bridge)}", spoof_table(bridge))
-        run([nft, "-f", "-"], "".join(f"table {t}\ndelete table {t}\n" for t in tables))
+    if find_nft():
+        netlink.delete_nft_table("inet", nft_table(bridge))
+        netlink.delete_nft_table("bridge", nft_table(bridge))
     for iptables in iptables_variants():
         iptables_remove_chain(iptables, "filter", ("FORWARD", "DOCKER-USER"), bridge)
         iptables_remove_chain(iptables, "nat", ("POSTROUTING",), bridge)
@@ -535,11 +498,33 @@ def iptables(cmd: str, *args: str) -> subprocess.CompletedProcess:
     return run([cmd, "-w", *args])
 
 
+def nft_backed(cmd: str) -> bool:
+    """iptables-nft keeps its chains as nftables chains of the tables `ip filter`,
+    `ip nat`: netlink can read them without starting iptables."""
+    return "nft" in os.path.basename(os.path.realpath(cmd))
+
+
+def nft_backed_chain(cmd: str, table: str, chain: str) -> dict | bool | None:
+    """The chain's netlink attributes (None: no such chain); False when only iptables can tell."""
+    if not nft_backed(cmd):
+        return False
+    try:
+        return netlink.nft_chain("ip", table, chain)
+    except OSError:
+        return False
+
+
 def chain_exists(cmd: str, table: str, chain: str) -> bool:
+    found = nft_backed_chain(cmd, table, chain)
+    if found is not False:
+        return found is not None
     return iptables(cmd, "-t", table, "-S", chain).returncode == 0
 
 
 def forward_policy_drops(cmd: str) -> bool:
+    found = nft_backed_chain(cmd, "filter", "FORWARD")
+    if found is not False:
+        return found is not None and netlink.chain_policy(found) == netlink.NF_DROP
     result = iptables(cmd, "-t", "filter", "-S", "FORWARD")
     return result.returncode == 0 and "-P FORWARD DROP" in result.stdout
 

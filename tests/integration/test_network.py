@@ -281,7 +281,7 @@ def test_bridge_gets_gateway_address_and_is_idempotent(lab):
     assert ipv4_of(None, lab.bridge) == [f"{lab.gateway}/24"]
     with IPRoute() as ipr:
         link = ipr.get_links(ipr.link_lookup(ifname=lab.bridge)[0])[0]
-    assert network.link_kind(link) == "bridge"
+    assert link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND")) == "bridge"
     assert link.get("IFLA_OPERSTATE") != "DOWN" or link["flags"] & 1  # IFF_UP
 
 
@@ -453,6 +453,29 @@ def test_fifty_attach_detach_cycles_leave_nothing_behind(lab):
     assert not link_exists(network.veth_name(cid, lab.folder))
     assert set(links_in(pid)) == {"lo"}
     assert ipv4_of(None, lab.bridge) == [f"{lab.gateway}/24"]
+
+
+def test_port_filter_comes_with_the_nat_and_attach_detach_start_no_process(lab, monkeypatch):
+    """A start installs the container's anti-spoofing chain in the NAT's nft run, before
+    its veth exists; attaching and detaching then go over netlink only."""
+    network.ensure_bridge()
+    pid = lab.netns()
+    cid = secrets.token_hex(6)
+    lab.cids.append(cid)
+    veth = network.veth_name(cid, lab.folder)
+    assert network.ensure_nat(network.container_port_filter(cid, lab.address(2), lab.folder)) is None
+    assert network.own_port_chains(lab.bridge, lab.folder) == {veth: cid}
+    started = []
+    real_run = network.run
+    monkeypatch.setattr(
+        network, "run", lambda argv, stdin=None: started.append(argv) or real_run(argv, stdin)
+    )
+    network.attach_container(cid, lab.address(2), pid, lab.folder, filtered=True)
+    assert ipv4_of(pid, "eth0") == [f"{lab.address(2)}/24"]
+    network.detach_container(cid, lab.folder)
+    assert started == []
+    assert network.own_port_chains(lab.bridge, lab.folder) == {}
+    assert not link_exists(veth)
 
 
 def test_remove_nat_is_idempotent(lab):
