@@ -74,13 +74,18 @@ def settings_from_go(config: dict, where) -> dict:
 # ------------------------------------------------------------------ detection
 
 
-def _real_dirs(folder) -> list[str]:
-    """Entries of folder that are directories themselves (a symlink is not)."""
+def _real_dirs(folder, name_re=None) -> list[str]:
+    """Entries of folder (whose names match name_re) that are directories themselves (a
+    symlink is not). The names are filtered first: `kiwi list` asks with 100s of Kiwi ids."""
     try:
         names = sorted(os.listdir(folder))
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [n for n in names if stat.S_ISDIR(_lstat_mode(os.path.join(folder, n)))]
+    return [
+        n
+        for n in names
+        if (name_re is None or name_re.match(n)) and stat.S_ISDIR(_lstat_mode(os.path.join(folder, n)))
+    ]
 
 
 def _lstat_mode(path) -> int:
@@ -91,7 +96,7 @@ def _lstat_mode(path) -> int:
 
 
 def go_container_ids(store) -> list[str]:
-    return [n for n in _real_dirs(store.containers_dir) if GO_ID_RE.match(n)]
+    return _real_dirs(store.containers_dir, GO_ID_RE)
 
 
 def go_image_names(store) -> list[str]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import KiwiError
@@ -92,6 +90,8 @@ def _extend_open_file(img: Path, size: int, sparse: bool) -> None:
         missing = size - st.st_blocks * 512
         if missing <= 0:
             return
+        import shutil
+
         free = shutil.disk_usage(img.parent).free
         if missing > free:
             raise KiwiError(
@@ -114,6 +114,8 @@ def create_state(container_dir: Path, size: int | None, sparse: bool = False) ->
         for sub in ("upper", "work"):
             (folder_path(container_dir) / sub).mkdir(parents=True, mode=0o755)
         return
+    import tempfile
+
     with tempfile.TemporaryDirectory(dir=container_dir) as seed:
         for sub in ("upper", "work"):
             os.mkdir(os.path.join(seed, sub), 0o755)

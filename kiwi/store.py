@@ -98,15 +98,15 @@ class Store:
         return store
 
     # --- layout -----------------------------------------------------------
-    @property
+    @functools.cached_property
     def images_dir(self) -> Path:
         return self.root / "images"
 
-    @property
+    @functools.cached_property
     def containers_dir(self) -> Path:
         return self.root / "containers"
 
-    @property
+    @functools.cached_property
     def mounts_dir(self) -> Path:
         return self.root / "mounts"
 
@@ -273,6 +273,16 @@ class Store:
         except FileNotFoundError:
             return []
         return sorted(n for n in names if is_container_id(n))
+
+    def started_ids(self) -> set[str] | None:
+        """Containers that have a runtime folder (running, mounted, or left by a killed
+        start); None when the folder cannot be read (not root)."""
+        try:
+            return set(os.listdir(self.mounts_dir))
+        except FileNotFoundError:
+            return set()
+        except OSError:
+            return None
 
     def container_config(self, cid: str) -> dict:
         try:

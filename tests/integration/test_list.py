@@ -1,0 +1,81 @@
+"""Issue 20: `kiwi list` reads little (no argparse for its usual spellings, no look
+into the runtime folder of a container that has none) and still shows each state."""
+
+from __future__ import annotations
+
+import json
+
+
+def rows_by_name(kiwi, *args) -> dict:
+    return {r["name"]: r for r in kiwi.json("list", *args)}
+
+
+def test_quick_and_full_parsing_agree(kiwi, busybox):
+    """`list [what] [--json]` skips argparse; `--debug list ...` goes through it: same answers."""
+    up = kiwi.create(busybox, "--name", "up")
+    kiwi.create(busybox, "--name", "down")
+    kiwi("attach", up, "--", "true")
+    try:
+        table = kiwi.out("list")
+        assert kiwi.out("ps") == table == kiwi.out("list", "containers")
+        assert kiwi.out("--debug", "list") == table
+        assert len(table.splitlines()) == 3
+        quick = kiwi.json("list")
+        assert kiwi.json("list", "containers") == quick
+        assert json.loads(kiwi.out("--debug", "list", "--json")) == quick
+        assert json.loads(kiwi.out("list", "--json", "containers")) == quick
+        everything = kiwi.json("list", "all")
+        assert everything["containers"] == quick
+        assert json.loads(kiwi.out("--debug", "list", "all", "--json")) == everything
+        assert kiwi.json("list", "images") == everything["images"]
+        assert kiwi.json("list", "exports") == everything["exports"] == []
+    finally:
+        kiwi("stop", up)
+
+
+def test_other_spellings_still_get_argparse(kiwi):
+    for args, fragment in (
+        (("list", "bogus"), "invalid choice"),
+        (("list", "images", "containers"), "unrecognized arguments"),
+        (("list", "--json", "--bogus"), "unrecognized arguments"),
+    ):
+        done = kiwi(*args, check=False)
+        assert done.returncode == 2, (args, done.stderr)
+        assert fragment in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+        assert done.stderr.strip().splitlines()[-1].startswith("kiwi"), done.stderr
+    assert "--json" in kiwi.out("list", "--help")
+    assert kiwi.json("list", "--json") == []  # argparse takes --json twice; so does list
+
+
+def test_every_state_shows(kiwi, busybox, tmp_path):
+    """Stopped (no runtime folder), running, mounted and back to stopped."""
+    cid = kiwi.create(busybox, "--name", "c")
+    runtime_folder = kiwi.root / "mounts" / cid
+    assert not runtime_folder.exists()
+    assert rows_by_name(kiwi)["c"]["status"] == "stopped"
+    kiwi("attach", cid, "--", "true")
+    try:
+        row = rows_by_name(kiwi)["c"]
+        assert row["status"] == "running" and row["cgroup"] in ("v1", "v2"), row
+        assert f"{cid}  c     running" in kiwi.out("list")
+    finally:
+        kiwi("stop", cid)
+    assert rows_by_name(kiwi)["c"]["status"] == "stopped"
+    target = tmp_path / "view"
+    target.mkdir()
+    kiwi("mount", cid, str(target))
+    try:
+        row = rows_by_name(kiwi)["c"]
+        assert row["status"] == "mounted" and row["mount"] == str(target), row
+    finally:
+        kiwi("unmount", cid)
+    row = rows_by_name(kiwi)["c"]
+    assert row["status"] == "stopped" and row["mount"] is None, row
+
+
+def test_a_damaged_record_is_skipped(kiwi, busybox):
+    """A config.json that does not parse leaves the others listed; list never fails on it."""
+    good = kiwi.create(busybox, "--name", "good")
+    bad = kiwi.create(busybox, "--name", "bad")
+    (kiwi.root / "containers" / bad / "config.json").write_text("{not json")
+    assert [r["id"] for r in kiwi.json("list")] == [good]
