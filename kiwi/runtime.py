@@ -549,7 +549,8 @@ def run_attached(store: Store, cid: str, argv: list[str] | None, exec_options=No
     """Run argv (or a shell) with this process's stdio, relayed; returns its exit status."""
     from . import stdio
 
-    with stdio.Relay(running_record(store, cid)["init_pid"]) as relay:
+    as_user = exec_options is not None and exec_options.user is not None
+    with stdio.Relay(running_record(store, cid)["init_pid"], as_user) as relay:
         pid = spawn(
             store, cid, argv, fds=relay.child_fds, term=relay.term, tty=relay.pty, exec_options=exec_options
         )
