@@ -47,7 +47,9 @@
 #include <grp.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 
 #ifndef SYS_close_range
@@ -59,6 +61,7 @@
 #define MAX_FDS 32
 #define MAX_FILTER 4096  /* BPF_MAXINSNS */
 #define MAX_GROUPS 64    /* execopts.MAX_GROUPS */
+#define PTS_MAJOR 136    /* devpts terminals */
 
 static struct sock_filter filter[MAX_FILTER];
 static unsigned short filter_len;
@@ -284,6 +287,24 @@ static void switch_user(const struct options *o)
         fail(1, "cannot switch to user %u in the container: %s", (unsigned)o->uid, strerror(errno));
 }
 
+/* The pipes and the PTY slave Kiwi made for the command belong to the container's
+ * root; a command run as another user gets them, as runc does, so that it can
+ * reopen /dev/stdout. Anything else (a device, a pipe that is not the container
+ * root's) keeps its owner. The uid only: a terminal keeps its tty group. */
+static void give_stdio_to_user(const struct options *o)
+{
+    for (int fd = 0; fd <= 2; fd++) {
+        struct stat st;
+
+        if (fstat(fd, &st) != 0 || st.st_uid != 0)
+            continue;
+        if (!S_ISFIFO(st.st_mode) && !(S_ISCHR(st.st_mode) && major(st.st_rdev) == PTS_MAJOR))
+            continue;
+        if (fchown(fd, o->uid, (gid_t)-1) != 0)
+            fail(1, "cannot give the command's stdio to user %u: %s", (unsigned)o->uid, strerror(errno));
+    }
+}
+
 /* The command's process: inside the PID namespace, never in a host session. */
 static void run_command(const struct options *o)
 {
@@ -295,6 +316,8 @@ static void run_command(const struct options *o)
         fail(1, "cannot take the terminal: %s", strerror(errno));
     reset_signals();
     close_from(ERROR_FD + 1);
+    if (o->set_user)
+        give_stdio_to_user(o);
     install_seccomp();
     drop_capabilities(o->keep_caps);
     if (o->set_user)

@@ -38,6 +38,15 @@ V2_CONTROLLERS = ("memory", "cpu", "cpuset", "pids")
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices")
 V1_REQUIRED = ("memory", "cpu", "cpuacct", "cpuset", "pids")
 DEFAULT_PIDS = 1024
+# cgroup v2 delegation to an unprivileged container's root (the kernel's cgroup-v2
+# "Delegation Containment"): the directory and these files become its own; every
+# limit file stays host root's, so the limits Kiwi sets from outside still bind.
+DELEGATED_FILES = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control")
+# What a delegated container may build below its cgroup (host-owned, so it stays).
+DELEGATED_MAX_DEPTH = 32
+DELEGATED_MAX_DESCENDANTS = 1024
+# Where attach joins in a delegated cgroup (Cgroup._join_dir).
+ATTACH_LEAF = "kiwi-attach"
 WAIT_SECONDS = 5.0
 _POLL = 0.02
 _UNIFIED = "unified"  # key of the single v2 hierarchy in path maps
@@ -527,6 +536,35 @@ class Cgroup:
         self._write_limit(self._file("cpu", "cpu.cfs_quota_us"), quota)
         self._write_limit(self._file("cpuset", "cpuset.cpus"), cpuset)
 
+    # -- delegation (unprivileged containers on cgroup v2)
+
+    def delegate(self, uid: int, gid: int) -> bool:
+        """Hand the cgroup to the container's root (host ids uid:gid) so it can build its
+        own tree below, as systemd does; False on v1, whose hierarchies Kiwi cannot
+        delegate safely (no cgroup namespace root rules there, limits in the same dirs)."""
+        if self.version != "v2":
+            return False
+        directory = self._dirs[_UNIFIED]
+        self._write_limit(directory / "cgroup.max.depth", str(DELEGATED_MAX_DEPTH))
+        self._write_limit(directory / "cgroup.max.descendants", str(DELEGATED_MAX_DESCENDANTS))
+        try:
+            for path in (directory, *(directory / name for name in DELEGATED_FILES)):
+                os.chown(path, uid, gid, follow_symlinks=False)
+        except OSError as exc:
+            raise KiwiError(f"cannot delegate cgroup {directory} to the container: {exc.strerror}") from exc
+        return True
+
+    def _join_dir(self, directory: Path) -> Path:
+        """Where a process entering the container goes: the cgroup itself, or, once it is
+        delegated, Kiwi's leaf below it. kiwi-exec's waiting parent lives outside the PID
+        namespace where the container cannot move it, and v2 forbids processes in a cgroup
+        that hands controllers to its children: the container's root must be free to."""
+        if self.version != "v2" or os.stat(directory).st_uid == 0:
+            return directory  # only delegate() gives it away, never to host root
+        leaf = directory / ATTACH_LEAF
+        leaf.mkdir(exist_ok=True)
+        return leaf
+
     # -- devices
 
     def restrict_devices(self, rules) -> bool:
@@ -566,7 +604,7 @@ class Cgroup:
         fds = []
         try:
             for directory in self._unique_dirs():
-                fds.append(os.open(directory / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+                fds.append(os.open(self._join_dir(directory) / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
         except OSError as exc:
             for fd in fds:
                 os.close(fd)
@@ -574,13 +612,14 @@ class Cgroup:
         return fds
 
     def pids(self) -> list[int]:
-        """Processes in the cgroup (union over hierarchies); [] when it does not exist."""
+        """Processes in the cgroup and below it (union over hierarchies); [] when it does not exist."""
         found: set[int] = set()
         for directory in self._unique_dirs():
-            try:
-                found.update(int(line) for line in _read(directory / "cgroup.procs").split())
-            except FileNotFoundError:
-                continue
+            for cgroup in _subtree(directory):
+                try:
+                    found.update(int(line) for line in _read(cgroup / "cgroup.procs").split())
+                except FileNotFoundError:
+                    continue
         return sorted(found)
 
     # -- freezer
@@ -658,10 +697,12 @@ class Cgroup:
             return False
 
     def remove(self, timeout: float = 2.0) -> None:
-        """rmdir the cgroup everywhere, retrying while exiting processes leave; idempotent."""
+        """rmdir the cgroup everywhere (children a delegated container made first),
+        retrying while exiting processes leave; idempotent."""
         for directory in self._unique_dirs():
-            if not _wait_until(lambda d=directory: _try_rmdir(d), timeout):
-                raise KiwiError(f"cannot remove cgroup {directory}: processes are still in it")
+            for cgroup in _subtree(directory):
+                if not _wait_until(lambda d=cgroup: _try_rmdir(d), timeout):
+                    raise KiwiError(f"cannot remove cgroup {cgroup}: processes are still in it")
 
     # -- accounting (kiwi stats / inspect)
 
@@ -699,6 +740,21 @@ def _events(path: Path) -> dict[str, int]:
         if value.strip().lstrip("-").isdigit():
             values[key] = int(value)
     return values
+
+
+def _subtree(directory: Path) -> list[Path]:
+    """directory and every cgroup below it, children before their parents (no recursion:
+    a delegated container chooses the depth, bounded by cgroup.max.depth)."""
+    found, todo = [], [directory]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            with os.scandir(current) as entries:
+                todo += [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return found[::-1]
 
 
 def _sigkill(pid: int) -> None:

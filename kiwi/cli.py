@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'kiwi help <command>' shows a command's help.",
     )
     parser.add_argument("--version", action="version", version=version_text())
-    parser.add_argument("--debug", action="store_true", help="show tracebacks (as KIWI_DEBUG=1)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (as KIWI_DEBUG=1); anywhere before --")
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=Parser)
 
     p = sub.add_parser("list", help="list containers and images")
@@ -449,8 +449,17 @@ def check_command(parser, argv: list[str]) -> None:
         raise UsageError(did_you_mean(word, names))
 
 
+def take_debug_flag(head: list[str]) -> list[str]:
+    """--debug anywhere before '--' (as KIWI_DEBUG=1); after it, it is the container's."""
+    if "--debug" not in head:
+        return head
+    os.environ["KIWI_DEBUG"] = "1"  # helpers forked from here see it too
+    return [arg for arg in head if arg != "--debug"]
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     head, command = split_command(expand_alias(argv))
+    head = take_debug_flag(head)
     parser = build_parser()
     check_command(parser, head)
     args = parser.parse_args(join_negative_values(head))
@@ -508,8 +517,6 @@ def run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--debug"]:
-        os.environ["KIWI_DEBUG"] = "1"  # helpers forked from here see it too
     try:
         return run(argv)
     except KiwiError as e:

@@ -170,6 +170,12 @@ def mount_proc_sys_tmp(root_fd: int, host_sysfs: bool = False) -> None:
     mount_at(root_fd, "tmp", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
 
 
+def mount_own_cgroup(root_fd: int) -> None:
+    """cgroup v2 at /sys/fs/cgroup, from inside the container's cgroup namespace: it shows
+    the container's own subtree, delegated to its root (cgroups.Cgroup.delegate)."""
+    mount_at(root_fd, "sys/fs/cgroup", "cgroup2", "cgroup2", NOSUID_NODEV_NOEXEC)
+
+
 def mount_dev(root_fd: int, bind_nodes: bool = False) -> None:
     """A minimal /dev with exactly the nodes a container needs, modes independent of umask.
     bind_nodes: in a user namespace mknod is refused; the host's nodes are bound instead."""

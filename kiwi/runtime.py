@@ -127,6 +127,7 @@ class Starter:
             (self.rdir / sub).mkdir(mode=0o700, exist_ok=True)
         self.device = None
         self.userns = None
+        self.cgroup_delegated = False
         self.holds = contextlib.ExitStack()
         try:
             self.cgroup = container_cgroup(self.store, self.cid)
@@ -136,6 +137,7 @@ class Starter:
                 self.prepare_network()
             self.device = self.attach_storage()
             self.userns = self.open_user_namespace()
+            self.cgroup_delegated = self.delegate_cgroup()
             init_pid = self.spawn_init()
             # Only now: building the root opened the loop device. Nothing of the
             # image has run yet (kiwi-init is ours), and everything that enters
@@ -215,6 +217,14 @@ class Starter:
             self.config["idmap"] = claimed
             containers.save_config(self.store, self.config)
         return idmap.user_namespace(claimed["base"])
+
+    def delegate_cgroup(self) -> bool:
+        """cgroup v2 and unprivileged: the container's root gets its cgroup (not its limits)
+        and sees it at /sys/fs/cgroup. Privileged root stays out: it could raise its limits."""
+        from . import idmap
+
+        base = idmap.base_of(self.config)
+        return base is not None and self.cgroup.delegate(base, base)
 
     def build_idmapped_root(self) -> None:
         """Stage 1 of an unprivileged container, still root of the host: the mounts only
@@ -342,6 +352,8 @@ class Starter:
         rootfs.mount_proc_sys_tmp(root_fd, host_sysfs=self.userns is not None and not self.separate_net)
         if limits is not None:
             lxfs.bind_files(limits, root_fd, report)
+        if self.cgroup_delegated:
+            rootfs.mount_own_cgroup(root_fd)
         rootfs.mount_dev(root_fd, bind_nodes=self.userns is not None)
         rootfs.enter_root(root_fd)
         os.close(root_fd)
@@ -573,7 +585,8 @@ def run_attached(store: Store, cid: str, argv: list[str] | None, exec_options=No
     """Run argv (or a shell) with this process's stdio, relayed; returns its exit status."""
     from . import stdio
 
-    with stdio.Relay(running_record(store, cid)["init_pid"]) as relay:
+    as_user = exec_options is not None and exec_options.user is not None
+    with stdio.Relay(running_record(store, cid)["init_pid"], as_user) as relay:
         pid = spawn(
             store, cid, argv, fds=relay.child_fds, term=relay.term, tty=relay.pty, exec_options=exec_options
         )

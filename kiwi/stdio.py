@@ -6,8 +6,10 @@ root inside could reopen one through /proc/self/fd/N (rewrite a file given as
 TIOCSTI. So each of fds 0-2 of the command is
   - a slave of a fresh PTY of the container's own devpts when our stdin is a
     terminal and that fd is one (Kiwi relays the host terminal to the master);
-  - the same fd when it is an anonymous pipe (nothing to reopen on the host);
-  - otherwise a fresh pipe that Kiwi copies to or from the host fd.
+  - the same fd when it is an anonymous pipe (nothing to reopen on the host) and
+    the command runs as host root (a privileged container, no `attach -u`);
+  - otherwise a fresh pipe that Kiwi copies to or from the host fd, owned by the
+    command's user (Docker's shim and runc do the same), so /dev/stdout reopens.
 One poll loop in the kiwi process does all the copying.
 
 Also home of the terminal helpers the session client and daemon share.
@@ -228,22 +230,32 @@ class Pump:
             self.buffer += data
 
 
+def container_root_ids(init_pid: int) -> tuple[int, int]:
+    """Host uid and gid of the container's root: (0, 0) when privileged."""
+    with open(f"/proc/{init_pid}/status") as f:
+        ids = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f) if k in ("Uid", "Gid")}
+    return ids["Uid"], ids["Gid"]
+
+
 def give_to_container_root(fds: list[int], init_pid: int) -> None:
     """The pipes and the PTYs Kiwi makes for a command belong to the container's root:
     in a user namespace, host uid 0 is nobody there, and reopening /dev/stdout
-    (/proc/self/fd/1) would be refused. Privileged containers: nothing to do."""
-    with open(f"/proc/{init_pid}/status") as f:
-        ids = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f) if k in ("Uid", "Gid")}
-    if ids["Uid"] != 0:
+    (/proc/self/fd/1) would be refused. Privileged containers: nothing to do.
+    kiwi-exec hands them on to the user of `attach -u` (as runc does)."""
+    uid, gid = container_root_ids(init_pid)
+    if uid != 0:
         for fd in fds:
-            os.fchown(fd, ids["Uid"], ids["Gid"])
+            os.fchown(fd, uid, gid)
 
 
 class Relay:
     """Kiwi's side of a command's stdio; the fds to give the command are in child_fds."""
 
-    def __init__(self, init_pid: int):
+    def __init__(self, init_pid: int, as_user: bool = False):
         self.pty = os.isatty(0)
+        # The caller's own pipe goes through as it is only where the command can reopen
+        # it (/dev/stdout): as root of a privileged container. Never chowned: it is not ours.
+        self.pass_pipes = not as_user and container_root_ids(init_pid) == (0, 0)
         self.master = None
         self.child_fds: list[int] = []
         self.child_ends: list[int] = []  # ours to close once the command holds them
@@ -271,7 +283,7 @@ class Relay:
     def child_end(self, fd: int, slave: int | None) -> int:
         if slave is not None and os.isatty(fd):
             return slave
-        if is_anonymous_pipe(fd):
+        if self.pass_pipes and is_anonymous_pipe(fd):
             return fd
         r, w = os.pipe2(os.O_CLOEXEC)
         host = fd if is_open(fd) else None

@@ -115,3 +115,30 @@ def test_attach_without_terminal_or_input_refuses(kiwi, busybox):
     assert kiwi.json("list")[0]["status"] == "stopped"  # refused before anything started
     piped = kiwi("attach", cid, input="echo PIPED-$((2+3))\n")  # a script on stdin still runs
     assert "PIPED-5" in piped.stdout
+
+
+def test_session_with_a_missing_command_exits_127_like_one_shot(kiwi, busybox, terminals):
+    cid = kiwi.create(busybox)
+    kiwi("start", cid)
+    for argv, code, text in ((["/no/such"], 127, "command not found"), (["/etc/passwd"], 126, "permission denied")):
+        child = terminals(kiwi.cmd[0], kiwi.cmd[1:] + ["attach", cid, "--session", "--", *argv], kiwi.env)
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == code, (argv, child.before)
+        assert text in child.before and child.before.count("kiwi: ") == 1, child.before
+        one_shot = kiwi("attach", cid, "--", *argv, check=False)
+        assert one_shot.returncode == code and text in one_shot.stderr
+    assert kiwi.json("sessions", cid) == []  # nothing half-made left behind
+
+
+def test_debug_is_accepted_anywhere(kiwi, busybox):
+    cid = kiwi.create(busybox)
+    assert kiwi.json("list", "--debug") == kiwi.json("--debug", "list") == kiwi.json("list")
+    # Honoured wherever it stands, as KIWI_DEBUG=1: the traceback, then the one line.
+    plain = one_line_error(kiwi("stop", "nosuch", check=False))
+    for args in (["--debug", "stop", "nosuch"], ["stop", "--debug", "nosuch"], ["stop", "nosuch", "--debug"]):
+        done = kiwi(*args, check=False)
+        assert done.returncode == 1 and "Traceback (most recent call last)" in done.stderr, args
+        assert done.stderr.endswith(plain), args
+    # After '--' it belongs to the container's command.
+    assert kiwi.out("attach", cid, "--debug", "--", "echo", "--debug") == "--debug"

@@ -3,10 +3,8 @@ One VM boot running one test inside (one container start, one open)."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
-from vm_launcher import pytest_in_vm
+from vm_launcher import assert_passes_in_vm
 
 pytestmark = pytest.mark.vm
 
@@ -14,7 +12,4 @@ INNER_TEST = "tests/security/test_confinement.py::test_smuggled_block_device_sta
 
 
 def test_device_program_inside_cgroup_v2_vm(test_images):
-    done = pytest_in_vm(test_images, [INNER_TEST], vm_timeout=900)
-    sys.stdout.write(done.stdout[-4000:])
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "1 passed" in done.stdout
+    assert_passes_in_vm(test_images, [INNER_TEST], passed=1)

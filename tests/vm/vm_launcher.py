@@ -35,3 +35,15 @@ def pytest_in_vm(
         options += ["--env", setting]
     inner = [".venv/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args]
     return vm_test(*options, "--", *inner, timeout=vm_timeout + HOST_MARGIN)
+
+
+def assert_passes_in_vm(
+    test_images: Path, pytest_args: list[str], passed: int, vm_timeout: int = 900
+) -> None:
+    """pytest_in_vm, its output shown, and exactly `passed` tests passed."""
+    import sys
+
+    done = pytest_in_vm(test_images, pytest_args, vm_timeout=vm_timeout)
+    sys.stdout.write(done.stdout[-6000:])
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert f"{passed} passed" in done.stdout
