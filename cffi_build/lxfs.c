@@ -777,6 +777,7 @@ int main(int argc, char **argv)
     }
     if (fcntl(FUSE_FD, F_GETFD) < 0)
         die("no FUSE connection on fd 3");
+    prctl(PR_SET_NAME, "kiwi-lxfs", 0, 0, 0); /* started from a memfd: else named by its fd */
     clock_gettime(CLOCK_BOOTTIME, &started);
     started_at = time(NULL);
     signal(SIGPIPE, SIG_IGN);

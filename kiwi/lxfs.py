@@ -140,10 +140,11 @@ def start_server(fuse: int, cgroup, spawn_helper, uid: int) -> str:
     The helper joins the cgroup (its CPU and memory are the container's, and stop
     kills it with the rest), forks the server and exits; we wait only for that."""
     from . import security
+    from .errors import KiwiError, describe
     from .proc import read_to_end, wait_exit_code
 
     opened = []
-    try:
+    try:  # never fails the start: the container then shows the host's files
         memfd = security.helper_memfd(NAME)
         opened.append(memfd)
         procs = cgroup.open_procs_files()
@@ -157,6 +158,8 @@ def start_server(fuse: int, cgroup, spawn_helper, uid: int) -> str:
         os.close(err_w)
         message = read_to_end(err_r).decode(errors="replace").strip()
         status = wait_exit_code(pid)
+    except (OSError, KiwiError) as e:
+        return f"its server did not start ({describe(e)})"
     finally:
         for fd in opened:
             os.close(fd)

@@ -560,16 +560,17 @@ def spawn_helper(memfd: int, layout: list[int], argv: list[str], env: dict) -> i
     """posix_spawn the sealed helper with layout[i] as its fd i (nothing else is inherited).
 
     Its /proc/self/exe is the memfd, never a host file. The fds are first moved
-    above every target, so no placement overwrites a source still to be placed."""
+    above every target, so no placement overwrites a source still to be placed, nor
+    the memfd itself (it is executed after the placements)."""
     import fcntl
 
     high = []
     try:
-        for fd in layout:
+        for fd in [memfd, *layout]:
             high.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, HELPER_FD_BASE))
-        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(high)]
+        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(high[1:])]
         return os.posix_spawn(
-            f"/proc/self/fd/{memfd}",
+            f"/proc/self/fd/{high[0]}",
             argv,
             env,
             file_actions=actions,
