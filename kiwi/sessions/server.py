@@ -31,7 +31,7 @@ from .. import proc
 from ..errors import KiwiError
 from ..store import Store, flock, is_container_id
 from . import proto
-from .records import REQUEST_TIMEOUT, SID_RE, ensure_sessions_dir
+from .records import REQUEST_TIMEOUT, SID_RE
 from .session import FIRST_FRAME_TIMEOUT, Peer, Session
 
 TICK = 0.1  # the poll timeout while a deadline is pending
@@ -233,8 +233,7 @@ class Server:
     def create(self, payload: bytes) -> dict:
         """Start a session; the answer is its error as a forked helper reports one."""
         try:
-            session = self.new_session(proto.unpack_json(payload))
-            ensure_sessions_dir(self.store, session.cid)
+            session = self.new_session(request_of(payload))
             session.start()
         except Exception as e:  # noqa: BLE001 - the requester's error, never the server's end
             return proc.failure_report(e)
@@ -272,6 +271,13 @@ class Server:
         for key in [k for k in self.sessions if k[0] == cid]:
             self.sessions.pop(key).end_for_stop()
         return {"kind": "ok"}
+
+
+def request_of(payload: bytes) -> dict:
+    try:
+        return proto.unpack_json(payload)
+    except proto.ProtocolError:
+        raise KiwiError("the session server got a malformed request") from None
 
 
 def exec_options_of(options: dict | None):
@@ -372,6 +378,7 @@ def preload_server_modules() -> None:
     unpack folder too, so a newer kiwi build may remove that folder while the
     server lives: it must have imported everything it will ever use before."""
     import json  # noqa: F401
+    import resource  # noqa: F401  (fstree.more_open_files)
 
     from .. import cgroups, execopts, freeze, rootfs, runstate, security, stdio, syscalls  # noqa: F401
     from ..oci import config  # noqa: F401  (runtime.spawn uses them)
@@ -402,18 +409,23 @@ def server_process(report, store) -> None:
         return
     # Holds the PTY masters of shells in containers: no ptrace, no /proc/<pid>/fd of it.
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+        comm.write("kiwi-sessions")  # what ps -o comm and top show; its argv is the first attach's
     proc.child_main(report, run_server, store)
 
 
 def run_server(report, store) -> None:
     """The server: says "ok" once its control socket listens, then serves until idle."""
+    from ..fstree import more_open_files
+
     become_daemon(report.fd)
     server = Server(store)
     server.listen()
     report.send("ok")
     os.close(report.fd)
     report.fd = -1  # the number may be reused: nothing more goes to it
-    server.run()
+    with more_open_files():  # each session holds about four fds here
+        server.run()
 
 
 def become_daemon(keep_fd: int) -> None:

@@ -29,6 +29,7 @@ from .records import (
     KILL_GRACE,
     children_of,
     command_line,
+    ensure_sessions_dir,
     process_alive,
     record_path,
     remove_files,
@@ -184,6 +185,7 @@ class Session:
             "shell_start": self.shell_start,
             "state": "live",
         }
+        ensure_sessions_dir(self.store, self.cid)
         atomic_write_json(record_path(self.store, self.cid, self.sid), self.record, mode=0o600)
         self.listener = proto.listen(socket_path(self.store, self.cid, self.sid))
 
