@@ -473,8 +473,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def quick_list_args(argv: list[str]):
-    """`kiwi list [what] [--json]`, the command run most, parsed without building the
-    parser (half of its start-up time); any other spelling goes through argparse."""
+    """`kiwi list [what] [--json]`, the command run most, parsed without importing argparse
+    and building every command's parser (start-up time); any other spelling goes through argparse."""
     rest = argv[1:]
     words = [a for a in rest if a != "--json"]
     if argv[:1] != ["list"] or len(rest) - len(words) > 1 or len(words) > 1:

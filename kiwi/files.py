@@ -81,7 +81,6 @@ def fsync_dir(path: Path) -> None:
 
 def read_json(path: Path | str, limit: int = 1 << 20):
     """Read a small JSON file; a damaged one is a clear error, not a traceback."""
-    path = Path(path)
     with open(path, "rb") as f:
         # read(n) allocates n bytes up front: a 1 MB buffer per small file cost
         # `kiwi list` 0.1 ms a container. Read a small first chunk, the rest only if any.
