@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'kiwi help <command>' shows a command's help.",
     )
     parser.add_argument("--version", action="version", version=version_text())
-    parser.add_argument("--debug", action="store_true", help="show tracebacks (as KIWI_DEBUG=1); anywhere before --")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (as KIWI_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=Parser)
 
     p = sub.add_parser("list", help="list containers and images")
