@@ -449,17 +449,18 @@ def check_command(parser, argv: list[str]) -> None:
         raise UsageError(did_you_mean(word, names))
 
 
-def take_debug_flag(head: list[str]) -> list[str]:
+def take_debug_flag(argv: list[str]) -> list[str]:
     """--debug anywhere before '--' (as KIWI_DEBUG=1); after it, it is the container's."""
+    head, command = split_command(argv)
     if "--debug" not in head:
-        return head
+        return argv
     os.environ["KIWI_DEBUG"] = "1"  # helpers forked from here see it too
-    return [arg for arg in head if arg != "--debug"]
+    head = [arg for arg in head if arg != "--debug"]
+    return head if command is None else [*head, "--", *command]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     head, command = split_command(expand_alias(argv))
-    head = take_debug_flag(head)
     parser = build_parser()
     check_command(parser, head)
     args = parser.parse_args(join_negative_values(head))
@@ -516,7 +517,7 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = take_debug_flag(sys.argv[1:] if argv is None else argv)
     try:
         return run(argv)
     except KiwiError as e:
