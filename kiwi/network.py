@@ -101,13 +101,21 @@ def link_index(nl, name: str) -> int | None:
     return link.index if link else None
 
 
+def existing_index(nl, name: str) -> int:
+    """The index of a link that must exist (just made); gone means deleted concurrently."""
+    index = link_index(nl, name)
+    if index is None:
+        raise NetlinkError(errno.ENODEV, f"{name} disappeared")
+    return index
+
+
 def ignore_exists(action) -> None:
     """Run a netlink change that may already have been made (idempotent setup)."""
     netlink.unless_errno(errno.EEXIST, action)
 
 
 def netlink_failure(what: str, e: NetlinkError) -> KiwiError:
-    return KiwiError(f"{what} failed: {os.strerror(e.errno)}")
+    return KiwiError(f"{what} failed: {os.strerror(e.errno or errno.EIO)}")
 
 
 # -- bridge -----------------------------------------------------------------------------
@@ -157,11 +165,11 @@ def create_bridge(nl, bridge: str, mac: str) -> int:
     # entry for the gateway goes stale when that container stops.
     try:
         netlink.add_bridge(nl, bridge, mac)
-        index = link_index(nl, bridge)
+        index = existing_index(nl, bridge)
         netlink.set_link(nl, index, alias=BRIDGE_ALIAS)  # Kiwi made it: Kiwi may remove it
     except NetlinkError as e:
         if e.errno == errno.EEXIST:  # a concurrent start made it
-            return link_index(nl, bridge)
+            return existing_index(nl, bridge)
         raise netlink_failure(f"creating bridge {bridge}", e) from None
     return index
 
@@ -237,10 +245,10 @@ def attach_container(cid: str, ipv4: str, netns_pid: int, folder_id: str, filter
         bridge_index = link_index(nl, bridge)
         if bridge_index is None:  # removed by a concurrent cleanup
             ensure_bridge()
-            bridge_index = link_index(nl, bridge)
+            bridge_index = existing_index(nl, bridge)
         create_veth_pair(nl, host, netns_pid, container_mac(ipv4))
         try:
-            host_index = link_index(nl, host)
+            host_index = existing_index(nl, host)
             netlink.set_link(nl, host_index, alias=OWNER_ALIAS_PREFIX + owner_tag(folder_id, cid))
             if not filtered:
                 allow_only_own_addresses(bridge, host, container_mac(ipv4), ipv4, owner_tag(folder_id, cid))
@@ -265,10 +273,10 @@ def create_veth_pair(nl, host: str, netns_pid: int, mac: str) -> None:
 def configure_container_side(netns_pid: int, ipv4: str, subnet) -> None:
     # Open the namespace by path: no named `ip netns` entry is left behind.
     with netlink.open_route(netns=f"/proc/{netns_pid}/ns/net") as ns:
-        eth0 = link_index(ns, CONTAINER_IFNAME)
+        eth0 = existing_index(ns, CONTAINER_IFNAME)
         netlink.add_address(ns, eth0, ipv4, subnet.prefixlen)
         netlink.set_link(ns, eth0, up=True)
-        netlink.set_link(ns, link_index(ns, "lo"), up=True)
+        netlink.set_link(ns, existing_index(ns, "lo"), up=True)
         netlink.add_default_route(ns, str(ipam.gateway(subnet)))
 
 
@@ -504,7 +512,7 @@ def nft_backed(cmd: str) -> bool:
     return "nft" in os.path.basename(os.path.realpath(cmd))
 
 
-def nft_backed_chain(cmd: str, table: str, chain: str) -> dict | bool | None:
+def nft_backed_chain(cmd: str, table: str, chain: str) -> dict[int, bytes] | bool | None:
     """The chain's netlink attributes (None: no such chain); False when only iptables can tell."""
     if not nft_backed(cmd):
         return False
@@ -524,7 +532,7 @@ def chain_exists(cmd: str, table: str, chain: str) -> bool:
 def forward_policy_drops(cmd: str) -> bool:
     found = nft_backed_chain(cmd, "filter", "FORWARD")
     if found is not False:
-        return found is not None and netlink.chain_policy(found) == netlink.NF_DROP
+        return isinstance(found, dict) and netlink.chain_policy(found) == netlink.NF_DROP
     result = iptables(cmd, "-t", "filter", "-S", "FORWARD")
     return result.returncode == 0 and "-P FORWARD DROP" in result.stdout
 
