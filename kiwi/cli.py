@@ -434,7 +434,7 @@ def expand_alias(argv: list[str]) -> list[str]:
         if rest[n] in EXEC_IGNORED:
             del rest[n]
         else:
-            n += 1 if "=" in rest[n] or rest[n] in ("--direct", "--session", "--takeover") else 2
+            n += 1 if "=" in rest[n] or rest[n] in ("--direct", "--session", "--takeover", "--debug") else 2
     if n + 1 >= len(rest):
         raise UsageError(
             "exec runs a command: kiwi exec <container> <command> [args]; for a shell: kiwi attach <container>"
@@ -519,6 +519,7 @@ def run(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = take_debug_flag(sys.argv[1:] if argv is None else argv)
     try:
+        take_debug_flag(split_command(expand_alias(argv))[0])  # before anything can fail
         return run(argv)
     except KiwiError as e:
         return fail(e.message, e.exit_code, getattr(e, "child_traceback", None))

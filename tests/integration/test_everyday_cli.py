@@ -142,3 +142,4 @@ def test_debug_is_accepted_anywhere(kiwi, busybox):
         assert done.stderr.endswith(plain), args
     # After '--' it belongs to the container's command.
     assert kiwi.out("attach", cid, "--debug", "--", "echo", "--debug") == "--debug"
+    assert kiwi.out("exec", "--debug", cid, "echo", "--debug") == "--debug"  # the docker alias too
