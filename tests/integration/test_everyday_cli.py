@@ -120,7 +120,10 @@ def test_attach_without_terminal_or_input_refuses(kiwi, busybox):
 def test_session_with_a_missing_command_exits_127_like_one_shot(kiwi, busybox, terminals):
     cid = kiwi.create(busybox)
     kiwi("start", cid)
-    for argv, code, text in ((["/no/such"], 127, "command not found"), (["/etc/passwd"], 126, "permission denied")):
+    for argv, code, text in (
+        (["/no/such"], 127, "command not found"),
+        (["/etc/passwd"], 126, "permission denied"),
+    ):
         child = terminals(kiwi.cmd[0], kiwi.cmd[1:] + ["attach", cid, "--session", "--", *argv], kiwi.env)
         child.expect(pexpect.EOF)
         child.close()
