@@ -517,9 +517,10 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = take_debug_flag(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        take_debug_flag(split_command(expand_alias(argv))[0])  # before anything can fail
+        # Before anything can fail; after the alias, so `exec c cmd --debug` keeps the command's.
+        argv = take_debug_flag(expand_alias(argv))
         return run(argv)
     except KiwiError as e:
         return fail(e.message, e.exit_code, getattr(e, "child_traceback", None))

@@ -246,8 +246,8 @@ def sparse_shortfall(store: Store, sparse_ids: list[str]) -> str | None:
             st = img.stat()
             may_write += max(st.st_size - st.st_blocks * 512, 0)
     try:
-        st = os.statvfs(store.root)  # what shutil.disk_usage says, without importing it (list's start-up)
-        free = st.f_bavail * st.f_frsize
+        fs = os.statvfs(store.root)  # what shutil.disk_usage says, without importing it (list's start-up)
+        free = fs.f_bavail * fs.f_frsize
     except OSError:
         return None
     if may_write <= free:

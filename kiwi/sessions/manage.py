@@ -17,7 +17,7 @@ import shutil
 from .. import runstate
 from ..errors import KiwiError
 from ..store import Store
-from . import proto, server
+from . import proto
 from .records import (
     KILL_GRACE,
     REQUEST_TIMEOUT,
@@ -87,6 +87,8 @@ def stop_all(store: Store, cid: str) -> None:
     SIGKILL for what is left) and remove their files."""
     records = [r for sid in session_ids(store, cid) if (r := read_record(record_path(store, cid, sid)))]
     if any(daemon_alive(r) for r in records):
+        from . import server  # only with a live server: `kiwi stop` of a container without sessions skips it
+
         server.stop_container(store, cid, STOP_GRACE)
     for record in records:
         kill_leftovers(record)
@@ -96,6 +98,8 @@ def stop_all(store: Store, cid: str) -> None:
 def cleanup(store: Store) -> list[str]:
     """Remove what a crashed session server left: records and sockets without a live
     server, its control socket, and every session file of a container that is not running."""
+    from . import server
+
     removed = [line] if (line := server.remove_stale_control(store)) else []
     for cid in containers_with_runtime(store):
         running = runstate.read_runtime(store, cid) is not None

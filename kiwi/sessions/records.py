@@ -134,8 +134,8 @@ def children_of(parent: int) -> list[int]:
     """One small read (a scan of /proc took 30 ms on a loaded host, inside the server's loop);
     the scan where the kernel lacks CONFIG_PROC_CHILDREN. parent: single-threaded."""
     try:
-        with open(f"/proc/{parent}/task/{parent}/children") as f:
-            return [int(pid) for pid in f.read().split()]
+        with open(f"/proc/{parent}/task/{parent}/children") as children:
+            return [int(pid) for pid in children.read().split()]
     except FileNotFoundError:
         return [pid for pid in all_pids() if (f := proc.stat_fields(pid)) and int(f[1]) == parent]
 

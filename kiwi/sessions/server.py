@@ -260,6 +260,7 @@ class Server:
             and (options is None or isinstance(options, dict))
         ):
             raise KiwiError("the session server got a malformed request")
+        assert isinstance(rows, int) and isinstance(cols, int)  # checked above; for mypy
         return Session(self, cid, sid, term, (rows, cols), (argv, exec_options_of(options)))
 
     def stop_container(self, payload: bytes) -> dict:

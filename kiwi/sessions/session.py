@@ -129,7 +129,7 @@ class Session:
         self.master_eof = False
         self.exit_status: int | None = None
         self.shell_pid: int | None = None
-        self.shell_start = None
+        self.shell_start: int | None = None
         self.closed = False  # its PTY and socket are closed: the server drops it
 
     # --- setup, before the client hears "ok" ---
