@@ -6,11 +6,14 @@ teardown stops and removes everything it made, even when the test failed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,6 +139,7 @@ def teardown_env(kiwi: Kiwi) -> None:
             if row.get("status") == "running":
                 kiwi("stop", row["id"], "--time", "2", check=False)
         kiwi("cleanup", check=False)
+    kill_what_is_left(kiwi.env["KIWI_CGROUP_PARENT"])
     remove_network(kiwi.env)
     remove_cgroup_parent(kiwi.env["KIWI_CGROUP_PARENT"])
     unmount_below(kiwi.root.parent)
@@ -164,6 +168,25 @@ def own_cgroup_dirs() -> list[Path]:
         if key in own:
             dirs.append(Path(fields[4]) / own[key].lstrip("/"))
     return dirs
+
+
+def kill_what_is_left(parent: str) -> None:
+    """A failed stop must not outlive its test: SIGKILL whatever is still in the test's own
+    cgroup parent (only this test's containers can be there), so their mounts and loop
+    devices go before the folder does. Waits until the kernel has emptied it."""
+    pids = {0}
+    deadline = time.monotonic() + 10
+    while pids and time.monotonic() < deadline:
+        pids = set()
+        for base in own_cgroup_dirs():
+            for dirpath, _dirnames, _ in os.walk(base / parent):
+                with contextlib.suppress(OSError, ValueError):
+                    pids.update(int(p) for p in Path(dirpath, "cgroup.procs").read_text().split())
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if pids:
+            time.sleep(0.05)
 
 
 def remove_cgroup_parent(parent: str) -> None:
