@@ -189,6 +189,15 @@ root_of() {
   echo "$BUILD_CACHE/roots/$RELEASE_SUITE-$(debian_arch_of "$1")"
 }
 
+# GNU triplet: Debian's cross compilers (gcc-<triplet>) and multiarch folders.
+triplet_of() {
+  case "$1" in
+    linux-amd64) echo x86_64-linux-gnu ;;
+    linux-arm64) echo aarch64-linux-gnu ;;
+    linux-armv7) echo arm-linux-gnueabihf ;;
+  esac
+}
+
 # Runs a command in ROOT inside a private mount namespace with its own /proc: nothing
 # is mounted on the host, and whatever debootstrap or a build mounts goes with it.
 # shellcheck disable=SC2016 # the sh -c scripts here expand their own arguments
@@ -241,27 +250,96 @@ make_root() {
 }
 
 # CPython 3.11 as a shared library (PyInstaller bundles libpython), from the upstream
-# tarball of Debian's python3.11 source package, built with the root's own glibc.
+# tarball of Debian's python3.11 source package, against the root's own glibc: built in
+# the root for the host's architecture, cross-compiled on the host for a foreign one.
 make_root_python() {
-  local root=$1
+  local target=$1 root
+  root=$(root_of "$target")
   [ -x "$root$ROOT_PYTHON/bin/python3.11" ] && return
-  echo "building CPython 3.11 in $root (once per root; long under emulation)" >&2
+  echo "building CPython 3.11 for $root (once per root)" >&2
+  fetch_python_source "$root"
+  if [ "$target" = "$(host_target)" ]; then
+    build_python_in_root "$root"
+  else
+    cross_build_python "$target" "$root"
+  fi
+}
+
+# Debian's python3.11 source package (bookworm) into the root's /usr/src/python.
+fetch_python_source() {
+  local root=$1
+  compgen -G "$root/usr/src/python/python3.11_*.orig.tar.*" >/dev/null && return
   install -m 0644 /usr/share/keyrings/debian-archive-keyring.gpg "$root/usr/share/keyrings/kiwi-debian.gpg"
   echo "deb-src [signed-by=/usr/share/keyrings/kiwi-debian.gpg] $MIRROR $PYTHON_SOURCE_SUITE main" \
     >"$root/etc/apt/sources.list.d/kiwi-python-source.list"
   in_root "$root" sh -euc '
     apt-get update -qq
     rm -rf /usr/src/python && mkdir -p /usr/src/python && cd /usr/src/python
-    apt-get source --download-only -qq -o APT::Sandbox::User=root python3.11
+    apt-get source --download-only -qq -o APT::Sandbox::User=root python3.11' >>"$root.log" 2>&1 \
+    || die "downloading the python3.11 source package into $root failed; see $root.log"
+}
+
+# No debug info, -O2 and no test modules: a third less compiling.
+PYTHON_CONFIGURE=(--prefix="$ROOT_PYTHON" --enable-shared --disable-test-modules
+  OPT="-DNDEBUG -fwrapv -O2" LDFLAGS="-Wl,-rpath,$ROOT_PYTHON/lib")
+
+build_python_in_root() {
+  local root=$1
+  in_root "$root" sh -euc '
+    cd /usr/src/python
     tar -xf python3.11_*.orig.tar.*
     cd Python-3.11.*
-    # No debug info, -O2 and no test modules: a third less compiling under emulation.
-    ./configure -q --prefix="$0" --enable-shared --disable-test-modules OPT="-DNDEBUG -fwrapv -O2" LDFLAGS="-Wl,-rpath,$0/lib"
+    ./configure -q "$@"
     make -s -j"$(nproc)"
     # .pyc files of the top-level stdlib only: PyInstaller compiles what it bundles.
     make -s altinstall COMPILEALL_OPTS=-l
-    cd / && rm -rf /usr/src/python' "$ROOT_PYTHON" >>"$root.log" 2>&1 \
+    cd / && rm -rf /usr/src/python' sh "${PYTHON_CONFIGURE[@]}" >>"$root.log" 2>&1 \
     || die "building CPython in $root failed; see $root.log"
+}
+
+# Debian's -dev packages link libfoo.so to /lib/<triplet>/libfoo.so.N: outside the root
+# such a link points at the host's file or nowhere, and the linker silently takes the
+# static libfoo.a instead. Relative links resolve inside the root wherever it is.
+relative_library_links() {
+  local root=$1 dir=$1/usr/lib/$2 link target
+  find "$dir" -maxdepth 1 -type l -lname '/*' | while read -r link; do
+    target=$(readlink "$link")
+    ln -sfnr "$root$target" "$link"
+    [ -e "$link" ] || die "$link: $target is not in $root"
+  done
+}
+
+# Debian's cross gcc, with the bullseye root as --sysroot (its headers, glibc 2.31 and
+# -dev libraries), and the host's python3.11 as the build Python: minutes, where
+# configure and make under qemu-user took hours. Installed into the root (DESTDIR),
+# where pip and PyInstaller then run it under emulation.
+cross_build_python() {
+  local target=$1 root=$2 triplet work
+  triplet=$(triplet_of "$target")
+  { command -v "$triplet-gcc" >/dev/null && [ -x /usr/bin/python3.11 ]; } \
+    || die "cross-compiling CPython for $target needs gcc-$triplet and python3.11 (scripts/install-deps --cross)"
+  # libc6-dev-<arch>-cross (bookworm's glibc 2.36) comes before any --sysroot in the
+  # cross gcc's search path: with it installed, the result would need glibc 2.36.
+  case $("$triplet-gcc" --sysroot="$root" -print-file-name=libc.so) in
+    "$root"/*) ;;
+    *) die "$triplet-gcc takes another glibc than $root's: apt-get remove libc6-dev-$(debian_arch_of "$target")-cross" ;;
+  esac
+  relative_library_links "$root" "$triplet"
+  work=$BUILD_CACHE/work/python-$triplet
+  rm -rf "$work" && mkdir -p "$work"
+  tar -xf "$root"/usr/src/python/python3.11_*.orig.tar.* -C "$work"
+  # configure cannot run test programs for another architecture: these are its answers
+  # for Linux (a /dev/ptmx, no /dev/ptc, a working getaddrinfo with IPv6).
+  (cd "$work"/Python-3.11.* \
+    && export PKG_CONFIG_LIBDIR="$root/usr/lib/$triplet/pkgconfig:$root/usr/share/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$root" \
+    && "${NICE[@]}" ./configure -q --host="$triplet" --build="$(gcc -dumpmachine)" --with-build-python=/usr/bin/python3.11 \
+      --enable-ipv6 ac_cv_file__dev_ptmx=yes ac_cv_file__dev_ptc=no --with-ensurepip=no \
+      CC="$triplet-gcc --sysroot=$root" AR="$triplet-ar" READELF="$triplet-readelf" \
+      "${PYTHON_CONFIGURE[@]}" \
+    && "${NICE[@]}" make -s -j"$(nproc)" \
+    && "${NICE[@]}" make -s altinstall DESTDIR="$root" COMPILEALL_OPTS=-l) >>"$root.log" 2>&1 \
+    || die "cross-compiling CPython for $target failed; see $root.log"
+  rm -rf "$work" "$root/usr/src/python"
 }
 
 # The host venv's exact versions of the build requirements (pyproject.toml names them),
@@ -312,16 +390,36 @@ newer_than_floor() {
   [ "$(printf '%s\n%s\n' "$1" "$GLIBC_FLOOR" | sort -V | tail -1)" != "$GLIBC_FLOOR" ]
 }
 
+# The static programs (PID 1, kiwi-exec, the launcher) need no Python: Debian's cross
+# gcc builds them on the host against the root's static glibc and libzstd, in seconds
+# instead of minutes under emulation. The cffi module and the bundle's executable are
+# built in the root, by the target's Python, which knows its own headers and suffixes.
+cross_compile_static_parts() {
+  local target=$1 root=$2 src=$3 python=$PWD/.venv/bin/python
+  (cd "$src" && CC="$(triplet_of "$target")-gcc --sysroot=$root" "${NICE[@]}" "$python" \
+    cffi_build/build_sys.py init exec launcher >/dev/null) || die "cross-compiling the static programs for $target failed"
+}
+
 # Builds dist/kiwi-linux-<arch> in the target's bullseye root; refuses a bundle that
 # needs a glibc above 2.31.
 build_in_root() {
-  local target=$1 arch=${1#linux-} root src floor
+  local target=$1 arch=${1#linux-} root src floor in_root_parts
   root=$(root_of "$target")
   if [ "$DRY_RUN" = 1 ]; then
     echo "debootstrap --arch=$(debian_arch_of "$target") --variant=minbase --include=$ROOT_PACKAGES$([ "$target" = "$(host_target)" ] || echo ' --foreign') $RELEASE_SUITE $root $MIRROR"
-    echo "chroot $root: apt-get source python3.11 ($PYTHON_SOURCE_SUITE); configure --enable-shared --prefix=$ROOT_PYTHON; make altinstall"
+    echo "chroot $root: apt-get source python3.11 ($PYTHON_SOURCE_SUITE)"
+    if [ "$target" = "$(host_target)" ]; then
+      echo "chroot $root: configure --enable-shared --prefix=$ROOT_PYTHON; make altinstall"
+    else
+      echo "host: configure --host=$(triplet_of "$target") CC='$(triplet_of "$target")-gcc --sysroot=$root' --with-build-python=/usr/bin/python3.11 --enable-shared --prefix=$ROOT_PYTHON; make altinstall DESTDIR=$root"
+    fi
     echo "chroot $root: $ROOT_PYTHON/bin/python3.11 -m venv $ROOT_VENV; pip install <the host .venv's versions of: $("$PY" scripts/python-deps build | paste -sd' ')>"
-    echo "chroot $root: build_sys.py sys init exec launcher embed; pyinstaller kiwi.spec; pack.py"
+    if [ "$target" = "$(host_target)" ]; then
+      echo "chroot $root: build_sys.py sys init exec launcher embed; pyinstaller kiwi.spec; pack.py"
+    else
+      echo "host: CC='$(triplet_of "$target")-gcc --sysroot=$root' build_sys.py init exec launcher"
+      echo "chroot $root: build_sys.py sys embed; pyinstaller kiwi.spec; pack.py"
+    fi
     return
   fi
   [ "$(id -u)" = 0 ] || die "building $target in a Debian root needs root (debootstrap, chroot)"
@@ -329,7 +427,7 @@ build_in_root() {
   [ "$target" = "$(host_target)" ] || ensure_binfmt "$target"
   lock_root "$root"
   make_root "$target"
-  make_root_python "$root"
+  make_root_python "$target"
   make_root_venv "$root"
   src=/src/kiwi-$$
   rm -rf "$root$src"
@@ -337,10 +435,16 @@ build_in_root() {
   write_build_info "$arch" "$root$src"
   trap 'rm -rf "${root:?}$src"' EXIT
   echo "building $target in $root" >&2
+  in_root_parts=(sys embed)
+  if [ "$target" = "$(host_target)" ]; then
+    in_root_parts+=(init exec launcher)
+  else
+    cross_compile_static_parts "$target" "$root" "$root$src"
+  fi
   in_root "$root" sh -euc 'cd "$0" && export PATH="$1/bin:$PATH"
-    python cffi_build/build_sys.py sys init exec launcher embed >/dev/null
+    python cffi_build/build_sys.py $3 >/dev/null
     KIWI_ARCH="$2" KIWI_BUILD_INFO=build-info pyinstaller --noconfirm --clean --log-level WARN --distpath out --workpath work kiwi.spec
-    python cffi_build/pack.py build/kiwi-launcher "out/kiwi-linux-$2" "kiwi-linux-$2" >/dev/null' "$src" "$ROOT_VENV" "$arch" \
+    python cffi_build/pack.py build/kiwi-launcher "out/kiwi-linux-$2" "kiwi-linux-$2" >/dev/null' "$src" "$ROOT_VENV" "$arch" "${in_root_parts[*]}" \
     || die "the build in $root failed"
   floor=$(glibc_floor "$root$src/out")
   ! newer_than_floor "$floor" || die "the $target bundle needs glibc $floor, above the $GLIBC_FLOOR floor"
