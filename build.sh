@@ -335,11 +335,26 @@ cross_build_python() {
     && "${NICE[@]}" ./configure -q --host="$triplet" --build="$(gcc -dumpmachine)" --with-build-python=/usr/bin/python3.11 \
       --enable-ipv6 ac_cv_file__dev_ptmx=yes ac_cv_file__dev_ptc=no --with-ensurepip=no \
       CC="$triplet-gcc --sysroot=$root" AR="$triplet-ar" READELF="$triplet-readelf" \
-      "${PYTHON_CONFIGURE[@]}" \
+      "${PYTHON_CONFIGURE[@]}" LDFLAGS="-Wl,-rpath,$ROOT_PYTHON/lib -L$root/usr/lib/$triplet" \
     && "${NICE[@]}" make -s -j"$(nproc)" \
     && "${NICE[@]}" make -s altinstall DESTDIR="$root" COMPILEALL_OPTS=-l) >>"$root.log" 2>&1 \
     || die "cross-compiling CPython for $target failed; see $root.log"
   rm -rf "$work" "$root/usr/src/python"
+  # setup.py looks for libffi.so only in LDFLAGS' -L folders when cross-compiling (hence
+  # the -L above); without it _ctypes builds unlinked and fails at import.
+  readelf -d "$root$ROOT_PYTHON"/lib/python3.11/lib-dynload/_ctypes.*.so | grep -q 'libffi\.so' \
+    || die "the cross-built _ctypes of $root does not link libffi; see $root.log"
+  python_builds_in_root "$root" "$triplet"
+}
+
+# The cross-built Python records the host's cross compiler as its CC; in the root,
+# where pip and build_sys.py compile C extensions with it, that is the root's gcc.
+python_builds_in_root() {
+  local root=$1 triplet=$2
+  sed -i -e "s|--sysroot=$root||g" -e "s|$root||g" -e "s|$triplet-gcc|gcc|g" -e "s|$triplet-ar|ar|g" -e "s|$triplet-readelf|readelf|g" \
+    "$root$ROOT_PYTHON"/lib/python3.11/_sysconfigdata_*.py "$root$ROOT_PYTHON"/lib/python3.11/config-3.11-*/Makefile
+  ! grep -q "$root" "$root$ROOT_PYTHON"/lib/python3.11/_sysconfigdata_*.py \
+    || die "$root$ROOT_PYTHON still names host paths in its build configuration"
 }
 
 # The host venv's exact versions of the build requirements (pyproject.toml names them),
@@ -390,20 +405,10 @@ newer_than_floor() {
   [ "$(printf '%s\n%s\n' "$1" "$GLIBC_FLOOR" | sort -V | tail -1)" != "$GLIBC_FLOOR" ]
 }
 
-# The static programs (PID 1, kiwi-exec, the launcher) need no Python: Debian's cross
-# gcc builds them on the host against the root's static glibc and libzstd, in seconds
-# instead of minutes under emulation. The cffi module and the bundle's executable are
-# built in the root, by the target's Python, which knows its own headers and suffixes.
-cross_compile_static_parts() {
-  local target=$1 root=$2 src=$3 python=$PWD/.venv/bin/python
-  (cd "$src" && CC="$(triplet_of "$target")-gcc --sysroot=$root" "${NICE[@]}" "$python" \
-    cffi_build/build_sys.py init exec launcher >/dev/null) || die "cross-compiling the static programs for $target failed"
-}
-
 # Builds dist/kiwi-linux-<arch> in the target's bullseye root; refuses a bundle that
 # needs a glibc above 2.31.
 build_in_root() {
-  local target=$1 arch=${1#linux-} root src floor in_root_parts
+  local target=$1 arch=${1#linux-} root src floor
   root=$(root_of "$target")
   if [ "$DRY_RUN" = 1 ]; then
     echo "debootstrap --arch=$(debian_arch_of "$target") --variant=minbase --include=$ROOT_PACKAGES$([ "$target" = "$(host_target)" ] || echo ' --foreign') $RELEASE_SUITE $root $MIRROR"
@@ -414,12 +419,7 @@ build_in_root() {
       echo "host: configure --host=$(triplet_of "$target") CC='$(triplet_of "$target")-gcc --sysroot=$root' --with-build-python=/usr/bin/python3.11 --enable-shared --prefix=$ROOT_PYTHON; make altinstall DESTDIR=$root"
     fi
     echo "chroot $root: $ROOT_PYTHON/bin/python3.11 -m venv $ROOT_VENV; pip install <the host .venv's versions of: $("$PY" scripts/python-deps build | paste -sd' ')>"
-    if [ "$target" = "$(host_target)" ]; then
-      echo "chroot $root: build_sys.py sys init exec launcher embed; pyinstaller kiwi.spec; pack.py"
-    else
-      echo "host: CC='$(triplet_of "$target")-gcc --sysroot=$root' build_sys.py init exec launcher"
-      echo "chroot $root: build_sys.py sys embed; pyinstaller kiwi.spec; pack.py"
-    fi
+    echo "chroot $root: build_sys.py sys init exec launcher embed; pyinstaller kiwi.spec; pack.py"
     return
   fi
   [ "$(id -u)" = 0 ] || die "building $target in a Debian root needs root (debootstrap, chroot)"
@@ -435,16 +435,10 @@ build_in_root() {
   write_build_info "$arch" "$root$src"
   trap 'rm -rf "${root:?}$src"' EXIT
   echo "building $target in $root" >&2
-  in_root_parts=(sys embed)
-  if [ "$target" = "$(host_target)" ]; then
-    in_root_parts+=(init exec launcher)
-  else
-    cross_compile_static_parts "$target" "$root" "$root$src"
-  fi
   in_root "$root" sh -euc 'cd "$0" && export PATH="$1/bin:$PATH"
-    python cffi_build/build_sys.py $3 >/dev/null
+    python cffi_build/build_sys.py sys init exec launcher embed >/dev/null
     KIWI_ARCH="$2" KIWI_BUILD_INFO=build-info pyinstaller --noconfirm --clean --log-level WARN --distpath out --workpath work kiwi.spec
-    python cffi_build/pack.py build/kiwi-launcher "out/kiwi-linux-$2" "kiwi-linux-$2" >/dev/null' "$src" "$ROOT_VENV" "$arch" "${in_root_parts[*]}" \
+    python cffi_build/pack.py build/kiwi-launcher "out/kiwi-linux-$2" "kiwi-linux-$2" >/dev/null' "$src" "$ROOT_VENV" "$arch" \
     || die "the build in $root failed"
   floor=$(glibc_floor "$root$src/out")
   ! newer_than_floor "$floor" || die "the $target bundle needs glibc $floor, above the $GLIBC_FLOOR floor"

@@ -44,10 +44,9 @@ def test_dry_run_without_buildx_prints_the_debian_root_recipe():
     assert first.startswith("debootstrap --arch=arm64 --variant=minbase "), done.stdout
     assert " --foreign bullseye /var/cache/kiwi-build/roots/bullseye-arm64 " in first, first
     assert "apt-get source python3.11" in done.stdout and "pyinstaller kiwi.spec" in done.stdout
-    # the C work (CPython, the static programs) is cross-compiled on the host, not emulated
+    # CPython is cross-compiled on the host, not configured and built under emulation
     sysroot = "aarch64-linux-gnu-gcc --sysroot=/var/cache/kiwi-build/roots/bullseye-arm64"
     assert f"host: configure --host=aarch64-linux-gnu CC='{sysroot}'" in done.stdout, done.stdout
-    assert f"host: CC='{sysroot}' build_sys.py init exec launcher" in done.stdout, done.stdout
 
 
 def test_dry_run_of_the_host_architecture_needs_no_emulation():
