@@ -442,7 +442,9 @@ build_in_root() {
     || die "the build in $root failed"
   floor=$(glibc_floor "$root$src/out")
   ! newer_than_floor "$floor" || die "the $target bundle needs glibc $floor, above the $GLIBC_FLOOR floor"
-  cp -f "$root$src/kiwi-linux-$arch" "dist/.kiwi-linux-$arch.tmp" && mv -f "dist/.kiwi-linux-$arch.tmp" "dist/kiwi-linux-$arch"
+  mkdir -p dist
+  { cp -f "$root$src/kiwi-linux-$arch" "dist/.kiwi-linux-$arch.tmp" && mv -f "dist/.kiwi-linux-$arch.tmp" "dist/kiwi-linux-$arch"; } \
+    || die "cannot write dist/kiwi-linux-$arch"
   rm -rf "${root:?}$src"
   trap - EXIT
   echo "built dist/kiwi-linux-$arch (needs glibc >= $floor)"
