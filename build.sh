@@ -189,6 +189,15 @@ root_of() {
   echo "$BUILD_CACHE/roots/$RELEASE_SUITE-$(debian_arch_of "$1")"
 }
 
+# GNU triplet: Debian's cross compilers (gcc-<triplet>) and multiarch folders.
+triplet_of() {
+  case "$1" in
+    linux-amd64) echo x86_64-linux-gnu ;;
+    linux-arm64) echo aarch64-linux-gnu ;;
+    linux-armv7) echo arm-linux-gnueabihf ;;
+  esac
+}
+
 # Runs a command in ROOT inside a private mount namespace with its own /proc: nothing
 # is mounted on the host, and whatever debootstrap or a build mounts goes with it.
 # shellcheck disable=SC2016 # the sh -c scripts here expand their own arguments
@@ -241,27 +250,111 @@ make_root() {
 }
 
 # CPython 3.11 as a shared library (PyInstaller bundles libpython), from the upstream
-# tarball of Debian's python3.11 source package, built with the root's own glibc.
+# tarball of Debian's python3.11 source package, against the root's own glibc: built in
+# the root for the host's architecture, cross-compiled on the host for a foreign one.
 make_root_python() {
-  local root=$1
+  local target=$1 root
+  root=$(root_of "$target")
   [ -x "$root$ROOT_PYTHON/bin/python3.11" ] && return
-  echo "building CPython 3.11 in $root (once per root; long under emulation)" >&2
+  echo "building CPython 3.11 for $root (once per root)" >&2
+  fetch_python_source "$root"
+  if [ "$target" = "$(host_target)" ]; then
+    build_python_in_root "$root"
+  else
+    cross_build_python "$target" "$root"
+  fi
+}
+
+# Debian's python3.11 source package (bookworm) into the root's /usr/src/python.
+fetch_python_source() {
+  local root=$1
+  compgen -G "$root/usr/src/python/python3.11_*.orig.tar.*" >/dev/null && return
   install -m 0644 /usr/share/keyrings/debian-archive-keyring.gpg "$root/usr/share/keyrings/kiwi-debian.gpg"
   echo "deb-src [signed-by=/usr/share/keyrings/kiwi-debian.gpg] $MIRROR $PYTHON_SOURCE_SUITE main" \
     >"$root/etc/apt/sources.list.d/kiwi-python-source.list"
   in_root "$root" sh -euc '
     apt-get update -qq
     rm -rf /usr/src/python && mkdir -p /usr/src/python && cd /usr/src/python
-    apt-get source --download-only -qq -o APT::Sandbox::User=root python3.11
+    apt-get source --download-only -qq -o APT::Sandbox::User=root python3.11' >>"$root.log" 2>&1 \
+    || die "downloading the python3.11 source package into $root failed; see $root.log"
+}
+
+# No debug info, -O2 and no test modules: a third less compiling.
+PYTHON_CONFIGURE=(--prefix="$ROOT_PYTHON" --enable-shared --disable-test-modules
+  OPT="-DNDEBUG -fwrapv -O2" LDFLAGS="-Wl,-rpath,$ROOT_PYTHON/lib")
+
+build_python_in_root() {
+  local root=$1
+  in_root "$root" sh -euc '
+    cd /usr/src/python
     tar -xf python3.11_*.orig.tar.*
     cd Python-3.11.*
-    # No debug info, -O2 and no test modules: a third less compiling under emulation.
-    ./configure -q --prefix="$0" --enable-shared --disable-test-modules OPT="-DNDEBUG -fwrapv -O2" LDFLAGS="-Wl,-rpath,$0/lib"
+    ./configure -q "$@"
     make -s -j"$(nproc)"
     # .pyc files of the top-level stdlib only: PyInstaller compiles what it bundles.
     make -s altinstall COMPILEALL_OPTS=-l
-    cd / && rm -rf /usr/src/python' "$ROOT_PYTHON" >>"$root.log" 2>&1 \
+    cd / && rm -rf /usr/src/python' sh "${PYTHON_CONFIGURE[@]}" >>"$root.log" 2>&1 \
     || die "building CPython in $root failed; see $root.log"
+}
+
+# Debian's -dev packages link libfoo.so to /lib/<triplet>/libfoo.so.N: outside the root
+# such a link points at the host's file or nowhere, and the linker silently takes the
+# static libfoo.a instead. Relative links resolve inside the root wherever it is.
+relative_library_links() {
+  local root=$1 dir=$1/usr/lib/$2 link target
+  find "$dir" -maxdepth 1 -type l -lname '/*' | while read -r link; do
+    target=$(readlink "$link")
+    ln -sfnr "$root$target" "$link"
+    [ -e "$link" ] || die "$link: $target is not in $root"
+  done
+}
+
+# Debian's cross gcc, with the bullseye root as --sysroot (its headers, glibc 2.31 and
+# -dev libraries), and the host's python3.11 as the build Python: minutes, where
+# configure and make under qemu-user took hours. Installed into the root (DESTDIR),
+# where pip and PyInstaller then run it under emulation.
+cross_build_python() {
+  local target=$1 root=$2 triplet work
+  triplet=$(triplet_of "$target")
+  { command -v "$triplet-gcc" >/dev/null && [ -x /usr/bin/python3.11 ]; } \
+    || die "cross-compiling CPython for $target needs gcc-$triplet and python3.11 (scripts/install-deps --cross)"
+  # libc6-dev-<arch>-cross (bookworm's glibc 2.36) comes before any --sysroot in the
+  # cross gcc's search path: with it installed, the result would need glibc 2.36.
+  case $("$triplet-gcc" --sysroot="$root" -print-file-name=libc.so) in
+    "$root"/*) ;;
+    *) die "$triplet-gcc takes another glibc than $root's: apt-get remove libc6-dev-$(debian_arch_of "$target")-cross" ;;
+  esac
+  relative_library_links "$root" "$triplet"
+  work=$BUILD_CACHE/work/python-$triplet
+  rm -rf "$work" && mkdir -p "$work"
+  tar -xf "$root"/usr/src/python/python3.11_*.orig.tar.* -C "$work"
+  # configure cannot run test programs for another architecture: these are its answers
+  # for Linux (a /dev/ptmx, no /dev/ptc, a working getaddrinfo with IPv6).
+  (cd "$work"/Python-3.11.* \
+    && export PKG_CONFIG_LIBDIR="$root/usr/lib/$triplet/pkgconfig:$root/usr/share/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$root" \
+    && "${NICE[@]}" ./configure -q --host="$triplet" --build="$(gcc -dumpmachine)" --with-build-python=/usr/bin/python3.11 \
+      --enable-ipv6 ac_cv_file__dev_ptmx=yes ac_cv_file__dev_ptc=no --with-ensurepip=no \
+      CC="$triplet-gcc --sysroot=$root" AR="$triplet-ar" READELF="$triplet-readelf" \
+      "${PYTHON_CONFIGURE[@]}" LDFLAGS="-Wl,-rpath,$ROOT_PYTHON/lib -L$root/usr/lib/$triplet" \
+    && "${NICE[@]}" make -s -j"$(nproc)" \
+    && "${NICE[@]}" make -s altinstall DESTDIR="$root" COMPILEALL_OPTS=-l) >>"$root.log" 2>&1 \
+    || die "cross-compiling CPython for $target failed; see $root.log"
+  rm -rf "$work" "$root/usr/src/python"
+  # setup.py looks for libffi.so only in LDFLAGS' -L folders when cross-compiling (hence
+  # the -L above); without it _ctypes builds unlinked and fails at import.
+  readelf -d "$root$ROOT_PYTHON"/lib/python3.11/lib-dynload/_ctypes.*.so | grep -q 'libffi\.so' \
+    || die "the cross-built _ctypes of $root does not link libffi; see $root.log"
+  python_builds_in_root "$root" "$triplet"
+}
+
+# The cross-built Python records the host's cross compiler as its CC; in the root,
+# where pip and build_sys.py compile C extensions with it, that is the root's gcc.
+python_builds_in_root() {
+  local root=$1 triplet=$2
+  sed -i -e "s|--sysroot=$root||g" -e "s|$root||g" -e "s|$triplet-gcc|gcc|g" -e "s|$triplet-ar|ar|g" -e "s|$triplet-readelf|readelf|g" \
+    "$root$ROOT_PYTHON"/lib/python3.11/_sysconfigdata_*.py "$root$ROOT_PYTHON"/lib/python3.11/config-3.11-*/Makefile
+  ! grep -q "$root" "$root$ROOT_PYTHON"/lib/python3.11/_sysconfigdata_*.py \
+    || die "$root$ROOT_PYTHON still names host paths in its build configuration"
 }
 
 # The host venv's exact versions of the build requirements (pyproject.toml names them),
@@ -319,7 +412,12 @@ build_in_root() {
   root=$(root_of "$target")
   if [ "$DRY_RUN" = 1 ]; then
     echo "debootstrap --arch=$(debian_arch_of "$target") --variant=minbase --include=$ROOT_PACKAGES$([ "$target" = "$(host_target)" ] || echo ' --foreign') $RELEASE_SUITE $root $MIRROR"
-    echo "chroot $root: apt-get source python3.11 ($PYTHON_SOURCE_SUITE); configure --enable-shared --prefix=$ROOT_PYTHON; make altinstall"
+    echo "chroot $root: apt-get source python3.11 ($PYTHON_SOURCE_SUITE)"
+    if [ "$target" = "$(host_target)" ]; then
+      echo "chroot $root: configure --enable-shared --prefix=$ROOT_PYTHON; make altinstall"
+    else
+      echo "host: configure --host=$(triplet_of "$target") CC='$(triplet_of "$target")-gcc --sysroot=$root' --with-build-python=/usr/bin/python3.11 --enable-shared --prefix=$ROOT_PYTHON; make altinstall DESTDIR=$root"
+    fi
     echo "chroot $root: $ROOT_PYTHON/bin/python3.11 -m venv $ROOT_VENV; pip install <the host .venv's versions of: $("$PY" scripts/python-deps build | paste -sd' ')>"
     echo "chroot $root: build_sys.py sys init exec lxfs launcher embed; pyinstaller kiwi.spec; pack.py"
     return
@@ -329,7 +427,7 @@ build_in_root() {
   [ "$target" = "$(host_target)" ] || ensure_binfmt "$target"
   lock_root "$root"
   make_root "$target"
-  make_root_python "$root"
+  make_root_python "$target"
   make_root_venv "$root"
   src=/src/kiwi-$$
   rm -rf "$root$src"
@@ -344,7 +442,9 @@ build_in_root() {
     || die "the build in $root failed"
   floor=$(glibc_floor "$root$src/out")
   ! newer_than_floor "$floor" || die "the $target bundle needs glibc $floor, above the $GLIBC_FLOOR floor"
-  cp -f "$root$src/kiwi-linux-$arch" "dist/.kiwi-linux-$arch.tmp" && mv -f "dist/.kiwi-linux-$arch.tmp" "dist/kiwi-linux-$arch"
+  mkdir -p dist
+  { cp -f "$root$src/kiwi-linux-$arch" "dist/.kiwi-linux-$arch.tmp" && mv -f "dist/.kiwi-linux-$arch.tmp" "dist/kiwi-linux-$arch"; } \
+    || die "cannot write dist/kiwi-linux-$arch"
   rm -rf "${root:?}$src"
   trap - EXIT
   echo "built dist/kiwi-linux-$arch (needs glibc >= $floor)"

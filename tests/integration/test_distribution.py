@@ -44,6 +44,9 @@ def test_dry_run_without_buildx_prints_the_debian_root_recipe():
     assert first.startswith("debootstrap --arch=arm64 --variant=minbase "), done.stdout
     assert " --foreign bullseye /var/cache/kiwi-build/roots/bullseye-arm64 " in first, first
     assert "apt-get source python3.11" in done.stdout and "pyinstaller kiwi.spec" in done.stdout
+    # CPython is cross-compiled on the host, not configured and built under emulation
+    sysroot = "aarch64-linux-gnu-gcc --sysroot=/var/cache/kiwi-build/roots/bullseye-arm64"
+    assert f"host: configure --host=aarch64-linux-gnu CC='{sysroot}'" in done.stdout, done.stdout
 
 
 def test_dry_run_of_the_host_architecture_needs_no_emulation():
@@ -51,6 +54,7 @@ def test_dry_run_of_the_host_architecture_needs_no_emulation():
     done = run([str(BUILD), "--dry-run", target], env={**os.environ, "PATH": path_without_docker()})
     assert done.returncode == 0, done.stderr
     assert "debootstrap --arch=" in done.stdout and "--foreign" not in done.stdout
+    assert "--sysroot" not in done.stdout, done.stdout
 
 
 def test_dry_run_with_buildx_prints_the_buildx_command_line(tmp_path):
