@@ -199,6 +199,12 @@ class Child:
     the reports with read() or result()."""
 
     def __init__(self, body: Callable[..., Any], *args: Any):
+        # What Report.failure needs, imported before the fork: the child may end up where
+        # kiwi's own files are out of reach (stage 2 after pivot_root), and a failed import
+        # there would lose the report.
+        import json  # noqa: F401
+        import traceback  # noqa: F401
+
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
             pid = os.fork()
