@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 
@@ -147,6 +148,13 @@ def test_server_ends_with_stop(kiwi, busybox):
     assert "\nCapEff:\t0000000000000000\n" in status
     rss = int(status.split("VmRSS:")[1].split()[0])
     assert rss < 1024, rss
+    # Started from a sealed memfd, not a host file; it holds no terminal and no directory
+    # (only /dev/fuse and the files it renders from).
+    assert os.readlink(f"/proc/{pids[0]}/exe").startswith("/memfd:"), os.readlink(f"/proc/{pids[0]}/exe")
+    for fd in os.listdir(f"/proc/{pids[0]}/fd"):
+        target = os.readlink(f"/proc/{pids[0]}/fd/{fd}")
+        st = os.stat(f"/proc/{pids[0]}/fd/{fd}")
+        assert not stat.S_ISDIR(st.st_mode) and not target.startswith(("/dev/pts", "/dev/tty")), target
     kiwi("stop", cid)
     assert_no_server_left(pids)
 
