@@ -82,6 +82,17 @@ def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+def assert_holds_nothing_of_the_host(kiwi, rec: dict) -> None:
+    """The server holds every session's PTY master, socket and log: none of that reaches a
+    session's processes. kiwi-exec runs from a memfd; the shell has its own terminal only."""
+    exe = os.readlink(f"/proc/{rec['relay_pid']}/exe")
+    assert exe.startswith("/memfd:"), exe
+    for pid in (rec["relay_pid"], rec["shell_pid"]):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            assert target.startswith("/dev/pts/"), (pid, fd, target)  # no ptmx, socket, log or pipe
+
+
 def test_one_server_for_two_containers_and_racing_attaches(kiwi, busybox, clients):
     cids = [kiwi.create(busybox) for _ in range(2)]
     for cid in cids:
@@ -97,6 +108,7 @@ def test_one_server_for_two_containers_and_racing_attaches(kiwi, busybox, client
     for rs in records.values():
         for r in rs:
             assert parent_of(r["relay_pid"]) == server  # kiwi-exec is the server's child
+            assert_holds_nothing_of_the_host(kiwi, r)
     # Each container lists its own sessions only.
     for cid in cids:
         assert {row["id"] for row in kiwi.json("sessions", cid)} == {r["id"] for r in records[cid]}
