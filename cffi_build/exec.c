@@ -15,6 +15,9 @@
  *   -c FD   cgroup.procs of the container, open for writing (one per hierarchy)
  *   -n FD   namespace to join, in order (user first, mnt last)
  *   -k CAPS capabilities to keep, hexadecimal mask
+ *   -s FD   a socket to the container's sysinfo handler (kiwi-lxfs): the filter is
+ *           installed with a listener (its user-notify rule for sysinfo then has an
+ *           answer), which is sent over FD before the command runs
  *   -t      fd 0 is a PTY slave: make it the controlling terminal
  *   -w DIR  working directory inside the container
  *   -u UID  run as this user id (after the capabilities are dropped: the
@@ -47,6 +50,7 @@
 #include <grp.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -58,6 +62,7 @@
 
 #define ERROR_FD 3
 #define SECCOMP_FD 4
+#define NOTIFY_FD 4      /* the -s socket in the command's process (SECCOMP_FD is closed by then) */
 #define MAX_FDS 32
 #define MAX_FILTER 4096  /* BPF_MAXINSNS */
 #define MAX_GROUPS 64    /* execopts.MAX_GROUPS */
@@ -71,6 +76,7 @@ struct options {
     int namespaces[MAX_FDS], nnamespaces;
     uint64_t keep_caps;
     int tty;
+    int notify;
     const char *workdir;
     int set_user;
     uid_t uid;
@@ -157,12 +163,14 @@ static void parse_options(int argc, char **argv, struct options *o)
 
     memset(o, 0, sizeof *o);
     o->workdir = "/";
-    while ((opt = getopt(argc, argv, "+tc:n:k:w:u:g:G:")) != -1) {
+    o->notify = -1;
+    while ((opt = getopt(argc, argv, "+tc:n:k:s:w:u:g:G:")) != -1) {
         switch (opt) {
         case 't': o->tty = 1; break;
         case 'c': add_fd(o->cgroups, &o->ncgroups, optarg); break;
         case 'n': add_fd(o->namespaces, &o->nnamespaces, optarg); break;
         case 'k': o->keep_caps = strtoull(optarg, NULL, 16); break;
+        case 's': o->notify = parse_fd(optarg); break;
         case 'w': o->workdir = optarg; break;
         case 'u': o->uid = parse_id(optarg); have_uid = 1; break;
         case 'g': o->gid = parse_id(optarg); have_gid = 1; break;
@@ -242,14 +250,40 @@ static void reset_signals(void)
     sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-static void install_seccomp(void)
+/* The listener to the handler, over the socket on NOTIFY_FD. If that fails (the handler
+ * went away meanwhile), the command's sysinfo calls fail with ENOSYS. */
+static void send_listener(int listener)
+{
+    char byte = 'L';
+    union { struct cmsghdr header; char space[CMSG_SPACE(sizeof(int))]; } control;
+    struct iovec iov = { &byte, 1 };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control, .msg_controllen = sizeof control };
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+
+    memset(&control, 0, sizeof control);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &listener, sizeof listener);
+    while (sendmsg(NOTIFY_FD, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR)
+        ;
+    close(listener);
+    close(NOTIFY_FD);
+}
+
+static void install_seccomp(int notify)
 {
     struct sock_fprog prog = { filter_len, filter };
+    long flags = notify ? SECCOMP_FILTER_FLAG_NEW_LISTENER : 0;
+    long listener;
 
     /* Still holding CAP_SYS_ADMIN, so no_new_privs is not needed and setuid
      * programs in the container keep working. */
-    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0)
+    listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+    if (listener < 0)
         fail(1, "cannot install the seccomp filter: %s", strerror(errno));
+    if (notify)
+        send_listener((int)listener);
 }
 
 /* Bounding set first (needs CAP_SETPCAP), ambient cleared, then capset with an
@@ -315,10 +349,12 @@ static void run_command(const struct options *o)
     if (o->tty && ioctl(0, TIOCSCTTY, 0) != 0)
         fail(1, "cannot take the terminal: %s", strerror(errno));
     reset_signals();
-    close_from(ERROR_FD + 1);
+    if (o->notify >= 0 && dup2(o->notify, NOTIFY_FD) != NOTIFY_FD)
+        fail(1, "kiwi-exec: dup2: %s", strerror(errno));
+    close_from(o->notify >= 0 ? NOTIFY_FD + 1 : ERROR_FD + 1);
     if (o->set_user)
         give_stdio_to_user(o);
-    install_seccomp();
+    install_seccomp(o->notify >= 0);
     drop_capabilities(o->keep_caps);
     if (o->set_user)
         switch_user(o);

@@ -28,7 +28,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <sched.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/sysinfo.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <linux/capability.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -36,7 +45,7 @@
 #include <unistd.h>
 
 #define FUSE_FD 3
-#define FIRST_PROCS_FD 4
+#define FIRST_PROCS_FD 7 /* after NOTIFY_FD, PIDNS_FD and USERNS_FD */
 #define REQUEST_MAX (64 * 1024 + 4096) /* > max_write + headers, >= FUSE_MIN_READ_BUFFER */
 #define READ_MAX (64 * 1024)          /* the most one READ reply carries */
 #define RENDER_MAX (4 * 1024 * 1024)  /* a rendered file (cpuinfo of a huge host) */
@@ -44,17 +53,21 @@
 #define NOBODY 65534 /* the default -u */
 #define CPU_MAX 4096
 
-enum { INO_ROOT = FUSE_ROOT_ID, INO_MEMINFO, INO_CPUINFO, INO_STAT, INO_UPTIME, INO_ONLINE, INO_END };
+enum {
+    INO_ROOT = FUSE_ROOT_ID, INO_MEMINFO, INO_CPUINFO, INO_STAT, INO_UPTIME, INO_ONLINE, INO_LOADAVG,
+    INO_SWAPS, INO_END
+};
 
 static const char *const names[INO_END] = {
     [INO_MEMINFO] = "meminfo", [INO_CPUINFO] = "cpuinfo", [INO_STAT] = "stat",
-    [INO_UPTIME] = "uptime",   [INO_ONLINE] = "online",
+    [INO_UPTIME] = "uptime",   [INO_ONLINE] = "online",   [INO_LOADAVG] = "loadavg",
+    [INO_SWAPS] = "swaps",
 };
 
 /* ------------------------------------------------------------------ sources */
 
 enum {
-    SRC_MEMINFO, SRC_CPUINFO, SRC_STAT, SRC_ONLINE,
+    SRC_MEMINFO, SRC_CPUINFO, SRC_STAT, SRC_ONLINE, SRC_SWAPS, SRC_TASKS,
     SRC_MEM_LIMIT, SRC_MEM_USAGE, SRC_MEM_STAT, SRC_SWAP_LIMIT, SRC_SWAP_USAGE,
     SRC_CPUSET, SRC_CPU_QUOTA, SRC_CPU_PERIOD, SRC_CPU_USAGE, SRC_END
 };
@@ -245,20 +258,25 @@ static const char *const stat_keys[2][ST_END] = {
     {"file", "shmem", "active_anon", "inactive_anon", "active_file", "inactive_file", "file_mapped"},
 };
 
-static void render_meminfo(struct buf *out)
+/* The container's memory in kB, as /proc/meminfo, /proc/swaps and sysinfo(2) show it. */
+struct memory {
+    uint64_t total, free, available, cache, shmem, swap_total, swap_free, m[ST_END];
+};
+
+/* Fills mem and returns 1 when the container has a memory limit below the host's
+ * memory; 0 (the host's figures are shown as they are) otherwise. host: /proc/meminfo. */
+static int container_memory(struct memory *mem, struct buf *host)
 {
-    static struct buf host, st;
-    load(src[SRC_MEMINFO], &host);
+    static struct buf st;
+    load(src[SRC_MEMINFO], host);
     uint64_t limit = read_number(src[SRC_MEM_LIMIT]);
-    uint64_t host_total = meminfo_value(host.data, "MemTotal");
-    if (limit == UINT64_MAX || limit / 1024 >= host_total) {
-        render_passthrough(src[SRC_MEMINFO], out); /* no limit: the host's own figures */
-        return;
-    }
+    uint64_t host_total = meminfo_value(host->data, "MemTotal");
+    if (limit == UINT64_MAX || limit / 1024 >= host_total)
+        return 0;
     uint64_t total = limit / 1024, usage = read_number(src[SRC_MEM_USAGE]);
     usage = usage == UINT64_MAX ? 0 : usage / 1024;
     load(src[SRC_MEM_STAT], &st);
-    uint64_t m[ST_END];
+    uint64_t *m = mem->m;
     for (int i = 0; i < ST_END; i++)
         m[i] = stat_value(st.data, stat_keys[cgroup_v2][i]) / 1024;
     uint64_t cache = m[ST_CACHE], shmem = m[ST_SHMEM];
@@ -267,7 +285,7 @@ static void render_meminfo(struct buf *out)
     uint64_t available = free + reclaimable < total ? free + reclaimable : total;
 
     /* Swap: v1 memsw counts memory + swap, v2 swap.max swap alone; never above the host's. */
-    uint64_t host_swap = meminfo_value(host.data, "SwapTotal"), swap_total = host_swap, swap_used = 0;
+    uint64_t host_swap = meminfo_value(host->data, "SwapTotal"), swap_total = host_swap, swap_used = 0;
     uint64_t swap_limit = read_number(src[SRC_SWAP_LIMIT]), swap_usage = read_number(src[SRC_SWAP_USAGE]);
     if (cgroup_v2) {
         if (swap_limit != UINT64_MAX && swap_limit / 1024 < host_swap)
@@ -283,17 +301,35 @@ static void render_meminfo(struct buf *out)
     }
     if (swap_used > swap_total)
         swap_used = swap_total;
+    mem->total = total;
+    mem->free = free;
+    mem->available = available;
+    mem->cache = reclaimable;
+    mem->shmem = shmem;
+    mem->swap_total = swap_total;
+    mem->swap_free = swap_total - swap_used;
+    return 1;
+}
 
+static void render_meminfo(struct buf *out)
+{
+    static struct buf host;
+    struct memory mem;
+    if (!container_memory(&mem, &host)) {
+        render_passthrough(src[SRC_MEMINFO], out); /* no limit: the host's own figures */
+        return;
+    }
+    const uint64_t *m = mem.m;
     static const struct { const char *key; int slot; } shown[] = {
         {"MemTotal", 0}, {"MemFree", 1}, {"MemAvailable", 2}, {"Buffers", 3}, {"Cached", 4},
         {"SwapCached", 3}, {"Active", 5}, {"Inactive", 6}, {"Active(anon)", 7},
         {"Inactive(anon)", 8}, {"Active(file)", 9}, {"Inactive(file)", 10}, {"Shmem", 11},
-        {"Mapped", 12}, {"SwapTotal", 13}, {"SwapFree", 14},
+        {"Mapped", 12}, {"SwapTotal", 13}, {"SwapFree", 14}, {"SReclaimable", 3},
     };
     uint64_t value[] = {
-        total, free, available, 0, reclaimable, m[ST_ACTIVE_ANON] + m[ST_ACTIVE_FILE],
+        mem.total, mem.free, mem.available, 0, mem.cache, m[ST_ACTIVE_ANON] + m[ST_ACTIVE_FILE],
         m[ST_INACTIVE_ANON] + m[ST_INACTIVE_FILE], m[ST_ACTIVE_ANON], m[ST_INACTIVE_ANON],
-        m[ST_ACTIVE_FILE], m[ST_INACTIVE_FILE], shmem, m[ST_MAPPED], swap_total, swap_total - swap_used,
+        m[ST_ACTIVE_FILE], m[ST_INACTIVE_FILE], mem.shmem, m[ST_MAPPED], mem.swap_total, mem.swap_free,
     };
     out->len = 0;
     buf_add(out, "", 0);
@@ -406,24 +442,33 @@ static void render_cpuinfo(struct buf *out)
 static struct timespec started; /* CLOCK_BOOTTIME: the container's uptime counts from here */
 static time_t started_at;        /* the files' times */
 
-static void render_uptime(struct buf *out)
+/* Milliseconds of CLOCK_BOOTTIME since `since`. */
+static int64_t ms_since(const struct timespec *since)
 {
-    static int cpus[CPU_MAX];
     struct timespec now;
     clock_gettime(CLOCK_BOOTTIME, &now);
-    int64_t ms = (int64_t)(now.tv_sec - started.tv_sec) * 1000 + (now.tv_nsec - started.tv_nsec) / 1000000;
-    if (ms < 0)
-        ms = 0;
-    int n = container_cpus(cpus);
-    uint64_t used_ms;
+    int64_t ms = (int64_t)(now.tv_sec - since->tv_sec) * 1000 + (now.tv_nsec - since->tv_nsec) / 1000000;
+    return ms < 0 ? 0 : ms;
+}
+
+/* CPU time the container's cgroup used, in nanoseconds. */
+static uint64_t cpu_used_ns(void)
+{
     if (cgroup_v2) {
         static struct buf b;
         load(src[SRC_CPU_USAGE], &b);
-        used_ms = stat_value(b.data, "usage_usec") / 1000;
-    } else {
-        uint64_t ns = read_number(src[SRC_CPU_USAGE]);
-        used_ms = ns == UINT64_MAX ? 0 : ns / 1000000;
+        return stat_value(b.data, "usage_usec") * 1000;
     }
+    uint64_t ns = read_number(src[SRC_CPU_USAGE]);
+    return ns == UINT64_MAX ? 0 : ns;
+}
+
+static void render_uptime(struct buf *out)
+{
+    static int cpus[CPU_MAX];
+    int64_t ms = ms_since(&started);
+    int n = container_cpus(cpus);
+    uint64_t used_ms = cpu_used_ns() / 1000000;
     uint64_t all_ms = (uint64_t)ms * (uint64_t)(n > 0 ? n : 1);
     uint64_t idle_ms = all_ms > used_ms ? all_ms - used_ms : 0;
     out->len = 0;
@@ -445,6 +490,81 @@ static void render_online(struct buf *out)
         buf_printf(out, "0-%d\n", n - 1);
 }
 
+/* Load averages of the container, the kernel's way (fixed point, 1/5/15-minute decay
+ * every 5 s) but from what the server can see without /proc: the CPU time the cgroup
+ * used over each 5 s, i.e. how many CPUs it kept busy on average. Tasks waiting for a
+ * CPU or for the disk (which the kernel's figure also counts) are not seen. */
+#define FSHIFT 11
+#define FIXED_1 (1 << FSHIFT)
+#define SAMPLE_MS 5000
+static const uint64_t decay[3] = {1884, 2014, 2037}; /* EXP_1, EXP_5, EXP_15 */
+static uint64_t loads[3], busy;                      /* fixed point; busy: the last sample */
+static struct timespec sampled;
+static uint64_t sampled_ns;
+
+static void sample_load(void)
+{
+    uint64_t used = cpu_used_ns();
+    int64_t elapsed_ms = ms_since(&sampled);
+    if (sampled.tv_sec || sampled.tv_nsec) {
+        busy = elapsed_ms > 0 && used > sampled_ns ? (used - sampled_ns) * FIXED_1 / ((uint64_t)elapsed_ms * 1000000) : 0;
+        for (int i = 0; i < 3; i++) {
+            uint64_t load = loads[i] * decay[i] + busy * (FIXED_1 - decay[i]);
+            loads[i] = (load + (busy >= loads[i] ? FIXED_1 - 1 : 0)) / FIXED_1;
+        }
+    }
+    clock_gettime(CLOCK_BOOTTIME, &sampled);
+    sampled_ns = used;
+}
+
+/* Milliseconds until the next sample is due (sampling first when it is). */
+static int next_sample_ms(void)
+{
+    int64_t left = SAMPLE_MS - ms_since(&sampled);
+    if (left <= 0 || !(sampled.tv_sec || sampled.tv_nsec)) {
+        sample_load();
+        left = SAMPLE_MS;
+    }
+    return (int)left;
+}
+
+/* Tasks (threads) in the container's cgroup, the limits server's own included. */
+static int task_count(void)
+{
+    static struct buf b;
+    load(src[SRC_TASKS], &b);
+    int n = 0;
+    for (const char *p = b.data; *p; p++)
+        n += *p == '\n';
+    return n;
+}
+
+static void render_loadavg(struct buf *out)
+{
+    int total = task_count();
+    uint64_t running = (busy + FIXED_1 / 2) / FIXED_1;
+    running = running < 1 ? 1 : running > (uint64_t)total ? (uint64_t)total : running; /* the reader runs */
+    out->len = 0;
+    for (int i = 0; i < 3; i++)
+        buf_printf(out, "%llu.%02llu ", (unsigned long long)(loads[i] >> FSHIFT),
+                   (unsigned long long)(((loads[i] & (FIXED_1 - 1)) * 100) >> FSHIFT));
+    buf_printf(out, "%llu/%d 0\n", (unsigned long long)running, total); /* no last pid: it would be a host one */
+}
+
+/* /proc/swaps: with a memory limit, one line for the swap the container may use. */
+static void render_swaps(struct buf *out)
+{
+    static struct buf host;
+    struct memory mem;
+    if (!container_memory(&mem, &host))
+        return render_passthrough(src[SRC_SWAPS], out);
+    out->len = 0;
+    buf_printf(out, "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n");
+    if (mem.swap_total)
+        buf_printf(out, "none\t\t\t\t\tvirtual\t\t%llu\t\t%llu\t\t0\n", (unsigned long long)mem.swap_total,
+                   (unsigned long long)(mem.swap_total - mem.swap_free));
+}
+
 /* The last rendering of each file: a read at offset 0 renders again, later
  * offsets continue the same text (one reader's chunks stay consistent). */
 static struct buf rendered[INO_END];
@@ -458,6 +578,8 @@ static struct buf *render(uint64_t ino)
     case INO_STAT: render_stat(out); break;
     case INO_UPTIME: render_uptime(out); break;
     case INO_ONLINE: render_online(out); break;
+    case INO_LOADAVG: render_loadavg(out); break;
+    case INO_SWAPS: render_swaps(out); break;
     }
     return out;
 }
@@ -640,7 +762,10 @@ static void do_statfs(uint64_t unique)
 static void serve(void)
 {
     static char request[REQUEST_MAX] __attribute__((aligned(8)));
+    struct pollfd fuse = {.fd = FUSE_FD, .events = POLLIN};
     for (;;) {
+        if (poll(&fuse, 1, next_sample_ms()) <= 0)
+            continue; /* the load sample was due (or EINTR) */
         ssize_t n = read(FUSE_FD, request, sizeof request);
         if (n < 0) {
             if (errno == EINTR || errno == EAGAIN || errno == ENOENT)
@@ -676,6 +801,130 @@ static void serve(void)
     }
 }
 
+/* ------------------------------------------------------------------ sysinfo(2) */
+
+/* The container's processes have a seccomp filter (kiwi-exec's) that hands their sysinfo
+ * calls to this process: the listener fds arrive over the socket on NOTIFY_FD, one per
+ * connection (one per attach or session). The answer is written into the caller's memory
+ * (process_vm_writev: ptrace rights over the container's processes and no one else's,
+ * see confine_handler) and the call then returns 0. Whatever cannot be answered so (the
+ * caller gone, a bad pointer, no access) is let through to the kernel (CONTINUE): host
+ * figures, or EFAULT for a bad pointer, as without Kiwi. */
+#define NOTIFY_FD 4
+#define PIDNS_FD 5  /* the container's PID namespace */
+#define USERNS_FD 6 /* its user namespace (-j user: unprivileged) */
+#define WATCHED_MAX 1000 /* listeners and connections at once, within RLIMIT_NOFILE */
+
+static void container_sysinfo(struct sysinfo *info)
+{
+    static struct buf host;
+    struct memory mem;
+    sysinfo(info); /* the host's, for what the container does not limit */
+    info->uptime = (long)(ms_since(&started) / 1000);
+    for (int i = 0; i < 3; i++)
+        info->loads[i] = (unsigned long)(loads[i] << (SI_LOAD_SHIFT - FSHIFT));
+    int tasks = task_count();
+    info->procs = (unsigned short)(tasks > 0xffff ? 0xffff : tasks);
+    if (!container_memory(&mem, &host))
+        return;
+    /* kB with a mem_unit of 1024: fits an unsigned long on 32-bit machines too. */
+    info->mem_unit = 1024;
+    info->totalram = (unsigned long)mem.total;
+    info->freeram = (unsigned long)mem.free;
+    info->sharedram = (unsigned long)mem.shmem;
+    info->bufferram = 0;
+    info->totalswap = (unsigned long)mem.swap_total;
+    info->freeswap = (unsigned long)mem.swap_free;
+    info->totalhigh = info->freehigh = 0;
+}
+
+static void answer(int listener)
+{
+    struct seccomp_notif req;
+    struct seccomp_notif_resp resp;
+    memset(&req, 0, sizeof req); /* the kernel insists */
+    if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &req) < 0)
+        return; /* ENOENT: the caller was gone before we got to it */
+    memset(&resp, 0, sizeof resp);
+    resp.id = req.id;
+    resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+    if (req.data.nr == SYS_sysinfo && req.pid > 0) {
+        struct sysinfo info;
+        memset(&info, 0, sizeof info);
+        container_sysinfo(&info);
+        struct iovec local = {&info, sizeof info}, remote = {(void *)(uintptr_t)req.data.args[0], sizeof info};
+        /* Still the caller (not a process that got its pid since): it waits in the call,
+         * so its pid cannot be reused before it returns. */
+        if (ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &req.id) < 0)
+            return;
+        if (process_vm_writev(req.pid, &local, 1, &remote, 1, 0) == (ssize_t)sizeof info)
+            resp.flags = 0; /* answered: the call returns 0 */
+    }
+    ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp); /* ENOENT: the caller was killed meanwhile */
+}
+
+enum { CONNECTION, LISTENER };
+static struct pollfd watched[1 + WATCHED_MAX];
+static int kind[1 + WATCHED_MAX], nwatched;
+
+static void watch(int fd, int what)
+{
+    if (nwatched >= 1 + WATCHED_MAX) {
+        close(fd); /* a listener closed: its processes' sysinfo fails with ENOSYS */
+        return;
+    }
+    watched[nwatched] = (struct pollfd){.fd = fd, .events = POLLIN};
+    kind[nwatched++] = what;
+}
+
+static void unwatch(int i)
+{
+    close(watched[i].fd);
+    watched[i] = watched[--nwatched];
+    kind[i] = kind[nwatched];
+}
+
+/* A listener fd sent over a connection (SCM_RIGHTS); anything else is dropped. */
+static void take_listener(int connection)
+{
+    char byte;
+    union { struct cmsghdr header; char space[CMSG_SPACE(sizeof(int))]; } control;
+    struct iovec iov = {&byte, 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control, .msg_controllen = sizeof control};
+    if (recvmsg(connection, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) <= 0)
+        return;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int))) {
+        int fd;
+        memcpy(&fd, CMSG_DATA(c), sizeof fd);
+        watch(fd, LISTENER);
+    }
+}
+
+static void handle_sysinfo(void)
+{
+    watch(NOTIFY_FD, CONNECTION); /* slot 0: the listening socket */
+    for (;;) {
+        if (poll(watched, (nfds_t)nwatched, next_sample_ms()) <= 0)
+            continue;
+        if (watched[0].revents & POLLIN) {
+            int connection = accept4(NOTIFY_FD, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+            if (connection >= 0)
+                watch(connection, CONNECTION);
+        }
+        for (int i = nwatched - 1; i > 0; i--) {
+            short revents = watched[i].revents;
+            if (kind[i] == LISTENER && (revents & POLLIN))
+                answer(watched[i].fd);
+            else if (kind[i] == CONNECTION && (revents & (POLLIN | POLLHUP))) {
+                take_listener(watched[i].fd);
+                unwatch(i); /* one listener per connection */
+            } else if (revents & (POLLHUP | POLLERR | POLLNVAL))
+                unwatch(i); /* no process uses that filter any more */
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ start */
 
 static int open_in(const char *dir, const char *name)
@@ -701,6 +950,8 @@ static const struct { int slot, dir; const char *v1, *v2; } sources[] = {
     {SRC_CPUINFO, HOST, "/proc/cpuinfo", "/proc/cpuinfo"},
     {SRC_STAT, HOST, "/proc/stat", "/proc/stat"},
     {SRC_ONLINE, HOST, "/sys/devices/system/cpu/online", "/sys/devices/system/cpu/online"},
+    {SRC_SWAPS, HOST, "/proc/swaps", "/proc/swaps"},
+    {SRC_TASKS, MEM, "tasks", "cgroup.threads"},
     {SRC_MEM_LIMIT, MEM, "memory.limit_in_bytes", "memory.max"},
     {SRC_MEM_USAGE, MEM, "memory.usage_in_bytes", "memory.current"},
     {SRC_MEM_STAT, MEM, "memory.stat", "memory.stat"},
@@ -746,22 +997,81 @@ static void join_cgroup(int count)
             close(fd);
 }
 
-/* Become uid (and gid) `id`, unable to fork: from here on only the files already open are read. */
-static void confine(uid_t id)
+/* Become uid (and gid) `id`, unable to fork: from here on only the files already open are
+ * read. keep: the one capability to keep (in the user namespace the process is in), or -1. */
+static void confine(uid_t id, int keep)
 {
     struct rlimit none = {0, 0};
-    if (setgroups(0, NULL) < 0 || setresgid(id, id, id) < 0 || setresuid(id, id, id) < 0)
+    if (chroot(".") < 0) /* the empty folder kiwi gave (the cwd): no host path is in reach */
+        die("cannot enter its empty root");
+    for (int cap = 0; cap < 64; cap++)
+        if (cap != keep && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
+            die("cannot drop its capabilities");
+    if (prctl(PR_SET_KEEPCAPS, keep >= 0, 0, 0, 0) < 0 || setgroups(0, NULL) < 0 ||
+        setresgid(id, id, id) < 0 || setresuid(id, id, id) < 0)
         die("cannot drop privileges");
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 || setrlimit(RLIMIT_NPROC, &none) < 0 ||
-        setrlimit(RLIMIT_CORE, &none) < 0)
+    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    if (keep >= 0)
+        data[keep / 32].effective = data[keep / 32].permitted = 1U << (keep % 32);
+    if (syscall(SYS_capset, &header, data) < 0 || prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) < 0)
+        die("cannot drop its capabilities");
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 ||
+        setrlimit(RLIMIT_NPROC, &none) < 0 || setrlimit(RLIMIT_CORE, &none) < 0)
         die("cannot confine itself");
+}
+
+static void close_namespaces(void)
+{
+    close(PIDNS_FD);
+    close(USERNS_FD);
+}
+
+/* The sysinfo handler (handle_sysinfo) in a process of its own, in the container's PID
+ * namespace (the pids it can name are the container's; it ends with the container, its
+ * init reaps it) and, unprivileged, its user namespace (CAP_SYS_PTRACE there reaches
+ * the container's processes and nothing else). It is the namespace's nobody (the host's
+ * for a privileged container, whose processes are the host's root), not dumpable and in
+ * an empty root: nothing can ptrace it or open its fds, and it has no host path in
+ * reach. Root inside sees it and may kill it (its own sysinfo then stops working, see
+ * docs/SECURITY.md). Returns an error (the container then gets the host's figures) or NULL. */
+static const char *start_handler(const char *join, int argc, char **argv)
+{
+    if (!join || fcntl(NOTIFY_FD, F_GETFD) < 0 || fcntl(PIDNS_FD, F_GETFD) < 0)
+        return "no socket or PID namespace given";
+    if (!strcmp(join, "user") && setns(USERNS_FD, CLONE_NEWUSER) < 0)
+        return "cannot join the container's user namespace";
+    if (setns(PIDNS_FD, CLONE_NEWPID) < 0)
+        return "cannot join the container's PID namespace";
+    pid_t first = fork(); /* the PID namespace's first process of ours */
+    if (first < 0)
+        return "cannot fork";
+    if (first == 0) {
+        /* Its child, orphaned at once, becomes the container init's: reaped there. */
+        if (fork() == 0) {
+            close(FUSE_FD);
+            close_namespaces();
+            dup2(0, 2);
+            prctl(PR_SET_NAME, "kiwi-sysinfo", 0, 0, 0);
+            /* Root inside sees this process: its command line, not the host's paths. */
+            for (int i = 1; i < argc; i++)
+                memset(argv[i], 0, strlen(argv[i]));
+            confine(NOBODY, CAP_SYS_PTRACE); /* the user namespace's own nobody */
+            handle_sysinfo();
+        }
+        _exit(0);
+    }
+    /* Reaped here: the container's end waits for every process of its PID namespace. */
+    waitpid(first, NULL, 0);
+    return NULL;
 }
 
 #define DIR_OPTIONS "msqa" /* -m MEM, -s CPUSET, -q CPU, -a CPUACCT folders, in enum order */
 
 int main(int argc, char **argv)
 {
-    const char *dirs[CPUACCT + 1] = {NULL};
+    const char *dirs[CPUACCT + 1] = {NULL}, *root = NULL, *join = NULL;
     int procs = 0;
     uid_t id = NOBODY;
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -772,6 +1082,10 @@ int main(int argc, char **argv)
             procs = atoi(value);
         else if (!strcmp(option, "-u") && atol(value) > 0)
             id = (uid_t)atol(value);
+        else if (!strcmp(option, "-r"))
+            root = value;
+        else if (!strcmp(option, "-j"))
+            join = value;
         else if (option[0] == '-' && option[1] && !option[2] && strchr(DIR_OPTIONS, option[1]))
             dirs[MEM + (strchr(DIR_OPTIONS, option[1]) - DIR_OPTIONS)] = value;
     }
@@ -781,19 +1095,24 @@ int main(int argc, char **argv)
     clock_gettime(CLOCK_BOOTTIME, &started);
     started_at = time(NULL);
     signal(SIGPIPE, SIG_IGN);
-    if (chdir("/") < 0)
-        die("cannot change to /");
+    if (!root || chdir(root) < 0)
+        die("cannot change to its empty root (-r)");
     join_cgroup(procs); /* first: the sources get the fds after the cgroup.procs ones */
     open_sources(dirs);
     setsid();
-    /* Kiwi waits for this process; the server goes on in a child it never waits for. */
+    /* Kiwi waits for this process; the servers go on in children it never waits for. */
     pid_t pid = fork();
     if (pid < 0)
         die("cannot fork");
-    if (pid > 0)
-        _exit(0);
-    dup2(0, 2); /* /dev/null: kiwi reads our stderr to its end, i.e. until the parent exits */
-    confine(id);
-    serve();
-    return 0;
+    if (pid == 0) {
+        close(NOTIFY_FD);
+        close_namespaces();
+        dup2(0, 2); /* /dev/null: kiwi reads our stderr to its end, i.e. until the parent exits */
+        confine(id, -1);
+        serve();
+    }
+    const char *error = start_handler(join, argc, argv);
+    if (error) /* not fatal: the files are served; kiwi shows this as a warning */
+        dprintf(2, "kiwi-lxfs: no sysinfo handler: %s: %s\n", error, strerror(errno));
+    _exit(0);
 }

@@ -12,6 +12,12 @@ only: no namespace of the container, so nothing inside can see or join it. The
 server ends when the container's mount namespace goes (the kernel aborts the
 connection) or with the cgroup. Without FUSE the container starts anyway and
 `kiwi inspect` says why its files are the host's.
+
+sysinfo(2) (busybox `free` and `uptime`) reads no file: kiwi-exec's seccomp filter
+hands each call to a second process of the server, kiwi-sysinfo, over a seccomp
+listener that kiwi-exec sends it through the socket SOCKET in the container's runtime
+folder (host root's, 0700: nothing inside reaches it). Its uptime comes from the
+container's time namespace (runtime.start_own_boot_clock). See docs/SECURITY.md.
 """
 
 from __future__ import annotations
@@ -29,8 +35,11 @@ FILES = (
     ("stat", "proc/stat"),
     ("uptime", "proc/uptime"),
     ("online", "sys/devices/system/cpu/online"),
+    ("loadavg", "proc/loadavg"),
+    ("swaps", "proc/swaps"),
 )
 ACTIVE = "active"
+SOCKET = "sysinfo.sock"  # in the runtime folder: where kiwi-exec reaches the sysinfo handler
 
 
 # --- in the container's PID 1, before its root is sealed ------------------------------
@@ -57,7 +66,12 @@ def mount_connection(mountpoint: str, sock, report) -> int | None:
         # Before anything looks into the mount: the server must be running to answer.
         import socket
 
-        socket.send_fds(sock, [b"F"], [fuse])
+        # With our PID namespace: a privileged container's sysinfo handler runs in it.
+        pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            socket.send_fds(sock, [b"F"], [fuse, pidns])
+        finally:
+            os.close(pidns)
         report.send("lxfs", ACTIVE)
     finally:
         os.close(fuse)  # the server's copy alone keeps the connection
@@ -100,23 +114,28 @@ def bind_files(server_root: int, root_fd: int, report) -> None:
 # --- on the host side ----------------------------------------------------------------
 
 
-def receive_connection(sock) -> int | None:
-    """The FUSE connection the container's PID 1 sent (None if it died first)."""
+def receive_connection(sock) -> tuple[int, int] | None:
+    """The FUSE connection and the PID namespace the container's PID 1 sent (None if it
+    died first)."""
     import socket
 
     try:
-        _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+        _, fds, _, _ = socket.recv_fds(sock, 1, 2)
     except OSError:
         return None
-    for extra in fds[1:]:
-        os.close(extra)
-    return fds[0] if fds else None
+    if len(fds) == 2:
+        return fds[0], fds[1]
+    for fd in fds:
+        os.close(fd)
+    return None
 
 
-def server_argv(cgroup, procs: int, uid: int) -> list[str]:
+def server_argv(cgroup, procs: int, uid: int, root: str, userns: bool) -> list[str]:
     """Where the server reads the container's memory and CPU figures; procs: how many
-    cgroup.procs fds it gets to join; uid: the ids it then runs as."""
+    cgroup.procs fds it gets to join; uid: the ids it then runs as; root: an empty folder
+    it is confined to; userns: its sysinfo handler joins the container's user namespace."""
     argv = [NAME, "-v", "2" if cgroup.version == "v2" else "1", "-p", str(procs), "-u", str(uid)]
+    argv += ["-r", root, "-j", "user" if userns else "pid"]
     for option, controller in (("-m", "memory"), ("-s", "cpuset"), ("-q", "cpu"), ("-a", "cpuacct")):
         directory = cgroup.path(controller)
         if directory is not None:
@@ -134,11 +153,44 @@ def server_uid(idmap_base: int | None) -> int:
 NOBODY = 65534
 
 
-def start_server(fuse: int, cgroup, spawn_helper, uid: int) -> str:
+def listen(rdir) -> int:
+    """The socket the sysinfo handler takes seccomp listeners on (host root's only)."""
+    import socket
+
+    path = os.path.join(rdir, SOCKET)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        server.bind(path)
+        os.chmod(path, 0o600)
+        server.listen(64)
+        return server.detach()
+    finally:
+        server.close()
+
+
+def connect_handler(rdir) -> int | None:
+    """A connection to the container's sysinfo handler for kiwi-exec -s, or None when it
+    is not there (no FUSE, or killed): the command then gets the host's figures."""
+    import socket
+
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    try:
+        client.connect(os.path.join(rdir, SOCKET))
+    except OSError:
+        client.close()
+        return None
+    return client.detach()
+
+
+def start_server(fuse: int, pidns: int, userns: int | None, cgroup, spawn_helper, uid: int, rdir) -> str:
     """Start kiwi-lxfs on the connection; returns ACTIVE or why it could not start.
+    Its sysinfo handler joins the container's PID namespace and, unprivileged, its
+    user namespace.
 
     The helper joins the cgroup (its CPU and memory are the container's, and stop
-    kills it with the rest), forks the server and exits; we wait only for that."""
+    kills it with the rest), forks the servers and exits; we wait only for that."""
     from . import security
     from .errors import KiwiError, describe
     from .proc import read_to_end, wait_exit_code
@@ -151,9 +203,13 @@ def start_server(fuse: int, cgroup, spawn_helper, uid: int) -> str:
         opened += procs
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         opened.append(null)
+        listener = listen(rdir)
+        opened.append(listener)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         opened += [err_r, err_w]
-        pid = spawn_helper(memfd, [null, null, err_w, fuse, *procs], server_argv(cgroup, len(procs), uid), {})
+        argv = server_argv(cgroup, len(procs), uid, os.path.join(rdir, "lxfs"), userns is not None)
+        namespaces = [pidns, null if userns is None else userns]
+        pid = spawn_helper(memfd, [null, null, err_w, fuse, listener, *namespaces, *procs], argv, {})
         opened.remove(err_w)
         os.close(err_w)
         message = read_to_end(err_r).decode(errors="replace").strip()
@@ -165,4 +221,6 @@ def start_server(fuse: int, cgroup, spawn_helper, uid: int) -> str:
             os.close(fd)
     if status != 0:
         return f"its server failed: {message or f'exit status {status}'}"
+    # A message with status 0 (no sysinfo handler): the files are served all the same,
+    # and kiwi-exec, finding no handler on the socket, leaves sysinfo(2) the host's.
     return ACTIVE

@@ -304,14 +304,17 @@ class Starter:
         """Start the limits server (lxfs.py) on the connection stage 2 sent."""
         from . import idmap, lxfs
 
-        fuse = lxfs.receive_connection(sock)
-        if fuse is None:
+        received = lxfs.receive_connection(sock)
+        if received is None:
             return "the container's init sent no FUSE connection"
+        fuse, pidns = received
         try:
             uid = lxfs.server_uid(idmap.base_of(self.config))
-            return lxfs.start_server(fuse, self.cgroup, spawn_helper, uid)
+            rdir = str(self.rdir)
+            return lxfs.start_server(fuse, pidns, self.userns, self.cgroup, spawn_helper, uid, rdir)
         finally:
             os.close(fuse)  # the server holds it now; if it failed, stage 2 sees ENOTCONN
+            os.close(pidns)
 
     def stage1(self, report, memfd: int, sock) -> None:
         from . import proc
@@ -325,6 +328,7 @@ class Starter:
         if self.separate_net:
             flags |= sc.CLONE_NEWNET
         sc.unshare(flags)
+        start_own_boot_clock()
         pid = os.fork()
         if pid == 0:
             proc.child_main(report, self.stage2, memfd, sock)
@@ -369,6 +373,23 @@ class Starter:
         security.exec_init(memfd)
 
 
+def start_own_boot_clock() -> None:
+    """A time namespace for the children to come whose CLOCK_BOOTTIME starts near 0:
+    sysinfo(2)'s uptime (busybox uptime), /proc/uptime and the clock itself count from
+    the container's start. The offset is the host's boot time, whole seconds (the kernel
+    refuses one that makes the clock negative); it must be written before the first
+    process enters. A kernel without time namespaces keeps the host's clock."""
+    from . import syscalls as sc
+
+    try:
+        sc.unshare(sc.CLONE_NEWTIME)
+    except OSError:
+        return  # no CONFIG_TIME_NS: the uptime stays the host's
+    host_boot = int(time.clock_gettime(time.CLOCK_BOOTTIME))
+    with open("/proc/self/timens_offsets", "w") as offsets:
+        offsets.write(f"boottime {-host_boot} 0\n")
+
+
 def join_user_namespace(userns: int) -> None:
     """Join the container's user namespace: the namespaces unshared after this are
     owned by it, so its root's capabilities end there. The ids stay the host's 0
@@ -400,7 +421,7 @@ def storage_folder(cdir: Path) -> Path:
 # never sees a process whose /proc/<pid>/exe is a host file.
 
 # kiwi-exec joins them in this order: a user namespace first, the mount namespace last.
-NAMESPACES = ["user", "cgroup", "ipc", "uts", "net", "pid", "mnt"]
+NAMESPACES = ["user", "cgroup", "ipc", "uts", "net", "pid", "time", "mnt"]
 HELPER_FD_BASE = 64  # spawn moves the helper's fds above this before placing them
 
 
@@ -417,9 +438,14 @@ def open_namespaces(pid: int, include_net: bool) -> list[int]:
         for ns in NAMESPACES:
             if ns == "net" and not include_net:
                 continue
-            fd = os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fd = os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                if ns == "time":
+                    continue  # a kernel without time namespaces
+                raise
             fds.append(fd)
-            if ns == "user" and os.fstat(fd).st_ino == os.stat("/proc/self/ns/user").st_ino:
+            if ns in ("user", "time") and os.fstat(fd).st_ino == os.stat(f"/proc/self/ns/{ns}").st_ino:
                 fds.pop()  # the host's own: setns into it would fail
                 os.close(fd)
     except BaseException:
@@ -516,15 +542,20 @@ def spawn(
         opened += ns_fds
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         opened += [err_r, err_w]
-        program = seccomp_pipe(security.seccomp_program())
+        handler = sysinfo_handler(store, cid)
+        opened += [handler] if handler is not None else []
+        program = seccomp_pipe(security.seccomp_program(notify_sysinfo=handler is not None))
         opened.append(program)
         memfd = security.helper_memfd(security.EXEC_NAME)
         opened.append(memfd)
-        # kiwi-exec's fds: 0-2 stdio, 3 error pipe, 4 seccomp, then cgroups and namespaces.
+        # kiwi-exec's fds: 0-2 stdio, 3 error pipe, 4 seccomp, then cgroups, namespaces, handler.
         layout = [*fds, err_w, program, *cgroup_fds, *ns_fds]
         options = ["-k", f"{security.capability_mask(security.KEPT_CAPABILITIES):x}"]
         options += [f"-c{5 + i}" for i in range(len(cgroup_fds))]
         options += [f"-n{5 + len(cgroup_fds) + i}" for i in range(len(ns_fds))]
+        if handler is not None:
+            options += [f"-s{len(layout)}"]
+            layout.append(handler)
         options += ["-t"] if tty else []
         env = container_env(config, shell, term)
         # The image's defaults first: kiwi-exec takes the last -w, and attach -e wins over image Env.
@@ -544,6 +575,14 @@ def spawn(
         error.exit_code = status if status in (EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND) else EXIT_ERROR
         raise error
     return pid
+
+
+def sysinfo_handler(store: Store, cid: str) -> int | None:
+    """A connection to the container's sysinfo handler (kiwi-exec sends it the seccomp
+    listener), or None: no limits server, or it was killed (host figures then)."""
+    from .lxfs import connect_handler
+
+    return connect_handler(store.runtime_dir(cid))
 
 
 def seccomp_pipe(program: bytes) -> int:
@@ -685,6 +724,10 @@ def teardown(store: Store, cid: str, release_network: bool = True) -> list[str]:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(runtime_file(store, cid))
     rdir = store.runtime_dir(cid)
+    with contextlib.suppress(FileNotFoundError):
+        from .lxfs import SOCKET
+
+        os.unlink(rdir / SOCKET)
     for sub in RUNTIME_SUBDIRS:
         with contextlib.suppress(OSError):
             os.rmdir(rdir / sub)

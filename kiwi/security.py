@@ -415,6 +415,12 @@ _OFFSET_NR, _OFFSET_ARCH, _OFFSET_ARG0_LOW = 0, 4, 16
 _RET_ALLOW = 0x7FFF0000
 _RET_KILL_PROCESS = 0x80000000
 _RET_ERRNO = 0x00050000
+_RET_USER_NOTIF = 0x7FC00000
+
+# sysinfo(2) in the native ABI of each machine: with a handler (kiwi-lxfs), the filter
+# hands it over (user notification) and the container's figures come back. Compat ABIs
+# (arm on aarch64) have another struct layout and keep the host's figures.
+SYSINFO_NUMBERS = {"x86_64": 99, "aarch64": 179, "arm": 116}
 
 
 def _ins(code: int, k: int = 0, jt: int = 0, jf: int = 0) -> tuple:
@@ -451,10 +457,12 @@ def _when_nr_at_least(limit: int, verdict: tuple) -> list:
     return [_ins(_JGE_K, limit, jt=0, jf=1), verdict]
 
 
-def _abi_section(abi: str) -> list:
+def _abi_section(abi: str, notify_sysinfo: bool = False) -> list:
     """Filter body for one ABI, entered with nothing loaded."""
     numbers = SYSCALL_NUMBERS[abi]
     body = [_ins(_LD_W_ABS, _OFFSET_NR)]
+    if notify_sysinfo:
+        body += _when_nr(SYSINFO_NUMBERS[abi], [_ins(_RET_K, _RET_USER_NOTIF)])
     if abi == "x86_64":  # x32 ABI: same arch value, numbers with bit 30 set
         body += _when_nr_at_least(X32_SYSCALL_BIT, _deny(errno.EPERM))
     if abi == "arm":
@@ -486,9 +494,10 @@ def _abi_section(abi: str) -> list:
     return body + [_ALLOW]
 
 
-def build_filter(abis) -> list:
-    """Instructions: dispatch on arch, one section per ABI, unknown arch -> kill."""
-    sections = [_abi_section(abi) for abi in abis]
+def build_filter(abis, notify_sysinfo: bool = False) -> list:
+    """Instructions: dispatch on arch, one section per ABI, unknown arch -> kill.
+    notify_sysinfo: the native ABI's (the first) sysinfo goes to the filter's listener."""
+    sections = [_abi_section(abi, notify_sysinfo and index == 0) for index, abi in enumerate(abis)]
     program = [_ins(_LD_W_ABS, _OFFSET_ARCH)]
     start = 1 + 2 * len(abis) + 1  # index of the first section
     for abi, section in zip(abis, sections, strict=True):
@@ -513,9 +522,9 @@ def machine_abis() -> tuple:
         raise OSError(errno.ENOTSUP, f"no seccomp syscall table for {machine}") from None
 
 
-def seccomp_program() -> bytes:
+def seccomp_program(notify_sysinfo: bool = False) -> bytes:
     """The packed filter for this machine's ABIs (kiwi-exec installs it from these bytes)."""
-    return pack_filter(build_filter(machine_abis()))
+    return pack_filter(build_filter(machine_abis(), notify_sysinfo))
 
 
 def install_seccomp() -> None:

@@ -1,16 +1,21 @@
 """Limits visible inside (issue 17 item 11): free, /proc/meminfo, /proc/cpuinfo,
-/proc/stat, nproc, getconf _NPROCESSORS_ONLN, uptime and df in a container show its
-limits and usage, live, through kiwi-lxfs (kiwi/lxfs.py, cffi_build/lxfs.c).
+/proc/stat, /proc/loadavg, /proc/swaps, nproc, getconf _NPROCESSORS_ONLN, uptime and
+df in a container show its limits and usage, live, through kiwi-lxfs (kiwi/lxfs.py,
+cffi_build/lxfs.c); sysinfo(2) (busybox free and uptime) through its kiwi-sysinfo
+handler and the container's time namespace.
 Each test runs unprivileged (a user namespace) and --privileged."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
 import time
+
+import pexpect
 
 BOTH_MODES = True
 MIB = 1 << 20
@@ -25,6 +30,11 @@ def meminfo(kiwi, cid: str) -> dict[str, int]:
     return values
 
 
+def free_total(kiwi, cid: str) -> int:
+    """busybox free's total in kB: sysinfo(2) inside."""
+    return int(kiwi.sh(cid, "free -k | grep Mem:").stdout.split()[1])
+
+
 def host_meminfo() -> dict[str, int]:
     with open("/proc/meminfo") as f:
         return {line.split(":")[0]: int(line.split()[1]) for line in f}
@@ -34,11 +44,24 @@ def inspect(kiwi, cid: str) -> dict:
     return json.loads(kiwi.out("inspect", cid))
 
 
+SERVERS = ("kiwi-lxfs", "kiwi-sysinfo")
+
+
+def servers(kiwi, cid: str) -> dict[str, int]:
+    """The limits server's processes in the container's cgroup, by name: the FUSE server
+    (outside the container's PID namespace) and its sysinfo handler (outside it too when
+    unprivileged; in it, not ptraceable, when privileged)."""
+    found = {}
+    for pid in inspect(kiwi, cid)["pids"]:
+        with open(f"/proc/{pid}/comm") as f:
+            name = f.read().strip()
+        if name in SERVERS:
+            found[name] = pid
+    return found
+
+
 def server_pids(kiwi, cid: str) -> list[int]:
-    """The container's processes outside its PID namespace: the kiwi-lxfs server."""
-    info = inspect(kiwi, cid)
-    init_ns = os.readlink(f"/proc/{info['init_pid']}/ns/pid")
-    return [pid for pid in info["pids"] if os.readlink(f"/proc/{pid}/ns/pid") != init_ns]
+    return sorted(servers(kiwi, cid).values())
 
 
 def alive(pid: int) -> bool:
@@ -78,9 +101,11 @@ def test_memory_and_cpus_inside(kiwi, busybox):
     assert 0 < mem["MemFree"] < mem["MemTotal"]  # the shell and cat use some
     assert mem["MemFree"] <= mem["MemAvailable"] <= mem["MemTotal"]
     assert mem["SwapTotal"] == 0  # Kiwi ties swap to the memory limit
-    # busybox free takes total/used/free from sysinfo(2), which no file changes (Incus
-    # intercepts that syscall); its "available" column is /proc/meminfo's.
+    # busybox free takes total/used/free from sysinfo(2) (answered by kiwi-sysinfo), its
+    # "available" column from /proc/meminfo.
     free = kiwi.sh(cid, "free -k | grep Mem:").stdout.split()
+    assert int(free[1]) == 256 * 1024
+    assert 0 < int(free[2]) < 256 * 1024 and 0 < int(free[3]) < 256 * 1024
     assert 0 < int(free[6]) <= 256 * 1024
     assert kiwi.sh(cid, "nproc").stdout.strip() == "1"
     assert kiwi.sh(cid, "cat /sys/devices/system/cpu/online").stdout.strip() == "0"
@@ -92,7 +117,8 @@ def test_memory_and_cpus_inside(kiwi, busybox):
     uptime, idle = map(float, kiwi.sh(cid, "cat /proc/uptime").stdout.split())
     host_uptime = float(open("/proc/uptime").read().split()[0])
     assert 0 <= uptime < 60 < host_uptime and idle >= 0  # since the container started
-    assert "up " in kiwi.sh(cid, "uptime").stdout
+    # busybox uptime reads sysinfo(2): the container's time namespace starts near 0
+    assert re.search(r"up +[0-4] min", kiwi.sh(cid, "uptime").stdout)
     # Read-only, whoever asks.
     denied = kiwi.sh(cid, "echo x > /proc/meminfo", check=False)
     assert denied.returncode != 0
@@ -113,8 +139,10 @@ def test_set_memory_shows_at_once(kiwi, busybox):
     assert meminfo(kiwi, cid)["MemTotal"] == 256 * 1024
     kiwi("set", cid, "--memory", "300M")
     assert meminfo(kiwi, cid)["MemTotal"] == 300 * 1024
+    assert free_total(kiwi, cid) == 300 * 1024  # sysinfo(2) too
     kiwi("set", cid, "--memory", "host")
     assert meminfo(kiwi, cid)["MemTotal"] == host_meminfo()["MemTotal"]
+    assert free_total(kiwi, cid) == host_meminfo()["MemTotal"]
     if len(os.sched_getaffinity(0)) > 1:
         kiwi("set", cid, "--cpu", "host")
         assert kiwi.sh(cid, "grep -c ^processor /proc/cpuinfo").stdout.strip() == str(
@@ -137,26 +165,39 @@ def test_usage_grows_as_the_container_allocates(kiwi, busybox):
 
 def test_server_ends_with_stop(kiwi, busybox):
     cid = started(kiwi, busybox, "--memory", "256M")
-    pids = server_pids(kiwi, cid)
-    assert len(pids) == 1
-    with open(f"/proc/{pids[0]}/status") as f:
-        status = f.read()
-    # the container's nobody (the host's for --privileged), no capabilities, < 1 MiB
+    found = servers(kiwi, cid)
+    assert sorted(found) == sorted(SERVERS)
     base = (json.loads(kiwi.out("inspect", cid)).get("other_settings", {}).get("idmap") or {}).get("base", 0)
-    uid = base + 65534
-    assert f"\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n" in status
-    assert "\nCapEff:\t0000000000000000\n" in status
-    rss = int(status.split("VmRSS:")[1].split()[0])
-    assert rss < 1024, rss
-    # Started from a sealed memfd, not a host file; it holds no terminal and no directory
-    # (only /dev/fuse and the files it renders from).
-    assert os.readlink(f"/proc/{pids[0]}/exe").startswith("/memfd:"), os.readlink(f"/proc/{pids[0]}/exe")
-    for fd in os.listdir(f"/proc/{pids[0]}/fd"):
-        target = os.readlink(f"/proc/{pids[0]}/fd/{fd}")
-        st = os.stat(f"/proc/{pids[0]}/fd/{fd}")
-        assert not stat.S_ISDIR(st.st_mode) and not target.startswith(("/dev/pts", "/dev/tty")), target
+    for name, pid in found.items():
+        with open(f"/proc/{pid}/status") as f:
+            status = f.read()
+        # the container's nobody (the host's for --privileged), < 1 MiB, no_new_privs, not
+        # dumpable (nothing can ptrace it or open its fds); the FUSE server has no
+        # capabilities, the sysinfo handler CAP_SYS_PTRACE alone (over the container's
+        # processes only: its user namespace's, or its PID namespace's when privileged)
+        uid = base + 65534
+        assert f"\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n" in status, name
+        caps = "0000000000080000" if name == "kiwi-sysinfo" else "0000000000000000"
+        for line in ("CapEff", "CapPrm", "CapBnd"):
+            assert f"\n{line}:\t{caps}\n" in status, (name, line)
+        assert "\nNoNewPrivs:\t1\n" in status, name
+        rss = int(status.split("VmRSS:")[1].split()[0])
+        assert rss < 1024, (name, rss)
+        # Started from a sealed memfd, not a host file; confined to an empty folder; it
+        # holds no terminal and no directory (only /dev/fuse or the seccomp listeners, and
+        # the files it renders from).
+        assert os.readlink(f"/proc/{pid}/exe").startswith("/memfd:"), os.readlink(f"/proc/{pid}/exe")
+        assert os.listdir(f"/proc/{pid}/root") == [], name
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+            assert not stat.S_ISDIR(st.st_mode) and not target.startswith(("/dev/pts", "/dev/tty")), target
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        if name == "kiwi-sysinfo":  # a privileged container sees it: no host path in it
+            assert b"/" not in cmdline, cmdline
     kiwi("stop", cid)
-    assert_no_server_left(pids)
+    assert_no_server_left(list(found.values()))
 
 
 def test_server_ends_when_init_is_killed(kiwi, busybox):
@@ -167,7 +208,7 @@ def test_server_ends_when_init_is_killed(kiwi, busybox):
     assert kiwi.json("list")[0]["status"] == "stopped"
     # and it starts again with a new server
     assert meminfo(kiwi, cid)["MemTotal"] == 256 * 1024
-    assert len(server_pids(kiwi, cid)) == 1
+    assert sorted(servers(kiwi, cid)) == sorted(SERVERS)
 
 
 def test_hostile_root_inside(kiwi, busybox):
@@ -223,3 +264,158 @@ def test_starts_without_fuse(kiwi, busybox):
     assert meminfo(kiwi, cid)["MemTotal"] == host_meminfo()["MemTotal"]
     assert server_pids(kiwi, cid) == []
     kiwi("stop", cid)
+
+
+def test_loadavg_and_swaps(kiwi, busybox):
+    """/proc/loadavg: the container's tasks and the CPUs it keeps busy (sampled every 5 s);
+    /proc/swaps: the swap its limit allows (none: Kiwi ties swap to the memory limit)."""
+    cid = started(kiwi, busybox, "--memory", "256M", "--cpu", "1")
+    fields = kiwi.sh(cid, "cat /proc/loadavg").stdout.split()
+    running, total = map(int, fields[3].split("/"))
+    # kiwi-init, sh, cat, the limits server: not the host's hundreds of tasks
+    assert len(fields) == 5 and 1 <= running <= total < 20, fields
+    assert kiwi.sh(cid, "cat /proc/swaps").stdout.splitlines() == [
+        "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority"
+    ]
+    # A CPU kept busy for 11 s: at least one whole 5-s sample, the 1-minute average climbs
+    # (by up to 1 - e^-1/6 ~ 0.15 for each sample of a CPU fully busy; less on a busy host)
+    busy = kiwi.sh(cid, "timeout 11 sh -c 'while :; do :; done'; cat /proc/loadavg; uptime", check=False)
+    load1 = float(busy.stdout.split()[0])
+    assert 0.01 <= load1 <= 1.0, busy.stdout
+    # busybox uptime (sysinfo's loads) shows the same averages
+    assert re.search(r"load average: 0\.(0[1-9]|[1-9][0-9])", busy.stdout), busy.stdout
+
+
+def test_a_session_sees_the_same(kiwi, busybox, terminals):
+    cid = started(kiwi, busybox, "--memory", "256M")
+    child = terminals(kiwi.cmd[0], kiwi.cmd[1:] + ["attach", cid], kiwi.env)
+    child.expect(r"kiwi: session [0-9a-f]{8} ")
+    child.sendline("free -k | grep Mem: | tr -s ' ' | cut -d' ' -f2; uptime; echo DONE-$((6*7))")
+    child.expect(r"\n262144\r?\n")
+    child.expect(r"up +[0-4] min")
+    child.expect("DONE-42")
+    child.sendline("exit")
+    child.expect(pexpect.EOF)
+
+
+HOSTILE_C = r"""
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/ptrace.h>
+#include <sys/sysinfo.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int call(void *p) { return syscall(SYS_sysinfo, p) < 0 ? errno : 0; }
+
+int main(void)
+{
+    void *ro = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    printf("null %d bad %d readonly %d\n", call(NULL), call((void *)1), call(ro));
+    for (int round = 0; round < 20; round++) { /* killed in the middle of its calls */
+        pid_t pid = fork();
+        if (pid == 0) { struct sysinfo s; for (;;) syscall(SYS_sysinfo, &s); }
+        usleep(10000);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+    DIR *proc = opendir("/proc");
+    for (struct dirent *e; (e = readdir(proc));) { /* the servers, where they can be seen */
+        int pid = atoi(e->d_name);
+        char path[64], comm[32] = "";
+        snprintf(path, sizeof path, "/proc/%d/comm", pid);
+        FILE *f = pid > 1 ? fopen(path, "r") : NULL;
+        if (!f)
+            continue;
+        if (!fgets(comm, sizeof comm, f) || strncmp(comm, "kiwi-", 5)) { fclose(f); continue; }
+        fclose(f);
+        char buf[8], link[256];
+        struct iovec local = {buf, 8}, remote = {(void *)0x400000, 8};
+        snprintf(path, sizeof path, "/proc/%d/fd/4", pid);
+        int fd = open(path, O_RDONLY);
+        long linked = readlink(path, link, sizeof link);
+        snprintf(path, sizeof path, "/proc/%d/root/", pid);
+        DIR *root = opendir(path);
+        long traced = ptrace(PTRACE_ATTACH, pid, 0, 0);
+        int traced_errno = errno;
+        long read = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+        printf("seen %d ptrace %ld/%d readv %ld fd %d %ld root %s\n", pid, traced, traced_errno, read, fd, linked,
+               root ? "open" : "denied");
+    }
+    struct sysinfo s;
+    int r = sysinfo(&s);
+    printf("ok %d total %llu procs %u uptime %ld\n", r, (unsigned long long)s.totalram * s.mem_unit, s.procs, s.uptime);
+    return 0;
+}
+"""
+
+
+def test_hostile_root_against_sysinfo(kiwi, busybox, tmp_path):
+    """Root inside calls sysinfo with bad pointers, dies in the middle of calls, floods it
+    from 50 processes, and goes for the handler (ptrace, its memory, its fds): the calls
+    fail as the kernel's would, the handler keeps answering, another container too."""
+    source = tmp_path / "hostile.c"
+    source.write_text(HOSTILE_C)
+    subprocess.run(["gcc", "-O2", "-static", "-o", str(tmp_path / "hostile"), str(source)], check=True)
+    cid = started(kiwi, busybox, "--memory", "256M", "--cpu", "1")
+    other = started(kiwi, busybox, "--memory", "200M")
+    before = servers(kiwi, cid)
+    copy = kiwi.cmd + ["attach", cid, "--", "sh", "-c", "cat > /hostile; chmod +x /hostile"]
+    subprocess.run(copy, input=(tmp_path / "hostile").read_bytes(), env=kiwi.env, check=True, timeout=60)
+    out = kiwi.sh(cid, "/hostile").stdout
+    assert "null 14 bad 14 readonly 14" in out, out  # EFAULT, as the kernel answers
+    for line in out.splitlines():
+        if line.startswith("seen"):  # the handler (in its PID namespace), and nothing of it
+            assert re.fullmatch(r"seen \d+ ptrace -1/1 readv -1 fd -1 -1 root denied", line), line
+    assert "seen" in out, out
+    assert re.search(r"^ok 0 total 268435456 procs \d+ uptime [0-9]{1,3}$", out, re.M), out
+    flood = "i=0; while [ $i -lt 50 ]; do (for j in 1 2 3 4 5 6 7 8 9 10; do free >/dev/null; done) & i=$((i+1)); done; wait"
+    kiwi.sh(cid, flood)
+    assert free_total(kiwi, cid) == 256 * 1024
+    assert free_total(kiwi, other) == 200 * 1024
+    assert servers(kiwi, cid) == before and all(alive(pid) for pid in before.values())
+
+
+def test_container_works_after_the_handler_is_killed(kiwi, busybox):
+    """A killed handler: processes that had it get ENOSYS from sysinfo (busybox free and
+    uptime then print zeros, the shell goes on); commands started later get the host's
+    figures; the files stay the container's."""
+    cid = started(kiwi, busybox, "--memory", "256M")
+    waiting = subprocess.Popen(
+        kiwi.cmd
+        + [
+            "attach",
+            cid,
+            "--",
+            "sh",
+            "-c",
+            "read x; free -k; echo free=$?; uptime; echo uptime=$?; echo alive",
+        ],
+        env=kiwi.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_until(lambda: len(inspect(kiwi, cid)["pids"]) >= 4)  # init, servers, sh
+        handler = servers(kiwi, cid)["kiwi-sysinfo"]
+        os.kill(handler, signal.SIGKILL)
+        assert wait_until(lambda: not alive(handler))
+        out, err = waiting.communicate("go\n", timeout=60)
+    finally:
+        waiting.kill()
+        waiting.wait()
+    assert "alive" in out and "free=" in out and "uptime=" in out, (out, err)
+    assert free_total(kiwi, cid) == host_meminfo()["MemTotal"]  # no handler: the host's
+    assert meminfo(kiwi, cid)["MemTotal"] == 256 * 1024  # the FUSE server goes on
+    assert re.search(r"up +[0-4] min", kiwi.sh(cid, "uptime").stdout)  # the time namespace

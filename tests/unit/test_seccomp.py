@@ -276,3 +276,20 @@ def test_docker_capability_gated_syscalls_are_denied(abi, arch):
         "open_tree_attr",
     ):
         assert run_filter(program, table[name], arch) == ERRNO | errno.EPERM, name
+
+
+USER_NOTIF = 0x7FC00000
+
+
+def test_sysinfo_goes_to_the_handler_in_the_native_abi_only():
+    """kiwi-exec with a sysinfo handler (lxfs.c): the native ABI's sysinfo is a user
+    notification; the compat ABI's (another struct layout) and everything else as before."""
+    for abis, native in ((("x86_64",), X86), (("aarch64", "arm"), AARCH64)):
+        plain, notify = security.build_filter(abis), security.build_filter(abis, notify_sysinfo=True)
+        sysinfo = security.SYSINFO_NUMBERS[abis[0]]
+        assert run_filter(notify, sysinfo, native) == USER_NOTIF
+        assert run_filter(plain, sysinfo, native) == ALLOW
+        for nr in (0, 1, security.SYSCALL_NUMBERS[abis[0]]["mount"]):
+            assert run_filter(notify, nr, native) == run_filter(plain, nr, native)
+    compat = security.build_filter(("aarch64", "arm"), notify_sysinfo=True)
+    assert run_filter(compat, security.SYSINFO_NUMBERS["arm"], ARM) == ALLOW
