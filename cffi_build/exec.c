@@ -7,7 +7,7 @@
  * runc CVE-2019-5736 class: `#!/proc/self/exe` in the container would
  * otherwise re-execute, and let a waiting process rewrite, the host binary).
  *
- *   kiwi-exec [-t] [-c FD]... [-n FD]... [-k CAPS] [-w DIR] [-u UID -g GID [-G GIDS]] -- command [args]
+ *   kiwi-exec [-t] [-c FD]... [-n FD]... [-k CAPS] [-s FD] [-w DIR] [-u UID -g GID [-G GIDS]] -- command [args]
  *
  *   fd 0-2  the command's stdio (pipes or a PTY slave of the container's devpts)
  *   fd 3    error pipe, close-on-exec: one line of text on failure, EOF on exec
@@ -175,7 +175,7 @@ static void parse_options(int argc, char **argv, struct options *o)
         case 'u': o->uid = parse_id(optarg); have_uid = 1; break;
         case 'g': o->gid = parse_id(optarg); have_gid = 1; break;
         case 'G': parse_groups(optarg, o); break;
-        default: fail(1, "kiwi-exec: usage: kiwi-exec [-t] [-c FD] [-n FD] [-k CAPS] [-w DIR] -- command");
+        default: fail(1, "kiwi-exec: usage: kiwi-exec [-t] [-c FD] [-n FD] [-k CAPS] [-s FD] [-w DIR] -- command");
         }
     }
     if (have_uid != have_gid || (o->ngroups && !have_uid))

@@ -4,12 +4,17 @@
  * (no libfuse). Kiwi starts it on the host side, from a sealed memfd, with the
  * connection the container's PID 1 mounted in the container's own mount namespace
  * (kiwi/lxfs.py binds its files over /proc/meminfo, /proc/cpuinfo, /proc/stat,
- * /proc/uptime and /sys/devices/system/cpu/online). It is never in the container's
- * namespaces, only in its cgroup (accounted there, killed with it), and it ends
- * when the container's mount namespace goes (the kernel aborts the connection).
+ * /proc/uptime, /proc/loadavg, /proc/swaps and /sys/devices/system/cpu/online). It is
+ * never in the container's namespaces, only in its cgroup (accounted there, killed
+ * with it), and it ends when the container's mount namespace goes (the kernel aborts
+ * the connection). A second process, kiwi-sysinfo, answers the container's sysinfo(2)
+ * calls (handle_sysinfo, start_handler).
  *
  *   kiwi-lxfs -v 1|2 -m MEMDIR -s CPUSETDIR -q CPUDIR -a CPUACCTDIR -p COUNT -u UID
- *   fd 3: the /dev/fuse connection; fds 4 to 4+COUNT-1: cgroup.procs files to join
+ *             -r EMPTYDIR -j user|pid
+ *   fd 3: the /dev/fuse connection; fd 4: the listening socket kiwi-exec sends seccomp
+ *   listeners to; fd 5: the container's PID namespace; fd 6: its user namespace (-j user);
+ *   fds 7 to 7+COUNT-1: cgroup.procs files to join
  *
  * Every file is opened once at start (before dropping to nobody) and re-read
  * with pread at offset 0, which makes the kernel render it again. Each request
@@ -528,10 +533,17 @@ static int next_sample_ms(void)
     return (int)left;
 }
 
-/* Tasks (threads) in the container's cgroup, the limits server's own included. */
+/* Tasks (threads) in the container's cgroup, the limits server's own included: v1's
+ * `tasks` or v2's `cgroup.threads` list them (tasks_listed), v2's pids.current counts them. */
+static int tasks_listed;
+
 static int task_count(void)
 {
     static struct buf b;
+    if (!tasks_listed) {
+        uint64_t n = read_number(src[SRC_TASKS]);
+        return n == UINT64_MAX || n > INT32_MAX ? 0 : (int)n;
+    }
     load(src[SRC_TASKS], &b);
     int n = 0;
     for (const char *p = b.data; *p; p++)
@@ -813,7 +825,7 @@ static void serve(void)
 #define NOTIFY_FD 4
 #define PIDNS_FD 5  /* the container's PID namespace */
 #define USERNS_FD 6 /* its user namespace (-j user: unprivileged) */
-#define WATCHED_MAX 1000 /* listeners and connections at once, within RLIMIT_NOFILE */
+#define WATCHED_MAX 900 /* listeners and connections at once, below RLIMIT_NOFILE's usual 1024 */
 
 static void container_sysinfo(struct sysinfo *info)
 {
@@ -864,12 +876,14 @@ static void answer(int listener)
 }
 
 enum { CONNECTION, LISTENER };
-static struct pollfd watched[1 + WATCHED_MAX];
-static int kind[1 + WATCHED_MAX], nwatched;
+/* The socket, then up to WATCHED_MAX more, and one spare: a connection's listener is
+ * added before the connection goes. */
+static struct pollfd watched[2 + WATCHED_MAX];
+static int kind[2 + WATCHED_MAX], nwatched;
 
 static void watch(int fd, int what)
 {
-    if (nwatched >= 1 + WATCHED_MAX) {
+    if (nwatched >= 2 + WATCHED_MAX) {
         close(fd); /* a listener closed: its processes' sysinfo fails with ENOSYS */
         return;
     }
@@ -905,6 +919,8 @@ static void handle_sysinfo(void)
 {
     watch(NOTIFY_FD, CONNECTION); /* slot 0: the listening socket */
     for (;;) {
+        /* Full: new connections wait in the backlog (or kiwi finds it full: host figures). */
+        watched[0].events = nwatched < 1 + WATCHED_MAX ? POLLIN : 0;
         if (poll(watched, (nfds_t)nwatched, next_sample_ms()) <= 0)
             continue;
         if (watched[0].revents & POLLIN) {
@@ -951,7 +967,7 @@ static const struct { int slot, dir; const char *v1, *v2; } sources[] = {
     {SRC_STAT, HOST, "/proc/stat", "/proc/stat"},
     {SRC_ONLINE, HOST, "/sys/devices/system/cpu/online", "/sys/devices/system/cpu/online"},
     {SRC_SWAPS, HOST, "/proc/swaps", "/proc/swaps"},
-    {SRC_TASKS, MEM, "tasks", "cgroup.threads"},
+    {SRC_TASKS, MEM, "tasks", "pids.current"}, /* v2: the whole subtree (delegated sub-cgroups) */
     {SRC_MEM_LIMIT, MEM, "memory.limit_in_bytes", "memory.max"},
     {SRC_MEM_USAGE, MEM, "memory.usage_in_bytes", "memory.current"},
     {SRC_MEM_STAT, MEM, "memory.stat", "memory.stat"},
@@ -976,6 +992,9 @@ static void open_sources(const char *dirs[])
     }
     if (src[SRC_CPUSET] < 0 && !cgroup_v2) /* v1 without effective_cpus */
         src[SRC_CPUSET] = open_in(dirs[CPUSET], "cpuset.cpus");
+    tasks_listed = !cgroup_v2 || src[SRC_TASKS] < 0;
+    if (src[SRC_TASKS] < 0 && cgroup_v2) /* no pids controller: the top cgroup's own threads */
+        src[SRC_TASKS] = open_in(dirs[MEM], "cgroup.threads");
     const int required[] = {SRC_MEMINFO, SRC_CPUINFO, SRC_STAT, SRC_MEM_LIMIT, SRC_MEM_USAGE,
                             SRC_MEM_STAT, SRC_CPUSET};
     for (size_t i = 0; i < sizeof required / sizeof required[0]; i++)
