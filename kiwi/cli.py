@@ -482,9 +482,17 @@ def quick_list_args(argv: list[str]):
         return None  # argparse says what is wrong (or accepts a spelling this does not know)
     if words and words[0] not in LIST_WHAT:
         return None
-    from types import SimpleNamespace
+    return ListArgs(words[0] if words else LIST_WHAT[0], "--json" in argv)
 
-    return SimpleNamespace(command="list", what=words[0] if words else LIST_WHAT[0], json="--json" in argv)
+
+class ListArgs:
+    """What argparse makes of `list [what] [--json]` (types.SimpleNamespace costs an import)."""
+
+    command = "list"
+
+    def __init__(self, what: str, json: bool):
+        self.what = what
+        self.json = json
 
 
 def quick_list(args) -> bool:

@@ -270,9 +270,7 @@ def containers_table(rows: list[dict]) -> str:
 
 def table_text(headers: list[str], rows: list[list[str]]) -> str:
     """Columns as wide as their widest cell, two spaces apart, no trailing blanks."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    widths = [max(map(len, column)) for column in zip(headers, *rows, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join(fmt.format(*row).rstrip() for row in [headers, *rows])
 

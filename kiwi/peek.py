@@ -26,10 +26,15 @@ def stat_fields(pid: int) -> list[bytes] | None:
     """Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ...
     (the name itself may hold spaces and parentheses, so split after the last ')')."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        data = os.read(fd, 4096)  # one line of ~300 bytes (the name is at most 15)
+    except OSError:
+        return None  # ESRCH: it ended between the open and the read
+    finally:
+        os.close(fd)
     return data[data.rindex(b")") + 2 :].split()
 
 
