@@ -127,6 +127,12 @@ def json_value(data: bytes):
         value, end = _scanner[0](text, start)
     except StopIteration:
         raise ValueError(f"Expecting value at {start}") from None
+    except SystemError:
+        # The C scanner reports damage as json.decoder.JSONDecodeError, found only when
+        # json.decoder is loaded (else this SystemError): json itself says what is wrong.
+        import json
+
+        return json.loads(data)
     if text[end:].strip(_WHITESPACE):
         raise ValueError(f"Extra data at {end}")
     return value

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -205,3 +206,22 @@ def test_json_value_refuses_what_json_refuses(data):
         json.loads(data)
     with pytest.raises((ValueError, RecursionError)):
         peek.json_value(data)
+
+
+def test_json_value_in_a_fresh_interpreter():
+    """As in `kiwi list`, where json was never imported: damage is still a ValueError."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(peek.__file__)))
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {root!r})\n"
+        "from kiwi import peek\n"
+        "assert peek.json_value(b'{\"a\": [1]}') == {'a': [1]}\n"
+        "assert 'json' not in sys.modules and 're' not in sys.modules\n"
+        "for bad in (b'{not json', b'[1, 2', b'{\"a\": 1,}'):\n"
+        "    try:\n"
+        "        peek.json_value(bad)\n"
+        "    except ValueError:\n"
+        "        continue\n"
+        "    raise AssertionError(bad)\n"
+    )
+    subprocess.run([sys.executable, "-I", "-S", "-c", code], check=True)
