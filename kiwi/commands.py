@@ -48,6 +48,8 @@ def container_rows(store: Store) -> list[dict]:
             config = store.container_config(cid)
         except KiwiError:
             continue
+        if config.get("id") != cid:
+            continue  # damaged too: its storage figures would be another folder's
         state = container_status(store, cid, started)
         used, _limit = storage_summary(store, config, state.get("init_pid"))
         rows.append(listing.container_row(cid, config, state, used))

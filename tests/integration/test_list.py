@@ -81,7 +81,8 @@ def test_a_damaged_record_is_skipped(kiwi, busybox):
     bad = kiwi.create(busybox, "--name", "bad")
     (kiwi.root / "containers" / bad / "config.json").write_text("{not json")
     assert [r["id"] for r in kiwi.json("list")] == [good]
-    for damage in ("[1, 2]", "[" * 100_000, ""):  # not an object, nested too deeply, empty
+    # not an object, nested too deeply, empty, an id that is not its folder's
+    for damage in ("[1, 2]", "[" * 100_000, "", '{"id": 5}', json.dumps({"id": good})):
         (kiwi.root / "containers" / bad / "config.json").write_text(damage)
         done = kiwi("list")
         assert [line.split()[0] for line in done.stdout.splitlines()] == ["ID", good], damage
