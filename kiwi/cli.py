@@ -482,9 +482,35 @@ def quick_list_args(argv: list[str]):
         return None  # argparse says what is wrong (or accepts a spelling this does not know)
     if words and words[0] not in LIST_WHAT:
         return None
-    from types import SimpleNamespace
+    return ListArgs(words[0] if words else LIST_WHAT[0], "--json" in argv)
 
-    return SimpleNamespace(command="list", what=words[0] if words else LIST_WHAT[0], json="--json" in argv)
+
+class ListArgs:
+    """What argparse makes of `list [what] [--json]` (types.SimpleNamespace costs an import)."""
+
+    command = "list"
+
+    def __init__(self, what: str, json: bool):
+        self.what = what
+        self.json = json
+
+
+def quick_list(args) -> bool:
+    """`kiwi list [containers]`, the command run most, from kiwi/listing.py alone: without
+    commands.py and the layers it imports (start-up time). False where listing leaves the
+    answer to cmd_list, before anything was printed."""
+    if args.json or args.what != "containers":
+        return False
+    from . import listing
+
+    try:
+        table, warning = listing.containers_listing()
+    except (listing.Unusual, OSError):
+        return False
+    if warning:  # where cmd_list prints it: before the table
+        print(f"{PROG}: {warning}", file=sys.stderr, flush=True)
+    print(table, flush=True)
+    return True
 
 
 def require_root(command: str) -> None:
@@ -507,6 +533,8 @@ def run(argv: list[str]) -> int:
         args.parser.print_help()
         return EXIT_OK
     require_root(args.command)
+    if args.command == "list" and quick_list(args):
+        return EXIT_OK
     if args.command == "terminal":  # a front end like this one: it runs what is typed through run()
         from . import terminal
 

@@ -10,6 +10,7 @@ import os
 import re
 import sys
 
+from . import listing
 from .errors import EXIT_ERROR, KiwiError
 from .sizes import format_size
 from .store import Store
@@ -30,19 +31,14 @@ def progress_bar(label: str):
 
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     # One write, not one flush a row (a list of 100 containers made 100 system calls).
-    out("\n".join(fmt.format(*row).rstrip() for row in [headers, *rows]))
+    out(listing.table_text(headers, rows))
 
 
 # --- list ---------------------------------------------------------------------
 
 
 def container_rows(store: Store) -> list[dict]:
-    from . import idmap
     from .containers import storage_summary
 
     started = store.started_ids()
@@ -52,26 +48,11 @@ def container_rows(store: Store) -> list[dict]:
             config = store.container_config(cid)
         except KiwiError:
             continue
+        if config.get("id") != cid:
+            continue  # damaged too: its storage figures would be another folder's
         state = container_status(store, cid, started)
-        used, limit = storage_summary(store, config, state.get("init_pid"))
-        rows.append(
-            {
-                "id": cid,
-                "name": config.get("name"),
-                "status": state["status"],
-                "image": config.get("image"),
-                "ipv4": None if config.get("network") == "host" else config.get("ipv4"),
-                "memory": config.get("memory"),
-                "cpu": config.get("cpu"),
-                "storage_used": used,
-                "storage_limit": limit,
-                "storage_sparse": limit is not None and bool(config.get("storage_sparse")),
-                "network": config.get("network", "separate"),
-                "mount": state.get("mount_target"),
-                "cgroup": state.get("cgroup"),
-                "privileged": idmap.is_privileged(config),
-            }
-        )
+        used, _limit = storage_summary(store, config, state.get("init_pid"))
+        rows.append(listing.container_row(cid, config, state, used))
     return rows
 
 
@@ -101,31 +82,7 @@ def image_rows(store: Store) -> list[dict]:
 
 
 def show_containers(rows: list[dict]) -> None:
-    def limit(v, fmt):
-        return "host" if v is None else fmt(v)
-
-    table = []
-    for r in rows:
-        storage = f"{format_size(r['storage_used'])}/{limit(r['storage_limit'], format_size)}"
-        storage += " sparse" if r.get("storage_sparse") else ""
-        status = r["status"] + (f" ({r['cgroup']})" if r.get("cgroup") else "")
-        table.append(
-            [
-                r["id"],
-                r["name"] or "-",
-                status,
-                r["image"] or "-",
-                r["ipv4"] or ("host" if r["network"] == "host" else "-"),
-                limit(r["memory"], format_size),
-                limit(r["cpu"], str),
-                storage,
-                r["network"],
-                "yes" if r["privileged"] else "no",
-                r["mount"] or "-",
-            ]
-        )
-    columns = ["ID", "NAME", "STATUS", "IMAGE", "IPV4", "MEMORY", "CPU", "STORAGE", "NETWORK", "PRIVILEGED"]
-    print_table([*columns, "MOUNT"], table)
+    out(listing.containers_table(rows))
 
 
 def show_images(rows: list[dict]) -> None:
@@ -169,9 +126,8 @@ def cmd_list(args) -> int:
     if args.what in ("containers", "all"):
         refuse_partial_view(store)
         data["containers"] = container_rows(store)
-        from .containers import sparse_shortfall
-
-        shortfall = sparse_shortfall(store, [r["id"] for r in data["containers"] if r["storage_sparse"]])
+        sparse_ids = [r["id"] for r in data["containers"] if r["storage_sparse"]]
+        shortfall = listing.sparse_shortfall(str(store.root), sparse_ids)
         if shortfall:
             warn(shortfall)
     if args.what in ("images", "all"):

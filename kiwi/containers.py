@@ -235,30 +235,6 @@ def storage_summary(store: Store, config: dict, init_pid: int | None = None) -> 
     return storage.used_bytes(store.container_dir(config["id"]), init_pid), config.get("storage")
 
 
-def sparse_shortfall(store: Store, sparse_ids: list[str]) -> str | None:
-    """A warning when sparse containers may still write more than the host's disk has free."""
-    if not sparse_ids:
-        return None
-    may_write = 0
-    for cid in sparse_ids:
-        with contextlib.suppress(OSError, KiwiError):
-            img = storage.image_path(store.container_dir(cid))
-            st = img.stat()
-            may_write += max(st.st_size - st.st_blocks * 512, 0)
-    try:
-        fs = os.statvfs(store.root)  # what shutil.disk_usage says, without importing it (list's start-up)
-        free = fs.f_bavail * fs.f_frsize
-    except OSError:
-        return None
-    if may_write <= free:
-        return None
-    return (
-        f"warning: sparse containers may still write {format_size(may_write)} but the host's disk has only "
-        f"{format_size(free)} free; when it fills they lose writes: free space or "
-        "kiwi set <container> --reserve"
-    )
-
-
 def check_shell_exists(store: Store, config: dict, shell: str) -> None:
     """Refuse a shell the container does not have. Looked up beneath the running
     container's root, or when stopped in its image: never on the host, and an

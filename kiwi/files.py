@@ -91,7 +91,7 @@ def read_json(path: Path | str, limit: int = 1 << 20):
         raise KiwiError(f"{path} is larger than {limit} bytes; it is not a Kiwi file")
     try:
         return json.loads(data)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply for the parser
         raise KiwiError(f"{path} is damaged ({e}); fix or remove it") from None
 
 

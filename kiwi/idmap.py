@@ -17,7 +17,6 @@ and unprivileged containers. A config without "idmap" (older Kiwi, Go Kiwi,
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from .errors import KiwiError
@@ -81,6 +80,8 @@ def usable_base(base, owner: str, leases: dict, reserved: list[tuple[int, int]])
 
 
 def reserved_ranges() -> list[tuple[int, int]]:
+    import contextlib  # here, not at the top: `kiwi list` asks is_privileged of every container
+
     ranges = []
     for path in SUBID_FILES:
         with contextlib.suppress(OSError, UnicodeDecodeError), open(path) as f:

@@ -22,6 +22,7 @@ import os
 import signal
 
 from .errors import EXIT_SIGNAL_BASE, ChildBug, KiwiError, describe, exit_code_for_signal
+from .peek import process_start_time, stat_fields  # noqa: F401 - their callers import them from here
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
@@ -36,29 +37,9 @@ HELPER_DIED = "a helper process {how}; run 'kiwi cleanup' and try again"
 # --- small helpers ------------------------------------------------------------------
 
 
-def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (None for a gone or zombie process): tells a live
-    process from a recycled pid."""
-    fields = stat_fields(pid)
-    if not fields or fields[0] == b"Z":
-        return None
-    return int(fields[19])
-
-
 def pid_alive(pid: int) -> bool:
     """A zombie (killed a moment ago, not yet reaped) is dead too."""
     return process_start_time(pid) is not None
-
-
-def stat_fields(pid: int) -> list[bytes] | None:
-    """Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ...
-    (the name itself may hold spaces and parentheses, so split after the last ')')."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2 :].split()
 
 
 def exit_code_of(wstatus: int) -> int:

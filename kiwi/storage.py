@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import KiwiError
 from .fstree import remove_tree, walk_stats
+from .peek import live_usage, read_superblock, superblock_usage
 from .sizes import format_size
 from .store import host_full, is_disk_full
 
@@ -167,38 +168,6 @@ def folder_usage(path: Path) -> int | None:
         return None  # unreadable (not root): unknown
 
 
-def read_superblock(img: Path) -> dict | None:
-    """Block counts from the ext4 superblock itself: no tool to run, so `list` stays fast."""
-    import struct
-
-    try:
-        with open(img, "rb") as f:
-            f.seek(1024)
-            sb = f.read(1024)
-    except OSError:
-        return None
-    if len(sb) < 0x250 or struct.unpack_from("<H", sb, 0x38)[0] != 0xEF53:
-        return None
-    blocks_lo, free_lo = struct.unpack_from("<I", sb, 4)[0], struct.unpack_from("<I", sb, 12)[0]
-    log_block = struct.unpack_from("<I", sb, 24)[0]
-    incompat = struct.unpack_from("<I", sb, 0x60)[0]
-    blocks_hi = free_hi = 0
-    if incompat & 0x80:  # 64bit feature: high halves are valid
-        blocks_hi, free_hi = struct.unpack_from("<I", sb, 0x150)[0], struct.unpack_from("<I", sb, 0x158)[0]
-    blocks = blocks_lo | blocks_hi << 32
-    free = free_lo | free_hi << 32
-    # Metadata (journal, inode tables) is not "used" in df's sense, nor in a running container's statfs.
-    overhead = struct.unpack_from("<I", sb, 0x248)[0]
-    return {"blocks": blocks, "free": free, "overhead": overhead, "block_size": 1024 << log_block}
-
-
-def superblock_usage(img: Path) -> int | None:
-    sb = read_superblock(img)
-    if sb is None:
-        return None
-    return max(sb["blocks"] - sb["free"] - sb["overhead"], 0) * sb["block_size"]
-
-
 def filesystem_size(img: Path) -> int | None:
     sb = read_superblock(img)
     return None if sb is None else sb["blocks"] * sb["block_size"]
@@ -209,15 +178,6 @@ def image_agrees(container_dir: Path, size: int) -> bool:
     img = image_path(container_dir)
     fs = filesystem_size(img)
     return fs is not None and img.exists() and img.stat().st_size == size and 0 <= size - fs < 4096
-
-
-def live_usage(init_pid: int) -> int | None:
-    """A running container's overlay reports its upper filesystem in statfs: exact and current."""
-    try:
-        st = os.statvfs(f"/proc/{init_pid}/root")
-    except OSError:
-        return None
-    return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
 def used_bytes(container_dir: Path, init_pid: int | None = None) -> int | None:

@@ -285,10 +285,14 @@ class Store:
             return None
 
     def container_config(self, cid: str) -> dict:
+        path = self.container_dir(cid) / "config.json"
         try:
-            return read_json(self.container_dir(cid) / "config.json")
+            config = read_json(path)
         except FileNotFoundError:
             raise KiwiError(f"no container {cid}; see 'kiwi list'") from None
+        if not isinstance(config, dict):
+            raise KiwiError(f"{path} is damaged (not a JSON object); fix or remove it")
+        return config
 
     def container_names(self) -> dict[str, str]:
         """name -> id for every container that has one."""

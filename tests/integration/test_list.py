@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def rows_by_name(kiwi, *args) -> dict:
     return {r["name"]: r for r in kiwi.json("list", *args)}
@@ -79,3 +81,47 @@ def test_a_damaged_record_is_skipped(kiwi, busybox):
     bad = kiwi.create(busybox, "--name", "bad")
     (kiwi.root / "containers" / bad / "config.json").write_text("{not json")
     assert [r["id"] for r in kiwi.json("list")] == [good]
+    # not an object, nested too deeply, empty, an id that is not its folder's
+    for damage in ("[1, 2]", "[" * 100_000, "", '{"id": 5}', json.dumps({"id": good})):
+        (kiwi.root / "containers" / bad / "config.json").write_text(damage)
+        done = kiwi("list")
+        assert [line.split()[0] for line in done.stdout.splitlines()] == ["ID", good], damage
+        assert not done.stderr, (damage, done.stderr)
+
+
+def containers_block(text: str) -> str:
+    """The containers table of `list all`: the lines before the first blank one."""
+    return text.split("\n\n")[0]
+
+
+def test_quick_table_is_cmd_lists_table(kiwi, busybox, tmp_path, monkeypatch):
+    """`list` (listing.py, no commands.py) prints what `list all` (cmd_list) prints for the
+    containers, in every state and setting; where listing leaves the answer to cmd_list
+    (a mounted container), the table is the same too."""
+    from kiwi import listing
+
+    up = kiwi.create(busybox, "--name", "up", "--memory", "64M", "--cpu", "1")
+    kiwi.create(busybox, "--name", "host-net", "--network", "host", "--privileged")
+    kiwi.create(busybox, "--name", "host-storage", "--storage", "host")
+    kiwi.create(busybox, "--name", "sparse", "--sparse")
+    kiwi("attach", up, "--", "sh", "-c", "echo data > /kept")
+    monkeypatch.setenv("KIWI_ROOT", str(kiwi.root))
+    try:
+        table = kiwi.out("list")
+        assert containers_block(kiwi.out("list", "all")) == table
+        assert listing.containers_listing()[0] == table  # listing answered, not cmd_list
+        assert "running (" in table and table.count("stopped") == 3 and "  host-net " in table
+    finally:
+        kiwi("stop", up)
+    target = tmp_path / "view"
+    target.mkdir()
+    kiwi("mount", "sparse", str(target))
+    try:
+        with pytest.raises(listing.Unusual):
+            listing.containers_listing()
+        table = kiwi.out("list")
+        assert containers_block(kiwi.out("list", "all")) == table
+        row = next(line.split() for line in table.splitlines() if line.split()[1] == "sparse")
+        assert row[2] == "mounted" and row[-1] == str(target), row
+    finally:
+        kiwi("unmount", "sparse")

@@ -1,0 +1,229 @@
+"""listing.py (the quick `kiwi list`) against the full cmd_list path on the same data
+folders: the same rows where it answers, Unusual (cmd_list answers) everywhere else.
+
+Running containers are stood in for by this test's own process: its pid and start time
+in runtime.json are a live init, exactly what runstate.read_runtime checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kiwi import commands, freeze, listing, peek, proc
+from kiwi.store import Store
+
+MIB = 1 << 20
+
+
+def write_json(path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def add_container(root, cid: str, **settings) -> dict:
+    config = {"id": cid, "name": f"c{cid[:4]}", "image": "bb", "network": "separate", "ipv4": "10.9.9.2"}
+    config.update(settings)
+    write_json(root / "containers" / cid / "config.json", config)
+    return config
+
+
+def make_running(data, cid: str, **record) -> None:
+    pid = os.getpid()
+    base = {"init_pid": pid, "init_start_time": proc.process_start_time(pid), "cgroup_version": "v1"}
+    write_json(data / "mounts" / cid / "runtime.json", {**base, **record})
+
+
+def mkfs(img, size: int) -> None:
+    with open(img, "wb") as f:
+        f.truncate(size)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(img)], check=True)
+
+
+@pytest.fixture
+def root(tmp_path):
+    root = tmp_path / "kiwi-data"
+    for name in listing.PRIVATE_DIRS:
+        (root / name).mkdir(parents=True, mode=0o700)
+    return root
+
+
+def full_rows(root) -> list[dict]:
+    return commands.container_rows(Store(root))
+
+
+def test_the_rows_match_cmd_lists(root, capsys):
+    add_container(root, "aaaaaaaaaaa1", memory=256 * MIB, cpu=2, storage=None)
+    add_container(root, "aaaaaaaaaaa2", network="host", idmap={"base": 1_000_065_536, "size": 65536})
+    add_container(root, "aaaaaaaaaaa3", storage=64 * MIB, storage_sparse=True, name=None)
+    mkfs(root / "containers" / "aaaaaaaaaaa3" / "state.img", 64 * MIB)
+    add_container(root, "aaaaaaaaaaa4", storage=64 * MIB)
+    mkfs(root / "containers" / "aaaaaaaaaaa4" / "state.img", 64 * MIB)
+    make_running(root, "aaaaaaaaaaa4")
+    add_container(root, "aaaaaaaaaaa5", storage=None)
+    (root / "containers" / "aaaaaaaaaaa5" / "state" / "upper").mkdir(parents=True)
+    (root / "containers" / "aaaaaaaaaaa5" / "state" / "upper" / "f").write_bytes(b"x" * 10000)
+    rows, full = listing.container_rows(str(root)), full_rows(root)
+    # The stand-in init's root is the host's, whose usage moves between two looks.
+    live, full_live = rows[3].pop("storage_used"), full[3].pop("storage_used")
+    assert rows == full
+    assert (
+        live > 64 * MIB and full_live > 64 * MIB
+    )  # statfs of the init's root, not the 64M image's superblock
+    rows[3]["storage_used"] = live
+    assert rows[2]["storage_used"] == peek.superblock_usage(
+        root / "containers" / "aaaaaaaaaaa3" / "state.img"
+    )
+    assert rows[4]["storage_used"] >= 10000
+    commands.show_containers(rows)  # what cmd_list prints for them
+    assert capsys.readouterr().out == listing.containers_table(rows) + "\n"
+
+
+def test_an_empty_or_new_folder(root, tmp_path):
+    assert listing.container_rows(str(root)) == []
+    assert listing.container_rows(str(tmp_path)) == []  # no containers/ nor mounts/
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "runtime folder without a record",
+        "dead init",
+        "recycled pid",
+        "record of another folder",
+        "freeze lease",
+        "damaged config",
+        "config of another id",
+        "config not an object",
+        "huge config",
+        "go container",
+        "no superblock",
+    ],
+)
+def test_what_it_leaves_to_cmd_list(root, case):
+    add_container(root, "bbbbbbbbbbb1")
+    cid = "bbbbbbbbbbb2"
+    add_container(root, cid)
+    config = root / "containers" / cid / "config.json"
+    if case == "runtime folder without a record":
+        (root / "mounts" / cid).mkdir()
+    elif case == "dead init":
+        make_running(root, cid, init_pid=2**22 + 1)
+    elif case == "recycled pid":
+        make_running(root, cid, init_start_time=1)
+    elif case == "record of another folder":
+        make_running(root, cid, root="/elsewhere/kiwi-data")
+    elif case == "freeze lease":
+        make_running(root, cid)
+        write_json(root / "mounts" / cid / freeze.LEASE, {"pid": 1, "start_time": 1})
+    elif case == "damaged config":
+        config.write_text("{not json")
+    elif case == "config of another id":
+        add_container(root, cid, id="bbbbbbbbbbb1")
+    elif case == "config not an object":
+        config.write_text("[1, 2]")
+    elif case == "huge config":
+        add_container(root, cid, note="x" * listing.RECORD_LIMIT)
+    elif case == "go container":
+        (root / "containers" / ("c" * 24)).mkdir()
+    elif case == "no superblock":
+        (root / "containers" / cid / "state.img").write_bytes(b"\0" * 4096)
+    with pytest.raises(listing.Unusual):
+        listing.container_rows(str(root))
+    if case.startswith(("damaged", "config")):  # cmd_list skips the container
+        assert [r["id"] for r in full_rows(root)] == ["bbbbbbbbbbb1"]
+
+
+def test_the_folder_checks(root, monkeypatch):
+    monkeypatch.setenv("KIWI_ROOT", str(root))
+    assert listing.data_root() == str(root)
+    listing.check_layout(str(root))
+    listing.refuse_go_data(str(root))
+    os.chmod(root / "exports", 0o755)  # an older Kiwi's: Store.open closes it
+    with pytest.raises(listing.Unusual):
+        listing.check_layout(str(root))
+    os.chmod(root / "exports", 0o700)
+    (root / "mounts").rmdir()
+    (root / "run").mkdir()  # an older Kiwi's runtime folder: Store.open renames it
+    with pytest.raises(listing.Unusual):
+        listing.check_layout(str(root))
+    (root / "images" / "old").mkdir()
+    (root / "images" / "old" / "manifest.json").write_text("{}")
+    with pytest.raises(listing.Unusual):
+        listing.refuse_go_data(str(root))
+    for value in (
+        "relative/kiwi-data",
+        str(root / "missing"),
+        str(root / "images" / "old" / "manifest.json"),
+    ):
+        monkeypatch.setenv("KIWI_ROOT", value)
+        with pytest.raises(listing.Unusual):
+            listing.data_root()
+
+
+def test_a_mount_shows_only_while_mounted(root):
+    cid = "ccccccccccc1"
+    add_container(root, cid)
+    make_running(root, cid)
+    write_json(root / "mounts" / cid / "mount.json", {"target": "/"})  # "/" is always a mount point
+    assert listing.container_rows(str(root))[0]["mount"] == "/" == full_rows(root)[0]["mount"]
+    write_json(root / "mounts" / cid / "mount.json", {"target": str(root)})  # not a mount point
+    assert listing.container_rows(str(root))[0]["mount"] is None
+    assert listing.container_rows(str(root)) == full_rows(root)
+
+
+def test_the_sparse_warning(root):
+    add_container(root, "ddddddddddd1", storage=15 << 40, storage_sparse=True)
+    with open(root / "containers" / "ddddddddddd1" / "state.img", "wb") as f:
+        f.truncate(15 << 40)  # a sparse file of 15 TiB: more than the test disk holds
+    warning = listing.sparse_shortfall(str(root), ["ddddddddddd1"])
+    assert warning.startswith("warning: sparse containers may still write 15T but the host's disk has only")
+    assert listing.sparse_shortfall(str(root), []) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1, "b": [true, false, null], "c": {"d": "\\u00e9\\n"}, "e": -1.5e3, "f": 12345678901234567890}',
+        "  {}\n",
+        '"x"',
+        "[NaN, Infinity, -Infinity]",
+        '{"a": 1, "a": 2}',
+        "\t[ 1 , 2 ]\r\n",
+    ],
+)
+def test_json_value_reads_what_json_reads(text):
+    assert repr(peek.json_value(text.encode())) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"  ", b"{not json", b"{} x", b'{"a": 1,}', b"[1, 2", b"\xff{}", b'{"a": "\x01"}', b"[" * 100000],
+)
+def test_json_value_refuses_what_json_refuses(data):
+    with pytest.raises((ValueError, RecursionError)):
+        json.loads(data)
+    with pytest.raises((ValueError, RecursionError)):
+        peek.json_value(data)
+
+
+def test_json_value_in_a_fresh_interpreter():
+    """As in `kiwi list`, where json was never imported: damage is still a ValueError."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(peek.__file__)))
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {root!r})\n"
+        "from kiwi import peek\n"
+        "assert peek.json_value(b'{\"a\": [1]}') == {'a': [1]}\n"
+        "assert 'json' not in sys.modules and 're' not in sys.modules\n"
+        "for bad in (b'{not json', b'[1, 2', b'{\"a\": 1,}'):\n"
+        "    try:\n"
+        "        peek.json_value(bad)\n"
+        "    except ValueError:\n"
+        "        continue\n"
+        "    raise AssertionError(bad)\n"
+    )
+    subprocess.run([sys.executable, "-I", "-S", "-c", code], check=True)
