@@ -43,7 +43,7 @@ def test_same_as_argparse(argv):
         ["attach", "c"],  # a session: argparse
         ["attach", "c", "--"],  # the image's own command
         ["attach", "--", "true"],  # which container?
-        ["attach", "c", "d", "--", "true"],  # argparse says what is wrong
+        ["attach", "c", "d", "--", "true"],  # argparse: d is the command, true its argument
         ["attach", "c", "-e", "--", "true"],  # -e without a value
         ["attach", "c", "-e", "-x", "--", "true"],  # a value that looks like an option
         ["attach", "c", "--session", "--", "true"],
