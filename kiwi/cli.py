@@ -513,6 +513,66 @@ def quick_list(args) -> bool:
     return True
 
 
+# attach's options that take a value, as `-e V`, `--env V` or `--env=V`: argparse's dest of each.
+ATTACH_VALUE_OPTIONS = {
+    "-e": "env",
+    "--env": "env",
+    "-w": "workdir",
+    "--workdir": "workdir",
+    "-u": "user",
+    "--user": "user",
+}
+
+
+def quick_attach_args(argv: list[str]):
+    """`kiwi attach <c> [-e/-w/-u V]... [--direct] -- cmd [args]` (a command in a running
+    container, the hot path of scripts) parsed without argparse: the same namespace
+    parse() gives. Any other spelling (no command, other options, a value that looks
+    like an option, a second container) returns None and goes through argparse,
+    which accepts it or says what is wrong."""
+    if argv[:1] != ["attach"] or "--" not in argv:
+        return None
+    i = argv.index("--")
+    head, command = argv[1:i], argv[i + 1 :]
+    if not command:
+        return None  # `attach c --`: the image's own command
+    values: dict[str, list[str]] = {"env": [], "workdir": [], "user": []}
+    containers, direct, n = [], False, 0
+    while n < len(head):
+        word = head[n]
+        name, eq, value = word.partition("=")
+        if word == "--direct":
+            direct = True
+        elif eq and name.startswith("--") and name in ATTACH_VALUE_OPTIONS:
+            values[ATTACH_VALUE_OPTIONS[name]].append(value)
+        elif word in ATTACH_VALUE_OPTIONS and n + 1 < len(head) and not head[n + 1].startswith("-"):
+            n += 1
+            values[ATTACH_VALUE_OPTIONS[word]].append(head[n])
+        elif word.startswith("-") or containers:
+            return None
+        else:
+            containers.append(word)
+        n += 1
+    if not containers:
+        return None
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        command="attach",
+        container=containers[0],
+        direct=direct,
+        session=False,
+        old=None,
+        detach_key="ctrl-\\",
+        takeover=False,
+        env=values["env"] or None,
+        workdir=(values["workdir"] or [None])[-1],
+        user=(values["user"] or [None])[-1],
+        cmd=command,
+        dashdash=True,
+    )
+
+
 def require_root(command: str) -> None:
     if command not in READ_ONLY_COMMANDS and os.geteuid() != 0:
         raise KiwiError(f"'{command}' needs root; run it as: sudo {PROG} {command} ...")
@@ -528,7 +588,8 @@ def run(argv: list[str]) -> int:
 
         print("\n".join(candidates(argv[2:], build_parser())))
         return EXIT_OK
-    args = quick_list_args(expand_alias(argv)) or parse(argv)
+    argv = expand_alias(argv)
+    args = quick_list_args(argv) or quick_attach_args(argv) or parse(argv)
     if not args.command:
         args.parser.print_help()
         return EXIT_OK

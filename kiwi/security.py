@@ -38,7 +38,6 @@ import sys
 from pathlib import Path
 
 from kiwi import syscalls as sc
-from kiwi.proc import write_all
 
 # The PATH of a container's init and of every command run in it.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -697,15 +696,26 @@ def helper_memfd(name: str) -> int:
     rewrite a host file of Kiwi (the runc CVE-2019-5736 class of attack): the
     /proc/<pid>/exe of the helper is the memfd, and its seals refuse writes.
     """
-    data = helper_binary_path(name).read_bytes()
-    fd = sc.memfd_create(name, sc.MFD_CLOEXEC | sc.MFD_ALLOW_SEALING)
-    try:
-        write_all(fd, data)
-        sc.add_seals(fd, sc.F_SEAL_SEAL | sc.F_SEAL_SHRINK | sc.F_SEAL_GROW | sc.F_SEAL_WRITE)
-    except BaseException:
-        os.close(fd)
-        raise
+    with open(helper_binary_path(name), "rb") as binary:
+        fd = sc.memfd_create(name, sc.MFD_CLOEXEC | sc.MFD_ALLOW_SEALING)
+        try:
+            copy_file(binary.fileno(), fd)
+            sc.add_seals(fd, sc.F_SEAL_SEAL | sc.F_SEAL_SHRINK | sc.F_SEAL_GROW | sc.F_SEAL_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
     return fd
+
+
+def copy_file(src: int, dst: int) -> None:
+    """All of src to dst inside the kernel (sendfile): a helper is copied on every attach."""
+    size = os.fstat(src).st_size
+    done = 0
+    while done < size:
+        sent = os.sendfile(dst, src, done, size - done)
+        if sent == 0:
+            raise OSError(errno.EIO, f"the helper binary shrank while it was copied (fd {src})")
+        done += sent
 
 
 def init_binary_path() -> Path:
