@@ -647,6 +647,7 @@ def stop(store: Store, cid: str, stop_sessions: Callable[[Store, str], None], gr
             pid, start_time = record["init_pid"], record["init_start_time"]
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+            load_teardown()
             if not wait_for_exit(pid, start_time, grace):
                 cgroup = container_cgroup(store, cid)
                 if not cgroup.foreign():
@@ -659,6 +660,12 @@ def stop(store: Store, cid: str, stop_sessions: Callable[[Store, str], None], gr
             state = "stopped" if record else "is not running"
             raise KiwiError(f"container {cid} {state}, but {'; '.join(failures)}; run 'kiwi cleanup'")
         return record is not None
+
+
+def load_teardown() -> None:
+    """Import what teardown needs while the init is exiting: on another CPU the
+    imports overlap the wait for it instead of following it (issue 20)."""
+    from . import network  # noqa: F401
 
 
 def teardown(store: Store, cid: str, release_network: bool = True) -> list[str]:
