@@ -658,6 +658,8 @@ class Cgroup:
             _write(kill_file, "1")
         elif self.pids():
             self._kill_loop(timeout)
+        else:
+            return  # empty (a stopped container's init took everyone with it): nothing to wait for
         if not _wait_until(lambda: not self.pids(), timeout):
             raise KiwiError(f"processes in cgroup {self.name} survived SIGKILL: {self.pids()}")
 

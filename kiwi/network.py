@@ -217,11 +217,23 @@ def remove_bridge_if_unused() -> list[str]:
                     return []
                 if any(port.master == link.index for port in netlink.get_links(nl)):
                     return []
-            remove_nat()
-            delete_link(bridge)
+            remove_nat_and_bridge(bridge)
     except BlockingIOError:
         return []  # a kiwi is starting a container on it
     return [f"bridge {bridge} and its NAT (no container uses them)"]
+
+
+def remove_nat_and_bridge(bridge: str) -> None:
+    """remove_nat and delete_link(bridge) at once: each waits in the kernel (the bridge's
+    unregistering ~30-40 ms, each nft table ~10 ms), so together they take the longer of
+    the two instead of the sum (issue 20). An error of either raises once both ended."""
+    from kiwi.proc import Background
+
+    deleting = Background(delete_link, bridge)
+    try:
+        remove_nat()
+    finally:
+        deleting.wait()
 
 
 def delete_link(name: str) -> None:
@@ -295,6 +307,18 @@ def detach_container(cid: str, folder_id: str) -> None:
     """Delete the container's host veth and its filter chain, if they exist."""
     forget_port(bridge_name(), veth_name(cid, folder_id))
     delete_own_veth(cid, folder_id)
+
+
+def release_container(cid: str, folder_id: str) -> None:
+    """detach_container, then remove_bridge_if_unused, with one nft transaction less on the
+    last stop: the bridge's table takes the veth's chain and map element with it."""
+    delete_own_veth(cid, folder_id)
+    released = []
+    try:
+        released = remove_bridge_if_unused()
+    finally:
+        if not released:
+            forget_port(bridge_name(), veth_name(cid, folder_id))
 
 
 def delete_own_veth(cid: str, folder_id: str) -> None:
