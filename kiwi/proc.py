@@ -131,9 +131,6 @@ def stop_helper(pid: int, grace: float = 2.0) -> None:
         pass
 
 
-# --- the child's side -------------------------------------------------------------------
-
-
 class Background:
     """fn(*args) in a thread of its own, for work that mostly waits in the kernel; wait()
     joins it and raises what fn raised, in the caller's thread. On _thread: importing
@@ -160,6 +157,9 @@ class Background:
         self.running.release()  # a second wait() returns at once
         if self.error is not None:
             raise self.error
+
+
+# --- the child's side -------------------------------------------------------------------
 
 
 class Report:
