@@ -43,6 +43,9 @@ COMPLETE_WORD = "__complete"
 # What `kiwi list` lists; its default comes first.
 LIST_WHAT = ("containers", "images", "exports", "all")
 
+# `kiwi stop`'s grace period in seconds when --time is not given.
+STOP_GRACE = 10
+
 # docker exec's -i/-t: Kiwi gives a command a terminal when it has one anyway.
 EXEC_IGNORED = {"-i", "-t", "-it", "-ti", "--interactive", "--tty"}
 
@@ -300,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stop", help="stop a container: SIGTERM, grace period, then kill")
     p.add_argument("container")
-    p.add_argument("--time", type=int, default=10, metavar="SECONDS", help="grace period (default 10)")
+    p.add_argument(
+        "--time", type=int, default=STOP_GRACE, metavar="SECONDS", help="grace period (default 10)"
+    )
 
     p = sub.add_parser(
         "delete",
@@ -573,6 +578,24 @@ def quick_attach_args(argv: list[str]):
     )
 
 
+def quick_stop_args(argv: list[str]):
+    """`kiwi stop <c> [--time N]` parsed as quick_list_args does: argparse and the whole
+    parser are a fifth of an idle container's stop (issue 20). Any other spelling,
+    including every mistake, goes through argparse."""
+    if argv[:1] != ["stop"]:
+        return None
+    rest, time = argv[1:], str(STOP_GRACE)
+    if len(rest) == 3 and "--time" in rest[:2]:
+        at = rest.index("--time")
+        time = rest.pop(at + 1)
+        del rest[at]
+    if len(rest) != 1 or rest[0].startswith("-") or not (time.isascii() and time.isdigit()):
+        return None
+    from types import SimpleNamespace
+
+    return SimpleNamespace(command="stop", container=rest[0], time=int(time))
+
+
 def require_root(command: str) -> None:
     if command not in READ_ONLY_COMMANDS and os.geteuid() != 0:
         raise KiwiError(f"'{command}' needs root; run it as: sudo {PROG} {command} ...")
@@ -589,7 +612,7 @@ def run(argv: list[str]) -> int:
         print("\n".join(candidates(argv[2:], build_parser())))
         return EXIT_OK
     argv = expand_alias(argv)
-    args = quick_list_args(argv) or quick_attach_args(argv) or parse(argv)
+    args = quick_list_args(argv) or quick_attach_args(argv) or quick_stop_args(argv) or parse(argv)
     if not args.command:
         args.parser.print_help()
         return EXIT_OK

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import EXIT_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, KiwiError
-from .proc import process_start_time, read_to_end, wait_exit_code
+from .proc import Background, process_start_time, read_to_end, wait_exit_code
 from .runstate import container_cgroup, mount_file, read_mount, read_runtime, runtime_file
 from .store import Store, atomic_write_json
 
@@ -686,6 +686,7 @@ def stop(store: Store, cid: str, stop_sessions: Callable[[Store, str], None], gr
             pid, start_time = record["init_pid"], record["init_start_time"]
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+            load_teardown()
             if not wait_for_exit(pid, start_time, grace):
                 cgroup = container_cgroup(store, cid)
                 if not cgroup.foreign():
@@ -700,6 +701,12 @@ def stop(store: Store, cid: str, stop_sessions: Callable[[Store, str], None], gr
         return record is not None
 
 
+def load_teardown() -> None:
+    """Import what teardown needs while the init is exiting: on another CPU the
+    imports overlap the wait for it instead of following it (issue 20)."""
+    from . import network  # noqa: F401
+
+
 def teardown(store: Store, cid: str, release_network: bool = True) -> list[str]:
     """Remove what a start set up; safe to call on a partly started or dead container.
     Each step is tried whatever the others did; returns what failed, one line each.
@@ -709,32 +716,52 @@ def teardown(store: Store, cid: str, release_network: bool = True) -> list[str]:
     from .errors import GoingOn
 
     failures: list[str] = []
-    with GoingOn(failures, f"removing the cgroup of container {cid}"):
-        cgroup = container_cgroup(store, cid)
-        if cgroup.exists() and not cgroup.foreign():
-            cgroup.kill_all()
-            cgroup.remove()
-    # pyroute2 and nft report in exceptions of their own.
+    network_failures: list[str] = []
+    releasing = None
+    if release_network:
+        # The last stop on a bridge waits ~40 ms in the kernel for its deletion: the
+        # cgroup and the runtime folder go meanwhile (issue 20).
+        with GoingOn(network_failures, f"removing the network device of container {cid}"):
+            store.folder_id()  # made (if need be) here, not by two threads at once
+            releasing = Background(teardown_network, store, cid, release_network, network_failures)
+    else:
+        teardown_network(store, cid, release_network, network_failures)
+    try:
+        with GoingOn(failures, f"removing the cgroup of container {cid}"):
+            cgroup = container_cgroup(store, cid)
+            if cgroup.exists() and not cgroup.foreign():
+                cgroup.kill_all()
+                cgroup.remove()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(runtime_file(store, cid))
+        rdir = store.runtime_dir(cid)
+        with contextlib.suppress(FileNotFoundError):
+            from .lxfs import SOCKET
+
+            os.unlink(rdir / SOCKET)
+        for sub in RUNTIME_SUBDIRS:
+            with contextlib.suppress(OSError):
+                os.rmdir(rdir / sub)
+        if not mount_file(store, cid).exists():
+            with contextlib.suppress(OSError):
+                os.rmdir(rdir)
+    finally:
+        if releasing is not None:
+            releasing.wait()
+    return failures + network_failures
+
+
+def teardown_network(store: Store, cid: str, release_network: bool, failures: list[str]) -> None:
+    from .errors import GoingOn
+
+    # netlink and nft report in exceptions of their own.
     with GoingOn(failures, f"removing the network device of container {cid}", catch=(Exception,)):
         from . import network
 
-        network.detach_container(cid, store.folder_id())
         if release_network:
-            network.remove_bridge_if_unused()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(runtime_file(store, cid))
-    rdir = store.runtime_dir(cid)
-    with contextlib.suppress(FileNotFoundError):
-        from .lxfs import SOCKET
-
-        os.unlink(rdir / SOCKET)
-    for sub in RUNTIME_SUBDIRS:
-        with contextlib.suppress(OSError):
-            os.rmdir(rdir / sub)
-    if not mount_file(store, cid).exists():
-        with contextlib.suppress(OSError):
-            os.rmdir(rdir)
-    return failures
+            network.release_container(cid, store.folder_id())
+        else:
+            network.detach_container(cid, store.folder_id())
 
 
 def forget(store: Store, cid: str) -> list[str]:

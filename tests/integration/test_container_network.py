@@ -663,3 +663,31 @@ def test_resolv_conf_and_hosts_inside(kiwi, busybox):
     assert re.search(rf"^{re.escape(ip)}\s+dnsbox$", hosts, re.M), hosts
     assert re.search(r"^127\.0\.0\.1\s+localhost", hosts, re.M), hosts
     assert kiwi.out("attach", cid, "--", "hostname") == "dnsbox"
+
+
+def port_filter(bridge: str) -> tuple[set[str], set[str]]:
+    """The anti-spoofing table's per-veth chains and its `ports` map's keys."""
+    items = nft_table_json("bridge", f"kiwi-{bridge}")
+    chains = {i["chain"]["name"] for i in items if "chain" in i and i["chain"]["name"].startswith("port-")}
+    keys = {e[0] for i in items if "map" in i for e in i["map"].get("elem", [])}
+    return chains, keys
+
+
+def test_stop_removes_its_port_filter_and_the_last_stop_the_whole_firewall(kiwi, busybox):
+    """A stop removes its veth's chain and map element only; the last stop on the bridge
+    removes the bridge and both tables, the chain with its table (no transaction of its own)."""
+    bridge = kiwi.env["KIWI_BRIDGE"]
+    first, second = kiwi.create(busybox), kiwi.create(busybox)
+    start(kiwi, first)
+    start(kiwi, second)
+    veths = {veth_of(kiwi, first), veth_of(kiwi, second)}
+    assert port_filter(bridge) == ({f"port-{v}" for v in veths}, veths)
+    kiwi("stop", first)
+    kept = veth_of(kiwi, second)
+    assert port_filter(bridge) == ({f"port-{kept}"}, {kept})
+    assert bridge_ports(bridge) == [kept] and nft_rule_count(bridge) > 0
+    assert kiwi.out("attach", second, "--", "true") == ""
+    kiwi("stop", second)
+    assert not link_exists(bridge)
+    assert not {f"inet kiwi-{bridge}", f"bridge kiwi-{bridge}"} & nft_tables()
+    assert "nothing to clean up" in kiwi.out("cleanup")
