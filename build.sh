@@ -467,7 +467,9 @@ pack_release() {
     cp "dist/kiwi-linux-$arch" "$stage/kiwi"
     cp "dist/kiwi-linux-$arch" dist/release/
     cp -r dist/release/man dist/release/completions "$stage/"
-    tar -C dist/release --owner=0 --group=0 --sort=name -czf "dist/release/$name.tar.gz" "$name"
+    # Root extracts the archived modes as they are: never group- or world-writable,
+    # whatever the builder's umask was.
+    tar -C dist/release --owner=0 --group=0 --mode=go-w --sort=name -czf "dist/release/$name.tar.gz" "$name"
     rm -rf "$stage"
   done
   rm -rf dist/release/man dist/release/completions

@@ -452,6 +452,9 @@ def test_release_tarballs_hold_binary_man_pages_and_completion(host_release, tmp
         assert files == {f"{top}/kiwi", f"{top}/completions/kiwi.bash", *(f"{top}/man/{p}" for p in pages)}
         assert all(m.name == top or m.name.startswith(f"{top}/") for m in members), [m.name for m in members]
         assert all(m.uid == 0 and m.gid == 0 and (m.isfile() or m.isdir()) for m in members)
+        assert not [m.name for m in members if m.mode & 0o022], (
+            "group- or world-writable (root extracts as is)"
+        )
         subprocess.run(["tar", "-xzf", str(tarball), "-C", str(tmp_path)], check=True)
         binary = tmp_path / top / "kiwi"
         assert binary.read_bytes() == (host_release / f"kiwi-{target}").read_bytes()
