@@ -330,8 +330,12 @@ cross_build_python() {
   tar -xf "$root"/usr/src/python/python3.11_*.orig.tar.* -C "$work"
   # configure cannot run test programs for another architecture: these are its answers
   # for Linux (a /dev/ptmx, no /dev/ptc, a working getaddrinfo with IPv6).
+  # The root's /usr/include is a system folder to pkg-config: otherwise libffi.pc's
+  # -I<root>/usr/include becomes LIBFFI_INCLUDEDIR, which lacks Debian's multiarch
+  # ffi.h, and setup.py then builds _ctypes without libffi.
   (cd "$work"/Python-3.11.* \
     && export PKG_CONFIG_LIBDIR="$root/usr/lib/$triplet/pkgconfig:$root/usr/share/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$root" \
+      PKG_CONFIG_SYSTEM_INCLUDE_PATH="$root/usr/include" \
     && "${NICE[@]}" ./configure -q --host="$triplet" --build="$(gcc -dumpmachine)" --with-build-python=/usr/bin/python3.11 \
       --enable-ipv6 ac_cv_file__dev_ptmx=yes ac_cv_file__dev_ptc=no --with-ensurepip=no \
       CC="$triplet-gcc --sysroot=$root" AR="$triplet-ar" READELF="$triplet-readelf" \
@@ -341,7 +345,8 @@ cross_build_python() {
     || die "cross-compiling CPython for $target failed; see $root.log"
   rm -rf "$work" "$root/usr/src/python"
   # setup.py looks for libffi.so only in LDFLAGS' -L folders when cross-compiling (hence
-  # the -L above); without it _ctypes builds unlinked and fails at import.
+  # the -L above), and for ffi.h as said above; without them _ctypes builds unlinked
+  # and fails at import.
   readelf -d "$root$ROOT_PYTHON"/lib/python3.11/lib-dynload/_ctypes.*.so | grep -q 'libffi\.so' \
     || die "the cross-built _ctypes of $root does not link libffi; see $root.log"
   python_builds_in_root "$root" "$triplet"
@@ -467,7 +472,9 @@ pack_release() {
     cp "dist/kiwi-linux-$arch" "$stage/kiwi"
     cp "dist/kiwi-linux-$arch" dist/release/
     cp -r dist/release/man dist/release/completions "$stage/"
-    tar -C dist/release --owner=0 --group=0 --sort=name -czf "dist/release/$name.tar.gz" "$name"
+    # Root extracts the archived modes as they are: never group- or world-writable,
+    # whatever the builder's umask was.
+    tar -C dist/release --owner=0 --group=0 --mode=go-w --sort=name -czf "dist/release/$name.tar.gz" "$name"
     rm -rf "$stage"
   done
   rm -rf dist/release/man dist/release/completions

@@ -49,6 +49,12 @@
 #include <time.h>
 #include <unistd.h>
 
+/* glibc < 2.34 (the release builds' bullseye) names no SYS_close_range; the
+ * number is the same on every architecture. */
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+
 #define FUSE_FD 3
 #define FIRST_PROCS_FD 7 /* after NOTIFY_FD, PIDNS_FD and USERNS_FD */
 #define REQUEST_MAX (64 * 1024 + 4096) /* > max_write + headers, >= FUSE_MIN_READ_BUFFER */

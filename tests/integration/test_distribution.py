@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -133,16 +134,24 @@ def test_frozen_binary_runs_every_kind_of_command(kiwi, busybox):
     kiwi("cleanup")
 
 
-def test_version_names_commit_build_time_and_architecture(kiwi):
-    text = kiwi.out("--version").strip()
+ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armv7"}[platform.machine()]
+
+
+def assert_names_the_build(version: str, arch: str) -> None:
+    """VERSION is `kiwi X.Y.Z (commit <12 hex>[-dirty], built <UTC minute>, linux-<arch>)`,
+    the commit one of this repository's."""
     found = re.fullmatch(
-        r"kiwi \d+\.\d+\.\d+ \(commit ([0-9a-f]{12})(-dirty)?, built (\S+), linux-(\w+)\)", text
+        r"kiwi \d+\.\d+\.\d+ \(commit ([0-9a-f]{12})(-dirty)?, built (\S+), linux-(\w+)\)", version
     )
-    assert found, text
-    commit, built, arch = found.group(1), found.group(3), found.group(4)
-    assert run(["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"]).returncode == 0, text
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\dZ", built), text
-    assert arch == {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armv7"}[platform.machine()]
+    assert found, version
+    commit, built = found.group(1), found.group(3)
+    assert run(["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"]).returncode == 0, version
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\dZ", built), version
+    assert found.group(4) == arch, version
+
+
+def test_version_names_commit_build_time_and_architecture(kiwi):
+    assert_names_the_build(kiwi.out("--version").strip(), ARCH)
 
 
 def test_frozen_pull_reaches_https(kiwi):
@@ -271,7 +280,15 @@ def test_frozen_binary_runs_without_python(busybox_tar, debian_tar, tmp_path):
 
 RELEASE = REPO / "dist" / "release"
 GLIBC_FLOOR = (2, 31)
-HOST_TARGET = {"x86_64": "linux-amd64", "aarch64": "linux-arm64", "armv7l": "linux-armv7"}[platform.machine()]
+HOST_TARGET = f"linux-{ARCH}"
+# Each target's ELF class and machine (x86-64, AArch64, ARM), and the objdump that
+# reads its objects (Debian's cross binutils come with the cross compilers).
+ELF_MACHINE = {"linux-amd64": (2, 62), "linux-arm64": (2, 183), "linux-armv7": (1, 40)}
+OBJDUMP = {
+    "linux-amd64": "x86_64-linux-gnu-objdump",
+    "linux-arm64": "aarch64-linux-gnu-objdump",
+    "linux-armv7": "arm-linux-gnueabihf-objdump",
+}
 
 
 def newest_source_change() -> float:
@@ -284,7 +301,8 @@ def newest_source_change() -> float:
 @pytest.fixture(scope="module")
 def host_release() -> Path:
     """dist/release for this host's architecture, built in the bullseye root (cached
-    there; minutes only for the first build on a machine) unless it is up to date."""
+    there; minutes only for the first build on a machine) unless it is up to date.
+    A full `./build.sh release` left there is checked for every architecture."""
     sums = RELEASE / "SHA256SUMS"
     fresh = (
         sums.exists() and sums.stat().st_mtime > newest_source_change() and HOST_TARGET in sums.read_text()
@@ -296,13 +314,91 @@ def host_release() -> Path:
     return RELEASE
 
 
-def glibc_versions(path: Path) -> set[tuple[int, ...]]:
-    """The GLIBC_x.y symbol versions one object needs, as objdump -T lists them."""
-    done = run(["objdump", "-T", str(path)])
-    if "not a dynamic object" in done.stderr or "file format not recognized" in done.stderr:
-        return set()
+def listed_in_sums(release: Path) -> list[str]:
+    return [
+        line.split(maxsplit=1)[1].lstrip("*") for line in (release / "SHA256SUMS").read_text().splitlines()
+    ]
+
+
+def release_targets(release: Path) -> list[str]:
+    """The targets whose binary dist/release holds; the host's is always among them."""
+    targets = sorted(n.removeprefix("kiwi-") for n in listed_in_sums(release) if n.startswith("kiwi-linux-"))
+    assert HOST_TARGET in targets, targets
+    return targets
+
+
+def sha256_check(folder: Path) -> subprocess.CompletedProcess:
+    return run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=folder)
+
+
+def flip_a_bit(path: Path) -> None:
+    """Changes one bit in the middle of the file (twice restores it)."""
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 1]))
+
+
+def elf_machine(path: Path) -> tuple[int, int]:
+    """(ELF class, e_machine) of an ELF file."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+    assert head[:4] == b"\x7fELF", path
+    return head[4], int.from_bytes(head[18:20], "little")
+
+
+def is_elf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
+def glibc_versions(path: Path, target: str) -> set[tuple[int, ...]] | None:
+    """The GLIBC_x.y symbol versions one object needs, as the target's objdump -T
+    lists them; None for a static program (readelf finds no dynamic section)."""
+    done = run([OBJDUMP[target], "-T", str(path)])
+    if done.returncode != 0 and "not a dynamic object" in done.stderr:
+        assert "no dynamic section" in run(["readelf", "-d", str(path)]).stdout, done.stderr
+        return None
     assert done.returncode == 0, done.stderr
     return {tuple(map(int, v.split("."))) for v in re.findall(r"GLIBC_(\d+(?:\.\d+)+)", done.stdout)}
+
+
+def unpack_from_format(binary: Path, dest: Path) -> list[Path]:
+    """What a one-file binary carries, read by its file format (cffi_build/pack.py)
+    rather than by running its launcher, which may be another architecture's:
+    DEST/launcher and every file of the bundle below DEST/bundle."""
+    import importlib.util
+
+    import zstandard
+
+    spec = importlib.util.spec_from_file_location("kiwi_pack", REPO / "cffi_build" / "pack.py")
+    assert spec and spec.loader
+    pack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pack)
+    blob = binary.read_bytes()
+    magic, index_at, index_size, data_at, data_size, _built, _hash = pack.TRAILER.unpack(
+        blob[-pack.TRAILER.size :]
+    )
+    assert magic == pack.MAGIC, binary
+    data = zstandard.ZstdDecompressor().decompressobj().decompress(blob[data_at : data_at + data_size])
+    index = blob[index_at : index_at + index_size]
+    (dest / "bundle").mkdir(parents=True)
+    (dest / "launcher").write_bytes(blob[:data_at])
+    files, at, taken = [dest / "launcher"], 0, 0
+    while at < len(index):
+        kind, _, _mode, name_size, size = pack.ENTRY.unpack_from(index, at)
+        at += pack.ENTRY.size
+        path = dest / "bundle" / index[at : at + name_size].decode()
+        at += name_size
+        if kind == ord("d"):
+            path.mkdir()
+        else:
+            path.write_bytes(data[taken : taken + size])
+            taken += size
+            files.append(path)
+    assert taken == len(data), f"{binary}: the index does not account for the whole bundle"
+    return files
 
 
 def unpacked_bundle(binary: Path, data: Path) -> Path:
@@ -311,11 +407,6 @@ def unpacked_bundle(binary: Path, data: Path) -> Path:
     assert done.returncode == 0, done.stderr
     (folder,) = [p for p in (data / ".runtime").iterdir() if p.is_dir() and not p.name.startswith(".")]
     return folder
-
-
-def is_elf(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"\x7fELF"
 
 
 def documented_floor(binary: str) -> str:
@@ -327,51 +418,94 @@ def documented_floor(binary: str) -> str:
 
 @pytest.mark.release
 def test_release_sha256sums_verify(host_release, tmp_path):
-    sums = (host_release / "SHA256SUMS").read_text()
-    names = [line.split()[1] for line in sums.splitlines()]
-    assert f"kiwi-{HOST_TARGET}" in names and any(n.endswith(f"-{HOST_TARGET}.tar.gz") for n in names), sums
-    assert run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=host_release).returncode == 0
-    # The check must see a changed byte.
+    listed = listed_in_sums(host_release)
+    present = [p.name for p in host_release.iterdir() if p.name != "SHA256SUMS"]
+    assert sorted(listed) == sorted(present), "SHA256SUMS must list every file of dist/release, once"
+    for target in release_targets(host_release):
+        assert any(n.startswith("kiwi-") and n.endswith(f"-{target}.tar.gz") for n in listed), listed
+    assert sha256_check(host_release).returncode == 0
+    # The check must see one changed bit in any file, and name that file.
     copy = tmp_path / "release"
     shutil.copytree(host_release, copy)
-    with open(copy / f"kiwi-{HOST_TARGET}", "r+b") as f:
-        f.seek(-1, os.SEEK_END)
-        last = f.read(1)
-        f.seek(-1, os.SEEK_END)
-        f.write(bytes([last[0] ^ 1]))
-    assert run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=copy).returncode != 0
+    for name in listed:
+        flip_a_bit(copy / name)
+        done = sha256_check(copy)
+        assert done.returncode != 0 and f"{name}: FAILED\n" in done.stdout, done.stdout
+        assert done.stdout.count("FAILED") == 1, done.stdout
+        flip_a_bit(copy / name)
+    assert sha256_check(copy).returncode == 0
 
 
 @pytest.mark.release
-def test_release_tarball_holds_binary_man_pages_and_completion(host_release, tmp_path):
-    (tarball,) = host_release.glob(f"kiwi-*-{HOST_TARGET}.tar.gz")
-    subprocess.run(["tar", "-xzf", str(tarball), "-C", str(tmp_path)], check=True)
-    top = tmp_path / tarball.name.removesuffix(".tar.gz")
-    assert (top / "kiwi").read_bytes() == (host_release / f"kiwi-{HOST_TARGET}").read_bytes()
-    assert os.access(top / "kiwi", os.X_OK)
-    assert "kiwi attach" in rendered(top / "man" / "kiwi.1")
-    assert (top / "man" / "kiwi-attach.1").is_file()
-    completion = top / "completions" / "kiwi.bash"
-    assert run(["bash", "-n", str(completion)]).returncode == 0
-    script = f'source {completion}; COMP_WORDS=(kiwi cre); COMP_CWORD=1; _kiwi; echo "${{COMPREPLY[@]}}"'
-    assert run(["bash", "-c", script]).stdout.split() == ["create"]
+def test_release_tarballs_hold_binary_man_pages_and_completion(host_release, tmp_path):
+    sys.path.insert(0, str(REPO))
+    from kiwi.argtools import subcommands
+    from kiwi.cli import build_parser
+
+    pages = ["kiwi.1"] + [f"kiwi-{name}.1" for name in subcommands(build_parser())]
+    for target in release_targets(host_release):
+        (tarball,) = host_release.glob(f"kiwi-*-{target}.tar.gz")
+        top = tarball.name.removesuffix(".tar.gz")
+        with tarfile.open(tarball) as tar:
+            members = tar.getmembers()
+        files = {m.name for m in members if m.isfile()}
+        assert files == {f"{top}/kiwi", f"{top}/completions/kiwi.bash", *(f"{top}/man/{p}" for p in pages)}
+        assert all(m.name == top or m.name.startswith(f"{top}/") for m in members), [m.name for m in members]
+        assert all(m.uid == 0 and m.gid == 0 and (m.isfile() or m.isdir()) for m in members)
+        assert not [m.name for m in members if m.mode & 0o022], (
+            "group- or world-writable (root extracts as is)"
+        )
+        subprocess.run(["tar", "-xzf", str(tarball), "-C", str(tmp_path)], check=True)
+        binary = tmp_path / top / "kiwi"
+        assert binary.read_bytes() == (host_release / f"kiwi-{target}").read_bytes()
+        assert os.access(binary, os.X_OK) and elf_machine(binary) == ELF_MACHINE[target]
+        assert "kiwi attach" in rendered(tmp_path / top / "man" / "kiwi.1")
+        assert "kiwi attach" in rendered(tmp_path / top / "man" / "kiwi-attach.1")
+        completion = tmp_path / top / "completions" / "kiwi.bash"
+        assert run(["bash", "-n", str(completion)]).returncode == 0
+        script = f'source {completion}; COMP_WORDS=(kiwi cre); COMP_CWORD=1; _kiwi; echo "${{COMPREPLY[@]}}"'
+        assert run(["bash", "-c", script]).stdout.split() == ["create"]
 
 
 @pytest.mark.release
-def test_release_bundle_needs_glibc_2_31_at_most(host_release, tmp_path):
+def test_release_bundles_need_glibc_2_31_at_most(host_release, tmp_path):
+    """objdump -T of every ELF object of every release binary: its launcher (static)
+    and each file of the bundle it carries (libpython, the interpreter `kiwi`, every
+    .so), read from the file itself; and the build each one names."""
+    for target in release_targets(host_release):
+        binary = host_release / f"kiwi-{target}"
+        files = unpack_from_format(binary, tmp_path / target)
+        objects = [p for p in files if is_elf(p)]
+        names = {p.name for p in objects}
+        assert {"launcher", "kiwi", "kiwi-init"} <= names, names
+        assert any(n.startswith("libpython3") for n in names) and any(n.endswith(".so") for n in names), names
+        needs = {}
+        for p in objects:
+            assert elf_machine(p) == ELF_MACHINE[target], p
+            needs[str(p.relative_to(tmp_path / target))] = glibc_versions(p, target)
+        assert needs["launcher"] is None, f"the launcher of {binary} is not static"
+        assert needs["bundle/kiwi"], f"the bundle's interpreter of {binary} needs no glibc symbol: misread"
+        too_new = {p: max(v) for p, v in needs.items() if v and max(v) > GLIBC_FLOOR}
+        assert not too_new, f"objects of {binary} that need a glibc above 2.31: {too_new}"
+        floor = max(v for versions in needs.values() if versions for v in versions)
+        assert ".".join(map(str, floor)) == documented_floor(f"dist/kiwi-{target}"), (target, floor)
+        (info,) = [p for p in files if p.name == "build-info"]
+        assert_names_the_build(f"kiwi 0.0.0 ({info.read_text().strip()})", target.removeprefix("linux-"))
+
+
+@pytest.mark.release
+def test_release_binary_of_this_host_runs_and_names_its_build(host_release, tmp_path):
+    """The launcher unpacks exactly what the file format says, and --version names
+    commit, build time and architecture."""
     binary = host_release / f"kiwi-{HOST_TARGET}"
     bundle = unpacked_bundle(binary, tmp_path / "data")
-    objects = [binary] + [p for p in bundle.rglob("*") if p.is_file() and is_elf(p)]
-    assert any(p.name.startswith("libpython3") for p in objects), objects
-    needs = {p.relative_to(bundle) if p != binary else p.name: glibc_versions(p) for p in objects}
-    too_new = {str(p): max(v) for p, v in needs.items() if v and max(v) > GLIBC_FLOOR}
-    assert not too_new, f"objects that need a glibc above 2.31: {too_new}"
-    floor = max(v for versions in needs.values() for v in versions)
-    assert ".".join(map(str, floor)) == documented_floor(f"dist/kiwi-{HOST_TARGET}")
-    assert (
-        HOST_TARGET
-        in run([str(binary), "--version"], env={**os.environ, "KIWI_ROOT": str(tmp_path / "data")}).stdout
-    )
+    read = unpack_from_format(binary, tmp_path / "read")
+    unpacked = [p.relative_to(bundle) for p in bundle.rglob("*") if p.is_file()]
+    unpacked.remove(Path(".complete"))  # the launcher's marker of a whole unpack
+    assert sorted(unpacked) == sorted(p.relative_to(tmp_path / "read" / "bundle") for p in read[1:])
+    version = run([str(binary), "--version"], env={**os.environ, "KIWI_ROOT": str(tmp_path / "data")})
+    assert version.returncode == 0, version.stderr
+    assert_names_the_build(version.stdout.strip(), ARCH)
 
 
 @pytest.fixture(scope="module")
