@@ -10,12 +10,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 from pathlib import Path
 
 from . import store as store_mod
 from .errors import KiwiError
-from .extract import extract_archive
 from .fstree import remove_tree
 from .store import utc_now
 
@@ -29,6 +27,8 @@ def import_image(store, name: str, archive_path, progress=None, source=None) -> 
     if not archive_path.is_file():
         raise KiwiError(f"{archive_path} is not a file; give the path of a rootfs archive")
     _refuse_existing(store, name)
+    from .extract import extract_archive  # tarfile, hashlib: not on the start path
+
     with staging_folder(store, name) as staging:
         stats = extract_archive(archive_path, staging / "rootfs", progress=progress)
         info = {
@@ -48,6 +48,8 @@ def import_image(store, name: str, archive_path, progress=None, source=None) -> 
 def staging_folder(store, name: str):
     """A locked folder under .tmp/ to build image `name` in; gone afterwards unless
     _commit moved it into images/."""
+    import tempfile
+
     store.ensure_layout()
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-", dir=store.tmp_dir))
     lock_fd = _hold_staging_lock(staging)
@@ -185,6 +187,8 @@ def delete_image(store, name: str, refuse_used: bool = False) -> None:
                 f"image {name} is used by {len(users)} container(s): {', '.join(users)}; delete those first"
             )
         # Move it out of images/ at once; a crash mid-delete leaves only .tmp/ debris.
+        import tempfile
+
         doomed = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-deleted-", dir=store.tmp_dir))
         os.rename(store.image_dir(name), doomed / "image")
     with contextlib.suppress(FileNotFoundError):

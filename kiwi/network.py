@@ -25,10 +25,13 @@ Call `ensure_bridge()` and `ensure_nat()` (or `setup_host()`) while holding
 inside `bridge_in_use()` until the container's veth is on the bridge.
 """
 
+from __future__ import annotations
+
 import errno
 import ipaddress
 import os
 import re
+import sys
 
 from kiwi import ipam, netlink
 from kiwi.errors import KiwiError
@@ -353,49 +356,128 @@ def spoof_table(bridge: str) -> str:
     return f"bridge {nft_table(bridge)}"
 
 
-def spoof_filter_ruleset(bridge: str) -> str:
-    """The shared part; adding it again keeps every port chain and map element.
+# nftables' own type ids and set userdata (what `nft` records for `type ifname : verdict`
+# and for an anonymous set of ether types), so `nft list` shows the sets as nft made them.
+IFNAME_TYPE, ETHERTYPE_TYPE, VERDICT_TYPE = 41, 10, 0xFFFFFF00
+PORTS_USERDATA = bytes.fromhex("000401000000010400000000060400000000")
+ETHERTYPES_USERDATA = bytes.fromhex("0004020000000314000407000000010c000411000000010403000000")
+SET_MAP, SET_ANONYMOUS_CONSTANT = 0x8, 0x3
+PORTS_ID, ETHERTYPES_ID = 1, 2  # set ids within one transaction
+ETHERTYPE_IP, ETHERTYPE_ARP = b"\x08\x00", b"\x08\x06"
+HOOK_PREROUTING, HOOK_FORWARD, HOOK_POSTROUTING = 0, 2, 4
+PRIORITY_BRIDGE_FILTER, PRIORITY_FILTER, PRIORITY_SRCNAT = -200, 0, 100
+CT_ESTABLISHED_RELATED = (2 | 4).to_bytes(4, sys.byteorder)  # ct state bits, in host order
+NFPROTO_IPV4 = 2
+
+
+def spoof_filter_ruleset(bridge: str) -> list[tuple]:
+    """The shared part; adding it again keeps every port chain and map element:
+
+        add table bridge kiwi-<bridge>
+        add map bridge kiwi-<bridge> ports { type ifname : verdict; }
+        add chain bridge kiwi-<bridge> prerouting { type filter hook prerouting priority filter; policy accept; }
+        flush chain bridge kiwi-<bridge> prerouting
+        add rule bridge kiwi-<bridge> prerouting iifname vmap @ports
 
     A bridge-family hook sees the frames of EVERY bridge on the host (the kernel
     here has no `meta ibrname`), so it only acts on ports in its map: interface
     names are unique host-wide, and another bridge's ports pass untouched."""
-    table = spoof_table(bridge)
-    return f"""add table {table}
-add map {table} ports {{ type ifname : verdict; }}
-add chain {table} prerouting {{ type filter hook prerouting priority filter; policy accept; }}
-flush chain {table} prerouting
-add rule {table} prerouting iifname vmap @ports
-"""
+    nl, table = netlink, nft_table(bridge)
+    return [
+        nl.nft_new_table("bridge", table),
+        nl.nft_new_set(
+            "bridge",
+            table,
+            "ports",
+            PORTS_ID,
+            SET_MAP,
+            (IFNAME_TYPE, nl.IFNAMSIZ),
+            PORTS_USERDATA,
+            VERDICT_TYPE,
+        ),
+        nl.nft_new_chain("bridge", table, "prerouting", ("filter", HOOK_PREROUTING, PRIORITY_BRIDGE_FILTER)),
+        nl.nft_flush_chain("bridge", table, "prerouting"),
+        nl.nft_new_rule(
+            "bridge",
+            table,
+            "prerouting",
+            nl.load_meta(nl.META_IIFNAME),
+            nl.lookup("ports", PORTS_ID, verdict_map=True),
+        ),
+    ]
 
 
 def port_chain(host: str) -> str:
     return f"port-{host}"
 
 
-def port_ruleset(bridge: str, host: str, mac: str, ipv4: str, owner: str) -> str:
-    table, chain = spoof_table(bridge), port_chain(host)
-    rules = [
-        f"ether saddr != {mac} drop",
-        "ether type arp arp htype != 1 drop",
-        "ether type arp arp hlen != 6 drop",
-        "ether type arp arp plen != 4 drop",
-        f"ether type arp arp saddr ether != {mac} drop",
-        f"ether type arp arp saddr ip != {ipv4} drop",
-        f"ether type ip ip saddr != {ipv4} drop",
-        "ether type != { ip, arp } drop",
-        "accept",
+def port_ruleset(bridge: str, host: str, mac: str, ipv4: str, owner: str) -> list[tuple]:
+    """The veth's own chain, emptied and filled, and its map element:
+
+    add chain bridge kiwi-<bridge> port-<host> { comment "kiwi <owner>"; }
+    flush chain bridge kiwi-<bridge> port-<host>
+    ether saddr != <mac> drop
+    ether type arp arp htype != 1 drop
+    ether type arp arp hlen != 6 drop
+    ether type arp arp plen != 4 drop
+    ether type arp arp saddr ether != <mac> drop
+    ether type arp arp saddr ip != <ipv4> drop
+    ether type ip ip saddr != <ipv4> drop
+    ether type != { ip, arp } drop
+    accept
+    add element bridge kiwi-<bridge> ports { "<host>" : jump port-<host> }"""
+    nl, table, chain = netlink, nft_table(bridge), port_chain(host)
+    mac_raw, ip_raw = netlink.mac_bytes(mac), ipaddress.IPv4Address(ipv4).packed
+    link, net = nl.BASE_LINK, nl.BASE_NETWORK
+    ether_type = nl.load_payload(link, 12, 2)
+    arp = [ether_type, nl.compare(nl.CMP_EQ, ETHERTYPE_ARP)]
+    drops = [
+        [nl.load_payload(link, 6, 6), nl.compare(nl.CMP_NEQ, mac_raw)],
+        [*arp, nl.load_payload(net, 0, 2), nl.compare(nl.CMP_NEQ, b"\x00\x01")],
+        [*arp, nl.load_payload(net, 4, 1), nl.compare(nl.CMP_NEQ, b"\x06")],
+        [*arp, nl.load_payload(net, 5, 1), nl.compare(nl.CMP_NEQ, b"\x04")],
+        [*arp, nl.load_payload(net, 8, 6), nl.compare(nl.CMP_NEQ, mac_raw)],
+        [*arp, nl.load_payload(net, 14, 4), nl.compare(nl.CMP_NEQ, ip_raw)],
+        [
+            ether_type,
+            nl.compare(nl.CMP_EQ, ETHERTYPE_IP),
+            nl.load_payload(net, 12, 4),
+            nl.compare(nl.CMP_NEQ, ip_raw),
+        ],
     ]
-    return (
-        f'add chain {table} {chain} {{ comment "{OWNER_ALIAS_PREFIX}{owner}"; }}\n'
-        f"flush chain {table} {chain}\n"
-        + "".join(f"add rule {table} {chain} {rule}\n" for rule in rules)
-        + f'add element {table} ports {{ "{host}" : jump {chain} }}\n'
-    )
+    rule = lambda *exprs: nl.nft_new_rule("bridge", table, chain, *exprs)  # noqa: E731
+    return [
+        nl.nft_new_chain("bridge", table, chain, comment=OWNER_ALIAS_PREFIX + owner),
+        nl.nft_flush_chain("bridge", table, chain),
+        *(rule(*exprs, nl.verdict(netlink.NF_DROP)) for exprs in drops),
+        nl.nft_new_set(
+            "bridge",
+            table,
+            "__set%d",
+            ETHERTYPES_ID,
+            SET_ANONYMOUS_CONSTANT,
+            (ETHERTYPE_TYPE, 2),
+            ETHERTYPES_USERDATA,
+            size=2,
+        ),
+        nl.nft_new_elements(
+            "bridge",
+            table,
+            "__set%d",
+            ETHERTYPES_ID,
+            [nl.set_element(ETHERTYPE_IP), nl.set_element(ETHERTYPE_ARP)],
+        ),
+        rule(ether_type, nl.lookup("__set%d", ETHERTYPES_ID, invert=True), nl.verdict(netlink.NF_DROP)),
+        rule(nl.verdict(nl.NF_ACCEPT)),
+        nl.nft_new_elements(
+            "bridge", table, "ports", PORTS_ID, [nl.set_element(nl.ifname_bytes(host), jump=chain)]
+        ),
+    ]
 
 
-def container_port_filter(cid: str, ipv4: str, folder_id: str) -> str:
-    """The container's anti-spoofing chain, for ensure_nat to install in its own nft run
-    (one nft process per start instead of two)."""
+def container_port_filter(cid: str, ipv4: str, folder_id: str) -> list[tuple]:
+    """The container's anti-spoofing chain, for ensure_nat to install in its own
+    transaction (one netlink request per start)."""
     owner = owner_tag(folder_id, cid)
     return port_ruleset(bridge_name(), veth_name(cid, folder_id), container_mac(ipv4), ipv4, owner)
 
@@ -405,10 +487,11 @@ def allow_only_own_addresses(bridge: str, host: str, mac: str, ipv4: str, owner:
     if not nft:
         return  # setup_host warned: without nft there is no filter
     # With the shared part: it may not exist yet (NAT by iptables) or a cleanup removed it.
-    ruleset = spoof_filter_ruleset(bridge) + port_ruleset(bridge, host, mac, ipv4, owner)
-    result = run([nft, "-f", "-"], ruleset)
-    if result.returncode != 0:
-        raise KiwiError(f"nft could not install the anti-spoofing filter: {first_line(result.stderr)}")
+    try:
+        netlink.nft_batch(spoof_filter_ruleset(bridge) + port_ruleset(bridge, host, mac, ipv4, owner))
+    except NetlinkError as e:
+        error = os.strerror(e.errno or errno.EIO)
+        raise KiwiError(f"nftables could not install the anti-spoofing filter: {error}") from None
 
 
 def forget_port(bridge: str, host: str) -> None:
@@ -434,7 +517,7 @@ def own_port_chains(bridge: str, folder_id: str) -> dict[str, str]:
 # -- NAT and forwarding -------------------------------------------------------------------
 
 
-def run(argv: list[str], stdin: str | None = None) -> "subprocess.CompletedProcess":
+def run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
     import subprocess  # on first use: an idle container's stop starts no process (issue 20)
 
     return subprocess.run(argv, input=stdin, capture_output=True, text=True)
@@ -467,22 +550,26 @@ def enable_ip_forward() -> None:
         f.write("1\n")
 
 
-def ensure_nat(port_filter: str = "") -> str | None:
+def ensure_nat(port_filter: list[tuple] | None = None) -> str | None:
     """Forwarding and masquerading for the subnet; returns a warning when impossible.
     port_filter (container_port_filter) goes into the same transaction: it is in
-    place exactly when no warning is returned."""
+    place exactly when no warning is returned. nftables over netlink: no nft process."""
     bridge, subnet = bridge_name(), ipam.subnet()
     enable_ip_forward()
     nft, iptables = find_nft(), find_iptables()
     if nft:
-        result = run(
-            [nft, "-f", "-"], nft_ruleset(bridge, subnet) + spoof_filter_ruleset(bridge) + port_filter
-        )
-        if result.returncode == 0:
+        try:
+            netlink.nft_batch(
+                nft_ruleset(bridge, subnet) + spoof_filter_ruleset(bridge) + (port_filter or [])
+            )
+        except NetlinkError as e:
+            if not iptables:
+                raise KiwiError(
+                    f"nftables could not set up NAT: {os.strerror(e.errno or errno.EIO)}"
+                ) from None
+        else:
             accept_in_dropping_iptables(bridge)
             return None
-        if not iptables:
-            raise KiwiError(f"nft could not set up NAT: {first_line(result.stderr)}")
     if iptables:
         iptables_forward_accept(iptables, bridge)
         iptables_masquerade(iptables, bridge, subnet)
@@ -490,26 +577,63 @@ def ensure_nat(port_filter: str = "") -> str | None:
     return NO_OUTBOUND_WARNING
 
 
-def nft_ruleset(bridge: str, subnet) -> str:
-    """Whole-table definition; declare+delete+define makes `nft -f` one idempotent transaction."""
-    table = nft_table(bridge)
-    return f"""\
-table inet {table}
-delete table inet {table}
-table inet {table} {{
-    chain forward {{
-        type filter hook forward priority filter; policy accept;
-        iifname "{bridge}" accept
-        oifname "{bridge}" ct state established,related accept
-        # nothing from outside may open connections to containers
-        oifname "{bridge}" drop
-    }}
-    chain postrouting {{
-        type nat hook postrouting priority srcnat; policy accept;
-        ip saddr {subnet} ip daddr != {subnet} masquerade
-    }}
-}}
-"""
+def nft_ruleset(bridge: str, subnet) -> list[tuple]:
+    """The whole table, made anew in one transaction (create, delete, define):
+
+    table inet kiwi-<bridge> {
+        chain forward {
+            type filter hook forward priority filter; policy accept;
+            iifname "<bridge>" accept
+            oifname "<bridge>" ct state established,related accept
+            oifname "<bridge>" drop    # nothing from outside may open connections to containers
+        }
+        chain postrouting {
+            type nat hook postrouting priority srcnat; policy accept;
+            ip saddr <subnet> ip daddr != <subnet> masquerade
+        }
+    }"""
+    nl, table = netlink, nft_table(bridge)
+    iifname = [nl.load_meta(nl.META_IIFNAME), nl.compare(nl.CMP_EQ, nl.ifname_bytes(bridge))]
+    oifname = [nl.load_meta(nl.META_OIFNAME), nl.compare(nl.CMP_EQ, nl.ifname_bytes(bridge))]
+    established = [
+        nl.load_ct(nl.CT_STATE),
+        nl.mask(CT_ESTABLISHED_RELATED, bytes(4)),
+        nl.compare(nl.CMP_NEQ, bytes(4)),
+    ]
+    ipv4 = [nl.load_meta(nl.META_NFPROTO), nl.compare(nl.CMP_EQ, bytes([NFPROTO_IPV4]))]
+    forward = lambda *exprs: nl.nft_new_rule("inet", table, "forward", *exprs)  # noqa: E731
+    return [
+        nl.nft_new_table("inet", table),
+        nl.nft_delete_table("inet", table),
+        nl.nft_new_table("inet", table),
+        nl.nft_new_chain("inet", table, "forward", ("filter", HOOK_FORWARD, PRIORITY_FILTER)),
+        nl.nft_new_chain("inet", table, "postrouting", ("nat", HOOK_POSTROUTING, PRIORITY_SRCNAT)),
+        forward(*iifname, nl.verdict(nl.NF_ACCEPT)),
+        forward(*oifname, *established, nl.verdict(nl.NF_ACCEPT)),
+        forward(*oifname, nl.verdict(nl.NF_DROP)),
+        nl.nft_new_rule(
+            "inet",
+            table,
+            "postrouting",
+            *ipv4,
+            *in_subnet(12, subnet, nl.CMP_EQ),  # ip saddr
+            *in_subnet(16, subnet, nl.CMP_NEQ),  # ip daddr
+            nl.masquerade(),
+        ),
+    ]
+
+
+def in_subnet(offset: int, subnet, op: int) -> list[bytes]:
+    """The IPv4 address at offset in (or, CMP_NEQ, outside) subnet; whole bytes compare a prefix."""
+    nl, network = netlink, subnet.network_address.packed
+    if subnet.prefixlen % 8 == 0 and subnet.prefixlen:
+        size = subnet.prefixlen // 8
+        return [nl.load_payload(nl.BASE_NETWORK, offset, size), nl.compare(op, network[:size])]
+    return [
+        nl.load_payload(nl.BASE_NETWORK, offset, 4),
+        nl.mask(subnet.netmask.packed, bytes(4)),
+        nl.compare(op, network),
+    ]
 
 
 def remove_nat() -> None:
@@ -548,7 +672,7 @@ def legacy_filter_in_use() -> bool:
         return False
 
 
-def iptables(cmd: str, *args: str) -> "subprocess.CompletedProcess":
+def iptables(cmd: str, *args: str) -> subprocess.CompletedProcess:
     return run([cmd, "-w", *args])
 
 

@@ -158,13 +158,7 @@ class Starter:
             if self.separate_net:
                 from . import network
 
-                record["veth"] = network.attach_container(
-                    self.cid,
-                    self.config["ipv4"],
-                    init_pid,
-                    self.store.folder_id(),
-                    filtered=self.nat_warning is None,
-                )
+                record["veth"] = self.veth
                 record["mac"] = network.container_mac(self.config["ipv4"])
             self.holds.close()
             atomic_write_json(runtime_file(self.store, self.cid), record, mode=0o600)
@@ -280,13 +274,15 @@ class Starter:
             child = proc.Child(self.stage1, memfd, theirs)
             theirs.close()
             try:
-                reports = dict(child.read(until="lxfs"))
+                reports = dict(stage_reports(child, until="lxfs"))
                 served = reports.get("lxfs")
                 if served == lxfs.ACTIVE:
                     served = self.serve_limits(ours)  # stage 2 waits for its answers
-                reports.update(child.read())  # to EOF: init's exec closes the last end
-            except KiwiError as e:
-                raise e.within("starting the container failed") from None
+                if "pid" not in reports:
+                    reports.update(stage_reports(child, until="pid"))
+                # While stage 2 still builds the root: its network namespace exists.
+                self.connect_network(reports.get("pid"))
+                reports.update(stage_reports(child))  # to EOF: init's exec closes the last end
             finally:
                 child.close()
                 child.wait()  # the outcome is in the reports
@@ -299,6 +295,18 @@ class Starter:
         if not isinstance(reports.get("pid"), int) or "ready" not in reports:
             raise KiwiError("starting the container failed: its init did not report back")
         return reports["pid"]
+
+    def connect_network(self, pid) -> None:
+        """The container's eth0 on the bridge (self.veth: the host side), in the network
+        namespace stage 1 made for pid; its anti-spoofing chain is in place already."""
+        self.veth = None
+        if not self.separate_net or not isinstance(pid, int):
+            return  # no pid: stage 1 failed, and reading on says why
+        from . import network
+
+        self.veth = network.attach_container(
+            self.cid, self.config["ipv4"], pid, self.store.folder_id(), filtered=self.nat_warning is None
+        )
 
     def serve_limits(self, sock) -> str:
         """Start the limits server (lxfs.py) on the connection stage 2 sent."""
@@ -388,6 +396,14 @@ def start_own_boot_clock() -> None:
     host_boot = int(time.clock_gettime(time.CLOCK_BOOTTIME))
     with open("/proc/self/timens_offsets", "w") as offsets:
         offsets.write(f"boottime {-host_boot} 0\n")
+
+
+def stage_reports(child, until: str | None = None) -> list:
+    """The start stages' reports (proc.Child.read); what they raise says the start failed."""
+    try:
+        return child.read(until=until)
+    except KiwiError as e:
+        raise e.within("starting the container failed") from None
 
 
 def join_user_namespace(userns: int) -> None:

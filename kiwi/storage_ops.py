@@ -10,9 +10,7 @@ kiwi left half done.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import tempfile
+import os  # tempfile and subprocess where used: every start imports this module
 
 from . import privatens, storage
 from .errors import KiwiError
@@ -138,6 +136,8 @@ def bring_state_to(store, config: dict, size: int | None) -> None:
 def mount_once(store, cid: str) -> None:
     """resize2fs zeroes the superblock's overhead count that `list` needs to show usage
     as df does; the kernel computes and stores it again on mount."""
+    import tempfile
+
     from . import syscalls as sc
 
     mnt = tempfile.mkdtemp(prefix=f"remount-{os.getpid()}-", dir=str(store.tmp_dir))
@@ -196,6 +196,8 @@ def grow_online(store, cid: str, new_size: int, sparse: bool) -> None:
 def resize_mounted(device: str, tmp_root: str) -> None:
     """resize2fs grows a mounted ext4 only through a mount it can see in /proc/mounts;
     mounting the same device again here shares the container's superblock."""
+    import tempfile
+
     from . import syscalls as sc
 
     mnt = tempfile.mkdtemp(prefix=f"resize-{os.getpid()}-", dir=tmp_root)
@@ -243,6 +245,9 @@ def image_to_folder(store, cid: str) -> None:
 
 
 def copy_state_out(store, cid: str, dest: str) -> None:
+    import subprocess
+    import tempfile
+
     mnt = tempfile.mkdtemp(prefix="state-", dir=str(store.tmp_dir))
     try:
         src = privatens.mount_state(store, cid, mnt)

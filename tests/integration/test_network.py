@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from pyroute2 import IPRoute
@@ -476,6 +477,95 @@ def test_port_filter_comes_with_the_nat_and_attach_detach_start_no_process(lab, 
     assert started == []
     assert network.own_port_chains(lab.bridge, lab.folder) == {}
     assert not link_exists(veth)
+
+
+# What `nft -f` made of these lines before Kiwi sent the same over netlink.
+NFT_TEXT = """\
+table inet kiwi-{bridge}
+delete table inet kiwi-{bridge}
+table inet kiwi-{bridge} {{
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        iifname "{bridge}" accept
+        oifname "{bridge}" ct state established,related accept
+        oifname "{bridge}" drop
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        ip saddr {subnet} ip daddr != {subnet} masquerade
+    }}
+}}
+add table bridge kiwi-{bridge}
+add map bridge kiwi-{bridge} ports {{ type ifname : verdict; }}
+add chain bridge kiwi-{bridge} prerouting {{ type filter hook prerouting priority filter; policy accept; }}
+flush chain bridge kiwi-{bridge} prerouting
+add rule bridge kiwi-{bridge} prerouting iifname vmap @ports
+"""
+NFT_PORT_TEXT = """\
+add chain bridge kiwi-{bridge} port-{host} {{ comment "kiwi {owner}"; }}
+flush chain bridge kiwi-{bridge} port-{host}
+add rule bridge kiwi-{bridge} port-{host} ether saddr != {mac} drop
+add rule bridge kiwi-{bridge} port-{host} ether type arp arp htype != 1 drop
+add rule bridge kiwi-{bridge} port-{host} ether type arp arp hlen != 6 drop
+add rule bridge kiwi-{bridge} port-{host} ether type arp arp plen != 4 drop
+add rule bridge kiwi-{bridge} port-{host} ether type arp arp saddr ether != {mac} drop
+add rule bridge kiwi-{bridge} port-{host} ether type arp arp saddr ip != {ipv4} drop
+add rule bridge kiwi-{bridge} port-{host} ether type ip ip saddr != {ipv4} drop
+add rule bridge kiwi-{bridge} port-{host} ether type != {{ ip, arp }} drop
+add rule bridge kiwi-{bridge} port-{host} accept
+add element bridge kiwi-{bridge} ports {{ "{host}" : jump port-{host} }}
+"""
+
+NETLINK_RULESET = r"""
+import ipaddress, sys
+from kiwi import netlink, network
+bridge, subnet, ports = sys.argv[1], ipaddress.ip_network(sys.argv[2]), sys.argv[3:]
+for _ in range(2):  # a second start changes nothing
+    messages = network.nft_ruleset(bridge, subnet) + network.spoof_filter_ruleset(bridge)
+    for port in ports:
+        host, mac, ipv4, owner = port.split(",")
+        messages += network.port_ruleset(bridge, host, mac, ipv4, owner)
+    netlink.nft_batch(messages)
+"""
+
+
+@pytest.mark.parametrize("subnet", ["10.213.7.0/24", "10.208.0.0/13", "10.0.0.0/8"])
+def test_netlink_ruleset_is_what_nft_makes_of_the_text(subnet, tmp_path):
+    """ensure_nat sends the rules over netlink instead of running `nft -f`: in private
+    network namespaces, the same text through nft and Kiwi's messages list alike,
+    down to the bytecode (`nft --debug=netlink`)."""
+    bridge = "kwt" + secrets.token_hex(4)
+    # One port: a map's elements list in hash order, which differs between two maps.
+    ports = [("kw" + secrets.token_hex(6), "02:6b:0a:d5:07:02", "10.213.7.2", "f0/c0")]
+    text = NFT_TEXT.format(bridge=bridge, subnet=subnet) + "".join(
+        NFT_PORT_TEXT.format(bridge=bridge, host=h, mac=m, ipv4=a, owner=o) for h, m, a, o in ports
+    )
+    (tmp_path / "ruleset.nft").write_text(text)
+    listing = "nft list ruleset; nft --debug=netlink list ruleset"
+    by_nft = subprocess.run(
+        [
+            "unshare",
+            "-n",
+            "sh",
+            "-c",
+            f'nft -f "$1" && nft -f "$1" && {listing}',
+            "sh",
+            tmp_path / "ruleset.nft",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert by_nft.returncode == 0, by_nft.stderr
+    code = f"{NETLINK_RULESET}\nimport subprocess\nsubprocess.run({listing!r}, shell=True, check=True)\n"
+    by_kiwi = subprocess.run(
+        ["unshare", "-n", sys.executable, "-c", code, bridge, subnet, *(",".join(p) for p in ports)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(network.__file__).parent.parent)},
+    )
+    assert by_kiwi.returncode == 0, by_kiwi.stderr
+    assert "masquerade" in by_kiwi.stdout and "ether type != { ip, arp } drop" in by_kiwi.stdout
+    assert by_kiwi.stdout == by_nft.stdout
 
 
 def test_remove_nat_is_idempotent(lab):
