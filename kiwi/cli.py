@@ -542,7 +542,8 @@ def quick_attach_args(argv: list[str]):
     if not command:
         return None  # `attach c --`: the image's own command
     values: dict[str, list[str]] = {"env": [], "workdir": [], "user": []}
-    containers, direct, n = [], False, 0
+    containers: list[str] = []
+    direct, n = False, 0
     while n < len(head):
         word = head[n]
         name, eq, value = word.partition("=")
@@ -571,8 +572,8 @@ def quick_attach_args(argv: list[str]):
         detach_key="ctrl-\\",
         takeover=False,
         env=values["env"] or None,
-        workdir=(values["workdir"] or [None])[-1],
-        user=(values["user"] or [None])[-1],
+        workdir=values["workdir"][-1] if values["workdir"] else None,
+        user=values["user"][-1] if values["user"] else None,
         cmd=command,
         dashdash=True,
     )
