@@ -62,6 +62,11 @@
 #define RENDER_MAX (4 * 1024 * 1024)  /* a rendered file (cpuinfo of a huge host) */
 #define SOURCE_MAX (4 * 1024 * 1024)  /* a host file read whole */
 #define NOBODY 65534 /* the default -u */
+/* The sysinfo handler's id: the top of the container's id block (the host's 65535 when
+ * privileged), not nobody. The handler lives in the container's PID namespace, so a
+ * process inside with its uid could SIGSTOP it and hang every sysinfo call in the
+ * container, root's too: nobody is what daemons and `attach -u nobody` run as. */
+#define HANDLER_ID 65535
 #define CPU_MAX 4096
 
 enum {
@@ -1056,8 +1061,8 @@ static void close_namespaces(void)
 /* The sysinfo handler (handle_sysinfo) in a process of its own, in the container's PID
  * namespace (the pids it can name are the container's; it ends with the container, its
  * init reaps it) and, unprivileged, its user namespace (CAP_SYS_PTRACE there reaches
- * the container's processes and nothing else). It is the namespace's nobody (the host's
- * for a privileged container, whose processes are the host's root), not dumpable and in
+ * the container's processes and nothing else). It runs as HANDLER_ID (the namespace's,
+ * the host's for a privileged container, whose processes are the host's root), not dumpable and in
  * an empty root: nothing can ptrace it or open its fds, and it has no host path in
  * reach. Root inside sees it and may kill it (its own sysinfo then stops working, see
  * docs/SECURITY.md). Returns an error (the container then gets the host's figures) or NULL. */
@@ -1082,7 +1087,7 @@ static const char *start_handler(const char *join, int argc, char **argv)
             /* Root inside sees this process: its command line, not the host's paths. */
             for (int i = 1; i < argc; i++)
                 memset(argv[i], 0, strlen(argv[i]));
-            confine(NOBODY, CAP_SYS_PTRACE); /* the user namespace's own nobody */
+            confine(HANDLER_ID, CAP_SYS_PTRACE); /* not nobody: see HANDLER_ID */
             handle_sysinfo();
         }
         _exit(0);

@@ -171,11 +171,13 @@ def test_server_ends_with_stop(kiwi, busybox):
     for name, pid in found.items():
         with open(f"/proc/{pid}/status") as f:
             status = f.read()
-        # the container's nobody (the host's for --privileged), < 1 MiB, no_new_privs, not
+        # the container's own ids (the host's for --privileged), < 1 MiB, no_new_privs, not
         # dumpable (nothing can ptrace it or open its fds); the FUSE server has no
         # capabilities, the sysinfo handler CAP_SYS_PTRACE alone (over the container's
         # processes only: its user namespace's, or its PID namespace's when privileged)
-        uid = base + 65534
+        # (the handler: the id block's top, 65535, so that no everyday process inside,
+        # e.g. nobody, shares its uid and could SIGSTOP it)
+        uid = base + (65535 if name == "kiwi-sysinfo" else 65534)
         assert f"\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n" in status, name
         caps = "0000000000080000" if name == "kiwi-sysinfo" else "0000000000000000"
         for line in ("CapEff", "CapPrm", "CapBnd"):
@@ -422,3 +424,21 @@ def test_container_works_after_the_handler_is_killed(kiwi, busybox):
     assert free_total(kiwi, cid) == host_meminfo()["MemTotal"]  # no handler: the host's
     assert meminfo(kiwi, cid)["MemTotal"] == 256 * 1024  # the FUSE server goes on
     assert re.search(r"up +[0-4] min", kiwi.sh(cid, "uptime").stdout)  # the time namespace
+
+
+def test_nobody_inside_cannot_stop_the_handler(kiwi, busybox):
+    """The sysinfo handler is in the container's PID namespace: a non-root user inside
+    (nobody, what daemons run as) must not be able to stop or kill it, which would hang
+    or take away every process's sysinfo, root's too."""
+    cid = started(kiwi, busybox, "--memory", "256M")
+    handler = servers(kiwi, cid)["kiwi-sysinfo"]
+    signals = (
+        'for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = kiwi-sysinfo ] || continue; '
+        "kill -STOP ${p#/proc/} && echo stopped; kill -9 ${p#/proc/} && echo killed; done; echo tried"
+    )
+    out = kiwi.out("attach", "-u", "nobody", cid, "--", "sh", "-c", signals)
+    assert "tried" in out and "stopped" not in out and "killed" not in out, out
+    with open(f"/proc/{handler}/status") as f:
+        assert "\nState:\tS" in f.read()  # asleep, waiting for calls: not stopped
+    assert alive(handler)
+    assert free_total(kiwi, cid) == 256 * 1024  # root's sysinfo still answered
