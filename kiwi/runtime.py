@@ -271,7 +271,7 @@ class Starter:
         memfd = security.init_memfd()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            child = proc.Child(self.stage1, memfd, theirs)
+            child = proc.Child(self.stage1, memfd, theirs, ours)
             theirs.close()
             try:
                 reports = dict(stage_reports(child, until="lxfs"))
@@ -324,10 +324,14 @@ class Starter:
             os.close(fuse)  # the server holds it now; if it failed, stage 2 sees ENOTCONN
             os.close(pidns)
 
-    def stage1(self, report, memfd: int, sock) -> None:
+    def stage1(self, report, memfd: int, sock, ours) -> None:
         from . import proc
         from . import syscalls as sc
 
+        # kiwi's end, which the fork copied: were it kept, a kiwi killed before it took
+        # the FUSE connection stage 2 sent would leave that connection alive in its
+        # queue, and stage 2 hung for good on its own mount, holding the container's lock.
+        ours.close()
         self.cgroup.add_pid(os.getpid())
         if self.userns is not None:
             self.build_idmapped_root()

@@ -219,7 +219,9 @@ def cgroup_dirs_of(kiwi) -> list[str]:
 
 def test_killed_start_is_cleaned_up(kiwi, busybox):
     cid = kiwi.create(busybox)
-    for delay in (0.15, 0.3, 0.6):
+    # A cold start takes ~0.2 s: the short delays kill it at its different stages (one
+    # between stage 2 sending its FUSE connection and kiwi starting the server).
+    for delay in (0.05, 0.1, 0.15, 0.2, 0.3, 0.6):
         kiwi.kill_midway("attach", cid, "--", "true", after=delay)
         kiwi("cleanup")
         assert kiwi.json("list", "containers")[0]["status"] in ("stopped", "running")
