@@ -12,8 +12,10 @@ always did: the two cannot disagree on a case only one of them knows.
 
 from __future__ import annotations
 
+import marshal
 import os
 import sys
+from time import time_ns
 
 from .idmap import is_privileged
 from .peek import json_value, live_usage, process_start_time, superblock_usage
@@ -25,6 +27,12 @@ ID_LEN = 12  # store.ID_LEN
 GO_ID_LEN = 24  # gokiwi.GO_ID_RE
 PRIVATE_DIRS = ("images", "containers", "mounts", "exports", ".tmp", ".locks")  # Store.private_dirs
 LEASE = "freeze.json"  # freeze.LEASE: an abandoned one is thawed by runtime.status
+CACHE = "list-cache.json"  # in the data folder: RowCache
+CACHE_LIMIT = 16 << 20
+CACHE_FORMAT = ("kiwi list rows", 1, marshal.version)
+SETTLED_NS = 2_000_000_000  # RowCache.settled
+# What container_row reads of a config, and the id it is checked against: all RowCache keeps.
+ROW_KEYS = ("id", "name", "image", "network", "ipv4", "memory", "cpu", "storage", "storage_sparse", "idmap")
 COLUMNS = ["ID", "NAME", "STATUS", "IMAGE", "IPV4", "MEMORY", "CPU", "STORAGE", "NETWORK", "PRIVILEGED"]
 
 
@@ -42,8 +50,11 @@ def containers_listing() -> tuple[str, str | None]:
     root = data_root()
     check_layout(root)
     refuse_go_data(root)
-    rows = container_rows(root)
-    return containers_table(rows), sparse_shortfall(root, [r["id"] for r in rows if r["storage_sparse"]])
+    cache = RowCache(root)
+    rows = container_rows(root, cache)
+    cache.save()
+    sparse_ids = [r["id"] for r in rows if r["storage_sparse"]]
+    return containers_table(rows), sparse_shortfall(root, sparse_ids, cache.image_stats)
 
 
 def data_root() -> str:
@@ -106,24 +117,41 @@ def is_hex(name: str, length: int) -> bool:
     return len(name) == length and not name.strip(HEX)
 
 
-def container_rows(root: str) -> list[dict]:
+def container_rows(root: str, cache: RowCache | None = None) -> list[dict]:
     try:
         started = set(os.listdir(f"{root}/mounts"))
     except FileNotFoundError:
         started = set()
     state_of = RunningState(root)
+    cache = cache or RowCache(root)
     rows = []
     for cid in container_ids(root):
         folder = f"{root}/containers/{cid}"
-        try:
-            config = read_record(f"{folder}/config.json")
-        except FileNotFoundError:
+        config = container_config(cid, f"{folder}/config.json", cache)
+        if config is None:
             continue  # deleted meanwhile (cmd_list skips it too)
+        state = state_of(cid) if cid in started else {"status": "stopped", "mount_target": None}
+        rows.append(container_row(cid, config, state, used_bytes(folder, state.get("init_pid"), cache, cid)))
+    return rows
+
+
+def container_config(cid: str, path: str, cache: RowCache) -> dict | None:
+    """What container_row reads of the config, from the cache while the file is the one it
+    read; None when deleted."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    config = cache.config(cid, st)
+    if config is None:
+        try:
+            config = read_record(path)
+        except FileNotFoundError:
+            return None
         if config.get("id") != cid:
             raise Unusual(f"{cid}'s config names another id")
-        state = state_of(cid) if cid in started else {"status": "stopped", "mount_target": None}
-        rows.append(container_row(cid, config, state, used_bytes(folder, state.get("init_pid"))))
-    return rows
+        cache.keep_config(cid, st, config)
+    return config
 
 
 def read_record(path: str) -> dict:
@@ -163,7 +191,7 @@ class RunningState:
             raise Unusual("its init is gone: stale or mounted")
         if record.get("root", self.real_root) != self.real_root:
             raise Unusual("a record copied with the folder")
-        if os.path.lexists(f"{folder}/{LEASE}"):
+        if exists(f"{folder}/{LEASE}"):
             raise Unusual("a freeze lease: runtime.status thaws it if abandoned")
         return {
             "status": "running",
@@ -174,6 +202,8 @@ class RunningState:
 
     def mount_target(self, folder: str) -> str | None:
         """runstate.read_mount: where mount.json says it is mounted, if it is."""
+        if not exists(f"{folder}/mount.json"):
+            return None  # the everyday case, told without an exception (they cost a list ~0.5 ms)
         try:
             target = read_record(f"{folder}/mount.json").get("target")
         except FileNotFoundError:
@@ -185,6 +215,11 @@ class RunningState:
         return target if target in self.mount_points else None
 
 
+def exists(path: str) -> bool:
+    """os.path.lexists without raising and catching FileNotFoundError."""
+    return os.access(path, os.F_OK, effective_ids=True, follow_symlinks=False)
+
+
 def mount_points() -> set[str]:
     """runstate.is_mountpoint for every path at once."""
     try:
@@ -194,19 +229,26 @@ def mount_points() -> set[str]:
         return set()
 
 
-def used_bytes(folder: str, init_pid: int | None) -> int | None:
+def used_bytes(folder: str, init_pid: int | None, cache: RowCache, cid: str) -> int | None:
     """storage.used_bytes, or Unusual where it would run dumpe2fs."""
     img = f"{folder}/state.img"
     try:
-        os.stat(img)
+        st = os.stat(img)
     except (FileNotFoundError, NotADirectoryError):
         pass
     except OSError:
         raise Unusual(f"{img} cannot be looked at: storage.used_bytes says why") from None
     else:
-        used = live_usage(init_pid) if init_pid else None
-        if used is None:
-            used = superblock_usage(img)
+        cache.image_stats[cid] = st
+        if init_pid:
+            used = live_usage(init_pid)
+            if used is None:
+                used = superblock_usage(img)
+        else:  # stopped: its superblock changes only with the file
+            used = cache.usage(cid, st)
+            if used is None:
+                used = superblock_usage(img)
+                cache.keep_usage(cid, st, used)
         if used is None:
             raise Unusual(f"{img} has no readable superblock: storage.used_bytes asks dumpe2fs")
         return used
@@ -215,6 +257,119 @@ def used_bytes(folder: str, init_pid: int | None) -> int | None:
 
         return folder_usage(f"{folder}/state")
     return None
+
+
+class RowCache:
+    """What `list` read of each container last time, kept while the files it came from are
+    the same ones: a config (replaced by rename on every change: a new inode) and a stopped
+    container's state image (its superblock changes only with the file's times). One
+    root-only file in the data folder, in marshal's format (json's encoder imports re; its
+    parse costs as much as reading the configs), written by list itself when something
+    changed; a file list did not write (another owner, open to others, damaged, another
+    format) is ignored and replaced. A file changed in the last SETTLED_NS is read but not
+    kept: its times may not move on a second change within their granularity (1 s on some
+    file systems). Entries: cid -> (config's key, its ROW_KEYS, image's key, used bytes)."""
+
+    def __init__(self, root: str):
+        self.path = f"{root}/{CACHE}"
+        self.old = load_cache(self.path)
+        self.new: dict[str, tuple] = {}
+        self.image_stats: dict[str, os.stat_result] = {}
+        self.now = time_ns()
+        self.changed = False
+
+    def config(self, cid: str, st: os.stat_result) -> dict | None:
+        entry = self.old.get(cid)
+        if type(entry) is not tuple or len(entry) != 4 or entry[0] != file_key(st):
+            return None
+        config = entry[1]
+        if type(config) is not dict or config.get("id") != cid:
+            return None
+        self.new[cid] = (entry[0], config, None, None)
+        return config
+
+    def keep_config(self, cid: str, st: os.stat_result, config: dict) -> None:
+        if self.settled(st):
+            self.new[cid] = (file_key(st), {k: config[k] for k in ROW_KEYS if k in config}, None, None)
+            self.changed = True
+
+    def usage(self, cid: str, st: os.stat_result) -> int | None:
+        entry = self.old.get(cid)
+        if (
+            type(entry) is not tuple
+            or len(entry) != 4
+            or entry[2] != file_key(st)
+            or type(entry[3]) is not int
+        ):
+            return None
+        if cid in self.new:
+            self.new[cid] = self.new[cid][:2] + entry[2:]
+        return entry[3]
+
+    def keep_usage(self, cid: str, st: os.stat_result, used: int | None) -> None:
+        if cid in self.new and used is not None and self.settled(st):
+            self.new[cid] = self.new[cid][:2] + (file_key(st), used)
+            self.changed = True
+
+    def settled(self, st: os.stat_result) -> bool:
+        return self.now - st.st_ctime_ns >= SETTLED_NS
+
+    def save(self) -> None:
+        """Atomically, where it changed; a failure (a full disk, a race with another list)
+        leaves no cache or a damaged one, which the next list ignores."""
+        if not self.changed and len(self.new) == len(self.old):
+            return  # the same entries (the others of the old file are of deleted containers)
+        try:
+            data = marshal.dumps((CACHE_FORMAT, self.new))
+        except ValueError:
+            return  # a value marshal does not keep (a config holds JSON's types only)
+        tmp = f"{self.path}.tmp"  # one name: two lists at once leave one file or a damaged one
+        try:
+            fd = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                0o600,
+            )
+            try:
+                written = os.write(fd, data) if is_own_file(os.fstat(fd)) else 0
+            finally:
+                os.close(fd)
+            if written == len(data):
+                os.rename(tmp, self.path)
+        except OSError:
+            pass
+
+
+def load_cache(path: str) -> dict:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        st = os.fstat(fd)
+        if not is_own_file(st) or st.st_size > CACHE_LIMIT:
+            return {}
+        data = os.read(fd, CACHE_LIMIT + 1)
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
+    try:
+        cache = marshal.loads(data)
+    except (ValueError, EOFError, TypeError):
+        return {}
+    if type(cache) is not tuple or len(cache) != 2 or cache[0] != CACHE_FORMAT or type(cache[1]) is not dict:
+        return {}
+    return cache[1]
+
+
+def is_own_file(st: os.stat_result) -> bool:
+    """A regular file of this user's that nobody else may write: one list wrote."""
+    return st.st_mode & 0o170000 == 0o100000 and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
+def file_key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 # --- shared with cmd_list ------------------------------------------------------------
@@ -245,9 +400,19 @@ def containers_table(rows: list[dict]) -> str:
     def limit(v, fmt):
         return "host" if v is None else fmt(v)
 
+    sizes: dict[int, str] = {}
+
+    def size(n: int | None) -> str:  # format_size, once per figure: a list repeats a few
+        if type(n) is not int:
+            return format_size(n)
+        text = sizes.get(n)
+        if text is None:
+            text = sizes[n] = format_size(n)
+        return text
+
     table = []
     for r in rows:
-        storage = f"{format_size(r['storage_used'])}/{limit(r['storage_limit'], format_size)}"
+        storage = f"{size(r['storage_used'])}/{limit(r['storage_limit'], size)}"
         storage += " sparse" if r.get("storage_sparse") else ""
         status = r["status"] + (f" ({r['cgroup']})" if r.get("cgroup") else "")
         table.append(
@@ -257,7 +422,7 @@ def containers_table(rows: list[dict]) -> str:
                 status,
                 r["image"] or "-",
                 r["ipv4"] or ("host" if r["network"] == "host" else "-"),
-                limit(r["memory"], format_size),
+                limit(r["memory"], size),
                 limit(r["cpu"], str),
                 storage,
                 r["network"],
@@ -271,20 +436,23 @@ def containers_table(rows: list[dict]) -> str:
 def table_text(headers: list[str], rows: list[list[str]]) -> str:
     """Columns as wide as their widest cell, two spaces apart, no trailing blanks."""
     widths = [max(map(len, column)) for column in zip(headers, *rows, strict=True)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join(fmt.format(*row).rstrip() for row in [headers, *rows])
+    fmt = "  ".join(f"%-{w}s" for w in widths)  # printf's: str.format takes twice as long
+    return "\n".join((fmt % tuple(row)).rstrip() for row in [headers, *rows])
 
 
-def sparse_shortfall(root: str, sparse_ids: list[str]) -> str | None:
-    """A warning when sparse containers may still write more than the host's disk has free."""
+def sparse_shortfall(root: str, sparse_ids: list[str], image_stats: dict | None = None) -> str | None:
+    """A warning when sparse containers may still write more than the host's disk has free
+    (image_stats: the state images' stats the caller took already)."""
     if not sparse_ids:
         return None
     may_write = 0
     for cid in sparse_ids:
-        try:
-            st = os.stat(f"{root}/containers/{cid}/state.img")
-        except OSError:
-            continue
+        st = (image_stats or {}).get(cid)
+        if st is None:
+            try:
+                st = os.stat(f"{root}/containers/{cid}/state.img")
+            except OSError:
+                continue
         may_write += max(st.st_size - st.st_blocks * 512, 0)
     try:
         fs = os.statvfs(root)  # what shutil.disk_usage says, without importing it

@@ -4,6 +4,10 @@ into the runtime folder of a container that has none) and still shows each state
 from __future__ import annotations
 
 import json
+import marshal
+import os
+import signal
+import time
 
 import pytest
 
@@ -125,3 +129,78 @@ def test_quick_table_is_cmd_lists_table(kiwi, busybox, tmp_path, monkeypatch):
         assert row[2] == "mounted" and row[-1] == str(target), row
     finally:
         kiwi("unmount", "sparse")
+
+
+def cached_rows(kiwi, wanted: dict, timeout: float = 30) -> dict:
+    """Lists until the row cache holds each wanted container ({cid: its usage too}): files
+    changed in the last listing.SETTLED_NS are read, not kept."""
+    from kiwi import listing
+
+    deadline = time.monotonic() + timeout
+    while True:
+        kiwi("list")
+        try:
+            rows = marshal.loads((kiwi.root / listing.CACHE).read_bytes())[1]
+        except FileNotFoundError:
+            rows = {}
+        if all(cid in rows and (not usage or rows[cid][3] is not None) for cid, usage in wanted.items()):
+            return rows
+        assert time.monotonic() < deadline, rows.keys()
+        time.sleep(0.5)
+
+
+def same_as_cmd_list(kiwi) -> str:
+    table = kiwi.out("list")
+    assert containers_block(kiwi.out("list", "all")) == table
+    return table
+
+
+def row_of(table: str, name: str) -> list[str]:
+    return next(line.split() for line in table.splitlines() if line.split()[1] == name)
+
+
+def test_the_row_cache_is_never_stale(kiwi, busybox):
+    """`list` keeps each container's config and a stopped one's usage in a cache while the
+    files stay the same; after set, rename, a write then stop, a kill -9 of the init and a
+    forged cache it still prints what cmd_list prints."""
+    a = kiwi.create(busybox, "--name", "a")
+    b = kiwi.create(busybox, "--name", "b", "--sparse")
+    kiwi("attach", b, "--", "true")
+    try:
+        cached_rows(kiwi, {a: True, b: False})
+        same_as_cmd_list(kiwi)
+        kiwi("set", a, "--memory", "256M")
+        assert row_of(same_as_cmd_list(kiwi), "a")[5] == "256M"
+        kiwi("rename", a, "renamed")
+        assert row_of(same_as_cmd_list(kiwi), "renamed")[0] == a
+        kiwi.sh(b, "dd if=/dev/zero of=/big bs=1M count=3 2>/dev/null")
+        kiwi("stop", b)
+        used = row_of(same_as_cmd_list(kiwi), "b")[7]
+        cached_rows(kiwi, {a: True, b: True})
+        assert row_of(same_as_cmd_list(kiwi), "b")[7] == used
+        kiwi.sh(b, "rm /big; dd if=/dev/zero of=/other bs=1M count=6 2>/dev/null")
+        runtime = json.loads((kiwi.root / "mounts" / b / "runtime.json").read_text())
+        os.kill(runtime["init_pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{runtime['init_pid']}"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert row_of(same_as_cmd_list(kiwi), "b")[2] == "stopped"
+        while row_of(containers_block(kiwi.out("list", "all")), "b")[7] == used:
+            assert time.monotonic() < deadline  # the kernel writes the superblock as it unmounts
+            time.sleep(0.1)
+        same_as_cmd_list(kiwi)
+    finally:
+        kiwi("stop", b, check=False)
+    # A cache of another owner's, with the right keys and a lie: ignored, then replaced.
+    from kiwi import listing
+
+    cache = kiwi.root / listing.CACHE
+    entries = cached_rows(kiwi, {a: True, b: True})
+    config_key, fields, image_key, used = entries[a]
+    entries[a] = (config_key, {**fields, "name": "forged"}, image_key, used)
+    cache.write_bytes(marshal.dumps((listing.CACHE_FORMAT, entries)))
+    assert row_of(kiwi.out("list"), "forged")[0] == a  # as root's own file: believed
+    os.chown(cache, 1000, 1000)
+    assert row_of(same_as_cmd_list(kiwi), "renamed")[0] == a
+    assert cache.stat().st_uid == 0 and b"forged" not in cache.read_bytes()

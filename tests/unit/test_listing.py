@@ -7,6 +7,7 @@ in runtime.json are a live init, exactly what runstate.read_runtime checks."""
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import subprocess
 import sys
@@ -227,3 +228,146 @@ def test_json_value_in_a_fresh_interpreter():
         "    raise AssertionError(bad)\n"
     )
     subprocess.run([sys.executable, "-I", "-S", "-c", code], check=True)
+
+
+# --- the row cache -------------------------------------------------------------------
+
+
+def replace_json(path, value) -> None:
+    """As files.atomic_write_json does: a new file renamed over the old one."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def cached_rows(root, monkeypatch) -> list[dict]:
+    """The rows with no config and no state image read: from the cache alone."""
+    read_record = listing.read_record
+
+    def no_config(path):
+        assert not path.endswith("/config.json"), f"{path} was read"
+        return read_record(path)  # a running container's record: never cached
+
+    with monkeypatch.context() as m:
+        m.setattr(listing, "read_record", no_config)
+        m.setattr(listing, "superblock_usage", lambda img: pytest.fail(f"{img} was read"))
+        return listing.container_rows(str(root), listing.RowCache(str(root)))
+
+
+def listed(root) -> list[dict]:
+    cache = listing.RowCache(str(root))
+    rows = listing.container_rows(str(root), cache)
+    cache.save()
+    return rows
+
+
+@pytest.fixture
+def cached(root, monkeypatch):
+    """Two stopped containers (an ext4 image, a folder) and a running one, listed once: cached."""
+    monkeypatch.setattr(listing, "SETTLED_NS", 0)  # files just written count as settled
+    add_container(root, "eeeeeeeeeee1", storage=64 * MIB, memory=MIB, cpu=1.5)
+    mkfs(root / "containers" / "eeeeeeeeeee1" / "state.img", 64 * MIB)
+    add_container(root, "eeeeeeeeeee2", storage=None, idmap={"base": 1_000_065_536, "size": 65536})
+    add_container(root, "eeeeeeeeeee3", network="host")
+    make_running(root, "eeeeeeeeeee3")
+    first = listed(root)
+    assert first == full_rows(root)
+    assert cached_rows(root, monkeypatch) == first
+    return first
+
+
+def test_the_cache_answers_while_the_files_stay(root, cached, monkeypatch):
+    cache = root / listing.CACHE
+    assert os.stat(cache).st_mode & 0o777 == 0o600
+    data = cache.read_bytes()
+    listed(root)
+    assert cache.read_bytes() == data  # nothing changed: not rewritten
+    (root / "mounts" / "eeeeeeeeeee3" / "runtime.json").unlink()
+    (root / "mounts" / "eeeeeeeeeee3").rmdir()  # stopped: its status is never cached
+    assert [r["status"] for r in cached_rows(root, monkeypatch)] == ["stopped"] * 3
+    assert listed(root) == full_rows(root)
+
+
+def test_a_changed_config_or_image_is_read_again(root, cached, monkeypatch):
+    config = root / "containers" / "eeeeeeeeeee1" / "config.json"
+    replace_json(config, {**json.loads(config.read_text()), "name": "renamed", "memory": 2 * MIB})
+    rows = listed(root)
+    assert rows[0]["name"] == "renamed" and rows[0]["memory"] == 2 * MIB and rows == full_rows(root)
+    img = root / "containers" / "eeeeeeeeeee1" / "state.img"
+    (root / "content").mkdir()
+    (root / "content" / "f").write_bytes(b"x" * MIB)  # written as a stopped container's image is
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-d", str(root / "content"), str(img)], check=True)
+    rows = listed(root)
+    assert rows[0]["storage_used"] == peek.superblock_usage(img) != cached[0]["storage_used"]
+    assert rows == full_rows(root) == cached_rows(root, monkeypatch)
+    (root / "containers" / "eeeeeeeeeee2" / "config.json").write_text("{not json")  # in place
+    with pytest.raises(listing.Unusual):
+        listed(root)
+    (root / "containers" / "eeeeeeeeeee2" / "config.json").unlink()
+    assert [r["id"] for r in listed(root)] == ["eeeeeeeeeee1", "eeeeeeeeeee3"]
+
+
+@pytest.mark.parametrize(
+    "forgery", ["another owner", "open to others", "damaged", "another format", "wrong types", "a symlink"]
+)
+def test_a_cache_list_did_not_write_is_ignored(root, cached, monkeypatch, forgery):
+    """A cache whose keys match but whose rows lie: ignored unless it is list's own file."""
+    cache = root / listing.CACHE
+    form, entries = marshal.loads(cache.read_bytes())
+    lies = {}
+    for cid, (config_key, fields, image_key, used) in entries.items():
+        lies[cid] = (config_key, {**fields, "name": "forged"}, image_key, None if used is None else 1)
+    cache.write_bytes(marshal.dumps((form, lies)))
+    assert {r["name"] for r in cached_rows(root, monkeypatch)} == {"forged"}  # the forgery, as root's
+    if forgery == "another owner":
+        os.chown(cache, 1000, 1000)
+    elif forgery == "open to others":
+        os.chmod(cache, 0o620)
+    elif forgery == "damaged":
+        cache.write_bytes(cache.read_bytes()[:-1])
+    elif forgery == "another format":
+        cache.write_bytes(marshal.dumps((form[:2] + (form[2] - 1,), lies)))
+    elif forgery == "wrong types":
+        bad = {cid: (key, [fields], image_key, "1") for cid, (key, fields, image_key, _) in lies.items()}
+        cache.write_bytes(marshal.dumps((form, bad)))
+    elif forgery == "a symlink":
+        os.rename(cache, root / "elsewhere")
+        cache.symlink_to(root / "elsewhere")
+    rows = listed(root)
+    assert rows == cached == full_rows(root)
+    assert os.stat(cache, follow_symlinks=False).st_uid == 0 and not cache.is_symlink()
+    assert cached_rows(root, monkeypatch) == cached  # replaced by list's own
+
+
+def test_files_changed_just_now_are_not_cached(root):
+    """Their times may not move on a second change within the file system's granularity."""
+    add_container(root, "fffffffffff1", storage=64 * MIB)
+    mkfs(root / "containers" / "fffffffffff1" / "state.img", 64 * MIB)
+    rows = listed(root)
+    assert rows == full_rows(root)
+    assert not (root / listing.CACHE).exists()
+    config = root / "containers" / "fffffffffff1" / "config.json"
+    cache = listing.RowCache(str(root))
+    cache.now += 3 * listing.SETTLED_NS  # three settling times later
+    listing.container_rows(str(root), cache)
+    cache.save()
+    config_key, _, _, used = marshal.loads((root / listing.CACHE).read_bytes())[1]["fffffffffff1"]
+    assert config_key[1] == os.stat(config).st_ino and used == rows[0]["storage_used"]
+
+
+def test_the_cache_keeps_all_a_row_reads_of_a_config():
+    """container_row reads no config key RowCache leaves out."""
+
+    class Recording(dict):
+        def get(self, key, default=None):
+            seen.add(key)
+            return super().get(key, default)
+
+        def __getitem__(self, key):
+            seen.add(key)
+            return super().__getitem__(key)
+
+    seen: set[str] = set()
+    config = Recording(id="a" * 12, idmap={"base": 1_000_065_536, "size": 65536}, storage=MIB)
+    listing.container_row("a" * 12, config, {"status": "stopped"}, None)
+    assert seen <= set(listing.ROW_KEYS) and "idmap" in seen
