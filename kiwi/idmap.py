@@ -20,16 +20,12 @@ from __future__ import annotations
 import os
 
 from .errors import KiwiError
+from .peek import is_privileged  # there: `kiwi list` reads it without importing this module
 
 FIRST_BASE = 1_000_000_000
 SIZE = 65536
 LAST_ID = 0xFFFFFFFE  # (uid_t)-1 is never a valid id
 SUBID_FILES = ("/etc/subuid", "/etc/subgid")
-
-
-def is_privileged(config: dict) -> bool:
-    idmap = config.get("idmap")
-    return not (isinstance(idmap, dict) and isinstance(idmap.get("base"), int))
 
 
 def base_of(config: dict) -> int | None:

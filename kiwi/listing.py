@@ -7,7 +7,9 @@ running one with a live record, an ext4 or folder storage. Anything else (not
 root, a data folder to migrate or to tighten, a mounted or half-started
 container, an abandoned freeze, a damaged record, Go Kiwi's data) raises
 Unusual before anything is shown, and commands.cmd_list answers the way it
-always did: the two cannot disagree on a case only one of them knows.
+always did: the two cannot disagree on a case only one of them knows. What a
+row takes from a config, and a stopped container's usage, come from RowCache
+while the files they were read from stay the same ones.
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ import os
 import sys
 from time import time_ns
 
-from .idmap import is_privileged
-from .peek import json_value, live_usage, process_start_time, superblock_usage
+from .peek import is_privileged, json_value, live_usage, process_start_time, superblock_usage
 from .sizes import format_size
 
 RECORD_LIMIT = 64 << 10  # a larger config or record is left to files.read_json (1 MB)

@@ -38,6 +38,15 @@ def stat_fields(pid: int) -> list[bytes] | None:
     return data[data.rindex(b")") + 2 :].split()
 
 
+# --- container configs --------------------------------------------------------------
+
+
+def is_privileged(config: dict) -> bool:
+    """A config without an id block (older Kiwi, Go Kiwi, `create --privileged`): see idmap.py."""
+    idmap = config.get("idmap")
+    return not (isinstance(idmap, dict) and isinstance(idmap.get("base"), int))
+
+
 # --- state images -------------------------------------------------------------------
 
 
