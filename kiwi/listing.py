@@ -337,6 +337,11 @@ class RowCache:
                 os.close(fd)
             if written == len(data):
                 os.rename(tmp, self.path)
+                return
+        except OSError:
+            pass
+        try:
+            os.unlink(tmp)  # not renamed (the cache's name taken by a folder, ...): leave nothing
         except OSError:
             pass
 

@@ -308,7 +308,8 @@ def test_a_changed_config_or_image_is_read_again(root, cached, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "forgery", ["another owner", "open to others", "damaged", "another format", "wrong types", "a symlink"]
+    "forgery",
+    ["another owner", "open to others", "damaged", "another format", "wrong types", "a symlink", "a fifo"],
 )
 def test_a_cache_list_did_not_write_is_ignored(root, cached, monkeypatch, forgery):
     """A cache whose keys match but whose rows lie: ignored unless it is list's own file."""
@@ -333,6 +334,9 @@ def test_a_cache_list_did_not_write_is_ignored(root, cached, monkeypatch, forger
     elif forgery == "a symlink":
         os.rename(cache, root / "elsewhere")
         cache.symlink_to(root / "elsewhere")
+    elif forgery == "a fifo":  # opened without waiting for a writer
+        cache.unlink()
+        os.mkfifo(cache, 0o600)
     rows = listed(root)
     assert rows == cached == full_rows(root)
     assert os.stat(cache, follow_symlinks=False).st_uid == 0 and not cache.is_symlink()
@@ -371,3 +375,12 @@ def test_the_cache_keeps_all_a_row_reads_of_a_config():
     config = Recording(id="a" * 12, idmap={"base": 1_000_065_536, "size": 65536}, storage=MIB)
     listing.container_row("a" * 12, config, {"status": "stopped"}, None)
     assert seen <= set(listing.ROW_KEYS) and "idmap" in seen
+
+
+def test_a_cache_that_cannot_be_written(root, cached):
+    """The cache's name taken by a folder: rows are read, nothing is left behind."""
+    cache = root / listing.CACHE
+    cache.unlink()
+    cache.mkdir()
+    assert listed(root) == cached
+    assert cache.is_dir() and not os.listdir(cache) and not (root / f"{listing.CACHE}.tmp").exists()
