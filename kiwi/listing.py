@@ -410,7 +410,7 @@ def containers_table(rows: list[dict]) -> str:
 
     def size(n: int | None) -> str:  # format_size, once per figure: a list repeats a few
         if type(n) is not int:
-            return format_size(n)
+            return "-" if n is None else "?"  # a hand-edited config's odd value
         text = sizes.get(n)
         if text is None:
             text = sizes[n] = format_size(n)
@@ -424,19 +424,26 @@ def containers_table(rows: list[dict]) -> str:
         table.append(
             [
                 r["id"],
-                r["name"] or "-",
+                text(r["name"]),
                 status,
-                r["image"] or "-",
-                r["ipv4"] or ("host" if r["network"] == "host" else "-"),
+                text(r["image"]),
+                text(r["ipv4"] or ("host" if r["network"] == "host" else None)),
                 limit(r["memory"], size),
                 limit(r["cpu"], str),
                 storage,
-                r["network"],
+                text(r["network"]),
                 "yes" if r["privileged"] else "no",
-                r["mount"] or "-",
+                text(r["mount"]),
             ]
         )
     return table_text([*COLUMNS, "MOUNT"], table)
+
+
+def text(value: object) -> str:
+    """A text cell: '-' when empty, '?' for what a hand-edited config put there instead of text."""
+    if type(value) is str:
+        return value or "-"
+    return "-" if value is None else "?"
 
 
 def table_text(headers: list[str], rows: list[list[str]]) -> str:

@@ -384,3 +384,14 @@ def test_a_cache_that_cannot_be_written(root, cached):
     cache.mkdir()
     assert listed(root) == cached
     assert cache.is_dir() and not os.listdir(cache) and not (root / f"{listing.CACHE}.tmp").exists()
+
+
+@pytest.mark.parametrize("odd", [5, "64M", 1.5, True, [1], {"a": 1}])
+def test_a_hand_edited_config_field_shows_a_question_mark(odd):
+    """A config edited by hand with a value of the wrong type for any field the table shows
+    is listed with '?' in that cell, not an internal error (list --json prints it as it is)."""
+    config = {key: odd for key in listing.ROW_KEYS if key not in ("id", "cpu")}
+    row = listing.container_row("c1", config, {"status": "stopped"}, None)
+    table = listing.containers_table([row]).splitlines()
+    assert len(table) == 2 and table[1].startswith("c1  "), table
+    assert "?" in table[1], table
