@@ -55,6 +55,11 @@
 #ifndef SYS_close_range
 #define SYS_close_range 436
 #endif
+#ifndef SYS_fsopen /* likewise (5.2) */
+#define SYS_fsopen 430
+#define SYS_fsconfig 431
+#define SYS_fsmount 432
+#endif
 
 #define FUSE_FD 3
 #define FIRST_PROCS_FD 7 /* after NOTIFY_FD, PIDNS_FD and USERNS_FD */
@@ -831,9 +836,10 @@ static void serve(void)
  * calls to this process: the listener fds arrive over the socket on NOTIFY_FD, one per
  * connection (one per attach or session). The answer is written into the caller's memory
  * (its /proc/<pid>/mem in a procfs of the container's PID namespace: ptrace rights over
- * the container's processes and no one else's, see start_handler) and the call then returns 0. Whatever cannot be answered so (the
- * caller gone, a bad pointer, no access) is let through to the kernel (CONTINUE): host
- * figures, or EFAULT for a bad pointer, as without Kiwi. */
+ * the container's processes and no one else's, see start_handler) and the call then
+ * returns 0. Whatever cannot be answered so (the caller gone, a bad pointer, no access)
+ * is let through to the kernel (CONTINUE): host figures, or EFAULT for a bad pointer, as
+ * without Kiwi. */
 #define NOTIFY_FD 4
 #define PIDNS_FD 5  /* the container's PID namespace */
 #define USERNS_FD 6 /* its user namespace (-j user: unprivileged) */
@@ -1133,7 +1139,7 @@ static int container_proc(void)
  * the container's processes and nothing else). It runs as HANDLER_ID (the namespace's,
  * the host's for a privileged container, whose processes are the host's root), not dumpable and in
  * an empty root: nothing can ptrace it or open its fds, and it has no host path in
- * reach. Root inside sees it and may kill it (its own sysinfo then stops working, see
+ * reach (its one folder is container_proc's). Root inside sees it and may kill it (its own sysinfo then stops working, see
  * docs/SECURITY.md). Returns an error (the container then gets the host's figures) or NULL. */
 static const char *start_handler(const char *join, int argc, char **argv)
 {
