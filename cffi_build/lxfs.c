@@ -26,6 +26,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/fuse.h>
+#include <linux/mount.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -53,6 +54,11 @@
  * number is the same on every architecture. */
 #ifndef SYS_close_range
 #define SYS_close_range 436
+#endif
+#ifndef SYS_fsopen /* likewise (5.2) */
+#define SYS_fsopen 430
+#define SYS_fsconfig 431
+#define SYS_fsmount 432
 #endif
 
 #define FUSE_FD 3
@@ -829,10 +835,11 @@ static void serve(void)
 /* The container's processes have a seccomp filter (kiwi-exec's) that hands their sysinfo
  * calls to this process: the listener fds arrive over the socket on NOTIFY_FD, one per
  * connection (one per attach or session). The answer is written into the caller's memory
- * (process_vm_writev: ptrace rights over the container's processes and no one else's,
- * see confine_handler) and the call then returns 0. Whatever cannot be answered so (the
- * caller gone, a bad pointer, no access) is let through to the kernel (CONTINUE): host
- * figures, or EFAULT for a bad pointer, as without Kiwi. */
+ * (its /proc/<pid>/mem in a procfs of the container's PID namespace: ptrace rights over
+ * the container's processes and no one else's, see start_handler) and the call then
+ * returns 0. Whatever cannot be answered so (the caller gone, a bad pointer, no access)
+ * is let through to the kernel (CONTINUE): host figures, or EFAULT for a bad pointer, as
+ * without Kiwi. */
 #define NOTIFY_FD 4
 #define PIDNS_FD 5  /* the container's PID namespace */
 #define USERNS_FD 6 /* its user namespace (-j user: unprivileged) */
@@ -861,6 +868,52 @@ static void container_sysinfo(struct sysinfo *info)
     info->totalhigh = info->freehigh = 0;
 }
 
+static int proc_fd = -1; /* a procfs of the container's PID namespace, mounted nowhere */
+
+static int open_caller(pid_t pid, const char *file, int flags)
+{
+    char path[32];
+    snprintf(path, sizeof path, "%d/%s", (int)pid, file);
+    return openat(proc_fd, path, flags | O_CLOEXEC | O_NOFOLLOW);
+}
+
+/* Whether [at, at + len) lies in writable mappings of the caller (its maps, read line by
+ * line): /proc/<pid>/mem writes read-only memory too, where the kernel's own sysinfo (and
+ * process_vm_writev) answer EFAULT. */
+static int writable(int maps, uint64_t at, uint64_t len)
+{
+    static char text[8192];
+    uint64_t end = at + len;
+    size_t have = 0;
+    if (end < at)
+        return 0;
+    for (;;) {
+        ssize_t n = read(maps, text + have, sizeof text - 1 - have);
+        if (n <= 0)
+            return 0; /* the end (or a gap, or a caller gone): not all of it is mapped */
+        have += (size_t)n;
+        text[have] = 0;
+        char *line = text, *newline;
+        while ((newline = memchr(line, '\n', have - (size_t)(line - text)))) {
+            *newline = 0;
+            unsigned long long start, stop;
+            char perms[5];
+            if (sscanf(line, "%llx-%llx %4s", &start, &stop, perms) == 3 && start <= at && at < stop) {
+                if (perms[1] != 'w')
+                    return 0;
+                if (end <= stop)
+                    return 1;
+                at = stop; /* the rest must be in the very next mapping */
+            }
+            line = newline + 1;
+        }
+        have -= (size_t)(line - text);
+        memmove(text, line, have);
+        if (have == sizeof text - 1)
+            return 0; /* a line longer than any maps line */
+    }
+}
+
 static void answer(int listener)
 {
     struct seccomp_notif req;
@@ -875,13 +928,20 @@ static void answer(int listener)
         struct sysinfo info;
         memset(&info, 0, sizeof info);
         container_sysinfo(&info);
-        struct iovec local = {&info, sizeof info}, remote = {(void *)(uintptr_t)req.data.args[0], sizeof info};
-        /* Still the caller (not a process that got its pid since): it waits in the call,
-         * so its pid cannot be reused before it returns. */
-        if (ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &req.id) < 0)
-            return;
-        if (process_vm_writev(req.pid, &local, 1, &remote, 1, 0) == (ssize_t)sizeof info)
+        /* The caller's memory is opened by pid BEFORE the check that the caller still waits
+         * in its call (ID_VALID): then the files are its own, whatever happens to the pid
+         * after. Writing by pid after the check (process_vm_writev) reached another
+         * process: root inside stops this one (SIGSTOP lands right after the ioctl), kills
+         * the caller and cycles pids until a process of its choice has the caller's. */
+        int mem = open_caller(req.pid, "mem", O_RDWR), maps = open_caller(req.pid, "maps", O_RDONLY);
+        uint64_t at = req.data.args[0];
+        if (mem >= 0 && maps >= 0 && ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &req.id) == 0 &&
+            writable(maps, at, sizeof info) && pwrite(mem, &info, sizeof info, (off_t)at) == (ssize_t)sizeof info)
             resp.flags = 0; /* answered: the call returns 0 */
+        if (mem >= 0)
+            close(mem);
+        if (maps >= 0)
+            close(maps);
     }
     ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp); /* ENOENT: the caller was killed meanwhile */
 }
@@ -1028,23 +1088,23 @@ static void join_cgroup(int count)
 }
 
 /* Become uid (and gid) `id`, unable to fork: from here on only the files already open are
- * read. keep: the one capability to keep (in the user namespace the process is in), or -1. */
-static void confine(uid_t id, int keep)
+ * read. keep: the capabilities to keep (a mask; in the user namespace the process is in). */
+static void confine(uid_t id, uint64_t keep)
 {
     struct rlimit none = {0, 0};
     if (chroot(".") < 0) /* the empty folder kiwi gave (the cwd): no host path is in reach */
         die("cannot enter its empty root");
     for (int cap = 0; cap < 64; cap++)
-        if (cap != keep && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
+        if (!(keep >> cap & 1) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
             die("cannot drop its capabilities");
-    if (prctl(PR_SET_KEEPCAPS, keep >= 0, 0, 0, 0) < 0 || setgroups(0, NULL) < 0 ||
+    if (prctl(PR_SET_KEEPCAPS, keep != 0, 0, 0, 0) < 0 || setgroups(0, NULL) < 0 ||
         setresgid(id, id, id) < 0 || setresuid(id, id, id) < 0)
         die("cannot drop privileges");
     struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof data);
-    if (keep >= 0)
-        data[keep / 32].effective = data[keep / 32].permitted = 1U << (keep % 32);
+    data[0].effective = data[0].permitted = (uint32_t)keep;
+    data[1].effective = data[1].permitted = (uint32_t)(keep >> 32);
     if (syscall(SYS_capset, &header, data) < 0 || prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) < 0)
         die("cannot drop its capabilities");
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 ||
@@ -1058,28 +1118,47 @@ static void close_namespaces(void)
     close(USERNS_FD);
 }
 
+/* The handler's own view of the container's processes (their mem and maps files): a procfs
+ * made in the container's PID namespace (its pid folders only) and mounted nowhere. */
+static int container_proc(void)
+{
+    int fs = (int)syscall(SYS_fsopen, "proc", FSOPEN_CLOEXEC);
+    if (fs < 0)
+        return -1;
+    int mnt = -1;
+    if (syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "subset", "pid", 0) == 0 &&
+        syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0)
+        mnt = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
+    close(fs);
+    return mnt;
+}
+
 /* The sysinfo handler (handle_sysinfo) in a process of its own, in the container's PID
  * namespace (the pids it can name are the container's; it ends with the container, its
  * init reaps it) and, unprivileged, its user namespace (CAP_SYS_PTRACE there reaches
  * the container's processes and nothing else). It runs as HANDLER_ID (the namespace's,
  * the host's for a privileged container, whose processes are the host's root), not dumpable and in
  * an empty root: nothing can ptrace it or open its fds, and it has no host path in
- * reach. Root inside sees it and may kill it (its own sysinfo then stops working, see
+ * reach (its one folder is container_proc's). Root inside sees it and may kill it (its own sysinfo then stops working, see
  * docs/SECURITY.md). Returns an error (the container then gets the host's figures) or NULL. */
 static const char *start_handler(const char *join, int argc, char **argv)
 {
     if (!join || fcntl(NOTIFY_FD, F_GETFD) < 0 || fcntl(PIDNS_FD, F_GETFD) < 0)
         return "no socket or PID namespace given";
-    if (!strcmp(join, "user") && setns(USERNS_FD, CLONE_NEWUSER) < 0)
-        return "cannot join the container's user namespace";
     if (setns(PIDNS_FD, CLONE_NEWPID) < 0)
         return "cannot join the container's PID namespace";
     pid_t first = fork(); /* the PID namespace's first process of ours */
     if (first < 0)
         return "cannot fork";
     if (first == 0) {
+        /* Still host root, in the host's user namespace: mounting needs that. */
+        proc_fd = container_proc();
+        if (proc_fd < 0)
+            _exit(2);
         /* Its child, orphaned at once, becomes the container init's: reaped there. */
         if (fork() == 0) {
+            if (!strcmp(join, "user") && setns(USERNS_FD, CLONE_NEWUSER) < 0)
+                _exit(1);
             close(FUSE_FD);
             close_namespaces();
             dup2(0, 2);
@@ -1087,14 +1166,16 @@ static const char *start_handler(const char *join, int argc, char **argv)
             /* Root inside sees this process: its command line, not the host's paths. */
             for (int i = 1; i < argc; i++)
                 memset(argv[i], 0, strlen(argv[i]));
-            confine(HANDLER_ID, CAP_SYS_PTRACE); /* not nobody: see HANDLER_ID */
+            /* not nobody: see HANDLER_ID; CAP_DAC_OVERRIDE opens a caller's 0600 mem file */
+            confine(HANDLER_ID, 1ULL << CAP_SYS_PTRACE | 1ULL << CAP_DAC_OVERRIDE);
             handle_sysinfo();
         }
         _exit(0);
     }
     /* Reaped here: the container's end waits for every process of its PID namespace. */
-    waitpid(first, NULL, 0);
-    return NULL;
+    int status = 0;
+    waitpid(first, &status, 0);
+    return status ? "cannot mount a /proc of the container's PID namespace" : NULL;
 }
 
 #define DIR_OPTIONS "msqa" /* -m MEM, -s CPUSET, -q CPU, -a CPUACCT folders, in enum order */
@@ -1138,7 +1219,7 @@ int main(int argc, char **argv)
         close(NOTIFY_FD);
         close_namespaces();
         dup2(0, 2); /* /dev/null: kiwi reads our stderr to its end, i.e. until the parent exits */
-        confine(id, -1);
+        confine(id, 0);
         serve();
     }
     const char *error = start_handler(join, argc, argv);

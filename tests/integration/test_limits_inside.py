@@ -173,13 +173,14 @@ def test_server_ends_with_stop(kiwi, busybox):
             status = f.read()
         # the container's own ids (the host's for --privileged), < 1 MiB, no_new_privs, not
         # dumpable (nothing can ptrace it or open its fds); the FUSE server has no
-        # capabilities, the sysinfo handler CAP_SYS_PTRACE alone (over the container's
-        # processes only: its user namespace's, or its PID namespace's when privileged)
+        # capabilities, the sysinfo handler CAP_SYS_PTRACE and CAP_DAC_OVERRIDE alone (over
+        # the container's processes only: its user namespace's, or its PID namespace's when
+        # privileged; DAC_OVERRIDE opens a caller's 0600 /proc/<pid>/mem)
         # (the handler: the id block's top, 65535, so that no everyday process inside,
         # e.g. nobody, shares its uid and could SIGSTOP it)
         uid = base + (65535 if name == "kiwi-sysinfo" else 65534)
         assert f"\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n" in status, name
-        caps = "0000000000080000" if name == "kiwi-sysinfo" else "0000000000000000"
+        caps = "0000000000080002" if name == "kiwi-sysinfo" else "0000000000000000"
         for line in ("CapEff", "CapPrm", "CapBnd"):
             assert f"\n{line}:\t{caps}\n" in status, (name, line)
         assert "\nNoNewPrivs:\t1\n" in status, name
@@ -187,13 +188,21 @@ def test_server_ends_with_stop(kiwi, busybox):
         assert rss < 1024, (name, rss)
         # Started from a sealed memfd, not a host file; confined to an empty folder; it
         # holds no terminal and no directory (only /dev/fuse or the seccomp listeners, and
-        # the files it renders from).
+        # the files it renders from), but for the handler's procfs of the container's PID
+        # namespace (its pid folders only: the container's init is 1 there).
         assert os.readlink(f"/proc/{pid}/exe").startswith("/memfd:"), os.readlink(f"/proc/{pid}/exe")
         assert os.listdir(f"/proc/{pid}/root") == [], name
+        folders = []
         for fd in os.listdir(f"/proc/{pid}/fd"):
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            st = os.stat(f"/proc/{pid}/fd/{fd}")
-            assert not stat.S_ISDIR(st.st_mode) and not target.startswith(("/dev/pts", "/dev/tty")), target
+            if stat.S_ISDIR(os.stat(f"/proc/{pid}/fd/{fd}").st_mode):
+                folders.append(set(os.listdir(f"/proc/{pid}/fd/{fd}")))
+            assert not target.startswith(("/dev/pts", "/dev/tty")), target
+        if name == "kiwi-sysinfo":
+            assert len(folders) == 1 and "1" in folders[0], folders
+            assert not {n for n in folders[0] if not n.isdigit()} - {"self", "thread-self"}, folders
+        else:
+            assert folders == [], folders
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read()
         if name == "kiwi-sysinfo":  # a privileged container sees it: no host path in it
