@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 
 
-def test_a_shared_folders_own_run_folder_is_left_alone(kiwi, busybox):
+def test_a_shared_folders_own_run_folder_is_left_alone(kiwi, busybox_tar):
     run = kiwi.root / "run"
     (run / "0123456789ab").mkdir(parents=True)  # named like a container id, but no container
     (run / "app.pid").write_text("4242\n")
     kiwi("list")
-    cid = kiwi.create(busybox)
+    kiwi("import", "--name", "busybox", busybox_tar)  # the first command that writes
+    cid = kiwi.create("busybox")
     assert kiwi.sh(cid, "echo up").stdout == "up\n"
     kiwi("stop", cid)
     assert sorted(os.listdir(run)) == ["0123456789ab", "app.pid"]
