@@ -258,8 +258,10 @@ def sysinfo_now(recorded: str | None, rdir) -> str | None:
         fd = connect_to_handler(rdir)
     except BlockingIOError:
         return HANDLER_STUCK
-    except OSError:
+    except (ConnectionRefusedError, FileNotFoundError):
         return HANDLER_GONE
+    except OSError:
+        return recorded  # cannot tell (e.g. no access): the start's verdict
     os.close(fd)  # it reads end-of-file and drops the connection
     return ACTIVE
 
