@@ -69,7 +69,8 @@ def clean_container(store: Store, cid: str, removed: list[str], failures: list[s
     cgroup = runstate.container_cgroup(store, cid)
     had_cgroup = cgroup.exists() and not cgroup.foreign()
     if had_record or had_cgroup:
-        failed = runtime.teardown(store, cid)
+        # The bridge, if unused, goes in the last step, which says so.
+        failed = runtime.teardown(store, cid, release_network=False)
         failures += failed
         if not failed:
             removed.append(

@@ -173,6 +173,15 @@ def listen(rdir) -> int:
 def connect_handler(rdir) -> int | None:
     """A connection to the container's sysinfo handler for kiwi-exec -s, or None when it
     is not there (no FUSE, or killed): the command then gets the host's figures."""
+    try:
+        return connect_to_handler(rdir)
+    except OSError:
+        return None
+
+
+def connect_to_handler(rdir) -> int:
+    """connect_handler's connection; raises what the connect met (BlockingIOError: its
+    backlog is full, the handler takes none)."""
     import socket
 
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
@@ -180,14 +189,16 @@ def connect_handler(rdir) -> int | None:
         client.connect(os.path.join(rdir, SOCKET))
     except OSError:
         client.close()
-        return None
+        raise
     return client.detach()
 
 
-def start_server(fuse: int, pidns: int, userns: int | None, cgroup, spawn_helper, uid: int, rdir) -> str:
-    """Start kiwi-lxfs on the connection; returns ACTIVE or why it could not start.
-    Its sysinfo handler joins the container's PID namespace and, unprivileged, its
-    user namespace.
+def start_server(
+    fuse: int, pidns: int, userns: int | None, cgroup, spawn_helper, uid: int, rdir
+) -> tuple[str, str]:
+    """Start kiwi-lxfs on the connection; returns (files, sysinfo): for each ACTIVE or
+    why not. Its sysinfo handler joins the container's PID namespace and, unprivileged,
+    its user namespace.
 
     The helper joins the cgroup (its CPU and memory are the container's, and stop
     kills it with the rest), forks the servers and exits; we wait only for that."""
@@ -215,12 +226,51 @@ def start_server(fuse: int, pidns: int, userns: int | None, cgroup, spawn_helper
         message = read_to_end(err_r).decode(errors="replace").strip()
         status = wait_exit_code(pid)
     except (OSError, KiwiError) as e:
-        return f"its server did not start ({describe(e)})"
+        reason = f"its server did not start ({describe(e)})"
+        return reason, reason
     finally:
         for fd in opened:
             os.close(fd)
     if status != 0:
-        return f"its server failed: {message or f'exit status {status}'}"
+        reason = f"its server failed: {message or f'exit status {status}'}"
+        return reason, reason
     # A message with status 0 (no sysinfo handler): the files are served all the same,
     # and kiwi-exec, finding no handler on the socket, leaves sysinfo(2) the host's.
+    return ACTIVE, sysinfo_status(message)
+
+
+def sysinfo_status(message: str) -> str:
+    """ACTIVE, or why the handler did not start from kiwi-lxfs' line on a good exit
+    ("kiwi-lxfs: no sysinfo handler: <what>: <error>")."""
+    if not message:
+        return ACTIVE
+    why = message.splitlines()[-1].removeprefix("kiwi-lxfs: ").removeprefix("no sysinfo handler: ")
+    return f"its sysinfo handler did not start ({why})"
+
+
+def sysinfo_now(recorded: str | None, rdir) -> str | None:
+    """What a running container's sysinfo(2) is now: the start's verdict, unless the
+    handler has ended since (root inside may kill it, or the OOM killer): only it holds
+    the listening socket, so a refused connection proves it gone."""
+    if recorded != ACTIVE:
+        return recorded
+    try:
+        fd = connect_to_handler(rdir)
+    except BlockingIOError:
+        return HANDLER_STUCK
+    except (ConnectionRefusedError, FileNotFoundError):
+        return HANDLER_GONE
+    except OSError:
+        return recorded  # cannot tell (e.g. no access): the start's verdict
+    os.close(fd)  # it reads end-of-file and drops the connection
     return ACTIVE
+
+
+HANDLER_GONE = (
+    "its sysinfo handler has ended (killed, or died): sysinfo(2) fails with ENOSYS "
+    "in the commands it served, and shows the host's figures in those started since"
+)
+HANDLER_STUCK = (
+    "its sysinfo handler takes no new commands (stopped from inside, or its backlog is "
+    "full): commands started now show the host's figures"
+)

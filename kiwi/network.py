@@ -166,9 +166,11 @@ def ensure_bridge() -> str:
             raise KiwiError(f"{bridge} exists and is not a bridge; set KIWI_BRIDGE to another name")
         else:
             index = link.index
+        # A bridge a killed start made but did not name yet is named now.
+        alias = BRIDGE_ALIAS if link is not None and kiwi_made(link) else None
         try:
             ignore_exists(lambda: netlink.add_address(nl, index, str(ipam.gateway(subnet)), subnet.prefixlen))
-            netlink.set_link(nl, index, up=True)
+            netlink.set_link(nl, index, up=True, alias=alias)
         except NetlinkError as e:
             raise netlink_failure(f"configuring bridge {bridge}", e) from None
     return bridge
@@ -208,7 +210,9 @@ def bridge_in_use():
 
 def remove_bridge_if_unused() -> list[str]:
     """Remove the bridge, NAT and filter tables when no container of any folder uses
-    them: none of its ports left and no start under way. Only a bridge Kiwi made."""
+    them: none of its ports left and no start under way. Only a bridge Kiwi made; its
+    tables also when the bridge is gone (a stop or cleanup killed between the two) or
+    is another program's that no Kiwi container is on."""
     from kiwi.store import flock
 
     bridge = bridge_name()
@@ -216,14 +220,42 @@ def remove_bridge_if_unused() -> list[str]:
         with flock(bridge_lock_path(bridge), wait=False):
             with netlink.open_route() as nl:
                 link = netlink.get_link(nl, bridge)
-                if link is None or link.alias != BRIDGE_ALIAS:
-                    return []
-                if any(port.master == link.index for port in netlink.get_links(nl)):
+                if link is None:
+                    return remove_own_tables(bridge, f"its bridge {bridge} was gone")
+                ports = [port for port in netlink.get_links(nl) if port.master == link.index]
+                if not kiwi_made(link):
+                    if any((port.alias or "").startswith(OWNER_ALIAS_PREFIX) for port in ports):
+                        return []
+                    return remove_own_tables(bridge, f"no container uses {bridge}, which Kiwi did not make")
+                if ports:
                     return []
             remove_nat_and_bridge(bridge)
     except BlockingIOError:
         return []  # a kiwi is starting a container on it
     return [f"bridge {bridge} and its NAT (no container uses them)"]
+
+
+def kiwi_made(bridge) -> bool:
+    """The bridge carries Kiwi's alias, or is one a start killed between creating it and
+    naming it (the kernel takes no alias at creation): no alias, and the MAC Kiwi gives
+    its bridges (the gateway's, of KIWI_SUBNET), which no other program derives."""
+    if bridge.kind != "bridge":
+        return False
+    if bridge.alias == BRIDGE_ALIAS:
+        return True
+    return not bridge.alias and bridge.mac == container_mac(str(ipam.gateway(ipam.subnet())))
+
+
+def remove_own_tables(bridge: str, why: str) -> list[str]:
+    """Kiwi's nft tables of a bridge that is gone, or not Kiwi's and without a Kiwi port."""
+    if not find_nft():
+        return []
+    return [
+        f"nft table {family} {nft_table(bridge)} ({why})"
+        for family in ("inet", "bridge")
+        if netlink.nft_table_exists(family, nft_table(bridge))
+        and netlink.delete_nft_table(family, nft_table(bridge))
+    ]
 
 
 def remove_nat_and_bridge(bridge: str) -> None:

@@ -152,6 +152,7 @@ class Starter:
                 "network": self.config.get("network"),
                 "started": time.time(),
                 "lxfs": self.lxfs,
+                "sysinfo": self.sysinfo or self.lxfs,  # the handler's own verdict, else the server's
                 "folder": self.store.folder_id(),
                 "root": self.store.real_root,
             }
@@ -275,9 +276,9 @@ class Starter:
             theirs.close()
             try:
                 reports = dict(stage_reports(child, until="lxfs"))
-                served = reports.get("lxfs")
+                served, self.sysinfo = reports.get("lxfs"), None
                 if served == lxfs.ACTIVE:
-                    served = self.serve_limits(ours)  # stage 2 waits for its answers
+                    served, self.sysinfo = self.serve_limits(ours)  # stage 2 waits for its answers
                 if "pid" not in reports:
                     reports.update(stage_reports(child, until="pid"))
                 # While stage 2 still builds the root: its network namespace exists.
@@ -308,13 +309,15 @@ class Starter:
             self.cid, self.config["ipv4"], pid, self.store.folder_id(), filtered=self.nat_warning is None
         )
 
-    def serve_limits(self, sock) -> str:
-        """Start the limits server (lxfs.py) on the connection stage 2 sent."""
+    def serve_limits(self, sock) -> tuple[str, str]:
+        """Start the limits server (lxfs.py) on the connection stage 2 sent; returns
+        (files, sysinfo), each ACTIVE or why not."""
         from . import idmap, lxfs
 
         received = lxfs.receive_connection(sock)
         if received is None:
-            return "the container's init sent no FUSE connection"
+            reason = "the container's init sent no FUSE connection"
+            return reason, reason
         fuse, pidns = received
         try:
             uid = lxfs.server_uid(idmap.base_of(self.config))

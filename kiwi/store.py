@@ -361,7 +361,31 @@ def migrate_old_folder(old: Path, new: Path) -> None:
 
 
 def migrate_old_runtime(root: Path) -> None:
+    """Older Kiwi kept its runtime folders in run/; rename it to mounts/ once. KIWI_ROOT
+    may name a shared folder whose run/ is someone else's: only a run/ that is provably
+    Kiwi's (is_old_kiwi_runtime) moves, any other stays as it is."""
     old, new = root / "run", root / "mounts"
     with contextlib.suppress(OSError):
-        if old.is_dir() and not old.is_symlink() and not new.exists():
+        if not new.exists() and is_old_kiwi_runtime(root):
             os.rename(old, new)
+
+
+def is_old_kiwi_runtime(root: Path) -> bool:
+    """run/ is a real folder (no symlink) holding nothing but runtime folders of this data
+    folder's containers: each a folder (no symlink) named by the id of a container that
+    has its config.json in containers/. An empty run/ needs no move."""
+    old = root / "run"
+    try:
+        if not stat.S_ISDIR(os.lstat(old).st_mode):
+            return False
+        names = os.listdir(old)
+        return bool(names) and all(is_old_runtime_dir(root, name) for name in names)
+    except OSError:  # missing, vanished or unreadable: nothing proves it is Kiwi's
+        return False
+
+
+def is_old_runtime_dir(root: Path, name: str) -> bool:
+    if not is_container_id(name):
+        return False
+    run, config = root / "run" / name, root / "containers" / name / "config.json"
+    return stat.S_ISDIR(os.lstat(run).st_mode) and stat.S_ISREG(os.lstat(config).st_mode)
