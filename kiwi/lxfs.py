@@ -170,20 +170,6 @@ def listen(rdir) -> int:
         server.close()
 
 
-def connect_handler(rdir) -> int | None:
-    """A connection to the container's sysinfo handler for kiwi-exec -s, or None when it
-    is not there (no FUSE, or killed): the command then gets the host's figures."""
-    import socket
-
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
-    try:
-        client.connect(os.path.join(rdir, SOCKET))
-    except OSError:
-        client.close()
-        return None
-    return client.detach()
-
-
 def start_server(fuse: int, pidns: int, userns: int | None, cgroup, spawn_helper, uid: int, rdir) -> str:
     """Start kiwi-lxfs on the connection; returns ACTIVE or why it could not start.
     Its sysinfo handler joins the container's PID namespace and, unprivileged, its
