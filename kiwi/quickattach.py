@@ -105,7 +105,8 @@ def entry_of(record: dict):
         and isinstance(own_net, bool)
         and isinstance(socket, str)
         and isinstance(caps, str)
-        and caps.isalnum()
+        and bool(caps)
+        and not caps.strip(HEX)
     ):
         raise Unusual("damaged entry facts")
     try:
