@@ -522,13 +522,19 @@ def quick_attach(args) -> int | None:
     """`kiwi attach c -- cmd` from kiwi/quickattach.py, without commands.py, the Store and
     the runtime (issue 20); None where it leaves the answer to cmd_attach, before anything
     started."""
-    from . import listing, quickattach
+    import gc
 
+    gc.disable()  # no cycles to find before the command runs; quickattach.run enables it
     try:
-        attach = quickattach.prepare(args)
-    except (listing.Unusual, OSError):
-        return None
-    return attach()
+        from . import listing, quickattach
+
+        try:
+            attach = quickattach.prepare(args)
+        except (listing.Unusual, OSError):
+            return None
+        return attach()
+    finally:
+        gc.enable()
 
 
 # attach's options that take a value, as `-e V`, `--env V` or `--env=V`: argparse's dest of each.

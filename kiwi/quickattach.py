@@ -148,4 +148,7 @@ def run(entry, init_pid: int, config: dict, image: dict, argv: list[str], option
             entry, init_pid, argv, {**env, **user_env}, exec_options, relay.child_fds, relay.pty
         )
         relay.started()
+        import gc
+
+        gc.enable()  # the relay may last hours (an interactive shell)
         return relay.run(pid)
