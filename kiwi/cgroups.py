@@ -600,15 +600,13 @@ class Cgroup:
     def open_procs_files(self) -> list[int]:
         """cgroup.procs of every hierarchy, open for writing: whoever writes "0" to them joins
         (kiwi-exec does, so that nothing of the host side needs to be in the container's cgroup)."""
-        fds = []
-        try:
-            for directory in self._unique_dirs():
-                fds.append(os.open(self._join_dir(directory) / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
-        except OSError as exc:
-            for fd in fds:
-                os.close(fd)
-            raise KiwiError(f"cannot open the container's cgroup {directory}: {exc.strerror}") from exc
-        return fds
+        from .enter import open_procs_files
+
+        return open_procs_files(self.procs_paths())
+
+    def procs_paths(self) -> list[str]:
+        """The cgroup.procs file of every hierarchy where an entering process joins."""
+        return [str(self._join_dir(directory) / "cgroup.procs") for directory in self._unique_dirs()]
 
     def pids(self) -> list[int]:
         """Processes in the cgroup and below it (union over hierarchies); [] when it does not exist."""

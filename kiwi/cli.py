@@ -518,6 +518,25 @@ def quick_list(args) -> bool:
     return True
 
 
+def quick_attach(args) -> int | None:
+    """`kiwi attach c -- cmd` from kiwi/quickattach.py, without commands.py, the Store and
+    the runtime (issue 20); None where it leaves the answer to cmd_attach, before anything
+    started."""
+    import gc
+
+    gc.disable()  # no cycles to find before the command runs; quickattach.run enables it
+    try:
+        from . import listing, quickattach
+
+        try:
+            attach = quickattach.prepare(args)
+        except (listing.Unusual, OSError):
+            return None
+        return attach()
+    finally:
+        gc.enable()
+
+
 # attach's options that take a value, as `-e V`, `--env V` or `--env=V`: argparse's dest of each.
 ATTACH_VALUE_OPTIONS = {
     "-e": "env",
@@ -620,6 +639,10 @@ def run(argv: list[str]) -> int:
     require_root(args.command)
     if args.command == "list" and quick_list(args):
         return EXIT_OK
+    if args.command == "attach" and getattr(args, "dashdash", False):
+        status = quick_attach(args)
+        if status is not None:
+            return status
     if args.command == "terminal":  # a front end like this one: it runs what is typed through run()
         from . import terminal
 

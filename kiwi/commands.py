@@ -466,11 +466,7 @@ def cmd_attach(args) -> int:
         raise CommandNotFound("the command to run is empty; give one after --, e.g. kiwi attach c -- sh")
     from . import execopts, runtime
 
-    options = execopts.ExecOptions(
-        execopts.parse_env(args.env),
-        execopts.parse_workdir(args.workdir),
-        execopts.parse_user_spec(args.user),
-    )
+    options = execopts.from_args(args)
     cid = store.resolve_container(args.container)
     if getattr(args, "dashdash", False) and not args.cmd:
         args.cmd = image_default_command(store, cid)

@@ -39,6 +39,11 @@ class ExecOptions:
         return args, env
 
 
+def from_args(args) -> ExecOptions:
+    """attach's -e, -w and -u (argparse's namespace, or cli.quick_attach_args')."""
+    return ExecOptions(parse_env(args.env), parse_workdir(args.workdir), parse_user_spec(args.user))
+
+
 def parse_env(items: list[str] | None) -> dict:
     env = {}
     for item in items or []:

@@ -199,6 +199,7 @@ class RunningState:
             "init_pid": pid,
             "mount_target": self.mount_target(folder),
             "cgroup": record.get("cgroup_version"),
+            "record": record,  # quickattach enters with what it recorded
         }
 
     def mount_target(self, folder: str) -> str | None:

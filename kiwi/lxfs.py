@@ -170,17 +170,8 @@ def listen(rdir) -> int:
         server.close()
 
 
-def connect_handler(rdir) -> int | None:
-    """A connection to the container's sysinfo handler for kiwi-exec -s, or None when it
-    is not there (no FUSE, or killed): the command then gets the host's figures."""
-    try:
-        return connect_to_handler(rdir)
-    except OSError:
-        return None
-
-
 def connect_to_handler(rdir) -> int:
-    """connect_handler's connection; raises what the connect met (BlockingIOError: its
+    """A connection to the container's sysinfo handler; raises what the connect met (BlockingIOError: its
     backlog is full, the handler takes none)."""
     import socket
 

@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import EXIT_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, KiwiError
-from .proc import Background, process_start_time, read_to_end, wait_exit_code
+from .enter import Entry, container_env, enter_container, spawn_helper
+from .errors import KiwiError
+from .proc import Background, process_start_time
 from .runstate import container_cgroup, mount_file, read_mount, read_runtime, runtime_file
 from .store import Store, atomic_write_json
 
@@ -161,6 +162,8 @@ class Starter:
 
                 record["veth"] = self.veth
                 record["mac"] = network.container_mac(self.config["ipv4"])
+            if not self.cgroup_delegated:  # a delegated cgroup's join leaf is the container's to remove
+                record["enter"] = entry_facts(exec_entry(self.store, self.cid, record, self.config))
             self.holds.close()
             atomic_write_json(runtime_file(self.store, self.cid), record, mode=0o600)
             if getattr(self, "nat_warning", None):
@@ -441,11 +444,8 @@ def storage_folder(cdir: Path) -> Path:
 # Kiwi itself never joins a container: kiwi-exec (cffi_build/exec.c), started
 # from a sealed memfd, joins the cgroup and the namespaces, forks the command
 # into the PID namespace, confines it and executes it. The container therefore
-# never sees a process whose /proc/<pid>/exe is a host file.
-
-# kiwi-exec joins them in this order: a user namespace first, the mount namespace last.
-NAMESPACES = ["user", "cgroup", "ipc", "uts", "net", "pid", "time", "mnt"]
-HELPER_FD_BASE = 64  # spawn moves the helper's fds above this before placing them
+# never sees a process whose /proc/<pid>/exe is a host file. The entering itself
+# is enter.py's, which the everyday attach (quickattach.py) reaches without this module.
 
 
 def running_record(store: Store, cid: str) -> dict:
@@ -453,47 +453,6 @@ def running_record(store: Store, cid: str) -> dict:
     if not record:
         raise KiwiError(f"container {cid} is not running")
     return record
-
-
-def open_namespaces(pid: int, include_net: bool) -> list[int]:
-    fds = []
-    try:
-        for ns in NAMESPACES:
-            if ns == "net" and not include_net:
-                continue
-            try:
-                fd = os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                if ns == "time":
-                    continue  # a kernel without time namespaces
-                raise
-            fds.append(fd)
-            if ns in ("user", "time") and os.fstat(fd).st_ino == os.stat(f"/proc/self/ns/{ns}").st_ino:
-                fds.pop()  # the host's own: setns into it would fail
-                os.close(fd)
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return fds
-
-
-def container_env(config: dict, shell: str | None, term: str | None) -> dict:
-    from .security import DEFAULT_PATH
-
-    hostname = config.get("name") or config["id"]
-    env = {
-        "PATH": DEFAULT_PATH,
-        "HOME": "/root",
-        "USER": "root",
-        "LOGNAME": "root",
-        "LANG": "C.UTF-8",
-        "HOSTNAME": hostname,
-        "TERM": term or "xterm",
-    }
-    if shell:
-        env["SHELL"] = shell
-    return env
 
 
 def image_exec_defaults(store: Store, config: dict, env: dict) -> list[str]:
@@ -545,8 +504,6 @@ def spawn(
     stdio.py); tty: fds[0] is a PTY slave that becomes its controlling terminal;
     exec_options: an execopts.ExecOptions (attach -e/-w/-u).
     """
-    from . import cgroups, security
-
     record = running_record(store, cid)
     from . import freeze
 
@@ -555,93 +512,44 @@ def spawn(
     config = store.container_config(cid)
     argv, shell = command_of(init_pid, config, argv)
     extra, user_env = exec_options.helper_args(init_pid) if exec_options else ([], {})
-    opened = []
-    try:
-        # The folder the start recorded: no host-wide registry lookup on the exec path.
-        cgroup = cgroups.Cgroup.for_container(cid, record.get("folder") or store.folder_id())
-        cgroup_fds = cgroup.open_procs_files()
-        opened += cgroup_fds
-        ns_fds = open_namespaces(init_pid, config.get("network", "separate") != "host")
-        opened += ns_fds
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        opened += [err_r, err_w]
-        handler = sysinfo_handler(store, cid)
-        opened += [handler] if handler is not None else []
-        program = seccomp_pipe(security.seccomp_program(notify_sysinfo=handler is not None))
-        opened.append(program)
-        memfd = security.helper_memfd(security.EXEC_NAME)
-        opened.append(memfd)
-        # kiwi-exec's fds: 0-2 stdio, 3 error pipe, 4 seccomp, then cgroups, namespaces, handler.
-        layout = [*fds, err_w, program, *cgroup_fds, *ns_fds]
-        options = ["-k", f"{security.capability_mask(security.KEPT_CAPABILITIES):x}"]
-        options += [f"-c{5 + i}" for i in range(len(cgroup_fds))]
-        options += [f"-n{5 + len(cgroup_fds) + i}" for i in range(len(ns_fds))]
-        if handler is not None:
-            options += [f"-s{len(layout)}"]
-            layout.append(handler)
-        options += ["-t"] if tty else []
-        env = container_env(config, shell, term)
-        # The image's defaults first: kiwi-exec takes the last -w, and attach -e wins over image Env.
-        options += image_exec_defaults(store, config, env)
-        pid = spawn_helper(
-            memfd, layout, [security.EXEC_NAME, *options, *extra, "--", *argv], {**env, **user_env}
-        )
-        opened.remove(err_w)
-        os.close(err_w)
-        message = read_to_end(err_r).decode(errors="replace")
-    finally:
-        for fd in opened:
-            os.close(fd)
-    if message:
-        status = wait_exit_code(pid)
-        error = KiwiError(message.strip().splitlines()[-1])
-        error.exit_code = status if status in (EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND) else EXIT_ERROR
-        raise error
-    return pid
+    env = container_env(config, shell, term)
+    # The image's defaults first: kiwi-exec takes the last -w, and attach -e wins over image Env.
+    options = image_exec_defaults(store, config, env) + extra
+    entry = exec_entry(store, cid, record, config)
+    return enter_container(entry, init_pid, argv, {**env, **user_env}, options, fds, tty)
 
 
-def sysinfo_handler(store: Store, cid: str) -> int | None:
-    """A connection to the container's sysinfo handler (kiwi-exec sends it the seccomp
-    listener), or None: no limits server, or it was killed (host figures then)."""
-    from .lxfs import connect_handler
+def exec_entry(store: Store, cid: str, record: dict, config: dict) -> Entry:
+    """How kiwi-exec enters this start of the container (enter.Entry)."""
+    from . import cgroups, security
+    from .lxfs import SOCKET
 
-    return connect_handler(store.runtime_dir(cid))
+    # The folder the start recorded: no host-wide registry lookup on the exec path.
+    cgroup = cgroups.Cgroup.for_container(cid, record.get("folder") or store.folder_id())
+    return Entry(
+        cgroup.procs_paths(),
+        config.get("network", "separate") != "host",
+        str(store.runtime_dir(cid) / SOCKET),
+        lambda notify: security.seccomp_program(notify_sysinfo=notify),
+        f"{security.capability_mask(security.KEPT_CAPABILITIES):x}",
+        str(security.helper_binary_path(security.EXEC_NAME)),
+    )
 
 
-def seccomp_pipe(program: bytes) -> int:
-    """A pipe holding the filter (far below a pipe's capacity); returns its read end."""
-    r, w = os.pipe2(os.O_CLOEXEC)
-    try:
-        os.write(w, program)
-    finally:
-        os.close(w)
-    return r
+def entry_facts(entry: Entry) -> dict:
+    """An Entry as the start records it in runtime.json, for quickattach.py: all but the
+    helper's file (the attaching kiwi's own), both seccomp programs in hex."""
+    from .cli import version_text
 
-
-def spawn_helper(memfd: int, layout: list[int], argv: list[str], env: dict) -> int:
-    """posix_spawn the sealed helper with layout[i] as its fd i (nothing else is inherited).
-
-    Its /proc/self/exe is the memfd, never a host file. The fds are first moved
-    above every target, so no placement overwrites a source still to be placed, nor
-    the memfd itself (it is executed after the placements)."""
-    import fcntl
-
-    high = []
-    try:
-        for fd in [memfd, *layout]:
-            high.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, HELPER_FD_BASE))
-        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(high[1:])]
-        return os.posix_spawn(
-            f"/proc/self/fd/{high[0]}",
-            argv,
-            env,
-            file_actions=actions,
-            setsigmask=(),
-            setsigdef=signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP},
-        )
-    finally:
-        for fd in high:
-            os.close(fd)
+    return {
+        "kiwi": version_text(),
+        "procs": entry.procs,
+        "own_net": entry.own_net,
+        "handler_socket": entry.handler_socket,
+        "seccomp": entry.program(False).hex(),
+        "seccomp_sysinfo": entry.program(True).hex(),
+        "caps": entry.caps,
+    }
 
 
 def run_attached(store: Store, cid: str, argv: list[str] | None, exec_options=None) -> int:

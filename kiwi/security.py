@@ -38,9 +38,7 @@ import sys
 from pathlib import Path
 
 from kiwi import syscalls as sc
-
-# The PATH of a container's init and of every command run in it.
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+from kiwi.enter import DEFAULT_PATH  # the PATH of an init and of every command in it
 
 # -- capabilities ---------------------------------------------------------
 
@@ -690,32 +688,10 @@ def helper_binary_path(name: str) -> Path:
 
 
 def helper_memfd(name: str) -> int:
-    """A sealed, close-on-exec memfd holding a static helper.
+    """A sealed, close-on-exec memfd holding a static helper (enter.sealed_copy)."""
+    from kiwi.enter import sealed_copy
 
-    Executing from the memfd means nothing in the container ever sees or can
-    rewrite a host file of Kiwi (the runc CVE-2019-5736 class of attack): the
-    /proc/<pid>/exe of the helper is the memfd, and its seals refuse writes.
-    """
-    with open(helper_binary_path(name), "rb") as binary:
-        fd = sc.memfd_create(name, sc.MFD_CLOEXEC | sc.MFD_ALLOW_SEALING)
-        try:
-            copy_file(binary.fileno(), fd)
-            sc.add_seals(fd, sc.F_SEAL_SEAL | sc.F_SEAL_SHRINK | sc.F_SEAL_GROW | sc.F_SEAL_WRITE)
-        except BaseException:
-            os.close(fd)
-            raise
-    return fd
-
-
-def copy_file(src: int, dst: int) -> None:
-    """All of src to dst inside the kernel (sendfile): a helper is copied on every attach."""
-    size = os.fstat(src).st_size
-    done = 0
-    while done < size:
-        sent = os.sendfile(dst, src, done, size - done)
-        if sent == 0:
-            raise OSError(errno.EIO, f"the helper binary shrank while it was copied (fd {src})")
-        done += sent
+    return sealed_copy(str(helper_binary_path(name)), name)
 
 
 def init_binary_path() -> Path:

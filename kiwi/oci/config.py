@@ -22,7 +22,11 @@ def image_config(store, config: dict) -> dict:
 
 def exec_defaults(store, config: dict, env: dict) -> list[str]:
     """Add the image's Env to env; returns kiwi-exec options (its WorkingDir)."""
-    image = image_config(store, config)
+    return image_exec_defaults(image_config(store, config), env)
+
+
+def image_exec_defaults(image: dict, env: dict) -> list[str]:
+    """exec_defaults of an image config already read (quickattach reads it with os alone)."""
     for item in image.get("Env") or []:
         key, eq, value = item.partition("=")
         if eq and key and key not in KIWI_OWNED and "\0" not in item:

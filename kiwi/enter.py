@@ -1,0 +1,219 @@
+"""Entering a running container: kiwi-exec, started from a sealed memfd, joins the
+container's cgroups and namespaces, confines itself and executes the command.
+
+With os, fcntl and signal alone (no json, pathlib, re or the cffi module): both
+runtime.spawn and the everyday `kiwi attach c -- cmd` (quickattach.py) enter
+through enter_container, whose imports are a third of a warm attach (issue 20).
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import EXIT_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, KiwiError
+from .proc import read_to_end, wait_exit_code
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# kiwi-exec joins them in this order: a user namespace first, the mount namespace last.
+NAMESPACES = ["user", "cgroup", "ipc", "uts", "net", "pid", "time", "mnt"]
+HELPER_FD_BASE = 64  # spawn_helper moves the helper's fds above this before placing them
+
+
+class Entry:
+    """What enter_container needs of a container start: its cgroup.procs files, whether
+    it has its own network namespace, the sysinfo handler's socket, the seccomp
+    program (a function of whether the handler answers), kiwi-exec's capability mask
+    (hex), and kiwi-exec's own file."""
+
+    def __init__(self, procs, own_net, handler_socket, program, caps, helper):
+        self.procs, self.own_net, self.handler_socket = procs, own_net, handler_socket
+        self.program, self.caps, self.helper = program, caps, helper
+
+
+def enter_container(
+    entry: Entry, init_pid: int, argv: list[str], env: dict, options: list[str], fds, tty: bool
+) -> int:
+    """Start kiwi-exec to run argv in the container of init_pid; returns its pid (our
+    child) once the command runs, or raises what kiwi-exec reported. options: kiwi-exec's
+    own beyond the fds (-w, -u...), env: the command's whole environment."""
+    opened: list[int] = []
+    try:
+        cgroup_fds = open_procs_files(entry.procs)
+        opened += cgroup_fds
+        ns_fds = open_namespaces(init_pid, entry.own_net)
+        opened += ns_fds
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        opened += [err_r, err_w]
+        handler = connect_unix(entry.handler_socket) if entry.handler_socket else None
+        opened += [handler] if handler is not None else []
+        program = seccomp_pipe(entry.program(handler is not None))
+        opened.append(program)
+        memfd = sealed_copy(entry.helper, os.path.basename(entry.helper))
+        opened.append(memfd)
+        # kiwi-exec's fds: 0-2 stdio, 3 error pipe, 4 seccomp, then cgroups, namespaces, handler.
+        layout = [*fds, err_w, program, *cgroup_fds, *ns_fds]
+        head = ["-k", entry.caps]
+        head += [f"-c{5 + i}" for i in range(len(cgroup_fds))]
+        head += [f"-n{5 + len(cgroup_fds) + i}" for i in range(len(ns_fds))]
+        if handler is not None:
+            head += [f"-s{len(layout)}"]
+            layout.append(handler)
+        head += ["-t"] if tty else []
+        pid = spawn_helper(memfd, layout, [os.path.basename(entry.helper), *head, *options, "--", *argv], env)
+        opened.remove(err_w)
+        os.close(err_w)
+        message = read_to_end(err_r).decode(errors="replace")
+    finally:
+        for fd in opened:
+            os.close(fd)
+    if message:
+        status = wait_exit_code(pid)
+        error = KiwiError(message.strip().splitlines()[-1])
+        error.exit_code = status if status in (EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND) else EXIT_ERROR
+        raise error
+    return pid
+
+
+def open_procs_files(paths: list[str]) -> list[int]:
+    """The container's cgroup.procs files, open for writing: kiwi-exec writes "0" to each
+    (it joins; nothing of the host side needs to be in the container's cgroup)."""
+    fds: list[int] = []
+    try:
+        for path in paths:
+            fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        raise KiwiError(
+            f"cannot open the container's cgroup {os.path.dirname(path)}: {exc.strerror}"
+        ) from exc
+    return fds
+
+
+def open_namespaces(pid: int, include_net: bool) -> list[int]:
+    fds = []
+    try:
+        for ns in NAMESPACES:
+            if ns == "net" and not include_net:
+                continue
+            try:
+                fd = os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                if ns == "time":
+                    continue  # a kernel without time namespaces
+                raise
+            fds.append(fd)
+            if ns in ("user", "time") and os.fstat(fd).st_ino == os.stat(f"/proc/self/ns/{ns}").st_ino:
+                fds.pop()  # the host's own: setns into it would fail
+                os.close(fd)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+def container_env(config: dict, shell: str | None, term: str | None) -> dict:
+    hostname = config.get("name") or config["id"]
+    env = {
+        "PATH": DEFAULT_PATH,
+        "HOME": "/root",
+        "USER": "root",
+        "LOGNAME": "root",
+        "LANG": "C.UTF-8",
+        "HOSTNAME": hostname,
+        "TERM": term or "xterm",
+    }
+    if shell:
+        env["SHELL"] = shell
+    return env
+
+
+def connect_unix(path: str) -> int | None:
+    """A connection to a Unix stream socket (close-on-exec, non-blocking), or None when
+    nobody listens there. _socket, not socket: its enums cost more than an attach's work."""
+    import _socket
+
+    client = _socket.socket(
+        _socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC | _socket.SOCK_NONBLOCK
+    )
+    try:
+        client.connect(path)
+    except OSError:
+        client.close()
+        return None
+    return client.detach()
+
+
+def seccomp_pipe(program: bytes) -> int:
+    """A pipe holding the filter (far below a pipe's capacity); returns its read end."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        os.write(w, program)
+    finally:
+        os.close(w)
+    return r
+
+
+def sealed_copy(path: str, name: str) -> int:
+    """A sealed, close-on-exec memfd holding the file at path (a static helper).
+
+    Executing from the memfd means nothing in the container ever sees or can
+    rewrite a host file of Kiwi (the runc CVE-2019-5736 class of attack): the
+    /proc/<pid>/exe of the helper is the memfd, and its seals refuse writes.
+    """
+    import fcntl
+
+    src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            copy_file(src, fd)
+            seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+        except BaseException:
+            os.close(fd)
+            raise
+    finally:
+        os.close(src)
+    return fd
+
+
+def copy_file(src: int, dst: int) -> None:
+    """All of src to dst inside the kernel (sendfile): a helper is copied on every attach."""
+    import errno
+
+    size = os.fstat(src).st_size
+    done = 0
+    while done < size:
+        sent = os.sendfile(dst, src, done, size - done)
+        if sent == 0:
+            raise OSError(errno.EIO, f"the helper binary shrank while it was copied (fd {src})")
+        done += sent
+
+
+def spawn_helper(memfd: int, layout: list[int], argv: list[str], env: dict) -> int:
+    """posix_spawn the sealed helper with layout[i] as its fd i (nothing else is inherited).
+
+    Its /proc/self/exe is the memfd, never a host file. The fds are first moved
+    above every target, so no placement overwrites a source still to be placed, nor
+    the memfd itself (it is executed after the placements)."""
+    import fcntl
+    import signal
+
+    high = []
+    try:
+        for fd in [memfd, *layout]:
+            high.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, HELPER_FD_BASE))
+        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(high[1:])]
+        return os.posix_spawn(
+            f"/proc/self/fd/{high[0]}",
+            argv,
+            env,
+            file_actions=actions,
+            setsigmask=(),
+            setsigdef=signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP},
+        )
+    finally:
+        for fd in high:
+            os.close(fd)

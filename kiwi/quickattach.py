@@ -1,0 +1,154 @@
+"""The everyday `kiwi attach c [-e/-w/-u V]... -- cmd`: a command in a running
+container, the hot path of scripts (issue 20).
+
+Read with os alone: listing.py's readers of the data folder and its records, and
+what the container's start recorded in runtime.json for entering it
+(runtime.entry_facts: its cgroup.procs files, both seccomp programs, kiwi-exec's
+capabilities) instead of the cgroup mounts, the seccomp compiler, the cffi
+module, the Store, json and pathlib, whose imports were two thirds of an attach.
+runtime.json is host root's (mode 0600, in a folder only root reads, written
+whole by the start): nothing in the container can write it, and its facts are
+those of the start whose init is checked alive. Anything else (not root, a
+stopped, frozen or mounted container, a record of another Kiwi build or
+without the facts, a name or prefix only the Store answers) raises
+listing.Unusual before anything starts, and commands.cmd_attach answers as
+it always did.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .listing import (
+    HEX,
+    ID_LEN,
+    RunningState,
+    Unusual,
+    check_layout,
+    container_ids,
+    data_root,
+    read_record,
+    refuse_go_data,
+)
+
+EXEC_NAME = "kiwi-exec"  # security.EXEC_NAME
+CGROUP_ROOT = "/sys/fs/cgroup/"
+
+
+def prepare(args):
+    """cmd_attach's `kiwi attach c -- cmd`, read and checked: a function that runs it and
+    returns its exit status. Unusual (or an OSError: a container stopped or deleted
+    meanwhile) when cmd_attach must answer; nothing has started then."""
+    if os.geteuid() != 0 or args.old or args.session or not args.cmd or not args.cmd[0]:
+        raise Unusual("cmd_attach answers these")
+    from . import execopts
+
+    options = execopts.from_args(args)
+    root = data_root()
+    check_layout(root)
+    refuse_go_data(root)
+    cid = resolve(root, args.container)
+    record = RunningState(root)(cid)["record"]
+    check_private(f"{root}/mounts/{cid}/runtime.json")
+    entry, init_pid = entry_of(record), record["init_pid"]
+    config = read_record(f"{root}/containers/{cid}/config.json")
+    if config.get("id") != cid:
+        raise Unusual(f"{cid}'s config names another id")
+    image = image_config(root, config)
+    return lambda: run(entry, init_pid, config, image, args.cmd, options)
+
+
+def check_private(path: str) -> None:
+    """The record is host root's and nobody else's to write (the start makes it so)."""
+    st = os.lstat(path)
+    if st.st_uid != 0 or st.st_mode & 0o170022 != 0o100000:
+        raise Unusual(f"{path} is not root's private file: runtime.spawn does not read it")
+
+
+def resolve(root: str, ref: str) -> str:
+    """Store.resolve_container's id, name or unique id prefix; Unusual for its errors."""
+    ids = container_ids(root)
+    if ref in ids:
+        return ref
+    for cid in ids:
+        try:
+            if read_record(f"{root}/containers/{cid}/config.json").get("name") == ref:
+                return cid
+        except FileNotFoundError:
+            continue
+    is_prefix = 0 < len(ref) <= ID_LEN and not ref.strip(HEX)
+    matches = [cid for cid in ids if cid.startswith(ref)] if is_prefix else []
+    if len(matches) != 1:
+        raise Unusual("no such container, or an ambiguous prefix: Store.resolve_container says so")
+    return matches[0]
+
+
+def entry_of(record: dict):
+    """The enter.Entry the start recorded, checked; Unusual when missing, damaged or
+    another build's (its seccomp program may differ from this one's)."""
+    from .cli import version_text
+    from .enter import Entry
+
+    facts = record.get("enter")
+    if not isinstance(facts, dict) or facts.get("kiwi") != version_text():
+        raise Unusual("a start by another Kiwi build: runtime.spawn computes the entry")
+    procs, own_net, socket, caps = (facts.get(key) for key in ("procs", "own_net", "handler_socket", "caps"))
+    if not (
+        isinstance(procs, list)
+        and all(
+            isinstance(p, str)
+            and p.startswith(CGROUP_ROOT)
+            and p.endswith("/cgroup.procs")
+            and "/../" not in p
+            for p in procs
+        )
+        and isinstance(own_net, bool)
+        and isinstance(socket, str)
+        and isinstance(caps, str)
+        and bool(caps)
+        and not caps.strip(HEX)
+    ):
+        raise Unusual("damaged entry facts")
+    try:
+        programs = [bytes.fromhex(facts["seccomp"]), bytes.fromhex(facts["seccomp_sysinfo"])]
+    except (KeyError, TypeError, ValueError):
+        raise Unusual("damaged seccomp programs") from None
+    helper = os.path.join(
+        os.path.dirname(os.path.realpath(__file__)), EXEC_NAME
+    )  # security.helper_binary_path
+    if not os.path.isfile(helper):
+        raise Unusual("kiwi-exec elsewhere: security.helper_binary_path finds it")
+    return Entry(procs, own_net, socket, programs.__getitem__, caps, helper)
+
+
+def image_config(root: str, config: dict) -> dict:
+    """oci.config.image_config: the image's kept config, {} for images without one."""
+    name = config.get("image")
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise Unusual("an odd image name: Store.image_dir says so")
+    try:
+        found = read_record(f"{root}/images/{name}/image.json").get("config")
+    except OSError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def run(entry, init_pid: int, config: dict, image: dict, argv: list[str], options) -> int:
+    """runtime.run_attached: argv with this process's stdio, relayed; its exit status."""
+    from . import stdio
+    from .enter import container_env, enter_container
+    from .oci.config import image_exec_defaults
+
+    with stdio.Relay(init_pid, options.user is not None) as relay:
+        extra, user_env = options.helper_args(init_pid)
+        env = container_env(config, config.get("shell") or None, relay.term)
+        # The image's defaults first: kiwi-exec takes the last -w, and attach -e wins over image Env.
+        exec_options = image_exec_defaults(image, env) + extra
+        pid = enter_container(
+            entry, init_pid, argv, {**env, **user_env}, exec_options, relay.child_fds, relay.pty
+        )
+        relay.started()
+        import gc
+
+        gc.enable()  # the relay may last hours (an interactive shell)
+        return relay.run(pid)
