@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import __version__
+from . import version_text
 from .argtools import HIDDEN_ALIASES, did_you_mean, subcommands
 from .errors import (
     EXIT_ERROR,
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 PROG = "kiwi"
 # build.sh writes this file into the frozen bundle beside the kiwi package:
 # "commit <hash>, built <UTC time>, linux-<arch>".
-BUILD_INFO = "build-info"
 
 # Commands that work without root where the files allow it ('terminal'
 # re-runs itself through sudo).
@@ -48,16 +47,6 @@ STOP_GRACE = 10
 
 # docker exec's -i/-t: Kiwi gives a command a terminal when it has one anyway.
 EXEC_IGNORED = {"-i", "-t", "-it", "-ti", "--interactive", "--tty"}
-
-
-def version_text() -> str:
-    """'kiwi 0.1.0 (commit c9c6e4a, built 2026-12-01T19:05Z, linux-amd64)'; a source checkout says so."""
-    try:
-        with open(os.path.join(os.path.dirname(__file__), BUILD_INFO), encoding="utf-8") as f:
-            built = f.read().strip()
-    except OSError:
-        built = f"source checkout, {os.uname().machine}"
-    return f"{PROG} {__version__} ({built})"
 
 
 class UsageError(KiwiError):

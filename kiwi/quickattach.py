@@ -86,7 +86,7 @@ def resolve(root: str, ref: str) -> str:
 def entry_of(record: dict):
     """The enter.Entry the start recorded, checked; Unusual when missing, damaged or
     another build's (its seccomp program may differ from this one's)."""
-    from .cli import version_text
+    from . import version_text
     from .enter import Entry
 
     facts = record.get("enter")

@@ -539,7 +539,7 @@ def exec_entry(store: Store, cid: str, record: dict, config: dict) -> Entry:
 def entry_facts(entry: Entry) -> dict:
     """An Entry as the start records it in runtime.json, for quickattach.py: all but the
     helper's file (the attaching kiwi's own), both seccomp programs in hex."""
-    from .cli import version_text
+    from . import version_text
 
     return {
         "kiwi": version_text(),

@@ -14,8 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kiwi import freeze, listing, proc, quickattach
-from kiwi.cli import version_text
+from kiwi import freeze, listing, proc, quickattach, version_text
 from kiwi.store import Store
 
 CID, OTHER = "abcdef000001", "abcdef000002"
