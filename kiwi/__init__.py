@@ -8,6 +8,8 @@ def version_text() -> str:
     says so. Here, not in cli.py: the start records it and the quick attach compares it."""
     import os
 
+    # build.sh writes build-info into the frozen bundle beside the kiwi package:
+    # "commit <hash>, built <UTC time>, linux-<arch>".
     try:
         with open(os.path.join(os.path.dirname(__file__), "build-info"), encoding="utf-8") as f:
             built = f.read().strip()

@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     import argparse
 
 PROG = "kiwi"
-# build.sh writes this file into the frozen bundle beside the kiwi package:
-# "commit <hash>, built <UTC time>, linux-<arch>".
 
 # Commands that work without root where the files allow it ('terminal'
 # re-runs itself through sudo).
