@@ -702,7 +702,8 @@ def test_last_stop_keeps_the_network_for_what_still_runs_in_its_grace_period(kiw
     start(kiwi, cid)
     ip = kiwi.out("ip", cid)
     with host_server(gateway(kiwi), "host") as server:
-        farewell = f"nc -w 5 {gateway(kiwi)} {server.server_address[1]} </dev/null"
+        # A second into the grace period: long after the init could have taken the bridge away.
+        farewell = f"sleep 1; nc -w 5 {gateway(kiwi)} {server.server_address[1]} </dev/null"
         serve_in(kiwi, cid, f"sh -c \"trap '{farewell}; exit 0' TERM; while :; do sleep 0.1; done\"")
         wait_for(lambda: "sleep 0.1" in kiwi.out("attach", cid, "--", "ps"), "the farewell script")
         kiwi("stop", cid, "--time", "10")
