@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from test_limits import cgroup_of  # this process computes the cgroup paths of the kiwi under test
@@ -470,8 +471,12 @@ def test_killed_stop_leaves_nothing_cleanup_does_not_remove(kiwi, busybox):
     stopped_by_kill = 0
     for after in (0.02, 0.05, 0.08, 0.11, 0.14, 0.17, 0.2, 0.25, 0.3, 0.4):
         kiwi("attach", cid, "--", "true")
-        veth = json.loads((kiwi.root / "mounts" / cid / "runtime.json").read_text())["veth"]
+        record = json.loads((kiwi.root / "mounts" / cid / "runtime.json").read_text())
+        veth, init = record["veth"], Path(f"/proc/{record['init_pid']}")
         signal_midway(kiwi, ["stop", cid], after, signal.SIGKILL)
+        deadline = time.monotonic() + 10  # a stop killed after its SIGTERM: the init exits on its own
+        while init.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         kiwi("cleanup")
         if kiwi.json("list", "containers")[0]["status"] == "stopped":
             stopped_by_kill += 1
