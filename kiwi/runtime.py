@@ -710,14 +710,20 @@ def stop(store: Store, cid: str, stop_sessions: Callable[[Store, str], None], gr
                 os.kill(pid, signal.SIGTERM)
             if idle:
                 early = EarlyBridgeRelease(store, cid)
-            load_teardown()
-            if not wait_for_exit(pid, start_time, grace):
-                cgroup = container_cgroup(store, cid)
-                if not cgroup.foreign():
-                    cgroup.kill_all()
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                wait_for_exit(pid, start_time, 5)
+            try:
+                load_teardown()
+                if not wait_for_exit(pid, start_time, grace):
+                    cgroup = container_cgroup(store, cid)
+                    if not cgroup.foreign():
+                        cgroup.kill_all()
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    wait_for_exit(pid, start_time, 5)
+            except BaseException:
+                if early is not None:  # not cut short at exit: that could leave the NAT without its bridge
+                    with contextlib.suppress(Exception):
+                        early.wait()
+                raise
         failures = teardown(store, cid, early=early)
         if failures:
             state = "stopped" if record else "is not running"
