@@ -26,6 +26,7 @@ import contextlib
 import os
 
 from . import syscalls as sc
+from .runstate import SYSINFO_SOCKET as SOCKET
 
 NAME = "kiwi-lxfs"
 # The server's file -> the path it covers beneath the container's root.
@@ -39,7 +40,6 @@ FILES = (
     ("swaps", "proc/swaps"),
 )
 ACTIVE = "active"
-SOCKET = "sysinfo.sock"  # in the runtime folder: where kiwi-exec reaches the sysinfo handler
 
 
 # --- in the container's PID 1, before its root is sealed ------------------------------

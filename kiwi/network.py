@@ -208,11 +208,11 @@ def bridge_in_use():
     return flock(bridge_lock_path(bridge_name()), shared=True)
 
 
-def remove_bridge_if_unused() -> list[str]:
+def remove_bridge_if_unused(leaving: str | None = None) -> list[str]:
     """Remove the bridge, NAT and filter tables when no container of any folder uses
-    them: none of its ports left and no start under way. Only a bridge Kiwi made; its
-    tables also when the bridge is gone (a stop or cleanup killed between the two) or
-    is another program's that no Kiwi container is on."""
+    them: none of its ports left (but `leaving`, a veth about to go) and no start under
+    way. Only a bridge Kiwi made; its tables also when the bridge is gone (a stop or
+    cleanup killed between the two) or is another program's that no Kiwi container is on."""
     from kiwi.store import flock
 
     bridge = bridge_name()
@@ -222,7 +222,11 @@ def remove_bridge_if_unused() -> list[str]:
                 link = netlink.get_link(nl, bridge)
                 if link is None:
                     return remove_own_tables(bridge, f"its bridge {bridge} was gone")
-                ports = [port for port in netlink.get_links(nl) if port.master == link.index]
+                ports = [
+                    port
+                    for port in netlink.get_links(nl)
+                    if port.master == link.index and port.name != leaving
+                ]
                 if not kiwi_made(link):
                     if any((port.alias or "").startswith(OWNER_ALIAS_PREFIX) for port in ports):
                         return []
@@ -344,16 +348,27 @@ def detach_container(cid: str, folder_id: str) -> None:
     delete_own_veth(cid, folder_id)
 
 
-def release_container(cid: str, folder_id: str) -> None:
+def release_container(cid: str, folder_id: str, bridge_released: bool = False) -> None:
     """detach_container, then remove_bridge_if_unused, with one nft transaction less on the
-    last stop: the bridge's table takes the veth's chain and map element with it."""
+    last stop: the bridge's table takes the veth's chain and map element with it.
+    bridge_released: release_bridge_early removed them already."""
     delete_own_veth(cid, folder_id)
+    if bridge_released:
+        return
     released = []
     try:
         released = remove_bridge_if_unused()
     finally:
         if not released:
             forget_port(bridge_name(), veth_name(cid, folder_id))
+
+
+def release_bridge_early(cid: str, folder_id: str) -> bool:
+    """remove_bridge_if_unused while the container's init is still exiting, its veth
+    still on the bridge: True when they are gone. Only for a container where nothing
+    could use the network any more (runtime.stop checks). The bridge's deletion waits
+    ~40 ms in the kernel, which then overlaps the init's exit (issue 20)."""
+    return bool(remove_bridge_if_unused(leaving=veth_name(cid, folder_id)))
 
 
 def delete_own_veth(cid: str, folder_id: str) -> None:

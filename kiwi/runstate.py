@@ -17,6 +17,10 @@ from .store import Store, read_json
 
 # --- runtime records ------------------------------------------------------------
 
+# In the runtime folder: where kiwi-exec reaches the sysinfo handler (lxfs.py). Here, so
+# that a stop removes it without importing lxfs and the syscall module (issue 20).
+SYSINFO_SOCKET = "sysinfo.sock"
+
 
 def runtime_file(store: Store, cid: str) -> Path:
     return store.runtime_dir(cid) / "runtime.json"

@@ -20,7 +20,7 @@ from pathlib import Path
 from .enter import Entry, container_env, enter_container, spawn_helper
 from .errors import KiwiError
 from .proc import Background, process_start_time
-from .runstate import container_cgroup, mount_file, read_mount, read_runtime, runtime_file
+from .runstate import SYSINFO_SOCKET, container_cgroup, mount_file, read_mount, read_runtime, runtime_file
 from .store import Store, atomic_write_json
 
 SHELLS = [
@@ -613,23 +613,78 @@ def stop(store: Store, cid: str, stop_sessions: Callable[[Store, str], None], gr
             freeze.thaw_unleased(store, cid)  # a frozen init never sees its SIGTERM
         with contextlib.suppress(KiwiError, OSError):
             stop_sessions(store, cid)
+        early = None
         if record:
             pid, start_time = record["init_pid"], record["init_start_time"]
+            idle = record.get("veth") and is_idle(store, cid, pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            load_teardown()
-            if not wait_for_exit(pid, start_time, grace):
-                cgroup = container_cgroup(store, cid)
-                if not cgroup.foreign():
-                    cgroup.kill_all()
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                wait_for_exit(pid, start_time, 5)
-        failures = teardown(store, cid)
+            if idle:
+                early = EarlyBridgeRelease(store, cid)
+            try:
+                load_teardown()
+                if not wait_for_exit(pid, start_time, grace):
+                    cgroup = container_cgroup(store, cid)
+                    if not cgroup.foreign():
+                        cgroup.kill_all()
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    wait_for_exit(pid, start_time, 5)
+            except BaseException:
+                if early is not None:  # not cut short at exit: that could leave the NAT without its bridge
+                    with contextlib.suppress(Exception):
+                        early.wait()
+                raise
+        failures = teardown(store, cid, early=early)
         if failures:
             state = "stopped" if record else "is not running"
             raise KiwiError(f"container {cid} {state}, but {'; '.join(failures)}; run 'kiwi cleanup'")
         return record is not None
+
+
+# What runs in a container's cgroup besides its init without being the container's own:
+# the limits server (lxfs.c) and its sysinfo handler.
+KIWI_HELPERS = ("kiwi-lxfs", "kiwi-sysinfo")
+
+
+def is_idle(store: Store, cid: str, init_pid: int) -> bool:
+    """Nothing but the init and Kiwi's helpers runs in the container: nothing there
+    could still use the network during a stop's grace period. A process inside that
+    names itself like a helper only loses its own network early."""
+    for pid in container_cgroup(store, cid).pids():
+        if pid != init_pid and process_name(pid) not in KIWI_HELPERS:
+            return False
+    return True
+
+
+def process_name(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().rstrip("\n")
+    except OSError:
+        return None  # gone meanwhile
+
+
+class EarlyBridgeRelease:
+    """network.release_bridge_early in a thread, started with the SIGTERM of an idle
+    container: the bridge's deletion (~40 ms in the kernel) overlaps the init's exit
+    (~25-40 ms, its ext4 unmount) instead of following it (issue 20). The bridge lock
+    it holds meanwhile makes a concurrent start wait, as after the exit."""
+
+    def __init__(self, store: Store, cid: str):
+        self.released = False
+        store.folder_id()  # made (if need be) here, not by two threads at once
+        self.job = Background(self._release, cid, store.folder_id())
+
+    def _release(self, cid: str, folder_id: str) -> None:
+        from . import network
+
+        self.released = network.release_bridge_early(cid, folder_id)
+
+    def wait(self) -> bool:
+        """True when the bridge and NAT are gone; raises what the release raised."""
+        self.job.wait()
+        return self.released
 
 
 def load_teardown() -> None:
@@ -638,7 +693,9 @@ def load_teardown() -> None:
     from . import network  # noqa: F401
 
 
-def teardown(store: Store, cid: str, release_network: bool = True) -> list[str]:
+def teardown(
+    store: Store, cid: str, release_network: bool = True, early: EarlyBridgeRelease | None = None
+) -> list[str]:
     """Remove what a start set up; safe to call on a partly started or dead container.
     Each step is tried whatever the others did; returns what failed, one line each.
 
@@ -654,7 +711,7 @@ def teardown(store: Store, cid: str, release_network: bool = True) -> list[str]:
         # cgroup and the runtime folder go meanwhile (issue 20).
         with GoingOn(network_failures, f"removing the network device of container {cid}"):
             store.folder_id()  # made (if need be) here, not by two threads at once
-            releasing = Background(teardown_network, store, cid, release_network, network_failures)
+            releasing = Background(teardown_network, store, cid, release_network, network_failures, early)
     else:
         teardown_network(store, cid, release_network, network_failures)
     try:
@@ -667,9 +724,7 @@ def teardown(store: Store, cid: str, release_network: bool = True) -> list[str]:
             os.unlink(runtime_file(store, cid))
         rdir = store.runtime_dir(cid)
         with contextlib.suppress(FileNotFoundError):
-            from .lxfs import SOCKET
-
-            os.unlink(rdir / SOCKET)
+            os.unlink(rdir / SYSINFO_SOCKET)
         for sub in RUNTIME_SUBDIRS:
             with contextlib.suppress(OSError):
                 os.rmdir(rdir / sub)
@@ -682,15 +737,25 @@ def teardown(store: Store, cid: str, release_network: bool = True) -> list[str]:
     return failures + network_failures
 
 
-def teardown_network(store: Store, cid: str, release_network: bool, failures: list[str]) -> None:
+def teardown_network(
+    store: Store,
+    cid: str,
+    release_network: bool,
+    failures: list[str],
+    early: EarlyBridgeRelease | None = None,
+) -> None:
     from .errors import GoingOn
 
+    bridge_released = False
+    if early is not None:
+        with GoingOn(failures, "removing the bridge and its NAT", catch=(Exception,)):
+            bridge_released = early.wait()
     # netlink and nft report in exceptions of their own.
     with GoingOn(failures, f"removing the network device of container {cid}", catch=(Exception,)):
         from . import network
 
         if release_network:
-            network.release_container(cid, store.folder_id())
+            network.release_container(cid, store.folder_id(), bridge_released)
         else:
             network.detach_container(cid, store.folder_id())
 

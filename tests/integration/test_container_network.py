@@ -691,3 +691,23 @@ def test_stop_removes_its_port_filter_and_the_last_stop_the_whole_firewall(kiwi,
     assert not link_exists(bridge)
     assert not {f"inet kiwi-{bridge}", f"bridge kiwi-{bridge}"} & nft_tables()
     assert "nothing to clean up" in kiwi.out("cleanup")
+
+
+def test_last_stop_keeps_the_network_for_what_still_runs_in_its_grace_period(kiwi, busybox):
+    """The last stop on a bridge removes it while the init exits only when nothing but
+    the init runs in the container (issue 20): a process that answers SIGTERM over the
+    network still reaches the host, and the bridge and NAT go after it."""
+    bridge = kiwi.env["KIWI_BRIDGE"]
+    cid = kiwi.create(busybox)
+    start(kiwi, cid)
+    ip = kiwi.out("ip", cid)
+    with host_server(gateway(kiwi), "host") as server:
+        # A second into the grace period: long after the init could have taken the bridge away.
+        farewell = f"sleep 1; nc -w 5 {gateway(kiwi)} {server.server_address[1]} </dev/null"
+        serve_in(kiwi, cid, f"sh -c \"trap '{farewell}; exit 0' TERM; while :; do sleep 0.1; done\"")
+        wait_for(lambda: "sleep 0.1" in kiwi.out("attach", cid, "--", "ps"), "the farewell script")
+        kiwi("stop", cid, "--time", "10")
+        wait_for(lambda: server.peers, "the container's farewell", timeout=5)
+        assert server.peers == [ip]
+    assert not link_exists(bridge)
+    assert not {f"inet kiwi-{bridge}", f"bridge kiwi-{bridge}"} & nft_tables()

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from test_limits import cgroup_of  # this process computes the cgroup paths of the kiwi under test
@@ -449,3 +450,41 @@ def test_storage_column_matches_the_filesystem_after_resizes(kiwi, busybox):
             running,
             df_used,
         )
+
+
+def kiwi_links_and_tables(bridge: str, veth: str) -> list[str]:
+    """What of the network a stop must release: the bridge, its nft tables, the veth."""
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    names = {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()}
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
+    left = [name for name in (bridge, veth) if name in names]
+    return left + [line for line in tables.splitlines() if line.endswith(f"kiwi-{bridge}")]
+
+
+def test_killed_stop_leaves_nothing_cleanup_does_not_remove(kiwi, busybox):
+    """An idle container's last stop removes the bridge and NAT while its init exits
+    (issue 20): killed at any point of it, nothing stays behind once cleanup ran."""
+    from test_runtime import cgroup_dirs_of, loop_devices_of
+
+    bridge = kiwi.env["KIWI_BRIDGE"]
+    cid = kiwi.create(busybox)
+    stopped_by_kill = 0
+    for after in (0.02, 0.05, 0.08, 0.11, 0.14, 0.17, 0.2, 0.25, 0.3, 0.4):
+        kiwi("attach", cid, "--", "true")
+        record = json.loads((kiwi.root / "mounts" / cid / "runtime.json").read_text())
+        veth, init = record["veth"], Path(f"/proc/{record['init_pid']}")
+        signal_midway(kiwi, ["stop", cid], after, signal.SIGKILL)
+        deadline = time.monotonic() + 10  # a stop killed after its SIGTERM: the init exits on its own
+        while init.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kiwi("cleanup")
+        if kiwi.json("list", "containers")[0]["status"] == "stopped":
+            stopped_by_kill += 1
+        else:
+            kiwi("stop", cid, "--time", "1")  # killed before its SIGTERM
+            kiwi("cleanup")
+        assert kiwi_links_and_tables(bridge, veth) == [], after
+        assert cgroup_dirs_of(kiwi) == [], after
+        assert loop_devices_of(kiwi.root) == [], after
+    assert stopped_by_kill >= 2, stopped_by_kill  # kills landed after the SIGTERM
+    assert kiwi.sh(cid, "echo again").stdout == "again\n"
