@@ -170,11 +170,14 @@ def test_limits_inside_at_a_glance(kiwi, busybox):
     # Both servers confined whatever the cgroup version (the handler keeps CAP_SYS_PTRACE)
     found = servers_among(info["pids"])
     assert sorted(found) == sorted(SERVERS)
+    base = (info.get("other_settings", {}).get("idmap") or {}).get("base", 0)
     for name, pid in found.items():
         with open(f"/proc/{pid}/status") as f:
             status = f.read()
         caps = "0000000000080000" if name == "kiwi-sysinfo" else "0000000000000000"
         assert f"\nCapEff:\t{caps}\n" in status and "\nNoNewPrivs:\t1\n" in status, (name, status)
+        uid = base + (65535 if name == "kiwi-sysinfo" else 65534)
+        assert f"\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n" in status, (name, status)
     # A CPU kept busy 11 s (a whole 5-s load sample) while the memory limit changes live
     busy = subprocess.Popen(
         kiwi.cmd + ["attach", cid, "--", "sh", "-c", f"{BUSY_11S}; cat /proc/loadavg /proc/uptime; uptime"],
