@@ -330,7 +330,8 @@ def _outweigh_host_load(group: cgroups.Cgroup) -> None:
         path.write_text(value)
 
 
-def _wait_for(condition, seconds: float = 5.0) -> bool:
+def _wait_for(condition, seconds: float = 60.0) -> bool:
+    # Only a bound for a hang: in the cgroup v2 VM under load, starting sh and python took >5 s.
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:

@@ -16,6 +16,7 @@ import subprocess
 import time
 
 import pexpect
+import pytest
 
 BOTH_MODES = True
 MIB = 1 << 20
@@ -51,8 +52,12 @@ def servers(kiwi, cid: str) -> dict[str, int]:
     """The limits server's processes in the container's cgroup, by name: the FUSE server
     (outside the container's PID namespace) and its sysinfo handler (outside it too when
     unprivileged; in it, not ptraceable, when privileged)."""
+    return servers_among(inspect(kiwi, cid)["pids"])
+
+
+def servers_among(pids: list[int]) -> dict[str, int]:
     found = {}
-    for pid in inspect(kiwi, cid)["pids"]:
+    for pid in pids:
         with open(f"/proc/{pid}/comm") as f:
             name = f.read().strip()
         if name in SERVERS:
@@ -122,6 +127,76 @@ def test_memory_and_cpus_inside(kiwi, busybox):
     # Read-only, whoever asks.
     denied = kiwi.sh(cid, "echo x > /proc/meminfo", check=False)
     assert denied.returncode != 0
+
+
+def sections(text: str) -> list[str]:
+    """A script's outputs separated by lines of "@"."""
+    return text.split("@\n")
+
+
+BUSY_11S = "timeout 11 sh -c 'while :; do :; done'"
+
+
+@pytest.mark.limits
+def test_limits_inside_at_a_glance(kiwi, busybox):
+    """All the container sees of its limits in few commands: the cgroup v2 VM tier runs it
+    (-m limits, tests/vm/test_vm_limits.py), where the server reads memory.max,
+    memory.current, memory.swap.max, cpuset.cpus.effective, cpu.stat and pids.current."""
+    began = time.monotonic()
+    cid = started(kiwi, busybox, "--memory", "96M", "--cpu", "1")
+    info = inspect(kiwi, cid)
+    assert info["limits_inside"] == "active"
+    script = "free -k; for f in meminfo swaps loadavg uptime; do echo @; cat /proc/$f; done; echo @; "
+    script += "uptime; echo @; nproc; grep -c ^processor /proc/cpuinfo; readlink /proc/self/ns/time"
+    free, mem, swaps, loadavg, uptime, busybox_uptime, cpus = sections(kiwi.sh(cid, script).stdout)
+    since_start = time.monotonic() - began
+    total = int(free.split("Mem:")[1].split()[0])  # sysinfo(2), answered by kiwi-sysinfo
+    used, unused = map(int, free.split("Mem:")[1].split()[1:3])
+    assert total == 96 * 1024 and 0 < used < total and 0 < unused < total, free
+    values = {line.split(":")[0]: int(line.split()[1]) for line in mem.splitlines()}
+    assert values["MemTotal"] == 96 * 1024 and 0 < values["MemFree"] <= values["MemAvailable"] < 96 * 1024
+    assert values["SwapTotal"] == values["SwapFree"] == 0, mem  # no swap beyond the limit
+    assert swaps.splitlines() == ["Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority"]
+    # the container's tasks (init, sh, cat, the servers' threads), not the host's
+    match = re.fullmatch(r"\d+\.\d\d \d+\.\d\d \d+\.\d\d (\d+)/(\d+) 0\n", loadavg)
+    assert match and 1 <= int(match[1]) <= int(match[2]) < 20, loadavg
+    # its own uptime (counted from its start, not the host's boot) and time namespace
+    assert 0 <= float(uptime.split()[0]) <= since_start + 1, (uptime, since_start)
+    minutes = re.search(r"up +(\d+) min", busybox_uptime)  # sysinfo(2)'s uptime
+    assert minutes and int(minutes[1]) <= since_start / 60, busybox_uptime
+    nproc, processors, time_ns = cpus.split()
+    assert nproc == processors == "1"
+    assert time_ns != os.readlink("/proc/self/ns/time")
+    # Both servers confined whatever the cgroup version (the handler keeps CAP_SYS_PTRACE)
+    found = servers_among(info["pids"])
+    assert sorted(found) == sorted(SERVERS)
+    base = (info.get("other_settings", {}).get("idmap") or {}).get("base", 0)
+    for name, pid in found.items():
+        with open(f"/proc/{pid}/status") as f:
+            status = f.read()
+        caps = "0000000000080000" if name == "kiwi-sysinfo" else "0000000000000000"
+        assert f"\nCapEff:\t{caps}\n" in status and "\nNoNewPrivs:\t1\n" in status, (name, status)
+        uid = base + (65535 if name == "kiwi-sysinfo" else 65534)
+        assert f"\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n" in status, (name, status)
+    # A CPU kept busy 11 s (a whole 5-s load sample) while the memory limit changes live
+    busy = subprocess.Popen(
+        kiwi.cmd + ["attach", cid, "--", "sh", "-c", f"{BUSY_11S}; cat /proc/loadavg /proc/uptime; uptime"],
+        env=kiwi.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        kiwi("set", cid, "--memory", "128M")
+        free, mem = sections(kiwi.sh(cid, "free -k; echo @; grep MemTotal /proc/meminfo").stdout)
+        assert free.split("Mem:")[1].split()[0] == mem.split()[1] == str(128 * 1024), (free, mem)
+        out, _ = busy.communicate(timeout=120)
+    finally:
+        busy.kill()
+        busy.wait()
+    load1, later = float(out.split()[0]), float(out.splitlines()[1].split()[0])
+    assert 0.01 <= load1 <= 1.0, out
+    assert re.search(r"load average: 0\.(0[1-9]|[1-9][0-9])", out), out  # sysinfo's loads too
+    assert later >= float(uptime.split()[0]) + 11, (uptime, out)
 
 
 def test_no_limits_shows_the_host(kiwi, busybox):

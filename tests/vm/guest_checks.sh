@@ -45,6 +45,10 @@ overlay_on_tmpfs() {
         umount "$dir/merged" && umount "$dir"
 }
 
+fuse_device() {   # kiwi-lxfs mounts a FUSE connection in each container
+    [ -c /dev/fuse ]
+}
+
 unshare_all_namespaces() {
     unshare -m -u -i -n -p -f true
 }
@@ -76,6 +80,7 @@ checkout_writable() {
 check cgroup2 cgroup2_controllers
 check loop_ext4 loop_ext4
 check overlay overlay_on_tmpfs
+check fuse fuse_device
 check unshare unshare_all_namespaces
 check veth_bridge veth_and_bridge
 check reaping orphans_reaped

@@ -12,7 +12,13 @@ from vm_launcher import pytest_in_vm
 
 pytestmark = pytest.mark.vm
 
-INNER_TESTS = ["-m", "limits", "tests/integration/test_limits.py", "tests/integration/test_cgroups.py"]
+INNER_TESTS = [
+    "-m",
+    "limits",
+    "tests/integration/test_limits.py",
+    "tests/integration/test_cgroups.py",
+    "tests/integration/test_limits_inside.py",  # its one v2 test of kiwi-lxfs and kiwi-sysinfo
+]
 
 
 def test_limits_inside_cgroup_v2_vm(test_images):

@@ -55,6 +55,7 @@ def test_exit_status_comes_back(guest_run):
         "cgroup2",
         "loop_ext4",
         "overlay",
+        "fuse",
         "unshare",
         "veth_bridge",
         "reaping",
