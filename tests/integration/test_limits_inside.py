@@ -167,14 +167,14 @@ def test_limits_inside_at_a_glance(kiwi, busybox):
     nproc, processors, time_ns = cpus.split()
     assert nproc == processors == "1"
     assert time_ns != os.readlink("/proc/self/ns/time")
-    # Both servers confined whatever the cgroup version (the handler keeps CAP_SYS_PTRACE)
+    # Both servers confined whatever the cgroup version (the handler keeps CAP_SYS_PTRACE and CAP_DAC_OVERRIDE)
     found = servers_among(info["pids"])
     assert sorted(found) == sorted(SERVERS)
     base = (info.get("other_settings", {}).get("idmap") or {}).get("base", 0)
     for name, pid in found.items():
         with open(f"/proc/{pid}/status") as f:
             status = f.read()
-        caps = "0000000000080000" if name == "kiwi-sysinfo" else "0000000000000000"
+        caps = "0000000000080002" if name == "kiwi-sysinfo" else "0000000000000000"
         assert f"\nCapEff:\t{caps}\n" in status and "\nNoNewPrivs:\t1\n" in status, (name, status)
         uid = base + (65535 if name == "kiwi-sysinfo" else 65534)
         assert f"\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n" in status, (name, status)
