@@ -376,7 +376,7 @@ def cmd_delete(args) -> int:
     from . import containers, runtime
 
     store = Store.open()
-    cid = store.resolve_container(args.container)
+    cid = resolve_container_to_delete(store, args.container)
     config = store.container_config(cid)
     label = f"{cid}" + (f" ({config['name']})" if config.get("name") else "")
     if not args.yes:
@@ -402,6 +402,19 @@ def cmd_delete(args) -> int:
     for line in left:
         warn(f"{line}; run 'kiwi cleanup'")
     return 0
+
+
+def resolve_container_to_delete(store: Store, ref: str) -> str:
+    """The container `kiwi delete REF` means; when REF names no container but an image,
+    the error gives the command that deletes the image instead."""
+    try:
+        return store.resolve_container(ref)
+    except KiwiError:
+        if ref and "/" not in ref and not ref.startswith(".") and (store.images_dir / ref).is_dir():
+            raise KiwiError(
+                f"no container named {ref!r}; to delete the image: kiwi delete image {ref}"
+            ) from None
+        raise
 
 
 def stop_and_unmount(store: Store, cid: str) -> None:

@@ -58,3 +58,14 @@ def test_list_and_delete_exports(kiwi, busybox, tmp_path):
     assert target.read_text() == "keep" and os.path.islink(exports / "evil.kiwi")
     traversal = kiwi("delete", "export", "../../victim", check=False)
     assert traversal.returncode == 1 and target.exists()
+
+
+def test_delete_of_an_image_name_says_how_to_delete_the_image(kiwi, busybox):
+    """`kiwi delete busybox` (an image, no container of that name) is one line that gives
+    the command which deletes the image, and deletes nothing."""
+    done = kiwi("delete", "busybox", "--yes", check=False)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "kiwi delete image busybox" in done.stderr, done.stderr
+    assert [i["name"] for i in kiwi.json("list", "images")] == ["busybox"]
+    other = kiwi("delete", "nothing-here", "--yes", check=False)
+    assert other.returncode == 1 and "kiwi delete image" not in other.stderr, other.stderr
