@@ -131,7 +131,16 @@ def container_env(config: dict, shell: str | None, term: str | None) -> dict:
 
 def connect_unix(path: str) -> int | None:
     """A connection to a Unix stream socket (close-on-exec, non-blocking), or None when
-    nobody listens there. _socket, not socket: its enums cost more than an attach's work."""
+    nobody listens there."""
+    try:
+        return connect_unix_or_raise(path)
+    except OSError:
+        return None
+
+
+def connect_unix_or_raise(path: str) -> int:
+    """connect_unix's connection; raises what the connect met (BlockingIOError: a full
+    backlog). _socket, not socket: its enums cost more than an attach's work."""
     import _socket
 
     client = _socket.socket(
@@ -141,7 +150,7 @@ def connect_unix(path: str) -> int | None:
         client.connect(path)
     except OSError:
         client.close()
-        return None
+        raise
     return client.detach()
 
 

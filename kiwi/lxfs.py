@@ -170,20 +170,6 @@ def listen(rdir) -> int:
         server.close()
 
 
-def connect_to_handler(rdir) -> int:
-    """A connection to the container's sysinfo handler; raises what the connect met (BlockingIOError: its
-    backlog is full, the handler takes none)."""
-    import socket
-
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
-    try:
-        client.connect(os.path.join(rdir, SOCKET))
-    except OSError:
-        client.close()
-        raise
-    return client.detach()
-
-
 def start_server(
     fuse: int, pidns: int, userns: int | None, cgroup, spawn_helper, uid: int, rdir
 ) -> tuple[str, str]:
@@ -245,8 +231,10 @@ def sysinfo_now(recorded: str | None, rdir) -> str | None:
     the listening socket, so a refused connection proves it gone."""
     if recorded != ACTIVE:
         return recorded
+    from .enter import connect_unix_or_raise
+
     try:
-        fd = connect_to_handler(rdir)
+        fd = connect_unix_or_raise(os.path.join(rdir, SOCKET))
     except BlockingIOError:
         return HANDLER_STUCK
     except (ConnectionRefusedError, FileNotFoundError):
