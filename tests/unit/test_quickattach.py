@@ -54,6 +54,12 @@ def root(tmp_path, monkeypatch):
     for cid, name in ((CID, "web"), (OTHER, "db")):
         write_json(root / "containers" / cid / "config.json", {"id": cid, "name": name, "image": "bb"})
     monkeypatch.setenv("KIWI_ROOT", str(root))
+    # kiwi-exec is looked for beside the package, where a build puts it; a clean checkout's
+    # unit tier has none, so the package is stood in for by a folder that has one.
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "kiwi-exec").write_bytes(b"")
+    monkeypatch.setattr(quickattach, "__file__", str(package / "quickattach.py"))
     return root
 
 
@@ -110,11 +116,13 @@ def test_it_enters_with_the_recorded_facts(root):
         "an old session",
         "a managed session",
         "odd image name",
+        "no kiwi-exec beside the package",
     ],
 )
 def test_what_it_leaves_to_cmd_attach(root, case, monkeypatch):
     args, record = attach_args(CID), root / "mounts" / CID / "runtime.json"
     make_running(root, CID)
+    assert callable(quickattach.prepare(attach_args(CID)))  # the case alone sends it away
     if case == "stopped":
         record.unlink()
     elif case == "dead init":
@@ -157,6 +165,8 @@ def test_what_it_leaves_to_cmd_attach(root, case, monkeypatch):
         args.session = True
     elif case == "odd image name":
         write_json(root / "containers" / CID / "config.json", {"id": CID, "name": "web", "image": "../x"})
+    elif case == "no kiwi-exec beside the package":
+        os.unlink(os.path.join(os.path.dirname(quickattach.__file__), "kiwi-exec"))
     with pytest.raises((listing.Unusual, OSError)):
         quickattach.prepare(args)
 
