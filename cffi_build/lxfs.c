@@ -1133,6 +1133,19 @@ static int container_proc(void)
     return mnt;
 }
 
+/* Tell kiwi the handler's pid as the host sees it (getpid is the container's): the host's
+ * /proc is still this mount namespace's. Kiwi records it with its start time, so `inspect`
+ * can tell a handler stopped or frozen from inside from one that answers. */
+static void report_handler_pid(void)
+{
+    char self[32];
+    ssize_t n = readlink("/proc/self", self, sizeof self - 1);
+    if (n > 0) {
+        self[n] = '\0';
+        dprintf(2, "kiwi-lxfs: sysinfo handler pid %s\n", self);
+    }
+}
+
 /* The sysinfo handler (handle_sysinfo) in a process of its own, in the container's PID
  * namespace (the pids it can name are the container's; it ends with the container, its
  * init reaps it) and, unprivileged, its user namespace (CAP_SYS_PTRACE there reaches
@@ -1161,6 +1174,7 @@ static const char *start_handler(const char *join, int argc, char **argv)
                 _exit(1);
             close(FUSE_FD);
             close_namespaces();
+            report_handler_pid();
             dup2(0, 2);
             prctl(PR_SET_NAME, "kiwi-sysinfo", 0, 0, 0);
             /* Root inside sees this process: its command line, not the host's paths. */

@@ -739,6 +739,33 @@ def _events(path: Path) -> dict[str, int]:
     return values
 
 
+def process_frozen(pid: int) -> bool:
+    """pid is in a frozen cgroup (v2 cgroup.events, v1 freezer.state), e.g. one root in a
+    container made to freeze a process of Kiwi's: it runs nothing until thawed. False when
+    that cannot be read (it ended meanwhile, or its cgroup is out of our mounts' reach)."""
+    try:
+        paths = parse_proc_cgroup(_read(f"/proc/{pid}/cgroup"))
+        mounts = _host_mounts()
+    except OSError:
+        return False
+    for mount in _prefer_whole(mounts):
+        v2 = mount.fstype == "cgroup2"
+        key = _UNIFIED if v2 else "freezer" if "freezer" in mount.options else None
+        if key not in paths:
+            continue
+        try:
+            directory = fs_path(mount, paths[key])
+            if v2:
+                frozen = _events(directory / "cgroup.events").get("frozen") == 1
+            else:
+                frozen = _read(directory / "freezer.state").strip() != "THAWED"
+        except (OSError, KiwiError):
+            continue
+        if frozen:
+            return True
+    return False
+
+
 def _subtree(directory: Path) -> list[Path]:
     """directory and every cgroup below it, children before their parents (no recursion:
     a delegated container chooses the depth, bounded by cgroup.max.depth)."""

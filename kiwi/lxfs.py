@@ -172,10 +172,11 @@ def listen(rdir) -> int:
 
 def start_server(
     fuse: int, pidns: int, userns: int | None, cgroup, spawn_helper, uid: int, rdir
-) -> tuple[str, str]:
-    """Start kiwi-lxfs on the connection; returns (files, sysinfo): for each ACTIVE or
-    why not. Its sysinfo handler joins the container's PID namespace and, unprivileged,
-    its user namespace.
+) -> tuple[str, str, list[int] | None]:
+    """Start kiwi-lxfs on the connection; returns (files, sysinfo, handler): for the first
+    two ACTIVE or why not; handler: the sysinfo handler's [pid, start time] (or None), for
+    sysinfo_now. Its sysinfo handler joins the container's PID namespace and,
+    unprivileged, its user namespace.
 
     The helper joins the cgroup (its CPU and memory are the container's, and stop
     kills it with the rest), forks the servers and exits; we wait only for that."""
@@ -204,16 +205,42 @@ def start_server(
         status = wait_exit_code(pid)
     except (OSError, KiwiError) as e:
         reason = f"its server did not start ({describe(e)})"
-        return reason, reason
+        return reason, reason, None
     finally:
         for fd in opened:
             os.close(fd)
     if status != 0:
         reason = f"its server failed: {message or f'exit status {status}'}"
-        return reason, reason
+        return reason, reason, None
     # A message with status 0 (no sysinfo handler): the files are served all the same,
     # and kiwi-exec, finding no handler on the socket, leaves sysinfo(2) the host's.
-    return ACTIVE, sysinfo_status(message)
+    pid, message = handler_pid(message)
+    return ACTIVE, sysinfo_status(message), handler_identity(pid)
+
+
+HANDLER_PID = "kiwi-lxfs: sysinfo handler pid "
+
+
+def handler_pid(message: str) -> tuple[int | None, str]:
+    """kiwi-lxfs' stderr split into the handler's host pid (its line from lxfs.c
+    report_handler_pid, None without one) and the rest."""
+    pid, rest = None, []
+    for line in message.splitlines():
+        number = line.removeprefix(HANDLER_PID)
+        if number != line and number.isdigit():
+            pid = int(number)
+        else:
+            rest.append(line)
+    return pid, "\n".join(rest)
+
+
+def handler_identity(pid: int | None) -> list[int] | None:
+    """[pid, start time] of the handler, read before anything in the container runs (its
+    init waits for us): a later pid reuse cannot pass for it."""
+    from .peek import process_start_time
+
+    start = process_start_time(pid) if pid else None
+    return None if start is None else [pid, start]
 
 
 def sysinfo_status(message: str) -> str:
@@ -225,12 +252,17 @@ def sysinfo_status(message: str) -> str:
     return f"its sysinfo handler did not start ({why})"
 
 
-def sysinfo_now(recorded: str | None, rdir) -> str | None:
+def sysinfo_now(recorded: str | None, rdir, handler=None) -> str | None:
     """What a running container's sysinfo(2) is now: the start's verdict, unless the
-    handler has ended since (root inside may kill it, or the OOM killer): only it holds
-    the listening socket, so a refused connection proves it gone."""
+    handler (handler: its [pid, start time] recorded at start) has ended, been stopped or
+    frozen since (root inside may do each, or the OOM killer kill it), or no longer
+    takes connections: only it holds the listening socket, so a refused connection
+    proves it gone."""
     if recorded != ACTIVE:
         return recorded
+    held = handler_held(handler)
+    if held is not None:
+        return held
     from .enter import connect_unix_or_raise
 
     try:
@@ -245,6 +277,27 @@ def sysinfo_now(recorded: str | None, rdir) -> str | None:
     return ACTIVE
 
 
+def handler_held(handler) -> str | None:
+    """Why the recorded handler cannot answer now (ended, stopped, frozen), or None when
+    it can as far as its process shows (or no handler was recorded: an older Kiwi's
+    start). A stopped handler still accepts connections (the backlog): only its state
+    tells, while every sysinfo(2) inside waits for it."""
+    if not (isinstance(handler, list) and len(handler) == 2 and all(type(n) is int for n in handler)):
+        return None
+    from .cgroups import process_frozen
+    from .peek import stat_fields
+
+    pid, start = handler
+    fields = stat_fields(pid)
+    if not fields or fields[0] == b"Z" or int(fields[19]) != start:
+        return HANDLER_GONE
+    if fields[0] in (b"T", b"t"):
+        return HANDLER_STOPPED
+    if process_frozen(pid):
+        return HANDLER_FROZEN
+    return None
+
+
 HANDLER_GONE = (
     "its sysinfo handler has ended (killed, or died): sysinfo(2) fails with ENOSYS "
     "in the commands it served, and shows the host's figures in those started since"
@@ -252,4 +305,12 @@ HANDLER_GONE = (
 HANDLER_STUCK = (
     "its sysinfo handler takes no new commands (stopped from inside, or its backlog is "
     "full): commands started now show the host's figures"
+)
+HANDLER_STOPPED = (
+    "its sysinfo handler is stopped (a signal from inside, e.g. SIGSTOP): sysinfo(2) waits "
+    "in every command inside until it gets SIGCONT or the container stops"
+)
+HANDLER_FROZEN = (
+    "its sysinfo handler is frozen (a cgroup freeze from inside): sysinfo(2) waits in every "
+    "command inside until it is thawed or the container stops"
 )

@@ -154,6 +154,7 @@ class Starter:
                 "started": time.time(),
                 "lxfs": self.lxfs,
                 "sysinfo": self.sysinfo or self.lxfs,  # the handler's own verdict, else the server's
+                "sysinfo_handler": self.sysinfo_handler,  # [pid, start time]: inspect checks it
                 "folder": self.store.folder_id(),
                 "root": self.store.real_root,
             }
@@ -279,9 +280,9 @@ class Starter:
             theirs.close()
             try:
                 reports = dict(stage_reports(child, until="lxfs"))
-                served, self.sysinfo = reports.get("lxfs"), None
-                if served == lxfs.ACTIVE:
-                    served, self.sysinfo = self.serve_limits(ours)  # stage 2 waits for its answers
+                served, self.sysinfo, self.sysinfo_handler = reports.get("lxfs"), None, None
+                if served == lxfs.ACTIVE:  # stage 2 waits for its answers
+                    served, self.sysinfo, self.sysinfo_handler = self.serve_limits(ours)
                 if "pid" not in reports:
                     reports.update(stage_reports(child, until="pid"))
                 # While stage 2 still builds the root: its network namespace exists.
@@ -312,15 +313,16 @@ class Starter:
             self.cid, self.config["ipv4"], pid, self.store.folder_id(), filtered=self.nat_warning is None
         )
 
-    def serve_limits(self, sock) -> tuple[str, str]:
+    def serve_limits(self, sock) -> tuple[str, str, list[int] | None]:
         """Start the limits server (lxfs.py) on the connection stage 2 sent; returns
-        (files, sysinfo), each ACTIVE or why not."""
+        (files, sysinfo, handler): each ACTIVE or why not, and the sysinfo handler's
+        [pid, start time]."""
         from . import idmap, lxfs
 
         received = lxfs.receive_connection(sock)
         if received is None:
             reason = "the container's init sent no FUSE connection"
-            return reason, reason
+            return reason, reason, None
         fuse, pidns = received
         try:
             uid = lxfs.server_uid(idmap.base_of(self.config))

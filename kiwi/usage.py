@@ -104,7 +104,7 @@ def sysinfo_inside(store: Store, cid: str, record: dict) -> str | None:
 
     # A container started by a Kiwi without this record: its handler's fate at start is unknown.
     recorded = record.get("sysinfo", record.get("lxfs"))
-    return lxfs.sysinfo_now(recorded, store.runtime_dir(cid))
+    return lxfs.sysinfo_now(recorded, store.runtime_dir(cid), record.get("sysinfo_handler"))
 
 
 def container_sessions(store: Store, cid: str) -> list[dict]:
