@@ -614,6 +614,82 @@ static int ensure_complete(const struct bundle *b, int parentfd, const char *whe
 
 /* --- where to unpack ----------------------------------------------------------- */
 
+/* kiwi/store.py is_old_kiwi_folder's rule, which this must match (OLD_FOLDER_DIRS,
+ * OLD_FOLDER_RECORDS): a real folder of ours holding nothing but a data folder's folders
+ * and snapshot files <name>.kiwi, with images/ or containers/ among them, each of their
+ * entries a folder holding its record. */
+static const char *const old_folder_dirs[] = {"images", "containers", "run", "mounts", "exports", ".tmp", ".locks"};
+
+static int is_regular(int dirfd, const char *name)
+{
+    struct stat st;
+    return fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Each entry of the folder dirfd/name is a folder holding record or other (if not NULL). */
+static int all_hold_a_record(int dirfd, const char *name, const char *record, const char *other)
+{
+    int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    DIR *d = fd < 0 ? NULL : fdopendir(fd);
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        return 0;
+    }
+    int ok = 1;
+    struct dirent *e;
+    while (ok && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        int entry = openat(fd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        ok = entry >= 0 && (is_regular(entry, record) || (other && is_regular(entry, other)));
+        if (entry >= 0)
+            close(entry);
+    }
+    closedir(d);
+    return ok;
+}
+
+static int is_old_kiwi_folder(const char *old)
+{
+    struct stat st;
+    if (lstat(old, &st) < 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid())
+        return 0;
+    int fd = open(old, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    DIR *d = fd < 0 ? NULL : fdopendir(fd);
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        return 0;
+    }
+    int ok = 1, records = 0;
+    struct dirent *e;
+    while (ok && (e = readdir(d))) {
+        const char *name = e->d_name;
+        size_t len = strlen(name);
+        if (!strcmp(name, ".") || !strcmp(name, ".."))
+            continue;
+        if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+            ok = 0;
+            break;
+        }
+        if (S_ISREG(st.st_mode) && len > 5 && !strcmp(name + len - 5, ".kiwi"))
+            continue;
+        ok = 0;
+        for (size_t i = 0; i < sizeof old_folder_dirs / sizeof *old_folder_dirs; i++)
+            ok |= S_ISDIR(st.st_mode) && !strcmp(name, old_folder_dirs[i]);
+        if (ok && !strcmp(name, "containers")) {
+            records = 1;
+            ok = all_hold_a_record(fd, name, "config.json", NULL);
+        } else if (ok && !strcmp(name, "images")) {
+            records = 1;
+            ok = all_hold_a_record(fd, name, "manifest.json", "image.json");
+        }
+    }
+    closedir(d);
+    return ok && records;
+}
+
 /* Store.open's rule: $KIWI_ROOT, else kiwi-data beside the executable. Store.open
  * refuses a relative KIWI_ROOT: then there is no data folder to unpack into (""),
  * and nothing may be created where that relative path points. */
@@ -630,11 +706,12 @@ static void data_folder(const char *self, char *out, size_t size)
     const char *slash = strrchr(self, '/');
     int dir_len = slash ? (int)(slash - self) : 0;
     snprintf(out, size, "%.*s/kiwi-data", dir_len, self);
-    /* Store.open's migrate_old_folder: older kiwi kept its data in ./.kiwi. */
+    /* Store.open's migrate_old_folder: older kiwi kept its data in ./.kiwi; only one that
+     * is provably an older Kiwi's moves, anyone else's stays (silently). */
     char old[PATH_MAX];
     struct stat st;
     snprintf(old, sizeof old, "%.*s/.kiwi", dir_len, self);
-    if (lstat(out, &st) < 0 && errno == ENOENT && lstat(old, &st) == 0 && S_ISDIR(st.st_mode))
+    if (lstat(out, &st) < 0 && errno == ENOENT && is_old_kiwi_folder(old))
         rename(old, out);
 }
 

@@ -354,10 +354,61 @@ def check_data_folder(root: Path) -> None:
 
 
 def migrate_old_folder(old: Path, new: Path) -> None:
-    """Older Kiwi kept its data in ./.kiwi; move it once to the visible kiwi-data/."""
+    """Older Kiwi kept its data in ./.kiwi; move it once to the visible kiwi-data/. Only a
+    .kiwi that is provably an older Kiwi's (is_old_kiwi_folder) moves: the folder beside
+    the binary may hold someone else's .kiwi, which stays as it is, silently."""
     with contextlib.suppress(OSError):  # not root, or nothing to move
-        if old.is_dir() and not old.is_symlink() and not new.exists():
+        if not new.exists() and is_old_kiwi_folder(old):
             os.rename(old, new)
+
+
+# What an older Kiwi's data folder holds besides snapshot files (<name>.kiwi): the Go
+# program's images/, containers/, mounts/ (run/ before it), and Kiwi's own folders.
+OLD_FOLDER_DIRS = frozenset(("images", "containers", "run", "mounts", "exports", ".tmp", ".locks"))
+# Each entry of these holds its record: a container's config, an image's manifest (the
+# Go program's) or image.json (Kiwi's).
+OLD_FOLDER_RECORDS = {"containers": ("config.json",), "images": ("manifest.json", "image.json")}
+
+
+def is_old_kiwi_folder(old: Path) -> bool:
+    """old is a real folder (no symlink) of the user running Kiwi holding nothing but a
+    data folder's entries (OLD_FOLDER_DIRS as folders, snapshot files <name>.kiwi), with
+    images/ or containers/ among them, each of their entries a folder with its record
+    (OLD_FOLDER_RECORDS). cffi_build/launcher.c (is_old_kiwi_folder) applies the same
+    rule before this runs in the frozen binary: change both together."""
+    try:
+        st = os.lstat(old)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            return False
+        names = os.listdir(old)
+        for name in names:
+            mode = os.lstat(old / name).st_mode
+            if stat.S_ISREG(mode) and name.endswith(".kiwi") and name != ".kiwi":
+                continue
+            if not (stat.S_ISDIR(mode) and name in OLD_FOLDER_DIRS):
+                return False
+            if name in OLD_FOLDER_RECORDS and not all_hold_a_record(old / name, OLD_FOLDER_RECORDS[name]):
+                return False
+        return any(name in OLD_FOLDER_RECORDS for name in names)
+    except OSError:  # missing, vanished or unreadable: nothing proves it is Kiwi's
+        return False
+
+
+def all_hold_a_record(folder: Path, records: tuple[str, ...]) -> bool:
+    """Every entry of folder is a folder (no symlink) holding one of records as a file."""
+    for name in os.listdir(folder):
+        if not stat.S_ISDIR(os.lstat(folder / name).st_mode):
+            return False
+        if not any(is_regular_file(folder / name / record) for record in records):
+            return False
+    return True
+
+
+def is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def migrate_old_runtime(root: Path) -> None:

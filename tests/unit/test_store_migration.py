@@ -1,11 +1,12 @@
-"""Store.open's old-layout migration (run/ -> mounts/): only a run/ that is provably an
-older Kiwi's moves; a shared folder's own run/ stays where it is (plain files only)."""
+"""Store.open's old-layout migrations (./.kiwi -> kiwi-data/, run/ -> mounts/): only a
+folder that is provably an older Kiwi's moves; anyone else's .kiwi, and a shared folder's
+own run/, stay where they are (plain files only)."""
 
 import os
 
 import pytest
 
-from kiwi.store import is_old_kiwi_runtime, migrate_old_runtime
+from kiwi.store import is_old_kiwi_folder, is_old_kiwi_runtime, migrate_old_folder, migrate_old_runtime
 
 CID = "0123456789ab"
 
@@ -75,3 +76,31 @@ def test_a_folder_without_run_is_left_alone(tmp_path):
     root.mkdir()
     migrate_old_runtime(root)
     assert os.listdir(root) == []
+
+
+def old_kiwi_folder(tmp_path):
+    """./.kiwi as an older Kiwi left it (tests/integration/test_migrate_old_folder.py runs
+    every case through the Python rule and the frozen launcher's)."""
+    old = tmp_path / ".kiwi"
+    (old / "containers" / CID).mkdir(parents=True)
+    (old / "containers" / CID / "config.json").write_text("{}")
+    (old / "images" / "bb").mkdir(parents=True)
+    (old / "images" / "bb" / "manifest.json").write_text("{}")
+    (old / "s1.kiwi").write_bytes(b"hsqs")
+    return old
+
+
+def test_an_older_kiwis_dot_kiwi_moves(tmp_path):
+    old = old_kiwi_folder(tmp_path)
+    migrate_old_folder(old, tmp_path / "kiwi-data")
+    assert not old.exists()
+    assert (tmp_path / "kiwi-data" / "containers" / CID / "config.json").exists()
+
+
+def test_someone_elses_dot_kiwi_stays(tmp_path):
+    old = old_kiwi_folder(tmp_path)
+    (old / "settings.toml").write_text("mine")
+    assert not is_old_kiwi_folder(old)
+    migrate_old_folder(old, tmp_path / "kiwi-data")
+    assert (old / "settings.toml").read_text() == "mine"
+    assert not (tmp_path / "kiwi-data").exists()
