@@ -615,7 +615,7 @@ static int ensure_complete(const struct bundle *b, int parentfd, const char *whe
 /* --- where to unpack ----------------------------------------------------------- */
 
 /* kiwi/store.py is_old_kiwi_folder's rule, which this must match (OLD_FOLDER_DIRS,
- * OLD_FOLDER_RECORDS): a real folder of ours holding nothing but a data folder's folders
+ * OLD_FOLDER_RECORDS): a real folder of ours, writable by no one else, holding nothing but a data folder's folders
  * and snapshot files <name>.kiwi, with images/ or containers/ among them, each of their
  * entries a folder holding its record. */
 static const char *const old_folder_dirs[] = {"images", "containers", "run", "mounts", "exports", ".tmp", ".locks"};
@@ -653,7 +653,7 @@ static int all_hold_a_record(int dirfd, const char *name, const char *record, co
 static int is_old_kiwi_folder(const char *old)
 {
     struct stat st;
-    if (lstat(old, &st) < 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid())
+    if (lstat(old, &st) < 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022))
         return 0;
     int fd = open(old, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     DIR *d = fd < 0 ? NULL : fdopendir(fd);

@@ -371,15 +371,16 @@ OLD_FOLDER_RECORDS = {"containers": ("config.json",), "images": ("manifest.json"
 
 
 def is_old_kiwi_folder(old: Path) -> bool:
-    """old is a real folder (no symlink) of the user running Kiwi holding nothing but a
+    """old is a real folder (no symlink) of the user running Kiwi, writable by no one else,
+    holding nothing but a
     data folder's entries (OLD_FOLDER_DIRS as folders, snapshot files <name>.kiwi), with
     images/ or containers/ among them, each of their entries a folder with its record
     (OLD_FOLDER_RECORDS). cffi_build/launcher.c (is_old_kiwi_folder) applies the same
     rule before this runs in the frozen binary: change both together."""
     try:
         st = os.lstat(old)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-            return False
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return False  # not ours, or others could change it between this look and the move
         names = os.listdir(old)
         for name in names:
             mode = os.lstat(old / name).st_mode

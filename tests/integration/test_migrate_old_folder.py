@@ -66,6 +66,7 @@ NOT_PROVEN = {
     "containers/ is a symlink": lambda old: replace_with_symlink(old / "containers"),
     "neither images/ nor containers/": lambda old: [remove_tree(old / n) for n in ("images", "containers")],
     "another user's": lambda old: os.chown(old, 65534, 65534),
+    "writable by others": lambda old: os.chmod(old, 0o777),
     ".kiwi is a symlink": replace_with_symlink,
 }
 
