@@ -81,6 +81,18 @@ def leases(store: Store | None = None):
             atomic_write_json(path, state, mode=0o600)
 
 
+def leased_subnets() -> list[str]:
+    """Every subnet Kiwi has leased addresses in on this host, whatever KIWI_SUBNET says
+    now (leases.json keeps a subnet's entry for good). Read without the lock: the file is
+    only ever replaced whole. [] when there is none or it cannot be read."""
+    try:
+        state = read_json(host_dir() / LEASES_FILE, limit=STATE_SIZE_LIMIT)
+    except (OSError, KiwiError):
+        return []
+    subnets = state.get("subnets") if isinstance(state, dict) else None
+    return [text for text in subnets if isinstance(text, str)] if isinstance(subnets, dict) else []
+
+
 def canonical(state: dict) -> str:
     return json.dumps(state, sort_keys=True)
 

@@ -242,12 +242,29 @@ def remove_bridge_if_unused(leaving: str | None = None) -> list[str]:
 def kiwi_made(bridge) -> bool:
     """The bridge carries Kiwi's alias, or is one a start killed between creating it and
     naming it (the kernel takes no alias at creation): no alias, and the MAC Kiwi gives
-    its bridges (the gateway's, of KIWI_SUBNET), which no other program derives."""
+    its bridges (the gateway's), which no other program derives: of KIWI_SUBNET, or of a
+    subnet Kiwi has leased addresses in on this host (the start may have run under
+    another KIWI_SUBNET than this command)."""
     if bridge.kind != "bridge":
         return False
     if bridge.alias == BRIDGE_ALIAS:
         return True
-    return not bridge.alias and bridge.mac == container_mac(str(ipam.gateway(ipam.subnet())))
+    if bridge.alias or not (bridge.mac or "").lower().startswith(MAC_PREFIX + ":"):
+        return False
+    return bridge.mac.lower() in {container_mac(ipam.gateway(ipam.subnet())), *leased_gateway_macs()}
+
+
+def leased_gateway_macs() -> set[str]:
+    """The bridge MAC of each subnet Kiwi has leased addresses in on this host."""
+    from kiwi import hoststate
+
+    macs = set()
+    for text in hoststate.leased_subnets():
+        try:
+            macs.add(container_mac(ipam.gateway(ipaddress.IPv4Network(text))))
+        except ValueError:
+            continue  # not a subnet: not one Kiwi recorded
+    return macs
 
 
 def remove_own_tables(bridge: str, why: str) -> list[str]:

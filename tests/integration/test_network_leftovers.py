@@ -5,7 +5,9 @@ is never touched. Frozen binary, the test's own bridge and subnet only."""
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -140,3 +142,52 @@ def test_a_bridge_kiwi_did_not_make_is_never_removed(kiwi, busybox):
             assert alias(bridge) == their_alias
         finally:
             subprocess.run(["ip", "link", "del", bridge], check=False)
+
+
+def another_subnet() -> str:
+    """A subnet no test fixture hands out (they use 10.200-249.x.0/24)."""
+    return f"10.199.{secrets.randbelow(256)}.0/24"
+
+
+def leased_subnets(kiwi) -> list[str]:
+    with open(os.path.join(kiwi.env["KIWI_HOST_DIR"], "leases.json")) as f:
+        return list(json.load(f)["subnets"])
+
+
+def test_cleanup_under_another_subnet_removes_a_bridge_a_killed_start_did_not_name(kiwi, busybox):
+    """The start ran under the test's KIWI_SUBNET (its container's lease records it);
+    cleanup runs under another one and still knows the bridge's MAC for Kiwi's."""
+    bridge = kiwi.env["KIWI_BRIDGE"]
+    kiwi.create(busybox)
+    assert leased_subnets(kiwi) == [kiwi.env["KIWI_SUBNET"]]
+    add_bridge(bridge, network.container_mac(gateway(kiwi)))
+    other = {"KIWI_SUBNET": another_subnet()}
+    assert kiwi.out("cleanup", env=other) == f"removed bridge {bridge} and its NAT (no container uses them)"
+    assert_no_network_left(bridge)
+
+
+def test_a_start_under_another_subnet_names_the_bridge_and_its_stop_removes_all(kiwi, busybox):
+    """The killed start's container was made under the test's KIWI_SUBNET; the next
+    start is another container's, made and started under another subnet."""
+    bridge = kiwi.env["KIWI_BRIDGE"]
+    kiwi.create(busybox)
+    add_bridge(bridge, network.container_mac(gateway(kiwi)))
+    other = {"KIWI_SUBNET": another_subnet()}
+    cid = kiwi.out("create", busybox, *kiwi.create_args, env=other).splitlines()[-1]
+    kiwi("start", cid, env=other)
+    assert alias(bridge) == network.BRIDGE_ALIAS
+    kiwi("stop", cid, env=other)
+    assert_no_network_left(bridge)
+
+
+def test_a_bridge_with_the_mac_of_a_subnet_kiwi_never_leased_is_never_removed(kiwi, busybox):
+    """02:6b and an address Kiwi never leased a subnet around: not Kiwi's, whatever the subnet."""
+    bridge = kiwi.env["KIWI_BRIDGE"]
+    kiwi.create(busybox)
+    add_bridge(bridge, network.container_mac("10.198.7.1"))
+    try:
+        for env in ({}, {"KIWI_SUBNET": another_subnet()}):
+            assert kiwi.out("cleanup", env=env) == "nothing to clean up"
+            assert link_exists(bridge) and alias(bridge) is None
+    finally:
+        subprocess.run(["ip", "link", "del", bridge], check=True)
