@@ -268,15 +268,29 @@ def leased_gateway_macs() -> set[str]:
 
 
 def remove_own_tables(bridge: str, why: str) -> list[str]:
-    """Kiwi's nft tables of a bridge that is gone, or not Kiwi's and without a Kiwi port."""
-    if not find_nft():
-        return []
-    return [
-        f"nft table {family} {nft_table(bridge)} ({why})"
-        for family in ("inet", "bridge")
-        if netlink.nft_table_exists(family, nft_table(bridge))
-        and netlink.delete_nft_table(family, nft_table(bridge))
-    ]
+    """Kiwi's nft tables and iptables chains of a bridge that is gone, or not Kiwi's and
+    without a Kiwi port."""
+    removed = []
+    if find_nft():
+        removed += [
+            f"nft table {family} {nft_table(bridge)} ({why})"
+            for family in ("inet", "bridge")
+            if netlink.nft_table_exists(family, nft_table(bridge))
+            and netlink.delete_nft_table(family, nft_table(bridge))
+        ]
+    return removed + remove_own_chains(bridge, why)
+
+
+def remove_own_chains(bridge: str, why: str) -> list[str]:
+    """Kiwi's iptables chains of the bridge (the iptables path of ensure_nat, or its
+    accept in a dropping FORWARD), in every backend that may hold them."""
+    removed = []
+    for cmd in iptables_variants():
+        for table, hooks in IPTABLES_HOOKS:
+            if iptables_remove_chain(cmd, table, hooks, bridge):
+                backend = os.path.basename(cmd)
+                removed.append(f"{backend} chain {table} {iptables_chain(bridge)} ({why})")
+    return removed
 
 
 def remove_nat_and_bridge(bridge: str) -> None:
@@ -707,8 +721,12 @@ def remove_nat() -> None:
         netlink.delete_nft_table("inet", nft_table(bridge))
         netlink.delete_nft_table("bridge", nft_table(bridge))
     for iptables in iptables_variants():
-        iptables_remove_chain(iptables, "filter", ("FORWARD", "DOCKER-USER"), bridge)
-        iptables_remove_chain(iptables, "nat", ("POSTROUTING",), bridge)
+        for table, hooks in IPTABLES_HOOKS:
+            iptables_remove_chain(iptables, table, hooks, bridge)
+
+
+# Where Kiwi's chain of each iptables table is jumped to from.
+IPTABLES_HOOKS = (("filter", ("FORWARD", "DOCKER-USER")), ("nat", ("POSTROUTING",)))
 
 
 # -- iptables --------------------------------------------------------------------------------
@@ -820,15 +838,16 @@ def insert_jump_once(cmd: str, table: str, hook: str, chain: str) -> None:
         raise KiwiError(f"iptables could not add {chain} to {hook}: {first_line(result.stderr)}")
 
 
-def iptables_remove_chain(cmd: str, table: str, hooks: tuple[str, ...], bridge: str) -> None:
+def iptables_remove_chain(cmd: str, table: str, hooks: tuple[str, ...], bridge: str) -> bool:
+    """Remove the bridge's chain and every jump to it; True when it existed and is gone."""
     chain = iptables_chain(bridge)
     if not chain_exists(cmd, table, chain):
-        return
+        return False
     for hook in hooks:
         while iptables(cmd, "-t", table, "-D", hook, "-j", chain).returncode == 0:
             pass  # remove every copy, even ones a race may have added
     iptables(cmd, "-t", table, "-F", chain)
-    iptables(cmd, "-t", table, "-X", chain)
+    return iptables(cmd, "-t", table, "-X", chain).returncode == 0
 
 
 # -- one call for the runtime ------------------------------------------------------------------

@@ -5,6 +5,7 @@ is never touched. Frozen binary, the test's own bridge and subnet only."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -12,8 +13,10 @@ import signal
 import subprocess
 import time
 
+import pytest
 from pyroute2 import IPRoute
 from test_many_kiwis import alias, gateway, link_exists, nft_tables
+from test_network import restore_host_settings  # noqa: F401 (autouse: iptables-nft's empty tables go)
 
 from kiwi import network
 
@@ -191,3 +194,78 @@ def test_a_bridge_with_the_mac_of_a_subnet_kiwi_never_leased_is_never_removed(ki
             assert link_exists(bridge) and alias(bridge) is None
     finally:
         subprocess.run(["ip", "link", "del", bridge], check=True)
+
+
+@pytest.fixture
+def without_nft(tmp_path) -> dict:
+    """An environment whose PATH has no nft: Kiwi's iptables path (ensure_nat)."""
+    folder = tmp_path / "no-nft"
+    folder.mkdir()
+    for name in os.listdir("/usr/sbin"):
+        if name != "nft":
+            os.symlink(os.path.join("/usr/sbin", name), folder / name)
+    return {"PATH": f"{folder}:/usr/local/bin:/usr/bin"}
+
+
+def kiwi_chains(bridge: str) -> list[str]:
+    """The tables holding Kiwi's chain of the bridge, and the hooks still jumping to it."""
+    chain, found = network.iptables_chain(bridge), []
+    for table, hooks in network.IPTABLES_HOOKS:
+        if subprocess.run(["iptables", "-w", "-t", table, "-S", chain], capture_output=True).returncode == 0:
+            found.append(table)
+        for hook in hooks:
+            rules = subprocess.run(
+                ["iptables", "-w", "-t", table, "-S", hook], capture_output=True, text=True
+            )
+            if f"-j {chain}\n" in rules.stdout:
+                found.append(f"{table} {hook}")
+    return found
+
+
+def test_without_nft_a_stop_or_cleanup_after_the_bridge_went_removes_the_iptables_chains(
+    kiwi, busybox, without_nft
+):
+    """The state a stop killed between deleting the bridge and its NAT leaves on a host
+    without nft: Kiwi's iptables chains (and their jumps), with no bridge."""
+    bridge = kiwi.env["KIWI_BRIDGE"]
+    cid = kiwi.create(busybox)
+    assert network.NO_FILTER_WARNING in kiwi("start", cid, env=without_nft).stderr
+    assert kiwi_chains(bridge) == ["filter", "filter FORWARD", "nat", "nat POSTROUTING"]
+    subprocess.run(["ip", "link", "del", bridge], check=True)
+    kiwi("stop", cid, env=without_nft)
+    assert kiwi_chains(bridge) == []
+    assert not link_exists(bridge)
+
+    kiwi("start", cid, env=without_nft)
+    subprocess.run(["ip", "link", "del", bridge], check=True)
+    chain = network.iptables_chain(bridge)
+    assert sorted(kiwi.out("cleanup", env=without_nft).splitlines()) == [
+        f"removed iptables-nft chain {table} {chain} (its bridge {bridge} was gone)"
+        for table in ("filter", "nat")
+    ]
+    assert kiwi_chains(bridge) == []
+    kiwi("stop", cid, env=without_nft)
+    assert kiwi.out("cleanup", env=without_nft) == "nothing to clean up"
+
+
+def test_without_nft_starts_killed_at_any_point_leave_no_chain(kiwi, busybox, without_nft):
+    """SIGKILL at spread points of a start (before, during and after its iptables setup):
+    stop and cleanup leave none of Kiwi's chains, jumps or bridge behind."""
+    bridge = kiwi.env["KIWI_BRIDGE"]
+    cid = kiwi.create(busybox)
+    for after in (0.2, 0.4, 0.6, 0.8, 1.0, 1.5):
+        start = subprocess.Popen(
+            [*kiwi.cmd, "start", cid],
+            env={**kiwi.env, **without_nft},
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(after)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(start.pid, signal.SIGKILL)
+        start.wait()
+        kiwi("stop", cid, env=without_nft)
+        kiwi("cleanup", env=without_nft)
+        assert kiwi_chains(bridge) == [], after
+        assert not link_exists(bridge), after
