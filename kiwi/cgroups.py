@@ -629,6 +629,24 @@ class Cgroup:
             return _events(self._file("cpu", "cgroup.events")).get("frozen") == 1
         return _read(self._freezer_v1()).strip() == "FROZEN"
 
+    def holds_frozen(self, pid: int) -> bool:
+        """pid is in a frozen cgroup of this container: its own, or one root inside made
+        below it (v2 delegation) and froze. Found by walking the subtree's cgroup.procs,
+        not by the path /proc/<pid>/cgroup shows, whose names root inside chooses."""
+        directory = self.path("freezer")  # v2: the container's one directory
+        if directory is None:
+            return False
+        for cgroup in _subtree(directory):
+            try:
+                if str(pid) not in _read(cgroup / "cgroup.procs").split():
+                    continue
+                if self.version == "v2":
+                    return _events(cgroup / "cgroup.events").get("frozen") == 1
+                return _read(cgroup / "freezer.state").strip() != "THAWED"
+            except OSError:
+                continue  # removed meanwhile
+        return False
+
     def freeze(self, timeout: float = WAIT_SECONDS) -> None:
         self._set_frozen(True, timeout)
 
@@ -737,33 +755,6 @@ def _events(path: Path) -> dict[str, int]:
         if value.strip().lstrip("-").isdigit():
             values[key] = int(value)
     return values
-
-
-def process_frozen(pid: int) -> bool:
-    """pid is in a frozen cgroup (v2 cgroup.events, v1 freezer.state), e.g. one root in a
-    container made to freeze a process of Kiwi's: it runs nothing until thawed. False when
-    that cannot be read (it ended meanwhile, or its cgroup is out of our mounts' reach)."""
-    try:
-        paths = parse_proc_cgroup(_read(f"/proc/{pid}/cgroup"))
-        mounts = _host_mounts()
-    except OSError:
-        return False
-    for mount in _prefer_whole(mounts):
-        v2 = mount.fstype == "cgroup2"
-        key = _UNIFIED if v2 else "freezer" if "freezer" in mount.options else None
-        if key not in paths:
-            continue
-        try:
-            directory = fs_path(mount, paths[key])
-            if v2:
-                frozen = _events(directory / "cgroup.events").get("frozen") == 1
-            else:
-                frozen = _read(directory / "freezer.state").strip() != "THAWED"
-        except (OSError, KiwiError):
-            continue
-        if frozen:
-            return True
-    return False
 
 
 def _subtree(directory: Path) -> list[Path]:

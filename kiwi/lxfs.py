@@ -252,7 +252,7 @@ def sysinfo_status(message: str) -> str:
     return f"its sysinfo handler did not start ({why})"
 
 
-def sysinfo_now(recorded: str | None, rdir, handler=None) -> str | None:
+def sysinfo_now(recorded: str | None, rdir, handler=None, cgroup=None) -> str | None:
     """What a running container's sysinfo(2) is now: the start's verdict, unless the
     handler (handler: its [pid, start time] recorded at start) has ended, been stopped or
     frozen since (root inside may do each, or the OOM killer kill it), or no longer
@@ -260,7 +260,7 @@ def sysinfo_now(recorded: str | None, rdir, handler=None) -> str | None:
     proves it gone."""
     if recorded != ACTIVE:
         return recorded
-    held = handler_held(handler)
+    held = handler_held(handler, cgroup)
     if held is not None:
         return held
     from .enter import connect_unix_or_raise
@@ -277,14 +277,14 @@ def sysinfo_now(recorded: str | None, rdir, handler=None) -> str | None:
     return ACTIVE
 
 
-def handler_held(handler) -> str | None:
-    """Why the recorded handler cannot answer now (ended, stopped, frozen), or None when
-    it can as far as its process shows (or no handler was recorded: an older Kiwi's
-    start). A stopped handler still accepts connections (the backlog): only its state
-    tells, while every sysinfo(2) inside waits for it."""
+def handler_held(handler, cgroup=None) -> str | None:
+    """Why the recorded handler cannot answer now (ended, stopped, frozen in a cgroup of
+    the container's, cgroups.Cgroup), or None when it can as far as its process shows
+    (or no handler was recorded: an older Kiwi's start). A stopped handler still accepts
+    connections (the backlog): only its state tells, while every sysinfo(2) inside
+    waits for it."""
     if not (isinstance(handler, list) and len(handler) == 2 and all(type(n) is int for n in handler)):
         return None
-    from .cgroups import process_frozen
     from .peek import stat_fields
 
     pid, start = handler
@@ -293,7 +293,7 @@ def handler_held(handler) -> str | None:
         return HANDLER_GONE
     if fields[0] in (b"T", b"t"):
         return HANDLER_STOPPED
-    if process_frozen(pid):
+    if cgroup is not None and cgroup.holds_frozen(pid):
         return HANDLER_FROZEN
     return None
 

@@ -100,11 +100,13 @@ def inspect(store: Store, cid: str) -> dict:
 
 
 def sysinfo_inside(store: Store, cid: str, record: dict) -> str | None:
-    from . import lxfs
+    from . import lxfs, runtime
 
     # A container started by a Kiwi without this record: its handler's fate at start is unknown.
     recorded = record.get("sysinfo", record.get("lxfs"))
-    return lxfs.sysinfo_now(recorded, store.runtime_dir(cid), record.get("sysinfo_handler"))
+    handler = record.get("sysinfo_handler")
+    cgroup = runtime.container_cgroup(store, cid) if handler else None
+    return lxfs.sysinfo_now(recorded, store.runtime_dir(cid), handler, cgroup)
 
 
 def container_sessions(store: Store, cid: str) -> list[dict]:
