@@ -53,7 +53,10 @@ def test_the_handler_pid_line_is_not_a_reason():
     assert lxfs.sysinfo_status(lxfs.handler_pid(message)[1]) == lxfs.ACTIVE
     failed = "kiwi-lxfs: no sysinfo handler: cannot fork: Resource temporarily unavailable"
     assert lxfs.handler_pid(f"{message}\n{failed}") == (4242, failed)
-    assert lxfs.handler_pid("kiwi-lxfs: sysinfo handler pid 12x") == (None, "kiwi-lxfs: sysinfo handler pid 12x")
+    assert lxfs.handler_pid("kiwi-lxfs: sysinfo handler pid 12x") == (
+        None,
+        "kiwi-lxfs: sysinfo handler pid 12x",
+    )
 
 
 def child_identity(child) -> list[int]:
