@@ -17,6 +17,24 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # kiwi-exec joins them in this order: a user namespace first, the mount namespace last.
 NAMESPACES = ["user", "cgroup", "ipc", "uts", "net", "pid", "time", "mnt"]
 HELPER_FD_BASE = 64  # spawn_helper moves the helper's fds above this before placing them
+EXEC_NAME = "kiwi-exec"
+
+
+def helper_candidates(name: str) -> list[str]:
+    """Where a static helper (kiwi-init, kiwi-exec) may be: beside this module; in a
+    PyInstaller build also under _MEIPASS."""
+    import sys
+
+    candidates = [os.path.join(os.path.dirname(os.path.realpath(__file__)), name)]
+    bundle = getattr(sys, "_MEIPASS", None)
+    if bundle:
+        candidates += [os.path.join(bundle, "kiwi", name), os.path.join(bundle, name)]
+    return candidates
+
+
+def find_helper(name: str) -> str | None:
+    """The first of helper_candidates that is a file; None when there is none."""
+    return next((path for path in helper_candidates(name) if os.path.isfile(path)), None)
 
 
 class Entry:

@@ -19,7 +19,7 @@ import secrets
 import signal
 from pathlib import Path
 
-from .. import proc
+from .. import layout, proc
 from ..errors import KiwiError
 from ..store import Store, is_container_id, read_json
 from . import proto
@@ -35,7 +35,7 @@ REQUEST_TIMEOUT = 5.0  # a client's wait for the daemon's first answer
 
 
 def sessions_dir(store: Store, cid: str) -> Path:
-    return store.runtime_dir(cid) / "sessions"
+    return store.runtime_dir(cid) / layout.SESSIONS
 
 
 def record_path(store: Store, cid: str, sid: str) -> Path:
