@@ -20,9 +20,9 @@ import stat
 from . import fstree
 from .errors import KiwiError
 from .idmap import SIZE as ID_BLOCK  # ids of an unprivileged container
+from .proc import copy_data
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-CHUNK = 1 << 20
 # Copied out, setuid and setgid bits go: a container's setuid-root file must never run as root on the host.
 HOST_MODE_MASK = 0o1777
 OVERFLOW_ID = 65534  # the kernel's overflowuid: an id with no mapping
@@ -167,13 +167,7 @@ class Copy:
             name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
         )
         try:
-            offset = 0
-            while True:
-                sent = os.sendfile(dst, src, offset, CHUNK)
-                if sent == 0:
-                    break
-                offset += sent
-            self.bytes += offset
+            self.bytes += copy_data(src, dst, st.st_size)
             self.set_owner_mode_times(dst, st)
         finally:
             os.close(dst)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from .errors import EXIT_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, KiwiError
-from .proc import read_to_end, wait_exit_code
+from .proc import copy_data, read_to_end, wait_exit_code
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # kiwi-exec joins them in this order: a user namespace first, the mount namespace last.
@@ -195,7 +195,11 @@ def sealed_copy(path: str, name: str) -> int:
     try:
         fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
-            copy_file(src, fd)
+            size = os.fstat(src).st_size
+            if copy_data(src, fd, size) != size:
+                import errno
+
+                raise OSError(errno.EIO, f"{path} shrank while it was copied")
             seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
         except BaseException:
@@ -204,19 +208,6 @@ def sealed_copy(path: str, name: str) -> int:
     finally:
         os.close(src)
     return fd
-
-
-def copy_file(src: int, dst: int) -> None:
-    """All of src to dst inside the kernel (sendfile): a helper is copied on every attach."""
-    import errno
-
-    size = os.fstat(src).st_size
-    done = 0
-    while done < size:
-        sent = os.sendfile(dst, src, done, size - done)
-        if sent == 0:
-            raise OSError(errno.EIO, f"the helper binary shrank while it was copied (fd {src})")
-        done += sent
 
 
 def spawn_helper(memfd: int, layout: list[int], argv: list[str], env: dict) -> int:
