@@ -311,38 +311,15 @@ def in_container_view(store, cid: str, work) -> tuple[int, int]:
 
 def on_stopped_root(store, cid: str, lower: str, work):
     """In a private mount namespace (privatens.run): state + overlay, then work(root fd)."""
-    import tempfile
+    from . import privatens
 
-    from . import privatens, rootfs
-
-    base = tempfile.mkdtemp(prefix="cp-", dir=str(store.tmp_dir))
-    try:
-        state = privatens.mount_state(store, cid, os.path.join(base, "state"))
-        merged = os.path.join(base, "merged")
-        os.mkdir(merged, 0o700)
-        rootfs.mount_overlay(lower, state, merged)
+    with privatens.work_folder(store, "cp") as base:
+        merged = privatens.mount_stopped_root(store, cid, lower, base)
         root = os.open(merged, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             return work(root, 0)
         finally:
             os.close(root)
-    finally:
-        unmount_work_folder(base)
-
-
-def unmount_work_folder(base: str) -> None:
-    import contextlib
-
-    from . import syscalls as sc
-
-    for sub in ("merged", "state"):
-        path = os.path.join(base, sub)
-        with contextlib.suppress(OSError):
-            sc.umount(path, sc.MNT_DETACH)
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
-    with contextlib.suppress(OSError):
-        os.rmdir(base)
 
 
 def copy(store, source: str, dest: str) -> tuple[int, int, str]:
