@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 
 from .errors import KiwiError, disk_full, os_error_message
-from .fstree import more_open_files
+from .fstree import more_open_files, read_xattrs
 from .proc import copy_data
 
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
@@ -98,13 +98,7 @@ class _Node:
         return f"/proc/self/fd/{self.dir_fd}/{self.name}"
 
     def xattrs(self) -> dict:
-        try:
-            names = os.listxattr(self.proc_path, follow_symlinks=False)
-        except OSError as e:
-            if e.errno in (errno.ENOTSUP, errno.ENOENT):
-                return {}
-            raise
-        return {n: os.getxattr(self.proc_path, n, follow_symlinks=False) for n in names}
+        return read_xattrs(self.proc_path)
 
 
 class _Flattener:
