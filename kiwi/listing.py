@@ -35,7 +35,7 @@ from .layout import (
     is_hex,
     live_init,
 )
-from .peek import is_privileged, json_value, live_usage, superblock_usage
+from .peek import is_privileged, json_value, live_usage, mount_points, superblock_usage
 from .sizes import format_size
 
 RECORD_LIMIT = 64 << 10  # a larger config or record is left to files.read_json (1 MB)
@@ -219,15 +219,6 @@ class RunningState:
 def exists(path: str) -> bool:
     """os.path.lexists without raising and catching FileNotFoundError."""
     return os.access(path, os.F_OK, effective_ids=True, follow_symlinks=False)
-
-
-def mount_points() -> set[str]:
-    """runstate.is_mountpoint for every path at once."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            return {line.split()[4] for line in f}
-    except OSError:
-        return set()
 
 
 def used_bytes(folder: str, init_pid: int | None, cache: RowCache, cid: str) -> int | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import layout
 from .errors import KiwiError
+from .peek import mount_points
 from .proc import process_start_time
 from .store import Store, read_json
 
@@ -68,8 +69,4 @@ def read_mount(store: Store, cid: str) -> str | None:
 
 
 def is_mountpoint(path: str) -> bool:
-    try:
-        with open("/proc/self/mountinfo") as f:
-            return any(line.split()[4] == path for line in f)
-    except OSError:
-        return False
+    return path in mount_points()
