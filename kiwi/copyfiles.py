@@ -167,7 +167,7 @@ class Copy:
             name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
         )
         try:
-            self.bytes += copy_data(src, dst, st.st_size)
+            self.bytes += copy_data(src, dst)  # to its end: a /proc file's size is 0
             self.set_owner_mode_times(dst, st)
         finally:
             os.close(dst)

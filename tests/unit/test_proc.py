@@ -255,3 +255,17 @@ def test_copy_data_raises_what_it_cannot_fall_back_from(tmp_path):
     finally:
         os.close(src)
         os.close(dst)
+
+
+def test_copy_data_without_a_size_copies_to_the_end(tmp_path):
+    """A /proc file's size is 0: without a size it is copied to its end (kiwi cp)."""
+    src = os.open("/proc/self/status", os.O_RDONLY)
+    dst = os.open(tmp_path / "status", os.O_RDWR | os.O_CREAT)
+    try:
+        assert os.fstat(src).st_size == 0
+        copied = proc.copy_data(src, dst)
+        assert copied > 0 and os.pread(dst, copied + 1, 0).startswith(b"Name:")
+        assert proc.copy_data(src, dst) == 0  # at its end already
+    finally:
+        os.close(src)
+        os.close(dst)
