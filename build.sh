@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the one-file kiwi executable.
 #   ./build.sh                 interactive menu on a terminal (host build otherwise)
-#   ./build.sh host            this machine: dist/kiwi-linux-<arch> and dist/kiwi
+#   ./build.sh host            this machine (its glibc): dist/kiwi only; dist/kiwi-linux-<arch>
+#                              is a release build's and never written by a host build
 #   ./build.sh linux-arm64     a release binary (glibc >= 2.31): in a Debian 11 root (QEMU for
 #                              foreign ones), or docker buildx when present; also linux-amd64,
 #                              linux-armv7 (or amd64, arm64, armv7), all, release (+ dist/release)
@@ -60,10 +61,11 @@ pyinstaller_command() {
 }
 
 # The one file: Kiwi's static launcher + the one-folder bundle (zstd) that PyInstaller
-# collects around build/kiwi-embed.
+# collects around build/kiwi-embed. pack.py replaces dist/kiwi atomically (tests and
+# benchmarks may be running it).
 pack_command() {
   local arch=$1
-  echo .venv/bin/python cffi_build/pack.py build/kiwi-launcher "$RUN_DIR/dist/kiwi-linux-$arch" "dist/kiwi-linux-$arch"
+  echo .venv/bin/python cffi_build/pack.py build/kiwi-launcher "$RUN_DIR/dist/kiwi-linux-$arch" dist/kiwi
 }
 
 build_venv() {
@@ -92,11 +94,9 @@ build_host() {
   write_build_info "$arch" "$RUN_DIR"
   KIWI_ARCH=$arch KIWI_BUILD_INFO=$RUN_DIR/build-info $(pyinstaller_command) || die "PyInstaller failed"
   mkdir -p dist
-  # pack.py and the copy replace the binaries atomically: tests and benchmarks may be running them.
   $(pack_command "$arch") >/dev/null || die "packing the one-file binary failed"
-  cp -f "dist/kiwi-linux-$arch" dist/.kiwi.tmp && mv -f dist/.kiwi.tmp dist/kiwi
   build_manpages
-  echo "built dist/kiwi-linux-$arch and dist/kiwi ($(du -h dist/kiwi | cut -f1))"
+  echo "built dist/kiwi ($(du -h dist/kiwi | cut -f1))"
 }
 
 # What `kiwi --version` says after the version: commit, build time (UTC) and
@@ -425,6 +425,7 @@ build_in_root() {
     fi
     echo "chroot $root: $ROOT_PYTHON/bin/python3.11 -m venv $ROOT_VENV; pip install <the host .venv's versions of: $("$PY" scripts/python-deps build | paste -sd' ')>"
     echo "chroot $root: build_sys.py sys init exec lxfs launcher embed; pyinstaller kiwi.spec; pack.py"
+    echo "copy to dist/kiwi-linux-$arch"
     return
   fi
   [ "$(id -u)" = 0 ] || die "building $target in a Debian root needs root (debootstrap, chroot)"

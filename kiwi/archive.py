@@ -35,7 +35,6 @@ not stored (numeric ids only), so the same tree always gives the same sums.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -47,7 +46,7 @@ import time
 from pathlib import Path
 
 from .errors import KiwiError, disk_full, os_error_message
-from .fstree import more_open_files, open_subdir, remove_tree, walk_stats
+from .fstree import more_open_files, open_subdir, read_xattrs, remove_tree, walk_stats
 from .store import fsync_dir, utc_now
 
 FORMAT_VERSION = 1
@@ -359,32 +358,20 @@ def _pax_for(xattrs: dict) -> dict:
 
 
 def _xattrs_of_fd(fd) -> dict:
-    return _read_xattrs(fd, True)
+    return _read_xattrs(fd)
 
 
 def _xattrs_of_link(dir_fd, name) -> dict:
-    # listxattr has no dir_fd form; /proc/self/fd keeps the lookup inside dir_fd.
-    return _read_xattrs(f"/proc/self/fd/{dir_fd}/{name}", False)
+    return _read_xattrs(f"/proc/self/fd/{dir_fd}/{name}")
 
 
-def _read_xattrs(target, follow) -> dict:
+def _read_xattrs(target) -> dict:
     """Extended attributes to archive; overlayfs' own ones are internal to this host."""
-    try:
-        names = os.listxattr(target, follow_symlinks=follow)
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.ENOENT):
-            return {}
-        raise
-    found = {}
-    for name in names:
-        if name.startswith(OVERLAY_XATTR_PREFIX) and name != OVERLAY_OPAQUE:
-            continue
-        try:
-            found[name] = os.getxattr(target, name, follow_symlinks=follow)
-        except OSError as e:
-            if e.errno not in (errno.ENODATA, errno.ENOTSUP):
-                raise
-    return found
+    return {
+        name: value
+        for name, value in read_xattrs(target).items()
+        if not name.startswith(OVERLAY_XATTR_PREFIX) or name == OVERLAY_OPAQUE
+    }
 
 
 # ---------------------------------------------------------------------- read

@@ -20,9 +20,9 @@ import stat
 from . import fstree
 from .errors import KiwiError
 from .idmap import SIZE as ID_BLOCK  # ids of an unprivileged container
+from .proc import copy_data
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-CHUNK = 1 << 20
 # Copied out, setuid and setgid bits go: a container's setuid-root file must never run as root on the host.
 HOST_MODE_MASK = 0o1777
 OVERFLOW_ID = 65534  # the kernel's overflowuid: an id with no mapping
@@ -167,13 +167,7 @@ class Copy:
             name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
         )
         try:
-            offset = 0
-            while True:
-                sent = os.sendfile(dst, src, offset, CHUNK)
-                if sent == 0:
-                    break
-                offset += sent
-            self.bytes += offset
+            self.bytes += copy_data(src, dst)  # to its end: a /proc file's size is 0
             self.set_owner_mode_times(dst, st)
         finally:
             os.close(dst)
@@ -317,38 +311,15 @@ def in_container_view(store, cid: str, work) -> tuple[int, int]:
 
 def on_stopped_root(store, cid: str, lower: str, work):
     """In a private mount namespace (privatens.run): state + overlay, then work(root fd)."""
-    import tempfile
+    from . import privatens
 
-    from . import privatens, rootfs
-
-    base = tempfile.mkdtemp(prefix="cp-", dir=str(store.tmp_dir))
-    try:
-        state = privatens.mount_state(store, cid, os.path.join(base, "state"))
-        merged = os.path.join(base, "merged")
-        os.mkdir(merged, 0o700)
-        rootfs.mount_overlay(lower, state, merged)
+    with privatens.work_folder(store, "cp") as base:
+        merged = privatens.mount_stopped_root(store, cid, lower, base)
         root = os.open(merged, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             return work(root, 0)
         finally:
             os.close(root)
-    finally:
-        unmount_work_folder(base)
-
-
-def unmount_work_folder(base: str) -> None:
-    import contextlib
-
-    from . import syscalls as sc
-
-    for sub in ("merged", "state"):
-        path = os.path.join(base, sub)
-        with contextlib.suppress(OSError):
-            sc.umount(path, sc.MNT_DETACH)
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
-    with contextlib.suppress(OSError):
-        os.rmdir(base)
 
 
 def copy(store, source: str, dest: str) -> tuple[int, int, str]:

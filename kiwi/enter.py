@@ -11,12 +11,30 @@ from __future__ import annotations
 import os
 
 from .errors import EXIT_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, KiwiError
-from .proc import read_to_end, wait_exit_code
+from .proc import copy_data, read_to_end, wait_exit_code
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # kiwi-exec joins them in this order: a user namespace first, the mount namespace last.
 NAMESPACES = ["user", "cgroup", "ipc", "uts", "net", "pid", "time", "mnt"]
 HELPER_FD_BASE = 64  # spawn_helper moves the helper's fds above this before placing them
+EXEC_NAME = "kiwi-exec"
+
+
+def helper_candidates(name: str) -> list[str]:
+    """Where a static helper (kiwi-init, kiwi-exec) may be: beside this module; in a
+    PyInstaller build also under _MEIPASS."""
+    import sys
+
+    candidates = [os.path.join(os.path.dirname(os.path.realpath(__file__)), name)]
+    bundle = getattr(sys, "_MEIPASS", None)
+    if bundle:
+        candidates += [os.path.join(bundle, "kiwi", name), os.path.join(bundle, name)]
+    return candidates
+
+
+def find_helper(name: str) -> str | None:
+    """The first of helper_candidates that is a file; None when there is none."""
+    return next((path for path in helper_candidates(name) if os.path.isfile(path)), None)
 
 
 class Entry:
@@ -177,7 +195,11 @@ def sealed_copy(path: str, name: str) -> int:
     try:
         fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
-            copy_file(src, fd)
+            size = os.fstat(src).st_size
+            if copy_data(src, fd, size) != size:
+                import errno
+
+                raise OSError(errno.EIO, f"{path} shrank while it was copied")
             seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
         except BaseException:
@@ -186,19 +208,6 @@ def sealed_copy(path: str, name: str) -> int:
     finally:
         os.close(src)
     return fd
-
-
-def copy_file(src: int, dst: int) -> None:
-    """All of src to dst inside the kernel (sendfile): a helper is copied on every attach."""
-    import errno
-
-    size = os.fstat(src).st_size
-    done = 0
-    while done < size:
-        sent = os.sendfile(dst, src, done, size - done)
-        if sent == 0:
-            raise OSError(errno.EIO, f"the helper binary shrank while it was copied (fd {src})")
-        done += sent
 
 
 def spawn_helper(memfd: int, layout: list[int], argv: list[str], env: dict) -> int:

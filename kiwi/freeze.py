@@ -13,10 +13,11 @@ import os
 import signal
 import time
 
+from . import layout
 from .errors import KiwiError, exit_code_for_signal
 from .store import Store, atomic_write_json, read_json
 
-LEASE = "freeze.json"
+LEASE = layout.FREEZE_LEASE
 UNWIND_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 

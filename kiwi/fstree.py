@@ -55,6 +55,27 @@ def open_subdir(dir_fd: int, name: str) -> int | None:
         raise
 
 
+def read_xattrs(target: int | str) -> dict[str, bytes]:
+    """The extended attributes of an open fd, or of a path never followed (a
+    /proc/self/fd/<dir fd>/<name> path keeps the lookup inside that folder: the xattr
+    calls have no dir_fd form); {} where the file system has none or the file went."""
+    follow = isinstance(target, int)
+    try:
+        names = os.listxattr(target, follow_symlinks=follow)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.ENOENT, errno.ENODATA):
+            return {}
+        raise
+    found = {}
+    for name in names:
+        try:
+            found[name] = os.getxattr(target, name, follow_symlinks=follow)
+        except OSError as e:
+            if e.errno not in (errno.ENODATA, errno.ENOTSUP):  # removed since listed
+                raise
+    return found
+
+
 def walk_stats(top):
     """(dir_fd, name, lstat) for every entry below top, each folder before its contents.
 

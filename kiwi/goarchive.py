@@ -31,6 +31,7 @@ import types
 
 from .errors import KiwiError
 from .extract import UnsafeArchiveError
+from .fstree import read_xattrs
 
 SQUASHFS_MAGIC = b"hsqs"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -371,20 +372,6 @@ def add_entry(extractor, member, rel, dir_fd, name, st) -> None:
     else:
         return  # sockets: nothing to restore
     extractor.add(None, member, relpath=rel)
-
-
-def read_xattrs(target) -> dict:
-    """Extended attributes of a path (never followed) or of an open fd."""
-    import errno
-
-    follow = isinstance(target, int)
-    try:
-        names = os.listxattr(target, follow_symlinks=follow)
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.ENODATA):
-            return {}
-        raise
-    return {n: os.getxattr(target, n, follow_symlinks=follow) for n in names}
 
 
 def extract_tar_part(path, part: str, dest: str) -> None:

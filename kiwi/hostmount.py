@@ -7,9 +7,7 @@ an overlay built in a throw-away namespace and moved onto the target.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 
 from . import privatens
 from .errors import KiwiError
@@ -149,27 +147,13 @@ def attach_to_host(tree: int, target: str) -> None:
 
 def mount_stopped_overlay(store: Store, cid: str, lower: str, target: str) -> None:
     """Runs in a private namespace: state + overlay there, then only the overlay moves to the host."""
-    from . import rootfs
     from . import syscalls as sc
 
     # The kiwi process that forked us still lives in the namespace the user sees.
     host_ns = os.open(f"/proc/{os.getppid()}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-    work = tempfile.mkdtemp(prefix="mount-", dir=str(store.tmp_dir))
-    try:
-        state = privatens.mount_state(store, cid, os.path.join(work, "state"))
-        merged = os.path.join(work, "merged")
-        os.mkdir(merged, 0o700)
-        rootfs.mount_overlay(lower, state, merged)
+    with privatens.work_folder(store, "mount") as work:
+        merged = privatens.mount_stopped_root(store, cid, lower, work)
         tree = sc.open_tree(sc.AT_FDCWD, merged, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
-        sc.umount(merged, sc.MNT_DETACH)
-        with contextlib.suppress(OSError):
-            sc.umount(os.path.join(work, "state"), sc.MNT_DETACH)
-    finally:
-        for sub in ("merged", "state"):
-            with contextlib.suppress(OSError):
-                os.rmdir(os.path.join(work, sub))
-        with contextlib.suppress(OSError):
-            os.rmdir(work)
     sc.setns(host_ns, sc.CLONE_NEWNS)
     attach_to_host(tree, target)
 

@@ -16,18 +16,29 @@ from __future__ import annotations
 
 import marshal
 import os
-import sys
 from time import time_ns
 
-from .peek import is_privileged, json_value, live_usage, process_start_time, superblock_usage
+from .layout import (
+    CONFIG,
+    CONTAINERS,
+    FREEZE_LEASE,
+    GO_ID_LEN,
+    ID_LEN,
+    IMAGE_RECORD,
+    IMAGES,
+    MOUNT_RECORD,
+    MOUNTS,
+    OLD_MOUNTS,
+    PRIVATE_DIRS,
+    RUNTIME_RECORD,
+    data_folder,
+    is_hex,
+    live_init,
+)
+from .peek import is_privileged, json_value, live_usage, mount_points, superblock_usage
 from .sizes import format_size
 
 RECORD_LIMIT = 64 << 10  # a larger config or record is left to files.read_json (1 MB)
-HEX = "0123456789abcdef"
-ID_LEN = 12  # store.ID_LEN
-GO_ID_LEN = 24  # gokiwi.GO_ID_RE
-PRIVATE_DIRS = ("images", "containers", "mounts", "exports", ".tmp", ".locks")  # Store.private_dirs
-LEASE = "freeze.json"  # freeze.LEASE: an abandoned one is thawed by runtime.status
 CACHE = "list-cache.json"  # in the data folder: RowCache
 CACHE_LIMIT = 16 << 20
 CACHE_FORMAT = ("kiwi list rows", 1, marshal.version)
@@ -60,16 +71,10 @@ def containers_listing() -> tuple[str, str | None]:
 
 def data_root() -> str:
     """Store.open's data folder, where it needs no migration."""
-    root = os.environ.get("KIWI_ROOT")
-    if root:
-        if not os.path.isabs(root):
-            raise Unusual("KIWI_ROOT is relative: Store.open says so")
-    else:
-        if getattr(sys, "frozen", False):  # store.executable_dir
-            kiwi = os.environ.get("KIWI_EXECUTABLE") or sys.executable
-        else:
-            kiwi = os.path.dirname(__file__)
-        root = os.path.join(os.path.dirname(os.path.realpath(kiwi)), "kiwi-data")
+    try:
+        root = data_folder()
+    except ValueError:
+        raise Unusual("KIWI_ROOT is relative: Store.open says so") from None
     try:
         if os.stat(root).st_mode & 0o170000 == 0o040000:
             return root
@@ -84,7 +89,7 @@ def check_layout(root: str) -> None:
         try:
             st = os.lstat(f"{root}/{name}")
         except FileNotFoundError:
-            if name == "mounts" and os.path.lexists(f"{root}/run"):
+            if name == MOUNTS and os.path.lexists(f"{root}/{OLD_MOUNTS}"):
                 raise Unusual("an older runtime folder: Store.open renames it") from None
             continue
         if st.st_mode & 0o170000 == 0o040000 and st.st_mode & 0o077:
@@ -95,18 +100,18 @@ def refuse_go_data(root: str) -> None:
     """Go Kiwi's images (a manifest.json without image.json): cmd_list hints at 'kiwi migrate'.
     Its containers (24-hex folders) are found by container_ids."""
     try:
-        names = os.listdir(f"{root}/images")
+        names = os.listdir(f"{root}/{IMAGES}")
     except FileNotFoundError:
         return
     for name in names:
-        image = f"{root}/images/{name}"
-        if not os.path.lexists(f"{image}/image.json") and os.path.lexists(f"{image}/manifest.json"):
+        image = f"{root}/{IMAGES}/{name}"
+        if not os.path.lexists(f"{image}/{IMAGE_RECORD}") and os.path.lexists(f"{image}/manifest.json"):
             raise Unusual("Go Kiwi's image: cmd_list hints at 'kiwi migrate'")
 
 
 def container_ids(root: str) -> list[str]:
     try:
-        names = os.listdir(f"{root}/containers")
+        names = os.listdir(f"{root}/{CONTAINERS}")
     except FileNotFoundError:
         return []
     if any(is_hex(n, GO_ID_LEN) for n in names):
@@ -114,21 +119,17 @@ def container_ids(root: str) -> list[str]:
     return sorted(n for n in names if is_hex(n, ID_LEN))
 
 
-def is_hex(name: str, length: int) -> bool:
-    return len(name) == length and not name.strip(HEX)
-
-
 def container_rows(root: str, cache: RowCache | None = None) -> list[dict]:
     try:
-        started = set(os.listdir(f"{root}/mounts"))
+        started = set(os.listdir(f"{root}/{MOUNTS}"))
     except FileNotFoundError:
         started = set()
     state_of = RunningState(root)
     cache = cache or RowCache(root)
     rows = []
     for cid in container_ids(root):
-        folder = f"{root}/containers/{cid}"
-        config = container_config(cid, f"{folder}/config.json", cache)
+        folder = f"{root}/{CONTAINERS}/{cid}"
+        config = container_config(cid, f"{folder}/{CONFIG}", cache)
         if config is None:
             continue  # deleted meanwhile (cmd_list skips it too)
         state = state_of(cid) if cid in started else {"status": "stopped", "mount_target": None}
@@ -182,17 +183,15 @@ class RunningState:
         self.mount_points = None
 
     def __call__(self, cid: str) -> dict:
-        folder = f"{self.root}/mounts/{cid}"
+        folder = f"{self.root}/{MOUNTS}/{cid}"
         try:
-            record = read_record(f"{folder}/runtime.json")
+            record = read_record(f"{folder}/{RUNTIME_RECORD}")
         except FileNotFoundError:
             raise Unusual("a runtime folder without a record: stale or mounted") from None
-        pid = record.get("init_pid")  # runstate.read_runtime's checks
-        if not isinstance(pid, int) or pid <= 1 or process_start_time(pid) != record.get("init_start_time"):
-            raise Unusual("its init is gone: stale or mounted")
-        if record.get("root", self.real_root) != self.real_root:
-            raise Unusual("a record copied with the folder")
-        if exists(f"{folder}/{LEASE}"):
+        pid = live_init(record, self.real_root)  # runstate.read_runtime's checks
+        if pid is None:
+            raise Unusual("its init is gone (stale or mounted), or the record is another folder's")
+        if exists(f"{folder}/{FREEZE_LEASE}"):
             raise Unusual("a freeze lease: runtime.status thaws it if abandoned")
         return {
             "status": "running",
@@ -204,10 +203,10 @@ class RunningState:
 
     def mount_target(self, folder: str) -> str | None:
         """runstate.read_mount: where mount.json says it is mounted, if it is."""
-        if not exists(f"{folder}/mount.json"):
+        if not exists(f"{folder}/{MOUNT_RECORD}"):
             return None  # the everyday case, told without an exception (they cost a list ~0.5 ms)
         try:
-            target = read_record(f"{folder}/mount.json").get("target")
+            target = read_record(f"{folder}/{MOUNT_RECORD}").get("target")
         except FileNotFoundError:
             return None
         if not isinstance(target, str) or not target:
@@ -220,15 +219,6 @@ class RunningState:
 def exists(path: str) -> bool:
     """os.path.lexists without raising and catching FileNotFoundError."""
     return os.access(path, os.F_OK, effective_ids=True, follow_symlinks=False)
-
-
-def mount_points() -> set[str]:
-    """runstate.is_mountpoint for every path at once."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            return {line.split()[4] for line in f}
-    except OSError:
-        return set()
 
 
 def used_bytes(folder: str, init_pid: int | None, cache: RowCache, cid: str) -> int | None:
@@ -464,7 +454,7 @@ def sparse_shortfall(root: str, sparse_ids: list[str], image_stats: dict | None 
         st = (image_stats or {}).get(cid)
         if st is None:
             try:
-                st = os.stat(f"{root}/containers/{cid}/state.img")
+                st = os.stat(f"{root}/{CONTAINERS}/{cid}/state.img")
             except OSError:
                 continue
         may_write += max(st.st_size - st.st_blocks * 512, 0)

@@ -6,6 +6,7 @@ leave a mount on the host. Errors come back to the caller as KiwiError.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -38,6 +39,46 @@ def in_helper(parent: int, private_namespace: bool, fn, *args):
         if is_disk_full(e):
             raise host_full(Path(os.fsdecode(e.filename or ".")), "writing it") from e
         raise
+
+
+@contextlib.contextmanager
+def work_folder(store, what: str):
+    """Inside a private namespace: a new folder <what>-<pid>-... in the data folder's .tmp
+    (`kiwi cleanup` leaves it while this pid lives) for what the caller mounts at its
+    state/ and merged/; on the way out they are detached and the folders removed with
+    rmdir alone, so a mount that stays is never emptied."""
+    import tempfile
+
+    work = tempfile.mkdtemp(prefix=f"{what}-{os.getpid()}-", dir=str(store.tmp_dir))
+    try:
+        yield work
+    finally:
+        release_work_folder(work)
+
+
+def release_work_folder(work: str) -> None:
+    from . import syscalls as sc
+
+    for sub in ("merged", "state"):
+        path = os.path.join(work, sub)
+        with contextlib.suppress(OSError):
+            sc.umount(path, sc.MNT_DETACH)
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(work)
+
+
+def mount_stopped_root(store, cid: str, lower: str, work: str) -> str:
+    """Inside a private namespace: a stopped container's root (its state over the image's
+    lower tree) at work/merged, which it returns."""
+    from . import rootfs
+
+    state = mount_state(store, cid, os.path.join(work, "state"))
+    merged = os.path.join(work, "merged")
+    os.mkdir(merged, 0o700)
+    rootfs.mount_overlay(lower, state, merged)
+    return merged
 
 
 def mount_state(store, cid: str, mountpoint: str) -> str:

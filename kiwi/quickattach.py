@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import os
 
+from .layout import CONFIG, CONTAINERS, HEX, IMAGE_RECORD, IMAGES, MOUNTS, RUNTIME_RECORD, find_container
 from .listing import (
-    HEX,
-    ID_LEN,
     RunningState,
     Unusual,
     check_layout,
@@ -31,7 +30,6 @@ from .listing import (
     refuse_go_data,
 )
 
-EXEC_NAME = "kiwi-exec"  # security.EXEC_NAME
 CGROUP_ROOT = "/sys/fs/cgroup/"
 
 
@@ -49,9 +47,9 @@ def prepare(args):
     refuse_go_data(root)
     cid = resolve(root, args.container)
     record = RunningState(root)(cid)["record"]
-    check_private(f"{root}/mounts/{cid}/runtime.json")
+    check_private(f"{root}/{MOUNTS}/{cid}/{RUNTIME_RECORD}")
     entry, init_pid = entry_of(record), record["init_pid"]
-    config = read_record(f"{root}/containers/{cid}/config.json")
+    config = read_record(f"{root}/{CONTAINERS}/{cid}/{CONFIG}")
     if config.get("id") != cid:
         raise Unusual(f"{cid}'s config names another id")
     image = image_config(root, config)
@@ -67,17 +65,14 @@ def check_private(path: str) -> None:
 
 def resolve(root: str, ref: str) -> str:
     """Store.resolve_container's id, name or unique id prefix; Unusual for its errors."""
-    ids = container_ids(root)
-    if ref in ids:
-        return ref
-    for cid in ids:
+
+    def name_of(cid: str):
         try:
-            if read_record(f"{root}/containers/{cid}/config.json").get("name") == ref:
-                return cid
+            return read_record(f"{root}/{CONTAINERS}/{cid}/{CONFIG}").get("name")
         except FileNotFoundError:
-            continue
-    is_prefix = 0 < len(ref) <= ID_LEN and not ref.strip(HEX)
-    matches = [cid for cid in ids if cid.startswith(ref)] if is_prefix else []
+            return None
+
+    matches = find_container(ref, container_ids(root), name_of)
     if len(matches) != 1:
         raise Unusual("no such container, or an ambiguous prefix: Store.resolve_container says so")
     return matches[0]
@@ -87,7 +82,7 @@ def entry_of(record: dict):
     """The enter.Entry the start recorded, checked; Unusual when missing, damaged or
     another build's (its seccomp program may differ from this one's)."""
     from . import version_text
-    from .enter import Entry
+    from .enter import EXEC_NAME, Entry, find_helper
 
     facts = record.get("enter")
     if not isinstance(facts, dict) or facts.get("kiwi") != version_text():
@@ -113,11 +108,9 @@ def entry_of(record: dict):
         programs = [bytes.fromhex(facts["seccomp"]), bytes.fromhex(facts["seccomp_sysinfo"])]
     except (KeyError, TypeError, ValueError):
         raise Unusual("damaged seccomp programs") from None
-    helper = os.path.join(
-        os.path.dirname(os.path.realpath(__file__)), EXEC_NAME
-    )  # security.helper_binary_path
-    if not os.path.isfile(helper):
-        raise Unusual("kiwi-exec elsewhere: security.helper_binary_path finds it")
+    helper = find_helper(EXEC_NAME)
+    if helper is None:
+        raise Unusual("no kiwi-exec: security.helper_binary_path says where it looked")
     return Entry(procs, own_net, socket, programs.__getitem__, caps, helper)
 
 
@@ -127,7 +120,7 @@ def image_config(root: str, config: dict) -> dict:
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
         raise Unusual("an odd image name: Store.image_dir says so")
     try:
-        found = read_record(f"{root}/images/{name}/image.json").get("config")
+        found = read_record(f"{root}/{IMAGES}/{name}/{IMAGE_RECORD}").get("config")
     except OSError:
         return {}
     return found if isinstance(found, dict) else {}

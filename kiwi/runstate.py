@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import layout
 from .errors import KiwiError
+from .peek import mount_points
 from .proc import process_start_time
 from .store import Store, read_json
 
@@ -23,11 +25,11 @@ SYSINFO_SOCKET = "sysinfo.sock"
 
 
 def runtime_file(store: Store, cid: str) -> Path:
-    return store.runtime_dir(cid) / "runtime.json"
+    return store.runtime_dir(cid) / layout.RUNTIME_RECORD
 
 
 def mount_file(store: Store, cid: str) -> Path:
-    return store.runtime_dir(cid) / "mount.json"
+    return store.runtime_dir(cid) / layout.MOUNT_RECORD
 
 
 def own_identity() -> dict:
@@ -49,14 +51,7 @@ def read_runtime(store: Store, cid: str) -> dict | None:
         record = read_json(runtime_file(store, cid))
     except (FileNotFoundError, KiwiError, PermissionError):
         return None
-    pid = record.get("init_pid")
-    if not isinstance(pid, int) or pid <= 1:
-        return None
-    if process_start_time(pid) != record.get("init_start_time"):
-        return None
-    if record.get("root", store.real_root) != store.real_root:
-        return None  # a record copied along with the folder: the init is the original's
-    return record
+    return record if layout.live_init(record, store.real_root) else None
 
 
 def container_cgroup(store: Store, cid: str):
@@ -74,8 +69,4 @@ def read_mount(store: Store, cid: str) -> str | None:
 
 
 def is_mountpoint(path: str) -> bool:
-    try:
-        with open("/proc/self/mountinfo") as f:
-            return any(line.split()[4] == path for line in f)
-    except OSError:
-        return False
+    return path in mount_points()

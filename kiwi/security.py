@@ -34,11 +34,15 @@ import errno
 import os
 import signal
 import struct
-import sys
 from pathlib import Path
 
 from kiwi import syscalls as sc
-from kiwi.enter import DEFAULT_PATH  # the PATH of an init and of every command in it
+from kiwi.enter import (  # DEFAULT_PATH: the PATH of an init and of every command in it
+    DEFAULT_PATH,
+    EXEC_NAME,  # noqa: F401 - runtime names the helper through security
+    find_helper,
+    helper_candidates,
+)
 
 # -- capabilities ---------------------------------------------------------
 
@@ -670,21 +674,16 @@ def _max_fd() -> int:
 
 
 INIT_NAME = "kiwi-init"
-EXEC_NAME = "kiwi-exec"
 
 
 def helper_binary_path(name: str) -> Path:
-    """A static helper (kiwi-init, kiwi-exec) beside this module; in a PyInstaller build also under _MEIPASS."""
-    candidates = [Path(__file__).resolve().parent / name]
-    bundle = getattr(sys, "_MEIPASS", None)
-    if bundle:
-        candidates += [Path(bundle) / "kiwi" / name, Path(bundle) / name]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        errno.ENOENT, f"{name} not found (looked in {', '.join(map(str, candidates))}); run ./build.sh"
-    )
+    """enter.find_helper, or FileNotFoundError saying where it looked."""
+    found = find_helper(name)
+    if found is None:
+        raise FileNotFoundError(
+            errno.ENOENT, f"{name} not found (looked in {', '.join(helper_candidates(name))}); run ./build.sh"
+        )
+    return Path(found)
 
 
 def helper_memfd(name: str) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 
 from . import privatens
 from .errors import KiwiError
@@ -53,8 +52,7 @@ def snap(store: Store, cid: str, snapshot: str, progress=None):
 def write_container_archive(store, cid, out, settings, meta, rootfs, progress):
     from . import archive
 
-    work = tempfile.mkdtemp(prefix=f"snap-{os.getpid()}-", dir=str(store.tmp_dir))
-    try:
+    with privatens.work_folder(store, "snap") as work:
         state = privatens.mount_state(store, cid, os.path.join(work, "state"))
         return archive.write_archive(
             out,
@@ -65,19 +63,6 @@ def write_container_archive(store, cid, out, settings, meta, rootfs, progress):
             upper_dir=os.path.join(state, "upper"),
             progress=progress,
         )
-    finally:
-        release_work_dir(work)
-
-
-def release_work_dir(work: str) -> None:
-    """Unmount what this private namespace mounted under work, then remove it."""
-    from . import syscalls as sc
-
-    mnt = os.path.join(work, "state")
-    if os.path.ismount(mnt):
-        with contextlib.suppress(OSError):
-            sc.umount(mnt, sc.MNT_DETACH)
-    remove_tree(work, ignore_errors=True)
 
 
 def remember_rootfs_hash(store: Store, image: str, manifest: dict) -> None:

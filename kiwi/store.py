@@ -15,6 +15,7 @@ import stat
 import sys
 from pathlib import Path
 
+from . import layout
 from .errors import Doing, KiwiError, os_error_message
 
 # The file helpers live in files.py (hoststate.py needs them and store.py needs hoststate.py);
@@ -23,7 +24,7 @@ from .files import atomic_write_json, flock, fsync_dir, host_full, is_disk_full,
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
 ID_RE = re.compile(r"[0-9a-f]{12}\Z")
-ID_LEN = 12
+ID_LEN = layout.ID_LEN
 # Everything under kiwi-data is root's alone (0700): image trees and containers'
 # upper layers hold setuid-root files an unprivileged host user must never reach.
 PRIVATE_MODE = 0o700
@@ -46,8 +47,7 @@ def validate_container_name(name: str) -> str:
     return name
 
 
-def is_container_id(text: str) -> bool:
-    return bool(ID_RE.match(text))
+is_container_id = layout.is_container_id
 
 
 def new_container_id() -> str:
@@ -65,11 +65,8 @@ def executable_path() -> Path:
 
 
 def executable_dir() -> Path:
-    """Where kiwi-data lives by default: beside the frozen ./kiwi, or the checkout in source mode.
-    cffi_build/launcher.c finds the data folder by the same rule (see Store.open)."""
-    if getattr(sys, "frozen", False):
-        return executable_path().resolve().parent
-    return Path(__file__).resolve().parent.parent
+    """layout.executable_dir: where kiwi-data lives by default."""
+    return Path(layout.executable_dir())
 
 
 class Store:
@@ -80,13 +77,11 @@ class Store:
 
     @classmethod
     def open(cls) -> Store:
-        override = os.environ.get("KIWI_ROOT")
-        if override:
-            if not os.path.isabs(override):
-                raise KiwiError(f"KIWI_ROOT must be an absolute path, not {override!r}")
-            root = Path(override)
-        else:
-            root = executable_dir() / "kiwi-data"
+        try:
+            root = Path(layout.data_folder())
+        except ValueError as e:
+            raise KiwiError(str(e)) from None
+        if not os.environ.get("KIWI_ROOT"):
             migrate_old_folder(root.parent / ".kiwi", root)
         check_data_folder(root)
         migrate_old_runtime(root)
@@ -100,15 +95,15 @@ class Store:
     # --- layout -----------------------------------------------------------
     @functools.cached_property
     def images_dir(self) -> Path:
-        return self.root / "images"
+        return self.root / layout.IMAGES
 
     @functools.cached_property
     def containers_dir(self) -> Path:
-        return self.root / "containers"
+        return self.root / layout.CONTAINERS
 
     @functools.cached_property
     def mounts_dir(self) -> Path:
-        return self.root / "mounts"
+        return self.root / layout.MOUNTS
 
     @property
     def exports_dir(self) -> Path:
@@ -145,14 +140,7 @@ class Store:
         return self.root / f"{cid}-{snapshot}.kiwi"
 
     def private_dirs(self) -> tuple[Path, ...]:
-        return (
-            self.images_dir,
-            self.containers_dir,
-            self.mounts_dir,
-            self.exports_dir,
-            self.tmp_dir,
-            self.locks_dir,
-        )
+        return tuple(self.root / name for name in layout.PRIVATE_DIRS)
 
     def ensure_layout(self) -> None:
         """Create the folders a writing command needs, all PRIVATE_MODE."""
@@ -285,7 +273,7 @@ class Store:
             return None
 
     def container_config(self, cid: str) -> dict:
-        path = self.container_dir(cid) / "config.json"
+        path = self.container_dir(cid) / layout.CONFIG
         try:
             config = read_json(path)
         except FileNotFoundError:
@@ -299,32 +287,32 @@ class Store:
         names = {}
         for cid in self.container_ids():
             try:
-                name = read_json(self.container_dir(cid) / "config.json").get("name")
+                name = read_json(self.container_dir(cid) / layout.CONFIG).get("name")
             except (FileNotFoundError, KiwiError):
                 continue
             if name:
                 names[name] = cid
         return names
 
+    def container_name(self, cid: str):
+        """Its config's name; None when it has none or its config is missing or damaged."""
+        try:
+            return read_json(self.container_dir(cid) / layout.CONFIG).get("name")
+        except (FileNotFoundError, KiwiError):
+            return None
+
     def resolve_container(self, ref: str) -> str:
         """An id, a unique prefix of an id, or a name -> the id."""
         if not ref:
             raise KiwiError("no container given; see 'kiwi list'")
-        ids = self.container_ids()
-        if ref in ids:
-            return ref
-        by_name = self.container_names()
-        if ref in by_name:
-            return by_name[ref]
-        if re.fullmatch(r"[0-9a-f]{1,12}", ref):
-            matches = [cid for cid in ids if cid.startswith(ref)]
-            if len(matches) == 1:
-                return matches[0]
-            if len(matches) > 1:
-                raise KiwiError(
-                    f"{ref!r} matches {len(matches)} containers ({', '.join(matches[:4])}"
-                    f"{', ...' if len(matches) > 4 else ''}); give more of the id"
-                )
+        matches = layout.find_container(ref, self.container_ids(), self.container_name)
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise KiwiError(
+                f"{ref!r} matches {len(matches)} containers ({', '.join(matches[:4])}"
+                f"{', ...' if len(matches) > 4 else ''}); give more of the id"
+            )
         if re.fullmatch(r"[0-9a-f]{13,24}", ref):
             adopted = self.container_by_go_id(ref)
             if adopted:

@@ -135,16 +135,11 @@ def base_layers(store, meta: dict, rootfs: Path, progress_for) -> tuple[list, li
 def write_upper_layer(store, cid: str, progress):
     """(in a private mount namespace) the container's changes as a layer blob."""
     from .. import privatens
-    from ..snapshots import release_work_dir
 
-    work = os.path.join(str(store.tmp_dir), f"oci-{os.getpid()}-{secrets.token_hex(4)}")
-    os.mkdir(work, 0o700)
-    try:
+    with privatens.work_folder(store, "oci") as work:
         state = privatens.mount_state(store, cid, os.path.join(work, "state"))
         path, descriptor, diff_id = write_layer(store, Path(state) / "upper", upper=True, progress=progress)
         return str(path), descriptor, diff_id  # a helper's result travels as JSON
-    finally:
-        release_work_dir(work)
 
 
 def write_layer(store, root: Path, upper: bool, progress=None) -> tuple[Path, dict, str]:

@@ -36,7 +36,9 @@ def stop_all(store, cid: str) -> None:
     have none, and the records import hashlib and OpenSSL (~14 ms of `kiwi stop`)."""
     import os
 
-    if not os.path.isdir(store.runtime_dir(cid) / "sessions"):  # records.sessions_dir
+    from .. import layout
+
+    if not os.path.isdir(store.runtime_dir(cid) / layout.SESSIONS):  # records.sessions_dir
         return
     from . import manage
 

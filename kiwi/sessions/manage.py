@@ -26,6 +26,7 @@ from .records import (
     containers_with_runtime,
     daemon_alive,
     existing_record,
+    forget_lost,
     kill_leftovers,
     read_record,
     record_path,
@@ -66,9 +67,7 @@ def kill(store: Store, cid: str, sid: str) -> None:
             f"remove it with: kiwi sessions {cid} --delete {sid}"
         )
     if record is None or not daemon_alive(record):
-        if record is not None:
-            kill_leftovers(record)
-        remove_files(store, cid, sid)
+        forget_lost(store, cid, sid, record)
         return
     answer = request(store, cid, sid, proto.KILL, KILL_GRACE + REQUEST_TIMEOUT)
     if answer is None or answer[0] != proto.EXIT:
@@ -142,9 +141,7 @@ def clean_session(store: Store, cid: str, sid: str, running: bool) -> str | None
             return None  # kept on purpose until `sessions --delete`
         remove_files(store, cid, sid)
         return f"ended session {sid} of stopped container {cid}"
-    if record is not None:
-        kill_leftovers(record)
-    remove_files(store, cid, sid)
+    forget_lost(store, cid, sid, record)
     return f"session {sid} of container {cid} (its daemon had died)"
 
 

@@ -19,7 +19,7 @@ import secrets
 import signal
 from pathlib import Path
 
-from .. import proc
+from .. import layout, proc
 from ..errors import KiwiError
 from ..store import Store, is_container_id, read_json
 from . import proto
@@ -35,7 +35,7 @@ REQUEST_TIMEOUT = 5.0  # a client's wait for the daemon's first answer
 
 
 def sessions_dir(store: Store, cid: str) -> Path:
-    return store.runtime_dir(cid) / "sessions"
+    return store.runtime_dir(cid) / layout.SESSIONS
 
 
 def record_path(store: Store, cid: str, sid: str) -> Path:
@@ -168,6 +168,13 @@ def kill_leftovers(record: dict) -> None:
         signal_session(shell, (signal.SIGKILL,))
 
 
+def forget_lost(store: Store, cid: str, sid: str, record: dict | None) -> None:
+    """A session whose daemon is gone (record: its record, if any): end the shell it left, remove its files."""
+    if record is not None:
+        kill_leftovers(record)
+    remove_files(store, cid, sid)
+
+
 def request(store: Store, cid: str, sid: str, kind: int, timeout: float) -> tuple[int, bytes] | None:
     """One request/answer exchange with a session daemon; None when it cannot be reached."""
     sock = proto.connect(socket_path(store, cid, sid), timeout)
@@ -192,9 +199,7 @@ def usable_record(store: Store, cid: str, sid: str) -> dict:
             f"start a new one with: kiwi attach {cid}"
         )
     if record is None or not daemon_alive(record):
-        if record is not None:
-            kill_leftovers(record)
-        remove_files(store, cid, sid)
+        forget_lost(store, cid, sid, record)
         raise KiwiError(
             f"session {sid} is gone: its daemon is no longer running "
             f"(its stale files were removed); start a new one with: kiwi attach {cid}"

@@ -214,3 +214,58 @@ def test_going_on_records_environment_errors_and_passes_bugs():
     with pytest.raises(ZeroDivisionError), GoingOn(failures, "dividing"):
         1 / 0  # noqa: B018 - a bug is not an environment problem: it goes up
     assert len(failures) == 3
+
+
+def test_copy_data_within_a_file_system_and_into_a_memfd(tmp_path):
+    """copy_file_range where it works (tmp_path to tmp_path), sendfile where it refuses
+    (a file into a memfd: EXDEV), from the source's offset, and short at its end."""
+    data = os.urandom(3 << 20) + b"end"
+    (tmp_path / "src").write_bytes(data)
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    try:
+        for make_dst in (
+            lambda: os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT | os.O_TRUNC),
+            lambda: os.memfd_create("dst"),
+        ):
+            dst = make_dst()
+            try:
+                os.lseek(src, 10, os.SEEK_SET)
+                assert proc.copy_data(src, dst, len(data)) == len(data) - 10  # short: the end came first
+                os.lseek(dst, 0, os.SEEK_SET)
+                copied = b"".join(iter(lambda: os.read(dst, 1 << 20), b""))  # noqa: B023
+                assert copied == data[10:]
+            finally:
+                os.close(dst)
+        os.lseek(src, 0, os.SEEK_SET)
+        dst = os.memfd_create("part")
+        assert proc.copy_data(src, dst, 5) == 5 and os.pread(dst, 10, 0) == data[:5]
+        os.close(dst)
+    finally:
+        os.close(src)
+
+
+def test_copy_data_raises_what_it_cannot_fall_back_from(tmp_path):
+    (tmp_path / "src").write_bytes(b"x")
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    dst = os.open(tmp_path / "src", os.O_RDONLY)  # not open for writing
+    try:
+        with pytest.raises(OSError) as e:
+            proc.copy_data(src, dst, 1)
+        assert e.value.errno == errno.EBADF
+    finally:
+        os.close(src)
+        os.close(dst)
+
+
+def test_copy_data_without_a_size_copies_to_the_end(tmp_path):
+    """A /proc file's size is 0: without a size it is copied to its end (kiwi cp)."""
+    src = os.open("/proc/self/status", os.O_RDONLY)
+    dst = os.open(tmp_path / "status", os.O_RDWR | os.O_CREAT)
+    try:
+        assert os.fstat(src).st_size == 0
+        copied = proc.copy_data(src, dst)
+        assert copied > 0 and os.pread(dst, copied + 1, 0).startswith(b"Name:")
+        assert proc.copy_data(src, dst) == 0  # at its end already
+    finally:
+        os.close(src)
+        os.close(dst)

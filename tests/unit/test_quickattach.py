@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kiwi import freeze, listing, proc, quickattach, version_text
+from kiwi import enter, freeze, listing, proc, quickattach, version_text
 from kiwi.store import Store
 
 CID, OTHER = "abcdef000001", "abcdef000002"
@@ -59,7 +59,7 @@ def root(tmp_path, monkeypatch):
     package = tmp_path / "package"
     package.mkdir()
     (package / "kiwi-exec").write_bytes(b"")
-    monkeypatch.setattr(quickattach, "__file__", str(package / "quickattach.py"))
+    monkeypatch.setattr(enter, "__file__", str(package / "enter.py"))
     return root
 
 
@@ -166,7 +166,7 @@ def test_what_it_leaves_to_cmd_attach(root, case, monkeypatch):
     elif case == "odd image name":
         write_json(root / "containers" / CID / "config.json", {"id": CID, "name": "web", "image": "../x"})
     elif case == "no kiwi-exec beside the package":
-        os.unlink(os.path.join(os.path.dirname(quickattach.__file__), "kiwi-exec"))
+        os.unlink(os.path.join(os.path.dirname(enter.__file__), "kiwi-exec"))
     with pytest.raises((listing.Unusual, OSError)):
         quickattach.prepare(args)
 

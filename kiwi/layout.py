@@ -1,0 +1,88 @@
+"""The kiwi-data folder's layout, told with os alone: where it is by default, the names
+of its folders and records, what a container id looks like, which container a name or
+prefix means, and whether a runtime record's init is alive.
+
+The Store (store.py), runstate.py and the quick `list` and `attach` (listing.py,
+quickattach.py, which import no pathlib, json or re: issue 20) all read them here, so
+that the quick paths cannot drift from the Store. Import nothing heavier than peek.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .peek import process_start_time
+
+DATA_FOLDER = "kiwi-data"  # beside the kiwi that runs, unless KIWI_ROOT names one
+IMAGES = "images"
+CONTAINERS = "containers"
+MOUNTS = "mounts"  # one runtime folder per started container
+PRIVATE_DIRS = (IMAGES, CONTAINERS, MOUNTS, "exports", ".tmp", ".locks")  # root's alone (0700)
+OLD_MOUNTS = "run"  # what an older Kiwi called mounts/
+CONFIG = "config.json"  # in a container's folder
+IMAGE_RECORD = "image.json"  # in an image's folder
+RUNTIME_RECORD = "runtime.json"  # in a runtime folder: the init of the running container
+MOUNT_RECORD = "mount.json"  # in a runtime folder: where `kiwi mount` put it
+FREEZE_LEASE = "freeze.json"  # in a runtime folder: freeze.py's lease
+SESSIONS = "sessions"  # in a runtime folder: the session records
+
+HEX = "0123456789abcdef"
+ID_LEN = 12
+GO_ID_LEN = 24  # a Go Kiwi container's folder (gokiwi.GO_ID_RE)
+
+
+def is_hex(name: str, length: int) -> bool:
+    return len(name) == length and not name.strip(HEX)
+
+
+def is_container_id(text: str) -> bool:
+    return is_hex(text, ID_LEN)
+
+
+def executable_dir() -> str:
+    """Where kiwi-data lives by default: beside the frozen ./kiwi (the one-file launcher
+    names itself in $KIWI_EXECUTABLE), or the checkout in source mode. The launcher
+    (cffi_build/launcher.c) finds the data folder by the same rule."""
+    if getattr(sys, "frozen", False):
+        kiwi = os.environ.get("KIWI_EXECUTABLE") or sys.executable
+    else:
+        kiwi = os.path.dirname(__file__)  # the package: its parent is the checkout
+    return os.path.dirname(os.path.realpath(kiwi))
+
+
+def data_folder() -> str:
+    """KIWI_ROOT, else kiwi-data beside the kiwi that runs; ValueError for a relative KIWI_ROOT."""
+    root = os.environ.get("KIWI_ROOT")
+    if not root:
+        return os.path.join(executable_dir(), DATA_FOLDER)
+    if not os.path.isabs(root):
+        raise ValueError(f"KIWI_ROOT must be an absolute path, not {root!r}")
+    return root
+
+
+def find_container(ref: str, ids: list[str], name_of) -> list[str]:
+    """The containers ref means: an id, else the one named so (name_of(cid) -> its name or
+    None), else those whose id starts with ref. Two or more: an ambiguous prefix."""
+    if ref in ids:
+        return [ref]
+    for cid in ids:
+        if name_of(cid) == ref:
+            return [cid]
+    if 0 < len(ref) <= ID_LEN and not ref.strip(HEX):
+        return [cid for cid in ids if cid.startswith(ref)]
+    return []
+
+
+def live_init(record: dict, real_root: str) -> int | None:
+    """A runtime record's init pid while that very process lives (a recycled pid has another
+    start time) and the record is this data folder's (real_root: its resolved path; a
+    record copied along with the folder names the original's init); else None."""
+    pid = record.get("init_pid")
+    if type(pid) is not int or pid <= 1:
+        return None
+    if process_start_time(pid) != record.get("init_start_time"):
+        return None
+    if record.get("root", real_root) != real_root:
+        return None
+    return pid
