@@ -18,14 +18,13 @@ import stat
 from pathlib import Path
 
 from .errors import KiwiError, disk_full, os_error_message
-from .fstree import more_open_files
+from .fstree import copy_file_data, more_open_files
 
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
 OVERLAY_OPAQUE = "trusted.overlay.opaque"
 # Upper dirs written with these features depend on the lower layer's inodes.
 UNSUPPORTED_OVERLAY_XATTRS = ("trusted.overlay.metacopy", "trusted.overlay.redirect")
 EMPTY_AT_TOP = ("proc", "sys")
-COPY_CHUNK = 1 << 24
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -225,7 +224,7 @@ class _Flattener:
                 return  # swapped for something else while we walked
             dst = os.open(node.name, _NEW_FILE_FLAGS, 0o600, dir_fd=dest_fd)
             try:
-                _copy_data(src, dst, st.st_size)
+                copy_file_data(src, dst, st.st_size)  # holes stay holes: the image is on the host's disk
                 self.apply_meta(dst, _Node(src, None, st), xattr_source=node)
             finally:
                 os.close(dst)
@@ -298,24 +297,3 @@ def _copyable_xattrs(node) -> dict:
                 "which commit cannot flatten; mount overlays without it"
             )
     return {k: v for k, v in xattrs.items() if not k.startswith(OVERLAY_XATTR_PREFIX)}
-
-
-def _copy_data(src, dst, size):
-    """In-kernel copy (reflinks where the filesystem can); plain read/write otherwise."""
-    left = size
-    try:
-        while left > 0:
-            n = os.copy_file_range(src, dst, min(COPY_CHUNK, left))
-            if n == 0:
-                break
-            left -= n
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-            raise
-        while left > 0:
-            chunk = memoryview(os.read(src, min(COPY_CHUNK, left)))
-            if not chunk:
-                break
-            left -= len(chunk)
-            while chunk:
-                chunk = chunk[os.write(dst, chunk) :]

@@ -150,3 +150,52 @@ def _remove_contents(top_fd: int, ignore_errors: bool) -> None:
     finally:
         for fd, _, _ in stack:
             os.close(fd)
+
+
+COPY_CHUNK = 1 << 24
+
+
+def copy_file_data(src: int, dst: int, size: int) -> int:
+    """The first size bytes of src into the new, empty file dst, its holes kept as holes:
+    a container's sparse file (16 TiB in a few blocks, what ext4 allows) costs the host
+    no more blocks than it costs the container, and a file the container keeps growing
+    meanwhile ends at the size it had. Returns the bytes of data copied."""
+    copied = offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(src, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break  # only a hole from offset to the end
+            raise
+        if start >= size:
+            break
+        end = min(os.lseek(src, start, os.SEEK_HOLE), size)
+        copied += copy_range(src, dst, start, end - start)
+        offset = end
+    os.ftruncate(dst, size)  # the holes up to the end, or what a shrunk file lost
+    return copied
+
+
+def copy_range(src: int, dst: int, offset: int, length: int) -> int:
+    """length bytes at offset, from src to dst at the same offset, in the kernel where it
+    can (reflinks on the same filesystem); fewer when src shrank meanwhile."""
+    end = offset + length
+    try:
+        while offset < end:
+            n = os.copy_file_range(src, dst, min(COPY_CHUNK, end - offset), offset, offset)
+            if n == 0:
+                return length - (end - offset)
+            offset += n
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    while offset < end:
+        chunk = os.pread(src, min(COPY_CHUNK, end - offset), offset)
+        if not chunk:
+            break
+        done = 0
+        while done < len(chunk):
+            done += os.pwrite(dst, chunk[done:], offset + done)
+        offset += len(chunk)
+    return length - (end - offset)
