@@ -160,21 +160,35 @@ def copy_file_data(src: int, dst: int, size: int) -> int:
     a container's sparse file (16 TiB in a few blocks, what ext4 allows) costs the host
     no more blocks than it costs the container, and a file the container keeps growing
     meanwhile ends at the size it had. Returns the bytes of data copied."""
-    copied = offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(src, offset, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno == errno.ENXIO:
-                break  # only a hole from offset to the end
-            raise
-        if start >= size:
-            break
-        end = min(os.lseek(src, start, os.SEEK_HOLE), size)
-        copied += copy_range(src, dst, start, end - start)
-        offset = end
+    copied = 0
+    for start, length in data_regions(src, size):
+        copied += copy_range(src, dst, start, length)
     os.ftruncate(dst, size)  # the holes up to the end, or what a shrunk file lost
     return copied
+
+
+def data_regions(fd: int, size: int) -> list[tuple[int, int]]:
+    """(offset, length) of each run of data in the first size bytes of fd; the rest are
+    holes (SEEK_DATA/SEEK_HOLE: a filesystem without holes says it is all data). The
+    file's offset is left where it was."""
+    regions = []
+    offset, position = 0, os.lseek(fd, 0, os.SEEK_CUR)
+    try:
+        while offset < size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:
+                    break  # only a hole from offset to the end
+                raise
+            if start >= size:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            regions.append((start, end - start))
+            offset = end
+    finally:
+        os.lseek(fd, position, os.SEEK_SET)
+    return regions
 
 
 def copy_range(src: int, dst: int, offset: int, length: int) -> int:

@@ -3,12 +3,15 @@
 Root inside can make a file of terabytes in a few blocks (ext4 allows 16 TiB) within
 any storage limit; `commit` (into the host's data folder) and `kiwi cp` out of the
 container wrote every hole as zeros (a 1 GiB file of one block became 1 GiB on the
-host's disk). Their copies keep the holes and the data between them.
+host's disk), and `snap` stored them as zeros, which a restore then wrote back past
+the storage limit (the snapshot could not be restored). Their copies keep the holes.
 """
 
 from __future__ import annotations
 
 import os
+
+from kiwi import archive
 
 GIB = 1 << 30
 # One byte at 512 MiB and another at the end of 1 GiB: three blocks of data at most.
@@ -43,3 +46,16 @@ def test_cp_out_keeps_the_holes_and_proc_files_still_copy(kiwi, busybox, tmp_pat
     # A /proc file says its size is 0 and holds text: it is read to its end.
     kiwi("cp", f"{cid}:/proc/version", str(tmp_path / "version"), check=True)
     assert (tmp_path / "version").read_text() == open("/proc/version").read()
+
+
+def test_snap_of_a_file_larger_than_the_storage_restores(kiwi, busybox):
+    cid = kiwi.create(busybox)  # 1G of storage
+    two_gib = 2 * GIB
+    kiwi.sh(cid, MAKE_SPARSE + f" && printf E | dd of=/sparse bs=1 seek={two_gib - 1} 2>/dev/null")
+    snapshot = kiwi.out("snap", cid, "holes")
+    assert archive.read_manifest(snapshot)["parts"]["upper"]["size"] < 1 << 20  # the holes were not stored
+    restored = kiwi.create(snapshot)
+    size, blocks = kiwi.out("attach", restored, "--", "stat", "-c", "%s %b", "/sparse").split()
+    assert int(size) == two_gib and int(blocks) * 512 <= 1 << 20
+    script = f"dd if=/sparse bs=1 skip={512 << 20} count=1; dd if=/sparse bs=1 skip={GIB - 1} count=1; tail -c 1 /sparse"
+    assert kiwi.out("attach", restored, "--", "sh", "-c", script + " 2>/dev/null") == "AZE"
