@@ -215,6 +215,8 @@ class _TreeWriter:
     read (a running container) can never redirect the walk outside itself.
     """
 
+    KEEP_HOLES = True  # a file with holes as a sparse member (emit_sparse)
+
     def __init__(self, sink, part, counter, upper):
         self.sink, self.part, self.counter, self.upper = sink, part, counter, upper
         self.first_name_of_inode = {}
@@ -255,7 +257,7 @@ class _TreeWriter:
             return
         real_name, real_size = info.name, info.size
         folder, _, leaf = real_name.rpartition("/")
-        info.name = f"{folder}/GNUSparseFile.0/{leaf}"
+        info.name = f"{folder}/GNUSparseFile.0/{leaf}" if folder else f"GNUSparseFile.0/{leaf}"
         info.size = stored
         # path first, so that a reader applies GNU.sparse.name after it.
         sparse_pax = {"path": info.name, **pax}
@@ -369,8 +371,8 @@ class _TreeWriter:
                 self.first_name_of_inode[key] = self.member_name(relpath)
             info = _info(self.member_name(relpath), st, tarfile.REGTYPE)
             info.size = st.st_size
-            regions = data_regions(fd, st.st_size)
-            if sum(length for _, length in regions) < st.st_size:
+            regions = data_regions(fd, st.st_size) if self.KEEP_HOLES else []
+            if self.KEEP_HOLES and sum(length for _, length in regions) < st.st_size:
                 self.emit_sparse(info, _pax_for(_xattrs_of_fd(fd)), fd, regions)
             else:
                 self.emit(info, _pax_for(_xattrs_of_fd(fd)), data_fd=fd)

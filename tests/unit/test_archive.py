@@ -155,6 +155,26 @@ def test_sparse_files_keep_their_holes(tmp_path, trees):
     assert (gnu / "upper" / "sparse").read_bytes() == (upper / "sparse").read_bytes()
 
 
+def test_oci_layers_write_holes_as_zeros(tmp_path):
+    """The image spec says sparse members SHOULD NOT be used: export's layers stay plain."""
+    from kiwi.oci.export import _layer_writer
+
+    (tmp_path / "tree").mkdir()
+    with open(tmp_path / "tree" / "sparse", "wb") as f:
+        os.pwrite(f.fileno(), b"S", (1 << 20) - 1)
+
+    class Sink(io.BytesIO):
+        files = data_bytes = 0
+
+    sink = Sink()
+    _layer_writer()(sink, "", archive._Counter(None, 0), False).write_root(tmp_path / "tree")
+    sink.write(archive.END_OF_ARCHIVE)
+    with tarfile.open(fileobj=io.BytesIO(sink.getvalue())) as tar:
+        member = tar.getmember("sparse")
+        assert member.sparse is None and member.size == 1 << 20
+        assert tar.extractfile(member).read() == bytes((1 << 20) - 1) + b"S"
+
+
 def test_plain_tar_sees_kiwi_json_first_and_oci_whiteouts(tmp_path, trees):
     rootfs, upper = trees
     archive.write_archive(tmp_path / "c.kiwi", "container", {}, {}, rootfs, upper)
