@@ -162,8 +162,12 @@ def copy_file_data(src: int, dst: int, size: int) -> int:
     meanwhile ends at the size it had. Returns the bytes of data copied."""
     copied = 0
     for start, length in data_regions(src, size):
-        copied += copy_range(src, dst, start, length)
-    os.ftruncate(dst, size)  # the holes up to the end, or what a shrunk file lost
+        done = copy_range(src, dst, start, length)
+        copied += done
+        if done < length:  # it ends there: it shrank meanwhile, or holds less than it says (/sys)
+            size = start + done
+            break
+    os.ftruncate(dst, size)  # the holes up to the end
     return copied
 
 

@@ -67,3 +67,15 @@ def test_the_copy_ends_at_the_size_given(tmp_path):
         assert st.st_size == 4 * MIB and data == b"B" * (2 * MIB) + bytes(2 * MIB) and copied == 2 * MIB
     finally:
         os.close(src)
+
+
+def test_a_file_that_holds_less_than_it_says_ends_there(tmp_path):
+    """A sysfs file says 4096 bytes and holds a line: the copy is the line."""
+    path = "/sys/kernel/uevent_seqnum"
+    src = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(src).st_size
+        copied, st, data = copy(tmp_path, src, size)
+    finally:
+        os.close(src)
+    assert size == 4096 and data.endswith(b"\n") and st.st_size == len(data) == copied < size
