@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 from .errors import KiwiError, disk_full, os_error_message
-from .fstree import more_open_files, open_subdir, read_xattrs, remove_tree, walk_stats
+from .fstree import data_regions, more_open_files, open_subdir, read_xattrs, remove_tree, walk_stats
 from .store import fsync_dir, utc_now
 
 FORMAT_VERSION = 1
@@ -57,6 +57,7 @@ MANIFEST_LIMIT = 1 << 20
 HEAD_RESERVE = 64 << 10
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
+SPARSE_STORED_LIMIT = 8**11  # a tar header's size field: beyond it a pax "size" is needed
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
 OVERLAY_OPAQUE = "trusted.overlay.opaque"
 XATTR_PAX_PREFIX = "SCHILY.xattr."
@@ -213,6 +214,8 @@ class _TreeWriter:
     read (a running container) can never redirect the walk outside itself.
     """
 
+    KEEP_HOLES = True  # a file with holes as a sparse member (emit_sparse)
+
     def __init__(self, sink, part, counter, upper):
         self.sink, self.part, self.counter, self.upper = sink, part, counter, upper
         self.first_name_of_inode = {}
@@ -239,6 +242,47 @@ class _TreeWriter:
             self.counter.add(len(chunk))
         self.sink.write(_padding(size))
         self.sink.data_bytes += size
+
+    def emit_sparse(self, info, pax, fd, regions):
+        """A file with holes as PAX sparse 1.0 (GNU tar's --sparse-version=1.0): its map of
+        data regions, then those regions alone; tarfile, GNU tar and extract.py give the holes
+        back. Written whole, a container's 16 TiB file of a few blocks is 16 TiB of zeros to
+        read, compress, and write back at restore, past its storage limit."""
+        sparse_map = f"{len(regions)}\n".encode() + b"".join(f"{o}\n{n}\n".encode() for o, n in regions)
+        sparse_map += _padding(len(sparse_map))
+        stored = len(sparse_map) + sum(length for _, length in regions)
+        if stored >= SPARSE_STORED_LIMIT:  # tarfile finds the next member by a pax size
+            self.emit(info, pax, data_fd=fd)
+            return
+        real_name, real_size = info.name, info.size
+        folder, _, leaf = real_name.rpartition("/")
+        info.name = f"{folder}/GNUSparseFile.0/{leaf}" if folder else f"GNUSparseFile.0/{leaf}"
+        info.size = stored
+        # path first, so that a reader applies GNU.sparse.name after it.
+        sparse_pax = {"path": info.name, **pax}
+        sparse_pax |= {
+            "GNU.sparse.major": "1",
+            "GNU.sparse.minor": "0",
+            "GNU.sparse.name": real_name,
+            "GNU.sparse.realsize": str(real_size),
+        }
+        self.emit(info, sparse_pax)
+        self.sink.write(sparse_map)
+        for offset, length in regions:
+            self.copy_region(fd, offset, length)
+        self.sink.write(_padding(stored))
+        self.sink.data_bytes += stored - len(sparse_map)
+        self.counter.add(real_size - (stored - len(sparse_map)))  # the holes: progress counts st_size
+
+    def copy_region(self, fd, offset, length):
+        end = offset + length
+        while offset < end:
+            chunk = os.pread(fd, min(CHUNK, end - offset), offset)
+            if not chunk:  # the file shrank while we read it: keep the map's promise
+                chunk = bytes(min(CHUNK, end - offset))
+            self.sink.write(chunk)
+            offset += len(chunk)
+            self.counter.add(len(chunk))
 
     def write_root(self, root: Path):
         """Depth first with an explicit stack of (dir fd, relpath, names left): any depth."""
@@ -326,7 +370,11 @@ class _TreeWriter:
                 self.first_name_of_inode[key] = self.member_name(relpath)
             info = _info(self.member_name(relpath), st, tarfile.REGTYPE)
             info.size = st.st_size
-            self.emit(info, _pax_for(_xattrs_of_fd(fd)), data_fd=fd)
+            regions = data_regions(fd, st.st_size) if self.KEEP_HOLES else []
+            if self.KEEP_HOLES and sum(length for _, length in regions) < st.st_size:
+                self.emit_sparse(info, _pax_for(_xattrs_of_fd(fd)), fd, regions)
+            else:
+                self.emit(info, _pax_for(_xattrs_of_fd(fd)), data_fd=fd)
         finally:
             os.close(fd)
 

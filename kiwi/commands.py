@@ -11,7 +11,7 @@ import re
 import sys
 
 from . import listing
-from .errors import EXIT_ERROR, KiwiError
+from .errors import EXIT_ERROR, KiwiError, printable
 from .sizes import format_size
 from .store import Store
 
@@ -21,7 +21,7 @@ def out(text: str = "") -> None:
 
 
 def warn(text: str) -> None:
-    print(f"kiwi: {text}", file=sys.stderr, flush=True)
+    print(f"kiwi: {printable(text)}", file=sys.stderr, flush=True)
 
 
 def progress_bar(label: str):
@@ -578,7 +578,8 @@ def cmd_sessions(args) -> int:
     else:
         print_table(
             ["SESSION", "STATE", "CREATED", "COMMAND"],
-            [[r["id"], r["state"], r["created"], r["command"]] for r in rows],
+            # The command line is the container's (its shell's argv, a script's #! line).
+            [[r["id"], r["state"], r["created"], printable(r["command"])] for r in rows],
         )
     return 0
 

@@ -20,7 +20,6 @@ import stat
 from . import fstree
 from .errors import KiwiError
 from .idmap import SIZE as ID_BLOCK  # ids of an unprivileged container
-from .proc import copy_data
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Copied out, setuid and setgid bits go: a container's setuid-root file must never run as root on the host.
@@ -167,7 +166,13 @@ class Copy:
             name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
         )
         try:
-            self.bytes += copy_data(src, dst)  # to its end: a /proc file's size is 0
+            # Its holes stay holes, and it ends at the size it had (a container may grow it forever).
+            size = os.fstat(src).st_size
+            if size:
+                fstree.copy_file_data(src, dst, size)
+            else:  # /proc's and /sys' files say 0 and hold text: read them, within a bound
+                size = copy_pseudo_file(src, dst)
+            self.bytes += size
             self.set_owner_mode_times(dst, st)
         finally:
             os.close(dst)
@@ -203,6 +208,23 @@ class Copy:
         }
         what = kind.get(stat.S_IFMT(st.st_mode), "a special file")
         return KiwiError(f"{path} is {what}; kiwi cp copies only files, folders and symlinks")
+
+
+PSEUDO_FILE_LIMIT = 16 << 20  # far above any /proc or /sys file
+
+
+def copy_pseudo_file(src: int, dst: int) -> int:
+    """A file whose size says 0, read to its end: a /proc or /sys file, or one the container
+    grows meanwhile, which must not keep the copy going."""
+    data = bytearray()
+    while chunk := os.read(src, 1 << 20):
+        data += chunk
+        if len(data) > PSEUDO_FILE_LIMIT:
+            raise KiwiError("a file grew past 16M while it was copied; copy again")
+    view = memoryview(data)
+    while view:
+        view = view[os.write(dst, view) :]
+    return len(data)
 
 
 def same_file(a: os.stat_result, b: os.stat_result) -> bool:

@@ -54,7 +54,17 @@ class ChildBug(KiwiError):
 
 
 def one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    return printable(" ".join(str(text).split()))
+
+
+# C0 controls (those split() leaves), DEL and C1: what a terminal acts on.
+CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def printable(text: str) -> str:
+    """text with each control character shown as \\xNN: what a container chose (its file
+    names, its processes' command lines) never reaches the admin's terminal raw."""
+    return str(text).translate(CONTROLS)
 
 
 def os_error_message(e: OSError, op: str | None = None, path=None) -> str:

@@ -18,8 +18,7 @@ import stat
 from pathlib import Path
 
 from .errors import KiwiError, disk_full, os_error_message
-from .fstree import more_open_files, read_xattrs
-from .proc import copy_data
+from .fstree import copy_file_data, more_open_files, read_xattrs
 
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
 OVERLAY_OPAQUE = "trusted.overlay.opaque"
@@ -219,7 +218,7 @@ class _Flattener:
                 return  # swapped for something else while we walked
             dst = os.open(node.name, _NEW_FILE_FLAGS, 0o600, dir_fd=dest_fd)
             try:
-                copy_data(src, dst, st.st_size)
+                copy_file_data(src, dst, st.st_size)  # holes stay holes: the image is on the host's disk
                 self.apply_meta(dst, _Node(src, None, st), xattr_source=node)
             finally:
                 os.close(dst)

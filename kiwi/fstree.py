@@ -171,3 +171,70 @@ def _remove_contents(top_fd: int, ignore_errors: bool) -> None:
     finally:
         for fd, _, _ in stack:
             os.close(fd)
+
+
+COPY_CHUNK = 1 << 24
+
+
+def copy_file_data(src: int, dst: int, size: int) -> int:
+    """The first size bytes of src into the new, empty file dst, its holes kept as holes:
+    a container's sparse file (16 TiB in a few blocks, what ext4 allows) costs the host
+    no more blocks than it costs the container, and a file the container keeps growing
+    meanwhile ends at the size it had. Returns the bytes of data copied."""
+    copied = 0
+    for start, length in data_regions(src, size):
+        done = copy_range(src, dst, start, length)
+        copied += done
+        if done < length:  # it ends there: it shrank meanwhile, or holds less than it says (/sys)
+            size = start + done
+            break
+    os.ftruncate(dst, size)  # the holes up to the end
+    return copied
+
+
+def data_regions(fd: int, size: int) -> list[tuple[int, int]]:
+    """(offset, length) of each run of data in the first size bytes of fd; the rest are
+    holes (SEEK_DATA/SEEK_HOLE: a filesystem without holes says it is all data). The
+    file's offset is left where it was."""
+    regions = []
+    offset, position = 0, os.lseek(fd, 0, os.SEEK_CUR)
+    try:
+        while offset < size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:
+                    break  # only a hole from offset to the end
+                raise
+            if start >= size:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            regions.append((start, end - start))
+            offset = end
+    finally:
+        os.lseek(fd, position, os.SEEK_SET)
+    return regions
+
+
+def copy_range(src: int, dst: int, offset: int, length: int) -> int:
+    """length bytes at offset, from src to dst at the same offset, in the kernel where it
+    can (reflinks on the same filesystem); fewer when src shrank meanwhile."""
+    end = offset + length
+    try:
+        while offset < end:
+            n = os.copy_file_range(src, dst, min(COPY_CHUNK, end - offset), offset, offset)
+            if n == 0:
+                return length - (end - offset)
+            offset += n
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    while offset < end:
+        chunk = os.pread(src, min(COPY_CHUNK, end - offset), offset)
+        if not chunk:
+            break
+        done = 0
+        while done < len(chunk):
+            done += os.pwrite(dst, chunk[done:], offset + done)
+        offset += len(chunk)
+    return length - (end - offset)

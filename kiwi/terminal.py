@@ -362,7 +362,9 @@ class Console:
 
 
 def report(message: str) -> None:
-    print(f"kiwi: {message}", file=sys.stderr, flush=True)
+    from .errors import one_line
+
+    print(f"kiwi: {one_line(message)}", file=sys.stderr, flush=True)
 
 
 def lower_first(text: str) -> str:

@@ -174,6 +174,9 @@ def _layer_writer():
     from ..archive import _TreeWriter
 
     class LayerTreeWriter(_TreeWriter):
+        # The image spec: sparse members "SHOULD NOT be used" (not every tar reads them).
+        KEEP_HOLES = False
+
         def member_name(self, relpath):
             return relpath or "."
 

@@ -10,8 +10,15 @@ from ..stdio import terminal_size
 
 DEFAULT_SIZE = (24, 80)
 # Queries a shell sent to its terminal (cursor position, device attributes, colours).
-# Replayed, they would make the new terminal type its answers into the shell.
-TERMINAL_QUERIES = re.compile(rb"\x1b\[[>=?]?[0-9;]*[cn]|\x1b\][0-9]+;\?(?:\x07|\x1b\\)")
+# Replayed, they would make the new terminal type its answers into the shell; a window
+# title report types back a title the container set.
+TERMINAL_QUERIES = re.compile(
+    rb"\x1b\[[>=?]?[0-9;]*[cn]"  # device attributes, status and cursor position reports
+    rb"|\x1b\[[0-9;]*t"  # window reports (title, size) and operations
+    rb"|\x1b\[\??[0-9;]*\$p"  # DECRQM: a mode's state
+    rb"|\x1bP[$+]q[^\x07\x1b]{0,255}(?:\x07|\x1b\\)"  # DECRQSS, XTGETTCAP
+    rb"|\x1b\][0-9]{1,3}(?:;[^\x07\x1b]{0,255})?;\?(?:\x07|\x1b\\)"  # colours, the clipboard (OSC 52)
+)
 
 
 def parse_detach_key(text: str) -> tuple[int, str]:

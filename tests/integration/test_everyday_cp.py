@@ -174,8 +174,9 @@ def test_stopped_and_mounted_is_refused(kiwi, busybox, tmp_path):
 def test_full_container_storage_is_one_line_and_leaves_nothing(kiwi, busybox, tmp_path):
     cid = kiwi.create("busybox", "--network", "host", "--sparse")
     big = tmp_path / "big"
-    with open(big, "wb") as f:
-        f.truncate(1100 << 20)  # more than the 1G limit
+    with open(big, "wb") as f:  # more than the 1G limit, in data (a copy keeps holes as holes)
+        for _ in range(1100):
+            f.write(b"\1" * (1 << 20))
     done = kiwi("cp", big, f"{cid}:/root/", check=False, timeout=300)
     assert done.returncode == 1
     assert done.stderr.startswith("kiwi: the container's storage is full; nothing was copied")

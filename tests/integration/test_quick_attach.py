@@ -69,3 +69,20 @@ def test_an_untrusted_record_does_not_steer(kiwi, running, case):
     else:
         rewrite_facts(kiwi, running, mode=0o666, procs=bogus)
     probe(kiwi, running)  # entered through cmd_attach, into the container's own cgroups
+
+
+def held_by_the_shell(kiwi, cid: str) -> list[str]:
+    """Each fd of the shell and what it is (pipe, or a file's path), as `ls -l` (its child)
+    sees them, and the shell's exe."""
+    lines = kiwi.out("attach", cid, "--", "sh", "-c", "ls -l /proc/$$/fd; readlink /proc/$$/exe").splitlines()
+    fds = [line.split()[-3] + " " + line.split()[-1].split(":")[0] for line in lines if " -> " in line]
+    return fds + lines[-1:]
+
+
+def test_quick_path_hands_no_host_fd(kiwi, running):
+    """The command holds the three pipes kiwi relays and nothing else of the host's
+    (no cgroup, namespace, seccomp, handler or memfd fd of kiwi-exec's), on both paths."""
+    quick = held_by_the_shell(kiwi, running)
+    assert quick == ["0 pipe", "1 pipe", "2 pipe", "/bin/busybox"]
+    rewrite_facts(kiwi, running)  # through cmd_attach
+    assert held_by_the_shell(kiwi, running) == quick

@@ -493,8 +493,8 @@ def test_storage_smaller_than_the_archive_is_refused(kiwi, kiwi2, busybox, tmp_p
         assert sha256_file(m / "root" / "random.bin") == digest
     kiwi("delete", small, "--yes")
 
-    # 150 MiB + a 900 MiB sparse file (stored as 900 MiB of zeros): no longer fits 1G.
-    kiwi.sh(cid, "set -e; dd if=/dev/zero of=/root/sparse bs=1M count=0 seek=900 2>/dev/null")
+    # 150 MiB + 900 MiB more data (zeros written, not holes: a snap keeps holes): no longer fits 1G.
+    kiwi.sh(cid, "set -e; dd if=/dev/zero of=/root/zeros bs=1M count=900 2>/dev/null")
     kiwi("stop", cid, "--time", "2")
     big = kiwi.out("snap", cid, "1g", timeout=300).splitlines()[-1]
     for k in (kiwi, kiwi2):

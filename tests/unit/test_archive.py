@@ -125,6 +125,56 @@ def test_container_round_trip_keeps_everything(tmp_path, trees):
     assert os.getxattr(out_upper / "opq", "trusted.overlay.opaque") == b"y"
 
 
+def test_sparse_files_keep_their_holes(tmp_path, trees):
+    """A file of 64 MiB with 3 bytes of data (root inside makes terabytes so, within any
+    storage limit) is stored as its data alone, restored with its holes, and GNU tar reads it."""
+    rootfs, upper = trees
+    big = 64 << 20
+    with open(upper / "sparse", "wb") as f:
+        for offset in (0, 32 << 20, big - 1):
+            os.pwrite(f.fileno(), b"S", offset)
+    with open(upper / "holes-only", "wb") as f:
+        f.truncate(big)
+    manifest = archive.write_archive(tmp_path / "c.kiwi", "container", {}, {}, rootfs, upper)
+    assert manifest["parts"]["upper"]["size"] < 1 << 20  # the tar bytes: holes were never written
+    out = tmp_path / "out-upper"
+    archive.extract_archive(tmp_path / "c.kiwi", tmp_path / "out-rootfs", out)
+    assert describe(out) == describe(upper)
+    for name in ("sparse", "holes-only"):
+        st = os.stat(out / name)
+        assert st.st_size == big and st.st_blocks * 512 <= 1 << 20
+    with open(out / "sparse", "rb") as f:
+        assert [os.pread(f.fileno(), 2, o) for o in (0, (32 << 20) - 1)] == [b"S\0", b"\0S"]
+        assert os.pread(f.fileno(), 2, big - 2) == b"\0S"
+    gnu = tmp_path / "gnu"
+    gnu.mkdir()
+    subprocess.run(
+        ["tar", "-I", "zstd", "-xf", str(tmp_path / "c.kiwi"), "-C", str(gnu), "upper/sparse"], check=True
+    )
+    assert os.stat(gnu / "upper" / "sparse").st_size == big
+    assert (gnu / "upper" / "sparse").read_bytes() == (upper / "sparse").read_bytes()
+
+
+def test_oci_layers_write_holes_as_zeros(tmp_path):
+    """The image spec says sparse members SHOULD NOT be used: export's layers stay plain."""
+    from kiwi.oci.export import _layer_writer
+
+    (tmp_path / "tree").mkdir()
+    with open(tmp_path / "tree" / "sparse", "wb") as f:
+        os.pwrite(f.fileno(), b"S", (1 << 20) - 1)
+
+    class Sink(io.BytesIO):
+        files = data_bytes = 0
+
+    sink = Sink()
+    _layer_writer()(sink, "", archive._Counter(None, 0), False).write_root(tmp_path / "tree")
+    sink.write(archive.END_OF_ARCHIVE)
+    with tarfile.open(fileobj=io.BytesIO(sink.getvalue())) as tar:
+        member = tar.getmember("sparse")
+        assert member.sparse is None and member.size == 1 << 20
+        assert tar.extractfile(member).read() == bytes((1 << 20) - 1) + b"S"
+
+
 def test_plain_tar_sees_kiwi_json_first_and_oci_whiteouts(tmp_path, trees):
     rootfs, upper = trees
     archive.write_archive(tmp_path / "c.kiwi", "container", {}, {}, rootfs, upper)

@@ -70,6 +70,11 @@ def main_raising(monkeypatch, capsys, error, debug=False):
             EXIT_ERROR,
             "kiwi: the files are nested too deeply",
         ),
+        (  # a container's file name: its escapes shown, never sent to the terminal
+            OSError(errno.ENOENT, "No such file or directory", "/d/\x1b]0;X\x07\x9b2J\x7f"),
+            EXIT_ERROR,
+            "kiwi: cannot use /d/\\x1b]0;X\\x07\\x9b2J\\x7f: No such file or directory",
+        ),
     ],
 )
 def test_anything_escaping_is_one_line(monkeypatch, capsys, error, code, line):
