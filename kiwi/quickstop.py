@@ -54,10 +54,12 @@ class QuickStop:
         try:
             early = terminate(self.record, self.idle, self.cid, self.folder_id)
             try:
-                # The grace period first, then the imports: an early bridge release gets
-                # to the kernel sooner without them (the GIL), and its ~40 ms there then
-                # overlap them.
+                # The grace period and the early bridge release's imports first, then
+                # ours: the release gets to the kernel sooner without them (one GIL),
+                # and its ~40 ms there overlap them.
                 wait_for_exit(self.record["init_pid"], self.record["init_start_time"], grace)
+                if early is not None:
+                    early.wait_loaded()
                 from pathlib import Path
 
                 from .runtime import finish_stop
