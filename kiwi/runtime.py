@@ -21,7 +21,7 @@ from .enter import Entry, container_env, enter_container, spawn_helper
 from .errors import KiwiError
 from .proc import Background, process_start_time
 from .runstate import SYSINFO_SOCKET, container_cgroup, mount_file, read_mount, read_runtime, runtime_file
-from .stopping import EarlyBridgeRelease, only_init_and_helpers, terminate, wait_for_exit
+from .stopping import EarlyBridgeRelease, only_init_and_helpers, signal_init, terminate, wait_for_exit
 from .store import Store, atomic_write_json
 
 SHELLS = [
@@ -601,8 +601,7 @@ def finish_stop(
                 cgroup = container_cgroup(store, cid)
                 if not cgroup.foreign():
                     cgroup.kill_all()
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                signal_init(pid, start_time, signal.SIGKILL)
                 wait_for_exit(pid, start_time, 5)
         except BaseException:
             if early is not None:

@@ -35,11 +35,30 @@ def terminate(record: dict, idle: bool, cid: str, folder_id: str) -> EarlyBridge
     """SIGTERM to the init (it forwards to everyone); for an idle container, the bridge's
     release starts with it (EarlyBridgeRelease). After the signal, so that a kiwi killed
     meanwhile never leaves a running container without its network."""
+    signal_init(record["init_pid"], record["init_start_time"], signal.SIGTERM)
+    return EarlyBridgeRelease(cid, folder_id) if idle else None
+
+
+def signal_init(pid: int, start_time: int, signum: int) -> None:
+    """Through a pidfd of the process checked to be the init: were it gone meanwhile and
+    its pid taken by another process, that one gets nothing."""
     try:
-        os.kill(record["init_pid"], signal.SIGTERM)
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except OSError:  # kernels before 5.3: checked, then signalled by pid
+        pidfd = None
+    try:
+        if process_start_time(pid) == start_time:
+            if pidfd is None:
+                os.kill(pid, signum)
+            else:
+                signal.pidfd_send_signal(pidfd, signum)
     except ProcessLookupError:
         pass
-    return EarlyBridgeRelease(cid, folder_id) if idle else None
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def wait_for_exit(pid: int, start_time: int | None, timeout: float) -> bool:
