@@ -525,9 +525,9 @@ def quick_attach(args) -> int | None:
 
 
 def quick_stop(args) -> int | None:
-    """`kiwi stop c` of a running container from kiwi/quickstop.py: the Store and the
-    runtime are imported while its init exits (issue 20). None where it leaves the
-    answer to cmd_stop, before anything was done."""
+    """`kiwi stop c` of a running container from kiwi/quickstop.py, without commands.py and
+    the checks only unusual containers need (issue 20). None where it leaves the answer
+    to cmd_stop, before anything was done."""
     from . import listing, quickstop
 
     try:

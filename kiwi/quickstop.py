@@ -3,9 +3,10 @@
 Decided with os alone, under the container's lock (the file Store.container_lock
 flocks), from listing.py's readers and what the start recorded in runtime.json:
 its init alive, its cgroup's cgroup.procs files (runtime.entry_facts), its data
-folder's id. Only then are the Store and the runtime imported, while the init
-exits: runtime.finish_stop waits, kills what is left and tears down as every stop
-does. Anything else (not root, a container stopped, mounted, frozen or with
+folder's id. Then it goes on as runtime.stop does (stopping.terminate, then
+runtime.finish_stop: the grace period, SIGKILL, teardown), without commands.py,
+the sessions, freeze.py, Store.open and the cgroup mounts' parsing before the
+SIGTERM. Anything else (not root, a container stopped, mounted, frozen or with
 session files, a record of another Kiwi build or folder, a cgroup where the
 settings would not look, or with cgroups below it) raises listing.Unusual with
 nothing done, and commands.cmd_stop answers as it always did.
@@ -49,26 +50,15 @@ class QuickStop:
 
     def run(self, grace: int) -> str:
         """Stop it as runtime.stop does; returns its id."""
-        from .stopping import terminate, wait_for_exit
-
         try:
-            early = terminate(self.record, self.idle, self.cid, self.folder_id)
-            try:
-                # The grace period and the early bridge release's imports first, then
-                # ours: the release gets to the kernel sooner without them (one GIL),
-                # and its ~40 ms there overlap them.
-                wait_for_exit(self.record["init_pid"], self.record["init_start_time"], grace)
-                if early is not None:
-                    early.wait_loaded()
-                from pathlib import Path
+            from pathlib import Path
 
-                from .runtime import finish_stop
-                from .store import Store
-            except BaseException:
-                if early is not None:
-                    early.wait_quietly()
-                raise
-            finish_stop(Store(Path(self.root)), self.cid, self.record, early, grace=0)  # waited
+            from .runtime import finish_stop
+            from .stopping import terminate
+            from .store import Store
+
+            early = terminate(self.record, self.idle, self.cid, self.folder_id)
+            finish_stop(Store(Path(self.root)), self.cid, self.record, early, grace)
             return self.cid
         finally:
             self.close()

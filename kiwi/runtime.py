@@ -21,7 +21,7 @@ from .enter import Entry, container_env, enter_container, spawn_helper
 from .errors import KiwiError
 from .proc import Background, process_start_time
 from .runstate import SYSINFO_SOCKET, container_cgroup, mount_file, read_mount, read_runtime, runtime_file
-from .stopping import EarlyBridgeRelease, only_init_and_helpers, signal_init, terminate, wait_for_exit
+from .stopping import EarlyBridgeRelease, only_init_and_helpers, signal_init, terminate
 from .store import Store, atomic_write_json
 
 SHELLS = [
@@ -567,6 +567,39 @@ def run_attached(store: Store, cid: str, argv: list[str] | None, exec_options=No
 
 
 # --- stop, teardown, cleanup ---------------------------------------------------------
+
+
+def wait_for_exit(pid: int, start_time: int | None, timeout: float) -> bool:
+    """True once the process (pid, start_time) is gone; False if still there after timeout.
+
+    Sleeps on a pidfd, which the kernel wakes the moment the process exits; it
+    need not be our child. Kernels without pidfd_open (< 5.3) get polled."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return poll_for_exit(pid, start_time, timeout)
+    try:
+        # The pidfd follows whoever has the pid now: the init only if the start time matches.
+        if process_start_time(pid) != start_time:
+            return True
+        import select
+
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout * 1000))))
+    finally:
+        os.close(pidfd)
+
+
+def poll_for_exit(pid: int, start_time: int | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process_start_time(pid) != start_time:
+            return True
+        time.sleep(0.02)
+    return process_start_time(pid) != start_time
 
 
 def stop(store: Store, cid: str, stop_sessions: Callable[[Store, str], None], grace: float = 10) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 from .proc import Background, process_start_time
 
@@ -61,39 +60,6 @@ def signal_init(pid: int, start_time: int, signum: int) -> None:
             os.close(pidfd)
 
 
-def wait_for_exit(pid: int, start_time: int | None, timeout: float) -> bool:
-    """True once the process (pid, start_time) is gone; False if still there after timeout.
-
-    Sleeps on a pidfd, which the kernel wakes the moment the process exits; it
-    need not be our child. Kernels without pidfd_open (< 5.3) get polled."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return poll_for_exit(pid, start_time, timeout)
-    try:
-        # The pidfd follows whoever has the pid now: the init only if the start time matches.
-        if process_start_time(pid) != start_time:
-            return True
-        import select
-
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        return bool(poller.poll(max(0, int(timeout * 1000))))
-    finally:
-        os.close(pidfd)
-
-
-def poll_for_exit(pid: int, start_time: int | None, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process_start_time(pid) != start_time:
-            return True
-        time.sleep(0.02)
-    return process_start_time(pid) != start_time
-
-
 class EarlyBridgeRelease:
     """network.release_bridge_early in a thread, started with the SIGTERM of an idle
     container: the bridge's deletion (~40 ms in the kernel) overlaps the init's exit
@@ -101,25 +67,13 @@ class EarlyBridgeRelease:
     it holds meanwhile makes a concurrent start wait, as after the exit."""
 
     def __init__(self, cid: str, folder_id: str):
-        import _thread
-
         self.released = False
-        self.loading = _thread.allocate_lock()
-        self.loading.acquire()
         self.job = Background(self._release, cid, folder_id)
 
     def _release(self, cid: str, folder_id: str) -> None:
-        try:
-            from . import hoststate, network, store  # noqa: F401 - what the release imports
-        finally:
-            self.loading.release()
-        self.released = network.release_bridge_early(cid, folder_id)
+        from . import network
 
-    def wait_loaded(self) -> None:
-        """Until the release has imported what it needs: imports of the caller's own then
-        do not slow it on its way to the kernel (one GIL), where it waits ~40 ms."""
-        with self.loading:
-            pass
+        self.released = network.release_bridge_early(cid, folder_id)
 
     def wait(self) -> bool:
         """True when the bridge and NAT are gone; raises what the release raised."""

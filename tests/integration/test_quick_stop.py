@@ -1,6 +1,6 @@
-"""`kiwi stop c` of a running container decides with os alone (quickstop.py) and loads
-the Store and the runtime only while the init exits; anything unusual goes through
-cmd_stop. Both must leave exactly the same state, under the same lock: a concurrent
+"""`kiwi stop c` of a running container decides with os alone (quickstop.py), without
+commands.py and Store.open, then stops as runtime.stop does; anything unusual goes
+through cmd_stop. Both must leave exactly the same state, under the same lock: a concurrent
 stop or start of the same container, or a kiwi killed midway, leaves nothing behind.
 
 Which path ran is seen from outside: the full path loads kiwi/commands.pyc from the
