@@ -524,6 +524,20 @@ def quick_attach(args) -> int | None:
         gc.enable()
 
 
+def quick_stop(args) -> int | None:
+    """`kiwi stop c` of a running container from kiwi/quickstop.py, without commands.py and
+    the checks only unusual containers need (issue 20). None where it leaves the answer
+    to cmd_stop, before anything was done."""
+    from . import listing, quickstop
+
+    try:
+        stop = quickstop.prepare(args)
+    except (listing.Unusual, OSError):
+        return None
+    print(f"stopped {stop.run(args.time)}", flush=True)  # as cmd_stop
+    return EXIT_OK
+
+
 # attach's options that take a value, as `-e V`, `--env V` or `--env=V`: argparse's dest of each.
 ATTACH_VALUE_OPTIONS = {
     "-e": "env",
@@ -628,6 +642,10 @@ def run(argv: list[str]) -> int:
         return EXIT_OK
     if args.command == "attach" and getattr(args, "dashdash", False):
         status = quick_attach(args)
+        if status is not None:
+            return status
+    if args.command == "stop" and args.time >= 0:
+        status = quick_stop(args)
         if status is not None:
             return status
     if args.command == "terminal":  # a front end like this one: it runs what is typed through run()

@@ -299,11 +299,12 @@ def remove_nat_and_bridge(bridge: str) -> None:
     the two instead of the sum (issue 20). An error of either raises once both ended."""
     from kiwi.proc import Background
 
-    deleting = Background(delete_link, bridge)
+    # The bridge in this thread: a new thread's first steps would delay the longer wait.
+    removing = Background(remove_nat)
     try:
-        remove_nat()
+        delete_link(bridge)
     finally:
-        deleting.wait()
+        removing.wait()
 
 
 def delete_link(name: str) -> None:

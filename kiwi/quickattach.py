@@ -81,23 +81,13 @@ def resolve(root: str, ref: str) -> str:
 def entry_of(record: dict):
     """The enter.Entry the start recorded, checked; Unusual when missing, damaged or
     another build's (its seccomp program may differ from this one's)."""
-    from . import version_text
     from .enter import EXEC_NAME, Entry, find_helper
 
-    facts = record.get("enter")
-    if not isinstance(facts, dict) or facts.get("kiwi") != version_text():
-        raise Unusual("a start by another Kiwi build: runtime.spawn computes the entry")
-    procs, own_net, socket, caps = (facts.get(key) for key in ("procs", "own_net", "handler_socket", "caps"))
+    facts = facts_of(record)
+    procs = recorded_procs(facts)
+    own_net, socket, caps = (facts.get(key) for key in ("own_net", "handler_socket", "caps"))
     if not (
-        isinstance(procs, list)
-        and all(
-            isinstance(p, str)
-            and p.startswith(CGROUP_ROOT)
-            and p.endswith("/cgroup.procs")
-            and "/../" not in p
-            for p in procs
-        )
-        and isinstance(own_net, bool)
+        isinstance(own_net, bool)
         and isinstance(socket, str)
         and isinstance(caps, str)
         and bool(caps)
@@ -112,6 +102,34 @@ def entry_of(record: dict):
     if helper is None:
         raise Unusual("no kiwi-exec: security.helper_binary_path says where it looked")
     return Entry(procs, own_net, socket, programs.__getitem__, caps, helper)
+
+
+def facts_of(record: dict) -> dict:
+    """runtime.entry_facts as this build's start recorded them; Unusual for another build's."""
+    from . import version_text
+
+    facts = record.get("enter")
+    if not isinstance(facts, dict) or facts.get("kiwi") != version_text():
+        raise Unusual("a start by another Kiwi build: runtime.spawn computes the entry")
+    return facts
+
+
+def recorded_procs(facts: dict) -> list[str]:
+    """The cgroup.procs files the start recorded (Cgroup.procs_paths), checked; Unusual if damaged."""
+    procs = facts.get("procs")
+    if not (
+        isinstance(procs, list)
+        and procs
+        and all(
+            isinstance(p, str)
+            and p.startswith(CGROUP_ROOT)
+            and p.endswith("/cgroup.procs")
+            and "/../" not in p
+            for p in procs
+        )
+    ):
+        raise Unusual("damaged entry facts")
+    return procs
 
 
 def image_config(root: str, config: dict) -> dict:

@@ -21,6 +21,7 @@ from .enter import Entry, container_env, enter_container, spawn_helper
 from .errors import KiwiError
 from .proc import Background, process_start_time
 from .runstate import SYSINFO_SOCKET, container_cgroup, mount_file, read_mount, read_runtime, runtime_file
+from .stopping import EarlyBridgeRelease, only_init_and_helpers, signal_init, terminate
 from .store import Store, atomic_write_json
 
 SHELLS = [
@@ -617,76 +618,40 @@ def stop(store: Store, cid: str, stop_sessions: Callable[[Store, str], None], gr
             stop_sessions(store, cid)
         early = None
         if record:
-            pid, start_time = record["init_pid"], record["init_start_time"]
-            idle = record.get("veth") and is_idle(store, cid, pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            if idle:
-                early = EarlyBridgeRelease(store, cid)
-            try:
-                load_teardown()
-                if not wait_for_exit(pid, start_time, grace):
-                    cgroup = container_cgroup(store, cid)
-                    if not cgroup.foreign():
-                        cgroup.kill_all()
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                    wait_for_exit(pid, start_time, 5)
-            except BaseException:
-                if early is not None:  # not cut short at exit: that could leave the NAT without its bridge
-                    with contextlib.suppress(Exception):
-                        early.wait()
-                raise
-        failures = teardown(store, cid, early=early)
-        if failures:
-            state = "stopped" if record else "is not running"
-            raise KiwiError(f"container {cid} {state}, but {'; '.join(failures)}; run 'kiwi cleanup'")
-        return record is not None
+            idle = bool(record.get("veth")) and is_idle(store, cid, record["init_pid"])
+            early = terminate(record, idle, cid, store.folder_id())
+        return finish_stop(store, cid, record, early, grace)
 
 
-# What runs in a container's cgroup besides its init without being the container's own:
-# the limits server (lxfs.c) and its sysinfo handler.
-KIWI_HELPERS = ("kiwi-lxfs", "kiwi-sysinfo")
+def finish_stop(
+    store: Store, cid: str, record: dict | None, early: EarlyBridgeRelease | None, grace: float
+) -> bool:
+    """After stopping.terminate, under the container's lock (quickstop.py comes here too):
+    the grace period, SIGKILL for what is left, teardown. True if it was running."""
+    if record:
+        pid, start_time = record["init_pid"], record["init_start_time"]
+        try:
+            load_teardown()
+            if not wait_for_exit(pid, start_time, grace):
+                cgroup = container_cgroup(store, cid)
+                if not cgroup.foreign():
+                    cgroup.kill_all()
+                signal_init(pid, start_time, signal.SIGKILL)
+                wait_for_exit(pid, start_time, 5)
+        except BaseException:
+            if early is not None:
+                early.wait_quietly()
+            raise
+    failures = teardown(store, cid, early=early)
+    if failures:
+        state = "stopped" if record else "is not running"
+        raise KiwiError(f"container {cid} {state}, but {'; '.join(failures)}; run 'kiwi cleanup'")
+    return record is not None
 
 
 def is_idle(store: Store, cid: str, init_pid: int) -> bool:
-    """Nothing but the init and Kiwi's helpers runs in the container: nothing there
-    could still use the network during a stop's grace period. A process inside that
-    names itself like a helper only loses its own network early."""
-    for pid in container_cgroup(store, cid).pids():
-        if pid != init_pid and process_name(pid) not in KIWI_HELPERS:
-            return False
-    return True
-
-
-def process_name(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().rstrip("\n")
-    except OSError:
-        return None  # gone meanwhile
-
-
-class EarlyBridgeRelease:
-    """network.release_bridge_early in a thread, started with the SIGTERM of an idle
-    container: the bridge's deletion (~40 ms in the kernel) overlaps the init's exit
-    (~25-40 ms, its ext4 unmount) instead of following it (issue 20). The bridge lock
-    it holds meanwhile makes a concurrent start wait, as after the exit."""
-
-    def __init__(self, store: Store, cid: str):
-        self.released = False
-        store.folder_id()  # made (if need be) here, not by two threads at once
-        self.job = Background(self._release, cid, store.folder_id())
-
-    def _release(self, cid: str, folder_id: str) -> None:
-        from . import network
-
-        self.released = network.release_bridge_early(cid, folder_id)
-
-    def wait(self) -> bool:
-        """True when the bridge and NAT are gone; raises what the release raised."""
-        self.job.wait()
-        return self.released
+    """stopping.only_init_and_helpers of the container's cgroup."""
+    return only_init_and_helpers(container_cgroup(store, cid).pids(), init_pid)
 
 
 def load_teardown() -> None:

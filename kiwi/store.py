@@ -28,7 +28,7 @@ ID_LEN = layout.ID_LEN
 # Everything under kiwi-data is root's alone (0700): image trees and containers'
 # upper layers hold setuid-root files an unprivileged host user must never reach.
 PRIVATE_MODE = 0o700
-FOLDER_ID_FILE = "folder-id"
+FOLDER_ID_FILE = layout.FOLDER_ID
 
 
 def validate_name(name: str, what: str = "name") -> str:
@@ -115,7 +115,7 @@ class Store:
 
     @property
     def locks_dir(self) -> Path:
-        return self.root / ".locks"
+        return self.root / layout.LOCKS
 
     @property
     def unpack_dir(self) -> Path:
