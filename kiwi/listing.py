@@ -315,9 +315,10 @@ class RowCache:
     changed; a file list did not write (another owner, open to others, damaged, another
     format) is ignored and replaced. A file changed in the last SETTLED_NS is read but not
     kept: its times may not move on a second change within their granularity (1 s on some
-    file systems). Entries: cid -> (config's key, its ROW_KEYS, image's key, used bytes);
-    records: cid -> (runtime.json's key, its RECORD_KEYS), of running containers; cells:
-    cid -> (config's key, image's key, the table's cells, sparse or not), of stopped ones."""
+    file systems). Cells: cid -> (config's key, image's key, the table's cells, sparse or
+    not), of stopped containers with a state image; entries, of the others: cid ->
+    (config's key, its ROW_KEYS, image's key, used bytes); records: cid -> (runtime.json's
+    key, its RECORD_KEYS), of running ones."""
 
     def __init__(self, root: str):
         self.path = f"{root}/{CACHE}"
@@ -402,15 +403,15 @@ class RowCache:
             return None
         self.image_stats[cid] = image_st
         self.new_cells[cid] = entry
-        if cid in self.old:
-            self.new[cid] = self.old[cid]
         return cells, sparse
 
     def keep_cells(self, cid: str, cells: tuple[str, ...], sparse: bool) -> None:
-        """Kept with the keys its config and usage are kept under: only where both are."""
+        """Kept with the keys its config and usage are kept under, only where both are, and
+        instead of them (a smaller cache loads faster; a start reads the config once)."""
         entry = self.new.get(cid)
         if entry is not None and entry[2] is not None and type(entry[3]) is int:
             self.new_cells[cid] = (entry[0], entry[2], cells, sparse)
+            del self.new[cid]
             self.changed = True
 
     def settled(self, st: os.stat_result) -> bool:
