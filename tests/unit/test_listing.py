@@ -515,3 +515,25 @@ def test_a_hand_edited_config_field_shows_a_question_mark(odd):
     table = listing.containers_table([row]).splitlines()
     assert len(table) == 2 and table[1].startswith("c1  "), table
     assert "?" in table[1], table
+
+
+def test_quick_list_leaves_the_collector_on_where_cmd_list_answers(monkeypatch, capsys):
+    """quick_list turns the cycle collector off for the list (and its exit); where listing
+    leaves the answer to cmd_list, it is on again before cmd_list runs."""
+    import gc
+
+    from kiwi import cli
+
+    def unusual():
+        assert not gc.isenabled()
+        raise listing.Unusual("cmd_list answers")
+
+    monkeypatch.setattr(listing, "containers_listing", unusual)
+    try:
+        assert cli.quick_list(cli.quick_list_args(["list"])) is False
+        assert gc.isenabled()
+        monkeypatch.setattr(listing, "containers_listing", lambda: ("TABLE", None))
+        assert cli.quick_list(cli.quick_list_args(["list"])) is True
+        assert not gc.isenabled() and capsys.readouterr().out == "TABLE\n"
+    finally:
+        gc.enable()
