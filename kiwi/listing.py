@@ -427,7 +427,7 @@ class RowCache:
         ):
             return  # the same entries (the others of the old file are of deleted, stopped or started containers)
         try:
-            data = marshal.dumps((CACHE_FORMAT, self.new, self.new_records, self.new_cells))
+            data = marshal.dumps(one_of_each((CACHE_FORMAT, self.new, self.new_records, self.new_cells), {}))
         except ValueError:
             return  # a value marshal does not keep (a config holds JSON's types only)
         tmp = f"{self.path}.tmp"  # one name: two lists at once leave one file or a damaged one
@@ -450,6 +450,20 @@ class RowCache:
             os.unlink(tmp)  # not renamed (the cache's name taken by a folder, ...): leave nothing
         except OSError:
             pass
+
+
+def one_of_each(value, seen: dict):
+    """value with each of its equal texts and numbers one object: marshal writes the
+    repeats as references and loads them so (the cells repeat "stopped", an image's name,
+    a size...: half the cache's load time)."""
+    kind = type(value)
+    if kind is tuple:
+        return tuple(one_of_each(v, seen) for v in value)
+    if kind is dict:
+        return {one_of_each(k, seen): one_of_each(v, seen) for k, v in value.items()}
+    if kind is str or kind is int:
+        return seen.setdefault((kind, value), value)
+    return value  # lists, floats, bools, None: as they are
 
 
 def load_cache(path: str) -> tuple[dict, dict, dict]:

@@ -537,3 +537,15 @@ def test_quick_list_leaves_the_collector_on_where_cmd_list_answers(monkeypatch, 
         assert not gc.isenabled() and capsys.readouterr().out == "TABLE\n"
     finally:
         gc.enable()
+
+
+def test_the_cache_keeps_one_object_of_each_repeated_value(root, cached, monkeypatch):
+    """Equal texts and numbers are written once (marshal's references): the cache reads
+    back equal, with each repeat the same object."""
+    _, entries, records, cells = marshal.loads((root / listing.CACHE).read_bytes())
+    value = {"a": ("stopped", 1 << 40, [1.5, True, None]), "b": ("stopped", 1 << 40, "x" * 3)}
+    copy = marshal.loads(marshal.dumps(listing.one_of_each(value, {})))
+    assert copy == value and copy["a"][0] is copy["b"][0] and copy["a"][1] is copy["b"][1]
+    config_keys = [entry[0] for entry in entries.values()] + [entry[0] for entry in cells.values()]
+    assert len({id(key[0]) for key in config_keys}) == 1  # one device number for every key
+    assert cached_table(root, monkeypatch) == listing.containers_table(cached)
