@@ -376,9 +376,11 @@ class RowCache:
         return entry[1]
 
     def keep_record(self, cid: str, st: os.stat_result, record: dict) -> None:
-        if self.settled(st):
-            self.new_records[cid] = (file_key(st), {k: record[k] for k in RECORD_KEYS if k in record})
-            self.changed = True
+        """Kept even when just written (a list right after a start): RunningState checks its
+        init's pid and start time against the kernel every time, so a record replaced within
+        the times' granularity names a dead init (cmd_list answers) or this same one."""
+        self.new_records[cid] = (file_key(st), {k: record[k] for k in RECORD_KEYS if k in record})
+        self.changed = True
 
     def stopped_cells(self, root: str, cid: str) -> tuple[tuple[str, ...], bool] | None:
         """A stopped container's cells and sparseness, while its files are those they were made of."""

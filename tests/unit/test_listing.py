@@ -395,6 +395,16 @@ def test_files_changed_just_now_are_not_cached(root):
     rows = listed(root)
     assert rows == full_rows(root)
     assert not (root / listing.CACHE).exists()
+    add_container(root, "fffffffffff2")
+    make_running(root, "fffffffffff2")  # a record just written: kept, its init checked each time
+    assert listed_table(root) == listing.containers_table(full_rows(root))
+    _, entries, records, cells = marshal.loads((root / listing.CACHE).read_bytes())
+    assert list(records) == ["fffffffffff2"] and not entries and not cells
+    (root / "mounts" / "fffffffffff2" / "runtime.json").unlink()
+    (root / "mounts" / "fffffffffff2").rmdir()
+    (root / "containers" / "fffffffffff2" / "config.json").unlink()
+    (root / "containers" / "fffffffffff2").rmdir()
+    (root / listing.CACHE).unlink()
     config = root / "containers" / "fffffffffff1" / "config.json"
     cache = listing.RowCache(str(root))
     cache.now += 3 * listing.SETTLED_NS  # three settling times later
