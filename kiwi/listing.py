@@ -41,11 +41,14 @@ from .sizes import format_size
 RECORD_LIMIT = 64 << 10  # a larger config or record is left to files.read_json (1 MB)
 CACHE = "list-cache.json"  # in the data folder: RowCache
 CACHE_LIMIT = 16 << 20
-CACHE_FORMAT = ("kiwi list rows", 1, marshal.version)
+CACHE_FORMAT = ("kiwi list rows", 2, marshal.version)
 SETTLED_NS = 2_000_000_000  # RowCache.settled
 # What container_row reads of a config, and the id it is checked against: all RowCache keeps.
 ROW_KEYS = ("id", "name", "image", "network", "ipv4", "memory", "cpu", "storage", "storage_sparse", "idmap")
+# What RunningState checks and shows of a runtime record: all RowCache keeps of one.
+RECORD_KEYS = ("init_pid", "init_start_time", "root", "cgroup_version")
 COLUMNS = ["ID", "NAME", "STATUS", "IMAGE", "IPV4", "MEMORY", "CPU", "STORAGE", "NETWORK", "PRIVILEGED"]
+HEADERS = [*COLUMNS, "MOUNT"]  # the table's
 
 
 class Unusual(Exception):
@@ -63,10 +66,9 @@ def containers_listing() -> tuple[str, str | None]:
     check_layout(root)
     refuse_go_data(root)
     cache = RowCache(root)
-    rows = container_rows(root, cache)
+    cells, sparse_ids = table_cells(root, cache)
     cache.save()
-    sparse_ids = [r["id"] for r in rows if r["storage_sparse"]]
-    return containers_table(rows), sparse_shortfall(root, sparse_ids, cache.image_stats)
+    return table_text(HEADERS, cells), sparse_shortfall(root, sparse_ids, cache.image_stats)
 
 
 def data_root() -> str:
@@ -120,21 +122,51 @@ def container_ids(root: str) -> list[str]:
 
 
 def container_rows(root: str, cache: RowCache | None = None) -> list[dict]:
-    try:
-        started = set(os.listdir(f"{root}/{MOUNTS}"))
-    except FileNotFoundError:
-        started = set()
-    state_of = RunningState(root)
-    cache = cache or RowCache(root)
-    rows = []
+    read = RowReader(root, cache or RowCache(root))
+    return [row for row in map(read, container_ids(root)) if row is not None]
+
+
+def table_cells(root: str, cache: RowCache) -> tuple[list[tuple[str, ...]], list[str]]:
+    """Each container's cells of the table, and the sparse ones' ids: a stopped container's
+    cells come from the cache while its config and state image are the files they were
+    made of (the usual list: no record read, no row built)."""
+    read = RowReader(root, cache)
+    size = size_text()
+    table, sparse_ids = [], []
     for cid in container_ids(root):
-        folder = f"{root}/{CONTAINERS}/{cid}"
-        config = container_config(cid, f"{folder}/{CONFIG}", cache)
+        known = None if cid in read.started else cache.stopped_cells(root, cid)
+        if known is None:
+            row = read(cid)
+            if row is None:
+                continue
+            known = row_cells(row, size), row["storage_sparse"]
+            if row["status"] == "stopped":
+                cache.keep_cells(cid, *known)
+        table.append(known[0])
+        if known[1]:
+            sparse_ids.append(cid)
+    return table, sparse_ids
+
+
+class RowReader:
+    """A container's row as container_row makes it, or None when deleted meanwhile."""
+
+    def __init__(self, root: str, cache: RowCache):
+        try:
+            self.started = set(os.listdir(f"{root}/{MOUNTS}"))
+        except FileNotFoundError:
+            self.started = set()
+        self.root = root
+        self.cache = cache
+        self.state_of = RunningState(root, cache)
+
+    def __call__(self, cid: str) -> dict | None:
+        folder = f"{self.root}/{CONTAINERS}/{cid}"
+        config = container_config(cid, f"{folder}/{CONFIG}", self.cache)
         if config is None:
-            continue  # deleted meanwhile (cmd_list skips it too)
-        state = state_of(cid) if cid in started else {"status": "stopped", "mount_target": None}
-        rows.append(container_row(cid, config, state, used_bytes(folder, state.get("init_pid"), cache, cid)))
-    return rows
+            return None  # deleted meanwhile (cmd_list skips it too)
+        state = self.state_of(cid) if cid in self.started else {"status": "stopped", "mount_target": None}
+        return container_row(cid, config, state, used_bytes(folder, state.get("init_pid"), self.cache, cid))
 
 
 def container_config(cid: str, path: str, cache: RowCache) -> dict | None:
@@ -175,17 +207,20 @@ def read_record(path: str) -> dict:
 
 
 class RunningState:
-    """runtime.status of a container that has a runtime folder, when its init lives."""
+    """runtime.status of a container that has a runtime folder, when its init lives
+    (with a RowCache, list's: the record's RECORD_KEYS, from the cache while runtime.json
+    is the file it read; the init's start time is read anew each time)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, cache: RowCache | None = None):
         self.root = root
         self.real_root = os.path.realpath(root)  # Store.real_root
         self.mount_points = None
+        self.cache = cache
 
     def __call__(self, cid: str) -> dict:
         folder = f"{self.root}/{MOUNTS}/{cid}"
         try:
-            record = read_record(f"{folder}/{RUNTIME_RECORD}")
+            record = self.read_runtime(cid, f"{folder}/{RUNTIME_RECORD}")
         except FileNotFoundError:
             raise Unusual("a runtime folder without a record: stale or mounted") from None
         pid = live_init(record, self.real_root)  # runstate.read_runtime's checks
@@ -200,6 +235,16 @@ class RunningState:
             "cgroup": record.get("cgroup_version"),
             "record": record,  # quickattach enters with what it recorded
         }
+
+    def read_runtime(self, cid: str, path: str) -> dict:
+        if self.cache is None:
+            return read_record(path)
+        st = os.stat(path)  # before the read: a record replaced meanwhile is kept under the old key
+        record = self.cache.record(cid, st)
+        if record is None:
+            record = read_record(path)
+            self.cache.keep_record(cid, st, record)
+        return record
 
     def mount_target(self, folder: str) -> str | None:
         """runstate.read_mount: where mount.json says it is mounted, if it is."""
@@ -260,12 +305,17 @@ class RowCache:
     changed; a file list did not write (another owner, open to others, damaged, another
     format) is ignored and replaced. A file changed in the last SETTLED_NS is read but not
     kept: its times may not move on a second change within their granularity (1 s on some
-    file systems). Entries: cid -> (config's key, its ROW_KEYS, image's key, used bytes)."""
+    file systems). Cells: cid -> (config's key, image's key, the table's cells, sparse or
+    not), of stopped containers with a state image; entries, of the others: cid ->
+    (config's key, its ROW_KEYS, image's key, used bytes); records: cid -> (runtime.json's
+    key, its RECORD_KEYS), of running ones."""
 
     def __init__(self, root: str):
         self.path = f"{root}/{CACHE}"
-        self.old = load_cache(self.path)
+        self.old, self.old_records, self.old_cells = load_cache(self.path)
         self.new: dict[str, tuple] = {}
+        self.new_records: dict[str, tuple] = {}
+        self.new_cells: dict[str, tuple] = {}
         self.image_stats: dict[str, os.stat_result] = {}
         self.now = time_ns()
         self.changed = False
@@ -303,16 +353,73 @@ class RowCache:
             self.new[cid] = self.new[cid][:2] + (file_key(st), used)
             self.changed = True
 
+    def record(self, cid: str, st: os.stat_result) -> dict | None:
+        entry = self.old_records.get(cid)
+        if (
+            type(entry) is not tuple
+            or len(entry) != 2
+            or entry[0] != file_key(st)
+            or type(entry[1]) is not dict
+        ):
+            return None
+        self.new_records[cid] = entry
+        return entry[1]
+
+    def keep_record(self, cid: str, st: os.stat_result, record: dict) -> None:
+        """Kept even when just written (a list right after a start): RunningState checks its
+        init's pid and start time against the kernel every time, so a record replaced within
+        the times' granularity names a dead init (cmd_list answers) or this same one."""
+        self.new_records[cid] = (file_key(st), {k: record[k] for k in RECORD_KEYS if k in record})
+        self.changed = True
+
+    def stopped_cells(self, root: str, cid: str) -> tuple[tuple[str, ...], bool] | None:
+        """A stopped container's cells and sparseness, while its files are those they were made of."""
+        entry = self.old_cells.get(cid)
+        if type(entry) is not tuple or len(entry) != 4:
+            return None
+        folder = f"{root}/{CONTAINERS}/{cid}"
+        try:
+            config_st = os.stat(f"{folder}/{CONFIG}")
+            image_st = os.stat(f"{folder}/state.img")
+        except OSError:
+            return None  # container_config and used_bytes say what it is
+        cells, sparse = entry[2], entry[3]
+        if (
+            entry[0] != file_key(config_st)
+            or entry[1] != file_key(image_st)
+            or type(cells) is not tuple
+            or len(cells) != len(HEADERS)
+            or set(map(type, cells)) != {str}
+            or type(sparse) is not bool
+        ):
+            return None
+        self.image_stats[cid] = image_st
+        self.new_cells[cid] = entry
+        return cells, sparse
+
+    def keep_cells(self, cid: str, cells: tuple[str, ...], sparse: bool) -> None:
+        """Kept with the keys its config and usage are kept under, only where both are, and
+        instead of them (a smaller cache loads faster; a start reads the config once)."""
+        entry = self.new.get(cid)
+        if entry is not None and entry[2] is not None and type(entry[3]) is int:
+            self.new_cells[cid] = (entry[0], entry[2], cells, sparse)
+            del self.new[cid]
+            self.changed = True
+
     def settled(self, st: os.stat_result) -> bool:
         return self.now - st.st_ctime_ns >= SETTLED_NS
 
     def save(self) -> None:
         """Atomically, where it changed; a failure (a full disk, a race with another list)
         leaves no cache or a damaged one, which the next list ignores."""
-        if not self.changed and len(self.new) == len(self.old):
-            return  # the same entries (the others of the old file are of deleted containers)
+        if not self.changed and (len(self.new), len(self.new_records), len(self.new_cells)) == (
+            len(self.old),
+            len(self.old_records),
+            len(self.old_cells),
+        ):
+            return  # the same entries (the others of the old file are of deleted, stopped or started containers)
         try:
-            data = marshal.dumps((CACHE_FORMAT, self.new))
+            data = marshal.dumps(one_of_each((CACHE_FORMAT, self.new, self.new_records, self.new_cells), {}))
         except ValueError:
             return  # a value marshal does not keep (a config holds JSON's types only)
         tmp = f"{self.path}.tmp"  # one name: two lists at once leave one file or a damaged one
@@ -337,27 +444,47 @@ class RowCache:
             pass
 
 
-def load_cache(path: str) -> dict:
+def one_of_each(value, seen: dict):
+    """value with each of its equal texts and numbers one object: marshal writes the
+    repeats as references and loads them so (the cells repeat "stopped", an image's name,
+    a size...: half the cache's load time)."""
+    kind = type(value)
+    if kind is tuple:
+        return tuple(one_of_each(v, seen) for v in value)
+    if kind is dict:
+        return {one_of_each(k, seen): one_of_each(v, seen) for k, v in value.items()}
+    if kind is str or kind is int:
+        return seen.setdefault((kind, value), value)
+    return value  # lists, floats, bools, None: as they are
+
+
+def load_cache(path: str) -> tuple[dict, dict, dict]:
+    """RowCache's entries, records and cells; none from a file list did not write."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return {}
+        return {}, {}, {}
     try:
         st = os.fstat(fd)
         if not is_own_file(st) or st.st_size > CACHE_LIMIT:
-            return {}
+            return {}, {}, {}
         data = os.read(fd, CACHE_LIMIT + 1)
     except OSError:
-        return {}
+        return {}, {}, {}
     finally:
         os.close(fd)
     try:
         cache = marshal.loads(data)
     except (ValueError, EOFError, TypeError):
-        return {}
-    if type(cache) is not tuple or len(cache) != 2 or cache[0] != CACHE_FORMAT or type(cache[1]) is not dict:
-        return {}
-    return cache[1]
+        return {}, {}, {}
+    if (
+        type(cache) is not tuple
+        or len(cache) != 4
+        or cache[0] != CACHE_FORMAT
+        or set(map(type, cache[1:])) != {dict}
+    ):
+        return {}, {}, {}
+    return cache[1], cache[2], cache[3]
 
 
 def is_own_file(st: os.stat_result) -> bool:
@@ -394,40 +521,48 @@ def container_row(cid: str, config: dict, state: dict, used: int | None) -> dict
 
 
 def containers_table(rows: list[dict]) -> str:
+    size = size_text()
+    return table_text(HEADERS, [row_cells(r, size) for r in rows])
+
+
+def row_cells(r: dict, size) -> tuple[str, ...]:
+    """A row's cells of the table (size: a size_text)."""
+
     def limit(v, fmt):
         return "host" if v is None else fmt(v)
 
+    storage = f"{size(r['storage_used'])}/{limit(r['storage_limit'], size)}"
+    storage += " sparse" if r.get("storage_sparse") else ""
+    status = r["status"] + (f" ({r['cgroup']})" if r.get("cgroup") else "")
+    return (
+        r["id"],
+        text(r["name"]),
+        status,
+        text(r["image"]),
+        text(r["ipv4"] or ("host" if r["network"] == "host" else None)),
+        limit(r["memory"], size),
+        limit(r["cpu"], str),
+        storage,
+        text(r["network"]),
+        "yes" if r["privileged"] else "no",
+        text(r["mount"]),
+    )
+
+
+def size_text():
+    """format_size, once per figure (a list repeats a few); '-' for none, '?' for a
+    hand-edited config's odd value."""
     sizes: dict[int, str] = {}
 
-    def size(n: int | None) -> str:  # format_size, once per figure: a list repeats a few
+    def size(n: int | None) -> str:
         if type(n) is not int:
-            return "-" if n is None else "?"  # a hand-edited config's odd value
+            return "-" if n is None else "?"
         text = sizes.get(n)
         if text is None:
             text = sizes[n] = format_size(n)
         return text
 
-    table = []
-    for r in rows:
-        storage = f"{size(r['storage_used'])}/{limit(r['storage_limit'], size)}"
-        storage += " sparse" if r.get("storage_sparse") else ""
-        status = r["status"] + (f" ({r['cgroup']})" if r.get("cgroup") else "")
-        table.append(
-            [
-                r["id"],
-                text(r["name"]),
-                status,
-                text(r["image"]),
-                text(r["ipv4"] or ("host" if r["network"] == "host" else None)),
-                limit(r["memory"], size),
-                limit(r["cpu"], str),
-                storage,
-                text(r["network"]),
-                "yes" if r["privileged"] else "no",
-                text(r["mount"]),
-            ]
-        )
-    return table_text([*COLUMNS, "MOUNT"], table)
+    return size
 
 
 def text(value: object) -> str:
@@ -437,7 +572,7 @@ def text(value: object) -> str:
     return "-" if value is None else "?"
 
 
-def table_text(headers: list[str], rows: list[list[str]]) -> str:
+def table_text(headers: list[str], rows: list) -> str:
     """Columns as wide as their widest cell, two spaces apart, no trailing blanks."""
     widths = [max(map(len, column)) for column in zip(headers, *rows, strict=True)]
     fmt = "  ".join(f"%-{w}s" for w in widths)  # printf's: str.format takes twice as long

@@ -132,7 +132,8 @@ def test_quick_table_is_cmd_lists_table(kiwi, busybox, tmp_path, monkeypatch):
 
 
 def cached_rows(kiwi, wanted: dict, timeout: float = 30) -> dict:
-    """Lists until the row cache holds each wanted container ({cid: its usage too}): files
+    """Lists until the row cache holds each wanted container ({cid: True for a stopped one's
+    table cells, False for its config's fields}): files
     changed in the last listing.SETTLED_NS are read, not kept."""
     from kiwi import listing
 
@@ -140,10 +141,10 @@ def cached_rows(kiwi, wanted: dict, timeout: float = 30) -> dict:
     while True:
         kiwi("list")
         try:
-            rows = marshal.loads((kiwi.root / listing.CACHE).read_bytes())[1]
+            _, rows, _, cells = marshal.loads((kiwi.root / listing.CACHE).read_bytes())
         except FileNotFoundError:
-            rows = {}
-        if all(cid in rows and (not usage or rows[cid][3] is not None) for cid, usage in wanted.items()):
+            rows = cells = {}
+        if all(cid in (cells if stopped else rows) for cid, stopped in wanted.items()):
             return rows
         assert time.monotonic() < deadline, rows.keys()
         time.sleep(0.5)
@@ -197,9 +198,10 @@ def test_the_row_cache_is_never_stale(kiwi, busybox):
 
     cache = kiwi.root / listing.CACHE
     entries = cached_rows(kiwi, {a: True, b: True})
-    config_key, fields, image_key, used = entries[a]
-    entries[a] = (config_key, {**fields, "name": "forged"}, image_key, used)
-    cache.write_bytes(marshal.dumps((listing.CACHE_FORMAT, entries)))
+    _, _, records, cells = marshal.loads(cache.read_bytes())
+    *keys, row, sparse = cells[a]  # the table's cells of a stopped container
+    cells[a] = (*keys, (row[0], "forged", *row[2:]), sparse)
+    cache.write_bytes(marshal.dumps((listing.CACHE_FORMAT, entries, records, cells)))
     assert row_of(kiwi.out("list"), "forged")[0] == a  # as root's own file: believed
     os.chown(cache, 1000, 1000)
     assert row_of(same_as_cmd_list(kiwi), "renamed")[0] == a

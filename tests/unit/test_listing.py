@@ -261,6 +261,33 @@ def listed(root) -> list[dict]:
     return rows
 
 
+def listed_table(root) -> str:
+    """The quick list's table (listing.containers_listing without the environment)."""
+    cache = listing.RowCache(str(root))
+    cells, _ = listing.table_cells(str(root), cache)
+    cache.save()
+    return listing.table_text(listing.HEADERS, cells)
+
+
+def cached_table(root, monkeypatch) -> str:
+    """The table with no config, state image nor record read and no row built of a stopped
+    container with a state image (a folder's usage is read each time)."""
+    images = {p.parent.name for p in (root / "containers").glob("*/state.img")}
+    stopped = images - {p.name for p in (root / "mounts").iterdir()}
+
+    def no_row(cid, config, state, used):
+        assert cid not in stopped, f"{cid}'s row was built"
+        return container_row(cid, config, state, used)
+
+    container_row = listing.container_row
+    with monkeypatch.context() as m:
+        m.setattr(listing, "read_record", lambda path: pytest.fail(f"{path} was read"))
+        m.setattr(listing, "superblock_usage", lambda img: pytest.fail(f"{img} was read"))
+        m.setattr(listing, "container_row", no_row)
+        cells, _ = listing.table_cells(str(root), listing.RowCache(str(root)))
+    return listing.table_text(listing.HEADERS, cells)
+
+
 @pytest.fixture
 def cached(root, monkeypatch):
     """Two stopped containers (an ext4 image, a folder) and a running one, listed once: cached."""
@@ -273,6 +300,8 @@ def cached(root, monkeypatch):
     first = listed(root)
     assert first == full_rows(root)
     assert cached_rows(root, monkeypatch) == first
+    listed_table(root)  # the stopped image's cells replace its config's fields
+    assert cached_table(root, monkeypatch) == listing.containers_table(first)
     return first
 
 
@@ -280,11 +309,12 @@ def test_the_cache_answers_while_the_files_stay(root, cached, monkeypatch):
     cache = root / listing.CACHE
     assert os.stat(cache).st_mode & 0o777 == 0o600
     data = cache.read_bytes()
-    listed(root)
+    listed_table(root)
     assert cache.read_bytes() == data  # nothing changed: not rewritten
     (root / "mounts" / "eeeeeeeeeee3" / "runtime.json").unlink()
     (root / "mounts" / "eeeeeeeeeee3").rmdir()  # stopped: its status is never cached
-    assert [r["status"] for r in cached_rows(root, monkeypatch)] == ["stopped"] * 3
+    table = cached_table(root, monkeypatch)
+    assert table.count(" stopped ") == 3 and table == listing.containers_table(full_rows(root))
     assert listed(root) == full_rows(root)
 
 
@@ -300,6 +330,7 @@ def test_a_changed_config_or_image_is_read_again(root, cached, monkeypatch):
     rows = listed(root)
     assert rows[0]["storage_used"] == peek.superblock_usage(img) != cached[0]["storage_used"]
     assert rows == full_rows(root) == cached_rows(root, monkeypatch)
+    assert listed_table(root) == listing.containers_table(rows) == cached_table(root, monkeypatch)
     (root / "containers" / "eeeeeeeeeee2" / "config.json").write_text("{not json")  # in place
     with pytest.raises(listing.Unusual):
         listed(root)
@@ -314,12 +345,19 @@ def test_a_changed_config_or_image_is_read_again(root, cached, monkeypatch):
 def test_a_cache_list_did_not_write_is_ignored(root, cached, monkeypatch, forgery):
     """A cache whose keys match but whose rows lie: ignored unless it is list's own file."""
     cache = root / listing.CACHE
-    form, entries = marshal.loads(cache.read_bytes())
+    form, entries, records, cells = marshal.loads(cache.read_bytes())
     lies = {}
     for cid, (config_key, fields, image_key, used) in entries.items():
         lies[cid] = (config_key, {**fields, "name": "forged"}, image_key, None if used is None else 1)
-    cache.write_bytes(marshal.dumps((form, lies)))
-    assert {r["name"] for r in cached_rows(root, monkeypatch)} == {"forged"}  # the forgery, as root's
+    record_lies = {cid: (key, {**record, "cgroup_version": "v9"}) for cid, (key, record) in records.items()}
+    cell_lies = {
+        cid: (keys[0], keys[1], (cid, "forged", *row[2:]), sparse)
+        for cid, (*keys, row, sparse) in cells.items()
+    }
+    assert len(cell_lies) == 1 and len(record_lies) == 1  # the stopped image's cells, the running record
+    cache.write_bytes(marshal.dumps((form, lies, record_lies, cell_lies)))
+    forged = cached_table(root, monkeypatch)  # the forgery, as root's
+    assert forged.count(" forged ") == 3 and "running (v9)" in forged
     if forgery == "another owner":
         os.chown(cache, 1000, 1000)
     elif forgery == "open to others":
@@ -327,10 +365,15 @@ def test_a_cache_list_did_not_write_is_ignored(root, cached, monkeypatch, forger
     elif forgery == "damaged":
         cache.write_bytes(cache.read_bytes()[:-1])
     elif forgery == "another format":
-        cache.write_bytes(marshal.dumps((form[:2] + (form[2] - 1,), lies)))
+        cache.write_bytes(marshal.dumps((form[:2] + (form[2] - 1,), lies, record_lies, cell_lies)))
     elif forgery == "wrong types":
         bad = {cid: (key, [fields], image_key, "1") for cid, (key, fields, image_key, _) in lies.items()}
-        cache.write_bytes(marshal.dumps((form, bad)))
+        bad_records = {cid: (key, [record]) for cid, (key, record) in record_lies.items()}
+        bad_cells = {cid: (*keys, [*row], 1) for cid, (*keys, row, _) in cell_lies.items()}
+        bad_cells |= {
+            cid: (*keys, (*row[:-1], None), sparse) for cid, (*keys, row, sparse) in cell_lies.items()
+        }
+        cache.write_bytes(marshal.dumps((form, bad, bad_records, bad_cells)))
     elif forgery == "a symlink":
         os.rename(cache, root / "elsewhere")
         cache.symlink_to(root / "elsewhere")
@@ -339,8 +382,10 @@ def test_a_cache_list_did_not_write_is_ignored(root, cached, monkeypatch, forger
         os.mkfifo(cache, 0o600)
     rows = listed(root)
     assert rows == cached == full_rows(root)
+    table = listed_table(root)
+    assert table == listing.containers_table(cached) and "forged" not in table
     assert os.stat(cache, follow_symlinks=False).st_uid == 0 and not cache.is_symlink()
-    assert cached_rows(root, monkeypatch) == cached  # replaced by list's own
+    assert cached_table(root, monkeypatch) == table  # replaced by list's own
 
 
 def test_files_changed_just_now_are_not_cached(root):
@@ -350,6 +395,16 @@ def test_files_changed_just_now_are_not_cached(root):
     rows = listed(root)
     assert rows == full_rows(root)
     assert not (root / listing.CACHE).exists()
+    add_container(root, "fffffffffff2")
+    make_running(root, "fffffffffff2")  # a record just written: kept, its init checked each time
+    assert listed_table(root) == listing.containers_table(full_rows(root))
+    _, entries, records, cells = marshal.loads((root / listing.CACHE).read_bytes())
+    assert list(records) == ["fffffffffff2"] and not entries and not cells
+    (root / "mounts" / "fffffffffff2" / "runtime.json").unlink()
+    (root / "mounts" / "fffffffffff2").rmdir()
+    (root / "containers" / "fffffffffff2" / "config.json").unlink()
+    (root / "containers" / "fffffffffff2").rmdir()
+    (root / listing.CACHE).unlink()
     config = root / "containers" / "fffffffffff1" / "config.json"
     cache = listing.RowCache(str(root))
     cache.now += 3 * listing.SETTLED_NS  # three settling times later
@@ -357,6 +412,81 @@ def test_files_changed_just_now_are_not_cached(root):
     cache.save()
     config_key, _, _, used = marshal.loads((root / listing.CACHE).read_bytes())[1]["fffffffffff1"]
     assert config_key[1] == os.stat(config).st_ino and used == rows[0]["storage_used"]
+
+
+def test_a_running_containers_record_is_cached_but_its_init_checked_each_time(root, monkeypatch):
+    """runtime.json's fields list shows come from the cache while it is the same file; the
+    init's start time is read every time (a dead init, a pid reused), and a new start's
+    record (same size and mtime, another inode and ctime) is read again."""
+    monkeypatch.setattr(listing, "SETTLED_NS", 0)
+    cid = "abababababa1"
+    add_container(root, cid)
+    runtime = root / "mounts" / cid / "runtime.json"
+    first = subprocess.Popen(["sleep", "60"])
+    second = subprocess.Popen(["sleep", "60"])
+    try:
+        assert len(str(first.pid)) == len(str(second.pid))  # the same record size
+        record = {"init_pid": first.pid, "init_start_time": proc.process_start_time(first.pid)}
+        write_json(runtime, {**record, "cgroup_version": "v1", "enter": {"kiwi": "x" * 1000}})
+        table = listed_table(root)
+        assert "running (v1)" in table and table == listing.containers_table(full_rows(root))
+        assert marshal.loads((root / listing.CACHE).read_bytes())[2][cid][1] == {
+            **record,
+            "cgroup_version": "v1",
+        }
+        with monkeypatch.context() as m:
+            m.setattr(listing, "read_record", lambda path: pytest.fail(f"{path} was read"))
+            cells, _ = listing.table_cells(str(root), listing.RowCache(str(root)))
+            assert listing.table_text(listing.HEADERS, cells) == table
+        st = runtime.stat()
+        again = {"init_pid": second.pid, "init_start_time": proc.process_start_time(second.pid)}
+        write_json(
+            runtime.with_name("new.json"), {**again, "cgroup_version": "v2", "enter": {"kiwi": "x" * 1000}}
+        )
+        os.utime(runtime.with_name("new.json"), ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.replace(runtime.with_name("new.json"), runtime)  # a new start's, as runstate writes it
+        assert (runtime.stat().st_size, runtime.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+        assert "running (v2)" in listed_table(root)  # read again
+        replace_json(runtime, {**json.loads(runtime.read_text()), **record, "cgroup_version": "v1"})
+        assert "running (v1)" in listed_table(root)
+        first.kill()
+        first.wait()  # its pid is free: the cached record's init is gone
+        with pytest.raises(listing.Unusual):
+            listed_table(root)
+        assert marshal.loads((root / listing.CACHE).read_bytes())[2][cid][1]["init_pid"] == first.pid
+    finally:
+        for child in (first, second):
+            child.kill()
+            child.wait()
+
+
+def test_a_stopped_containers_cells_follow_its_files(root, monkeypatch):
+    """A stopped container's cells are kept only beside its config's and image's keys, and
+    only with both: a folder storage, a start, a changed config or image make the row again."""
+    monkeypatch.setattr(listing, "SETTLED_NS", 0)
+    add_container(root, "cdcdcdcdcdc1", storage=64 * MIB, storage_sparse=True)
+    img = root / "containers" / "cdcdcdcdcdc1" / "state.img"
+    mkfs(img, 64 * MIB)
+    add_container(root, "cdcdcdcdcdc2", storage=None)
+    (root / "containers" / "cdcdcdcdcdc2" / "state" / "upper").mkdir(parents=True)
+    table = listed_table(root)
+    assert table == listing.containers_table(full_rows(root))
+    cells = marshal.loads((root / listing.CACHE).read_bytes())[3]
+    assert list(cells) == ["cdcdcdcdcdc1"] and cells["cdcdcdcdcdc1"][3] is True  # sparse
+    assert cached_table(root, monkeypatch) == table
+    (root / "containers" / "cdcdcdcdcdc2" / "state" / "upper" / "f").write_bytes(b"x" * 100_000)
+    assert listed_table(root) == listing.containers_table(full_rows(root)) != table  # a folder's usage: read
+    config = root / "containers" / "cdcdcdcdcdc1" / "config.json"
+    replace_json(config, {**json.loads(config.read_text()), "name": "renamed"})
+    assert " renamed " in listed_table(root)
+    (root / "content").mkdir()
+    (root / "content" / "f").write_bytes(b"x" * MIB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-d", str(root / "content"), str(img)], check=True)
+    table = listed_table(root)
+    assert table == listing.containers_table(full_rows(root)) and " renamed " in table
+    make_running(root, "cdcdcdcdcdc1")  # started: its status and usage are live, never cells
+    table = listed_table(root)
+    assert "running (v1)" in table and table == listing.containers_table(full_rows(root))
 
 
 def test_the_cache_keeps_all_a_row_reads_of_a_config():
@@ -395,3 +525,37 @@ def test_a_hand_edited_config_field_shows_a_question_mark(odd):
     table = listing.containers_table([row]).splitlines()
     assert len(table) == 2 and table[1].startswith("c1  "), table
     assert "?" in table[1], table
+
+
+def test_quick_list_leaves_the_collector_on_where_cmd_list_answers(monkeypatch, capsys):
+    """quick_list turns the cycle collector off for the list (and its exit); where listing
+    leaves the answer to cmd_list, it is on again before cmd_list runs."""
+    import gc
+
+    from kiwi import cli
+
+    def unusual():
+        assert not gc.isenabled()
+        raise listing.Unusual("cmd_list answers")
+
+    monkeypatch.setattr(listing, "containers_listing", unusual)
+    try:
+        assert cli.quick_list(cli.quick_list_args(["list"])) is False
+        assert gc.isenabled()
+        monkeypatch.setattr(listing, "containers_listing", lambda: ("TABLE", None))
+        assert cli.quick_list(cli.quick_list_args(["list"])) is True
+        assert not gc.isenabled() and capsys.readouterr().out == "TABLE\n"
+    finally:
+        gc.enable()
+
+
+def test_the_cache_keeps_one_object_of_each_repeated_value(root, cached, monkeypatch):
+    """Equal texts and numbers are written once (marshal's references): the cache reads
+    back equal, with each repeat the same object."""
+    _, entries, records, cells = marshal.loads((root / listing.CACHE).read_bytes())
+    value = {"a": ("stopped", 1 << 40, [1.5, True, None]), "b": ("stopped", 1 << 40, "x" * 3)}
+    copy = marshal.loads(marshal.dumps(listing.one_of_each(value, {})))
+    assert copy == value and copy["a"][0] is copy["b"][0] and copy["a"][1] is copy["b"][1]
+    config_keys = [entry[0] for entry in entries.values()] + [entry[0] for entry in cells.values()]
+    assert len({id(key[0]) for key in config_keys}) == 1  # one device number for every key
+    assert cached_table(root, monkeypatch) == listing.containers_table(cached)
