@@ -11,6 +11,7 @@ import marshal
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -467,6 +468,10 @@ def test_a_stopped_containers_cells_follow_its_files(root, monkeypatch):
     add_container(root, "cdcdcdcdcdc1", storage=64 * MIB, storage_sparse=True)
     img = root / "containers" / "cdcdcdcdcdc1" / "state.img"
     mkfs(img, 64 * MIB)
+    # An hour old: its rewrite below gets another mtime even within one tick of the kernel's
+    # coarse file clock (SETTLED_NS, patched to 0 here, is what covers that in real use).
+    hour_ago = time.time() - 3600
+    os.utime(img, (hour_ago, hour_ago))
     add_container(root, "cdcdcdcdcdc2", storage=None)
     (root / "containers" / "cdcdcdcdcdc2" / "state" / "upper").mkdir(parents=True)
     table = listed_table(root)
