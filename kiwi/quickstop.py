@@ -50,13 +50,15 @@ class QuickStop:
     def run(self, grace: int) -> str:
         """Stop it as runtime.stop does; returns its id."""
         try:
+            from .stopping import terminate
+
+            # The signal and the bridge's release first: the runtime's imports overlap them.
+            early = terminate(self.record, self.idle, self.cid, self.folder_id)
             from pathlib import Path
 
             from .runtime import finish_stop
-            from .stopping import terminate
             from .store import Store
 
-            early = terminate(self.record, self.idle, self.cid, self.folder_id)
             finish_stop(Store(Path(self.root)), self.cid, self.record, early, grace)
             return self.cid
         finally:
