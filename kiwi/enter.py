@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from .errors import EXIT_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, KiwiError
+from .peek import process_start_time
 from .proc import copy_data, read_to_end, wait_exit_code
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -49,16 +50,24 @@ class Entry:
 
 
 def enter_container(
-    entry: Entry, init_pid: int, argv: list[str], env: dict, options: list[str], fds, tty: bool
+    entry: Entry,
+    init_pid: int,
+    init_start_time: int | None,
+    argv: list[str],
+    env: dict,
+    options: list[str],
+    fds,
+    tty: bool,
 ) -> int:
-    """Start kiwi-exec to run argv in the container of init_pid; returns its pid (our
-    child) once the command runs, or raises what kiwi-exec reported. options: kiwi-exec's
-    own beyond the fds (-w, -u...), env: the command's whole environment."""
+    """Start kiwi-exec to run argv in the container of init_pid (started at init_start_time,
+    its runtime record's); returns its pid (our child) once the command runs, or raises
+    what kiwi-exec reported. options: kiwi-exec's own beyond the fds (-w, -u...), env:
+    the command's whole environment."""
     opened: list[int] = []
     try:
         cgroup_fds = open_procs_files(entry.procs)
         opened += cgroup_fds
-        ns_fds = open_namespaces(init_pid, entry.own_net)
+        ns_fds = open_init_namespaces(init_pid, init_start_time, entry.own_net)
         opened += ns_fds
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         opened += [err_r, err_w]
@@ -106,6 +115,51 @@ def open_procs_files(paths: list[str]) -> list[int]:
             f"cannot open the container's cgroup {os.path.dirname(path)}: {exc.strerror}"
         ) from exc
     return fds
+
+
+def open_init_namespaces(pid: int, start_time: int | None, include_net: bool) -> list[int]:
+    """open_namespaces of the init (pid, start_time), and of nobody else: a pid freed and
+    reused by another process between a caller's check and the opens would hand us that
+    process's namespaces. A pidfd taken before the start time is checked stays that
+    process's; once the files are open, it must not have exited. A kernel without
+    pidfd_open (< 5.3): the start time checked after the opens (the init held the pid
+    all along if it still holds it then)."""
+    pidfd = pin_process(pid, start_time)
+    try:
+        fds = open_namespaces(pid, include_net)
+        if has_exited(pidfd) if pidfd is not None else process_start_time(pid) != start_time:
+            for fd in fds:
+                os.close(fd)
+            raise KiwiError(f"the container's init (pid {pid}) exited while kiwi entered it")
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    return fds
+
+
+def pin_process(pid: int, start_time: int | None) -> int | None:
+    """A pidfd of the process (pid, start_time); None on a kernel without pidfd_open.
+    KiwiError when pid is no longer that process."""
+    gone = KiwiError(f"the container's init (pid {pid}) has exited: the container is not running")
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise gone from None
+    except OSError:
+        return None  # ENOSYS: open_init_namespaces checks the start time afterwards
+    if process_start_time(pid) != start_time:
+        os.close(pidfd)
+        raise gone
+    return pidfd
+
+
+def has_exited(pidfd: int) -> bool:
+    """Whether the pidfd's process has exited (the kernel makes the pidfd readable then)."""
+    import select
+
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def open_namespaces(pid: int, include_net: bool) -> list[int]:

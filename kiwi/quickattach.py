@@ -53,7 +53,8 @@ def prepare(args):
     if config.get("id") != cid:
         raise Unusual(f"{cid}'s config names another id")
     image = image_config(root, config)
-    return lambda: run(entry, init_pid, config, image, args.cmd, options)
+    start_time = record.get("init_start_time")
+    return lambda: run(entry, (init_pid, start_time), config, image, args.cmd, options)
 
 
 def check_private(path: str) -> None:
@@ -144,19 +145,21 @@ def image_config(root: str, config: dict) -> dict:
     return found if isinstance(found, dict) else {}
 
 
-def run(entry, init_pid: int, config: dict, image: dict, argv: list[str], options) -> int:
-    """runtime.run_attached: argv with this process's stdio, relayed; its exit status."""
+def run(entry, init: tuple, config: dict, image: dict, argv: list[str], options) -> int:
+    """runtime.run_attached: argv with this process's stdio, relayed; its exit status.
+    init: the container's (init pid, its start time)."""
     from . import stdio
     from .enter import container_env, enter_container
     from .oci.config import image_exec_defaults
 
+    init_pid, start_time = init
     with stdio.Relay(init_pid, options.user is not None) as relay:
         extra, user_env = options.helper_args(init_pid)
         env = container_env(config, config.get("shell") or None, relay.term)
         # The image's defaults first: kiwi-exec takes the last -w, and attach -e wins over image Env.
         exec_options = image_exec_defaults(image, env) + extra
         pid = enter_container(
-            entry, init_pid, argv, {**env, **user_env}, exec_options, relay.child_fds, relay.pty
+            entry, init_pid, start_time, argv, {**env, **user_env}, exec_options, relay.child_fds, relay.pty
         )
         relay.started()
         import gc

@@ -519,7 +519,8 @@ def spawn(
     # The image's defaults first: kiwi-exec takes the last -w, and attach -e wins over image Env.
     options = image_exec_defaults(store, config, env) + extra
     entry = exec_entry(store, cid, record, config)
-    return enter_container(entry, init_pid, argv, {**env, **user_env}, options, fds, tty)
+    start_time = record.get("init_start_time")
+    return enter_container(entry, init_pid, start_time, argv, {**env, **user_env}, options, fds, tty)
 
 
 def exec_entry(store: Store, cid: str, record: dict, config: dict) -> Entry:
