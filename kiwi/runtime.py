@@ -287,7 +287,13 @@ class Starter:
                 if "pid" not in reports:
                     reports.update(stage_reports(child, until="pid"))
                 # While stage 2 still builds the root: its network namespace exists.
-                self.connect_network(reports.get("pid"))
+                try:
+                    self.connect_network(reports.get("pid"))
+                except Exception:
+                    # Stage 2 may have failed meanwhile, its network namespace (and the veth
+                    # pair with it) gone: then its own error is the cause to tell.
+                    stage_reports(child)
+                    raise
                 reports.update(stage_reports(child))  # to EOF: init's exec closes the last end
             finally:
                 child.close()
