@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 
 from .errors import EXIT_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, KiwiError
+from .fstree import copy_range
 from .peek import process_start_time
-from .proc import copy_data, read_to_end, wait_exit_code
+from .proc import read_to_end, wait_exit_code
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # kiwi-exec joins them in this order: a user namespace first, the mount namespace last.
@@ -250,7 +251,7 @@ def sealed_copy(path: str, name: str) -> int:
         fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             size = os.fstat(src).st_size
-            if copy_data(src, fd, size) != size:
+            if copy_range(src, fd, 0, size) != size:
                 import errno
 
                 raise OSError(errno.EIO, f"{path} shrank while it was copied")

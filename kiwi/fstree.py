@@ -10,7 +10,6 @@ the hard one while it runs (the usual 1024 would end at that depth).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -21,28 +20,33 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)  # removed or swapped while we walked
 
 
-@contextlib.contextmanager
-def more_open_files(top=None):
+class more_open_files:  # lower case: used as a function, `with more_open_files(top):`
     """Allow as many open files as the hard limit does, for the duration of a deep walk;
-    a tree deeper than even that is one clear line."""
-    import resource
+    a tree deeper than even that is one clear line. A class, not a contextlib generator:
+    enter.sealed_copy imports this module on every start and attach, where contextlib
+    is not otherwise loaded."""
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    try:
-        yield
-    except OSError as e:
-        if e.errno != errno.EMFILE:
-            raise
-        where = f"{os.fsdecode(top)} is" if top is not None else "the files are"
-        raise KiwiError(
-            f"{where} nested deeper than the open-file limit ({hard}) allows;"
-            " raise it (ulimit -Hn) and try again"
-        ) from None
-    finally:
-        if soft != hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    def __init__(self, top=None):
+        self.top = top
+
+    def __enter__(self) -> None:
+        import resource
+
+        self.soft, self.hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if self.soft != self.hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.hard, self.hard))
+
+    def __exit__(self, kind, error, traceback) -> None:
+        import resource
+
+        if self.soft != self.hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.soft, self.hard))
+        if isinstance(error, OSError) and error.errno == errno.EMFILE:
+            where = f"{os.fsdecode(self.top)} is" if self.top is not None else "the files are"
+            raise KiwiError(
+                f"{where} nested deeper than the open-file limit ({self.hard}) allows;"
+                " raise it (ulimit -Hn) and try again"
+            ) from None
 
 
 def open_subdir(dir_fd: int, name: str) -> int | None:
@@ -136,8 +140,10 @@ def remove_tree_at(parent_fd: int, name: str) -> None:
         if sub is not None:
             with more_open_files():
                 _remove_contents(sub, ignore_errors=True)
-        with contextlib.suppress(OSError):
+        try:
             os.rmdir(name, dir_fd=parent_fd)
+        except OSError:
+            pass
 
 
 def _remove_contents(top_fd: int, ignore_errors: bool) -> None:
@@ -217,24 +223,41 @@ def data_regions(fd: int, size: int) -> list[tuple[int, int]]:
 
 
 def copy_range(src: int, dst: int, offset: int, length: int) -> int:
-    """length bytes at offset, from src to dst at the same offset, in the kernel where it
-    can (reflinks on the same filesystem); fewer when src shrank meanwhile."""
+    """length bytes at offset, from src to dst at the same offset; fewer when src ends
+    first (it shrank meanwhile, or holds less than it says). In the kernel where it can:
+    copy_file_range (reflinks on the same filesystem), else sendfile (across filesystems,
+    into a memfd: enter.sealed_copy), else pread and pwrite (what neither takes: /sys).
+    Each step goes on from where the one it replaces was refused."""
     end = offset + length
-    try:
-        while offset < end:
-            n = os.copy_file_range(src, dst, min(COPY_CHUNK, end - offset), offset, offset)
-            if n == 0:
-                return length - (end - offset)
-            offset += n
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-            raise
-    while offset < end:
-        chunk = os.pread(src, min(COPY_CHUNK, end - offset), offset)
-        if not chunk:
+    for step in (_copy_file_range, _sendfile, _pread_pwrite):
+        try:
+            while offset < end:
+                n = step(src, dst, offset, min(COPY_CHUNK, end - offset))
+                if n == 0:
+                    break
+                offset += n
             break
-        done = 0
-        while done < len(chunk):
-            done += os.pwrite(dst, chunk[done:], offset + done)
-        offset += len(chunk)
+        except OSError as e:
+            if step is _pread_pwrite or e.errno not in REFUSED:
+                raise
     return length - (end - offset)
+
+
+REFUSED = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)  # a copy step refused: try the next
+
+
+def _copy_file_range(src: int, dst: int, offset: int, count: int) -> int:
+    return os.copy_file_range(src, dst, count, offset, offset)
+
+
+def _sendfile(src: int, dst: int, offset: int, count: int) -> int:
+    os.lseek(dst, offset, os.SEEK_SET)  # sendfile writes at dst's file offset
+    return os.sendfile(dst, src, offset, count)
+
+
+def _pread_pwrite(src: int, dst: int, offset: int, count: int) -> int:
+    chunk = os.pread(src, count, offset)
+    done = 0
+    while done < len(chunk):
+        done += os.pwrite(dst, chunk[done:], offset + done)
+    return len(chunk)

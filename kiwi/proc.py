@@ -83,49 +83,6 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-COPY_CHUNK = 1 << 24
-
-
-def copy_data(src: int, dst: int, size: int | None = None) -> int:
-    """Up to size bytes (None: to src's end, for files whose size says nothing, as in
-    /proc) from src's offset to dst's: copy_file_range (in the kernel, reflinks where
-    the file system can), else sendfile (in the kernel, across file systems, into a
-    memfd), else read and write (what neither takes: some /proc files). Stops early at
-    src's end; returns the bytes copied."""
-    import errno
-    import sys
-
-    done, limit = 0, sys.maxsize if size is None else size
-    next_step = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)  # a step refused: try the next
-    # copy_file_range stops at the size the file says (a /proc file's is 0)
-    for step in (_copy_range, _send, _read_write) if size is not None else (_send, _read_write):
-        try:
-            while done < limit:
-                n = step(src, dst, min(COPY_CHUNK, limit - done))
-                if n == 0:
-                    break
-                done += n
-            return done
-        except OSError as e:  # the next step goes on from the offsets this one left
-            if step is _read_write or e.errno not in next_step:
-                raise
-    return done
-
-
-def _copy_range(src: int, dst: int, count: int) -> int:
-    return os.copy_file_range(src, dst, count)
-
-
-def _send(src: int, dst: int, count: int) -> int:
-    return os.sendfile(dst, src, None, count)
-
-
-def _read_write(src: int, dst: int, count: int) -> int:
-    data = os.read(src, count)
-    write_all(dst, data)
-    return len(data)
-
-
 def stdio_to_devnull() -> None:
     """fds 0-2 become /dev/null: a child that outlives the command lets go of its terminal."""
     null = os.open(os.devnull, os.O_RDWR)

@@ -1,11 +1,21 @@
 """fstree.copy_file_data: a sparse file's holes stay holes, its data is copied, and the copy
-ends at the size given (a source that grows or shrinks meanwhile)."""
+ends at the size given (a source that grows or shrinks meanwhile). fstree.copy_range, the
+one copy loop under it and under enter.sealed_copy: in the kernel within a file system and
+into a memfd, from the offset given, short at the source's end, and errors it cannot fall
+back from raised."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import subprocess
+import sys
 
-from kiwi.fstree import copy_file_data
+import pytest
+
+from kiwi import enter
+from kiwi.fstree import copy_file_data, copy_range
 
 MIB = 1 << 20
 
@@ -79,3 +89,77 @@ def test_a_file_that_holds_less_than_it_says_ends_there(tmp_path):
     finally:
         os.close(src)
     assert size == 4096 and data.endswith(b"\n") and st.st_size == len(data) == copied < size
+
+
+def test_copy_range_within_a_file_system_and_into_a_memfd(tmp_path):
+    """copy_file_range where it works (tmp_path to tmp_path), sendfile where it refuses
+    (a file into a memfd: EXDEV), at the offset given, and short when the end comes first."""
+    data = os.urandom(3 * MIB) + b"end"
+    (tmp_path / "src").write_bytes(data)
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    try:
+        for make_dst in (
+            lambda: os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT | os.O_TRUNC),
+            lambda: os.memfd_create("dst"),
+        ):
+            dst = make_dst()
+            try:
+                assert copy_range(src, dst, 10, len(data)) == len(data) - 10  # short: the end came first
+                assert os.pread(dst, len(data) + 1, 0) == bytes(10) + data[10:]
+            finally:
+                os.close(dst)
+        dst = os.memfd_create("part")
+        assert copy_range(src, dst, 0, 5) == 5 and os.pread(dst, 10, 0) == data[:5]
+        os.close(dst)
+        assert os.lseek(src, 0, os.SEEK_CUR) == 0  # the source's offset is left alone
+    finally:
+        os.close(src)
+
+
+def test_copy_range_raises_what_it_cannot_fall_back_from(tmp_path):
+    (tmp_path / "src").write_bytes(b"x")
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    dst = os.open(tmp_path / "src", os.O_RDONLY)  # not open for writing
+    try:
+        with pytest.raises(OSError) as e:
+            copy_range(src, dst, 0, 1)
+        assert e.value.errno == errno.EBADF
+    finally:
+        os.close(src)
+        os.close(dst)
+
+
+def test_sealed_copy_is_the_file_and_refuses_changes(tmp_path):
+    """What a start and an attach execute kiwi-exec and kiwi-init from (a stand-in here:
+    unit tests use no build products)."""
+    data = os.urandom(MIB + 3)
+    (tmp_path / "helper").write_bytes(data)
+    fd = enter.sealed_copy(str(tmp_path / "helper"), "helper")
+    try:
+        assert os.pread(fd, len(data) + 1, 0) == data
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        assert seals & fcntl.F_SEAL_WRITE and seals & fcntl.F_SEAL_SEAL
+        for change in (lambda: os.pwrite(fd, b"y", 0), lambda: os.ftruncate(fd, 1)):
+            with pytest.raises(PermissionError):
+                change()
+    finally:
+        os.close(fd)
+
+
+def test_sealed_copy_of_a_file_that_holds_less_than_it_says_fails():
+    """A sysfs file says 4096 bytes and holds a line: no half helper is ever executed."""
+    with pytest.raises(OSError) as e:
+        enter.sealed_copy("/sys/kernel/uevent_seqnum", "short")
+    assert e.value.errno == errno.EIO
+
+
+def test_enter_imports_nothing_heavy():
+    """enter (and fstree, for its copy) is on every start and attach (issue 20)."""
+    code = "import sys, kiwi.enter; print(' '.join(sorted(sys.modules)))"
+    checkout = os.path.dirname(os.path.dirname(os.path.realpath(enter.__file__)))
+    loaded = subprocess.run(  # -S: no site (a .pth file may import re)
+        [sys.executable, "-S", "-c", code], cwd=checkout, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "kiwi.fstree" in loaded
+    assert not {"contextlib", "resource", "pathlib", "json", "re", "kiwi.store", "kiwi._sys"} & set(loaded)
