@@ -24,6 +24,9 @@ def warn(text: str) -> None:
     print(f"kiwi: {printable(text)}", file=sys.stderr, flush=True)
 
 
+Store.lock_wait_notice = warn  # a command kept waiting by another kiwi says so
+
+
 def progress_bar(label: str):
     from .progress import Progress
 

@@ -22,6 +22,11 @@ from .errors import Doing, KiwiError, os_error_message
 # their callers import them from here.
 from .files import atomic_write_json, flock, fsync_dir, host_full, is_disk_full, read_json, utc_now  # noqa: F401
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import ClassVar
+
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
 ID_RE = re.compile(r"[0-9a-f]{12}\Z")
 ID_LEN = layout.ID_LEN
@@ -69,7 +74,56 @@ def executable_dir() -> Path:
     return Path(layout.executable_dir())
 
 
+LOCK_PATIENCE = 0.5  # seconds a command waits for a busy container quietly, before it says so
+
+
+def wait_telling(fd: int, what: str, notice: Callable[[str], None]) -> None:
+    """An exclusive flock on fd; when another process still holds it after LOCK_PATIENCE,
+    notice says who and that Ctrl-C gives up (nothing is done before the lock is held)."""
+    import time
+
+    deadline = time.monotonic() + LOCK_PATIENCE
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+    notice(f"{what} is busy: {lock_holder(fd)} holds it; waiting for it to finish (Ctrl-C gives up)")
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def lock_holder(fd: int) -> str:
+    """Who holds the flock on fd's file, as /proc/locks and the holder's command line say:
+    'kiwi cp web:/srv /tmp (pid 4242)'; 'another kiwi' when the kernel does not tell."""
+    st = os.fstat(fd)
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF"; a waiter's line says "1: -> FLOCK ..."
+            pids = [int(f[4]) for f in map(str.split, f) if len(f) > 5 and f[1] == "FLOCK" and f[5] == key]
+    except (OSError, ValueError):
+        pids = []
+    if not pids:
+        return "another kiwi"
+    try:
+        with open(f"/proc/{pids[0]}/cmdline", "rb") as f:
+            argv = f.read(4096).decode(errors="replace").split("\0")
+    except OSError:
+        return f"another kiwi (pid {pids[0]})"
+    command = " ".join([os.path.basename(argv[0]), *argv[1:]]).strip()
+    if len(command) > 100:
+        command = command[:97] + "..."
+    return f"{command or 'another kiwi'} (pid {pids[0]})"
+
+
 class Store:
+    # The store never prints: the CLI sets this to its warn, and a command that has to
+    # wait for a container another kiwi holds (a start behind a `kiwi cp`) says so in one line.
+    lock_wait_notice: ClassVar[Callable[[str], None] | None] = None
+
     def __init__(self, root: Path):
         self.root = Path(root)
         self._folder_id: str | None = None
@@ -226,12 +280,17 @@ class Store:
 
     # --- locks ------------------------------------------------------------
     @contextlib.contextmanager
-    def _flock(self, name: str, wait: bool = True):
+    def _flock(self, name: str, wait: bool = True, what: str | None = None):
+        """wait=False raises BlockingIOError when another kiwi holds it. With what (the
+        thing locked, for a person) and a notice set, a wait of more than a moment is told."""
         self.ensure_layout()
         fd = os.open(self.locks_dir / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            # wait=False raises BlockingIOError when another kiwi holds it.
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            notice = Store.lock_wait_notice
+            if wait and what and notice:
+                wait_telling(fd, what, notice)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             self.held_locks[name] = fd
             yield fd
         finally:
@@ -252,7 +311,7 @@ class Store:
         """Every change to one container (start, stop, set, delete, snap ...)."""
         if not is_container_id(cid):
             raise KiwiError(f"invalid container id {cid!r}")
-        return self._flock(f"{cid}.lock", wait)
+        return self._flock(f"{cid}.lock", wait, what=f"container {self.container_name(cid) or cid}")
 
     # --- containers -------------------------------------------------------
     def container_ids(self) -> list[str]:
