@@ -18,6 +18,7 @@ Also home of the terminal helpers the session client and daemon share.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import select
@@ -61,14 +62,28 @@ def read_some(fd: int) -> bytes | None:
         return b""  # EIO: nobody holds the PTY slave any more
 
 
+def exit_pidfd(pid: int) -> int | None:
+    """A pidfd of our child pid, readable once it exits; None on a kernel without pidfd_open."""
+    try:
+        return os.pidfd_open(pid)
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
+        return None
+
+
 class SignalPipe:
-    """SIGWINCH, SIGTERM and SIGHUP become bytes on a pipe that a poll loop watches."""
+    """SIGWINCH, SIGTERM and SIGHUP (and those given) become bytes on a pipe that a poll
+    loop watches."""
 
     SIGNALS = (signal.SIGWINCH, signal.SIGTERM, signal.SIGHUP)
 
+    def __init__(self, also: tuple[int, ...] = ()):
+        self.signals = self.SIGNALS + also
+
     def __enter__(self):
         self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.saved = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
+        self.saved = {sig: signal.signal(sig, self.handle) for sig in self.signals}
         return self
 
     def handle(self, signum, frame) -> None:
@@ -320,24 +335,31 @@ class Relay:
         """Copy until kiwi-exec (our child, pid helper) has ended; returns its status."""
         from .proc import wait_exit_code
 
-        exited = os.pidfd_open(helper)
+        exited = exit_pidfd(helper)
         ignored = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)}
         try:
-            with SignalPipe() as signals, RawTerminal(0 if self.pty else -1):
-                while not self.poll_once(exited, signals, helper):
-                    pass
-                for pump in self.pumps:
-                    if pump.src != 0:  # the command's output; its input no longer matters
-                        pump.drain()
+            # Without a pidfd (kernels before 5.3) the helper's exit is its SIGCHLD.
+            with SignalPipe(() if exited is not None else (signal.SIGCHLD,)) as signals:
+                if exited is None:  # it may have exited before the handler was set: look once
+                    signals.handle(signal.SIGCHLD, None)
+                with RawTerminal(0 if self.pty else -1):
+                    while not self.poll_once(exited, signals, helper):
+                        pass
+                    for pump in self.pumps:
+                        if pump.src != 0:  # the command's output; its input no longer matters
+                            pump.drain()
             return wait_exit_code(helper)
         finally:
-            os.close(exited)
+            if exited is not None:
+                os.close(exited)
             for sig, handler in ignored.items():
                 signal.signal(sig, handler)
 
-    def poll_once(self, exited: int, signals: SignalPipe, helper: int) -> bool:
+    def poll_once(self, exited: int | None, signals: SignalPipe, helper: int) -> bool:
         """One round of copying; True once the helper has exited."""
-        masks = {exited: select.POLLIN, signals.r: select.POLLIN}
+        masks = {signals.r: select.POLLIN}
+        if exited is not None:
+            masks[exited] = select.POLLIN
         for pump in self.pumps:
             if pump.wants_input():
                 masks[pump.src] = masks.get(pump.src, 0) | select.POLLIN
@@ -347,8 +369,9 @@ class Relay:
         for fd, mask in masks.items():
             poller.register(fd, mask)
         ready = dict(poller.poll())
+        child_exited = False
         if signals.r in ready:
-            self.handle_signals(signals, helper)
+            child_exited = self.handle_signals(signals, helper)
         for pump in self.pumps:
             if pump.wants_input() and ready.get(pump.src, 0) & (
                 select.POLLIN | select.POLLHUP | select.POLLERR
@@ -356,15 +379,24 @@ class Relay:
                 pump.read()
             elif pump.buffer and ready.get(pump.dst, 0) & (select.POLLOUT | select.POLLERR):
                 pump.flush()
-        return exited in ready
+        return exited in ready if exited is not None else child_exited
 
-    def handle_signals(self, signals: SignalPipe, helper: int) -> None:
+    def handle_signals(self, signals: SignalPipe, helper: int) -> bool:
+        """Passes them on; True when a SIGCHLD came and the helper has exited (not reaped:
+        wait_exit_code does that)."""
+        child_exited = False
         for signum in signals.read():
             if signum == signal.SIGWINCH:
                 self.copy_window_size()
+            elif signum == signal.SIGCHLD:
+                child_exited = (
+                    child_exited
+                    or os.waitid(os.P_PID, helper, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+                )
             else:  # SIGTERM, SIGHUP: kiwi-exec passes them on to the command
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(helper, signum)
+        return child_exited
 
     def close(self) -> None:
         owned = [p.dst for p in self.pumps if p.close_dst and p.dst is not None]
