@@ -530,6 +530,11 @@ def quick_attach(args) -> int | None:
         gc.enable()
 
 
+def tell(text: str) -> None:
+    """One line on stderr while the command goes on (commands.warn, without commands.py)."""
+    print(f"{PROG}: {one_line(text)}", file=sys.stderr, flush=True)
+
+
 def quick_stop(args) -> int | None:
     """`kiwi stop c` of a running container from kiwi/quickstop.py, without commands.py and
     the checks only unusual containers need (issue 20). None where it leaves the answer
@@ -537,7 +542,7 @@ def quick_stop(args) -> int | None:
     from . import listing, quickstop
 
     try:
-        stop = quickstop.prepare(args)
+        stop = quickstop.prepare(args, notice=tell)
     except (listing.Unusual, OSError):
         return None
     print(f"stopped {stop.run(args.time)}", flush=True)  # as cmd_stop

@@ -26,6 +26,10 @@ from .listing import RunningState, Unusual, check_layout, data_root, exists, ref
 from .quickattach import check_private, facts_of, recorded_procs, resolve
 from .stopping import only_init_and_helpers
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 CGROUP_PARENT_ENV = "KIWI_CGROUP_PARENT"  # cgroups.PARENT_ENV
 CGROUP_PREFIX = "kiwi-"  # cgroups.NAME_PREFIX
 
@@ -70,16 +74,17 @@ class QuickStop:
             self.lock = -1
 
 
-def prepare(args) -> QuickStop:
+def prepare(args, notice: Callable[[str], None] | None = None) -> QuickStop:
     """The container of `kiwi stop <c>`, checked under its lock; Unusual (or an OSError)
-    when cmd_stop must answer, with nothing done and the lock released."""
+    when cmd_stop must answer, with nothing done and the lock released. notice: told
+    when another kiwi keeps the lock past a moment (as Store.lock_wait_notice)."""
     if os.geteuid() != 0:
         raise Unusual("cmd_stop answers these")
     root = data_root()
     check_layout(root)
     refuse_go_data(root)
     cid = resolve(root, args.container)
-    lock = lock_container(root, cid)
+    lock = lock_container(root, cid, f"container {args.container}", notice)
     try:
         return QuickStop(root, cid, lock)
     except BaseException:
@@ -87,7 +92,7 @@ def prepare(args) -> QuickStop:
         raise
 
 
-def lock_container(root: str, cid: str) -> int:
+def lock_container(root: str, cid: str, what: str, notice: Callable[[str], None] | None) -> int:
     """Store.container_lock's flock, held by the fd returned (its folder exists: check_layout
     saw the data folder made, and a running container was started by a Store that made it)."""
     import fcntl
@@ -96,7 +101,12 @@ def lock_container(root: str, cid: str) -> int:
         raise Unusual("no lock folder: Store.ensure_layout makes it")
     fd = os.open(f"{root}/{LOCKS}/{cid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if notice is not None:
+            from .lockwait import wait_telling
+
+            wait_telling(fd, what, notice)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX)
     except BaseException:
         os.close(fd)
         raise

@@ -15,7 +15,7 @@ import stat
 import sys
 from pathlib import Path
 
-from . import layout
+from . import layout, lockwait
 from .errors import Doing, KiwiError, os_error_message
 
 # The file helpers live in files.py (hoststate.py needs them and store.py needs hoststate.py);
@@ -72,51 +72,6 @@ def executable_path() -> Path:
 def executable_dir() -> Path:
     """layout.executable_dir: where kiwi-data lives by default."""
     return Path(layout.executable_dir())
-
-
-LOCK_PATIENCE = 0.5  # seconds a command waits for a busy container quietly, before it says so
-
-
-def wait_telling(fd: int, what: str, notice: Callable[[str], None]) -> None:
-    """An exclusive flock on fd; when another process still holds it after LOCK_PATIENCE,
-    notice says who and that Ctrl-C gives up (nothing is done before the lock is held)."""
-    import time
-
-    deadline = time.monotonic() + LOCK_PATIENCE
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.05)
-    notice(f"{what} is busy: {lock_holder(fd)} holds it; waiting for it to finish (Ctrl-C gives up)")
-    fcntl.flock(fd, fcntl.LOCK_EX)
-
-
-def lock_holder(fd: int) -> str:
-    """Who holds the flock on fd's file, as /proc/locks and the holder's command line say:
-    'kiwi cp web:/srv /tmp (pid 4242)'; 'another kiwi' when the kernel does not tell."""
-    st = os.fstat(fd)
-    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    try:
-        with open("/proc/locks") as f:
-            # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF"; a waiter's line says "1: -> FLOCK ..."
-            pids = [int(f[4]) for f in map(str.split, f) if len(f) > 5 and f[1] == "FLOCK" and f[5] == key]
-    except (OSError, ValueError):
-        pids = []
-    if not pids:
-        return "another kiwi"
-    try:
-        with open(f"/proc/{pids[0]}/cmdline", "rb") as f:
-            argv = f.read(4096).decode(errors="replace").split("\0")
-    except OSError:
-        return f"another kiwi (pid {pids[0]})"
-    command = " ".join([os.path.basename(argv[0]), *argv[1:]]).strip()
-    if len(command) > 100:
-        command = command[:97] + "..."
-    return f"{command or 'another kiwi'} (pid {pids[0]})"
 
 
 class Store:
@@ -288,7 +243,7 @@ class Store:
         try:
             notice = Store.lock_wait_notice
             if wait and what and notice:
-                wait_telling(fd, what, notice)
+                lockwait.wait_telling(fd, what, notice)
             else:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             self.held_locks[name] = fd

@@ -1,4 +1,4 @@
-"""store.wait_telling: a lock another process holds past a moment is told once, naming that
+"""lockwait.wait_telling: a lock another process holds past a moment is told once, naming that
 process from /proc/locks; a free lock is taken without a word. Real flocks, a real holder."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from kiwi import store
+from kiwi import lockwait
 
 HOLD = (
     "import fcntl, os, sys\n"
@@ -35,7 +35,7 @@ def test_a_busy_lock_is_told_with_its_holder(tmp_path):
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
     try:
         assert holder.stdout.readline() == "held\n"
-        store.wait_telling(fd, "container web", notice)
+        lockwait.wait_telling(fd, "container web", notice)
         other = os.open(path, os.O_RDWR)
         with pytest.raises(BlockingIOError):  # this fd holds it now
             fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -57,12 +57,12 @@ def test_a_free_lock_is_taken_without_a_word(tmp_path):
 
     fd = os.open(tmp_path / "c.lock", os.O_RDWR | os.O_CREAT)
     try:
-        store.wait_telling(fd, "container web", notice)
-        assert store.lock_holder(fd).endswith(f"(pid {os.getpid()})")  # ours, as /proc/locks says
+        lockwait.wait_telling(fd, "container web", notice)
+        assert lockwait.lock_holder(fd).endswith(f"(pid {os.getpid()})")  # ours, as /proc/locks says
     finally:
         os.close(fd)
     fd = os.open(tmp_path / "c.lock", os.O_RDWR)
     try:
-        assert store.lock_holder(fd) == "another kiwi"  # nobody's: the kernel names no one
+        assert lockwait.lock_holder(fd) == "another kiwi"  # nobody's: the kernel names no one
     finally:
         os.close(fd)
