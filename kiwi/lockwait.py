@@ -34,22 +34,25 @@ def wait_telling(fd: int, what: str, notice: Callable[[str], None]) -> None:
 
 def lock_holder(fd: int) -> str:
     """Who holds the flock on fd's file, as /proc/locks and the holder's command line say:
-    'kiwi cp web:/srv /tmp (pid 4242)'; 'another kiwi' when the kernel does not tell."""
+    'kiwi cp web:/srv /tmp (pid 4242)'; 'another kiwi' when the kernel does not tell.
+    /proc/locks names the process that took the lock; the caller prints the line through
+    errors.printable, so no command line reaches the terminal raw."""
     st = os.fstat(fd)
     key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     try:
         with open("/proc/locks") as f:
             # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF"; a waiter's line says "1: -> FLOCK ..."
-            pids = [int(f[4]) for f in map(str.split, f) if len(f) > 5 and f[1] == "FLOCK" and f[5] == key]
+            lines = [line.split() for line in f]
+        pids = [int(w[4]) for w in lines if len(w) > 5 and w[1] == "FLOCK" and w[5] == key]
     except (OSError, ValueError):
         pids = []
-    if not pids:
+    if not pids or pids[0] <= 0:
         return "another kiwi"
     try:
         with open(f"/proc/{pids[0]}/cmdline", "rb") as f:
             argv = f.read(4096).decode(errors="replace").split("\0")
-    except OSError:
-        return f"another kiwi (pid {pids[0]})"
+    except OSError:  # the process that took it is gone; a child it left (resize2fs) holds it on
+        return "another kiwi"
     command = " ".join([os.path.basename(argv[0]), *argv[1:]]).strip()
     if len(command) > 100:
         command = command[:97] + "..."

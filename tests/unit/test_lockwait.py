@@ -66,3 +66,32 @@ def test_a_free_lock_is_taken_without_a_word(tmp_path):
         assert lockwait.lock_holder(fd) == "another kiwi"  # nobody's: the kernel names no one
     finally:
         os.close(fd)
+
+
+def test_a_lock_its_taker_left_to_a_child_names_no_one(tmp_path):
+    """The process that took it has exited; a child it left (as resize2fs is) holds it on:
+    no pid that may be reused is named."""
+    path = tmp_path / "c.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            HOLD.replace("sys.stdin.read()", "os.fork() and os._exit(0); sys.stdin.read()"),
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert holder.wait(timeout=60) == 0  # the taker is gone; its child holds the fd
+        fd = os.open(path, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            assert lockwait.lock_holder(fd) == "another kiwi"
+        finally:
+            os.close(fd)
+    finally:
+        holder.stdin.close()  # the child reads to the end of this pipe, then exits
