@@ -119,7 +119,9 @@ def parent_of(pid: int) -> int:
 def test_entering_processes_run_from_a_sealed_memfd_outside_the_pid_namespace(kiwi, busybox):
     cid = kiwi.create(busybox)
     kiwi("attach", cid, "--", "true")
-    tag = "31.4159"
+    # sleep's seconds, and this run's alone: kiwi_exec_processes scans the whole host, where
+    # another checkout's run of this very test may be entering its own container meanwhile.
+    tag = f"31.{os.getpid()}{time.monotonic_ns() % 10**6}"
     proc = subprocess.Popen(
         kiwi.cmd + ["attach", cid, "--", "sleep", tag],
         env=kiwi.env,
