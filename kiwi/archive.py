@@ -46,7 +46,15 @@ import time
 from pathlib import Path
 
 from .errors import KiwiError, disk_full, os_error_message
-from .fstree import data_regions, more_open_files, open_subdir, read_xattrs, remove_tree, walk_stats
+from .fstree import (
+    MAX_SPARSE_REGIONS,
+    data_regions,
+    more_open_files,
+    open_subdir,
+    read_xattrs,
+    remove_tree,
+    walk_stats,
+)
 from .store import fsync_dir, utc_now
 
 FORMAT_VERSION = 1
@@ -248,6 +256,12 @@ class _TreeWriter:
         data regions, then those regions alone; tarfile, GNU tar and extract.py give the holes
         back. Written whole, a container's 16 TiB file of a few blocks is 16 TiB of zeros to
         read, compress, and write back at restore, past its storage limit."""
+        if len(regions) > MAX_SPARSE_REGIONS:  # what extract.py reads back, bounding its memory
+            raise KiwiError(
+                f"cannot archive {info.name}: it has {len(regions)} separate runs of data between "
+                f"holes, more than the {MAX_SPARSE_REGIONS} a .kiwi file keeps; copy it without holes "
+                "inside the container (cp --sparse=never) or remove it"
+            )
         sparse_map = f"{len(regions)}\n".encode() + b"".join(f"{o}\n{n}\n".encode() for o, n in regions)
         sparse_map += _padding(len(sparse_map))
         stored = len(sparse_map) + sum(length for _, length in regions)

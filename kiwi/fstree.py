@@ -192,6 +192,12 @@ def copy_file_data(src: int, dst: int, size: int) -> int:
     return copied
 
 
+# The data regions one sparse archive member may have: extract.py reads no more (tarfile holds
+# the map in memory, ~150 bytes a region, and 2 KB of xz can declare 50 M of them), and
+# archive.py refuses to write more.
+MAX_SPARSE_REGIONS = 1 << 20
+
+
 def data_regions(fd: int, size: int) -> list[tuple[int, int]]:
     """(offset, length) of each run of data in the first size bytes of fd; the rest are
     holes (SEEK_DATA/SEEK_HOLE: a filesystem without holes says it is all data). The

@@ -155,6 +155,20 @@ def test_sparse_files_keep_their_holes(tmp_path, trees):
     assert (gnu / "upper" / "sparse").read_bytes() == (upper / "sparse").read_bytes()
 
 
+def test_more_regions_than_a_restore_reads_are_refused_at_snap(tmp_path, trees, monkeypatch):
+    """extract.py reads at most MAX_SPARSE_REGIONS regions of a member (the map is held in
+    memory), so a snapshot never holds more: one line naming the file, not an archive that
+    cannot be restored."""
+    rootfs, upper = trees
+    monkeypatch.setattr(archive, "MAX_SPARSE_REGIONS", 2)
+    with open(upper / "scattered", "wb") as f:
+        for n in range(3):
+            os.pwrite(f.fileno(), b"S", n << 20)
+    with pytest.raises(KiwiError, match="scattered: it has 3 separate runs of data"):
+        archive.write_archive(tmp_path / "c.kiwi", "container", {}, {}, rootfs, upper)
+    assert not (tmp_path / "c.kiwi").exists()  # nothing half-written
+
+
 def test_oci_layers_write_holes_as_zeros(tmp_path):
     """The image spec says sparse members SHOULD NOT be used: export's layers stay plain."""
     from kiwi.oci.export import _layer_writer
