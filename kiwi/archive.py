@@ -234,7 +234,7 @@ class _TreeWriter:
     def emit(self, info, pax=None, data_fd=None):
         info.uname = info.gname = ""
         info.pax_headers = pax or {}
-        self.sink.write(info.tobuf(tarfile.PAX_FORMAT, **TAR_ENCODING))
+        self.sink.write(_sparse_header(info) if "GNU.sparse.major" in info.pax_headers else _header(info))
         self.sink.files += 1
         if data_fd is not None and info.size:
             self.copy_data(data_fd, info.size)
@@ -265,9 +265,6 @@ class _TreeWriter:
         sparse_map = f"{len(regions)}\n".encode() + b"".join(f"{o}\n{n}\n".encode() for o, n in regions)
         sparse_map += _padding(len(sparse_map))
         stored = len(sparse_map) + sum(length for _, length in regions)
-        if stored >= SPARSE_STORED_LIMIT:  # tarfile finds the next member by a pax size
-            self.emit(info, pax, data_fd=fd)
-            return
         real_name, real_size = info.name, info.size
         folder, _, leaf = real_name.rpartition("/")
         info.name = f"{folder}/GNUSparseFile.0/{leaf}" if folder else f"GNUSparseFile.0/{leaf}"
@@ -409,6 +406,29 @@ def _info(name, st, kind) -> tarfile.TarInfo:
 
 def _join(dir_relpath, name):
     return f"{dir_relpath}/{name}" if dir_relpath else name
+
+
+def _header(info) -> bytes:
+    return info.tobuf(tarfile.PAX_FORMAT, **TAR_ENCODING)
+
+
+def _sparse_header(info) -> bytes:
+    """The headers of a PAX sparse 1.0 member that stores info.size bytes (map and data).
+    From SPARSE_STORED_LIMIT on, the ustar size field holds it in base-256 (GNU's form, which
+    tarfile and GNU tar read): a pax "size" record would give way to GNU.sparse.realsize in
+    readers, which would then look for the next member at the wrong offset. Written whole
+    instead (as before), 8 GiB of data and a 16 TiB hole were 16 TiB of zeros in a snapshot."""
+    stored = info.size
+    if stored < SPARSE_STORED_LIMIT:
+        return _header(info)
+    info.size = 0
+    buf = bytearray(_header(info))
+    info.size = stored
+    ustar = len(buf) - tarfile.BLOCKSIZE  # the member's own header, after its pax header
+    buf[ustar + 124 : ustar + 136] = tarfile.itn(stored, 12, tarfile.GNU_FORMAT)  # type: ignore[attr-defined]  # not in typeshed
+    buf[ustar + 148 : ustar + 156] = b" " * 8
+    buf[ustar + 148 : ustar + 155] = b"%06o\0" % sum(buf[ustar : ustar + tarfile.BLOCKSIZE])
+    return bytes(buf)
 
 
 def _padding(size) -> bytes:
