@@ -258,8 +258,8 @@ class _TreeWriter:
         read, compress, and write back at restore, past its storage limit."""
         if len(regions) > MAX_SPARSE_REGIONS:  # what extract.py reads back, bounding its memory
             raise KiwiError(
-                f"cannot archive {info.name}: it has {len(regions)} separate runs of data between "
-                f"holes, more than the {MAX_SPARSE_REGIONS} a .kiwi file keeps; copy it without holes "
+                f"cannot archive {info.name}: it has more than {MAX_SPARSE_REGIONS} separate runs "
+                "of data between holes, more than a .kiwi file keeps; copy it without holes "
                 "inside the container (cp --sparse=never) or remove it"
             )
         sparse_map = f"{len(regions)}\n".encode() + b"".join(f"{o}\n{n}\n".encode() for o, n in regions)
@@ -381,7 +381,7 @@ class _TreeWriter:
                 self.first_name_of_inode[key] = self.member_name(relpath)
             info = _info(self.member_name(relpath), st, tarfile.REGTYPE)
             info.size = st.st_size
-            regions = data_regions(fd, st.st_size) if self.KEEP_HOLES else []
+            regions = data_regions(fd, st.st_size, MAX_SPARSE_REGIONS) if self.KEEP_HOLES else []
             if self.KEEP_HOLES and sum(length for _, length in regions) < st.st_size:
                 self.emit_sparse(info, _pax_for(_xattrs_of_fd(fd)), fd, regions)
             else:

@@ -164,7 +164,7 @@ def test_more_regions_than_a_restore_reads_are_refused_at_snap(tmp_path, trees, 
     with open(upper / "scattered", "wb") as f:
         for n in range(3):
             os.pwrite(f.fileno(), b"S", n << 20)
-    with pytest.raises(KiwiError, match="scattered: it has 3 separate runs of data"):
+    with pytest.raises(KiwiError, match="scattered: it has more than 2 separate runs of data"):
         archive.write_archive(tmp_path / "c.kiwi", "container", {}, {}, rootfs, upper)
     assert not (tmp_path / "c.kiwi").exists()  # nothing half-written
 
