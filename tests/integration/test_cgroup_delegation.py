@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from test_limits import cgroup_of
+from test_limits_inside import wait_until
 
 pytestmark = pytest.mark.limits
 
@@ -133,9 +133,11 @@ def test_cgroup_is_delegated_on_v2_and_not_on_v1(kiwi, busybox):
     kiwi.sh(cid, REPLACE_LEAF)
     waiting = subprocess.Popen([*kiwi.cmd, "attach", cid, "--", "sleep", "30"], env=kiwi.env)
     try:
-        assert wait_for(lambda: len(procs_of(top / "kiwi-attach")) >= 1), "kiwi-exec's parent"
-        # The command went to a leaf Kiwi made again in place of the frozen one.
-        assert wait_for(lambda: len(procs_of(payload / "kiwi-attach")) == 1), "the command"
+        # The command went to a leaf Kiwi made again in place of the frozen one, kiwi-exec's
+        # waiting parent (it forked the command) to Kiwi's own beside the payload.
+        assert wait_until(lambda: len(procs_of(payload / "kiwi-attach")) == 1, 60), "the command"
+        host_side = [Path(f"/proc/{pid}/comm").read_text().strip() for pid in procs_of(top / "kiwi-attach")]
+        assert "kiwi-exec" in host_side, host_side
         assert owner(payload / "kiwi-attach" / "cgroup.procs") == 0
         assert "frozen 0" in (payload / "kiwi-attach" / "cgroup.events").read_text()
         assert owner(top / "kiwi-attach") == 0 and owner(top / "kiwi-attach" / "memory.max") == 0
@@ -151,12 +153,3 @@ def test_cgroup_is_delegated_on_v2_and_not_on_v1(kiwi, busybox):
 
 def procs_of(cgroup: Path) -> list[str]:
     return (cgroup / "cgroup.procs").read_text().split()
-
-
-def wait_for(condition, seconds: float = 20.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
