@@ -7,12 +7,14 @@
  * runc CVE-2019-5736 class: `#!/proc/self/exe` in the container would
  * otherwise re-execute, and let a waiting process rewrite, the host binary).
  *
- *   kiwi-exec [-t] [-c FD]... [-n FD]... [-k CAPS] [-s FD] [-w DIR] [-u UID -g GID [-G GIDS]] -- command [args]
+ *   kiwi-exec [-t] [-c FD]... [-C FD]... [-n FD]... [-k CAPS] [-s FD] [-w DIR] [-u UID -g GID [-G GIDS]] -- command [args]
  *
  *   fd 0-2  the command's stdio (pipes or a PTY slave of the container's devpts)
  *   fd 3    error pipe, close-on-exec: one line of text on failure, EOF on exec
  *   fd 4    seccomp program (packed struct sock_filter), read to EOF
  *   -c FD   cgroup.procs of the container, open for writing (one per hierarchy)
+ *   -C FD   cgroup.procs the command alone joins (after the fork): in a delegated
+ *           cgroup the container's own tree, while we stay in Kiwi's leaf (-c)
  *   -n FD   namespace to join, in order (user first, mnt last)
  *   -k CAPS capabilities to keep, hexadecimal mask
  *   -s FD   a socket to the container's sysinfo handler (kiwi-lxfs): the filter is
@@ -73,6 +75,7 @@ static unsigned short filter_len;
 
 struct options {
     int cgroups[MAX_FDS], ncgroups;
+    int command_cgroups[MAX_FDS], ncommand_cgroups;
     int namespaces[MAX_FDS], nnamespaces;
     uint64_t keep_caps;
     int tty;
@@ -164,10 +167,11 @@ static void parse_options(int argc, char **argv, struct options *o)
     memset(o, 0, sizeof *o);
     o->workdir = "/";
     o->notify = -1;
-    while ((opt = getopt(argc, argv, "+tc:n:k:s:w:u:g:G:")) != -1) {
+    while ((opt = getopt(argc, argv, "+tc:C:n:k:s:w:u:g:G:")) != -1) {
         switch (opt) {
         case 't': o->tty = 1; break;
         case 'c': add_fd(o->cgroups, &o->ncgroups, optarg); break;
+        case 'C': add_fd(o->command_cgroups, &o->ncommand_cgroups, optarg); break;
         case 'n': add_fd(o->namespaces, &o->nnamespaces, optarg); break;
         case 'k': o->keep_caps = strtoull(optarg, NULL, 16); break;
         case 's': o->notify = parse_fd(optarg); break;
@@ -175,7 +179,7 @@ static void parse_options(int argc, char **argv, struct options *o)
         case 'u': o->uid = parse_id(optarg); have_uid = 1; break;
         case 'g': o->gid = parse_id(optarg); have_gid = 1; break;
         case 'G': parse_groups(optarg, o); break;
-        default: fail(1, "kiwi-exec: usage: kiwi-exec [-t] [-c FD] [-n FD] [-k CAPS] [-s FD] [-w DIR] -- command");
+        default: fail(1, "kiwi-exec: usage: kiwi-exec [-t] [-c FD] [-C FD] [-n FD] [-k CAPS] [-s FD] [-w DIR] -- command");
         }
     }
     if (have_uid != have_gid || (o->ngroups && !have_uid))
@@ -212,12 +216,12 @@ static void read_filter(void)
 
 /* Writing 0 moves the writer: we join before forking, so the command and
  * everything it starts are counted (and limited) by the container's cgroup. */
-static void join_cgroups(const struct options *o)
+static void join_cgroups(const int *fds, int count)
 {
-    for (int i = 0; i < o->ncgroups; i++) {
-        if (write(o->cgroups[i], "0", 1) != 1)
+    for (int i = 0; i < count; i++) {
+        if (write(fds[i], "0", 1) != 1)
             fail(1, "cannot join the container's cgroup: %s", strerror(errno));
-        close(o->cgroups[i]);
+        close(fds[i]);
     }
 }
 
@@ -349,6 +353,9 @@ static void run_command(const struct options *o)
     if (o->tty && ioctl(0, TIOCSCTTY, 0) != 0)
         fail(1, "cannot take the terminal: %s", strerror(errno));
     reset_signals();
+    /* The files were opened by host root in the host's cgroup namespace: the move is
+     * checked against those (open-time) credentials, not the container's. */
+    join_cgroups(o->command_cgroups, o->ncommand_cgroups);
     if (o->notify >= 0 && dup2(o->notify, NOTIFY_FD) != NOTIFY_FD)
         fail(1, "kiwi-exec: dup2: %s", strerror(errno));
     close_from(o->notify >= 0 ? NOTIFY_FD + 1 : ERROR_FD + 1);
@@ -414,7 +421,7 @@ int main(int argc, char **argv)
     }
     parse_options(argc, argv, &o);
     read_filter();
-    join_cgroups(&o);
+    join_cgroups(o.cgroups, o.ncgroups);
     join_namespaces(&o);
     become_root();
     if (chdir(o.workdir) != 0)

@@ -46,7 +46,15 @@ import time
 from pathlib import Path
 
 from .errors import KiwiError, disk_full, os_error_message
-from .fstree import data_regions, more_open_files, open_subdir, read_xattrs, remove_tree, walk_stats
+from .fstree import (
+    MAX_SPARSE_REGIONS,
+    data_regions,
+    more_open_files,
+    open_subdir,
+    read_xattrs,
+    remove_tree,
+    walk_stats,
+)
 from .store import fsync_dir, utc_now
 
 FORMAT_VERSION = 1
@@ -226,7 +234,7 @@ class _TreeWriter:
     def emit(self, info, pax=None, data_fd=None):
         info.uname = info.gname = ""
         info.pax_headers = pax or {}
-        self.sink.write(info.tobuf(tarfile.PAX_FORMAT, **TAR_ENCODING))
+        self.sink.write(_sparse_header(info) if "GNU.sparse.major" in info.pax_headers else _header(info))
         self.sink.files += 1
         if data_fd is not None and info.size:
             self.copy_data(data_fd, info.size)
@@ -248,12 +256,15 @@ class _TreeWriter:
         data regions, then those regions alone; tarfile, GNU tar and extract.py give the holes
         back. Written whole, a container's 16 TiB file of a few blocks is 16 TiB of zeros to
         read, compress, and write back at restore, past its storage limit."""
+        if len(regions) > MAX_SPARSE_REGIONS:  # what extract.py reads back, bounding its memory
+            raise KiwiError(
+                f"cannot archive {info.name}: it has more than {MAX_SPARSE_REGIONS} separate runs "
+                "of data between holes, more than a .kiwi file keeps; copy it without holes "
+                "inside the container (cp --sparse=never) or remove it"
+            )
         sparse_map = f"{len(regions)}\n".encode() + b"".join(f"{o}\n{n}\n".encode() for o, n in regions)
         sparse_map += _padding(len(sparse_map))
         stored = len(sparse_map) + sum(length for _, length in regions)
-        if stored >= SPARSE_STORED_LIMIT:  # tarfile finds the next member by a pax size
-            self.emit(info, pax, data_fd=fd)
-            return
         real_name, real_size = info.name, info.size
         folder, _, leaf = real_name.rpartition("/")
         info.name = f"{folder}/GNUSparseFile.0/{leaf}" if folder else f"GNUSparseFile.0/{leaf}"
@@ -370,7 +381,7 @@ class _TreeWriter:
                 self.first_name_of_inode[key] = self.member_name(relpath)
             info = _info(self.member_name(relpath), st, tarfile.REGTYPE)
             info.size = st.st_size
-            regions = data_regions(fd, st.st_size) if self.KEEP_HOLES else []
+            regions = data_regions(fd, st.st_size, MAX_SPARSE_REGIONS) if self.KEEP_HOLES else []
             if self.KEEP_HOLES and sum(length for _, length in regions) < st.st_size:
                 self.emit_sparse(info, _pax_for(_xattrs_of_fd(fd)), fd, regions)
             else:
@@ -395,6 +406,29 @@ def _info(name, st, kind) -> tarfile.TarInfo:
 
 def _join(dir_relpath, name):
     return f"{dir_relpath}/{name}" if dir_relpath else name
+
+
+def _header(info) -> bytes:
+    return info.tobuf(tarfile.PAX_FORMAT, **TAR_ENCODING)
+
+
+def _sparse_header(info) -> bytes:
+    """The headers of a PAX sparse 1.0 member that stores info.size bytes (map and data).
+    From SPARSE_STORED_LIMIT on, the ustar size field holds it in base-256 (GNU's form, which
+    tarfile and GNU tar read): a pax "size" record would give way to GNU.sparse.realsize in
+    readers, which would then look for the next member at the wrong offset. Written whole
+    instead (as before), 8 GiB of data and a 16 TiB hole were 16 TiB of zeros in a snapshot."""
+    stored = info.size
+    if stored < SPARSE_STORED_LIMIT:
+        return _header(info)
+    info.size = 0
+    buf = bytearray(_header(info))
+    info.size = stored
+    ustar = len(buf) - tarfile.BLOCKSIZE  # the member's own header, after its pax header
+    buf[ustar + 124 : ustar + 136] = tarfile.itn(stored, 12, tarfile.GNU_FORMAT)  # type: ignore[attr-defined]  # not in typeshed
+    buf[ustar + 148 : ustar + 156] = b" " * 8
+    buf[ustar + 148 : ustar + 155] = b"%06o\0" % sum(buf[ustar : ustar + tarfile.BLOCKSIZE])
+    return bytes(buf)
 
 
 def _padding(size) -> bytes:

@@ -19,6 +19,7 @@ This layer never prints; user problems raise KiwiError.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import posixpath
@@ -45,8 +46,17 @@ DELEGATED_FILES = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control")
 # What a delegated container may build below its cgroup (host-owned, so it stays).
 DELEGATED_MAX_DEPTH = 32
 DELEGATED_MAX_DESCENDANTS = 1024
-# Where attach joins in a delegated cgroup (Cgroup._join_dir).
+# A delegated cgroup (v2, unprivileged) is split in two below the container's own, which
+# stays host root's and holds the limits: PAYLOAD, handed to the container's root (its init,
+# its cgroup namespace root, whatever it builds), and ATTACH_LEAF, Kiwi's, where the host-side
+# processes that enter join (kiwi-exec's waiting parent, the limits servers: Cgroup._join_dir).
+# The container owns nothing of the folder that holds that leaf, so it can neither replace
+# the leaf nor own files in it. The command kiwi-exec starts joins PAYLOAD/ATTACH_LEAF, in the
+# container's own tree, where the container may move it as it likes (it is the container's).
+PAYLOAD = "payload"
 ATTACH_LEAF = "kiwi-attach"
+# What the payload shows inside as its own limits (the binding ones are its parent's).
+MIRRORED_LIMITS = ("memory.max", "memory.swap.max", "cpu.max", "cpuset.cpus", "pids.max")
 WAIT_SECONDS = 5.0
 _POLL = 0.02
 _UNIFIED = "unified"  # key of the single v2 hierarchy in path maps
@@ -467,6 +477,7 @@ class Cgroup:
             self._set_memory_v2(memory)
             self._set_cpus_v2(cpus)
             self._write_limit(self._file("pids", "pids.max"), "max" if pids is None else str(pids))
+            self._mirror_limits()
         else:
             self._set_memory_v1(memory)
             self._set_cpus_v1(cpus)
@@ -538,29 +549,61 @@ class Cgroup:
     # -- delegation (unprivileged containers on cgroup v2)
 
     def delegate(self, uid: int, gid: int) -> bool:
-        """Hand the cgroup to the container's root (host ids uid:gid) so it can build its
-        own tree below, as systemd does; False on v1, whose hierarchies Kiwi cannot
-        delegate safely (no cgroup namespace root rules there, limits in the same dirs)."""
+        """Hand the container's root (host ids uid:gid) a cgroup of its own to build its tree
+        in, as systemd does: PAYLOAD, below the container's cgroup, which stays host root's
+        with the limits and Kiwi's ATTACH_LEAF beside the payload. False on v1, whose
+        hierarchies Kiwi cannot delegate safely (no cgroup namespace root rules there,
+        limits in the same dirs)."""
         if self.version != "v2":
             return False
-        directory = self._dirs[_UNIFIED]
-        self._write_limit(directory / "cgroup.max.depth", str(DELEGATED_MAX_DEPTH))
-        self._write_limit(directory / "cgroup.max.descendants", str(DELEGATED_MAX_DESCENDANTS))
+        top = self._dirs[_UNIFIED]
+        # Enabled by host root before the children exist: their controller files (memory.max...)
+        # are made with the fsuid of whoever enables a controller, here host root's for good.
+        self._enable_v2_controllers(top)
+        payload = top / PAYLOAD
+        for directory in (payload, top / ATTACH_LEAF, payload / ATTACH_LEAF):
+            directory.mkdir(exist_ok=True)
+        self._mirror_limits()
+        self._write_limit(payload / "cgroup.max.depth", str(DELEGATED_MAX_DEPTH))
+        self._write_limit(payload / "cgroup.max.descendants", str(DELEGATED_MAX_DESCENDANTS))
         try:
-            for path in (directory, *(directory / name for name in DELEGATED_FILES)):
+            for path in (payload, *(payload / name for name in DELEGATED_FILES)):
                 os.chown(path, uid, gid, follow_symlinks=False)
         except OSError as exc:
-            raise KiwiError(f"cannot delegate cgroup {directory} to the container: {exc.strerror}") from exc
+            raise KiwiError(f"cannot delegate cgroup {payload} to the container: {exc.strerror}") from exc
         return True
 
+    def _payload(self) -> Path | None:
+        """The delegated PAYLOAD cgroup, when this container has one (v2, unprivileged)."""
+        if self.version != "v2":
+            return None
+        payload = self._dirs[_UNIFIED] / PAYLOAD
+        return payload if payload.is_dir() else None
+
+    def _mirror_limits(self) -> None:
+        """The container's limits, also on its payload: what it sees as its own cgroup at
+        /sys/fs/cgroup (memory.max, cpu.max..., read by runtimes sizing heaps and thread
+        pools) shows them. Informational: the parent's are the ones that bind."""
+        payload = self._payload()
+        if payload is None:
+            return
+        for name in MIRRORED_LIMITS:
+            source = self._dirs[_UNIFIED] / name
+            if source.exists():  # memory.swap.max: absent without swap accounting
+                self._write_limit(payload / name, _read(source).strip())
+
     def _join_dir(self, directory: Path) -> Path:
-        """Where a process entering the container goes: the cgroup itself, or, once it is
-        delegated, Kiwi's leaf below it. kiwi-exec's waiting parent lives outside the PID
-        namespace where the container cannot move it, and v2 forbids processes in a cgroup
-        that hands controllers to its children: the container's root must be free to."""
-        if self.version != "v2" or os.stat(directory).st_uid == 0:
-            return directory  # only delegate() gives it away, never to host root
+        """Where a process entering the container goes: the cgroup itself, or, when it is
+        delegated, Kiwi's leaf beside the payload. kiwi-exec's waiting parent lives outside
+        the PID namespace where the container cannot move it, and v2 forbids processes in a
+        cgroup that hands controllers to its children: the container's root must be free to.
+        A container started by an older Kiwi owns `directory` itself, leaf included: its
+        leaf is made again if gone, and open_procs_files refuses one the container made."""
+        if self.version != "v2":
+            return directory
         leaf = directory / ATTACH_LEAF
+        if os.stat(directory).st_uid == 0:  # host root's: privileged, or the payload layout
+            return leaf if leaf.is_dir() else directory
         leaf.mkdir(exist_ok=True)
         return leaf
 
@@ -590,8 +633,9 @@ class Cgroup:
     # -- processes
 
     def add_pid(self, pid: int) -> None:
-        """Move a process into the cgroup in every hierarchy."""
-        for directory in self._unique_dirs():
+        """Move a process into the cgroup in every hierarchy (the container's init: into
+        its payload when delegated, which then roots the container's cgroup namespace)."""
+        for directory in [self._payload() or d for d in self._unique_dirs()]:
             try:
                 _write(directory / "cgroup.procs", str(pid))
             except OSError as exc:
@@ -607,6 +651,22 @@ class Cgroup:
     def procs_paths(self) -> list[str]:
         """The cgroup.procs file of every hierarchy where an entering process joins."""
         return [str(self._join_dir(directory) / "cgroup.procs") for directory in self._unique_dirs()]
+
+    def command_procs_paths(self) -> list[str]:
+        """The cgroup.procs the command alone joins (kiwi-exec -C), in the container's own tree
+        once it is delegated with a payload; [] elsewhere (it stays where kiwi-exec joined).
+        A leaf: the container may have handed controllers to its payload's children. Made
+        again if gone; an empty one the container made in its place (frozen, say, to hang
+        every attach) is removed first, and enter.open_procs_files refuses one in use."""
+        payload = self._payload()
+        if payload is None:
+            return []
+        leaf = payload / ATTACH_LEAF
+        with contextlib.suppress(OSError):
+            if os.stat(leaf / "cgroup.procs").st_uid != 0:
+                _try_rmdir(leaf)
+        leaf.mkdir(exist_ok=True)
+        return [str(leaf / "cgroup.procs")]
 
     def pids(self) -> list[int]:
         """Processes in the cgroup and below it (union over hierarchies); [] when it does not exist."""

@@ -45,9 +45,10 @@ class Entry:
     program (a function of whether the handler answers), kiwi-exec's capability mask
     (hex), and kiwi-exec's own file."""
 
-    def __init__(self, procs, own_net, handler_socket, program, caps, helper):
+    def __init__(self, procs, own_net, handler_socket, program, caps, helper, command_procs=()):
         self.procs, self.own_net, self.handler_socket = procs, own_net, handler_socket
         self.program, self.caps, self.helper = program, caps, helper
+        self.command_procs = list(command_procs)  # kiwi-exec -C: the command's alone
 
 
 def enter_container(
@@ -68,6 +69,8 @@ def enter_container(
     try:
         cgroup_fds = open_procs_files(entry.procs)
         opened += cgroup_fds
+        command_fds = open_procs_files(entry.command_procs)
+        opened += command_fds
         ns_fds = open_init_namespaces(init_pid, init_start_time, entry.own_net)
         opened += ns_fds
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -79,10 +82,11 @@ def enter_container(
         memfd = sealed_copy(entry.helper, os.path.basename(entry.helper))
         opened.append(memfd)
         # kiwi-exec's fds: 0-2 stdio, 3 error pipe, 4 seccomp, then cgroups, namespaces, handler.
-        layout = [*fds, err_w, program, *cgroup_fds, *ns_fds]
+        layout = [*fds, err_w, program, *cgroup_fds, *ns_fds, *command_fds]
         head = ["-k", entry.caps]
         head += [f"-c{5 + i}" for i in range(len(cgroup_fds))]
         head += [f"-n{5 + len(cgroup_fds) + i}" for i in range(len(ns_fds))]
+        head += [f"-C{5 + len(cgroup_fds) + len(ns_fds) + i}" for i in range(len(command_fds))]
         if handler is not None:
             head += [f"-s{len(layout)}"]
             layout.append(handler)
@@ -109,13 +113,31 @@ def open_procs_files(paths: list[str]) -> list[int]:
     try:
         for path in paths:
             fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+            refuse_container_made(fds[-1], path)
     except OSError as exc:
         for fd in fds:
             os.close(fd)
         raise KiwiError(
             f"cannot open the container's cgroup {os.path.dirname(path)}: {exc.strerror}"
         ) from exc
+    except KiwiError:
+        for fd in fds:
+            os.close(fd)
+        raise
     return fds
+
+
+def refuse_container_made(fd: int, path: str) -> None:
+    """Kiwi joins only cgroups host root made: a cgroup.procs the container's root owns
+    belongs to a cgroup it made in place of Kiwi's leaf (a delegated container may remove
+    the leaf the command joins, and one of an older Kiwi the leaf kiwi-exec's parent joins)
+    and may have frozen or limited, to hang or kill what enters. Checked on the open file:
+    a cgroup removed and remade after the open is another file."""
+    if os.fstat(fd).st_uid != 0:
+        raise KiwiError(
+            f"the container made the cgroup {os.path.dirname(path)} itself; "
+            "restart it (kiwi stop, kiwi start) to attach"
+        )
 
 
 def open_init_namespaces(pid: int, start_time: int | None, include_net: bool) -> list[int]:

@@ -54,7 +54,19 @@ class ChildBug(KiwiError):
 
 
 def one_line(text: str) -> str:
-    return printable(" ".join(str(text).split()))
+    return printable(shortened(" ".join(str(text).split())))
+
+
+# An error line names what an archive or a container chose (a member's name, a file's path)
+# and a tar long name may be 64 KiB: the line keeps its start and its end (what to do).
+LINE_HEAD, LINE_TAIL = 3000, 1000
+
+
+def shortened(line: str) -> str:
+    if len(line) <= LINE_HEAD + LINE_TAIL + 100:
+        return line
+    left_out = len(line) - LINE_HEAD - LINE_TAIL
+    return f"{line[:LINE_HEAD]} [...{left_out} characters left out...] {line[-LINE_TAIL:]}"
 
 
 # C0 controls (those split() leaves), DEL and C1: what a terminal acts on.

@@ -543,6 +543,7 @@ def exec_entry(store: Store, cid: str, record: dict, config: dict) -> Entry:
         lambda notify: security.seccomp_program(notify_sysinfo=notify),
         f"{security.capability_mask(security.KEPT_CAPABILITIES):x}",
         str(security.helper_binary_path(security.EXEC_NAME)),
+        cgroup.command_procs_paths(),
     )
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from test_limits import cgroup_of
+from test_limits_inside import wait_until
 
 pytestmark = pytest.mark.limits
 
@@ -54,6 +56,19 @@ cat /proc/self/cgroup
 """
 
 
+# Root inside replaces the leaf Kiwi gave it with one it made and freezes, limits and
+# invalidates what it can there (on Kiwi before the payload layout, the leaf was in the folder
+# the container owned: attach then joined this cgroup, kiwi-exec's host-side parent too).
+REPLACE_LEAF = """
+cd /sys/fs/cgroup
+rmdir kiwi-attach 2>/dev/null && echo REMOVED
+mkdir -p kiwi-attach && echo 16M > kiwi-attach/memory.max 2>/dev/null; echo 1 > kiwi-attach/cgroup.freeze
+echo "+memory +pids" > cgroup.subtree_control 2>/dev/null
+mkdir mine && echo threaded > mine/cgroup.type 2>/dev/null
+true
+"""
+
+
 def base_of(kiwi, cid: str) -> int:
     return json.loads((kiwi.root / "containers" / cid / "config.json").read_text())["idmap"]["base"]
 
@@ -79,13 +94,19 @@ def test_cgroup_is_delegated_on_v2_and_not_on_v1(kiwi, busybox):
         return
 
     top, base = group.path("memory"), base_of(kiwi, cid)
-    assert owner(top) == base and all(owner(top / name) == base for name in DELEGATED)
-    assert all(owner(top / name) == 0 for name in LIMITS)
+    payload = top / "payload"
+    # The container's cgroup and everything directly in it stay host root's; its root gets the
+    # payload below it (its init, its cgroup namespace root), Kiwi keeps a leaf beside it.
+    assert owner(top) == 0 and all(owner(top / name) == 0 for name in (*DELEGATED, *LIMITS))
+    assert owner(payload) == base and all(owner(payload / name) == base for name in DELEGATED)
+    assert all(owner(payload / name) == 0 for name in LIMITS)
+    assert (payload / "memory.max").read_text().strip() == str(64 * MIB)  # shown inside too
     assert "/sys/fs/cgroup cgroup2 " in mounts
-    # Entering processes join Kiwi's leaf: nothing from outside the PID namespace (kiwi-exec's
-    # waiting parent) stays in the cgroup the container's root must be able to empty.
+    # Entering processes: kiwi-exec's waiting parent (outside the PID namespace) joins Kiwi's
+    # leaf beside the payload, the command a leaf of the container's own tree.
     assert kiwi.out("attach", cid, "--", "cat", "/proc/self/cgroup") == "0::/kiwi-attach"
     assert owner(top / "kiwi-attach") == owner(top / "kiwi-attach" / "cgroup.procs") == 0  # Kiwi's own
+    assert kiwi.out("attach", cid, "--", "cat", "/sys/fs/cgroup/memory.max") == str(64 * MIB)
 
     attacked = kiwi.sh(cid, ATTACKS, check=False).stdout
     assert "WROTE" not in attacked and "MOVED" not in attacked and "CHMOD" not in attacked, attacked
@@ -107,5 +128,28 @@ def test_cgroup_is_delegated_on_v2_and_not_on_v1(kiwi, busybox):
     assert done.returncode == 128 + 9, (done.returncode, done.stderr)
     assert len(group.pids()) >= 1  # the init, moved to init.scope by the container, is counted
 
+    # Root inside replaces what it sees of Kiwi's leaf: kiwi-exec's parent still joins
+    # Kiwi's own, which the container can neither reach, freeze nor limit, and attach works.
+    kiwi.sh(cid, REPLACE_LEAF)
+    waiting = subprocess.Popen([*kiwi.cmd, "attach", cid, "--", "sleep", "30"], env=kiwi.env)
+    try:
+        # The command went to a leaf Kiwi made again in place of the frozen one, kiwi-exec's
+        # waiting parent (it forked the command) to Kiwi's own beside the payload.
+        assert wait_until(lambda: len(procs_of(payload / "kiwi-attach")) == 1, 60), "the command"
+        host_side = [Path(f"/proc/{pid}/comm").read_text().strip() for pid in procs_of(top / "kiwi-attach")]
+        assert "kiwi-exec" in host_side, host_side
+        assert owner(payload / "kiwi-attach" / "cgroup.procs") == 0
+        assert "frozen 0" in (payload / "kiwi-attach" / "cgroup.events").read_text()
+        assert owner(top / "kiwi-attach") == 0 and owner(top / "kiwi-attach" / "memory.max") == 0
+        assert (top / "kiwi-attach" / "cgroup.events").read_text().count("frozen 0") == 1
+        assert kiwi.out("attach", cid, "--", "echo", "in") == "in"
+    finally:
+        waiting.kill()
+        waiting.wait()
+
     kiwi("stop", cid)
     assert not top.exists()  # the children the container made went with it
+
+
+def procs_of(cgroup: Path) -> list[str]:
+    return (cgroup / "cgroup.procs").read_text().split()

@@ -7,6 +7,7 @@ line before it fills the disk, and a refused import or restore leaves nothing be
 
 from __future__ import annotations
 
+import lzma
 import os
 import subprocess
 import tarfile
@@ -187,3 +188,49 @@ def test_kiwi_file_that_overflows_the_state_image_is_one_line(kiwi, busybox_snap
     assert "storage" in line, line
     assert leftovers(kiwi) == before
     assert len(kiwi.json("list", "containers")) == 1  # the snapped one only
+
+
+def metadata_bomb(path: Path, kind: bytes, size: int) -> Path:
+    """A member whose metadata (a GNU long name, or a sparse 1.0 map of `size` regions)
+    expands from a few KB of xz to hundreds of MB that tarfile held in memory whole."""
+    packer = lzma.LZMACompressor()
+    if kind == tarfile.GNUTYPE_LONGNAME:
+        header = tarfile.TarInfo("././@LongLink")
+        header.type, header.size = kind, size
+        head = header._create_header(header.get_info(), tarfile.GNU_FORMAT, "utf-8", "surrogateescape")  # type: ignore[attr-defined]
+        chunk, count = b"a" * (1 << 20), size >> 20
+    else:
+        info = tarfile.TarInfo("GNUSparseFile.0/f")
+        info.size = 4 * size + 512
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "f"}
+        info.pax_headers["GNU.sparse.realsize"] = "100"
+        head = info.tobuf(tarfile.PAX_FORMAT) + f"{size}\n".encode()
+        chunk, count = b"0\n0\n" * (1 << 18), size >> 18
+    parts = [packer.compress(head)] + [packer.compress(chunk) for _ in range(count)]
+    path.write_bytes(b"".join(parts) + packer.compress(b"\0" * 4096) + packer.flush())
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, size",
+    [(tarfile.GNUTYPE_LONGNAME, 300 << 20), (b"sparse", 5 << 20)],
+    ids=["long-name", "sparse-map"],
+)
+def test_archive_metadata_bomb_is_one_short_line_in_little_memory(kiwi, tmp_path, kind, size):
+    """46 KB of xz made kiwi hold a 300 MB name (1.2 GB of memory) and print it as its error
+    line; 3 KB made tarfile build a map of 5 M regions (550 MB). Now refused before it is read."""
+    bomb = metadata_bomb(tmp_path / "bomb.tar.xz", kind, size)
+    assert bomb.stat().st_size < 64 << 10
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with open(out, "wb") as o, open(err, "wb") as e:
+        redirect = [(os.POSIX_SPAWN_DUP2, o.fileno(), 1), (os.POSIX_SPAWN_DUP2, e.fileno(), 2)]
+        argv = [*kiwi.cmd, "import", "--name", "bomb", str(bomb)]
+        pid = os.posix_spawnp(argv[0], argv, kiwi.env, file_actions=redirect)
+        _, status, usage = os.wait4(pid, 0)  # its peak memory, and its children's
+    done = subprocess.CompletedProcess(
+        argv, os.waitstatus_to_exitcode(status), out.read_text(), err.read_text()
+    )
+    line = one_error_line(done)
+    assert len(line) < 400 and "Kiwi reads at most" in line, line[:400]
+    assert usage.ru_maxrss < 300 << 10, f"{usage.ru_maxrss} KiB"
+    assert leftovers(kiwi) == []

@@ -155,6 +155,46 @@ def test_sparse_files_keep_their_holes(tmp_path, trees):
     assert (gnu / "upper" / "sparse").read_bytes() == (upper / "sparse").read_bytes()
 
 
+def test_more_regions_than_a_restore_reads_are_refused_at_snap(tmp_path, trees, monkeypatch):
+    """extract.py reads at most MAX_SPARSE_REGIONS regions of a member (the map is held in
+    memory), so a snapshot never holds more: one line naming the file, not an archive that
+    cannot be restored."""
+    rootfs, upper = trees
+    monkeypatch.setattr(archive, "MAX_SPARSE_REGIONS", 2)
+    with open(upper / "scattered", "wb") as f:
+        for n in range(3):
+            os.pwrite(f.fileno(), b"S", n << 20)
+    with pytest.raises(KiwiError, match="scattered: it has more than 2 separate runs of data"):
+        archive.write_archive(tmp_path / "c.kiwi", "container", {}, {}, rootfs, upper)
+    assert not (tmp_path / "c.kiwi").exists()  # nothing half-written
+
+
+def test_sparse_member_storing_more_than_a_ustar_size_keeps_its_holes(tmp_path, trees, monkeypatch):
+    """From 8 GiB of data on (here lowered to 4 KiB), a sparse file was written whole: 8 GiB
+    and a 16 TiB hole made 16 TiB of zeros. Its stored size is now base-256 in the header,
+    and the members after it are still found (kiwi, tarfile and GNU tar)."""
+    rootfs, upper = trees
+    monkeypatch.setattr(archive, "SPARSE_STORED_LIMIT", 4096)
+    big = 1 << 30
+    with open(upper / "a-sparse", "wb") as f:
+        for offset in (0, 1 << 20, big - 9000):
+            os.pwrite(f.fileno(), os.urandom(9000), offset)
+    (upper / "z-after").write_bytes(b"after")
+    manifest = archive.write_archive(tmp_path / "c.kiwi", "container", {}, {}, rootfs, upper)
+    assert manifest["parts"]["upper"]["size"] < 1 << 20
+    out = tmp_path / "out-upper"
+    archive.extract_archive(tmp_path / "c.kiwi", tmp_path / "out-rootfs", out)
+    assert describe(out) == describe(upper)
+    assert os.stat(out / "a-sparse").st_blocks * 512 < 1 << 20
+    gnu = tmp_path / "gnu"
+    gnu.mkdir()
+    subprocess.run(
+        ["tar", "-I", "zstd", "-xf", str(tmp_path / "c.kiwi"), "-C", str(gnu), "upper"], check=True
+    )
+    assert (gnu / "upper" / "a-sparse").read_bytes() == (upper / "a-sparse").read_bytes()
+    assert (gnu / "upper" / "z-after").read_bytes() == b"after"
+
+
 def test_oci_layers_write_holes_as_zeros(tmp_path):
     """The image spec says sparse members SHOULD NOT be used: export's layers stay plain."""
     from kiwi.oci.export import _layer_writer

@@ -82,6 +82,15 @@ def test_anything_escaping_is_one_line(monkeypatch, capsys, error, code, line):
     assert got == code and err == line + "\n"
 
 
+def test_a_huge_name_in_an_error_keeps_the_line_short(monkeypatch, capsys):
+    """An archive member's 60 KiB long name (what a tar may hold) named in full by the error."""
+    name = "a" * (60 << 10)
+    code, err = main_raising(monkeypatch, capsys, KiwiError(f"cannot extract {name!r}; get it again"))
+    assert code == EXIT_ERROR and len(err) < 4200 and err.count("\n") == 1
+    assert err.startswith("kiwi: cannot extract 'aaa") and err.endswith("aaa'; get it again\n")
+    assert " characters left out...] " in err
+
+
 def test_debug_adds_the_traceback(monkeypatch, capsys):
     code, err = main_raising(monkeypatch, capsys, ZeroDivisionError("boom"), debug=True)
     assert code == EXIT_ERROR and err.startswith("Traceback") and "ZeroDivisionError: boom" in err

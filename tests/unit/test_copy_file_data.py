@@ -158,3 +158,27 @@ def test_enter_imports_nothing_heavy():
     loaded = modules_loaded_by("kiwi.enter")
     assert "kiwi.fstree" in loaded
     assert not {"contextlib", "resource", "pathlib", "json", "re", "kiwi.store", "kiwi._sys"} & loaded
+
+
+def test_runs_are_copied_one_at_a_time_not_listed_first(tmp_path):
+    """A container makes a run of data per 4 KiB of its storage; listed before the copy
+    (~150 bytes a run) a 100G container's file was 3.7 GB of kiwi's memory in commit or cp."""
+    import tracemalloc
+
+    runs = 4000
+    with open(tmp_path / "src", "wb") as f:
+        for n in range(runs):
+            os.pwrite(f.fileno(), b"R", n * (64 << 10))
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    dst = os.open(tmp_path / "dst", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        tracemalloc.start()
+        copied = copy_file_data(src, dst, os.fstat(src).st_size)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        os.close(src)
+        os.close(dst)
+    assert copied >= runs
+    assert (tmp_path / "dst").read_bytes() == (tmp_path / "src").read_bytes()
+    assert peak < 100 << 10, f"{peak} bytes"

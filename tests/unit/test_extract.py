@@ -593,3 +593,94 @@ def test_free_space_counts_every_block_a_sparse_map_touches(tmp_path):
             space.claim([(0, 1 << 60)], "huge")
     finally:
         os.close(fd)
+
+
+def pax_sparse_member(name, sparse_map: bytes, data: bytes, realsize, after: str = "") -> bytes:
+    """A PAX sparse 1.0 member (GNU tar's --sparse-version=1.0) with a hand-written map,
+    after a regular file named `after` if given."""
+    body = sparse_map + b"\0" * (-len(sparse_map) % 512) + data
+    info = tarfile.TarInfo(f"GNUSparseFile.0/{name}")
+    info.size = len(body)
+    info.pax_headers = {
+        "GNU.sparse.major": "1",
+        "GNU.sparse.minor": "0",
+        "GNU.sparse.name": name,
+        "GNU.sparse.realsize": str(realsize),
+    }
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        if after:
+            tar.addfile(tarfile.TarInfo(after))
+        tar.addfile(info, io.BytesIO(body))
+    return out.getvalue()
+
+
+def compressed_stream(*parts) -> bytes:
+    """xz of the parts, each a bytes or an (int, bytes) repeat: a bomb of a few KB."""
+    packer = lzma.LZMACompressor()
+    out = []
+    for part in parts:
+        count, chunk = part if isinstance(part, tuple) else (1, part)
+        out += [packer.compress(chunk) for _ in range(count)]
+    return b"".join(out) + packer.flush()
+
+
+@pytest.mark.parametrize(
+    "sparse_map",
+    [
+        b"3\n0\n4\n",  # says 3 regions, gives half of one: tarfile's ValueError before
+        b"abc\n",  # a count that is no number
+        b"1\n0\nfour\n",
+        b"1\n-8\n4\n",  # a region before the file's start
+        b"2\n0\n-4\n8\n8\n",  # a negative length
+    ],
+)
+def test_lying_pax_sparse_map_is_damage(tmp_path, sparse_map):
+    archive = tmp_path / "lies.tar"
+    # After a first member: damage, not "not a tar archive".
+    archive.write_bytes(pax_sparse_member("f", sparse_map, b"A" * 16, 100, after="first"))
+    with pytest.raises(KiwiError, match="damaged"):
+        extract_archive(archive, tmp_path / "dest")
+
+
+def test_pax_sparse_map_of_too_many_regions_is_refused_before_it_is_read(tmp_path):
+    """50 M regions of 'nothing' in 2 KB of xz made tarfile build a list of 50 M tuples
+    (5 M: 550 MB of memory, 5 s)."""
+    count = extract.MAX_SPARSE_REGIONS + 1
+    head = pax_sparse_member("f", f"{count}\n".encode(), b"", 100)
+    archive = tmp_path / "regions.tar.xz"
+    archive.write_bytes(compressed_stream(head[:-1024], (count // 1024 + 1, b"0\n0\n" * 1024), b"\0" * 1536))
+    with pytest.raises(KiwiError, match=f"at most {extract.MAX_SPARSE_REGIONS}"):
+        extract_archive(archive, tmp_path / "dest")
+
+
+def test_old_gnu_sparse_extension_blocks_are_bounded(tmp_path):
+    blocks = extract.MAX_SPARSE_REGIONS // 21 + 2
+    head = bytearray(gnu_sparse_member("s", b"", 1 << 30, [(1, 1)]))
+    head[482] = 1  # isextended
+    head[148:156] = b" " * 8
+    head[148:156] = b"%06o\0 " % sum(head[:512])
+    extension = bytearray(512)
+    for i in range(21):
+        extension[24 * i : 24 * i + 24] = tarfile.itn(1, 12) + tarfile.itn(1, 12)
+    extension[504] = 1
+    archive = tmp_path / "old.tar.xz"
+    archive.write_bytes(compressed_stream(bytes(head[:512]), (blocks, bytes(extension)), b"\0" * 1024))
+    with pytest.raises(KiwiError, match=f"more than {extract.MAX_SPARSE_REGIONS} regions"):
+        extract_archive(archive, tmp_path / "dest")
+
+
+@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE])
+def test_huge_long_name_or_pax_header_is_refused_before_it_is_read(tmp_path, kind):
+    """A 300 MB GNU long name in 46 KB of xz: 1.2 GB of kiwi's memory, then an error line
+    of 300 MB on the terminal."""
+    size = extract.MAX_PAX_HEADER + 512
+    header = tarfile.TarInfo("././@LongLink")
+    header.type, header.size = kind, size
+    raw = header._create_header(header.get_info(), tarfile.GNU_FORMAT, "utf-8", "surrogateescape")  # type: ignore[attr-defined]
+    filler = b"a" * 511 + b"\n" if kind == tarfile.GNUTYPE_LONGNAME else b"511 comment=" + b"a" * 498 + b"\n"
+    archive = tmp_path / "long.tar.xz"
+    archive.write_bytes(compressed_stream(raw, (size // 512, filler), b"\0" * 2048))
+    with pytest.raises(KiwiError, match="Kiwi reads at most") as error:
+        extract_archive(archive, tmp_path / "dest")
+    assert len(str(error.value)) < 300
