@@ -16,8 +16,11 @@ from .errors import KiwiError
 JSON_FIRST_READ = 64 << 10
 
 
-def atomic_write_json(path: Path | str, obj, mode: int = 0o644) -> None:
-    """Write JSON so that a crash leaves either the old file or the new one."""
+def atomic_write_json(path: Path | str, obj, mode: int = 0o644, durable: bool = True) -> None:
+    """Write JSON so that a crash leaves either the old file or the new one.
+    durable=False: no fsync, for records that no host crash outlives (a running container's:
+    its processes die with the host; a damaged record reads as none). Readers still see the
+    old file or the new one, never half of it."""
     import tempfile
 
     path = Path(path)
@@ -29,13 +32,15 @@ def atomic_write_json(path: Path | str, obj, mode: int = 0o644) -> None:
                 f.write("\n")
                 f.flush()
                 os.fchmod(f.fileno(), mode)
-                os.fsync(f.fileno())
+                if durable:
+                    os.fsync(f.fileno())
             os.rename(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
     except OSError as e:
         if is_disk_full(e):
             raise host_full(path.parent, f"writing {path.name}") from None

@@ -315,7 +315,8 @@ def nft_message(nl: Socket, kind: int, family: str, attrs: bytes, flags: int = F
 def nft_batch(messages: list[tuple[int, int, str, bytes]]) -> None:
     """Run (type, flags, family, attributes) messages as one nftables transaction:
     all or nothing. Raises the first error."""
-    with Socket(NETLINK_NETFILTER) as nl:
+    nl = Socket(NETLINK_NETFILTER)
+    try:
         res_id = socket.htons(NFNL_SUBSYS_NFTABLES)
         _, begin = nl.message(NFNL_MSG_BATCH_BEGIN, 0, NFGEN.pack(0, 0, res_id))
         pending, data = set(), begin
@@ -326,6 +327,18 @@ def nft_batch(messages: list[tuple[int, int, str, bytes]]) -> None:
         _, end = nl.message(NFNL_MSG_BATCH_END, 0, NFGEN.pack(0, 0, res_id))
         nl.sock.send(data + end)
         nl.replies(pending)
+    finally:
+        close_behind(nl)
+
+
+def close_behind(nl: Socket) -> None:
+    """Close a netfilter socket in a thread of its own. Its release flushes the nftables
+    transactions' destroy work, an RCU grace period (~10 ms of each start, issue 20), which
+    the caller need not wait for: the transaction is committed once acknowledged. The
+    socket is close-on-exec, and a forked stage closes every fd before it execs."""
+    import _thread
+
+    _thread.start_new_thread(nl.close, ())
 
 
 def delete_nft_table(family: str, table: str) -> bool:

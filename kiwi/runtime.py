@@ -167,7 +167,8 @@ class Starter:
             if not self.cgroup_delegated:  # a delegated cgroup's join leaf is the container's to remove
                 record["enter"] = entry_facts(exec_entry(self.store, self.cid, record, self.config))
             self.holds.close()
-            atomic_write_json(runtime_file(self.store, self.cid), record, mode=0o600)
+            # Not fsynced (~2-20 ms): the record describes processes that a host crash ends too.
+            atomic_write_json(runtime_file(self.store, self.cid), record, mode=0o600, durable=False)
             if getattr(self, "nat_warning", None):
                 record["warning"] = self.nat_warning  # for the CLI to show; not persisted
             return record
