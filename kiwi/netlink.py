@@ -123,6 +123,7 @@ class Socket:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
         self.sock.bind((0, 0))
         self.seq = 0
+        self.protocol = protocol
 
     def __enter__(self):
         return self
@@ -131,7 +132,10 @@ class Socket:
         self.close()
 
     def close(self) -> None:
-        self.sock.close()
+        if self.protocol == NETLINK_NETFILTER:
+            close_behind(self.sock)
+        else:
+            self.sock.close()
 
     def message(self, kind: int, flags: int, body: bytes) -> tuple[int, bytes]:
         self.seq += 1
@@ -168,6 +172,17 @@ class Socket:
         if error is not None:
             raise error
         return found
+
+
+def close_behind(sock) -> None:
+    """Close a netfilter socket in a thread of its own. The release of any netfilter socket
+    flushes the destroy work of the last nftables transaction, an RCU grace period (~10 ms,
+    twice in each start: the batch's socket and the next one, issue 20) that the caller
+    need not wait for: a transaction is committed once acknowledged. The socket is
+    close-on-exec, and a forked stage closes every fd before it execs."""
+    import _thread
+
+    _thread.start_new_thread(sock.close, ())
 
 
 def open_route(netns: str | None = None) -> Socket:
@@ -315,8 +330,7 @@ def nft_message(nl: Socket, kind: int, family: str, attrs: bytes, flags: int = F
 def nft_batch(messages: list[tuple[int, int, str, bytes]]) -> None:
     """Run (type, flags, family, attributes) messages as one nftables transaction:
     all or nothing. Raises the first error."""
-    nl = Socket(NETLINK_NETFILTER)
-    try:
+    with Socket(NETLINK_NETFILTER) as nl:
         res_id = socket.htons(NFNL_SUBSYS_NFTABLES)
         _, begin = nl.message(NFNL_MSG_BATCH_BEGIN, 0, NFGEN.pack(0, 0, res_id))
         pending, data = set(), begin
@@ -327,18 +341,6 @@ def nft_batch(messages: list[tuple[int, int, str, bytes]]) -> None:
         _, end = nl.message(NFNL_MSG_BATCH_END, 0, NFGEN.pack(0, 0, res_id))
         nl.sock.send(data + end)
         nl.replies(pending)
-    finally:
-        close_behind(nl)
-
-
-def close_behind(nl: Socket) -> None:
-    """Close a netfilter socket in a thread of its own. Its release flushes the nftables
-    transactions' destroy work, an RCU grace period (~10 ms of each start, issue 20), which
-    the caller need not wait for: the transaction is committed once acknowledged. The
-    socket is close-on-exec, and a forked stage closes every fd before it execs."""
-    import _thread
-
-    _thread.start_new_thread(nl.close, ())
 
 
 def delete_nft_table(family: str, table: str) -> bool:
