@@ -136,7 +136,9 @@ class Starter:
             self.cgroup.create()
             self.cgroup.set_limits(self.config.get("memory"), self.config.get("cpu"))
             if self.separate_net:
-                self.prepare_network()
+                from . import ipam
+
+                self.claim_address(ipam)  # before the fork: stage 2 writes it into /etc/hosts
             self.device = self.attach_storage()
             self.userns = self.open_user_namespace()
             self.cgroup_delegated = self.delegate_cgroup()
@@ -164,8 +166,8 @@ class Starter:
 
                 record["veth"] = self.veth
                 record["mac"] = network.container_mac(self.config["ipv4"])
-            if not self.cgroup_delegated:  # a delegated cgroup's join leaf is the container's to remove
-                record["enter"] = entry_facts(exec_entry(self.store, self.cid, record, self.config))
+            if self.enter is not None:
+                record["enter"] = self.enter
             self.holds.close()
             # Not fsynced (~2-20 ms): the record describes processes that a host crash ends too.
             atomic_write_json(runtime_file(self.store, self.cid), record, mode=0o600, durable=False)
@@ -184,9 +186,9 @@ class Starter:
                 os.close(self.userns)  # the init's processes keep the namespace
 
     def prepare_network(self) -> None:
-        from . import ipam, network
+        """The bridge, NAT and the container's anti-spoofing chain (its address claimed already)."""
+        from . import network
 
-        self.claim_address(ipam)
         # Until our veth is on the bridge, no other folder's stop or cleanup may remove it.
         self.holds.enter_context(network.bridge_in_use())
         with self.store.lock():
@@ -281,6 +283,10 @@ class Starter:
             child = proc.Child(self.stage1, memfd, theirs, ours)
             theirs.close()
             try:
+                # While stage 1 makes the namespaces (issue 20): nothing of the stages uses
+                # them, and a failure here ends the start as one of connect_network does.
+                if self.separate_net:
+                    self.prepare_network()
                 reports = dict(stage_reports(child, until="lxfs"))
                 served, self.sysinfo, self.sysinfo_handler = reports.get("lxfs"), None, None
                 if served == lxfs.ACTIVE:  # stage 2 waits for its answers
@@ -290,6 +296,7 @@ class Starter:
                 # While stage 2 still builds the root: its network namespace exists.
                 try:
                     self.connect_network(reports.get("pid"))
+                    self.prepare_record()
                 except Exception:
                     # Stage 2 may have failed meanwhile, its network namespace (and the veth
                     # pair with it) gone: then its own error is the cause to tell.
@@ -308,6 +315,16 @@ class Starter:
         if not isinstance(reports.get("pid"), int) or "ready" not in reports:
             raise KiwiError("starting the container failed: its init did not report back")
         return reports["pid"]
+
+    def prepare_record(self) -> None:
+        """While stage 2 still builds the root (issue 20): the entry facts the record keeps
+        (runtime.entry_facts; none for a delegated cgroup, whose join leaf is the container's
+        to remove), and the modules the attach that follows the start imports."""
+        self.enter = None
+        if not self.cgroup_delegated:
+            facts = {"folder": self.store.folder_id()}  # exec_entry reads only this of the record
+            self.enter = entry_facts(exec_entry(self.store, self.cid, facts, self.config))
+        from . import freeze, stdio  # noqa: F401
 
     def connect_network(self, pid) -> None:
         """The container's eth0 on the bridge (self.veth: the host side), in the network
