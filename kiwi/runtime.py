@@ -103,7 +103,8 @@ def start(store: Store, cid: str) -> dict:
 
         storage_ops.finish_interrupted_change(store, config)
         # Whatever a crashed earlier start left; what cannot go, the start itself trips over.
-        teardown(store, cid, release_network=False)
+        # Its veth and port filter go after stage 1 is forked (Starter.forget_stale_network).
+        teardown(store, cid, release_network=False, network=False)
         return Starter(store, config).run()
 
 
@@ -184,6 +185,11 @@ class Starter:
                 self.device.release()
             if self.userns is not None:
                 os.close(self.userns)  # the init's processes keep the namespace
+
+    def forget_stale_network(self) -> None:
+        """A crashed start's veth and port filter (start's teardown left them), before the
+        port filter is made anew; what cannot go, the start trips over, as in teardown."""
+        teardown_network(self.store, self.cid, False, [])
 
     def prepare_network(self) -> None:
         """The bridge, NAT and the container's anti-spoofing chain (its address claimed already)."""
@@ -285,6 +291,7 @@ class Starter:
             try:
                 # While stage 1 makes the namespaces (issue 20): nothing of the stages uses
                 # them, and a failure here ends the start as one of connect_network does.
+                self.forget_stale_network()
                 if self.separate_net:
                     self.prepare_network()
                 reports = dict(stage_reports(child, until="lxfs"))
@@ -686,25 +693,31 @@ def load_teardown() -> None:
 
 
 def teardown(
-    store: Store, cid: str, release_network: bool = True, early: EarlyBridgeRelease | None = None
+    store: Store,
+    cid: str,
+    release_network: bool = True,
+    early: EarlyBridgeRelease | None = None,
+    network: bool = True,
 ) -> list[str]:
     """Remove what a start set up; safe to call on a partly started or dead container.
     Each step is tried whatever the others did; returns what failed, one line each.
 
     Never touches a cgroup or veth that another data folder made; with
-    release_network, the bridge and NAT go too once no container uses them."""
+    release_network, the bridge and NAT go too once no container uses them;
+    network=False leaves the container's veth and port filter alone (the start removes
+    a crashed start's while stage 1 runs)."""
     from .errors import GoingOn
 
     failures: list[str] = []
     network_failures: list[str] = []
     releasing = None
-    if release_network:
+    if network and release_network:
         # The last stop on a bridge waits ~40 ms in the kernel for its deletion: the
         # cgroup and the runtime folder go meanwhile (issue 20).
         with GoingOn(network_failures, f"removing the network device of container {cid}"):
             store.folder_id()  # made (if need be) here, not by two threads at once
             releasing = Background(teardown_network, store, cid, release_network, network_failures, early)
-    else:
+    elif network:
         teardown_network(store, cid, release_network, network_failures)
     try:
         with GoingOn(failures, f"removing the cgroup of container {cid}"):
