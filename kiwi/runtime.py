@@ -332,6 +332,7 @@ class Starter:
             facts = {"folder": self.store.folder_id()}  # exec_entry reads only this of the record
             self.enter = entry_facts(exec_entry(self.store, self.cid, facts, self.config))
         from . import freeze, stdio  # noqa: F401
+        from .oci import config  # noqa: F401
 
     def connect_network(self, pid) -> None:
         """The container's eth0 on the bridge (self.veth: the host side), in the network
