@@ -530,6 +530,7 @@ def spawn(
     term: str | None = None,
     tty: bool = False,
     exec_options=None,
+    record: dict | None = None,
 ) -> int:
     """Start kiwi-exec to run argv (a shell when None) in the running container.
 
@@ -537,9 +538,10 @@ def spawn(
     status is the command's (128+n when killed by signal n). fds become the
     command's stdin, stdout and stderr: never a host file or terminal (see
     stdio.py); tty: fds[0] is a PTY slave that becomes its controlling terminal;
-    exec_options: an execopts.ExecOptions (attach -e/-w/-u).
+    exec_options: an execopts.ExecOptions (attach -e/-w/-u); record: its runtime record
+    when the caller has just read or written it (ensure_running).
     """
-    record = running_record(store, cid)
+    record = record or running_record(store, cid)
     from . import freeze
 
     freeze.thaw_if_abandoned(store, cid)
@@ -588,14 +590,25 @@ def entry_facts(entry: Entry) -> dict:
     }
 
 
-def run_attached(store: Store, cid: str, argv: list[str] | None, exec_options=None) -> int:
-    """Run argv (or a shell) with this process's stdio, relayed; returns its exit status."""
+def run_attached(
+    store: Store, cid: str, argv: list[str] | None, exec_options=None, record: dict | None = None
+) -> int:
+    """Run argv (or a shell) with this process's stdio, relayed; returns its exit status.
+    record: as spawn's (a cold attach hands over the one its start wrote)."""
     from . import stdio
 
     as_user = exec_options is not None and exec_options.user is not None
-    with stdio.Relay(running_record(store, cid)["init_pid"], as_user) as relay:
+    record = record or running_record(store, cid)
+    with stdio.Relay(record["init_pid"], as_user) as relay:
         pid = spawn(
-            store, cid, argv, fds=relay.child_fds, term=relay.term, tty=relay.pty, exec_options=exec_options
+            store,
+            cid,
+            argv,
+            fds=relay.child_fds,
+            term=relay.term,
+            tty=relay.pty,
+            exec_options=exec_options,
+            record=record,
         )
         relay.started()
         return relay.run(pid)
