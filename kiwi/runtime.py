@@ -130,9 +130,11 @@ class Starter:
             (self.rdir / sub).mkdir(mode=0o700, exist_ok=True)
         self.device = None
         self.userns = None
+        self.pending_userns = None
         self.cgroup_delegated = False
         self.holds = contextlib.ExitStack()
         try:
+            self.pending_userns = self.fork_user_namespace()
             self.cgroup = container_cgroup(self.store, self.cid)
             self.cgroup.create()
             self.cgroup.set_limits(self.config.get("memory"), self.config.get("cpu"))
@@ -180,6 +182,8 @@ class Starter:
             raise
         finally:
             self.holds.close()
+            if self.pending_userns is not None:
+                self.pending_userns.close()
             # The mount inside the container now holds the autoclear loop device.
             if self.device is not None:
                 self.device.release()
@@ -213,11 +217,18 @@ class Starter:
             self.config["ipv4"] = ipv4
             containers.save_config(self.store, self.config)
 
+    def fork_user_namespace(self):
+        """idmap.PendingUserNamespace of an unprivileged container: its child unshares while
+        the cgroup, the limits and the loop device are made (issue 20)."""
+        from . import idmap
+
+        return None if idmap.is_privileged(self.config) else idmap.PendingUserNamespace()
+
     def open_user_namespace(self) -> int | None:
         """The container's own user namespace (None when privileged), its id block leased."""
         from . import idmap
 
-        if idmap.is_privileged(self.config):
+        if self.pending_userns is None:
             return None
         claimed = idmap.claim(self.store, self.cid, self.config["idmap"])
         if claimed != self.config["idmap"]:
@@ -225,7 +236,11 @@ class Starter:
 
             self.config["idmap"] = claimed
             containers.save_config(self.store, self.config)
-        return idmap.user_namespace(claimed["base"])
+        try:
+            return self.pending_userns.finish(claimed["base"])
+        finally:
+            self.pending_userns.close()
+            self.pending_userns = None
 
     def delegate_cgroup(self) -> bool:
         """cgroup v2 and unprivileged: the container's root gets its cgroup (not its limits)
