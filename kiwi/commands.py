@@ -492,7 +492,7 @@ def cmd_attach(args) -> int:
     if record.get("warning"):
         warn(record["warning"])
     if args.direct or (args.cmd and not args.session):
-        return runtime.run_attached(store, cid, args.cmd or None, exec_options=options)
+        return runtime.run_attached(store, cid, args.cmd or None, exec_options=options, record=record)
     from . import sessions
 
     session = sessions.new_session(

@@ -143,30 +143,48 @@ def own_leases(state: dict, fid: str) -> list[tuple[str, str]]:
 
 
 def user_namespace(base: int) -> int:
-    """An fd of a new user namespace mapping 0..65535 to base..base+65535 (uids and gids).
-
-    A child unshares it and waits while we, root outside, write its maps; the fd
-    keeps the namespace alive after the child is gone."""
-    from . import syscalls as sc
-
-    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-    done_r, done_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(ready_r)
-            os.close(done_w)
-            sc.unshare(sc.CLONE_NEWUSER)
-            os.write(ready_w, b"ok")
-            os.read(done_r, 1)
-        except OSError as e:
-            os.write(ready_w, os.strerror(e.errno).encode())
-        finally:
-            os._exit(0)
-    os.close(ready_w)
-    os.close(done_r)
+    """An fd of a new user namespace mapping 0..65535 to base..base+65535 (uids and gids)."""
+    pending = PendingUserNamespace()
     try:
-        answer = os.read(ready_r, 200).decode(errors="replace")
+        return pending.finish(base)
+    finally:
+        pending.close()
+
+
+class PendingUserNamespace:
+    """user_namespace in two halves, so that a start does other work while the child forks
+    and unshares (issue 20). A child unshares it and waits while we, root outside, write
+    its maps (finish); the fd keeps the namespace alive after the child is gone. close()
+    ends and reaps the child, whatever happened; call it once finish is done or not needed."""
+
+    def __init__(self):
+        from . import syscalls as sc
+
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        done_r, done_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = os.fork()
+        except BaseException:
+            for fd in (ready_r, ready_w, done_r, done_w):
+                os.close(fd)
+            raise
+        if pid == 0:
+            try:
+                os.close(ready_r)
+                os.close(done_w)
+                sc.unshare(sc.CLONE_NEWUSER)
+                os.write(ready_w, b"ok")
+                os.read(done_r, 1)
+            except OSError as e:
+                os.write(ready_w, os.strerror(e.errno).encode())
+            finally:
+                os._exit(0)
+        os.close(ready_w)
+        os.close(done_r)
+        self.pid, self.ready, self.done = pid, ready_r, done_w
+
+    def finish(self, base: int) -> int:
+        answer = os.read(self.ready, 200).decode(errors="replace")
         if answer != "ok":
             raise KiwiError(
                 f"cannot create a user namespace for the container ({answer or 'no answer'}: "
@@ -174,13 +192,17 @@ def user_namespace(base: int) -> int:
                 "create the container with --privileged"
             )
         for name in ("uid_map", "gid_map"):
-            with open(f"/proc/{pid}/{name}", "w") as f:
+            with open(f"/proc/{self.pid}/{name}", "w") as f:
                 f.write(f"0 {base} {SIZE}\n")
-        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        os.close(ready_r)
-        os.close(done_w)
-        os.waitpid(pid, 0)
+        return os.open(f"/proc/{self.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        if self.pid is None:
+            return
+        os.close(self.ready)
+        os.close(self.done)  # the child's read ends: it exits
+        os.waitpid(self.pid, 0)
+        self.pid = None
 
 
 def idmapped_tree(source: str, userns_fd: int) -> int:

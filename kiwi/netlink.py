@@ -123,6 +123,7 @@ class Socket:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
         self.sock.bind((0, 0))
         self.seq = 0
+        self.protocol = protocol
 
     def __enter__(self):
         return self
@@ -131,7 +132,10 @@ class Socket:
         self.close()
 
     def close(self) -> None:
-        self.sock.close()
+        if self.protocol == NETLINK_NETFILTER:
+            close_behind(self.sock)
+        else:
+            self.sock.close()
 
     def message(self, kind: int, flags: int, body: bytes) -> tuple[int, bytes]:
         self.seq += 1
@@ -168,6 +172,17 @@ class Socket:
         if error is not None:
             raise error
         return found
+
+
+def close_behind(sock) -> None:
+    """Close a netfilter socket in a thread of its own. The release of any netfilter socket
+    flushes the destroy work of the last nftables transaction, an RCU grace period (~10 ms,
+    twice in each start: the batch's socket and the next one, issue 20) that the caller
+    need not wait for: a transaction is committed once acknowledged. The socket is
+    close-on-exec, and a forked stage closes every fd before it execs."""
+    import _thread
+
+    _thread.start_new_thread(sock.close, ())
 
 
 def open_route(netns: str | None = None) -> Socket:

@@ -103,7 +103,8 @@ def start(store: Store, cid: str) -> dict:
 
         storage_ops.finish_interrupted_change(store, config)
         # Whatever a crashed earlier start left; what cannot go, the start itself trips over.
-        teardown(store, cid, release_network=False)
+        # Its veth and port filter go after stage 1 is forked (Starter.forget_stale_network).
+        teardown(store, cid, release_network=False, network=False)
         return Starter(store, config).run()
 
 
@@ -129,14 +130,18 @@ class Starter:
             (self.rdir / sub).mkdir(mode=0o700, exist_ok=True)
         self.device = None
         self.userns = None
+        self.pending_userns = None
         self.cgroup_delegated = False
         self.holds = contextlib.ExitStack()
         try:
+            self.pending_userns = self.fork_user_namespace()
             self.cgroup = container_cgroup(self.store, self.cid)
             self.cgroup.create()
             self.cgroup.set_limits(self.config.get("memory"), self.config.get("cpu"))
             if self.separate_net:
-                self.prepare_network()
+                from . import ipam
+
+                self.claim_address(ipam)  # before the fork: stage 2 writes it into /etc/hosts
             self.device = self.attach_storage()
             self.userns = self.open_user_namespace()
             self.cgroup_delegated = self.delegate_cgroup()
@@ -164,10 +169,11 @@ class Starter:
 
                 record["veth"] = self.veth
                 record["mac"] = network.container_mac(self.config["ipv4"])
-            if not self.cgroup_delegated:  # a delegated cgroup's join leaf is the container's to remove
-                record["enter"] = entry_facts(exec_entry(self.store, self.cid, record, self.config))
+            if self.enter is not None:
+                record["enter"] = self.enter
             self.holds.close()
-            atomic_write_json(runtime_file(self.store, self.cid), record, mode=0o600)
+            # Not fsynced (~2-20 ms): the record describes processes that a host crash ends too.
+            atomic_write_json(runtime_file(self.store, self.cid), record, mode=0o600, durable=False)
             if getattr(self, "nat_warning", None):
                 record["warning"] = self.nat_warning  # for the CLI to show; not persisted
             return record
@@ -176,16 +182,23 @@ class Starter:
             raise
         finally:
             self.holds.close()
+            if self.pending_userns is not None:
+                self.pending_userns.close()
             # The mount inside the container now holds the autoclear loop device.
             if self.device is not None:
                 self.device.release()
             if self.userns is not None:
                 os.close(self.userns)  # the init's processes keep the namespace
 
-    def prepare_network(self) -> None:
-        from . import ipam, network
+    def forget_stale_network(self) -> None:
+        """A crashed start's veth and port filter (start's teardown left them), before the
+        port filter is made anew; what cannot go, the start trips over, as in teardown."""
+        teardown_network(self.store, self.cid, False, [])
 
-        self.claim_address(ipam)
+    def prepare_network(self) -> None:
+        """The bridge, NAT and the container's anti-spoofing chain (its address claimed already)."""
+        from . import network
+
         # Until our veth is on the bridge, no other folder's stop or cleanup may remove it.
         self.holds.enter_context(network.bridge_in_use())
         with self.store.lock():
@@ -204,11 +217,18 @@ class Starter:
             self.config["ipv4"] = ipv4
             containers.save_config(self.store, self.config)
 
+    def fork_user_namespace(self):
+        """idmap.PendingUserNamespace of an unprivileged container: its child unshares while
+        the cgroup, the limits and the loop device are made (issue 20)."""
+        from . import idmap
+
+        return None if idmap.is_privileged(self.config) else idmap.PendingUserNamespace()
+
     def open_user_namespace(self) -> int | None:
         """The container's own user namespace (None when privileged), its id block leased."""
         from . import idmap
 
-        if idmap.is_privileged(self.config):
+        if self.pending_userns is None:
             return None
         claimed = idmap.claim(self.store, self.cid, self.config["idmap"])
         if claimed != self.config["idmap"]:
@@ -216,7 +236,11 @@ class Starter:
 
             self.config["idmap"] = claimed
             containers.save_config(self.store, self.config)
-        return idmap.user_namespace(claimed["base"])
+        try:
+            return self.pending_userns.finish(claimed["base"])
+        finally:
+            self.pending_userns.close()
+            self.pending_userns = None
 
     def delegate_cgroup(self) -> bool:
         """cgroup v2 and unprivileged: the container's root gets its cgroup (not its limits)
@@ -280,6 +304,11 @@ class Starter:
             child = proc.Child(self.stage1, memfd, theirs, ours)
             theirs.close()
             try:
+                # While stage 1 makes the namespaces (issue 20): nothing of the stages uses
+                # them, and a failure here ends the start as one of connect_network does.
+                self.forget_stale_network()
+                if self.separate_net:
+                    self.prepare_network()
                 reports = dict(stage_reports(child, until="lxfs"))
                 served, self.sysinfo, self.sysinfo_handler = reports.get("lxfs"), None, None
                 if served == lxfs.ACTIVE:  # stage 2 waits for its answers
@@ -289,6 +318,7 @@ class Starter:
                 # While stage 2 still builds the root: its network namespace exists.
                 try:
                     self.connect_network(reports.get("pid"))
+                    self.prepare_record()
                 except Exception:
                     # Stage 2 may have failed meanwhile, its network namespace (and the veth
                     # pair with it) gone: then its own error is the cause to tell.
@@ -307,6 +337,17 @@ class Starter:
         if not isinstance(reports.get("pid"), int) or "ready" not in reports:
             raise KiwiError("starting the container failed: its init did not report back")
         return reports["pid"]
+
+    def prepare_record(self) -> None:
+        """While stage 2 still builds the root (issue 20): the entry facts the record keeps
+        (runtime.entry_facts; none for a delegated cgroup, whose join leaf is the container's
+        to remove), and the modules the attach that follows the start imports."""
+        self.enter = None
+        if not self.cgroup_delegated:
+            facts = {"folder": self.store.folder_id()}  # exec_entry reads only this of the record
+            self.enter = entry_facts(exec_entry(self.store, self.cid, facts, self.config))
+        from . import freeze, stdio  # noqa: F401
+        from .oci import config  # noqa: F401
 
     def connect_network(self, pid) -> None:
         """The container's eth0 on the bridge (self.veth: the host side), in the network
@@ -504,6 +545,7 @@ def spawn(
     term: str | None = None,
     tty: bool = False,
     exec_options=None,
+    record: dict | None = None,
 ) -> int:
     """Start kiwi-exec to run argv (a shell when None) in the running container.
 
@@ -511,9 +553,10 @@ def spawn(
     status is the command's (128+n when killed by signal n). fds become the
     command's stdin, stdout and stderr: never a host file or terminal (see
     stdio.py); tty: fds[0] is a PTY slave that becomes its controlling terminal;
-    exec_options: an execopts.ExecOptions (attach -e/-w/-u).
+    exec_options: an execopts.ExecOptions (attach -e/-w/-u); record: its runtime record
+    when the caller has just read or written it (ensure_running).
     """
-    record = running_record(store, cid)
+    record = record or running_record(store, cid)
     from . import freeze
 
     freeze.thaw_if_abandoned(store, cid)
@@ -563,14 +606,25 @@ def entry_facts(entry: Entry) -> dict:
     }
 
 
-def run_attached(store: Store, cid: str, argv: list[str] | None, exec_options=None) -> int:
-    """Run argv (or a shell) with this process's stdio, relayed; returns its exit status."""
+def run_attached(
+    store: Store, cid: str, argv: list[str] | None, exec_options=None, record: dict | None = None
+) -> int:
+    """Run argv (or a shell) with this process's stdio, relayed; returns its exit status.
+    record: as spawn's (a cold attach hands over the one its start wrote)."""
     from . import stdio
 
     as_user = exec_options is not None and exec_options.user is not None
-    with stdio.Relay(running_record(store, cid)["init_pid"], as_user) as relay:
+    record = record or running_record(store, cid)
+    with stdio.Relay(record["init_pid"], as_user) as relay:
         pid = spawn(
-            store, cid, argv, fds=relay.child_fds, term=relay.term, tty=relay.pty, exec_options=exec_options
+            store,
+            cid,
+            argv,
+            fds=relay.child_fds,
+            term=relay.term,
+            tty=relay.pty,
+            exec_options=exec_options,
+            record=record,
         )
         relay.started()
         return relay.run(pid)
@@ -669,25 +723,31 @@ def load_teardown() -> None:
 
 
 def teardown(
-    store: Store, cid: str, release_network: bool = True, early: EarlyBridgeRelease | None = None
+    store: Store,
+    cid: str,
+    release_network: bool = True,
+    early: EarlyBridgeRelease | None = None,
+    network: bool = True,
 ) -> list[str]:
     """Remove what a start set up; safe to call on a partly started or dead container.
     Each step is tried whatever the others did; returns what failed, one line each.
 
     Never touches a cgroup or veth that another data folder made; with
-    release_network, the bridge and NAT go too once no container uses them."""
+    release_network, the bridge and NAT go too once no container uses them;
+    network=False leaves the container's veth and port filter alone (the start removes
+    a crashed start's while stage 1 runs)."""
     from .errors import GoingOn
 
     failures: list[str] = []
     network_failures: list[str] = []
     releasing = None
-    if release_network:
+    if network and release_network:
         # The last stop on a bridge waits ~40 ms in the kernel for its deletion: the
         # cgroup and the runtime folder go meanwhile (issue 20).
         with GoingOn(network_failures, f"removing the network device of container {cid}"):
             store.folder_id()  # made (if need be) here, not by two threads at once
             releasing = Background(teardown_network, store, cid, release_network, network_failures, early)
-    else:
+    elif network:
         teardown_network(store, cid, release_network, network_failures)
     try:
         with GoingOn(failures, f"removing the cgroup of container {cid}"):

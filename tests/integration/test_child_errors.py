@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 from conftest import Kiwi
 
@@ -72,4 +73,23 @@ def test_session_daemon_error_arrives_as_one_line(kiwi, busybox):
         "give a command after --"
     ]
     assert kiwi.json("sessions", cid) == []
+    kiwi("stop", cid, "--time", "2")
+
+
+def test_network_failure_while_stage_1_runs_leaves_nothing(kiwi, busybox):
+    """The bridge and NAT are made while stage 1 makes the namespaces (issue 20): when that
+    fails, the start ends as any failed start does, its stages gone with it."""
+    cid = kiwi.create(busybox, "--name", "c")
+    bridge = kiwi.env["KIWI_BRIDGE"]
+    subprocess.run(["ip", "link", "add", bridge, "type", "veth", "peer", "name", bridge + "p"], check=True)
+    try:
+        failed = kiwi("attach", cid, "--", "true", check=False)
+        assert failed.returncode == 1
+        assert failed.stderr.splitlines() == [
+            f"kiwi: {bridge} exists and is not a bridge; set KIWI_BRIDGE to another name"
+        ]
+        assert_nothing_left_running(kiwi, cid)
+    finally:
+        subprocess.run(["ip", "link", "del", bridge], check=False)
+    assert kiwi.out("attach", cid, "--", "hostname") == "c"
     kiwi("stop", cid, "--time", "2")
