@@ -597,9 +597,23 @@ class Cgroup:
             except OSError as exc:
                 raise KiwiError(f"cannot move process {pid} into {directory}: {exc.strerror}") from exc
 
+    def join(self) -> None:
+        """Move the calling process, single-threaded (a forked child), into the cgroup in
+        every hierarchy: "0" to each of open_procs_files, as kiwi-exec does."""
+        fds = self.open_procs_files()
+        try:
+            for fd in fds:
+                os.write(fd, b"0")
+        except OSError as exc:
+            raise KiwiError(f"cannot join the cgroup {self.name}: {exc.strerror}") from exc
+        finally:
+            for fd in fds:
+                os.close(fd)
+
     def open_procs_files(self) -> list[int]:
-        """cgroup.procs of every hierarchy, open for writing: whoever writes "0" to them joins
-        (kiwi-exec does, so that nothing of the host side needs to be in the container's cgroup)."""
+        """The join file of every hierarchy (enter.open_join_file), open for writing: whoever
+        writes "0" to them joins (kiwi-exec does, so that nothing of the host side needs to be
+        in the container's cgroup)."""
         from .enter import open_procs_files
 
         return open_procs_files(self.procs_paths())

@@ -347,7 +347,7 @@ class Starter:
         # the FUSE connection stage 2 sent would leave that connection alive in its
         # queue, and stage 2 hung for good on its own mount, holding the container's lock.
         ours.close()
-        self.cgroup.add_pid(os.getpid())
+        self.cgroup.join()
         if self.userns is not None:
             self.build_idmapped_root()
             join_user_namespace(self.userns)
