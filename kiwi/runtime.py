@@ -381,11 +381,11 @@ class Starter:
         if self.userns is not None:
             become_namespace_root()  # from here on, only paths beneath root_fd
         rootfs.mount_proc_sys_tmp(root_fd, host_sysfs=self.userns is not None and not self.separate_net)
-        if limits is not None:
-            lxfs.bind_files(limits, root_fd, report)
         if self.cgroup_delegated:
             rootfs.mount_own_cgroup(root_fd)
         rootfs.mount_dev(root_fd, bind_nodes=self.userns is not None)
+        if limits is not None:  # last: its first lookup waits for the server kiwi is starting
+            lxfs.bind_files(limits, root_fd, report)
         rootfs.enter_root(root_fd)
         os.close(root_fd)
         security.mask_proc_paths()
