@@ -12,7 +12,8 @@
  *   fd 0-2  the command's stdio (pipes or a PTY slave of the container's devpts)
  *   fd 3    error pipe, close-on-exec: one line of text on failure, EOF on exec
  *   fd 4    seccomp program (packed struct sock_filter), read to EOF
- *   -c FD   cgroup.procs of the container, open for writing (one per hierarchy)
+ *   -c FD   a cgroup join file of the container (v1 tasks, v2 cgroup.procs), open for
+ *           writing, one per hierarchy
  *   -C FD   cgroup.procs the command alone joins (after the fork): in a delegated
  *           cgroup the container's own tree, while we stay in Kiwi's leaf (-c)
  *   -n FD   namespace to join, in order (user first, mnt last)
@@ -215,7 +216,8 @@ static void read_filter(void)
 }
 
 /* Writing 0 moves the writer: we join before forking, so the command and
- * everything it starts are counted (and limited) by the container's cgroup. */
+ * everything it starts are counted (and limited) by the container's cgroup.
+ * To a v1 tasks file it moves this thread alone: we have no other. */
 static void join_cgroups(const int *fds, int count)
 {
     for (int i = 0; i < count; i++) {

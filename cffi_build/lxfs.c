@@ -14,7 +14,7 @@
  *             -r EMPTYDIR -j user|pid
  *   fd 3: the /dev/fuse connection; fd 4: the listening socket kiwi-exec sends seccomp
  *   listeners to; fd 5: the container's PID namespace; fd 6: its user namespace (-j user);
- *   fds 7 to 7+COUNT-1: cgroup.procs files to join
+ *   fds 7 to 7+COUNT-1: the cgroup's join files (v1 tasks, v2 cgroup.procs; enter.open_join_file)
  *
  * Every file is opened once at start (before dropping to nobody) and re-read
  * with pread at offset 0, which makes the kernel render it again. Each request

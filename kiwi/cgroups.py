@@ -635,15 +635,38 @@ class Cgroup:
     def add_pid(self, pid: int) -> None:
         """Move a process into the cgroup in every hierarchy (the container's init: into
         its payload when delegated, which then roots the container's cgroup namespace)."""
-        for directory in [self._payload() or d for d in self._unique_dirs()]:
+        for directory in self._init_dirs():
             try:
                 _write(directory / "cgroup.procs", str(pid))
             except OSError as exc:
                 raise KiwiError(f"cannot move process {pid} into {directory}: {exc.strerror}") from exc
 
+    def join(self) -> None:
+        """Move the calling process, single-threaded (stage 1, forked), where add_pid puts
+        the init: "0" to each hierarchy's join file (enter.open_join_file: v1's tasks spares
+        the RCU wait of a cgroup.procs write). Not open_procs_files: that is where entering
+        processes go (Kiwi's leaf when delegated), and it refuses the container's payload,
+        which no process of the container can have touched yet."""
+        from .enter import open_join_file
+
+        for directory in self._init_dirs():
+            try:
+                fd = open_join_file(str(directory / "cgroup.procs"))
+                try:
+                    os.write(fd, b"0")
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise KiwiError(f"cannot join the cgroup {directory}: {exc.strerror}") from exc
+
+    def _init_dirs(self) -> list[Path]:
+        """Where the container's init goes in each hierarchy: the payload when delegated."""
+        return [self._payload() or d for d in self._unique_dirs()]
+
     def open_procs_files(self) -> list[int]:
-        """cgroup.procs of every hierarchy, open for writing: whoever writes "0" to them joins
-        (kiwi-exec does, so that nothing of the host side needs to be in the container's cgroup)."""
+        """The join file of every hierarchy (enter.open_join_file), open for writing: whoever
+        writes "0" to them joins (kiwi-exec does, so that nothing of the host side needs to be
+        in the container's cgroup)."""
         from .enter import open_procs_files
 
         return open_procs_files(self.procs_paths())

@@ -388,7 +388,7 @@ class Starter:
         # the FUSE connection stage 2 sent would leave that connection alive in its
         # queue, and stage 2 hung for good on its own mount, holding the container's lock.
         ours.close()
-        self.cgroup.add_pid(os.getpid())
+        self.cgroup.join()
         if self.userns is not None:
             self.build_idmapped_root()
             join_user_namespace(self.userns)
@@ -422,11 +422,11 @@ class Starter:
         if self.userns is not None:
             become_namespace_root()  # from here on, only paths beneath root_fd
         rootfs.mount_proc_sys_tmp(root_fd, host_sysfs=self.userns is not None and not self.separate_net)
-        if limits is not None:
-            lxfs.bind_files(limits, root_fd, report)
         if self.cgroup_delegated:
             rootfs.mount_own_cgroup(root_fd)
         rootfs.mount_dev(root_fd, bind_nodes=self.userns is not None)
+        if limits is not None:  # last: its first lookup waits for the server kiwi is starting
+            lxfs.bind_files(limits, root_fd, report)
         rootfs.enter_root(root_fd)
         os.close(root_fd)
         security.mask_proc_paths()

@@ -159,6 +159,33 @@ def test_backend_matches_the_host():
     assert cgroups.backend() in ("v1", "v2")
 
 
+# A process that joins by itself (stage 1 of a start does, as kiwi-exec and kiwi-lxfs do in C).
+JOIN_SELF = """
+import sys
+from kiwi import cgroups
+cgroups.Cgroup.for_container(sys.argv[1], sys.argv[2]).join()
+print("joined", flush=True)
+sys.stdin.buffer.read()
+"""
+
+
+def test_a_process_joins_itself_whole_in_every_hierarchy(lab):
+    """Cgroup.join writes "0" to v1's tasks (cgroups.open_join_file): it moves the one
+    thread of the writer, which must show up as a process of the cgroup everywhere."""
+    group = lab.cgroup("0123456789ac")
+    child = subprocess.Popen(
+        [sys.executable, "-c", JOIN_SELF, "0123456789ac", lab.folder],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(cgroups.__file__).parent.parent)},
+    )
+    lab.children.append(child)
+    assert child.stdout is not None
+    assert child.stdout.readline() == b"joined\n"
+    for path in folders(group).values():
+        assert str(child.pid) in Path(path, "cgroup.procs").read_text().split(), path
+
+
 def test_cgroup_lives_below_own_cgroup_under_relative_parent(lab):
     group = lab.cgroup("0123456789ab")
     assert group.version == cgroups.backend()

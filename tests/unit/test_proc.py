@@ -4,6 +4,7 @@ by a signal and its garbage each reach the parent as one clear outcome. Real for
 import errno
 import os
 import signal
+import sys
 
 import pytest
 
@@ -75,6 +76,32 @@ def test_bug_carries_the_childs_traceback(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "buggy_setup" in err and "Traceback" in err
     assert err.splitlines()[-1] == f"kiwi: {bug.message}"
+
+
+class NoImports:
+    """A meta path finder that refuses every import, as stage 2 past its pivot_root must make none."""
+
+    def find_spec(self, name, path=None, target=None):
+        raise ImportError(f"imported {name} where no import may happen")
+
+
+def buggy_without_imports(config):
+    import sys
+
+    sys.meta_path.insert(0, NoImports())
+    return buggy_setup(config)
+
+
+def test_bug_traceback_imports_nothing_in_the_child(monkeypatch):
+    """Without the traceback module loaded (kiwi no longer imports it before a fork), the bug
+    still arrives with the child's frames, and the child imports nothing to send them."""
+    monkeypatch.delitem(sys.modules, "traceback")
+    with pytest.raises(ChildBug) as caught:
+        proc.run_child(buggy_without_imports, {"name": 7})
+    assert "traceback" not in sys.modules  # nor did the parent's fork path import it
+    text = caught.value.child_traceback
+    assert "buggy_setup" in text and "child_main" in text and "Traceback" in text
+    assert text.splitlines()[-1] == "AttributeError: 'int' object has no attribute 'encode'"
 
 
 def test_debug_flag_is_kiwi_debug(monkeypatch, capsys):
