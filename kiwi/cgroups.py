@@ -597,15 +597,26 @@ class Cgroup:
         delegated, Kiwi's leaf beside the payload. kiwi-exec's waiting parent lives outside
         the PID namespace where the container cannot move it, and v2 forbids processes in a
         cgroup that hands controllers to its children: the container's root must be free to.
-        A container started by an older Kiwi owns `directory` itself, leaf included: its
-        leaf is made again if gone, and open_procs_files refuses one the container made."""
+        A container started by an older Kiwi owns `directory` itself: refuse_older_layout."""
         if self.version != "v2":
             return directory
+        self._refuse_older_layout(directory)
         leaf = directory / ATTACH_LEAF
-        if os.stat(directory).st_uid == 0:  # host root's: privileged, or the payload layout
-            return leaf if leaf.is_dir() else directory
-        leaf.mkdir(exist_ok=True)
-        return leaf
+        return leaf if leaf.is_dir() else directory  # none: privileged, nothing delegated
+
+    def _refuse_older_layout(self, directory: Path) -> None:
+        """Kiwi before the payload layout handed the container its whole cgroup, with Kiwi's
+        leaf in it. Even a leaf host root made there is not Kiwi's to trust: the container
+        owns the folder's cgroup.subtree_control, and a controller it turns off and on again
+        comes back in the leaf as files it owns (the kernel makes them with the fsuid of
+        whoever enables it): a pids.max of 0 or a tiny memory.max for kiwi-exec's host-side
+        parent and the limits servers. Only delegate() gives the folder away, never to
+        host root, so an owner other than root is that older layout; a restart makes the new one."""
+        if os.stat(directory).st_uid != 0:
+            raise KiwiError(
+                f"container cgroup {self.name} was handed whole to the container by an older Kiwi; "
+                "restart the container (kiwi stop, kiwi start) to attach"
+            )
 
     # -- devices
 
