@@ -574,11 +574,15 @@ class Cgroup:
         return True
 
     def _payload(self) -> Path | None:
-        """The delegated PAYLOAD cgroup, when this container has one (v2, unprivileged)."""
+        """The delegated PAYLOAD cgroup, when this container has one (v2, unprivileged).
+        Only below a folder host root owns: in the one an older Kiwi handed whole to the
+        container (_refuse_older_layout), a `payload` is a cgroup the container made, and
+        Kiwi writes nothing there (a `kiwi set` mirroring its limits into it, say)."""
         if self.version != "v2":
             return None
-        payload = self._dirs[_UNIFIED] / PAYLOAD
-        return payload if payload.is_dir() else None
+        top = self._dirs[_UNIFIED]
+        payload = top / PAYLOAD
+        return payload if payload.is_dir() and os.stat(top).st_uid == 0 else None
 
     def _mirror_limits(self) -> None:
         """The container's limits, also on its payload: what it sees as its own cgroup at

@@ -177,5 +177,10 @@ def test_attach_refuses_a_cgroup_an_older_kiwi_handed_whole(kiwi, busybox):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "older Kiwi" in lines[0] and "restart" in lines[0], done.stderr
     assert procs_of(leaf) == servers  # nothing of the attach joined it
+    # In a folder the container owns, a child named payload is a cgroup it made.
+    (top / "payload" / "memory.max").write_text("max")
+    kiwi("set", cid, "--memory", "32M")  # binds from the container's own folder, as before
+    assert (top / "memory.max").read_text().strip() == str(32 * MIB)
+    assert (top / "payload" / "memory.max").read_text().strip() == "max"  # not Kiwi's to write
     kiwi("stop", cid)
     assert not top.exists()
