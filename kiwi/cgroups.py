@@ -601,7 +601,7 @@ class Cgroup:
         delegated, Kiwi's leaf beside the payload. kiwi-exec's waiting parent lives outside
         the PID namespace where the container cannot move it, and v2 forbids processes in a
         cgroup that hands controllers to its children: the container's root must be free to.
-        A container started by an older Kiwi owns `directory` itself: refuse_older_layout."""
+        A container started by an older Kiwi owns `directory` itself: _refuse_older_layout."""
         if self.version != "v2":
             return directory
         self._refuse_older_layout(directory)
