@@ -388,7 +388,7 @@ class ArchiveStream(io.RawIOBase):
 # ---------------------------------------------------------------- tar reading
 
 
-class _StrictTarInfo(tarfile.TarInfo):
+class StrictTarInfo(tarfile.TarInfo):
     """tarfile ends a stream silently at a bad header; make damage an error. Metadata is
     bounded before tarfile reads it (MAX_LONG_NAME, MAX_PAX_HEADER, MAX_SPARSE_REGIONS), and
     a sparse map that is not numbers is damage, not a ValueError."""
@@ -486,7 +486,7 @@ def open_tar_stream(stream, path) -> tarfile.TarFile:
             bufsize=TAR_BUFSIZE,
             encoding="utf-8",
             errors="surrogateescape",
-            tarinfo=_StrictTarInfo,
+            tarinfo=StrictTarInfo,
         )
     except tarfile.TarError as e:
         raise KiwiError(f"{path} is not a {_FORMATS} archive ({e})") from None
