@@ -574,11 +574,15 @@ class Cgroup:
         return True
 
     def _payload(self) -> Path | None:
-        """The delegated PAYLOAD cgroup, when this container has one (v2, unprivileged)."""
+        """The delegated PAYLOAD cgroup, when this container has one (v2, unprivileged).
+        Only below a folder host root owns: in the one an older Kiwi handed whole to the
+        container (_refuse_older_layout), a `payload` is a cgroup the container made, and
+        Kiwi writes nothing there (a `kiwi set` mirroring its limits into it, say)."""
         if self.version != "v2":
             return None
-        payload = self._dirs[_UNIFIED] / PAYLOAD
-        return payload if payload.is_dir() else None
+        top = self._dirs[_UNIFIED]
+        payload = top / PAYLOAD
+        return payload if payload.is_dir() and os.stat(top).st_uid == 0 else None
 
     def _mirror_limits(self) -> None:
         """The container's limits, also on its payload: what it sees as its own cgroup at
@@ -597,15 +601,26 @@ class Cgroup:
         delegated, Kiwi's leaf beside the payload. kiwi-exec's waiting parent lives outside
         the PID namespace where the container cannot move it, and v2 forbids processes in a
         cgroup that hands controllers to its children: the container's root must be free to.
-        A container started by an older Kiwi owns `directory` itself, leaf included: its
-        leaf is made again if gone, and open_procs_files refuses one the container made."""
+        A container started by an older Kiwi owns `directory` itself: _refuse_older_layout."""
         if self.version != "v2":
             return directory
+        self._refuse_older_layout(directory)
         leaf = directory / ATTACH_LEAF
-        if os.stat(directory).st_uid == 0:  # host root's: privileged, or the payload layout
-            return leaf if leaf.is_dir() else directory
-        leaf.mkdir(exist_ok=True)
-        return leaf
+        return leaf if leaf.is_dir() else directory  # none: privileged, nothing delegated
+
+    def _refuse_older_layout(self, directory: Path) -> None:
+        """Kiwi before the payload layout handed the container its whole cgroup, with Kiwi's
+        leaf in it. Even a leaf host root made there is not Kiwi's to trust: the container
+        owns the folder's cgroup.subtree_control, and a controller it turns off and on again
+        comes back in the leaf as files it owns (the kernel makes them with the fsuid of
+        whoever enables it): a pids.max of 0 or a tiny memory.max for kiwi-exec's host-side
+        parent and the limits servers. Only delegate() gives the folder away, never to
+        host root, so an owner other than root is that older layout; a restart makes the new one."""
+        if os.stat(directory).st_uid != 0:
+            raise KiwiError(
+                f"container cgroup {self.name} was handed whole to the container by an older Kiwi; "
+                "restart the container (kiwi stop, kiwi start) to attach"
+            )
 
     # -- devices
 

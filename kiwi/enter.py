@@ -131,9 +131,9 @@ def open_procs_files(paths: list[str]) -> list[int]:
 def refuse_container_made(fd: int, path: str) -> None:
     """Kiwi joins only cgroups host root made: a cgroup.procs the container's root owns
     belongs to a cgroup it made in place of Kiwi's leaf (a delegated container may remove
-    the leaf the command joins, and one of an older Kiwi the leaf kiwi-exec's parent joins)
-    and may have frozen or limited, to hang or kill what enters. Checked on the open file:
-    a cgroup removed and remade after the open is another file."""
+    the leaf the command joins) and may have frozen or limited, to hang or kill what
+    enters. Checked on the open file: a cgroup removed and remade after the open is
+    another file."""
     if os.fstat(fd).st_uid != 0:
         raise KiwiError(
             f"the container made the cgroup {os.path.dirname(path)} itself; "

@@ -39,21 +39,85 @@ def lock_holder(fd: int) -> str:
     errors.printable, so no command line reaches the terminal raw."""
     st = os.fstat(fd)
     key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    try:
-        with open("/proc/locks") as f:
-            # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF"; a waiter's line says "1: -> FLOCK ..."
-            lines = [line.split() for line in f]
-        pids = [int(w[4]) for w in lines if len(w) > 5 and w[1] == "FLOCK" and w[5] == key]
-    except (OSError, ValueError):
-        pids = []
-    if not pids or pids[0] <= 0:
+    pid = flock_taker(key)
+    if pid is None:
         return "another kiwi"
     try:
-        with open(f"/proc/{pids[0]}/cmdline", "rb") as f:
-            argv = f.read(4096).decode(errors="replace").split("\0")
+        process = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:  # the process that took it is gone; a child it left (resize2fs) holds it on
         return "another kiwi"
+    try:
+        if not holds_flock(process, key):
+            return "another kiwi"
+        argv = read_cmdline(process)
+    except OSError:
+        return "another kiwi"
+    finally:
+        os.close(process)
     command = " ".join([os.path.basename(argv[0]), *argv[1:]]).strip()
     if len(command) > 100:
         command = command[:97] + "..."
-    return f"{command or 'another kiwi'} (pid {pids[0]})"
+    return f"{command or 'another kiwi'} (pid {pid})"
+
+
+def flock_taker(key: str) -> int | None:
+    """The pid /proc/locks gives for the flock on the file dev:ino key; read a line at a time:
+    every process on the host, a container's too, adds lines to that file."""
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF"; a waiter's says "1: -> FLOCK ..."
+                w = line.split()
+                if len(w) > 5 and w[1] == "FLOCK" and w[5] == key:
+                    pid = int(w[4])
+                    return pid if pid > 0 else None
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+MAX_FDS_LOOKED_AT = 1024  # a kiwi holds a few dozen; past these, we name no one
+
+
+def holds_flock(process: int, key: str) -> bool:
+    """Whether the process of the /proc/PID folder open at `process` has an fd holding the
+    flock on key: its fdinfo lists the locks held through each fd. /proc/locks gives the pid
+    of the process that took the lock, which may have exited, leaving it to a child, and
+    that pid may since name anyone (a container's process, another user's setuid program)
+    whose command line would be shown as the holder. The folder stays that process's."""
+    fdinfo = os.open("fdinfo", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=process)
+    try:
+        with os.scandir(fdinfo) as entries:
+            for looked, entry in enumerate(entries):
+                if looked >= MAX_FDS_LOOKED_AT:
+                    return False
+                if fdinfo_holds(fdinfo, entry.name, key):
+                    return True
+    finally:
+        os.close(fdinfo)
+    return False
+
+
+def fdinfo_holds(fdinfo: int, name: str, key: str) -> bool:
+    """Whether /proc/PID/fdinfo/<name> shows a flock on key ("lock:\t1: FLOCK ... <pid> <key> ...")."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=fdinfo)
+    except OSError:  # that fd was closed meanwhile
+        return False
+    try:
+        text = os.read(fd, 4096).decode(errors="replace")
+    finally:
+        os.close(fd)
+    for line in text.splitlines():
+        w = line.split()
+        if len(w) > 6 and w[0] == "lock:" and w[2] == "FLOCK" and w[6] == key:
+            return True
+    return False
+
+
+def read_cmdline(process: int) -> list[str]:
+    fd = os.open("cmdline", os.O_RDONLY | os.O_CLOEXEC, dir_fd=process)
+    try:
+        return os.read(fd, 4096).decode(errors="replace").split("\0")
+    finally:
+        os.close(fd)

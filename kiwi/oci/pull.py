@@ -393,14 +393,29 @@ def open_image_tar(path: Path) -> tarfile.TarFile | None:
         return None
     if len(head) < 512 or head[257:262] != b"ustar":
         return None
+    from ..extract import StrictTarInfo
+
     try:
-        tar = tarfile.open(path, "r:")
-    except (tarfile.TarError, OSError):
+        # Every header is read to find those two: with extract.py's bounds on what one
+        # member's metadata may hold (a 20 MB tar of one sparse map took 530 MB here before).
+        tar = tarfile.open(path, "r:", tarinfo=StrictTarInfo)
+    except (tarfile.TarError, OSError, RecursionError):
         return None
-    if archive_member(tar, "oci-layout") is None and archive_member(tar, "manifest.json") is None:
+    if not is_image_tar(tar):
         tar.close()
         return None
     return tar
+
+
+def is_image_tar(tar: tarfile.TarFile) -> bool:
+    """Whether the tar holds oci-layout or manifest.json; False for a damaged or hostile
+    one too: extracting it as a rootfs archive says what is wrong with it, in one line."""
+    try:
+        return (
+            archive_member(tar, "oci-layout") is not None or archive_member(tar, "manifest.json") is not None
+        )
+    except (tarfile.TarError, RecursionError):  # RecursionError: hundreds of extended headers in a row
+        return False
 
 
 def archive_member(tar: tarfile.TarFile, name: str):

@@ -153,3 +153,34 @@ def test_cgroup_is_delegated_on_v2_and_not_on_v1(kiwi, busybox):
 
 def procs_of(cgroup: Path) -> list[str]:
     return (cgroup / "cgroup.procs").read_text().split()
+
+
+def test_attach_refuses_a_cgroup_an_older_kiwi_handed_whole(kiwi, busybox):
+    """Kiwi before the payload layout chowned the container's cgroup itself to its root, with
+    Kiwi's attach leaf inside: the container could turn a controller off and on in that
+    folder's cgroup.subtree_control and own the leaf's pids.max and memory.max, limits on
+    kiwi-exec's host-side parent. Attach to such a container says to restart it, joins nothing."""
+    cid = kiwi.create(busybox)
+    kiwi("set", cid, "--privileged", "no")
+    kiwi("start", cid)
+    group = cgroup_of(kiwi, cid)
+    if group.version == "v1":  # nothing is ever delegated on v1: there is no older layout
+        assert kiwi.out("attach", cid, "--", "echo", "in") == "in"
+        return
+    top, base = group.path("memory"), base_of(kiwi, cid)
+    leaf = top / "kiwi-attach"
+    for path in (top, *(top / name for name in DELEGATED)):  # what the older Kiwi's delegate did
+        os.chown(path, base, base)
+    servers = procs_of(leaf)  # the limits servers, there since the start
+    done = kiwi("attach", cid, "--", "echo", "in", check=False)
+    assert done.returncode == 1 and done.stdout == "", (done.returncode, done.stdout)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "older Kiwi" in lines[0] and "restart" in lines[0], done.stderr
+    assert procs_of(leaf) == servers  # nothing of the attach joined it
+    # In a folder the container owns, a child named payload is a cgroup it made.
+    (top / "payload" / "memory.max").write_text("max")
+    kiwi("set", cid, "--memory", "32M")  # binds from the container's own folder, as before
+    assert (top / "memory.max").read_text().strip() == str(32 * MIB)
+    assert (top / "payload" / "memory.max").read_text().strip() == "max"  # not Kiwi's to write
+    kiwi("stop", cid)
+    assert not top.exists()

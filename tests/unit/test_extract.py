@@ -670,6 +670,36 @@ def test_old_gnu_sparse_extension_blocks_are_bounded(tmp_path):
         extract_archive(archive, tmp_path / "dest")
 
 
+def test_old_gnu_sparse_extension_blocks_mapping_nothing_are_bounded(tmp_path):
+    """Blocks of empty slots, each saying another follows: 75 KB of xz were 1 M blocks and
+    13 s of CPU, and no bound (only regions were counted)."""
+    blocks = extract.MAX_SPARSE_REGIONS // 21 + 2
+    head = bytearray(gnu_sparse_member("s", b"", 4096, []))
+    head[482] = 1  # isextended
+    head[148:156] = b" " * 8
+    head[148:156] = b"%06o\0 " % sum(head[:512])
+    extension = bytearray(512)
+    extension[504] = 1
+    archive = tmp_path / "empty.tar.xz"
+    archive.write_bytes(compressed_stream(bytes(head[:512]), (blocks, bytes(extension)), b"\0" * 1024))
+    with pytest.raises(KiwiError, match=f"more than {extract.MAX_SPARSE_REGIONS} regions"):
+        extract_archive(archive, tmp_path / "dest")
+
+
+@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE])
+def test_a_chain_of_extended_headers_is_damage(tmp_path, kind):
+    """5000 pax (or long name) headers in a row: tarfile reads each next one by recursion, and
+    the RecursionError was told as `kiwi: the files are nested too deeply`."""
+    header = tarfile.TarInfo("././@LongLink")
+    header.type, header.size = kind, 11
+    raw = header._create_header(header.get_info(), tarfile.GNU_FORMAT, "utf-8", "surrogateescape")  # type: ignore[attr-defined]
+    record = (b"11 a.b=cde\n" if kind == tarfile.XHDTYPE else b"x" * 10 + b"\0").ljust(512, b"\0")
+    archive = tmp_path / "chain.tar"
+    archive.write_bytes((raw + record) * 5000 + tarfile.TarInfo("z").tobuf() + b"\0" * 1024)
+    with pytest.raises(KiwiError, match="extended headers follow each other.*damaged"):
+        extract_archive(archive, tmp_path / "dest")
+
+
 @pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE])
 def test_huge_long_name_or_pax_header_is_refused_before_it_is_read(tmp_path, kind):
     """A 300 MB GNU long name in 46 KB of xz: 1.2 GB of kiwi's memory, then an error line

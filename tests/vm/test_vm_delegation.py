@@ -11,4 +11,4 @@ pytestmark = pytest.mark.vm
 
 
 def test_cgroup_delegation_inside_cgroup_v2_vm(test_images):
-    assert_passes_in_vm(test_images, ["tests/integration/test_cgroup_delegation.py"], passed=1)
+    assert_passes_in_vm(test_images, ["tests/integration/test_cgroup_delegation.py"], passed=2)
