@@ -35,12 +35,13 @@ class SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
 
 
-def refuse_pidfd_open() -> None:
-    """From now on pidfd_open(2) fails with ENOSYS here and in every child."""
+def refuse_pidfd_open(error: int = 38) -> None:
+    """From now on pidfd_open(2) fails with error (ENOSYS, as an old kernel's; EPERM, as
+    some seccomp profiles') here and in every child."""
     program = (SockFilter * 4)(
         SockFilter(LD_NR, 0, 0, 0),
         SockFilter(JEQ, 0, 1, PIDFD_OPEN),
-        SockFilter(RET, 0, 0, RET_ERRNO | 38),  # ENOSYS
+        SockFilter(RET, 0, 0, RET_ERRNO | error),
         SockFilter(RET, 0, 0, RET_ALLOW),
     )
     fprog = SockFprog(len(program), program)

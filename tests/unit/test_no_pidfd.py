@@ -117,3 +117,26 @@ def test_a_relay_sees_its_helper_exit_by_sigchld():
                 print(relay.run(helper), flush=True)
     """)
     assert out == "out\n5\nearly\n3\n"
+
+
+def test_a_relay_under_a_seccomp_profile_that_refuses_pidfd_open_with_eperm():
+    """Some seccomp profiles (older container engines' defaults) answer pidfd_open with
+    EPERM, not ENOSYS: the relay falls back to SIGCHLD there too, as enter and stopping do."""
+    script = f"""
+import errno, os, sys
+sys.path[:0] = [{CHECKOUT!r}, {TESTS!r}]
+from no_pidfd import refuse_pidfd_open
+refuse_pidfd_open(errno.EPERM)
+from kiwi import stdio
+with stdio.Relay(os.getpid()) as relay:
+    actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(relay.child_fds)]
+    helper = os.posix_spawn("/bin/sh", ["sh", "-c", "echo out; exit 4"], dict(os.environ), file_actions=actions)
+    relay.started()
+    sys.stdout.flush()
+    print(relay.run(helper), flush=True)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "out\n4\n"
