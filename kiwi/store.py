@@ -15,7 +15,7 @@ import stat
 import sys
 from pathlib import Path
 
-from . import layout, lockwait
+from . import layout
 from .errors import Doing, KiwiError, os_error_message
 
 # The file helpers live in files.py (hoststate.py needs them and store.py needs hoststate.py);
@@ -235,17 +235,25 @@ class Store:
 
     # --- locks ------------------------------------------------------------
     @contextlib.contextmanager
-    def _flock(self, name: str, wait: bool = True, what: str | None = None):
-        """wait=False raises BlockingIOError when another kiwi holds it. With what (the
-        thing locked, for a person) and a notice set, a wait of more than a moment is told."""
+    def _flock(self, name: str, wait: bool = True, what: Callable[[], str] | None = None):
+        """wait=False raises BlockingIOError when another kiwi holds it. With what (names
+        the thing locked, for a person; asked only then) and a notice set, a wait of more
+        than a moment is told."""
         self.ensure_layout()
         fd = os.open(self.locks_dir / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            notice = Store.lock_wait_notice
-            if wait and what and notice:
-                lockwait.wait_telling(fd, what, notice)
-            else:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise
+                notice = Store.lock_wait_notice
+                if what is None or notice is None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                else:
+                    from .lockwait import wait_telling
+
+                    wait_telling(fd, what(), notice)
             self.held_locks[name] = fd
             yield fd
         finally:
@@ -266,7 +274,7 @@ class Store:
         """Every change to one container (start, stop, set, delete, snap ...)."""
         if not is_container_id(cid):
             raise KiwiError(f"invalid container id {cid!r}")
-        return self._flock(f"{cid}.lock", wait, what=f"container {self.container_name(cid) or cid}")
+        return self._flock(f"{cid}.lock", wait, what=lambda: f"container {self.container_name(cid) or cid}")
 
     # --- containers -------------------------------------------------------
     def container_ids(self) -> list[str]:
