@@ -56,6 +56,7 @@ SPACE_RECHECK = 256 << 20  # data bytes written between two statvfs calls
 # or sparse map (measured: a 46 KB archive, a 300 MB name, 1.2 GB of kiwi's memory).
 MAX_LONG_NAME = 64 << 10  # GNU long names and link targets; Linux takes 4096 bytes at most
 MAX_PAX_HEADER = 4 << 20  # pax records: paths, xattrs (64 KiB each at most), sparse 0.x maps
+MAX_HEADER_CHAIN = 16  # headers read for one member (StrictTarInfo.fromtarfile)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -388,6 +389,10 @@ class ArchiveStream(io.RawIOBase):
 # ---------------------------------------------------------------- tar reading
 
 
+class Damaged(tarfile.ReadError):
+    """A tar stream that is one, damaged or hostile: StrictTarInfo's refusals."""
+
+
 class StrictTarInfo(tarfile.TarInfo):
     """tarfile ends a stream silently at a bad header; make damage an error. Metadata is
     bounded before tarfile reads it (MAX_LONG_NAME, MAX_PAX_HEADER, MAX_SPARSE_REGIONS), and
@@ -395,14 +400,25 @@ class StrictTarInfo(tarfile.TarInfo):
 
     @classmethod
     def fromtarfile(cls, tar):
+        # tarfile reads the header after a pax or GNU long name header by calling this again:
+        # hundreds of them in a row for one member ended in a RecursionError (told as "files
+        # nested too deeply"). A real member has a few (global pax, pax, long name, long link).
+        depth = getattr(tar, "_kiwi_header_depth", 0)
+        if depth >= MAX_HEADER_CHAIN:
+            raise Damaged(
+                f"extended headers follow each other by the dozen at byte {tar.offset}, for one member"
+            )
+        tar._kiwi_header_depth = depth + 1
         try:
             return super().fromtarfile(tar)
         except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as e:  # type: ignore[attr-defined]
             if tar.offset == 0:
                 raise
-            raise tarfile.ReadError(f"bad tar header at byte {tar.offset} ({e})") from None
+            raise Damaged(f"bad tar header at byte {tar.offset} ({e})") from None
         except ValueError as e:  # tarfile's own sparse 0.1 and 1.0 parsers: a map of non-numbers
-            raise tarfile.ReadError(f"bad sparse map at byte {tar.offset} ({e})") from None
+            raise Damaged(f"bad sparse map at byte {tar.offset} ({e})") from None
+        finally:
+            tar._kiwi_header_depth = depth
 
     def _proc_gnulong(self, tar):
         _refuse_oversized("a GNU long name", self.size, MAX_LONG_NAME, tar)
@@ -422,7 +438,7 @@ class StrictTarInfo(tarfile.TarInfo):
         slots = 0
         while isextended:
             if slots > MAX_SPARSE_REGIONS:
-                raise tarfile.ReadError(f"an old GNU sparse map of more than {MAX_SPARSE_REGIONS} regions")
+                raise Damaged(f"an old GNU sparse map of more than {MAX_SPARSE_REGIONS} regions")
             slots += 21
             buf = tar.fileobj.read(tarfile.BLOCKSIZE)
             for pos in range(0, 21 * 24, 24):
@@ -446,9 +462,9 @@ class StrictTarInfo(tarfile.TarInfo):
         peek = tar.fileobj.read(tarfile.BLOCKSIZE)
         count = peek.split(b"\n", 1)[0]
         if not count.strip().isdigit():
-            raise tarfile.ReadError(f"the sparse map of {next.name!r} is damaged")
+            raise Damaged(f"the sparse map of {next.name!r} is damaged")
         if int(count) > MAX_SPARSE_REGIONS:
-            raise tarfile.ReadError(
+            raise Damaged(
                 f"the sparse map of {next.name!r} has {int(count)} regions; Kiwi reads at most "
                 f"{MAX_SPARSE_REGIONS}"
             )
@@ -457,7 +473,7 @@ class StrictTarInfo(tarfile.TarInfo):
 
 def _refuse_oversized(what: str, size: int, limit: int, tar) -> None:
     if size > limit:
-        raise tarfile.ReadError(f"{what} of {size} bytes at byte {tar.offset}; Kiwi reads at most {limit}")
+        raise Damaged(f"{what} of {size} bytes at byte {tar.offset}; Kiwi reads at most {limit}")
 
 
 class _Replay:
@@ -488,20 +504,10 @@ def open_tar_stream(stream, path) -> tarfile.TarFile:
             errors="surrogateescape",
             tarinfo=StrictTarInfo,
         )
+    except Damaged as e:  # its first member: a tar stream, damaged
+        raise KiwiError(f"cannot read {path}: {e}; the archive is damaged, get it again") from None
     except tarfile.TarError as e:
         raise KiwiError(f"{path} is not a {_FORMATS} archive ({e})") from None
-    except RecursionError:  # tarfile.open reads the first member
-        raise header_chain_error(path) from None
-
-
-def header_chain_error(path) -> KiwiError:
-    """tarfile reads the header after a pax or GNU long name header by recursion: hundreds
-    of them in a row end in a RecursionError, which the CLI would tell as files nested
-    too deeply."""
-    return KiwiError(
-        f"cannot read {path}: extended headers follow each other by the hundred, for one member; "
-        "the archive is damaged, get it again"
-    )
 
 
 def iter_members(tar: tarfile.TarFile, path):
@@ -511,8 +517,6 @@ def iter_members(tar: tarfile.TarFile, path):
             member = tar.next()
         except tarfile.TarError as e:
             raise KiwiError(f"cannot read {path}: {e}; the archive is damaged, get it again") from None
-        except RecursionError:
-            raise header_chain_error(path) from None
         if member is None:
             return
         # Stream mode never looks back, so don't let tarfile keep every member.

@@ -399,7 +399,7 @@ def open_image_tar(path: Path) -> tarfile.TarFile | None:
         # Every header is read to find those two: with extract.py's bounds on what one
         # member's metadata may hold (a 20 MB tar of one sparse map took 530 MB here before).
         tar = tarfile.open(path, "r:", tarinfo=StrictTarInfo)
-    except (tarfile.TarError, OSError, RecursionError):
+    except (tarfile.TarError, OSError):
         return None
     if not is_image_tar(tar):
         tar.close()
@@ -414,7 +414,7 @@ def is_image_tar(tar: tarfile.TarFile) -> bool:
         return (
             archive_member(tar, "oci-layout") is not None or archive_member(tar, "manifest.json") is not None
         )
-    except (tarfile.TarError, RecursionError):  # RecursionError: hundreds of extended headers in a row
+    except tarfile.TarError:
         return False
 
 
