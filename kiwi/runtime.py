@@ -295,7 +295,7 @@ class Starter:
         """Fork stage 1; returns the host pid of the container's init once its root is ready."""
         import socket
 
-        from . import lxfs, proc, rootfs, security  # before the fork: stage 1 and 2 use them
+        from . import lxfs, netlink, proc, rootfs, security  # before the fork: stage 1 and 2 use them
 
         rootfs.prepare_dns_text(host_network=not self.separate_net)
         memfd = security.init_memfd()
@@ -303,6 +303,7 @@ class Starter:
         try:
             child = proc.Child(self.stage1, memfd, theirs, ours)
             theirs.close()
+            netlink.park_releases()  # until the veth exists: its registration would wait for them
             try:
                 # While stage 1 makes the namespaces (issue 20): nothing of the stages uses
                 # them, and a failure here ends the start as one of connect_network does.
@@ -318,6 +319,7 @@ class Starter:
                 # While stage 2 still builds the root: its network namespace exists.
                 try:
                     self.connect_network(reports.get("pid"))
+                    netlink.release_parked()
                     self.prepare_record()
                 except Exception:
                     # Stage 2 may have failed meanwhile, its network namespace (and the veth
@@ -326,6 +328,7 @@ class Starter:
                     raise
                 reports.update(stage_reports(child))  # to EOF: init's exec closes the last end
             finally:
+                netlink.release_parked()
                 child.close()
                 child.wait()  # the outcome is in the reports
         finally:

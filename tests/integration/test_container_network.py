@@ -521,6 +521,19 @@ def test_stop_and_delete_leave_no_veth(kiwi, busybox):
     assert "veth" not in kiwi.out("cleanup")
 
 
+def test_each_end_of_the_veth_is_made_with_one_queue(kiwi, busybox):
+    """Both ends are created with one tx and one rx queue (what veth settles on anyway),
+    not one per CPU cut down afterwards: each cut waits an RCU grace period in the start."""
+    cid = kiwi.create(busybox)
+    start(kiwi, cid)
+    with IPRoute() as ipr:
+        (link,) = ipr.get_links(ifname=veth_of(kiwi, cid))
+    assert (link.get_attr("IFLA_NUM_TX_QUEUES"), link.get_attr("IFLA_NUM_RX_QUEUES")) == (1, 1)
+    inside = kiwi.out("attach", cid, "--", "ls", "/sys/class/net/eth0/queues").split()
+    assert sorted(inside) == ["rx-0", "tx-0"]
+    kiwi("stop", cid)
+
+
 @pytest.mark.slow
 def test_fifty_start_stop_cycles_leak_nothing(kiwi, busybox):
     bridge = kiwi.env["KIWI_BRIDGE"]
