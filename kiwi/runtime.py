@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .enter import Entry, container_env, enter_container, spawn_helper
 from .errors import KiwiError
+from .layout import RUNTIME_RECORD
 from .proc import Background, process_start_time
 from .runstate import SYSINFO_SOCKET, container_cgroup, mount_file, read_mount, read_runtime, runtime_file
 from .stopping import EarlyBridgeRelease, only_init_and_helpers, signal_init, terminate
@@ -760,6 +761,7 @@ def teardown(
         rdir = store.runtime_dir(cid)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(rdir / SYSINFO_SOCKET)
+        forget_unwritten_records(rdir)
         for sub in RUNTIME_SUBDIRS:
             with contextlib.suppress(OSError):
                 os.rmdir(rdir / sub)
@@ -770,6 +772,21 @@ def teardown(
         if releasing is not None:
             releasing.wait()
     return failures + network_failures
+
+
+def forget_unwritten_records(rdir: Path) -> None:
+    """The temporary files of a runtime.json a start was killed writing (files.new_temp_file:
+    .runtime.json.XXXXXXXX.tmp): left, they kept the runtime folder for good. Only the
+    start writes that record, under the container's lock that the caller holds too."""
+    prefix = f".{RUNTIME_RECORD}."
+    try:
+        names = os.listdir(rdir)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                os.unlink(rdir / name)
 
 
 def teardown_network(
