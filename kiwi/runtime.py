@@ -155,7 +155,7 @@ class Starter:
             self.cgroup.restrict_devices(rootfs.ALLOWED_DEVICES)
             record = {
                 "init_pid": init_pid,
-                "init_start_time": process_start_time(init_pid),
+                "init_start_time": self.init_start_time,  # Starter.identify_init's
                 "cgroup_version": self.cgroup.version,
                 "network": self.config.get("network"),
                 "started": time.time(),
@@ -301,6 +301,8 @@ class Starter:
         rootfs.prepare_dns_text(host_network=not self.separate_net)
         memfd = security.init_memfd()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.init_start_time: int | None = None  # identify_init's
+        self.init_netns: int | None = None
         try:
             child = proc.Child(self.stage1, memfd, theirs, ours)
             theirs.close()
@@ -318,6 +320,7 @@ class Starter:
                     reports.update(stage_reports(child, until="pid"))
                 # While stage 2 still builds the root: its network namespace exists.
                 try:
+                    self.identify_init(reports.get("pid"))
                     self.connect_network(reports.get("pid"))
                     self.prepare_record()
                 except Exception:
@@ -329,6 +332,7 @@ class Starter:
             finally:
                 child.close()
                 child.wait()  # the outcome is in the reports
+                self.close_init_netns()
         finally:
             os.close(memfd)
             ours.close()
@@ -337,7 +341,34 @@ class Starter:
         self.lxfs = served if served != lxfs.ACTIVE else reports.get("lxfs")
         if not isinstance(reports.get("pid"), int) or "ready" not in reports:
             raise KiwiError("starting the container failed: its init did not report back")
+        if process_start_time(reports["pid"]) != self.init_start_time:
+            raise KiwiError("starting the container failed: its init ended as it started")
         return reports["pid"]
+
+    def close_init_netns(self) -> None:
+        if self.init_netns is not None:
+            os.close(self.init_netns)
+            self.init_netns = None
+
+    def identify_init(self, pid) -> None:
+        """Stage 2 (the init to be) by the pid stage 1 reported: its start time, for the record,
+        and with a network of its own its network namespace, held open (self.init_netns) for
+        connect_network. The pid is stage 2's only while it is in the container's cgroup,
+        where nothing but the start's own processes are: had stage 2 ended (a hostile image
+        can make it fail) and its pid gone to another process (pid_max may be 32768), the veth
+        and the record would be that process's."""
+        if not isinstance(pid, int):
+            return  # stage 1 failed: reading on says why
+        started = process_start_time(pid)
+        try:
+            if self.separate_net:
+                self.init_netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            ours = pid in self.cgroup.pids()
+        except OSError:
+            ours = False
+        if started is None or not ours or process_start_time(pid) != started:
+            raise KiwiError("starting the container failed: its init ended before it was connected")
+        self.init_start_time = started
 
     def prepare_record(self) -> None:
         """While stage 2 still builds the root (issue 20): the entry facts the record keeps
@@ -359,7 +390,12 @@ class Starter:
         from . import network
 
         self.veth = network.attach_container(
-            self.cid, self.config["ipv4"], pid, self.store.folder_id(), filtered=self.nat_warning is None
+            self.cid,
+            self.config["ipv4"],
+            pid,
+            self.store.folder_id(),
+            filtered=self.nat_warning is None,
+            netns_fd=self.init_netns,  # stage 2's, whatever has the pid by now
         )
 
     def serve_limits(self, sock) -> tuple[str, str, list[int] | None]:
