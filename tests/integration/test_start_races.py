@@ -6,6 +6,7 @@ the parent kiwi alone), the test's own bridge, subnet and cgroup parent only."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -161,3 +162,40 @@ def test_a_recycled_stage_pid_never_gets_the_containers_veth(kiwi, busybox, tmp_
     assert not any(comm(p) for p in container_procs(kiwi, cid))
     kiwi("start", cid)
     assert "inet " in kiwi.sh(cid, "ip -4 -o addr show eth0").stdout
+
+
+def test_a_record_from_an_earlier_boot_is_not_trusted(kiwi, busybox):
+    """runtime.json outlives a host crash (kiwi-data is on disk, not /run). After the reboot
+    its init pid and start time may be another process's (boot is deterministic: autostart
+    starts the same inits at the same moments): that process is not the container's init,
+    for list, stop (which would signal it), attach and autostart (which would not start it)."""
+    cid = kiwi.create(busybox)
+    kiwi("start", cid)
+    rdir = kiwi.root / "mounts" / cid
+    record = json.loads((rdir / "runtime.json").read_text())
+    kiwi("stop", cid)
+    assert record.get("boot", "") == Path("/proc/sys/kernel/random/boot_id").read_text().strip() or (
+        "boot" not in record  # main's record has no boot: the one below is this build's
+    )
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        fields = Path(f"/proc/{bystander.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        record.update(
+            init_pid=bystander.pid,
+            init_start_time=int(fields[19]),
+            boot="00000000-0000-4000-8000-000000000000",  # the boot before this one
+        )
+        rdir.mkdir(mode=0o700, exist_ok=True)
+        path = rdir / "runtime.json"
+        path.write_text(json.dumps(record))
+        path.chmod(0o600)
+        assert "running" not in kiwi.out("list")
+        kiwi("stop", cid, check=False)
+        time.sleep(0.2)
+        assert bystander.poll() is None, "kiwi stop signalled a process of this boot"
+        kiwi("start", cid)
+        assert kiwi.sh(cid, "echo in").stdout.strip() == "in"
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
