@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .enter import Entry, container_env, enter_container, spawn_helper
 from .errors import KiwiError
-from .layout import RUNTIME_RECORD
+from .layout import RUNTIME_RECORD, boot_id
 from .proc import Background, process_start_time
 from .runstate import SYSINFO_SOCKET, container_cgroup, mount_file, read_mount, read_runtime, runtime_file
 from .stopping import EarlyBridgeRelease, only_init_and_helpers, signal_init, terminate
@@ -156,6 +156,7 @@ class Starter:
             record = {
                 "init_pid": init_pid,
                 "init_start_time": self.init_start_time,  # Starter.identify_init's
+                "boot": boot_id(),  # layout.live_init: the record outlives a host crash
                 "cgroup_version": self.cgroup.version,
                 "network": self.config.get("network"),
                 "started": time.time(),
