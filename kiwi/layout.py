@@ -76,12 +76,35 @@ def find_container(ref: str, ids: list[str], name_of) -> list[str]:
     return []
 
 
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+_boot: list = []  # boot_id's answer, once read
+
+
+def boot_id() -> str | None:
+    """The kernel's random id of this boot (None when procfs does not have it), read once."""
+    if not _boot:
+        try:
+            fd = os.open(BOOT_ID, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _boot.append(os.read(fd, 64).decode("ascii").strip() or None)
+            finally:
+                os.close(fd)
+        except (OSError, UnicodeDecodeError):
+            _boot.append(None)
+    return _boot[0]
+
+
 def live_init(record: dict, real_root: str) -> int | None:
     """A runtime record's init pid while that very process lives (a recycled pid has another
     start time) and the record is this data folder's (real_root: its resolved path; a
-    record copied along with the folder names the original's init); else None."""
+    record copied along with the folder names the original's init) and this boot's (the
+    record outlives a host crash, and the next boot may give its pid, at the same start
+    time, to anyone; a record of an older Kiwi has no boot); else None."""
     pid = record.get("init_pid")
     if type(pid) is not int or pid <= 1:
+        return None
+    boot = record.get("boot")
+    if boot is not None and boot != boot_id():
         return None
     if process_start_time(pid) != record.get("init_start_time"):
         return None

@@ -41,12 +41,12 @@ from .sizes import format_size
 RECORD_LIMIT = 64 << 10  # a larger config or record is left to files.read_json (1 MB)
 CACHE = "list-cache.json"  # in the data folder: RowCache
 CACHE_LIMIT = 16 << 20
-CACHE_FORMAT = ("kiwi list rows", 2, marshal.version)
+CACHE_FORMAT = ("kiwi list rows", 3, marshal.version)
 SETTLED_NS = 2_000_000_000  # RowCache.settled
 # What container_row reads of a config, and the id it is checked against: all RowCache keeps.
 ROW_KEYS = ("id", "name", "image", "network", "ipv4", "memory", "cpu", "storage", "storage_sparse", "idmap")
 # What RunningState checks and shows of a runtime record: all RowCache keeps of one.
-RECORD_KEYS = ("init_pid", "init_start_time", "root", "cgroup_version")
+RECORD_KEYS = ("init_pid", "init_start_time", "root", "cgroup_version", "boot")
 COLUMNS = ["ID", "NAME", "STATUS", "IMAGE", "IPV4", "MEMORY", "CPU", "STORAGE", "NETWORK", "PRIVILEGED"]
 HEADERS = [*COLUMNS, "MOUNT"]  # the table's
 

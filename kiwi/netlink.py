@@ -35,7 +35,7 @@ IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFADDR = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_PID, IFLA_IFALIAS = 1, 3, 10, 18, 19, 20
-IFLA_NUM_TX_QUEUES, IFLA_NUM_RX_QUEUES = 31, 32
+IFLA_NET_NS_FD, IFLA_NUM_TX_QUEUES, IFLA_NUM_RX_QUEUES = 28, 31, 32
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
@@ -290,12 +290,20 @@ def add_bridge(nl: Socket, name: str, mac: str) -> None:
 ONE_QUEUE = attr_u32(IFLA_NUM_TX_QUEUES, 1) + attr_u32(IFLA_NUM_RX_QUEUES, 1)
 
 
-def add_veth(nl: Socket, name: str, peer: str, peer_netns_pid: int, peer_mac: str) -> None:
-    """A veth pair whose peer is born in the network namespace of peer_netns_pid."""
+def add_veth(
+    nl: Socket, name: str, peer: str, peer_netns_pid: int, peer_mac: str, peer_netns_fd: int | None = None
+) -> None:
+    """A veth pair whose peer is born in the network namespace of peer_netns_pid, or the one
+    the fd peer_netns_fd holds (no pid to look up, which another process may have by then)."""
+    where = (
+        attr_u32(IFLA_NET_NS_PID, peer_netns_pid)
+        if peer_netns_fd is None
+        else attr_u32(IFLA_NET_NS_FD, peer_netns_fd)
+    )
     peer_info = (
         IFINFO.pack(0, 0, 0, 0, 0)
         + attr_str(IFLA_IFNAME, peer)
-        + attr_u32(IFLA_NET_NS_PID, peer_netns_pid)
+        + where
         + attr(IFLA_ADDRESS, mac_bytes(peer_mac))
         + ONE_QUEUE
     )

@@ -322,8 +322,11 @@ def delete_link(name: str) -> None:
 # -- veth pairs --------------------------------------------------------------------------
 
 
-def attach_container(cid: str, ipv4: str, netns_pid: int, folder_id: str, filtered: bool = False) -> str:
-    """Give the network namespace of `netns_pid` an eth0 on the bridge; returns the host veth.
+def attach_container(
+    cid: str, ipv4: str, netns_pid: int, folder_id: str, filtered: bool = False, netns_fd: int | None = None
+) -> str:
+    """Give the network namespace of `netns_pid` (held open by netns_fd, when given: the one
+    used) an eth0 on the bridge; returns the host veth.
 
     The veth joins the bridge only after its anti-spoofing chain is in place
     (filtered: ensure_nat installed it already, see container_port_filter)."""
@@ -340,14 +343,14 @@ def attach_container(cid: str, ipv4: str, netns_pid: int, folder_id: str, filter
         if bridge_index is None:  # removed by a concurrent cleanup
             ensure_bridge()
             bridge_index = existing_index(nl, bridge)
-        create_veth_pair(nl, host, netns_pid, container_mac(ipv4))
+        create_veth_pair(nl, host, netns_pid, container_mac(ipv4), netns_fd)
         try:
             host_index = existing_index(nl, host)
             netlink.set_link(nl, host_index, alias=OWNER_ALIAS_PREFIX + owner_tag(folder_id, cid))
             if not filtered:
                 allow_only_own_addresses(bridge, host, container_mac(ipv4), ipv4, owner_tag(folder_id, cid))
             netlink.set_link(nl, host_index, up=True, master=bridge_index)
-            configure_container_side(netns_pid, ipv4, subnet)
+            configure_container_side(netns_pid, ipv4, subnet, netns_fd)
         except BaseException as e:
             detach_container(cid, folder_id)  # also removes the peer inside the namespace
             if isinstance(e, NetlinkError):
@@ -356,17 +359,18 @@ def attach_container(cid: str, ipv4: str, netns_pid: int, folder_id: str, filter
     return host
 
 
-def create_veth_pair(nl, host: str, netns_pid: int, mac: str) -> None:
+def create_veth_pair(nl, host: str, netns_pid: int, mac: str, netns_fd: int | None = None) -> None:
     # The peer is born inside the container's namespace, so its name cannot clash on the host.
     try:
-        netlink.add_veth(nl, host, CONTAINER_IFNAME, netns_pid, mac)
+        netlink.add_veth(nl, host, CONTAINER_IFNAME, netns_pid, mac, netns_fd)
     except NetlinkError as e:
         raise netlink_failure(f"creating veth {host} for process {netns_pid}", e) from None
 
 
-def configure_container_side(netns_pid: int, ipv4: str, subnet) -> None:
+def configure_container_side(netns_pid: int, ipv4: str, subnet, netns_fd: int | None = None) -> None:
     # Open the namespace by path: no named `ip netns` entry is left behind.
-    with netlink.open_route(netns=f"/proc/{netns_pid}/ns/net") as ns:
+    path = f"/proc/{netns_pid}/ns/net" if netns_fd is None else f"/proc/self/fd/{netns_fd}"
+    with netlink.open_route(netns=path) as ns:
         eth0 = existing_index(ns, CONTAINER_IFNAME)
         netlink.add_address(ns, eth0, ipv4, subnet.prefixlen)
         netlink.set_link(ns, eth0, up=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .enter import Entry, container_env, enter_container, spawn_helper
 from .errors import KiwiError
+from .layout import RUNTIME_RECORD, boot_id
 from .proc import Background, process_start_time
 from .runstate import SYSINFO_SOCKET, container_cgroup, mount_file, read_mount, read_runtime, runtime_file
 from .stopping import EarlyBridgeRelease, only_init_and_helpers, signal_init, terminate
@@ -154,7 +155,8 @@ class Starter:
             self.cgroup.restrict_devices(rootfs.ALLOWED_DEVICES)
             record = {
                 "init_pid": init_pid,
-                "init_start_time": process_start_time(init_pid),
+                "init_start_time": self.init_start_time,  # Starter.identify_init's
+                "boot": boot_id(),  # layout.live_init: the record outlives a host crash
                 "cgroup_version": self.cgroup.version,
                 "network": self.config.get("network"),
                 "started": time.time(),
@@ -300,6 +302,8 @@ class Starter:
         rootfs.prepare_dns_text(host_network=not self.separate_net)
         memfd = security.init_memfd()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.init_start_time: int | None = None  # identify_init's
+        self.init_netns: int | None = None
         try:
             child = proc.Child(self.stage1, memfd, theirs, ours)
             theirs.close()
@@ -318,6 +322,7 @@ class Starter:
                     reports.update(stage_reports(child, until="pid"))
                 # While stage 2 still builds the root: its network namespace exists.
                 try:
+                    self.identify_init(reports.get("pid"))
                     self.connect_network(reports.get("pid"))
                     netlink.release_parked()
                     self.prepare_record()
@@ -331,6 +336,7 @@ class Starter:
                 netlink.release_parked()
                 child.close()
                 child.wait()  # the outcome is in the reports
+                self.close_init_netns()
         finally:
             os.close(memfd)
             ours.close()
@@ -339,7 +345,34 @@ class Starter:
         self.lxfs = served if served != lxfs.ACTIVE else reports.get("lxfs")
         if not isinstance(reports.get("pid"), int) or "ready" not in reports:
             raise KiwiError("starting the container failed: its init did not report back")
+        if process_start_time(reports["pid"]) != self.init_start_time:
+            raise KiwiError("starting the container failed: its init ended as it started")
         return reports["pid"]
+
+    def close_init_netns(self) -> None:
+        if self.init_netns is not None:
+            os.close(self.init_netns)
+            self.init_netns = None
+
+    def identify_init(self, pid) -> None:
+        """Stage 2 (the init to be) by the pid stage 1 reported: its start time, for the record,
+        and with a network of its own its network namespace, held open (self.init_netns) for
+        connect_network. The pid is stage 2's only while it is in the container's cgroup,
+        where nothing but the start's own processes are: had stage 2 ended (a hostile image
+        can make it fail) and its pid gone to another process (pid_max may be 32768), the veth
+        and the record would be that process's."""
+        if not isinstance(pid, int):
+            return  # stage 1 failed: reading on says why
+        started = process_start_time(pid)
+        try:
+            if self.separate_net:
+                self.init_netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            ours = pid in self.cgroup.pids()
+        except OSError:
+            ours = False
+        if started is None or not ours or process_start_time(pid) != started:
+            raise KiwiError("starting the container failed: its init ended before it was connected")
+        self.init_start_time = started
 
     def prepare_record(self) -> None:
         """While stage 2 still builds the root (issue 20): the entry facts the record keeps
@@ -361,7 +394,12 @@ class Starter:
         from . import network
 
         self.veth = network.attach_container(
-            self.cid, self.config["ipv4"], pid, self.store.folder_id(), filtered=self.nat_warning is None
+            self.cid,
+            self.config["ipv4"],
+            pid,
+            self.store.folder_id(),
+            filtered=self.nat_warning is None,
+            netns_fd=self.init_netns,  # stage 2's, whatever has the pid by now
         )
 
     def serve_limits(self, sock) -> tuple[str, str, list[int] | None]:
@@ -763,6 +801,7 @@ def teardown(
         rdir = store.runtime_dir(cid)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(rdir / SYSINFO_SOCKET)
+        forget_unwritten_records(rdir)
         for sub in RUNTIME_SUBDIRS:
             with contextlib.suppress(OSError):
                 os.rmdir(rdir / sub)
@@ -773,6 +812,21 @@ def teardown(
         if releasing is not None:
             releasing.wait()
     return failures + network_failures
+
+
+def forget_unwritten_records(rdir: Path) -> None:
+    """The temporary files of a runtime.json a start was killed writing (files.new_temp_file:
+    .runtime.json.XXXXXXXX.tmp): left, they kept the runtime folder for good. Only the
+    start writes that record, under the container's lock that the caller holds too."""
+    prefix = f".{RUNTIME_RECORD}."
+    try:
+        names = os.listdir(rdir)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                os.unlink(rdir / name)
 
 
 def teardown_network(

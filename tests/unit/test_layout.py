@@ -54,6 +54,10 @@ def test_live_init():
     assert layout.live_init({k: v for k, v in record.items() if k != "root"}, "/elsewhere") == pid
     for odd in (1, 0, -5, True, "12", None, 2**22 + 1):
         assert layout.live_init({**record, "init_pid": odd}, "/data") is None
+    # A record of this boot, of an earlier one (its pid and start time anyone's now), of an older Kiwi.
+    assert layout.live_init({**record, "boot": layout.boot_id()}, "/data") == pid
+    assert layout.live_init({**record, "boot": "00000000-0000-4000-8000-000000000000"}, "/data") is None
+    assert layout.boot_id() == open("/proc/sys/kernel/random/boot_id").read().strip()
 
 
 def test_data_folder(monkeypatch, tmp_path):
