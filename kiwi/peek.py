@@ -22,6 +22,20 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def is_namespace_init(pid: int) -> bool:
+    """The process is PID 1 of a pid namespace right below ours (NSpid: "<pid> 1"): a
+    container's init, never a host process nor a helper that only joined the namespace."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith(b"NSpid:"):
+            return line.split()[1:] == [str(pid).encode(), b"1"]
+    return False
+
+
 def stat_fields(pid: int) -> list[bytes] | None:
     """Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ...
     (the name itself may hold spaces and parentheses, so split after the last ')')."""

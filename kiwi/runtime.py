@@ -360,14 +360,17 @@ class Starter:
         connect_network. The pid is stage 2's only while it is in the container's cgroup,
         where nothing but the start's own processes are: had stage 2 ended (a hostile image
         can make it fail) and its pid gone to another process (pid_max may be 32768), the veth
-        and the record would be that process's."""
+        and the record would be that process's. PID 1 of a pid namespace too: on cgroup v1
+        the limits server's processes share the cgroup, in the host's network namespace."""
         if not isinstance(pid, int):
             return  # stage 1 failed: reading on says why
+        from .peek import is_namespace_init
+
         started = process_start_time(pid)
         try:
             if self.separate_net:
                 self.init_netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            ours = pid in self.cgroup.pids()
+            ours = pid in self.cgroup.pids() and is_namespace_init(pid)
         except OSError:
             ours = False
         if started is None or not ours or process_start_time(pid) != started:
