@@ -36,6 +36,8 @@ SHELLS = [
     "/bin/sh",
     "/usr/bin/sh",
 ]
+# The record start() returns holds its enter.Entry under this key (never written to runtime.json).
+START_ENTRY = "start_entry"
 # Mount points of a start, in its own mount namespaces: the state, the merged root,
 # (unprivileged) the idmapped image and state, and the limits server's files (lxfs.py).
 RUNTIME_SUBDIRS = ("state", "root", "image", "data", "lxfs")
@@ -193,6 +195,8 @@ class Starter:
             atomic_write_json(runtime_file(self.store, self.cid), record, mode=0o600, durable=False)
             if getattr(self, "nat_warning", None):
                 record["warning"] = self.nat_warning  # for the CLI to show; not persisted
+            if self.entry is not None:
+                record[START_ENTRY] = self.entry  # for spawn; not persisted
             return record
         except BaseException:
             # The start's own error tells.
@@ -361,9 +365,13 @@ class Starter:
         connection (the wait is idle time of kiwi's): the entry facts the record keeps
         (runtime.entry_facts; none for a delegated cgroup, whose join leaf is the container's
         to remove), and the modules the attach that follows the start imports."""
-        self.enter = None
+        self.enter = self.entry = None
         if not self.cgroup_delegated:
-            self.enter = entry_facts(exec_entry(self.store, self.cid, {}, self.config, self.cgroup))
+            entry = exec_entry(self.store, self.cid, {}, self.config, self.cgroup)
+            # Both seccomp programs made once: for the record and for the attach that follows.
+            programs = {notify: entry.program(notify) for notify in (False, True)}
+            entry.program = programs.__getitem__
+            self.enter, self.entry = entry_facts(entry), entry
         from . import freeze, stdio  # noqa: F401
         from .oci import config  # noqa: F401
 
@@ -585,7 +593,9 @@ def spawn(
     env = container_env(config, shell, term)
     # The image's defaults first: kiwi-exec takes the last -w, and attach -e wins over image Env.
     options = image_exec_defaults(store, config, env) + extra
-    entry = exec_entry(store, cid, record, config)
+    entry = record.get(START_ENTRY)
+    if not isinstance(entry, Entry):  # the start's own when it has just made it (Starter.run)
+        entry = exec_entry(store, cid, record, config)
     start_time = record.get("init_start_time")
     return enter_container(entry, init_pid, start_time, argv, {**env, **user_env}, options, fds, tty)
 
