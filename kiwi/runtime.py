@@ -133,7 +133,7 @@ class Starter:
     def __init__(self, store: Store, config: dict, cgroup):
         self.store = store
         self.config = config
-        self.cgroup = cgroup  # cgroups.Cgroup of the container, made by run()
+        self.cgroup = cgroup  # cgroups.Cgroup of the container (start() finds it, run() makes it)
         self.cid = config["id"]
         self.cdir = store.container_dir(self.cid)
         self.rdir = store.runtime_dir(self.cid)
