@@ -524,7 +524,13 @@ def quick_attach(args) -> int | None:
         try:
             attach = quickattach.prepare(args)
         except (listing.Unusual, OSError):
+            # Still without the collector: the cold attach that cmd_attach makes of a stopped
+            # container runs its start so, and enables it again (commands.cmd_attach).
             return None
+    except BaseException:
+        gc.enable()
+        raise
+    try:
         return attach()
     finally:
         gc.enable()

@@ -465,10 +465,25 @@ def cmd_ip(args) -> int:
 
 
 def cmd_attach(args) -> int:
+    """Without the cyclic garbage collector until the command runs (cli.quick_attach turned it
+    off): a cold attach's start allocates much and frees little, and the stages it forks
+    would copy every page a collection touches (issue 20). On again before any relay."""
+    import gc
+
+    try:
+        return run_attach(args)
+    finally:
+        gc.enable()
+
+
+def run_attach(args) -> int:
+    import gc
+
     store = Store.open()
     if args.old:
         if args.container or args.cmd or args.env or args.workdir or args.user:
             raise KiwiError("--old takes only a session id: kiwi attach --old <session>")
+        gc.enable()  # the session may last hours
         from . import sessions
 
         session = sessions.reattach(store, args.old, detach_key=args.detach_key, takeover=args.takeover)
@@ -493,6 +508,7 @@ def cmd_attach(args) -> int:
         warn(record["warning"])
     if args.direct or (args.cmd and not args.session):
         return runtime.run_attached(store, cid, args.cmd or None, exec_options=options, record=record)
+    gc.enable()  # a session may last hours
     from . import sessions
 
     session = sessions.new_session(

@@ -14,7 +14,6 @@ offsets, so allocating is O(log n) without scanning the subnet. A folder only
 ever releases its own leases.
 """
 
-import heapq
 import ipaddress
 import os
 from ipaddress import IPv4Address, IPv4Network
@@ -73,6 +72,8 @@ def last_container_offset(network: IPv4Network) -> int:
 def take(pool: dict, network: IPv4Network, owner: str) -> str:
     """Hand out the lowest released address, else the next never-used one."""
     if pool["free"]:
+        import heapq  # here: a start that keeps its address never loads it (issue 20)
+
         offset = heapq.heappop(pool["free"])
     elif pool["next"] <= last_container_offset(network):
         offset = pool["next"]
@@ -93,6 +94,8 @@ def give_back(pool: dict, network: IPv4Network, ip: str, owner: str | None = Non
         return
     del pool["owners"][ip]
     offset = int(IPv4Address(ip)) - int(network.network_address)
+    import heapq
+
     heapq.heappush(pool["free"], offset)
 
 
@@ -104,6 +107,8 @@ def take_exact(pool: dict, network: IPv4Network, ip: str, owner: str) -> None:
         pool["next"] = offset + 1
     elif offset in pool["free"]:
         pool["free"].remove(offset)
+    import heapq
+
     heapq.heapify(pool["free"])
     pool["owners"][ip] = owner
 

@@ -37,6 +37,8 @@ SHELLS = [
     "/bin/sh",
     "/usr/bin/sh",
 ]
+# The record start() returns holds its enter.Entry under this key (never written to runtime.json).
+START_ENTRY = "start_entry"
 # Mount points of a start, in its own mount namespaces: the state, the merged root,
 # (unprivileged) the idmapped image and state, and the limits server's files (lxfs.py).
 RUNTIME_SUBDIRS = ("state", "root", "image", "data", "lxfs")
@@ -88,6 +90,21 @@ def ensure_running(store: Store, cid: str) -> dict:
 
 
 def start(store: Store, cid: str) -> dict:
+    """Start the container (its runtime record), without the cyclic garbage collector: a
+    start allocates much and frees little, and the stages it forks would copy every page
+    a collection touched (issue 20). The collector is as it was after."""
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return start_with_lock(store, cid)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def start_with_lock(store: Store, cid: str) -> dict:
     with store.container_lock(cid):
         record = read_runtime(store, cid)
         if record:
@@ -105,16 +122,19 @@ def start(store: Store, cid: str) -> dict:
         storage_ops.finish_interrupted_change(store, config)
         # Whatever a crashed earlier start left; what cannot go, the start itself trips over.
         # Its veth and port filter go after stage 1 is forked (Starter.forget_stale_network).
-        teardown(store, cid, release_network=False, network=False)
-        return Starter(store, config).run()
+        # One Cgroup for both: finding the hierarchies reads and parses the mount table.
+        cgroup = container_cgroup(store, cid)
+        teardown(store, cid, release_network=False, network=False, cgroup=cgroup)
+        return Starter(store, config, cgroup).run()
 
 
 class Starter:
     """One container start, step by step; undoes its steps if a later one fails."""
 
-    def __init__(self, store: Store, config: dict):
+    def __init__(self, store: Store, config: dict, cgroup):
         self.store = store
         self.config = config
+        self.cgroup = cgroup  # cgroups.Cgroup of the container (start() finds it, run() makes it)
         self.cid = config["id"]
         self.cdir = store.container_dir(self.cid)
         self.rdir = store.runtime_dir(self.cid)
@@ -136,7 +156,6 @@ class Starter:
         self.holds = contextlib.ExitStack()
         try:
             self.pending_userns = self.fork_user_namespace()
-            self.cgroup = container_cgroup(self.store, self.cid)
             self.cgroup.create()
             self.cgroup.set_limits(self.config.get("memory"), self.config.get("cpu"))
             if self.separate_net:
@@ -178,9 +197,12 @@ class Starter:
             atomic_write_json(runtime_file(self.store, self.cid), record, mode=0o600, durable=False)
             if getattr(self, "nat_warning", None):
                 record["warning"] = self.nat_warning  # for the CLI to show; not persisted
+            if self.entry is not None:
+                record[START_ENTRY] = self.entry  # for spawn; not persisted
             return record
         except BaseException:
-            teardown(self.store, self.cid, release_network=False)  # the start's own error tells
+            # The start's own error tells.
+            teardown(self.store, self.cid, release_network=False, cgroup=self.cgroup)
             raise
         finally:
             self.holds.close()
@@ -314,6 +336,7 @@ class Starter:
                 self.forget_stale_network()
                 if self.separate_net:
                     self.prepare_network()
+                self.prepare_record()  # before the wait for stage 2's FUSE connection, not after
                 reports = dict(stage_reports(child, until="lxfs"))
                 served, self.sysinfo, self.sysinfo_handler = reports.get("lxfs"), None, None
                 if served == lxfs.ACTIVE:  # stage 2 waits for its answers
@@ -325,7 +348,6 @@ class Starter:
                     self.identify_init(reports.get("pid"))
                     self.connect_network(reports.get("pid"))
                     netlink.release_parked()
-                    self.prepare_record()
                 except Exception:
                     # Stage 2 may have failed meanwhile, its network namespace (and the veth
                     # pair with it) gone: then its own error is the cause to tell.
@@ -378,13 +400,17 @@ class Starter:
         self.init_start_time = started
 
     def prepare_record(self) -> None:
-        """While stage 2 still builds the root (issue 20): the entry facts the record keeps
+        """While stage 2 still builds the root (issue 20), before kiwi waits for its FUSE
+        connection (the wait is idle time of kiwi's): the entry facts the record keeps
         (runtime.entry_facts; none for a delegated cgroup, whose join leaf is the container's
         to remove), and the modules the attach that follows the start imports."""
-        self.enter = None
+        self.enter = self.entry = None
         if not self.cgroup_delegated:
-            facts = {"folder": self.store.folder_id()}  # exec_entry reads only this of the record
-            self.enter = entry_facts(exec_entry(self.store, self.cid, facts, self.config))
+            entry = exec_entry(self.store, self.cid, {}, self.config, self.cgroup)
+            # Both seccomp programs made once: for the record and for the attach that follows.
+            programs = {notify: entry.program(notify) for notify in (False, True)}
+            entry.program = programs.__getitem__
+            self.enter, self.entry = entry_facts(entry), entry
         from . import freeze, stdio  # noqa: F401
         from .oci import config  # noqa: F401
 
@@ -611,18 +637,22 @@ def spawn(
     env = container_env(config, shell, term)
     # The image's defaults first: kiwi-exec takes the last -w, and attach -e wins over image Env.
     options = image_exec_defaults(store, config, env) + extra
-    entry = exec_entry(store, cid, record, config)
+    entry = record.get(START_ENTRY)
+    if not isinstance(entry, Entry):  # the start's own when it has just made it (Starter.run)
+        entry = exec_entry(store, cid, record, config)
     start_time = record.get("init_start_time")
     return enter_container(entry, init_pid, start_time, argv, {**env, **user_env}, options, fds, tty)
 
 
-def exec_entry(store: Store, cid: str, record: dict, config: dict) -> Entry:
-    """How kiwi-exec enters this start of the container (enter.Entry)."""
+def exec_entry(store: Store, cid: str, record: dict, config: dict, cgroup=None) -> Entry:
+    """How kiwi-exec enters this start of the container (enter.Entry); cgroup: its
+    cgroups.Cgroup when the caller (the start) has it."""
     from . import cgroups, security
     from .lxfs import SOCKET
 
-    # The folder the start recorded: no host-wide registry lookup on the exec path.
-    cgroup = cgroups.Cgroup.for_container(cid, record.get("folder") or store.folder_id())
+    if cgroup is None:
+        # The folder the start recorded: no host-wide registry lookup on the exec path.
+        cgroup = cgroups.Cgroup.for_container(cid, record.get("folder") or store.folder_id())
     return Entry(
         cgroup.procs_paths(),
         config.get("network", "separate") != "host",
@@ -671,7 +701,17 @@ def run_attached(
             record=record,
         )
         relay.started()
-        return relay.run(pid)
+        import gc
+
+        # A cold attach's start ran without the collector (commands.cmd_attach); the relay may
+        # last hours. What exists now is frozen: the first collection would walk all that the
+        # start allocated (~2 ms); a `kiwi terminal` gets it back for later collections.
+        gc.freeze()
+        gc.enable()
+        try:
+            return relay.run(pid)
+        finally:
+            gc.unfreeze()
 
 
 # --- stop, teardown, cleanup ---------------------------------------------------------
@@ -772,6 +812,7 @@ def teardown(
     release_network: bool = True,
     early: EarlyBridgeRelease | None = None,
     network: bool = True,
+    cgroup=None,
 ) -> list[str]:
     """Remove what a start set up; safe to call on a partly started or dead container.
     Each step is tried whatever the others did; returns what failed, one line each.
@@ -779,7 +820,8 @@ def teardown(
     Never touches a cgroup or veth that another data folder made; with
     release_network, the bridge and NAT go too once no container uses them;
     network=False leaves the container's veth and port filter alone (the start removes
-    a crashed start's while stage 1 runs)."""
+    a crashed start's while stage 1 runs); cgroup: the container's cgroups.Cgroup when
+    the caller has it."""
     from .errors import GoingOn
 
     failures: list[str] = []
@@ -795,7 +837,8 @@ def teardown(
         teardown_network(store, cid, release_network, network_failures)
     try:
         with GoingOn(failures, f"removing the cgroup of container {cid}"):
-            cgroup = container_cgroup(store, cid)
+            if cgroup is None:
+                cgroup = container_cgroup(store, cid)
             if cgroup.exists() and not cgroup.foreign():
                 cgroup.kill_all()
                 cgroup.remove()
