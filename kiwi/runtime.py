@@ -307,14 +307,15 @@ class Starter:
             child = proc.Child(self.stage1, memfd, stage_end, server_end)
             stage_end.close()
             try:
-                # While stage 1 makes the namespaces (issue 20): the server is ready when
-                # stage 2 mounts the connection, and nothing of the stages uses the network
-                # made meanwhile; a failure there ends the start as one of connect_network does.
-                server = self.start_limits_server(server_end)
-                server_end.close()  # the server's copy alone: if it ends, stage 2's send fails
+                # While stage 1 makes the namespaces (issue 20): nothing of the stages uses
+                # them, and a failure here ends the start as one of connect_network does.
                 self.forget_stale_network()
                 if self.separate_net:
                     self.prepare_network()
+                # Before stage 2 mounts the connection, and while the kernel ends the
+                # nftables transaction (netlink.close_behind), which the veth waits for.
+                server = self.start_limits_server(server_end)
+                server_end.close()  # the server's copy alone: if it ends, stage 2's send fails
                 received += stage_reports(child, until="pid")
                 pid = dict(received).get("pid")
                 # While stage 2 still builds the root: its network namespace exists.
