@@ -445,14 +445,17 @@ class Starter:
         if self.cgroup_delegated:
             rootfs.mount_own_cgroup(root_fd)
         rootfs.mount_dev(root_fd, bind_nodes=self.userns is not None)
-        if limits is not None:  # last: its first lookup waits for the server kiwi is starting
+        # Beneath root_fd, before the limits' binds: the server kiwi started has that much
+        # longer to answer their first lookup (issue 20).
+        security.mask_proc_paths(f"/proc/self/fd/{root_fd}")
+        hostname = self.config.get("name") or self.cid
+        sc.sethostname(hostname)
+        ipv4 = self.config.get("ipv4") if self.separate_net else None
+        rootfs.write_identity_files(hostname, ipv4, root_fd)
+        if limits is not None:  # last before the pivot (its mount is under the old root)
             lxfs.bind_files(limits, root_fd, report)
         rootfs.enter_root(root_fd)
         os.close(root_fd)
-        security.mask_proc_paths()
-        hostname = self.config.get("name") or self.cid
-        sc.sethostname(hostname)
-        rootfs.write_identity_files(hostname, self.config.get("ipv4") if self.separate_net else None)
         proc.stdio_to_devnull()
         report.send("ready")
         security.close_fds_except_stdio(keep=(memfd, report.fd))

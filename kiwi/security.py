@@ -33,6 +33,7 @@ Steps 1 to 5 run in the forked PID 1; kiwi itself only prepares what they use
 import errno
 import os
 import signal
+import stat
 import struct
 from pathlib import Path
 
@@ -622,14 +623,20 @@ _MASK_MOUNT_FLAGS = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 
 
 def mask_proc_paths(root="/") -> None:
-    """Hide kernel interfaces under root (after /proc and /sys are mounted there).
+    """Hide kernel interfaces under root (after /proc, /sys and /dev are mounted there):
+    files behind root's own /dev/null (rootfs.mount_dev; never the host's, whose mount
+    would show inside), folders behind empty read-only tmpfs.
 
     Each mount is tried on its path and a path this kernel does not have (ENOENT; for
     a directory mask, a file there: ENOTDIR) is skipped: no stat before each, no pathlib
     glob (stage 2 of every start runs this, issue 20)."""
     base = os.fspath(root).rstrip("/")
+    null = f"{base}/dev/null"
+    info = os.stat(null)  # checked: a missing source must not pass for a missing target
+    if not stat.S_ISCHR(info.st_mode) or info.st_rdev != os.makedev(1, 3):
+        raise OSError(errno.ENODEV, f"{null} is not the null device")
     for relative in MASKED_FILES:
-        _mask_file(f"{base}/{relative}")
+        _mask_file(null, f"{base}/{relative}")
     for relative in MASKED_DIRECTORIES:
         _mask_directory(f"{base}/{relative}")
     for path in _cpu_thermal_directories(base):
@@ -653,9 +660,9 @@ def _cpu_thermal_directories(base: str) -> list[str]:
     return [f"{cpus}/{name}/thermal_throttle" for name in sorted(wanted)]
 
 
-def _mask_file(path) -> None:
+def _mask_file(null: str, path) -> None:
     try:
-        sc.mount("/dev/null", path, None, sc.MS_BIND)
+        sc.mount(null, path, None, sc.MS_BIND)
     except OSError as e:
         if e.errno not in _ABSENT:
             raise
