@@ -3,8 +3,8 @@
 the container's memory limit and usage, its CPUs and its own uptime, live.
 
 kiwi-lxfs (cffi_build/lxfs.c) is a tiny read-only FUSE server. Kiwi starts it on
-the host side from a sealed memfd (never a host file the container could reach) as
-soon as the start's first stage is forked, in the container's cgroup only: no
+the host side from a sealed memfd (never a host file the container could reach)
+while the start's first stage makes the namespaces, in the container's cgroup only: no
 namespace of the container, so nothing inside can see or join it. The container's
 PID 1, while it builds the root (runtime.Starter.stage2), opens /dev/fuse in the
 container's user namespace, mounts the connection in its own mount namespace,
