@@ -12,9 +12,13 @@
  *
  *   kiwi-lxfs -v 1|2 -m MEMDIR -s CPUSETDIR -q CPUDIR -a CPUACCTDIR -p COUNT -u UID
  *             -r EMPTYDIR -j user|pid
- *   fd 3: the /dev/fuse connection; fd 4: the listening socket kiwi-exec sends seccomp
- *   listeners to; fd 5: the container's PID namespace; fd 6: its user namespace (-j user);
- *   fds 7 to 7+COUNT-1: the cgroup's join files (v1 tasks, v2 cgroup.procs; enter.open_join_file)
+ *   fd 3: a socket on which the container's PID 1 sends the /dev/fuse connection and the
+ *   container's PID namespace (receive_connection: kiwi starts the server while the
+ *   container's namespaces are still being made, so the mount never waits for it);
+ *   fd 4: the listening socket kiwi-exec sends seccomp listeners to; fd 5: a placeholder
+ *   (/dev/null) that becomes the PID namespace; fd 6: the container's user namespace
+ *   (-j user); fds 7 to 7+COUNT-1: the cgroup's join files (v1 tasks, v2 cgroup.procs;
+ *   enter.open_join_file)
  *
  * Every file is opened once at start (before dropping to nobody) and re-read
  * with pread at offset 0, which makes the kernel render it again. Each request
@@ -46,6 +50,7 @@
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -54,6 +59,9 @@
  * number is the same on every architecture. */
 #ifndef SYS_close_range
 #define SYS_close_range 436
+#endif
+#ifndef NS_GET_NSTYPE /* linux/nsfs.h (4.11) */
+#define NS_GET_NSTYPE _IO(0xb7, 0x3)
 #endif
 #ifndef SYS_fsopen /* likewise (5.2) */
 #define SYS_fsopen 430
@@ -1192,6 +1200,54 @@ static const char *start_handler(const char *join, int argc, char **argv)
     return status ? "cannot mount a /proc of the container's PID namespace" : NULL;
 }
 
+/* The connection the container's PID 1 sends on fd 3 (lxfs.mount_connection): exactly
+ * the FUSE device and a PID namespace, put on FUSE_FD and PIDNS_FD (the socket goes with
+ * the first dup2). Whatever else arrives is refused: the server then ends, and the
+ * container keeps the host's files. */
+static void receive_connection(void)
+{
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(3 * sizeof(int))];
+    } control;
+    char byte;
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+                         .msg_controllen = sizeof control.space};
+    ssize_t n;
+    while ((n = recvmsg(FUSE_FD, &msg, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
+        ;
+    int fds[3], count = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        int got = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < got; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+            if (count < 3)
+                fds[count++] = fd;
+            else
+                close(fd);
+        }
+    }
+    struct stat device;
+    int ok = n > 0 && !(msg.msg_flags & MSG_CTRUNC) && count == 2 && fstat(fds[0], &device) == 0 &&
+             S_ISCHR(device.st_mode) && major(device.st_rdev) == 10 && minor(device.st_rdev) == 229 &&
+             ioctl(fds[1], NS_GET_NSTYPE) == CLONE_NEWPID;
+    if (ok)
+        ok = dup2(fds[0], FUSE_FD) == FUSE_FD && dup2(fds[1], PIDNS_FD) == PIDNS_FD;
+    for (int i = 0; i < count; i++)
+        close(fds[i]);
+    if (!ok) {
+        if (n == 0)
+            errno = EPIPE;
+        else if (n > 0)
+            errno = EPROTO;
+        die("no FUSE connection from the container");
+    }
+}
+
 #define DIR_OPTIONS "msqa" /* -m MEM, -s CPUSET, -q CPU, -a CPUACCT folders, in enum order */
 
 int main(int argc, char **argv)
@@ -1215,7 +1271,7 @@ int main(int argc, char **argv)
             dirs[MEM + (strchr(DIR_OPTIONS, option[1]) - DIR_OPTIONS)] = value;
     }
     if (fcntl(FUSE_FD, F_GETFD) < 0)
-        die("no FUSE connection on fd 3");
+        die("no socket on fd 3");
     prctl(PR_SET_NAME, "kiwi-lxfs", 0, 0, 0); /* started from a memfd: else named by its fd */
     clock_gettime(CLOCK_BOOTTIME, &started);
     started_at = time(NULL);
@@ -1225,6 +1281,7 @@ int main(int argc, char **argv)
     join_cgroup(procs); /* first: the sources get the fds after the cgroup.procs ones */
     open_sources(dirs);
     setsid();
+    receive_connection(); /* all of the above done while the container's PID 1 gets there */
     /* Kiwi waits for this process; the servers go on in children it never waits for. */
     pid_t pid = fork();
     if (pid < 0)

@@ -2,16 +2,16 @@
 /proc/cpuinfo, /proc/stat, `nproc --all`/`getconf _NPROCESSORS_ONLN` and `uptime` show
 the container's memory limit and usage, its CPUs and its own uptime, live.
 
-kiwi-lxfs (cffi_build/lxfs.c) is a tiny read-only FUSE server. The container's
+kiwi-lxfs (cffi_build/lxfs.c) is a tiny read-only FUSE server. Kiwi starts it on
+the host side from a sealed memfd (never a host file the container could reach)
+while the start's first stage makes the namespaces, in the container's cgroup only: no
+namespace of the container, so nothing inside can see or join it. The container's
 PID 1, while it builds the root (runtime.Starter.stage2), opens /dev/fuse in the
 container's user namespace, mounts the connection in its own mount namespace,
-hands the connection to kiwi over a socket and binds the server's files over
-the /proc and /sys ones. Kiwi starts the server on the host side from a sealed
-memfd (never a host file the container could reach), in the container's cgroup
-only: no namespace of the container, so nothing inside can see or join it. The
-server ends when the container's mount namespace goes (the kernel aborts the
-connection) or with the cgroup. Without FUSE the container starts anyway and
-`kiwi inspect` says why its files are the host's.
+hands it straight to the waiting server over a socket pair and binds the server's
+files over the /proc and /sys ones. The server ends when the container's mount
+namespace goes (the kernel aborts the connection) or with the cgroup. Without FUSE
+the container starts anyway and `kiwi inspect` says why its files are the host's.
 
 sysinfo(2) (busybox `free` and `uptime`) reads no file: kiwi-exec's seccomp filter
 hands each call to a second process of the server, kiwi-sysinfo, over a seccomp
@@ -40,6 +40,7 @@ FILES = (
     ("swaps", "proc/swaps"),
 )
 ACTIVE = "active"
+NOT_TAKEN = "its server did not take the connection"  # the server's own exit tells why
 
 
 # --- in the container's PID 1, before its root is sealed ------------------------------
@@ -47,9 +48,10 @@ ACTIVE = "active"
 
 def mount_connection(mountpoint: str, sock, report) -> int | None:
     """Mount a new FUSE connection on mountpoint (in this mount namespace) and send it to
-    kiwi; returns an O_PATH fd of the mount's root, or None (reported) when this
-    kernel or machine has no FUSE. Call it in the user namespace the mount belongs to:
-    the kernel refuses a /dev/fuse opened elsewhere."""
+    the server (sock: its socket pair's other end, spawn_server); returns an O_PATH fd
+    of the mount's root, or None (reported) when this kernel or machine has no FUSE or
+    no server takes it. Call it in the user namespace the mount belongs to: the kernel
+    refuses a /dev/fuse opened elsewhere."""
     try:
         fuse = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     except OSError as e:
@@ -63,13 +65,16 @@ def mount_connection(mountpoint: str, sock, report) -> int | None:
         except OSError as e:
             report.send("lxfs", f"cannot mount FUSE here ({e.strerror})")
             return None
-        # Before anything looks into the mount: the server must be running to answer.
+        # Before anything looks into the mount: the server must have it to answer.
         import socket
 
         # With our PID namespace: a privileged container's sysinfo handler runs in it.
         pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         try:
             socket.send_fds(sock, [b"F"], [fuse, pidns])
+        except OSError as e:  # kiwi could not start it, or it ended: no one would answer
+            report.send("lxfs", f"{NOT_TAKEN} ({e.strerror})")
+            return None
         finally:
             os.close(pidns)
         report.send("lxfs", ACTIVE)
@@ -114,22 +119,6 @@ def bind_files(server_root: int, root_fd: int, report) -> None:
 # --- on the host side ----------------------------------------------------------------
 
 
-def receive_connection(sock) -> tuple[int, int] | None:
-    """The FUSE connection and the PID namespace the container's PID 1 sent (None if it
-    died first)."""
-    import socket
-
-    try:
-        _, fds, _, _ = socket.recv_fds(sock, 1, 2)
-    except OSError:
-        return None
-    if len(fds) == 2:
-        return fds[0], fds[1]
-    for fd in fds:
-        os.close(fd)
-    return None
-
-
 def server_argv(cgroup, procs: int, uid: int, root: str, userns: bool) -> list[str]:
     """Where the server reads the container's memory and CPU figures; procs: how many
     cgroup.procs fds it gets to join; uid: the ids it then runs as; root: an empty folder
@@ -170,19 +159,55 @@ def listen(rdir) -> int:
         server.close()
 
 
-def start_server(
-    fuse: int, pidns: int, userns: int | None, cgroup, spawn_helper, uid: int, rdir
-) -> tuple[str, str, list[int] | None]:
-    """Start kiwi-lxfs on the connection; returns (files, sysinfo, handler): for the first
-    two ACTIVE or why not; handler: the sysinfo handler's [pid, start time] (or None), for
-    sysinfo_now. Its sysinfo handler joins the container's PID namespace and,
-    unprivileged, its user namespace.
+class Server:
+    """A kiwi-lxfs on its way: the helper's pid and the read end of its stderr."""
+
+    def __init__(self, pid: int, errors: int):
+        self.pid, self.errors = pid, errors
+
+    def finish(self) -> tuple[str, str, list[int] | None]:
+        """(files, sysinfo, handler) once the helper has exited: for the first two ACTIVE
+        or why not; handler: the sysinfo handler's [pid, start time] (or None), for
+        sysinfo_now. The helper exits once it has the connection and has forked the
+        servers, or when the container's PID 1 closed its end without sending one."""
+        from .proc import read_to_end, wait_exit_code
+
+        try:
+            message = read_to_end(self.errors).decode(errors="replace").strip()
+        finally:
+            os.close(self.errors)
+        status = wait_exit_code(self.pid)
+        if status != 0:
+            reason = f"its server failed: {message or f'exit status {status}'}"
+            return reason, reason, None
+        # A message with status 0 (no sysinfo handler): the files are served all the same,
+        # and kiwi-exec, finding no handler on the socket, leaves sysinfo(2) the host's.
+        pid, message = handler_pid(message)
+        return ACTIVE, sysinfo_status(message), handler_identity(pid)
+
+    def abandon(self) -> None:
+        """The start failed: end the helper now (what it forked is in the container's
+        cgroup, which the start's teardown empties)."""
+        import signal
+
+        from .proc import wait_exit_code
+
+        os.close(self.errors)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        wait_exit_code(self.pid)
+
+
+def spawn_server(connection: int, userns: int | None, cgroup, spawn_helper, uid: int, rdir) -> Server | str:
+    """Start kiwi-lxfs, which waits on connection (a socket pair's end) for the FUSE
+    connection and the PID namespace the container's PID 1 sends (mount_connection);
+    returns the Server, or why it did not start. Its sysinfo handler joins the
+    container's PID namespace and, unprivileged, its user namespace.
 
     The helper joins the cgroup (its CPU and memory are the container's, and stop
-    kills it with the rest), forks the servers and exits; we wait only for that."""
+    kills it with the rest), forks the servers and exits: Server.finish waits for that."""
     from . import security
     from .errors import KiwiError, describe
-    from .proc import read_to_end, wait_exit_code
 
     opened = []
     try:  # never fails the start: the container then shows the host's files
@@ -197,25 +222,16 @@ def start_server(
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         opened += [err_r, err_w]
         argv = server_argv(cgroup, len(procs), uid, os.path.join(rdir, "lxfs"), userns is not None)
-        namespaces = [pidns, null if userns is None else userns]
-        pid = spawn_helper(memfd, [null, null, err_w, fuse, listener, *namespaces, *procs], argv, {})
-        opened.remove(err_w)
-        os.close(err_w)
-        message = read_to_end(err_r).decode(errors="replace").strip()
-        status = wait_exit_code(pid)
+        # fd 5 is the PID namespace's place until the connection brings it.
+        namespaces = [null, null if userns is None else userns]
+        pid = spawn_helper(memfd, [null, null, err_w, connection, listener, *namespaces, *procs], argv, {})
+        opened.remove(err_r)
     except (OSError, KiwiError) as e:
-        reason = f"its server did not start ({describe(e)})"
-        return reason, reason, None
+        return f"its server did not start ({describe(e)})"
     finally:
         for fd in opened:
             os.close(fd)
-    if status != 0:
-        reason = f"its server failed: {message or f'exit status {status}'}"
-        return reason, reason, None
-    # A message with status 0 (no sysinfo handler): the files are served all the same,
-    # and kiwi-exec, finding no handler on the socket, leaves sysinfo(2) the host's.
-    pid, message = handler_pid(message)
-    return ACTIVE, sysinfo_status(message), handler_identity(pid)
+    return Server(pid, err_r)
 
 
 HANDLER_PID = "kiwi-lxfs: sysinfo handler pid "

@@ -226,14 +226,15 @@ def enter_root(root) -> None:
     os.chdir("/")
 
 
-def write_container_file(path: str, text: str, mode: int = 0o644) -> None:
-    """Write /etc/<file> after pivot_root: every symlink now resolves inside the
-    container, and a symlinked file itself is replaced by a plain file.
-    A missing or odd parent (a hostile /etc symlink) is skipped, not followed out."""
+def write_container_file(path: str, text: str, mode: int = 0o644, root: int = sc.AT_FDCWD) -> None:
+    """Write /etc/<file> with root (an fd of the container's root; the cwd after
+    pivot_root) as '/': every symlink resolves inside the container, and a symlinked
+    file itself is replaced by a plain file. A missing or odd parent (a hostile /etc
+    symlink) is skipped, not followed out."""
     parent, name = os.path.split(path)
     try:
         dfd = sc.openat2(
-            sc.AT_FDCWD,
+            root,
             parent,
             os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
             0,
@@ -263,12 +264,13 @@ def write_container_file(path: str, text: str, mode: int = 0o644) -> None:
         os.close(dfd)
 
 
-def write_identity_files(hostname: str, ipv4: str | None) -> None:
+def write_identity_files(hostname: str, ipv4: str | None, root: int = sc.AT_FDCWD) -> None:
+    """/etc/hostname, hosts and resolv.conf beneath root (write_container_file)."""
     from . import dns
 
-    write_container_file("/etc/hostname", hostname + "\n")
-    write_container_file("/etc/hosts", dns.hosts_text(hostname, ipv4))
-    write_container_file("/etc/resolv.conf", dns_text_cached())
+    write_container_file("/etc/hostname", hostname + "\n", root=root)
+    write_container_file("/etc/hosts", dns.hosts_text(hostname, ipv4), root=root)
+    write_container_file("/etc/resolv.conf", dns_text_cached(), root=root)
 
 
 _RESOLV_TEXT: str | None = None

@@ -319,16 +319,19 @@ class Starter:
         """Fork stage 1; returns the host pid of the container's init once its root is ready."""
         import socket
 
-        from . import lxfs, netlink, proc, rootfs, security  # before the fork: stage 1 and 2 use them
+        from . import netlink, proc, rootfs, security  # before the fork: stage 1 and 2 use them
 
         rootfs.prepare_dns_text(host_network=not self.separate_net)
         memfd = security.init_memfd()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Stage 2 sends the FUSE connection over this pair straight to the limits server.
+        server_end, stage_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        server = None
+        received: list = []
         self.init_start_time: int | None = None  # identify_init's
         self.init_netns: int | None = None
         try:
-            child = proc.Child(self.stage1, memfd, theirs, ours)
-            theirs.close()
+            child = proc.Child(self.stage1, memfd, stage_end, server_end)
+            stage_end.close()
             netlink.park_releases()  # until the veth exists: its registration would wait for them
             try:
                 # While stage 1 makes the namespaces (issue 20): nothing of the stages uses
@@ -336,24 +339,27 @@ class Starter:
                 self.forget_stale_network()
                 if self.separate_net:
                     self.prepare_network()
-                self.prepare_record()  # before the wait for stage 2's FUSE connection, not after
-                reports = dict(stage_reports(child, until="lxfs"))
-                served, self.sysinfo, self.sysinfo_handler = reports.get("lxfs"), None, None
-                if served == lxfs.ACTIVE:  # stage 2 waits for its answers
-                    served, self.sysinfo, self.sysinfo_handler = self.serve_limits(ours)
-                if "pid" not in reports:
-                    reports.update(stage_reports(child, until="pid"))
+                # Before stage 2 mounts the connection.
+                server = self.start_limits_server(server_end)
+                server_end.close()  # the server's copy alone: if it ends, stage 2's send fails
+                received += stage_reports(child, until="pid")
+                pid = dict(received).get("pid")
                 # While stage 2 still builds the root: its network namespace exists.
                 try:
-                    self.identify_init(reports.get("pid"))
-                    self.connect_network(reports.get("pid"))
+                    self.identify_init(pid)
+                    self.connect_network(pid)
                     netlink.release_parked()
+                    self.prepare_record()
                 except Exception:
                     # Stage 2 may have failed meanwhile, its network namespace (and the veth
                     # pair with it) gone: then its own error is the cause to tell.
                     stage_reports(child)
                     raise
-                reports.update(stage_reports(child))  # to EOF: init's exec closes the last end
+                received += stage_reports(child)  # to EOF: init's exec closes the last end
+            except BaseException:
+                if server is not None and not isinstance(server, str):
+                    server.abandon()
+                raise
             finally:
                 netlink.release_parked()
                 child.close()
@@ -361,10 +367,10 @@ class Starter:
                 self.close_init_netns()
         finally:
             os.close(memfd)
-            ours.close()
-            theirs.close()
-        # Why the container shows the host's figures (the server's own reason first), or ACTIVE.
-        self.lxfs = served if served != lxfs.ACTIVE else reports.get("lxfs")
+            server_end.close()
+            stage_end.close()
+        self.limits_outcome(server, received)
+        reports = dict(received)
         if not isinstance(reports.get("pid"), int) or "ready" not in reports:
             raise KiwiError("starting the container failed: its init did not report back")
         if process_start_time(reports["pid"]) != self.init_start_time:
@@ -399,9 +405,39 @@ class Starter:
             raise KiwiError("starting the container failed: its init ended before it was connected")
         self.init_start_time = started
 
+    def start_limits_server(self, connection):
+        """The limits server (lxfs.spawn_server), waiting on connection for what stage 2
+        sends; or why it did not start."""
+        from . import idmap, lxfs
+
+        uid, rdir = lxfs.server_uid(idmap.base_of(self.config)), str(self.rdir)
+        return lxfs.spawn_server(connection.fileno(), self.userns, self.cgroup, spawn_helper, uid, rdir)
+
+    def limits_outcome(self, server, received: list) -> None:
+        """self.lxfs, self.sysinfo, self.sysinfo_handler: what the start records of the
+        limits server (each lxfs.ACTIVE or why not; the sysinfo handler's [pid, start
+        time]), from the server and from stage 2's "lxfs" reports (its first says whether
+        it sent the connection, a later one that the files could not be bound)."""
+        from . import lxfs
+
+        said = [value for kind, value in received if kind == "lxfs"]
+        if isinstance(server, str):  # it never ran: that is the cause, whatever stage 2 saw
+            self.lxfs, self.sysinfo, self.sysinfo_handler = server, None, None
+            return
+        outcome = server.finish()  # its exit, also when stage 2 sent nothing (end of file)
+        files, self.sysinfo, self.sysinfo_handler = outcome
+        if not said or said[0] != lxfs.ACTIVE:
+            self.sysinfo, self.sysinfo_handler = None, None
+            if said and said[0].startswith(lxfs.NOT_TAKEN) and files != lxfs.ACTIVE:
+                self.lxfs = files  # the server ended first: why, in its own words
+            else:  # no FUSE here: stage 2 tells why
+                self.lxfs = said[0] if said else "the container's init sent no FUSE connection"
+            return
+        # Why the container shows the host's figures (the server's own reason first), or ACTIVE.
+        self.lxfs = files if files != lxfs.ACTIVE else said[-1]
+
     def prepare_record(self) -> None:
-        """While stage 2 still builds the root (issue 20), before kiwi waits for its FUSE
-        connection (the wait is idle time of kiwi's): the entry facts the record keeps
+        """While stage 2 still builds the root (issue 20), its veth in place: the entry facts the record keeps
         (runtime.entry_facts; none for a delegated cgroup, whose join leaf is the container's
         to remove), and the modules the attach that follows the start imports."""
         self.enter = self.entry = None
@@ -431,33 +467,15 @@ class Starter:
             netns_fd=self.init_netns,  # stage 2's, whatever has the pid by now
         )
 
-    def serve_limits(self, sock) -> tuple[str, str, list[int] | None]:
-        """Start the limits server (lxfs.py) on the connection stage 2 sent; returns
-        (files, sysinfo, handler): each ACTIVE or why not, and the sysinfo handler's
-        [pid, start time]."""
-        from . import idmap, lxfs
-
-        received = lxfs.receive_connection(sock)
-        if received is None:
-            reason = "the container's init sent no FUSE connection"
-            return reason, reason, None
-        fuse, pidns = received
-        try:
-            uid = lxfs.server_uid(idmap.base_of(self.config))
-            rdir = str(self.rdir)
-            return lxfs.start_server(fuse, pidns, self.userns, self.cgroup, spawn_helper, uid, rdir)
-        finally:
-            os.close(fuse)  # the server holds it now; if it failed, stage 2 sees ENOTCONN
-            os.close(pidns)
-
-    def stage1(self, report, memfd: int, sock, ours) -> None:
+    def stage1(self, report, memfd: int, sock, server_end) -> None:
         from . import proc
         from . import syscalls as sc
 
-        # kiwi's end, which the fork copied: were it kept, a kiwi killed before it took
-        # the FUSE connection stage 2 sent would leave that connection alive in its
-        # queue, and stage 2 hung for good on its own mount, holding the container's lock.
-        ours.close()
+        # The server's end, which the fork copied: were it kept, a server that ended (or
+        # was never started) before it took the FUSE connection stage 2 sent would leave
+        # that connection alive in this queue, and stage 2 hung for good on its own mount,
+        # holding the container's lock.
+        server_end.close()
         self.cgroup.join()
         if self.userns is not None:
             self.build_idmapped_root()
@@ -495,14 +513,17 @@ class Starter:
         if self.cgroup_delegated:
             rootfs.mount_own_cgroup(root_fd)
         rootfs.mount_dev(root_fd, bind_nodes=self.userns is not None)
-        if limits is not None:  # last: its first lookup waits for the server kiwi is starting
+        # Beneath root_fd, before the limits' binds: the server kiwi started has that much
+        # longer to answer their first lookup (issue 20).
+        security.mask_proc_paths(f"/proc/self/fd/{root_fd}")
+        hostname = self.config.get("name") or self.cid
+        sc.sethostname(hostname)
+        ipv4 = self.config.get("ipv4") if self.separate_net else None
+        rootfs.write_identity_files(hostname, ipv4, root_fd)
+        if limits is not None:  # last before the pivot (its mount is under the old root)
             lxfs.bind_files(limits, root_fd, report)
         rootfs.enter_root(root_fd)
         os.close(root_fd)
-        security.mask_proc_paths()
-        hostname = self.config.get("name") or self.cid
-        sc.sethostname(hostname)
-        rootfs.write_identity_files(hostname, self.config.get("ipv4") if self.separate_net else None)
         proc.stdio_to_devnull()
         report.send("ready")
         security.close_fds_except_stdio(keep=(memfd, report.fd))

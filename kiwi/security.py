@@ -33,6 +33,7 @@ Steps 1 to 5 run in the forked PID 1; kiwi itself only prepares what they use
 import errno
 import os
 import signal
+import stat
 import struct
 from pathlib import Path
 
@@ -622,33 +623,66 @@ _MASK_MOUNT_FLAGS = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 
 
 def mask_proc_paths(root="/") -> None:
-    """Hide kernel interfaces under root (after /proc and /sys are mounted there)."""
-    base = Path(root)
+    """Hide kernel interfaces under root (after /proc, /sys and /dev are mounted there):
+    files behind root's own /dev/null (rootfs.mount_dev; never the host's, whose mount
+    would show inside), folders behind empty read-only tmpfs.
+
+    Each mount is tried on its path and a path this kernel does not have (ENOENT; for
+    a directory mask, a file there: ENOTDIR) is skipped: no stat before each, no pathlib
+    glob (stage 2 of every start runs this, issue 20)."""
+    base = os.fspath(root).rstrip("/")
+    null = f"{base}/dev/null"
+    info = os.stat(null)  # checked: a missing source must not pass for a missing target
+    if not stat.S_ISCHR(info.st_mode) or info.st_rdev != os.makedev(1, 3):
+        raise OSError(errno.ENODEV, f"{null} is not the null device")
     for relative in MASKED_FILES:
-        _mask_file(base / relative)
+        _mask_file(null, f"{base}/{relative}")
     for relative in MASKED_DIRECTORIES:
-        _mask_directory(base / relative)
-    for pattern in MASKED_DIRECTORY_PATTERNS:
-        for path in sorted(base.glob(pattern)):
-            _mask_directory(path)
+        _mask_directory(f"{base}/{relative}")
+    for path in _cpu_thermal_directories(base):
+        _mask_directory(path)
     for relative in READ_ONLY_PATHS:
-        _bind_read_only(base / relative)
+        _bind_read_only(f"{base}/{relative}")
 
 
-def _mask_file(path: Path) -> None:
-    if path.exists():  # entries depend on the kernel config
-        sc.mount("/dev/null", path, None, sc.MS_BIND)
+_ABSENT = (errno.ENOENT,)  # entries depend on the kernel config
 
 
-def _mask_directory(path: Path) -> None:
-    if path.is_dir():
+def _cpu_thermal_directories(base: str) -> list[str]:
+    """MASKED_DIRECTORY_PATTERNS' one pattern, sys/devices/system/cpu/cpu[0-9]*/thermal_throttle,
+    as its glob matched it: every cpu<digit>... entry, in sorted order."""
+    cpus = f"{base}/sys/devices/system/cpu"
+    try:
+        names = os.listdir(cpus)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    wanted = [name for name in names if len(name) > 3 and name.startswith("cpu") and name[3] in "0123456789"]
+    return [f"{cpus}/{name}/thermal_throttle" for name in sorted(wanted)]
+
+
+def _mask_file(null: str, path) -> None:
+    try:
+        sc.mount(null, path, None, sc.MS_BIND)
+    except OSError as e:
+        if e.errno not in _ABSENT:
+            raise
+
+
+def _mask_directory(path) -> None:
+    try:
         sc.mount("tmpfs", path, "tmpfs", _MASK_MOUNT_FLAGS, "size=0,mode=0555")
+    except OSError as e:
+        if e.errno not in (*_ABSENT, errno.ENOTDIR):  # a file there is no directory to mask
+            raise
 
 
-def _bind_read_only(path: Path) -> None:
-    if not path.exists():
-        return
-    sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
+def _bind_read_only(path) -> None:
+    try:
+        sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
+    except OSError as e:
+        if e.errno in _ABSENT:
+            return
+        raise
     # a bind mount only takes MS_RDONLY on a remount of itself
     sc.mount(None, path, None, sc.MS_BIND | sc.MS_REMOUNT | _MASK_MOUNT_FLAGS)
 

@@ -344,8 +344,11 @@ def test_mask_proc_paths(tmp_path):
     root = tmp_path / "root"
     (root / "proc").mkdir(parents=True)
     (root / "sys").mkdir()
+    (root / "dev").mkdir()
+    (root / "dev/null").touch()
 
     def body():
+        sc.mount("/dev/null", root / "dev/null", None, sc.MS_BIND)  # as rootfs.mount_dev binds it
         sc.mount("proc", root / "proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
         sc.mount("sysfs", root / "sys", "sysfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
         security.mask_proc_paths(root)
@@ -370,6 +373,22 @@ def test_mask_proc_paths(tmp_path):
 
     run_in_child(body)
     assert str(root) not in host_mountinfo()
+
+
+def test_mask_proc_paths_needs_roots_own_null(tmp_path):
+    """A missing <root>/dev/null fails: it must not pass for masked files this kernel lacks."""
+    root = tmp_path / "root"
+    (root / "proc").mkdir(parents=True)
+    (root / "dev").mkdir()
+    (root / "dev/null").touch()  # a plain file, not the null device
+
+    def body():
+        sc.mount("proc", root / "proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+        with pytest.raises(OSError):
+            security.mask_proc_paths(root)
+        assert "kcore" not in open("/proc/self/mountinfo").read()
+
+    run_in_child(body)
 
 
 def test_close_fds_except_stdio_keeps_requested():
