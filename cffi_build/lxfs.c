@@ -1232,8 +1232,10 @@ static void receive_connection(void)
         }
     }
     struct stat device;
+    /* Open for reading and writing: an O_PATH or read-only fd of the device is no connection. */
     int ok = n > 0 && !(msg.msg_flags & MSG_CTRUNC) && count == 2 && fstat(fds[0], &device) == 0 &&
              S_ISCHR(device.st_mode) && major(device.st_rdev) == 10 && minor(device.st_rdev) == 229 &&
+             (fcntl(fds[0], F_GETFL) & (O_ACCMODE | O_PATH)) == O_RDWR &&
              ioctl(fds[1], NS_GET_NSTYPE) == CLONE_NEWPID;
     if (ok)
         ok = dup2(fds[0], FUSE_FD) == FUSE_FD && dup2(fds[1], PIDNS_FD) == PIDNS_FD;

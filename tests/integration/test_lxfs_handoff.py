@@ -67,3 +67,21 @@ def test_an_end_closed_without_a_connection_ends_the_server(tmp_path):
     status, message = outcome(pid, err_r)
     assert status == 1
     assert "kiwi-lxfs: no FUSE connection from the container: Broken pipe" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+@pytest.mark.parametrize("flags", [os.O_PATH, os.O_RDONLY], ids=["O_PATH", "read-only"])
+def test_a_fuse_device_not_open_for_reading_and_writing_is_refused(tmp_path, flags):
+    """The right device, but no connection: only stage 2's own O_RDWR open of /dev/fuse is one."""
+    pid, ours, err_r = start(tmp_path)
+    fuse = os.open("/dev/fuse", flags | os.O_CLOEXEC)
+    pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        socket.send_fds(ours, [b"F"], [fuse, pidns])
+    finally:
+        os.close(fuse)
+        os.close(pidns)
+        ours.close()
+    status, message = outcome(pid, err_r)
+    assert status == 1
+    assert "kiwi-lxfs: no FUSE connection from the container: Protocol error" in message
