@@ -43,17 +43,35 @@ def read_lease(store: Store, cid: str) -> dict | None:
 
 @contextlib.contextmanager
 def unwinding_signals():
-    """TERM/HUP/INT raise Interrupted, so every finally below runs."""
+    """TERM/HUP/INT raise Interrupted, so every finally below runs. Only the first: a second
+    signal raised inside a finally that was already unwinding (a generator closed on the way
+    out printed "Exception ignored in" with a traceback), and replaced the first's exit."""
+    import sys
+
+    caught: list[int] = []
 
     def interrupt(signum, frame):
+        if caught:
+            return  # on the way out already, for the first signal
+        caught.append(signum)
         raise Interrupted(signum)
 
+    def unraisable(info):
+        """A signal raised inside a finalizer (a generator closed by the collector) is lost
+        there, as Python cannot raise it: no traceback, and the next signal raises again."""
+        if isinstance(info.exc_value, Interrupted):
+            caught.clear()
+        else:
+            hook(info)
+
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable
     old = {s: signal.signal(s, interrupt) for s in UNWIND_SIGNALS}
     try:
         yield
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+        sys.unraisablehook = hook
 
 
 @contextlib.contextmanager
