@@ -44,20 +44,25 @@ def outcome(pid: int, err_r: int) -> tuple[int, str]:
     return wait_exit_code(pid), message
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-def test_other_fds_than_a_fuse_device_and_a_pid_namespace_are_refused(tmp_path):
+def assert_refused(tmp_path, device: str, flags: int) -> None:
+    """Hand kiwi-lxfs `device` (opened with flags) and our PID namespace: it must refuse them."""
     pid, ours, err_r = start(tmp_path)
-    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(device, flags | os.O_CLOEXEC)
     pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        socket.send_fds(ours, [b"F"], [null, pidns])  # /dev/null where the FUSE device goes
+        socket.send_fds(ours, [b"F"], [fd, pidns])
     finally:
-        os.close(null)
+        os.close(fd)
         os.close(pidns)
         ours.close()
     status, message = outcome(pid, err_r)
     assert status == 1
     assert "kiwi-lxfs: no FUSE connection from the container: Protocol error" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_other_fds_than_a_fuse_device_and_a_pid_namespace_are_refused(tmp_path):
+    assert_refused(tmp_path, os.devnull, os.O_RDONLY)  # /dev/null where the FUSE device goes
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -73,15 +78,4 @@ def test_an_end_closed_without_a_connection_ends_the_server(tmp_path):
 @pytest.mark.parametrize("flags", [os.O_PATH, os.O_RDONLY], ids=["O_PATH", "read-only"])
 def test_a_fuse_device_not_open_for_reading_and_writing_is_refused(tmp_path, flags):
     """The right device, but no connection: only stage 2's own O_RDWR open of /dev/fuse is one."""
-    pid, ours, err_r = start(tmp_path)
-    fuse = os.open("/dev/fuse", flags | os.O_CLOEXEC)
-    pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        socket.send_fds(ours, [b"F"], [fuse, pidns])
-    finally:
-        os.close(fuse)
-        os.close(pidns)
-        ours.close()
-    status, message = outcome(pid, err_r)
-    assert status == 1
-    assert "kiwi-lxfs: no FUSE connection from the container: Protocol error" in message
+    assert_refused(tmp_path, "/dev/fuse", flags)
