@@ -57,6 +57,20 @@ def new_temp_file(path: Path) -> tuple[int, Path]:
             continue
 
 
+def remove_temp_files(path: Path) -> None:
+    """What new_temp_file left beside path for a writer killed before its rename. Only for
+    a file whose writers hold a lock the caller holds too: a live writer's file goes as well."""
+    prefix = f".{path.name}."
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                os.unlink(path.parent / name)
+
+
 def is_disk_full(error: OSError) -> bool:
     import errno
 

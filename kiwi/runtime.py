@@ -19,7 +19,8 @@ from pathlib import Path
 
 from .enter import Entry, container_env, enter_container, spawn_helper
 from .errors import KiwiError
-from .layout import RUNTIME_RECORD, boot_id
+from .files import remove_temp_files
+from .layout import boot_id
 from .proc import Background, process_start_time
 from .runstate import SYSINFO_SOCKET, container_cgroup, mount_file, read_mount, read_runtime, runtime_file
 from .stopping import EarlyBridgeRelease, only_init_and_helpers, signal_init, terminate
@@ -437,9 +438,9 @@ class Starter:
         self.lxfs = files if files != lxfs.ACTIVE else said[-1]
 
     def prepare_record(self) -> None:
-        """While stage 2 still builds the root (issue 20), its veth in place: the entry facts the record keeps
-        (runtime.entry_facts; none for a delegated cgroup, whose join leaf is the container's
-        to remove), and the modules the attach that follows the start imports."""
+        """While stage 2 still builds the root (issue 20), its veth in place: the entry facts
+        the record keeps (runtime.entry_facts; none for a delegated cgroup, whose join leaf
+        is the container's to remove), and the modules the attach that follows imports."""
         self.enter = self.entry = None
         if not self.cgroup_delegated:
             entry = exec_entry(self.store, self.cid, {}, self.config, self.cgroup)
@@ -868,7 +869,8 @@ def teardown(
         rdir = store.runtime_dir(cid)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(rdir / SYSINFO_SOCKET)
-        forget_unwritten_records(rdir)
+        # A runtime.json a start was killed writing: left, it kept the folder for good.
+        remove_temp_files(runtime_file(store, cid))
         for sub in RUNTIME_SUBDIRS:
             with contextlib.suppress(OSError):
                 os.rmdir(rdir / sub)
@@ -879,21 +881,6 @@ def teardown(
         if releasing is not None:
             releasing.wait()
     return failures + network_failures
-
-
-def forget_unwritten_records(rdir: Path) -> None:
-    """The temporary files of a runtime.json a start was killed writing (files.new_temp_file:
-    .runtime.json.XXXXXXXX.tmp): left, they kept the runtime folder for good. Only the
-    start writes that record, under the container's lock that the caller holds too."""
-    prefix = f".{RUNTIME_RECORD}."
-    try:
-        names = os.listdir(rdir)
-    except OSError:
-        return
-    for name in names:
-        if name.startswith(prefix) and name.endswith(".tmp"):
-            with contextlib.suppress(OSError):
-                os.unlink(rdir / name)
 
 
 def teardown_network(

@@ -39,3 +39,18 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
         files.atomic_write_json(target, {"bad": object()})
     assert json.loads(target.read_text()) == {"old": True}
     assert os.listdir(tmp_path) == ["config.json"]
+
+
+def test_remove_temp_files_takes_only_that_files_leftovers(tmp_path):
+    record = tmp_path / "runtime.json"
+    record.write_text("{}")
+    fd, left = files.new_temp_file(record)  # a writer killed before its rename
+    os.close(fd)
+    other = tmp_path / ".runtime.json.bak"  # not new_temp_file's
+    other.write_text("")
+    neighbour = tmp_path / ".mount.json.0123abcd.tmp"  # another file's
+    neighbour.write_text("")
+    files.remove_temp_files(record)
+    assert not left.exists()
+    assert record.exists() and other.exists() and neighbour.exists()
+    files.remove_temp_files(tmp_path / "missing" / "x.json")  # no folder: nothing to do
