@@ -60,12 +60,10 @@ def assert_refused(tmp_path, device: str, flags: int) -> None:
     assert "kiwi-lxfs: no FUSE connection from the container: Protocol error" in message
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_other_fds_than_a_fuse_device_and_a_pid_namespace_are_refused(tmp_path):
     assert_refused(tmp_path, os.devnull, os.O_RDONLY)  # /dev/null where the FUSE device goes
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_an_end_closed_without_a_connection_ends_the_server(tmp_path):
     pid, ours, err_r = start(tmp_path)
     ours.close()  # the container's PID 1 had no FUSE (or died first)
@@ -74,7 +72,6 @@ def test_an_end_closed_without_a_connection_ends_the_server(tmp_path):
     assert "kiwi-lxfs: no FUSE connection from the container: Broken pipe" in message
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 @pytest.mark.parametrize("flags", [os.O_PATH, os.O_RDONLY], ids=["O_PATH", "read-only"])
 def test_a_fuse_device_not_open_for_reading_and_writing_is_refused(tmp_path, flags):
     """The right device, but no connection: only stage 2's own O_RDWR open of /dev/fuse is one."""
