@@ -148,6 +148,25 @@ def teardown_env(kiwi: Kiwi) -> None:
     remove_tree(kiwi.root.parent, ignore_errors=True)
 
 
+def alive(pid: int) -> bool:
+    """Running: a zombie (waiting for whoever adopted it, perhaps a host PID 1 that never
+    reaps) has ended."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pids: list[int], timeout: float = 10) -> None:
+    """Until every pid has ended: a SIGKILLed init is not dead when kill() returns (it first
+    ends every process of its pid namespace), and a loaded machine makes that visible."""
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not [p for p in pids if alive(p)]
+
+
 def own_cgroup_dirs() -> list[Path]:
     """This process's cgroup folder in every mounted hierarchy (v1 and v2)."""
     own = {}

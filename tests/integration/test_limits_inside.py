@@ -18,6 +18,8 @@ import time
 import pexpect
 import pytest
 
+from conftest import alive
+
 BOTH_MODES = True
 MIB = 1 << 20
 
@@ -67,15 +69,6 @@ def servers_among(pids: list[int]) -> dict[str, int]:
 
 def server_pids(kiwi, cid: str) -> list[int]:
     return sorted(servers(kiwi, cid).values())
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting for the host's PID 1 to reap it has ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def wait_until(condition, seconds: float = 10) -> bool:

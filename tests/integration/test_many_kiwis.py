@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
-from conftest import Kiwi, make_env, remove_network, unmount_below
+from conftest import Kiwi, make_env, remove_network, unmount_below, wait_gone
 from kiwi import network
 
 SHARED = ("KIWI_BRIDGE", "KIWI_SUBNET", "KIWI_HOST_DIR")
@@ -228,6 +228,7 @@ def test_dead_containers_of_another_folder_are_left_to_it(images):
             (group / "cgroup.procs").write_text(str(leftover.pid))
         record = json.loads((a.root / "mounts" / ca / "runtime.json").read_text())
         os.kill(record["init_pid"], signal.SIGKILL)
+        wait_gone([record["init_pid"]])
         assert status(a, ca) == "stale"  # init gone, a process left in its cgroup
         b("cleanup")
         assert leftover.poll() is None, "B killed a process in A's cgroup"

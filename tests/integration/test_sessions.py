@@ -15,6 +15,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from conftest import wait_gone
+
 BOTH_MODES = True  # every test using `kiwi` runs unprivileged and --privileged (conftest)
 
 SESSION_LINE = r"kiwi: session ([0-9a-f]{8}) "
@@ -67,21 +69,6 @@ def wait_for_state(kiwi, cid: str, sid: str, wanted: str, timeout: float = 10) -
 
 def record(kiwi, cid: str, sid: str) -> dict:
     return json.loads((kiwi.root / "mounts" / cid / "sessions" / f"{sid}.json").read_text())
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_gone(pids: list[int], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [p for p in pids if alive(p)]
 
 
 def vm_rss_kib(pid: int) -> int:
