@@ -9,7 +9,9 @@ import contextlib
 import os
 
 import pytest
-from test_limits_inside import alive, free_total, host_meminfo, inspect, servers, started, wait_until
+from test_limits_inside import free_total, host_meminfo, inspect, servers, started, wait_until
+
+from conftest import alive
 
 KILL_HANDLER = (
     'for p in /proc/[0-9]*; do [ "$(cat $p/comm)" = kiwi-sysinfo ] && kill -9 ${p#/proc/}; done; true'

@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_sessions import alive, detach, open_session, process_chain, record, states, vm_rss_kib, wait_gone
+from test_sessions import detach, open_session, process_chain, record, states, vm_rss_kib
+
+from conftest import alive, wait_gone
 
 FLOOD = "x=$(printf %0200d 0); while :; do echo $x; done"
 
