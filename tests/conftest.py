@@ -167,6 +167,49 @@ def wait_gone(pids: list[int], timeout: float = 10) -> None:
     assert not [p for p in pids if alive(p)]
 
 
+@contextlib.contextmanager
+def outweigh_host_load(group):
+    """Top CPU weight, while in the block, for a kiwi.cgroups.Cgroup and its parent (the test's
+    own cgroup parent): other load on the shared CPUs cannot starve a measurement of its CPU
+    use, while the quota under test still caps it. The weights are restored after: a busy
+    cgroup without a quota would otherwise starve everything else on the host."""
+    if group.version == "v2":
+        name, value = "cpu.weight", "10000"
+    else:
+        name, value = "cpu.shares", "262144"
+    directory = group.path("cpu")
+    paths = [directory / name, directory.parent / name]
+    saved = [path.read_text() for path in paths]
+    try:
+        for path in paths:
+            path.write_text(value)
+        yield
+    finally:
+        for path, text in zip(paths, saved):
+            with contextlib.suppress(OSError):  # the cgroup may be gone already
+                path.write_text(text)
+
+
+def wait_until(condition, timeout: float = 60) -> bool:
+    """condition() became true before the deadline (only a bound for a hang: a loaded machine
+    may take seconds to start a process)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def comm(pid: int) -> str:
+    """The process's name, "" once it has gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def own_cgroup_dirs() -> list[Path]:
     """This process's cgroup folder in every mounted hierarchy (v1 and v2)."""
     own = {}

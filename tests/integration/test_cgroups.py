@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from cgroup_readback import cpu_usage_ns, folders, limits, memory_usage, oom_kills
 
+from conftest import outweigh_host_load
 from kiwi import cgroups
 from kiwi.errors import KiwiError
 
@@ -264,10 +265,10 @@ def test_one_cpu_limit_shows_in_nproc_and_usage(lab):
     status, out = _finish(lab.start(group, "nproc"))
     assert (status, out.strip()) == (0, "1")
 
-    _outweigh_host_load(group)
-    before, started = cpu_usage_ns(group), time.monotonic()
-    status, _ = _finish(lab.python(group, BUSY_TWO_PROCESSES))
-    used, wall = cpu_usage_ns(group) - before, time.monotonic() - started
+    with outweigh_host_load(group):
+        before, started = cpu_usage_ns(group), time.monotonic()
+        status, _ = _finish(lab.python(group, BUSY_TWO_PROCESSES))
+        used, wall = cpu_usage_ns(group) - before, time.monotonic() - started
     assert status == 0
     assert wall >= 2.0
     assert 0.8 <= used / (wall * 1e9) <= 1.2, f"{used / 1e9:.2f} s CPU in {wall:.2f} s"
@@ -343,18 +344,6 @@ def test_remove_is_idempotent(lab):
     assert not group.exists()
     assert group.pids() == []
     group.kill_all()  # nothing to kill, no error
-
-
-def _outweigh_host_load(group: cgroups.Cgroup) -> None:
-    """Give the test cgroup and its parent top CPU weight so other load on the shared CPU
-    cannot starve the measurement; the quota under test still caps usage at one CPU."""
-    if group.version == "v2":
-        name, value = "cpu.weight", "10000"
-    else:
-        name, value = "cpu.shares", "262144"
-    directory = group.path("cpu")
-    for path in (directory / name, directory.parent / name):
-        path.write_text(value)
 
 
 def _wait_for(condition, seconds: float = 60.0) -> bool:

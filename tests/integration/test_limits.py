@@ -14,6 +14,7 @@ import time
 import pytest
 from cgroup_readback import cpu_usage_ns, limits, oom_kills
 
+from conftest import comm, outweigh_host_load, wait_until
 from kiwi import cgroups, storage_ops
 
 BOTH_MODES = True  # every test using `kiwi` runs unprivileged and --privileged (conftest)
@@ -81,10 +82,11 @@ def test_cpu_limit(kiwi, busybox):
     assert kiwi.out("attach", cid, "--", "nproc") == "1"
     group = cgroup_of(kiwi, cid)
     kiwi.sh(cid, "exec >/dev/null 2>&1; (yes &) ; (yes &) ; exit 0")
-    time.sleep(0.5)
-    used0, t0 = cpu_usage_ns(group), time.monotonic()
-    time.sleep(3)
-    used1, t1 = cpu_usage_ns(group), time.monotonic()
+    assert wait_until(lambda: [comm(pid) for pid in group.pids()].count("yes") == 2), "the two yes"
+    with outweigh_host_load(group):  # other load on the host must not starve what is measured
+        used0, t0 = cpu_usage_ns(group), time.monotonic()
+        time.sleep(3)
+        used1, t1 = cpu_usage_ns(group), time.monotonic()
     ratio = (used1 - used0) / 1e9 / (t1 - t0)
     assert 0.6 <= ratio <= 1.15, ratio
     kiwi("set", cid, "--cpu", "host")
