@@ -268,7 +268,9 @@ def test_crashed_daemon_is_cleaned_up(kiwi, terminals, busybox):
     detach(crashed, crashed_sid)
     servers = {record(kiwi, cid, s)["daemon_pid"] for s in (sid, crashed_sid)}
     assert len(servers) == 1  # one session server for both
-    os.kill(servers.pop(), signal.SIGKILL)
+    server = servers.pop()
+    os.kill(server, signal.SIGKILL)
+    wait_gone([server])  # kill() returns before the server has ended
     shells = [record(kiwi, cid, s)["shell_pid"] for s in (sid, crashed_sid)]
     assert states(kiwi, cid) == {sid: "dead", crashed_sid: "dead"}
 
