@@ -143,8 +143,8 @@ def test_kill_delete_and_running_state(kiwi, terminals, busybox):
     detach(first, first_sid)
     busy, busy_sid = open_session(terminals, kiwi, cid)
     busy.sendline("sleep 1000")
-    time.sleep(0.5)
     detach(busy, busy_sid)
+    wait_for_state(kiwi, cid, busy_sid, "running")  # once the shell has handed the terminal to sleep
     assert states(kiwi, cid) == {first_sid: "idle", busy_sid: "running"}
     # One session server serves both: a session's own processes are its relay and shell.
     assert record(kiwi, cid, first_sid)["daemon_pid"] == record(kiwi, cid, busy_sid)["daemon_pid"]
