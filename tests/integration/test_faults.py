@@ -118,13 +118,12 @@ def test_list_and_cleanup_thaw_an_abandoned_freeze(kiwi, busybox):
     cid = kiwi.create(busybox)
     kiwi("attach", cid, "--", "true")
     group = cgroup_of(kiwi, cid)
-    # A lease whose owner is a zombie: killed, not yet reaped.
-    zombie = subprocess.Popen(["true"])
-    time.sleep(0.3)
-    stat = open(f"/proc/{zombie.pid}/stat").read()
+    # A lease whose owner is a zombie: exited, not yet reaped.
+    pid, zombie = zombie_pid()
+    stat = open(f"/proc/{pid}/stat").read()
     start = int(stat[stat.rindex(")") + 2 :].split()[19])
     for thawer in (("list",), ("cleanup",), ("stop", cid, "--time", "2")):
-        lease_path(kiwi, cid).write_text(json.dumps({"pid": zombie.pid, "start_time": start}))
+        lease_path(kiwi, cid).write_text(json.dumps({"pid": pid, "start_time": start}))
         group.freeze()
         kiwi(*thawer)
         assert not lease_path(kiwi, cid).exists(), thawer
