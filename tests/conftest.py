@@ -158,7 +158,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-def wait_gone(pids: list[int], timeout: float = 10) -> None:
+def wait_gone(pids: list[int], timeout: float = 30) -> None:
     """Until every pid has ended: a SIGKILLed init is not dead when kill() returns (it first
     ends every process of its pid namespace), and a loaded machine makes that visible."""
     deadline = time.monotonic() + timeout

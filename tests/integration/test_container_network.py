@@ -720,7 +720,7 @@ def test_last_stop_keeps_the_network_for_what_still_runs_in_its_grace_period(kiw
         serve_in(kiwi, cid, f"sh -c \"trap '{farewell}; exit 0' TERM; while :; do sleep 0.1; done\"")
         wait_for(lambda: "sleep 0.1" in kiwi.out("attach", cid, "--", "ps"), "the farewell script")
         kiwi("stop", cid, "--time", "10")
-        wait_for(lambda: server.peers, "the container's farewell", timeout=5)
+        wait_for(lambda: server.peers, "the container's farewell")
         assert server.peers == [ip]
     assert not link_exists(bridge)
     assert not {f"inet kiwi-{bridge}", f"bridge kiwi-{bridge}"} & nft_tables()

@@ -71,7 +71,7 @@ def server_pids(kiwi, cid: str) -> list[int]:
     return sorted(servers(kiwi, cid).values())
 
 
-def wait_until(condition, seconds: float = 10) -> bool:
+def wait_until(condition, seconds: float = 30) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if condition():

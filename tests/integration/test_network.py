@@ -138,7 +138,7 @@ class Lab:
         proc = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
         self.processes.append(proc)
         own = os.readlink("/proc/self/ns/net")
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while os.readlink(f"/proc/{proc.pid}/ns/net") == own:
             assert time.monotonic() < deadline, "unshare did not create a namespace"
             time.sleep(0.01)

@@ -60,7 +60,7 @@ def states(kiwi, cid: str) -> dict:
     return {row["id"]: row["state"] for row in kiwi.json("sessions", cid)}
 
 
-def wait_for_state(kiwi, cid: str, sid: str, wanted: str, timeout: float = 10) -> None:
+def wait_for_state(kiwi, cid: str, sid: str, wanted: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while (state := states(kiwi, cid).get(sid)) != wanted and time.monotonic() < deadline:
         time.sleep(0.2)
