@@ -49,6 +49,7 @@
 #include <unistd.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
+#include <linux/openat2.h>
 #include <linux/seccomp.h>
 #include <grp.h>
 #include <sys/ioctl.h>
@@ -61,6 +62,9 @@
 
 #ifndef SYS_close_range
 #define SYS_close_range 436
+#endif
+#ifndef SYS_openat2
+#define SYS_openat2 437
 #endif
 
 #define ERROR_FD 3
@@ -236,6 +240,33 @@ static void join_namespaces(const struct options *o)
             fail(1, "cannot join the container's namespaces: %s", strerror(errno));
         close(o->namespaces[i]);
     }
+}
+
+/* The working directory as the container resolves it: beneath its root and never
+ * through a magic link. We still hold host root's capabilities here (all of them for a
+ * --privileged container), and with them chdir() followed /proc/<pid>/cwd and /root of
+ * kiwi-sysinfo, which is in the container's PID namespace but chrooted in a host folder:
+ * the command then started in a host folder, and `..` led to the host's / (the leaked
+ * cwd of CVE-2024-21626). An image's WorkingDir, or a symlink root inside put where
+ * `attach -w` goes, can name that path; no working directory is ever a magic link. */
+static void enter_workdir(const char *path)
+{
+    struct open_how how;
+    int root, dir;
+
+    memset(&how, 0, sizeof how);
+    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);  /* the container's, after setns */
+    if (root < 0)
+        fail(1, "cannot open the container's root: %s", strerror(errno));
+    dir = (int)syscall(SYS_openat2, root, path, &how, sizeof how);
+    if (dir < 0 && errno == ELOOP)
+        fail(1, "cannot enter %s in the container: a symlink loop, or a link through /proc to a process's files", path);
+    if (dir < 0 || fchdir(dir) != 0)
+        fail(1, "cannot enter %s in the container: %s", path, strerror(errno));
+    close(dir);
+    close(root);
 }
 
 /* In a user namespace our host uid 0 has no id: become the namespace's root
@@ -426,8 +457,7 @@ int main(int argc, char **argv)
     join_cgroups(o.cgroups, o.ncgroups);
     join_namespaces(&o);
     become_root();
-    if (chdir(o.workdir) != 0)
-        fail(1, "cannot enter %s in the container: %s", o.workdir, strerror(errno));
+    enter_workdir(o.workdir);
 
     /* Blocked before fork so none is lost; the child unblocks them. */
     sigemptyset(&relayed);

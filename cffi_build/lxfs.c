@@ -1176,6 +1176,15 @@ static const char *start_handler(const char *join, int argc, char **argv)
         proc_fd = container_proc();
         if (proc_fd < 0)
             _exit(2);
+        /* And the container's network namespace (its PID 1's: the stage that sent us the
+         * PID namespace). In the container's PID namespace, root inside and any user there
+         * read /proc/<this pid>/net: in the host's network namespace that showed the
+         * host's interfaces and counters (every container's veth, other data folders'
+         * bridges), routes, ARP table, TCP listeners and unix sockets with their paths. */
+        int net = openat(proc_fd, "1/ns/net", O_RDONLY | O_CLOEXEC);
+        if (net < 0 || setns(net, CLONE_NEWNET) < 0)
+            _exit(3);
+        close(net);
         /* Its child, orphaned at once, becomes the container init's: reaped there. */
         if (fork() == 0) {
             if (!strcmp(join, "user") && setns(USERNS_FD, CLONE_NEWUSER) < 0)
@@ -1197,6 +1206,8 @@ static const char *start_handler(const char *join, int argc, char **argv)
     /* Reaped here: the container's end waits for every process of its PID namespace. */
     int status = 0;
     waitpid(first, &status, 0);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 3)
+        return "cannot join the container's network namespace";
     return status ? "cannot mount a /proc of the container's PID namespace" : NULL;
 }
 

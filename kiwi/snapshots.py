@@ -185,7 +185,7 @@ def create_from_archive(
     from . import goarchive
 
     if goarchive.archive_format(path):  # written by the original Go Kiwi
-        config = create_from_go_archive(store, path, name, storage_text, progress)
+        config = create_from_go_archive(store, path, name, storage_text, progress, notes)
         if overrides or privileged is not None:  # the command line's settings win, as for .kiwi files
             with store.container_lock(config["id"]):
                 config.update(overrides or {})
@@ -505,7 +505,7 @@ def restore_go_image(store, path, fmt, info: dict, progress=None) -> str:
     return name
 
 
-def create_from_go_archive(store, path, name=None, storage_text=None, progress=None) -> dict:
+def create_from_go_archive(store, path, name=None, storage_text=None, progress=None, notes=None) -> dict:
     """`kiwi create file.kiwi` for a file the Go program wrote."""
     from . import containers, goarchive, gokiwi, storage
     from .sizes import format_size
@@ -515,8 +515,13 @@ def create_from_go_archive(store, path, name=None, storage_text=None, progress=N
     store.ensure_layout()
     config = info["config"] if info["meta"]["kind"] == "container" else {}
     settings = checked_settings(gokiwi.settings_from_go(config, path), path)
-    if storage_text is None and config:
-        storage_text = "host" if settings["storage"] is None else str(settings["storage"])
+    # A Go file is as hostile as a .kiwi one: its `state_size_host` must not give the
+    # container unlimited storage (the host's whole disk) that the command line did not.
+    dropped = drop_widening(settings, path, {"storage"} if storage_text is not None else set())
+    if notes is not None:
+        notes += dropped
+    if storage_text is None and config and "storage" in settings:
+        storage_text = str(settings["storage"])
     size = containers.parse_storage(storage_text)
     needed = info["sizes"][goarchive.UPPER]
     if size is not None and needed + storage.GIB // 8 > size:

@@ -142,3 +142,42 @@ def test_unlimited_storage_from_an_archive_is_not_granted(elsewhere, snap_file, 
     granted = elsewhere.create(str(evil), "--storage", "host")
     limits = {r["id"]: r["storage_limit"] for r in elsewhere.json("list", "containers")}
     assert limits == {done.stdout.split()[-1]: 1 << 30, granted: None}
+
+
+def go_kiwi_file(tmp_path: Path, config: dict) -> Path:
+    """A container snap in the Go program's squashfs layout (meta, manifest, config, rootfs,
+    state/upper): anyone can make one with mksquashfs."""
+    import json
+    import subprocess
+
+    tree = tmp_path / "go-tree"
+    (tree / "rootfs").mkdir(parents=True)
+    cache = Path(os.environ.get("KIWI_TEST_CACHE", "/var/cache/kiwi-test"))
+    subprocess.run(
+        ["tar", "-xJf", str(cache / "busybox-rootfs.tar.xz"), "-C", str(tree / "rootfs")], check=True
+    )
+    (tree / "state" / "upper" / "root").mkdir(parents=True)
+    (tree / "state" / "upper" / "root" / "hello").write_text("hi\n")
+    (tree / "meta.json").write_text(json.dumps({"kind": "container", "image_name": "t"}))
+    (tree / "manifest.json").write_text(json.dumps({"name": "t", "format": "dir"}))
+    (tree / "config.json").write_text(json.dumps({"image": "t", "state_backend": "dir", **config}))
+    out = tmp_path / "go.kiwi"
+    subprocess.run(
+        ["mksquashfs", str(tree), str(out), "-noappend", "-no-progress", "-quiet", "-comp", "zstd"],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+def test_unlimited_storage_from_a_go_archive_is_not_granted(elsewhere, tmp_path):
+    # Red-team pass 7: the Go format's `state_size_host` gave a container unlimited storage
+    # (a folder on the host's disk, with no bound) though the command line never asked.
+    evil = go_kiwi_file(tmp_path, {"state_size_bytes": 1 << 30, "state_size_host": True})
+    done = elsewhere("create", evil)
+    cid = done.stdout.split()[-1]
+    assert done.stderr.count("\n") == 1 and "unlimited storage" in done.stderr, done.stderr
+    assert elsewhere.out("attach", cid, "--", "cat", "/root/hello") == "hi"
+    granted = elsewhere.create(str(evil), "--storage", "host")
+    limits = {r["id"]: r["storage_limit"] for r in elsewhere.json("list", "containers")}
+    assert limits == {cid: 1 << 30, granted: None}
