@@ -326,6 +326,7 @@ def in_container_view(store, cid: str, work) -> tuple[int, int]:
                     raise KiwiError(
                         f"container {cid} is mounted at {mounted}; copy there, or run kiwi unmount {cid} first"
                     )
+                runtime.refuse_if_left_running(store, cid)
                 config = store.container_config(cid)
                 storage_ops.finish_interrupted_change(store, config)
                 lower = str(store.image_dir(config["image"]) / "rootfs")

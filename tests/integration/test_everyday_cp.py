@@ -213,3 +213,38 @@ def test_a_copy_into_a_stopped_container_finishes_an_interrupted_storage_change(
     assert kiwi.out("attach", cid, "--", "cat", "/root/before", "/root/new") == "before\ncopied"
     assert not (kiwi.root / "containers" / cid / "resize.json").exists()
     assert kiwi.json("list", "containers")[0]["storage_limit"] is None
+
+
+def test_a_container_a_killed_start_left_running_is_refused(kiwi, busybox, tmp_path):
+    """A start SIGKILLed as it renames its record into place leaves the container's init
+    running, its overlay mounted ("stale"): cp and mount must not mount a second overlay
+    on the same upper folder (the kernel: undefined behaviour). One line, until cleanup."""
+    cid = kiwi.create("busybox", "--network", "host")
+    trace = tmp_path / "trace"
+    kill_at_rename = [
+        "strace",
+        "-qq",
+        "-o",
+        str(trace),
+        "-e",
+        "trace=rename",
+        "-e",
+        "inject=rename:signal=KILL:when=1",
+    ]
+    subprocess.run([*kill_at_rename, *kiwi.cmd, "start", cid], env=kiwi.env, capture_output=True, timeout=120)
+    assert "runtime.json" in trace.read_text().splitlines()[-2]  # the kill hit the record's rename
+    assert kiwi.json("list", "containers")[0]["status"] == "stale"
+    (tmp_path / "f").write_text("x\n")
+    (tmp_path / "mnt").mkdir()
+    refusal = (
+        f"kiwi: container {cid} has processes left by a killed start; run kiwi cleanup first (or start it)\n"
+    )
+    for command in (["cp", tmp_path / "f", f"{cid}:/root/f"], ["cp", f"{cid}:/etc/passwd", tmp_path / "p"]):
+        done = kiwi(*command, check=False)
+        assert (done.returncode, done.stderr) == (1, refusal)
+    done = kiwi("mount", cid, tmp_path / "mnt", check=False)
+    assert (done.returncode, done.stderr) == (1, refusal)
+    assert not os.listdir(tmp_path / "mnt") and kiwi.json("list", "containers")[0]["mount"] is None
+    kiwi("cleanup")
+    kiwi("cp", tmp_path / "f", f"{cid}:/root/f")
+    assert kiwi.out("attach", cid, "--", "cat", "/root/f") == "x"
