@@ -994,19 +994,79 @@ static void take_listener(int connection)
     }
 }
 
+/* Taking connections off the socket (slot 0). A failed accept4 must never make the loop
+ * spin: poll keeps saying the socket is ready (a connection left in the backlog, or an
+ * fd that is no listening socket at all). */
+#define PAUSE_FIRST_MS 10
+#define PAUSE_MAX_MS 1000
+static int socket_usable = 1; /* 0: it can never bring a connection (not a listening socket) */
+static int pause_ms;          /* > 0: accepting waits that long from paused_at */
+static struct timespec paused_at;
+
+/* Milliseconds until accepting resumes (0: it may now). */
+static int pause_left_ms(void)
+{
+    if (!pause_ms)
+        return 0;
+    int64_t left = pause_ms - ms_since(&paused_at);
+    return left > 0 ? (int)left : 0;
+}
+
+static void take_connection(void)
+{
+    int connection = accept4(NOTIFY_FD, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (connection >= 0) {
+        pause_ms = 0;
+        watch(connection, CONNECTION);
+        return;
+    }
+    switch (errno) {
+    case EINTR:
+    case EAGAIN:       /* taken by no one else (only we hold the socket): a spurious wake-up */
+    case ECONNABORTED: /* that connection went, the next one may be fine */
+        return;
+    case EBADF:
+    case ENOTSOCK:
+    case EINVAL: /* not listening */
+    case EOPNOTSUPP:
+    case EFAULT:
+        /* For good: no connection, so no new listener, can ever come. The listeners
+         * already here are still answered; the handler ends after the last (the loop). */
+        socket_usable = 0;
+        close(NOTIFY_FD);
+        return;
+    default:
+        /* EMFILE, ENFILE, ENOBUFS, ENOMEM, anything else: the connection still waits in the
+         * backlog. Try again later, waiting longer each time (up to PAUSE_MAX_MS) while the
+         * listeners already here are answered all along. */
+        pause_ms = pause_ms ? (pause_ms * 2 < PAUSE_MAX_MS ? pause_ms * 2 : PAUSE_MAX_MS) : PAUSE_FIRST_MS;
+        clock_gettime(CLOCK_BOOTTIME, &paused_at);
+    }
+}
+
 static void handle_sysinfo(void)
 {
     watch(NOTIFY_FD, CONNECTION); /* slot 0: the listening socket */
     for (;;) {
-        /* Full: new connections wait in the backlog (or kiwi finds it full: host figures). */
-        watched[0].events = nwatched < 1 + WATCHED_MAX ? POLLIN : 0;
-        if (poll(watched, (nfds_t)nwatched, next_sample_ms()) <= 0)
-            continue;
-        if (watched[0].revents & POLLIN) {
-            int connection = accept4(NOTIFY_FD, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-            if (connection >= 0)
-                watch(connection, CONNECTION);
+        if (!socket_usable && nwatched == 1)
+            _exit(0); /* nothing to answer, and nothing can come: see take_connection */
+        /* Slot 0 takes part only while accepting (poll ignores a negative fd, so neither its
+         * POLLIN nor an error wakes us while paused). Full: new connections wait in the
+         * backlog (or kiwi finds it full: host figures). */
+        int pause = pause_left_ms(), timeout = next_sample_ms();
+        watched[0].fd = socket_usable && !pause && nwatched < 1 + WATCHED_MAX ? NOTIFY_FD : -1;
+        if (pause && pause < timeout)
+            timeout = pause;
+        int ready = poll(watched, (nfds_t)nwatched, timeout);
+        if (ready < 0 && errno != EINTR) {
+            /* ENOMEM (or EINVAL: more fds than RLIMIT_NOFILE): never a busy loop either. */
+            struct timespec wait = {0, 100 * 1000 * 1000};
+            nanosleep(&wait, NULL);
         }
+        if (ready <= 0)
+            continue;
+        if (watched[0].revents) /* POLLIN, or an error accept4 then names */
+            take_connection();
         for (int i = nwatched - 1; i > 0; i--) {
             short revents = watched[i].revents;
             if (kind[i] == LISTENER && (revents & POLLIN))

@@ -255,31 +255,12 @@ def clean_abandoned_restores(store: Store, failures: list[str]) -> list[str]:
 
 def clean_ipam(store: Store) -> list[str]:
     """Leases (addresses, user id ranges) of this folder's deleted containers, and of
-    folders that are provably gone."""
-    from . import hoststate, idmap, ipam
+    folders that are provably gone (ipam.prune)."""
+    from . import hoststate, ipam
 
-    out = []
     with store.lock(), hoststate.leases(store) as state:
         ipam.adopt_old_state(state, store)
-        existing = set(store.container_ids())
-        for ip, cid in ipam.own_leases(state, store.folder_id()):
-            if cid not in existing:
-                ipam.release_in(state, ip, ipam.owner_of(store, cid))
-                out.append(f"address {ip} of a container that no longer exists")
-        for base, cid in idmap.own_leases(state, store.folder_id()):
-            if cid not in existing:
-                del state["idmaps"][base]
-                out.append(f"user id range {base} of a container that no longer exists")
-        for fid, record in list(state["folders"].items()):
-            if fid != store.folder_id() and hoststate.folder_is_gone(record):
-                for ip, _ in ipam.own_leases(state, fid):
-                    ipam.release_in(state, ip)
-                    out.append(f"address {ip} of the deleted data folder {record['path']}")
-                for base, _ in idmap.own_leases(state, fid):
-                    del state["idmaps"][base]
-                    out.append(f"user id range {base} of the deleted data folder {record['path']}")
-                del state["folders"][fid]
-    return out
+        return ipam.prune(state, store)
 
 
 def clean_nat() -> list[str]:

@@ -306,29 +306,43 @@ def in_container_view(store, cid: str, work) -> tuple[int, int]:
     """work(root_fd, shift) on the container's root: the live one, or (stopped) an overlay of
     its image and state in a private namespace that goes away with the helper process.
     shift: the base of a running unprivileged container's ids as the host sees them there
-    (its stopped state holds the container's own ids: 0)."""
-    from . import idmap, runtime
+    (its stopped state holds the container's own ids: 0).
+
+    A stopped container is copied under its lock (a start waits for the copy, saying so),
+    after what a killed `set --storage` left half done is finished, as start, snap and
+    mount do: else the copy could land in a state.img that the finishing step then drops.
+    One that a start got to first is copied through its live root."""
+    from . import runtime
 
     record = runtime.read_runtime(store, cid)
-    if record:
-        root = os.open(f"/proc/{record['init_pid']}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            return work(root, idmap.base_of(store.container_config(cid)) or 0)
-        finally:
-            os.close(root)
-    from . import privatens
+    if not record:
+        from . import privatens, storage_ops
 
-    with store.container_lock(cid):
-        if runtime.read_runtime(store, cid):
-            raise KiwiError(f"container {cid} started meanwhile; run kiwi cp again")
-        mounted = runtime.read_mount(store, cid)
-        if mounted:  # a second overlay on its upper folder would corrupt it
-            raise KiwiError(
-                f"container {cid} is mounted at {mounted}; copy there, or run kiwi unmount {cid} first"
-            )
-        config = store.container_config(cid)
-        lower = str(store.image_dir(config["image"]) / "rootfs")
-        return privatens.run(on_stopped_root, store, cid, lower, work)
+        with store.container_lock(cid):
+            record = runtime.read_runtime(store, cid)
+            if not record:
+                mounted = runtime.read_mount(store, cid)
+                if mounted:  # a second overlay on its upper folder would corrupt it
+                    raise KiwiError(
+                        f"container {cid} is mounted at {mounted}; copy there, or run kiwi unmount {cid} first"
+                    )
+                runtime.refuse_if_left_running(store, cid)
+                config = store.container_config(cid)
+                storage_ops.finish_interrupted_change(store, config)
+                lower = str(store.image_dir(config["image"]) / "rootfs")
+                return privatens.run(on_stopped_root, store, cid, lower, work)
+    return on_live_root(store, cid, record, work)
+
+
+def on_live_root(store, cid: str, record: dict, work):
+    """work(root fd, shift) on a running container's root."""
+    from . import idmap
+
+    root = os.open(f"/proc/{record['init_pid']}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return work(root, idmap.base_of(store.container_config(cid)) or 0)
+    finally:
+        os.close(root)
 
 
 def on_stopped_root(store, cid: str, lower: str, work):

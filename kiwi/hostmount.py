@@ -117,8 +117,10 @@ def mount_container(store: Store, cid: str, path: str) -> None:
     if record:
         privatens.run(clone_live_root, record["init_pid"], path, private_namespace=False)
     else:
+        from .runtime import refuse_if_left_running
         from .storage_ops import finish_interrupted_change
 
+        refuse_if_left_running(store, cid)
         config = store.container_config(cid)
         finish_interrupted_change(store, config)
         lower = str(store.image_dir(config["image"]) / "rootfs")

@@ -11,7 +11,12 @@ KIWI_SUBNET never loses track of addresses handed out earlier:
 
 `next` is the lowest host offset never handed out, `free` a min-heap of released
 offsets, so allocating is O(log n) without scanning the subnet. A folder only
-ever releases its own leases.
+ever releases its own leases, and those of a folder that is provably gone.
+
+A lease whose container went without `delete` (its folder removed by hand, a
+create killed at the wrong moment, a whole data folder removed) would hold its
+address for good: when a subnet is full, allocate and claim first prune such
+leases (prune), as `kiwi cleanup` does, under the folder's lock.
 """
 
 import ipaddress
@@ -153,13 +158,17 @@ def owner_of(store, cid: str) -> str:
 
 
 def allocate(store, cid: str) -> str:
-    """A free IPv4 for container `cid` of this folder, leased host-wide."""
+    """A free IPv4 for container `cid` of this folder, leased host-wide. The caller holds
+    store.lock() (create): a full subnet is then pruned first."""
     from kiwi import hoststate
 
     network = subnet()
     with hoststate.leases(store) as state:
         adopt_old_state(state, store)
-        return allocate_in(state, network, owner_of(store, cid))
+        pool = pool_of(state, network)
+        if is_full(pool, network) and holds_store_lock(store):
+            prune(state, store)
+        return take(pool, network, owner_of(store, cid))
 
 
 def release(store, ip: str | None, cid: str) -> None:
@@ -189,7 +198,76 @@ def claim(store, cid: str, ip: str | None) -> str | None:
             if pool["owners"].get(ip) != owner:
                 take_exact(pool, network, ip, owner)
             return ip
-        return take(pool, network, owner)
+        if not is_full(pool, network):
+            return take(pool, network, owner)
+        if holds_store_lock(store):
+            prune(state, store)
+            return take(pool, network, owner)
+    # Full: prune under the folder's lock, taken before the host-wide one as everywhere
+    # (a create leases its address under both before its folder is in place).
+    with store.lock():
+        return claim(store, cid, ip)
+
+
+def is_full(pool: dict, network: IPv4Network) -> bool:
+    return not pool["free"] and pool["next"] > last_container_offset(network)
+
+
+def holds_store_lock(store) -> bool:
+    return "global.lock" in getattr(store, "held_locks", {})
+
+
+def prune(state: dict, store) -> list[str]:
+    """Release what no container can use any more, one line each: the addresses and user
+    id ranges of this folder's containers that exist no more (in_use), and everything a
+    folder that is provably gone held (hoststate.folder_is_gone: never one on a disk that
+    is only not mounted now), whose record goes too. Call it holding store.lock(): a
+    create (or a Go migration) leases before its container's folder is in place."""
+    from kiwi import hoststate, idmap
+
+    fid, out = store.folder_id(), []
+    try:
+        present = set(os.listdir(store.containers_dir))
+    except OSError:
+        present = None  # cannot tell which exist: keep every lease of ours
+    if present is not None:
+        gone: dict[str, bool] = {}
+
+        def stale(cid: str) -> bool:
+            if cid not in gone:
+                gone[cid] = cid not in present and not in_use(store, cid)
+            return gone[cid]
+
+        for ip, cid in own_leases(state, fid):
+            if stale(cid):
+                release_in(state, ip, owner_of(store, cid))
+                out.append(f"address {ip} of a container that no longer exists")
+        for base, cid in idmap.own_leases(state, fid):
+            if stale(cid):
+                del state["idmaps"][base]
+                out.append(f"user id range {base} of a container that no longer exists")
+    for other, record in list(state.get("folders", {}).items()):
+        if other != fid and isinstance(record, dict) and hoststate.folder_is_gone(record):
+            for ip, _ in own_leases(state, other):
+                release_in(state, ip)
+                out.append(f"address {ip} of the deleted data folder {record['path']}")
+            for base, _ in idmap.own_leases(state, other):
+                del state["idmaps"][base]
+                out.append(f"user id range {base} of the deleted data folder {record['path']}")
+            del state["folders"][other]
+    return out
+
+
+def in_use(store, cid: str) -> bool:
+    """Whether container cid of this folder, its folder gone, may still run: a live init
+    (its record), or a cgroup not yet removed (a start killed before its record). When
+    that cannot be told, it may."""
+    from kiwi.runstate import container_cgroup, read_runtime
+
+    try:
+        return read_runtime(store, cid) is not None or container_cgroup(store, cid).exists()
+    except (KiwiError, OSError):
+        return True
 
 
 def can_parse_in(ip: str, network: IPv4Network) -> bool:

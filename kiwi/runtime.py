@@ -70,14 +70,31 @@ def left_running(store: Store, cid: str) -> bool:
     """Processes of a start that was killed before it wrote its record ('kiwi cleanup' ends them).
     Only a start leaves a runtime folder without a record, so most stopped containers cost one stat."""
     try:
-        if not store.runtime_dir(cid).is_dir() or not container_cgroup(store, cid).pids():
+        if not killed_start_left(store, cid):
             return False
         with store.container_lock(cid, wait=False):
             return True
     except BlockingIOError:
         return False  # a live kiwi is starting it at this moment
+
+
+def killed_start_left(store: Store, cid: str) -> bool:
+    """A runtime folder without a live record, and processes in the container's cgroup: what
+    a killed start leaves (its init may run on, its overlay mounted). Under the container's
+    lock that is certain (left_running tells it from a start under way)."""
+    try:
+        return store.runtime_dir(cid).is_dir() and bool(container_cgroup(store, cid).pids())
     except (OSError, KiwiError):
         return False
+
+
+def refuse_if_left_running(store: Store, cid: str) -> None:
+    """Under the container's lock, stopped: a second overlay on the upper folder that a
+    killed start's processes still have mounted would corrupt it (cp, mount)."""
+    if killed_start_left(store, cid):
+        raise KiwiError(
+            f"container {cid} has processes left by a killed start; run kiwi cleanup first (or start it)"
+        )
 
 
 # --- start -----------------------------------------------------------------------

@@ -3,8 +3,11 @@ through the container's view only."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -181,3 +184,67 @@ def test_full_container_storage_is_one_line_and_leaves_nothing(kiwi, busybox, tm
     assert done.returncode == 1
     assert done.stderr.startswith("kiwi: the container's storage is full; nothing was copied")
     assert kiwi.out("attach", cid, "--", "ls", "-A", "/root") == ""
+
+
+def interrupted_switch_to_host(kiwi, cid: str, tmp_path) -> None:
+    """What a `set --storage host` killed after copying the state out and before removing
+    state.img leaves (storage_ops.image_to_folder): both, and the journal of the change."""
+    cdir = kiwi.root / "containers" / cid
+    mnt = tmp_path / "state-mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop,ro", str(cdir / "state.img"), str(mnt)], check=True)
+    try:
+        subprocess.run(["cp", "-a", "--", str(mnt), str(cdir / "state")], check=True)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    shutil.rmtree(cdir / "state" / "lost+found")
+    size = json.loads((cdir / "config.json").read_text())["storage"]
+    (cdir / "resize.json").write_text(json.dumps({"old": size, "new": None}))
+
+
+def test_a_copy_into_a_stopped_container_finishes_an_interrupted_storage_change(kiwi, busybox, tmp_path):
+    """Else the copy went into state.img, which the next start's finishing step removed."""
+    cid = kiwi.create("busybox", "--network", "host")
+    kiwi.sh(cid, "echo before > /root/before")
+    kiwi("stop", cid, "--time", "1")
+    interrupted_switch_to_host(kiwi, cid, tmp_path)
+    (tmp_path / "new").write_text("copied\n")
+    kiwi("cp", tmp_path / "new", f"{cid}:/root/new")
+    assert kiwi.out("attach", cid, "--", "cat", "/root/before", "/root/new") == "before\ncopied"
+    assert not (kiwi.root / "containers" / cid / "resize.json").exists()
+    assert kiwi.json("list", "containers")[0]["storage_limit"] is None
+
+
+def test_a_container_a_killed_start_left_running_is_refused(kiwi, busybox, tmp_path):
+    """A start SIGKILLed as it renames its record into place leaves the container's init
+    running, its overlay mounted ("stale"): cp and mount must not mount a second overlay
+    on the same upper folder (the kernel: undefined behaviour). One line, until cleanup."""
+    cid = kiwi.create("busybox", "--network", "host")
+    trace = tmp_path / "trace"
+    kill_at_rename = [
+        "strace",
+        "-qq",
+        "-o",
+        str(trace),
+        "-e",
+        "trace=rename",
+        "-e",
+        "inject=rename:signal=KILL:when=1",
+    ]
+    subprocess.run([*kill_at_rename, *kiwi.cmd, "start", cid], env=kiwi.env, capture_output=True, timeout=120)
+    assert "runtime.json" in trace.read_text().splitlines()[-2]  # the kill hit the record's rename
+    assert kiwi.json("list", "containers")[0]["status"] == "stale"
+    (tmp_path / "f").write_text("x\n")
+    (tmp_path / "mnt").mkdir()
+    refusal = (
+        f"kiwi: container {cid} has processes left by a killed start; run kiwi cleanup first (or start it)\n"
+    )
+    for command in (["cp", tmp_path / "f", f"{cid}:/root/f"], ["cp", f"{cid}:/etc/passwd", tmp_path / "p"]):
+        done = kiwi(*command, check=False)
+        assert (done.returncode, done.stderr) == (1, refusal)
+    done = kiwi("mount", cid, tmp_path / "mnt", check=False)
+    assert (done.returncode, done.stderr) == (1, refusal)
+    assert not os.listdir(tmp_path / "mnt") and kiwi.json("list", "containers")[0]["mount"] is None
+    kiwi("cleanup")
+    kiwi("cp", tmp_path / "f", f"{cid}:/root/f")
+    assert kiwi.out("attach", cid, "--", "cat", "/root/f") == "x"

@@ -516,6 +516,8 @@ def test_nobody_inside_cannot_stop_the_handler(kiwi, busybox):
     out = kiwi.out("attach", "-u", "nobody", cid, "--", "sh", "-c", signals)
     assert "tried" in out and "stopped" not in out and "killed" not in out, out
     with open(f"/proc/{handler}/status") as f:
-        assert "\nState:\tS" in f.read()  # asleep, waiting for calls: not stopped
+        state = re.search(r"\nState:\t(\S)", f.read())
+    # Asleep waiting for calls, or runnable (a loaded machine): not stopped (T) nor traced (t).
+    assert state is not None and state.group(1) in ("S", "R"), state
     assert alive(handler)
     assert free_total(kiwi, cid) == 256 * 1024  # root's sysinfo still answered

@@ -301,6 +301,32 @@ def test_deleted_folder_leases_are_reclaimed_but_unmounted_ones_kept(images, bus
     assert b.out("ip", b.create("busybox")) == ip_a  # the reclaimed address is handed out again
 
 
+def test_a_full_subnet_reclaims_what_was_removed_by_hand(images):
+    """Addresses held by a container folder removed by hand and by a whole data folder
+    removed are handed out again once the subnet is full, with no `kiwi cleanup` first;
+    those of containers that exist never are."""
+    a, b, _ = images
+    small = str(next(ipaddress.ip_network(a.env["KIWI_SUBNET"]).subnets(new_prefix=29)))
+    for kiwi in (a, b):
+        kiwi.env["KIWI_SUBNET"] = small  # five container addresses
+    in_a = [a.create("busybox", "--storage", "host") for _ in range(3)]
+    in_b = [b.create("busybox", "--storage", "host") for _ in range(2)]
+    addresses = {cid: a.out("ip", cid) for cid in in_a} | {cid: b.out("ip", cid) for cid in in_b}
+    assert len(set(addresses.values())) == 5
+    full = a("create", "busybox", "--storage", "host", check=False)
+    assert full.returncode == 1 and "no free address left" in full.stderr
+    shutil.rmtree(a.root / "containers" / in_a[0])  # no `kiwi delete`
+    again = a.create("busybox", "--storage", "host")
+    assert a.out("ip", again) == addresses[in_a[0]]
+    shutil.rmtree(b.root)  # the whole folder B
+    reclaimed = {a.out("ip", a.create("busybox", "--storage", "host")) for _ in range(2)}
+    assert reclaimed == {addresses[cid] for cid in in_b}
+    full = a("create", "busybox", "--storage", "host", check=False)
+    assert full.returncode == 1 and "no free address left" in full.stderr
+    listed = [row["ipv4"] for row in a.json("list", "containers")]
+    assert len(listed) == 5 and len(set(listed)) == 5
+
+
 def test_a_stop_in_one_folder_never_pulls_the_bridge_from_a_start_in_the_other(images):
     """A's last container stops (bridge and NAT go if unused) while B starts one."""
     from concurrent.futures import ThreadPoolExecutor

@@ -194,3 +194,110 @@ def test_a_folder_is_gone_only_when_its_filesystem_is_there_without_it(tmp_path)
     other_disk = {**record, "dev": record["dev"] + 1}
     assert not hoststate.folder_is_gone(other_disk)  # another filesystem is mounted there now
     assert not hoststate.folder_is_gone({"path": str(folder)})
+
+
+# -- a full subnet prunes leases no container can use ----------------------------------
+
+
+def created(store: Store, count: int, first: int = 0) -> dict[str, str]:
+    """count containers made as create makes them (the address leased under the folder's
+    lock, then the folder in place): {container id: address}."""
+    made = {}
+    for n in range(first, first + count):
+        cid = f"{n:012x}"
+        with store.lock():
+            made[cid] = ipam.allocate(store, cid)
+            store.container_dir(cid).mkdir(parents=True)
+    return made
+
+
+def create_one(store: Store, cid: str = "ffffffffffff") -> str:
+    with store.lock():
+        ip = ipam.allocate(store, cid)
+        store.container_dir(cid).mkdir(parents=True)
+    return ip
+
+
+def small_subnet(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("KIWI_HOST_DIR", str(tmp_path / "host"))
+    monkeypatch.setenv("KIWI_SUBNET", "10.213.8.0/29")  # five container addresses
+
+
+def test_a_full_subnet_reclaims_the_address_of_a_container_removed_by_hand(tmp_path, monkeypatch):
+    small_subnet(tmp_path, monkeypatch)
+    store = Store(tmp_path / "a")
+    made = created(store, 5)
+    removed = sorted(made)[2]
+    shutil.rmtree(store.container_dir(removed))  # no `kiwi delete`: its lease stayed
+    assert create_one(store) == made[removed]
+    leases = json.loads((tmp_path / "host" / "leases.json").read_text())["subnets"]["10.213.8.0/29"]["owners"]
+    assert sorted(leases.values()) == sorted(
+        f"{store.folder_id()}/{cid}" for cid in [*made, "ffffffffffff"] if cid != removed
+    )
+
+
+def test_a_full_subnet_never_gives_away_the_address_of_a_container_that_exists(tmp_path, monkeypatch):
+    small_subnet(tmp_path, monkeypatch)
+    store = Store(tmp_path / "a")
+    created(store, 5)
+    with pytest.raises(KiwiError) as caught:
+        create_one(store)
+    assert "no free address" in caught.value.message
+
+
+def test_a_removed_container_that_still_runs_keeps_its_address(tmp_path, monkeypatch):
+    """Its folder removed by hand while it runs: its eth0 still has the address."""
+    from kiwi import runstate
+
+    small_subnet(tmp_path, monkeypatch)
+    store = Store(tmp_path / "a")
+    made = created(store, 5)
+    running = sorted(made)[0]
+    shutil.rmtree(store.container_dir(running))
+    monkeypatch.setattr(
+        runstate, "read_runtime", lambda _store, cid: {"init_pid": 1} if cid == running else None
+    )
+    with pytest.raises(KiwiError):
+        create_one(store)
+
+
+def test_leases_are_pruned_only_under_the_folder_lock(tmp_path, monkeypatch):
+    """A create leases its address before its folder is in place, under the folder's
+    lock: without that lock, a container with no folder may be one being created."""
+    small_subnet(tmp_path, monkeypatch)
+    store = Store(tmp_path / "a")
+    made = created(store, 5)
+    shutil.rmtree(store.container_dir(sorted(made)[1]))
+    with pytest.raises(KiwiError):
+        ipam.allocate(store, "ffffffffffff")
+
+
+def test_a_start_in_a_full_subnet_reclaims_too(tmp_path, monkeypatch):
+    """claim (a start whose recorded address another folder holds now) prunes under the
+    folder's lock, which it takes itself."""
+    small_subnet(tmp_path, monkeypatch)
+    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    made = created(a, 4)
+    created(b, 1, first=9)
+    removed = sorted(made)[3]
+    shutil.rmtree(a.container_dir(removed))
+    copied = "eeeeeeeeeeee"  # a's container recorded with b's address (e.g. a copied folder)
+    a.container_dir(copied).mkdir()
+    assert ipam.claim(a, copied, "10.213.8.6") == made[removed]
+
+
+def test_a_full_subnet_reclaims_the_leases_of_a_deleted_folder_only(tmp_path, monkeypatch):
+    small_subnet(tmp_path, monkeypatch)
+    a, b, c = Store(tmp_path / "a"), Store(tmp_path / "b"), Store(tmp_path / "c")
+    created(a, 2)
+    in_b = created(b, 2, first=4)
+    in_c = created(c, 1, first=8)
+    shutil.rmtree(c.container_dir(sorted(in_c)[0]))  # c's own to prune, not a's
+    with pytest.raises(KiwiError):
+        create_one(a)
+    shutil.rmtree(tmp_path / "b")  # the whole folder: its leases can go
+    assert create_one(a) == sorted(in_b.values())[0]
+    assert create_one(a, "eeeeeeeeeeee") == sorted(in_b.values())[1]
+    with pytest.raises(KiwiError):
+        create_one(a, "dddddddddddd")  # c's lease stays for c to prune
+    assert create_one(c) == in_c[sorted(in_c)[0]]
