@@ -28,21 +28,26 @@ inside `bridge_in_use()` until the container's veth is on the bridge.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
-import re
 import sys
 
-from kiwi import ipam, netlink
+from kiwi import netlink
 from kiwi.errors import KiwiError
 from kiwi.netlink import NetlinkError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
     import subprocess
+    from collections.abc import Callable
+
+# ipaddress, ipam and re on first use: a stop's bridge release needs none of them, and
+# imports them only after its bridge's deletion is under way (issue 20).
 
 DEFAULT_BRIDGE = "kiwi0"
-BRIDGE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+# A bridge's name: [A-Za-z0-9][A-Za-z0-9_.-]{0,14} (IFNAMSIZ), checked without re.
+NAME_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+NAME_REST = NAME_FIRST | frozenset("_.-")
+NAME_MAX = 15
 VETH_PREFIX = "kw"
 VETH_HASH_CHARS = 12  # "kw" + 12 hex characters fits IFNAMSIZ (15)
 BRIDGE_ALIAS = "kiwi bridge"
@@ -66,7 +71,7 @@ NO_FILTER_WARNING = (
 def bridge_name() -> str:
     """The bridge from KIWI_BRIDGE (default kiwi0), validated as an interface name."""
     name = os.environ.get("KIWI_BRIDGE") or DEFAULT_BRIDGE
-    if not BRIDGE_NAME_RE.fullmatch(name):
+    if not (0 < len(name) <= NAME_MAX and name[0] in NAME_FIRST and NAME_REST.issuperset(name)):
         raise KiwiError(
             f"KIWI_BRIDGE {name!r} is not a valid interface name (1-15 letters, digits, '_', '.', '-')"
         )
@@ -96,6 +101,8 @@ def sha256(data: bytes):
 def container_mac(ipv4: str) -> str:
     """eth0's MAC inside the container (or the bridge's, for the gateway), derived from
     the address: unique on the bridge."""
+    import ipaddress
+
     return ":".join([MAC_PREFIX, *(f"{b:02x}" for b in ipaddress.IPv4Address(ipv4).packed)])
 
 
@@ -137,6 +144,8 @@ def netlink_failure(what: str, e: NetlinkError) -> KiwiError:
 
 def foreign_overlapping_route(nl, subnet, bridge_index) -> str | None:
     """A main-table route overlapping `subnet` that is not on our bridge."""
+    import ipaddress
+
     for route in netlink.main_table_routes(nl):
         if route.dst_len == 0:
             continue  # the default route overlaps everything by design
@@ -156,6 +165,8 @@ def check_subnet_is_free(nl, subnet, bridge_index) -> None:
 
 def ensure_bridge() -> str:
     """Create the bridge with the gateway address and bring it up; returns its name."""
+    from kiwi import ipam
+
     bridge, subnet = bridge_name(), ipam.subnet()
     with netlink.open_route() as nl:
         link = netlink.get_link(nl, bridge)
@@ -195,10 +206,10 @@ def remove_bridge() -> None:
     delete_link(bridge_name())
 
 
-def bridge_lock_path(bridge: str):
+def bridge_lock_path(bridge: str) -> str:
     from kiwi import hoststate
 
-    return hoststate.lock_file(f"bridge-{bridge}.lock")
+    return hoststate.lock_path(f"bridge-{bridge}.lock")
 
 
 def bridge_in_use():
@@ -251,12 +262,16 @@ def kiwi_made(bridge) -> bool:
         return True
     if bridge.alias or not (bridge.mac or "").lower().startswith(MAC_PREFIX + ":"):
         return False
+    from kiwi import ipam
+
     return bridge.mac.lower() in {container_mac(ipam.gateway(ipam.subnet())), *leased_gateway_macs()}
 
 
 def leased_gateway_macs() -> set[str]:
     """The bridge MAC of each subnet Kiwi has leased addresses in on this host."""
-    from kiwi import hoststate
+    import ipaddress
+
+    from kiwi import hoststate, ipam
 
     macs = set()
     for text in hoststate.leased_subnets():
@@ -330,6 +345,10 @@ def attach_container(
 
     The veth joins the bridge only after its anti-spoofing chain is in place
     (filtered: ensure_nat installed it already, see container_port_filter)."""
+    import ipaddress
+
+    from kiwi import ipam
+
     bridge, subnet = bridge_name(), ipam.subnet()
     host = veth_name(cid, folder_id)
     if ipaddress.ip_address(ipv4) not in subnet:
@@ -368,6 +387,8 @@ def create_veth_pair(nl, host: str, netns_pid: int, mac: str, netns_fd: int | No
 
 
 def configure_container_side(netns_pid: int, ipv4: str, subnet, netns_fd: int | None = None) -> None:
+    from kiwi import ipam
+
     # Open the namespace by path: no named `ip netns` entry is left behind.
     path = f"/proc/{netns_pid}/ns/net" if netns_fd is None else f"/proc/self/fd/{netns_fd}"
     with netlink.open_route(netns=path) as ns:
@@ -399,12 +420,93 @@ def release_container(cid: str, folder_id: str, bridge_released: bool = False) -
             forget_port(bridge_name(), veth_name(cid, folder_id))
 
 
-def release_bridge_early(cid: str, folder_id: str) -> bool:
+def release_bridge_early(cid: str, folder_id: str) -> Callable[[], None] | None:
     """remove_bridge_if_unused while the container's init is still exiting, its veth
-    still on the bridge: True when they are gone. Only for a container where nothing
-    could use the network any more (runtime.stop checks). The bridge's deletion waits
-    ~40 ms in the kernel, which then overlaps the init's exit (issue 20)."""
-    return bool(remove_bridge_if_unused(leaving=veth_name(cid, folder_id)))
+    still on the bridge. Only for a container where nothing could use the network any
+    more (stopping.terminate checks). The bridge's deletion waits ~40 ms in the kernel
+    (two RCU barriers and two expedited grace periods), which then overlaps the init's
+    exit and the rest of the stop (issue 20).
+
+    The decision is made here, in the caller's thread, under the bridge lock taken
+    without waiting: Kiwi's bridge (its alias) with no port but the container's veth.
+    Then remove_nat_and_bridge's two waits run in threads of their own, and this returns
+    once the bridge's deletion is being sent, so that the caller's own work (imports)
+    does not delay it; the returned function joins both, releases the lock and raises
+    the first error. None, with nothing done, when the bridge stays (in use, a start on
+    it) or for remove_bridge_if_unused's rarer cases (its tables without it, a bridge
+    Kiwi did not name): the teardown's release_container handles those."""
+    import fcntl
+
+    from kiwi.proc import Background
+
+    bridge, leaving = bridge_name(), veth_name(cid, folder_id)
+    lock = os.open(bridge_lock_path(bridge), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    removing = None
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # a kiwi is starting a container on it
+        with netlink.open_route() as nl:
+            link = netlink.get_link(nl, bridge)
+            if link is None or link.kind != "bridge" or link.alias != BRIDGE_ALIAS:
+                return None
+            if any(port.master == link.index and port.name != leaving for port in netlink.get_links(nl)):
+                return None
+        deleting = delete_link_behind(bridge, link.index)
+        try:
+            removing = Background(remove_nat)
+        except BaseException:
+            deleting.wait()  # the lock is held until the bridge is gone
+            raise
+    finally:
+        if removing is None:
+            os.close(lock)
+
+    def wait() -> None:
+        try:
+            deleting.wait()
+        finally:
+            try:
+                removing.wait()
+            finally:
+                os.close(lock)
+
+    return wait
+
+
+def delete_link_behind(name: str, index: int):
+    """delete_link of a link found by name (its index) in a thread of its own (a
+    proc.Background to wait for). Returns once that thread is about to send the request:
+    a thread that needs the GIL back after a system call of its own waits up to the
+    switch interval (5 ms) behind a caller busy importing."""
+    import _thread
+
+    from kiwi.proc import Background
+
+    nl = netlink.open_route()
+    seq, request = nl.message(netlink.RTM_DELLINK, netlink.F_ACK, netlink.IFINFO.pack(0, 0, index, 0, 0))
+    sending = _thread.allocate_lock()
+    sending.acquire()
+
+    def delete() -> None:
+        try:
+            sending.release()
+            nl.sock.send(request)
+            nl.replies({seq})
+        except NetlinkError as e:
+            if e.errno != errno.ENODEV:  # deleted concurrently
+                raise netlink_failure(f"deleting {name}", e) from None
+        finally:
+            nl.close()
+
+    try:
+        job = Background(delete)
+    except BaseException:
+        nl.close()
+        raise
+    sending.acquire(timeout=1)
+    return job
 
 
 def delete_own_veth(cid: str, folder_id: str) -> None:
@@ -509,6 +611,8 @@ def port_ruleset(bridge: str, host: str, mac: str, ipv4: str, owner: str) -> lis
     ether type != { ip, arp } drop
     accept
     add element bridge kiwi-<bridge> ports { "<host>" : jump port-<host> }"""
+    import ipaddress
+
     nl, table, chain = netlink, nft_table(bridge), port_chain(host)
     mac_raw, ip_raw = netlink.mac_bytes(mac), ipaddress.IPv4Address(ipv4).packed
     link, net = nl.BASE_LINK, nl.BASE_NETWORK
@@ -589,6 +693,8 @@ def forget_port(bridge: str, host: str) -> None:
 
 def own_port_chains(bridge: str, folder_id: str) -> dict[str, str]:
     """{veth: container id} of the port chains this folder made on the bridge's filter."""
+    import re
+
     nft = find_nft()
     if not nft:
         return {}
@@ -637,6 +743,8 @@ def ensure_nat(port_filter: list[tuple] | None = None) -> str | None:
     """Forwarding and masquerading for the subnet; returns a warning when impossible.
     port_filter (container_port_filter) goes into the same transaction: it is in
     place exactly when no warning is returned. nftables over netlink: no nft process."""
+    from kiwi import ipam
+
     bridge, subnet = bridge_name(), ipam.subnet()
     enable_ip_forward()
     nft, iptables = find_nft(), find_iptables()

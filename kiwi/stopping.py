@@ -5,10 +5,15 @@ what the start recorded, without the Store) both take them, then runtime.finish_
 
 from __future__ import annotations
 
+# _signal, not signal: the enums signal builds were ~2 ms of a stop before its SIGTERM (issue 20).
+import _signal as signal  # type: ignore[import-not-found]
 import os
-import signal
 
-from .proc import Background, process_start_time
+from .peek import process_start_time
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # What runs in a container's cgroup besides its init without being the container's own:
 # the limits server (lxfs.c) and its sysinfo handler.
@@ -61,29 +66,39 @@ def signal_init(pid: int, start_time: int, signum: int) -> None:
 
 
 class EarlyBridgeRelease:
-    """network.release_bridge_early in a thread, started with the SIGTERM of an idle
-    container: the bridge's deletion (~40 ms in the kernel) overlaps the init's exit
-    (~25-40 ms, its ext4 unmount) instead of following it (issue 20). The bridge lock
-    it holds meanwhile makes a concurrent start wait, as after the exit."""
+    """network.release_bridge_early, started with the SIGTERM of an idle container: the
+    bridge's deletion (~40 ms in the kernel) overlaps the init's exit and the rest of
+    the stop instead of following them (issue 20). It is decided in this thread, right
+    after the signal and before the runtime's imports, and sent from a thread of its own
+    (~1-2 ms after the signal); the bridge lock it holds until wait() makes a concurrent
+    start wait, as after the exit."""
 
     def __init__(self, cid: str, folder_id: str):
         self.released = False
-        self.job = Background(self._release, cid, folder_id)
+        self.error: Exception | None = None
+        self.removal: Callable[[], None] | None = None
+        try:
+            from . import network
 
-    def _release(self, cid: str, folder_id: str) -> None:
-        from . import network
-
-        self.released = network.release_bridge_early(cid, folder_id)
+            self.removal = network.release_bridge_early(cid, folder_id)
+        except Exception as e:  # noqa: BLE001 - wait() raises it, where the teardown tells it
+            self.error = e
 
     def wait(self) -> bool:
-        """True when the bridge and NAT are gone; raises what the release raised."""
-        self.job.wait()
+        """True when the bridge and NAT are gone; raises what the release raised (once)."""
+        removal, self.removal = self.removal, None
+        if removal is not None:
+            removal()
+            self.released = True
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
         return self.released
 
     def wait_quietly(self) -> None:
         """Before an error leaves the stop: never cut short at exit, which could leave the
         NAT without its bridge."""
         try:
-            self.job.wait()
+            self.wait()
         except Exception:  # noqa: BLE001 - the error on its way out is the one to tell
             pass
