@@ -38,7 +38,6 @@ from kiwi.netlink import NetlinkError
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
     import subprocess
-    from collections.abc import Callable
 
 # ipaddress, ipam and re on first use: a stop's bridge release needs none of them, and
 # imports them only after its bridge's deletion is under way (issue 20).
@@ -420,93 +419,105 @@ def release_container(cid: str, folder_id: str, bridge_released: bool = False) -
             forget_port(bridge_name(), veth_name(cid, folder_id))
 
 
-def release_bridge_early(cid: str, folder_id: str) -> Callable[[], None] | None:
+def release_bridge_early(cid: str, folder_id: str) -> BridgeRemoval | None:
     """remove_bridge_if_unused while the container's init is still exiting, its veth
     still on the bridge. Only for a container where nothing could use the network any
     more (stopping.terminate checks). The bridge's deletion waits ~40 ms in the kernel
-    (two RCU barriers and two expedited grace periods), which then overlaps the init's
-    exit and the rest of the stop (issue 20).
+    (two expedited RCU grace periods and two RCU barriers), which then overlaps the
+    init's exit and the rest of the stop (issue 20).
 
-    The decision is made here, in the caller's thread, under the bridge lock taken
-    without waiting: Kiwi's bridge (its alias) with no port but the container's veth.
-    Then remove_nat_and_bridge's two waits run in threads of their own, and this returns
-    once the bridge's deletion is being sent, so that the caller's own work (imports)
-    does not delay it; the returned function joins both, releases the lock and raises
-    the first error. None, with nothing done, when the bridge stays (in use, a start on
-    it) or for remove_bridge_if_unused's rarer cases (its tables without it, a bridge
-    Kiwi did not name): the teardown's release_container handles those."""
+    Decided here, in the caller's thread, under the bridge lock taken without waiting:
+    Kiwi's bridge (its alias) with no port but the container's veth. Then the NAT's
+    removal starts in a thread of its own, and the BridgeRemoval returned deletes the
+    bridge (BridgeRemoval.delete) and releases the lock (BridgeRemoval.wait). None, with
+    nothing done, when the bridge stays (in use, a start on it) or for
+    remove_bridge_if_unused's rarer cases (its tables without it, a bridge Kiwi did not
+    name): the teardown's release_container handles those."""
     import fcntl
-
-    from kiwi.proc import Background
 
     bridge, leaving = bridge_name(), veth_name(cid, folder_id)
     lock = os.open(bridge_lock_path(bridge), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    removing = None
+    removal = None
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return None  # a kiwi is starting a container on it
-        with netlink.open_route() as nl:
+        nl = netlink.open_route()
+        try:
             link = netlink.get_link(nl, bridge)
-            if link is None or link.kind != "bridge" or link.alias != BRIDGE_ALIAS:
-                return None
-            if any(port.master == link.index and port.name != leaving for port in netlink.get_links(nl)):
-                return None
-        deleting = delete_link_behind(bridge, link.index)
-        try:
-            removing = Background(remove_nat)
-        except BaseException:
-            deleting.wait()  # the lock is held until the bridge is gone
-            raise
-    finally:
-        if removing is None:
-            os.close(lock)
-
-    def wait() -> None:
-        try:
-            deleting.wait()
+            if (
+                link is not None
+                and link.kind == "bridge"
+                and link.alias == BRIDGE_ALIAS
+                and not any(
+                    port.master == link.index and port.name != leaving for port in netlink.get_links(nl)
+                )
+            ):
+                removal = BridgeRemoval(bridge, link.index, nl, lock)
         finally:
-            try:
-                removing.wait()
-            finally:
-                os.close(lock)
+            if removal is None:
+                nl.close()
+    finally:
+        if removal is None:
+            os.close(lock)
+    return removal
 
-    return wait
 
+class BridgeRemoval:
+    """remove_nat_and_bridge of an unused bridge, under its lock (fd `lock`, held from
+    release_bridge_early until wait() ends): the NAT in a thread started here, the
+    bridge's RTM_DELLINK over `nl` by delete(), in whichever thread calls it first (the
+    stopping thread, right away: a thread started for it waited for a CPU and the GIL
+    behind the caller's imports, 2-12 ms under load)."""
 
-def delete_link_behind(name: str, index: int):
-    """delete_link of a link found by name (its index) in a thread of its own (a
-    proc.Background to wait for). Returns once that thread is about to send the request:
-    a thread that needs the GIL back after a system call of its own waits up to the
-    switch interval (5 ms) behind a caller busy importing."""
-    import _thread
+    def __init__(self, bridge: str, index: int, nl, lock: int):
+        import _thread
 
-    from kiwi.proc import Background
+        from kiwi.proc import Background
 
-    nl = netlink.open_route()
-    seq, request = nl.message(netlink.RTM_DELLINK, netlink.F_ACK, netlink.IFINFO.pack(0, 0, index, 0, 0))
-    sending = _thread.allocate_lock()
-    sending.acquire()
+        self.bridge, self.nl, self.lock = bridge, nl, lock
+        self.request = nl.message(netlink.RTM_DELLINK, netlink.F_ACK, netlink.IFINFO.pack(0, 0, index, 0, 0))
+        self.claimed = _thread.allocate_lock()  # taken by the thread that deletes
+        self.deleted = _thread.allocate_lock()  # held until the deletion ended
+        self.deleted.acquire()
+        self.error: BaseException | None = None
+        self.removing = Background(remove_nat)
 
-    def delete() -> None:
+    def delete(self) -> None:
+        """The bridge's deletion, here, unless another thread has begun it."""
+        if not self.claimed.acquire(blocking=False):
+            return
+        seq, request = self.request
         try:
-            sending.release()
-            nl.sock.send(request)
-            nl.replies({seq})
+            self.nl.sock.send(request)
+            self.nl.replies({seq})
         except NetlinkError as e:
             if e.errno != errno.ENODEV:  # deleted concurrently
-                raise netlink_failure(f"deleting {name}", e) from None
+                self.error = netlink_failure(f"deleting {self.bridge}", e)
+        except BaseException as e:  # noqa: BLE001 - wait() raises it
+            self.error = e
         finally:
-            nl.close()
+            self.nl.close()
+            self.deleted.release()
 
-    try:
-        job = Background(delete)
-    except BaseException:
-        nl.close()
-        raise
-    sending.acquire(timeout=1)
-    return job
+    def wait(self) -> None:
+        """Once both ended (the bridge deleted here if no thread has begun it): the lock
+        released, the first error raised."""
+        self.delete()
+        self.deleted.acquire()
+        self.deleted.release()  # a second wait() returns at once
+        try:
+            self.removing.wait()
+        finally:
+            self.close()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        if self.lock >= 0:
+            os.close(self.lock)
+            self.lock = -1
 
 
 def delete_own_veth(cid: str, folder_id: str) -> None:

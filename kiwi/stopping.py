@@ -14,6 +14,11 @@ from .peek import process_start_time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import TypeVar
+
+    from .network import BridgeRemoval
+
+    T = TypeVar("T")
 
 # What runs in a container's cgroup besides its init without being the container's own:
 # the limits server (lxfs.c) and its sysinfo handler.
@@ -68,15 +73,15 @@ def signal_init(pid: int, start_time: int, signum: int) -> None:
 class EarlyBridgeRelease:
     """network.release_bridge_early, started with the SIGTERM of an idle container: the
     bridge's deletion (~40 ms in the kernel) overlaps the init's exit and the rest of
-    the stop instead of following them (issue 20). It is decided in this thread, right
-    after the signal and before the runtime's imports, and sent from a thread of its own
-    (~1-2 ms after the signal); the bridge lock it holds until wait() makes a concurrent
-    start wait, as after the exit."""
+    the stop instead of following them (issue 20). Decided in the stopping thread, right
+    after the signal and before the runtime's imports; the deletion is sent by
+    delete_here (finish_beside: ~1-2 ms after the signal) or else by wait(). The bridge
+    lock it holds until wait() makes a concurrent start wait, as after the exit."""
 
     def __init__(self, cid: str, folder_id: str):
         self.released = False
         self.error: Exception | None = None
-        self.removal: Callable[[], None] | None = None
+        self.removal: BridgeRemoval | None = None
         try:
             from . import network
 
@@ -84,11 +89,16 @@ class EarlyBridgeRelease:
         except Exception as e:  # noqa: BLE001 - wait() raises it, where the teardown tells it
             self.error = e
 
+    def delete_here(self) -> None:
+        """The bridge's deletion in this thread, now (BridgeRemoval.delete)."""
+        if self.removal is not None:
+            self.removal.delete()
+
     def wait(self) -> bool:
         """True when the bridge and NAT are gone; raises what the release raised (once)."""
         removal, self.removal = self.removal, None
         if removal is not None:
-            removal()
+            removal.wait()
             self.released = True
         error, self.error = self.error, None
         if error is not None:
@@ -102,3 +112,23 @@ class EarlyBridgeRelease:
             self.wait()
         except Exception:  # noqa: BLE001 - the error on its way out is the one to tell
             pass
+
+
+def finish_beside(early: EarlyBridgeRelease | None, finish: Callable[[], T]) -> T:
+    """finish() (the rest of the stop: runtime.finish_stop) in a thread of its own while
+    this thread deletes the bridge early (EarlyBridgeRelease.delete_here): the deletion,
+    the longest wait of the stop, starts without waiting for a new thread to get a CPU
+    and the GIL, and the imports, the init's exit and the teardown go on beside it.
+    Returns what finish returned, raises what it raised."""
+    if early is None or early.removal is None:
+        return finish()
+    from .proc import Background
+
+    result: list[T] = []
+    try:
+        job = Background(lambda: result.append(finish()))
+    except RuntimeError:  # no thread to be had: the teardown's wait() deletes it
+        return finish()
+    early.delete_here()
+    job.wait()
+    return result[0]
