@@ -20,56 +20,30 @@ Bridge locks live beside it. Root only: the directory is 0700.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import stat
+from pathlib import Path
 
-from .errors import KiwiError, os_error_message
+from .errors import KiwiError
+from .files import atomic_write_json, flock, read_json
+from .hostdir import DEFAULT_HOST_DIR, HOST_DIR_ENV, host_dir_path  # noqa: F401 - named here too
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from .store import Store
 
-# json, pathlib and files.py on first use: a stop takes its bridge's lock (lock_path)
-# with os alone, before anything else needs them (issue 20).
-
-HOST_DIR_ENV = "KIWI_HOST_DIR"
-DEFAULT_HOST_DIR = "/var/lib/kiwi"
 LEASES_FILE = "leases.json"
 # A full /16 records ~65k owners, beyond read_json's default limit.
 STATE_SIZE_LIMIT = 64 << 20
 
 
 def host_dir() -> Path:
-    """The host-wide state directory, made 0700 on first use."""
-    from pathlib import Path
-
+    """The host-wide state directory, made 0700 on first use (hostdir.py)."""
     return Path(host_dir_path())
-
-
-def host_dir_path() -> str:
-    """host_dir as a string, with os alone."""
-    path = os.environ.get(HOST_DIR_ENV) or DEFAULT_HOST_DIR
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        info = os.lstat(path)
-        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and info.st_mode & 0o077:
-            os.chmod(path, 0o700)
-    except OSError as e:
-        raise KiwiError(os_error_message(e, "use", f"{path} for Kiwi's host-wide state")) from None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-        raise KiwiError(f"{path} is not a directory owned by root; move it away")
-    return path
 
 
 def lock_file(name: str) -> Path:
     return host_dir() / name
-
-
-def lock_path(name: str) -> str:
-    """lock_file as a string, with os alone."""
-    return os.path.join(host_dir_path(), name)
 
 
 @contextlib.contextmanager
@@ -77,8 +51,6 @@ def leases(store: Store | None = None):
     """The host-wide lease state under the host lock; saved when the caller changed it.
 
     With a store, the folder is registered first (and renamed if it is a copy)."""
-    from .files import atomic_write_json, flock, read_json
-
     if store is not None:
         store.folder_id()  # loaded (and checked in) before we hold the lock: flock does not nest
     with flock(lock_file("leases.lock")):
@@ -101,8 +73,6 @@ def leased_subnets() -> list[str]:
     """Every subnet Kiwi has leased addresses in on this host, whatever KIWI_SUBNET says
     now (leases.json keeps a subnet's entry for good). Read without the lock: the file is
     only ever replaced whole. [] when there is none or it cannot be read."""
-    from .files import read_json
-
     try:
         state = read_json(host_dir() / LEASES_FILE, limit=STATE_SIZE_LIMIT)
     except (OSError, KiwiError):
@@ -112,8 +82,6 @@ def leased_subnets() -> list[str]:
 
 
 def canonical(state: dict) -> str:
-    import json
-
     return json.dumps(state, sort_keys=True)
 
 
@@ -137,8 +105,6 @@ def register_folder(state: dict, store: Store) -> None:
 
 def holds_folder(path: str, fid: str, other_than: str) -> bool:
     """Does `path` hold the data folder `fid`, and is it not the folder at `other_than`?"""
-    from pathlib import Path
-
     try:
         same_id = (Path(path) / "folder-id").read_text()[:64].strip() == fid
         return same_id and not os.path.samefile(path, other_than)

@@ -29,7 +29,8 @@ def only_init_and_helpers(pids: list[int], init_pid: int) -> bool:
     """Nothing but the init and Kiwi's helpers runs in the container: nothing there
     could still use the network during a stop's grace period. A process inside that
     names itself like a helper only loses its own network early."""
-    return all(pid == init_pid or process_name(pid) in KIWI_HELPERS for pid in pids)
+    # Once per process: a v1 container lists its processes in each of its ~7 cgroups.
+    return all(pid == init_pid or process_name(pid) in KIWI_HELPERS for pid in set(pids))
 
 
 def process_name(pid: int) -> str | None:
