@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import os
 
-# signal on first use: its enums (enum, functools) were ~2 ms of a stop before its SIGTERM (issue 20).
 from .errors import EXIT_SIGNAL_BASE, ChildBug, KiwiError, describe, exit_code_for_signal
 from .peek import process_start_time, stat_fields  # noqa: F401 - their callers import them from here
+
+# signal where it is used: its enums (enum, functools) were ~2 ms of a stop before its SIGTERM (issue 20).
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
