@@ -22,36 +22,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import stat
 from pathlib import Path
 
-from .errors import KiwiError, os_error_message
+from .errors import KiwiError
 from .files import atomic_write_json, flock, read_json
+from .hostdir import DEFAULT_HOST_DIR, HOST_DIR_ENV, host_dir_path  # noqa: F401 - named here too
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
     from .store import Store
 
-HOST_DIR_ENV = "KIWI_HOST_DIR"
-DEFAULT_HOST_DIR = "/var/lib/kiwi"
 LEASES_FILE = "leases.json"
 # A full /16 records ~65k owners, beyond read_json's default limit.
 STATE_SIZE_LIMIT = 64 << 20
 
 
 def host_dir() -> Path:
-    """The host-wide state directory, made 0700 on first use."""
-    path = Path(os.environ.get(HOST_DIR_ENV) or DEFAULT_HOST_DIR)
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = os.lstat(path)
-        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and info.st_mode & 0o077:
-            os.chmod(path, 0o700)
-    except OSError as e:
-        raise KiwiError(os_error_message(e, "use", f"{path} for Kiwi's host-wide state")) from None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-        raise KiwiError(f"{path} is not a directory owned by root; move it away")
-    return path
+    """The host-wide state directory, made 0700 on first use (hostdir.py)."""
+    return Path(host_dir_path())
 
 
 def lock_file(name: str) -> Path:

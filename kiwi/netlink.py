@@ -17,7 +17,6 @@ import _socket as socket  # not socket: its enum conversions cost ~2.5 ms of eac
 import errno
 import os
 import struct
-from collections import namedtuple
 
 NETLINK_ROUTE, NETLINK_NETFILTER = 0, 12
 NLMSG_HDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
@@ -56,15 +55,49 @@ NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_DATA_VALUE = 1, 1, 1
 NFT_FAMILIES = {"inet": 1, "ip": 2, "bridge": 7}
 NF_DROP = 0
 IFNAMSIZ = 16
+SIOCGIFINDEX = 0x8933
+IFREQ = struct.Struct("16s24x")  # struct ifreq: the name, then its 24-byte union
 
 
 class NetlinkError(OSError):
     """The kernel refused a request; errno says why."""
 
 
-# kind, alias, master, mac: None if unset
-Link = namedtuple("Link", "index name kind alias master mac", defaults=(None,))
-Route = namedtuple("Route", "dst dst_len oif")  # dst: None for a default route
+# Plain classes, not namedtuples: collections' import and the class-making were ~1 ms of a
+# stop before its bridge's deletion (issue 20).
+class Link:
+    """kind, alias, master, mac: None if unset."""
+
+    __slots__ = ("alias", "index", "kind", "mac", "master", "name")
+
+    def __init__(
+        self, index: int, name: str, kind: str | None, alias: str | None, master: int | None, mac=None
+    ):
+        self.index, self.name, self.kind, self.alias, self.master, self.mac = (
+            index,
+            name,
+            kind,
+            alias,
+            master,
+            mac,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Link({self.index}, {self.name!r}, {self.kind!r}, {self.alias!r}, {self.master!r}, {self.mac!r})"
+        )
+
+
+class Route:
+    """dst: None for a default route."""
+
+    __slots__ = ("dst", "dst_len", "oif")
+
+    def __init__(self, dst: str | None, dst_len: int, oif: int | None):
+        self.dst, self.dst_len, self.oif = dst, dst_len, oif
+
+    def __repr__(self) -> str:
+        return f"Route({self.dst!r}, {self.dst_len}, {self.oif!r})"
 
 
 # -- encoding and decoding ------------------------------------------------------------
@@ -184,8 +217,9 @@ parking: list[list] = []
 def park_releases() -> None:
     """Keep netfilter sockets open until release_parked(). Releasing one flushes the last
     nftables transaction's destroy work (an RCU grace period, ~10-20 ms here) while holding
-    the nftables commit mutex, and registering any network device (a veth) waits for that
-    mutex: a start's veth waited up to 19 ms for its own closes (issue 20)."""
+    the nftables commit mutex, and registering or unregistering any network device (a
+    start's veth, a stop's bridge) waits for that mutex: a start's veth waited up to 19 ms
+    for its own closes (issue 20)."""
     if not parking:
         parking.append([])
 
@@ -252,6 +286,23 @@ def get_link(nl: Socket, name: str) -> Link | None:
             return None
         raise
     return decode_link(replies[0][1]) if replies else None
+
+
+def link_exists(nl: Socket, name: str) -> bool:
+    """Whether a link of that name exists, by SIOCGIFINDEX on the socket: a lookup under
+    RCU alone. RTM_GETLINK waits for the rtnl lock, which a dying network namespace's
+    cleanup holds for tens of ms (the stopped container's, right after its init exits)."""
+    import fcntl
+
+    if len(name.encode()) >= IFNAMSIZ:
+        return get_link(nl, name) is not None  # no such name fits struct ifreq
+    try:
+        fcntl.ioctl(nl.sock.fileno(), SIOCGIFINDEX, IFREQ.pack(name.encode()))
+    except OSError as e:
+        if e.errno == errno.ENODEV:
+            return False
+        raise
+    return True
 
 
 def get_links(nl: Socket) -> list[Link]:

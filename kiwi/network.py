@@ -28,12 +28,10 @@ inside `bridge_in_use()` until the container's veth is on the bridge.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
-import re
 import sys
 
-from kiwi import ipam, netlink
+from kiwi import netlink
 from kiwi.errors import KiwiError
 from kiwi.netlink import NetlinkError
 
@@ -41,8 +39,14 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     import subprocess
 
+# ipaddress, ipam and re on first use: a stop's bridge release needs none of them, and
+# imports them only after its bridge's deletion is under way (issue 20).
+
 DEFAULT_BRIDGE = "kiwi0"
-BRIDGE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+# A bridge's name: [A-Za-z0-9][A-Za-z0-9_.-]{0,14} (IFNAMSIZ), checked without re.
+NAME_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+NAME_REST = NAME_FIRST | frozenset("_.-")
+NAME_MAX = 15
 VETH_PREFIX = "kw"
 VETH_HASH_CHARS = 12  # "kw" + 12 hex characters fits IFNAMSIZ (15)
 BRIDGE_ALIAS = "kiwi bridge"
@@ -66,7 +70,7 @@ NO_FILTER_WARNING = (
 def bridge_name() -> str:
     """The bridge from KIWI_BRIDGE (default kiwi0), validated as an interface name."""
     name = os.environ.get("KIWI_BRIDGE") or DEFAULT_BRIDGE
-    if not BRIDGE_NAME_RE.fullmatch(name):
+    if not (0 < len(name) <= NAME_MAX and name[0] in NAME_FIRST and NAME_REST.issuperset(name)):
         raise KiwiError(
             f"KIWI_BRIDGE {name!r} is not a valid interface name (1-15 letters, digits, '_', '.', '-')"
         )
@@ -96,6 +100,8 @@ def sha256(data: bytes):
 def container_mac(ipv4: str) -> str:
     """eth0's MAC inside the container (or the bridge's, for the gateway), derived from
     the address: unique on the bridge."""
+    import ipaddress
+
     return ":".join([MAC_PREFIX, *(f"{b:02x}" for b in ipaddress.IPv4Address(ipv4).packed)])
 
 
@@ -137,6 +143,8 @@ def netlink_failure(what: str, e: NetlinkError) -> KiwiError:
 
 def foreign_overlapping_route(nl, subnet, bridge_index) -> str | None:
     """A main-table route overlapping `subnet` that is not on our bridge."""
+    import ipaddress
+
     for route in netlink.main_table_routes(nl):
         if route.dst_len == 0:
             continue  # the default route overlaps everything by design
@@ -156,6 +164,8 @@ def check_subnet_is_free(nl, subnet, bridge_index) -> None:
 
 def ensure_bridge() -> str:
     """Create the bridge with the gateway address and bring it up; returns its name."""
+    from kiwi import ipam
+
     bridge, subnet = bridge_name(), ipam.subnet()
     with netlink.open_route() as nl:
         link = netlink.get_link(nl, bridge)
@@ -195,10 +205,10 @@ def remove_bridge() -> None:
     delete_link(bridge_name())
 
 
-def bridge_lock_path(bridge: str):
-    from kiwi import hoststate
+def bridge_lock_path(bridge: str) -> str:
+    from kiwi import hostdir
 
-    return hoststate.lock_file(f"bridge-{bridge}.lock")
+    return hostdir.lock_path(f"bridge-{bridge}.lock")
 
 
 def bridge_in_use():
@@ -251,12 +261,16 @@ def kiwi_made(bridge) -> bool:
         return True
     if bridge.alias or not (bridge.mac or "").lower().startswith(MAC_PREFIX + ":"):
         return False
+    from kiwi import ipam
+
     return bridge.mac.lower() in {container_mac(ipam.gateway(ipam.subnet())), *leased_gateway_macs()}
 
 
 def leased_gateway_macs() -> set[str]:
     """The bridge MAC of each subnet Kiwi has leased addresses in on this host."""
-    from kiwi import hoststate
+    import ipaddress
+
+    from kiwi import hoststate, ipam
 
     macs = set()
     for text in hoststate.leased_subnets():
@@ -330,6 +344,10 @@ def attach_container(
 
     The veth joins the bridge only after its anti-spoofing chain is in place
     (filtered: ensure_nat installed it already, see container_port_filter)."""
+    import ipaddress
+
+    from kiwi import ipam
+
     bridge, subnet = bridge_name(), ipam.subnet()
     host = veth_name(cid, folder_id)
     if ipaddress.ip_address(ipv4) not in subnet:
@@ -368,6 +386,8 @@ def create_veth_pair(nl, host: str, netns_pid: int, mac: str, netns_fd: int | No
 
 
 def configure_container_side(netns_pid: int, ipv4: str, subnet, netns_fd: int | None = None) -> None:
+    from kiwi import ipam
+
     # Open the namespace by path: no named `ip netns` entry is left behind.
     path = f"/proc/{netns_pid}/ns/net" if netns_fd is None else f"/proc/self/fd/{netns_fd}"
     with netlink.open_route(netns=path) as ns:
@@ -399,17 +419,122 @@ def release_container(cid: str, folder_id: str, bridge_released: bool = False) -
             forget_port(bridge_name(), veth_name(cid, folder_id))
 
 
-def release_bridge_early(cid: str, folder_id: str) -> bool:
+def release_bridge_early(cid: str, folder_id: str) -> BridgeRemoval | None:
     """remove_bridge_if_unused while the container's init is still exiting, its veth
-    still on the bridge: True when they are gone. Only for a container where nothing
-    could use the network any more (runtime.stop checks). The bridge's deletion waits
-    ~40 ms in the kernel, which then overlaps the init's exit (issue 20)."""
-    return bool(remove_bridge_if_unused(leaving=veth_name(cid, folder_id)))
+    still on the bridge. Only for a container where nothing could use the network any
+    more (stopping.terminate checks). The bridge's deletion waits ~40 ms in the kernel
+    (two expedited RCU grace periods and two RCU barriers), which then overlaps the
+    init's exit and the rest of the stop (issue 20).
+
+    Decided here, in the caller's thread, under the bridge lock taken without waiting:
+    Kiwi's bridge (its alias) with no port but the container's veth. Then the NAT's
+    removal starts in a thread of its own, and the BridgeRemoval returned deletes the
+    bridge (BridgeRemoval.delete) and releases the lock (BridgeRemoval.wait). None, with
+    nothing done, when the bridge stays (in use, a start on it) or for
+    remove_bridge_if_unused's rarer cases (its tables without it, a bridge Kiwi did not
+    name): the teardown's release_container handles those."""
+    import fcntl
+
+    bridge, leaving = bridge_name(), veth_name(cid, folder_id)
+    lock = os.open(bridge_lock_path(bridge), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    removal = None
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # a kiwi is starting a container on it
+        nl = netlink.open_route()
+        try:
+            link = netlink.get_link(nl, bridge)
+            if (
+                link is not None
+                and link.kind == "bridge"
+                and link.alias == BRIDGE_ALIAS
+                and not any(
+                    port.master == link.index and port.name != leaving for port in netlink.get_links(nl)
+                )
+            ):
+                removal = BridgeRemoval(bridge, link.index, nl, lock)
+        finally:
+            if removal is None:
+                nl.close()
+    finally:
+        if removal is None:
+            os.close(lock)
+    return removal
+
+
+class BridgeRemoval:
+    """remove_nat_and_bridge of an unused bridge, under its lock (fd `lock`, held from
+    release_bridge_early until wait() ends): the NAT in a thread started here, the
+    bridge's RTM_DELLINK over `nl` by delete(), in whichever thread calls it first (the
+    stopping thread, right away: a thread started for it waited for a CPU and the GIL
+    behind the caller's imports, 2-12 ms under load)."""
+
+    def __init__(self, bridge: str, index: int, nl, lock: int):
+        import _thread
+
+        from kiwi.proc import Background
+
+        self.bridge, self.nl, self.lock = bridge, nl, lock
+        self.request = nl.message(netlink.RTM_DELLINK, netlink.F_ACK, netlink.IFINFO.pack(0, 0, index, 0, 0))
+        self.claimed = _thread.allocate_lock()  # taken by the thread that deletes
+        self.deleted = _thread.allocate_lock()  # held until the deletion ended
+        self.deleted.acquire()
+        self.error: BaseException | None = None
+        # The NAT's sockets are released once the bridge is gone: a release holds the
+        # nftables mutex through an RCU grace period, and the bridge's unregistering
+        # waits for that mutex (14 ms of a stop under load, issue 20).
+        netlink.park_releases()
+        try:
+            self.removing = Background(remove_nat)
+        except BaseException:
+            netlink.release_parked()
+            raise
+
+    def delete(self) -> None:
+        """The bridge's deletion, here, unless another thread has begun it."""
+        if not self.claimed.acquire(blocking=False):
+            return
+        seq, request = self.request
+        try:
+            self.nl.sock.send(request)
+            self.nl.replies({seq})
+        except NetlinkError as e:
+            if e.errno != errno.ENODEV:  # deleted concurrently
+                self.error = netlink_failure(f"deleting {self.bridge}", e)
+        except BaseException as e:  # noqa: BLE001 - wait() raises it
+            self.error = e
+        finally:
+            self.nl.close()
+            self.deleted.release()
+
+    def wait(self) -> None:
+        """Once both ended (the bridge deleted here if no thread has begun it): the lock
+        released, the first error raised."""
+        self.delete()
+        self.deleted.acquire()
+        self.deleted.release()  # a second wait() returns at once
+        try:
+            self.removing.wait()
+        finally:
+            netlink.release_parked()
+            self.close()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """The bridge lock released (also at exit, whatever thread holds it)."""
+        if self.lock >= 0:
+            os.close(self.lock)
+            self.lock = -1
 
 
 def delete_own_veth(cid: str, folder_id: str) -> None:
     host = veth_name(cid, folder_id)
     with netlink.open_route() as nl:
+        if not netlink.link_exists(nl, host):
+            return  # usually gone with the container's network namespace
         link = netlink.get_link(nl, host)
         # The name is a hash of the owner; an alias naming someone else is not ours anyway.
         if link is None or link.alias not in (
@@ -509,6 +634,8 @@ def port_ruleset(bridge: str, host: str, mac: str, ipv4: str, owner: str) -> lis
     ether type != { ip, arp } drop
     accept
     add element bridge kiwi-<bridge> ports { "<host>" : jump port-<host> }"""
+    import ipaddress
+
     nl, table, chain = netlink, nft_table(bridge), port_chain(host)
     mac_raw, ip_raw = netlink.mac_bytes(mac), ipaddress.IPv4Address(ipv4).packed
     link, net = nl.BASE_LINK, nl.BASE_NETWORK
@@ -589,6 +716,8 @@ def forget_port(bridge: str, host: str) -> None:
 
 def own_port_chains(bridge: str, folder_id: str) -> dict[str, str]:
     """{veth: container id} of the port chains this folder made on the bridge's filter."""
+    import re
+
     nft = find_nft()
     if not nft:
         return {}
@@ -637,6 +766,8 @@ def ensure_nat(port_filter: list[tuple] | None = None) -> str | None:
     """Forwarding and masquerading for the subnet; returns a warning when impossible.
     port_filter (container_port_filter) goes into the same transaction: it is in
     place exactly when no warning is returned. nftables over netlink: no nft process."""
+    from kiwi import ipam
+
     bridge, subnet = bridge_name(), ipam.subnet()
     enable_ip_forward()
     nft, iptables = find_nft(), find_iptables()

@@ -30,6 +30,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .stopping import EarlyBridgeRelease
+
 CGROUP_PARENT_ENV = "KIWI_CGROUP_PARENT"  # cgroups.PARENT_ENV
 CGROUP_PREFIX = "kiwi-"  # cgroups.NAME_PREFIX
 
@@ -54,19 +56,22 @@ class QuickStop:
     def run(self, grace: int) -> str:
         """Stop it as runtime.stop does; returns its id."""
         try:
-            from .stopping import terminate
+            from .stopping import finish_beside, terminate
 
             # The signal and the bridge's release first: the runtime's imports overlap them.
             early = terminate(self.record, self.idle, self.cid, self.folder_id)
-            from pathlib import Path
-
-            from .runtime import finish_stop
-            from .store import Store
-
-            finish_stop(Store(Path(self.root)), self.cid, self.record, early, grace)
+            finish_beside(early, lambda: self.finish(early, grace))
             return self.cid
         finally:
             self.close()
+
+    def finish(self, early: EarlyBridgeRelease | None, grace: int) -> None:
+        from pathlib import Path
+
+        from .runtime import finish_stop
+        from .store import Store
+
+        finish_stop(Store(Path(self.root)), self.cid, self.record, early, grace)
 
     def close(self) -> None:
         if self.lock >= 0:

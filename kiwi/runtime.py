@@ -23,7 +23,7 @@ from .files import remove_temp_files
 from .layout import boot_id
 from .proc import Background, process_start_time
 from .runstate import SYSINFO_SOCKET, container_cgroup, mount_file, read_mount, read_runtime, runtime_file
-from .stopping import EarlyBridgeRelease, only_init_and_helpers, signal_init, terminate
+from .stopping import EarlyBridgeRelease, finish_beside, only_init_and_helpers, signal_init, terminate
 from .store import Store, atomic_write_json
 
 SHELLS = [
@@ -805,7 +805,7 @@ def stop(store: Store, cid: str, stop_sessions: Callable[[Store, str], None], gr
         if record:
             idle = bool(record.get("veth")) and is_idle(store, cid, record["init_pid"])
             early = terminate(record, idle, cid, store.folder_id())
-        return finish_stop(store, cid, record, early, grace)
+        return finish_beside(early, lambda: finish_stop(store, cid, record, early, grace))
 
 
 def finish_stop(
