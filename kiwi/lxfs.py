@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from array import array  # here, not in send_fds: stage 2 would import it on its own path
 
 from . import syscalls as sc
 from .runstate import SYSINFO_SOCKET as SOCKET
@@ -144,7 +145,6 @@ def send_fds(sock, data: bytes, fds: list[int]) -> None:
     """socket.send_fds on a socket of _socket: the socket module's enum conversions
     (~1.6 ms) would be imported by every start for this one message (issue 20)."""
     import _socket
-    from array import array
 
     sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array("i", fds))])
 
