@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from array import array  # here, not in send_fds: stage 2 would import it on its own path
 
 from . import syscalls as sc
 from .runstate import SYSINFO_SOCKET as SOCKET
@@ -66,12 +67,10 @@ def mount_connection(mountpoint: str, sock, report) -> int | None:
             report.send("lxfs", f"cannot mount FUSE here ({e.strerror})")
             return None
         # Before anything looks into the mount: the server must have it to answer.
-        import socket
-
         # With our PID namespace: a privileged container's sysinfo handler runs in it.
         pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            socket.send_fds(sock, [b"F"], [fuse, pidns])
+            send_fds(sock, b"F", [fuse, pidns])
         except OSError as e:  # kiwi could not start it, or it ended: no one would answer
             report.send("lxfs", f"{NOT_TAKEN} ({e.strerror})")
             return None
@@ -142,14 +141,23 @@ def server_uid(idmap_base: int | None) -> int:
 NOBODY = 65534
 
 
+def send_fds(sock, data: bytes, fds: list[int]) -> None:
+    """socket.send_fds on a socket of _socket: the socket module's enum conversions
+    (~1.6 ms) would be imported by every start for this one message (issue 20)."""
+    import _socket
+
+    sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array("i", fds))])
+
+
 def listen(rdir) -> int:
-    """The socket the sysinfo handler takes seccomp listeners on (host root's only)."""
-    import socket
+    """The socket the sysinfo handler takes seccomp listeners on (host root's only).
+    _socket, not socket: see send_fds."""
+    import _socket
 
     path = os.path.join(rdir, SOCKET)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    server = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         server.bind(path)
         os.chmod(path, 0o600)
