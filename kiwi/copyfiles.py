@@ -8,6 +8,19 @@ name at a time with O_NOFOLLOW from open folders (no recursion, no path
 looked up again), so swapping a folder for a link mid-copy leads nowhere.
 The copy is built under a temporary name and renamed into place at the end:
 a failure leaves nothing half-written. Never prints.
+
+Owners and modes, as `docker cp` and GNU cp without -p: out to the host the copy is
+the caller's (kiwi's real uid and gid), its modes masked by the umask; into a container
+it is the container's root's, modes kept. --archive keeps the numeric owners (as the
+container sees them) and the modes. Set-id bits never come out (a container's
+setuid-root file must never run as root on the host), and go in only with --archive
+(they name the owner they were set for).
+
+The host side is the admin's: its paths resolve as the host's, symlinks included. A
+file copied out onto an existing FIFO or character device (or a host symlink to one:
+/dev/stdout) is written into it, as cp does, never renamed over it; onto a host symlink
+to a file it replaces that file; through a dangling one it is refused (cp too). A
+terminal is refused: the file's escape sequences would act on it.
 """
 
 from __future__ import annotations
@@ -22,8 +35,7 @@ from .errors import KiwiError
 from .idmap import SIZE as ID_BLOCK  # ids of an unprivileged container
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# Copied out, setuid and setgid bits go: a container's setuid-root file must never run as root on the host.
-HOST_MODE_MASK = 0o1777
+NO_SET_ID = 0o1777  # a mode without its setuid and setgid bits
 OVERFLOW_ID = 65534  # the kernel's overflowuid: an id with no mapping
 
 
@@ -41,19 +53,40 @@ def split_ref(text: str) -> tuple[str | None, str]:
 class Copy:
     """One copy of a file, folder or symlink tree from an open source to a folder fd."""
 
-    def __init__(self, to_host: bool, label: str, shift: int = 0):
+    def __init__(self, to_host: bool, label: str, shift: int = 0, archive: bool = False, umask: int = 0o022):
         self.to_host = to_host
         self.label = label  # the source as the user named it, for messages
         # A running unprivileged container's tree shows host ids <base>+id: shift is
         # that base (0 otherwise), so the copy carries the ids the container sees.
         self.shift = shift
+        self.archive = archive  # keep the numeric owners and the modes (cp -a)
+        self.umask = umask  # the caller's, for what goes to the host
+        self.caller = (os.getuid(), os.getgid())
         self.entries = 0
         self.bytes = 0
+        self.streamed = False  # written into a FIFO or device, not a new file
 
     # --- the top ---
-    def run(self, src_path_fd: int, dst_parent: int, dst_name: str) -> None:
-        """src_path_fd: an O_PATH fd of the source (resolved already); dst_parent: the folder."""
+    def run(self, src_path_fd: int, dst_parent: int, dst_name: str, shown: str = "") -> None:
+        """src_path_fd: an O_PATH fd of the source (resolved already); dst_parent: the folder;
+        shown: the destination as the user would name it, for messages."""
         st = os.fstat(src_path_fd)
+        if self.to_host and stat.S_ISREG(st.st_mode):
+            target = existing_host_entry(dst_parent, dst_name, shown or dst_name)
+            if isinstance(target, int):
+                self.write_into(src_path_fd, target, shown or dst_name)
+                return
+            if target is not None:  # a host symlink's file: replaced where it is
+                parent, name = target
+                try:
+                    self.staged(src_path_fd, st, parent, name)
+                finally:
+                    os.close(parent)
+                return
+        self.staged(src_path_fd, st, dst_parent, dst_name)
+
+    def staged(self, src_path_fd: int, st: os.stat_result, dst_parent: int, dst_name: str) -> None:
+        """Built under a temporary name, renamed over dst_name once whole."""
         tmp = f".kiwi-cp-{secrets.token_hex(4)}"
         try:
             if stat.S_ISDIR(st.st_mode):
@@ -73,6 +106,26 @@ class Copy:
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise KiwiError(self.full_message()) from None
             raise
+
+    def write_into(self, src_path_fd: int, dst: int, shown: str) -> None:
+        """A regular file's data into an open FIFO or character device (closed here): no
+        owner, mode or time is set on it. What it refuses stops the copy part way: a stream
+        has no undo."""
+        try:
+            src = os.open(f"/proc/self/fd/{src_path_fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                size = os.fstat(src).st_size
+                self.bytes += stream_file(src, dst, size) if size else copy_pseudo_file(src, dst)
+            except OSError as e:
+                if e.errno not in (errno.EPIPE, errno.ENOSPC, errno.EIO, errno.EINVAL):
+                    raise
+                raise KiwiError(f"{shown}: {os.strerror(e.errno)}; the copy stopped part way") from None
+            finally:
+                os.close(src)
+        finally:
+            os.close(dst)
+        self.entries += 1
+        self.streamed = True
 
     def full_message(self) -> str:
         if self.to_host:
@@ -179,9 +232,14 @@ class Copy:
         self.entries += 1
 
     def owner(self, st: os.stat_result) -> tuple[int, int]:
-        """The (uid, gid) to give the copy: the container's view of the ids, written
-        as the destination stores them."""
-        return self.shifted(st.st_uid), self.shifted(st.st_gid)
+        """The (uid, gid) to give the copy, as the destination stores them: with --archive
+        the container's view of the source's ids; else out, the caller's, and in, the
+        container's root."""
+        if self.archive:
+            return self.shifted(st.st_uid), self.shifted(st.st_gid)
+        if self.to_host:
+            return self.caller
+        return self.shifted(0), self.shifted(0)
 
     def shifted(self, i: int) -> int:
         if not self.shift:
@@ -191,11 +249,9 @@ class Copy:
         return self.shift + (i if i < ID_BLOCK else OVERFLOW_ID)
 
     def set_owner_mode_times(self, fd: int, st: os.stat_result) -> None:
-        """The numeric ids as the container sees them, the mode (chmod after chown, which clears
-        setuid), the modification time."""
+        """The owner, the mode (chmod after chown, which clears setuid), the times."""
         os.fchown(fd, *self.owner(st))
-        mode = stat.S_IMODE(st.st_mode)
-        os.fchmod(fd, mode & HOST_MODE_MASK if self.to_host else mode)
+        os.fchmod(fd, copy_mode(stat.S_IMODE(st.st_mode), self.to_host, self.archive, self.umask))
         os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
     @staticmethod
@@ -208,6 +264,120 @@ class Copy:
         }
         what = kind.get(stat.S_IFMT(st.st_mode), "a special file")
         return KiwiError(f"{path} is {what}; kiwi cp copies only files, folders and symlinks")
+
+
+def copy_mode(mode: int, to_host: bool, archive: bool, umask: int) -> int:
+    """The permission bits a copy gets. Out: never setuid or setgid; without --archive
+    masked by the caller's umask (GNU cp without -p; the sticky bit stays, as there).
+    In: kept; without --archive not the set-id bits, which named the source's owner."""
+    if to_host:
+        return mode & NO_SET_ID if archive else mode & NO_SET_ID & ~umask
+    return mode if archive else mode & NO_SET_ID
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it (kernel 4.7+), else set back at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# --- an existing host destination -------------------------------------------------------
+
+
+def existing_host_entry(parent: int, name: str, shown: str) -> int | tuple[int, str] | None:
+    """Where a regular file copied out goes when the host already has `name` in the open
+    folder `parent`, as GNU cp has it (the host's paths are the admin's; its symlinks are
+    followed, unlike the container's):
+    - None: nothing there, a file or a folder: staged and renamed over it as usual
+      (a folder refuses the rename);
+    - an fd open for writing: a FIFO or a character device, or a host symlink to one
+      (/dev/stdout): the data goes into it;
+    - (folder fd, name): the file a host symlink leads to, to replace there.
+    A dangling symlink, a block device, a socket and a terminal are refused."""
+    try:
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+        return None
+    try:  # what it is, or what the link leads to, held: the checks and the write see one entry
+        held = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=parent)
+    except FileNotFoundError:
+        raise KiwiError(
+            f"{shown} is a symlink to {os.readlink(name, dir_fd=parent)}, which does not exist;"
+            " kiwi cp does not write through it (as cp): remove it or give the path it names"
+        ) from None
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise KiwiError(f"{shown}: too many levels of symlinks; remove it or choose another name") from None
+    try:
+        target = os.fstat(held)
+        if stat.S_ISDIR(target.st_mode):
+            raise KiwiError(f"{shown} is a symlink to a folder; give that folder as the destination")
+        if stat.S_ISREG(target.st_mode):
+            return linked_file(held, target, shown)
+        if stat.S_ISFIFO(target.st_mode) or stat.S_ISCHR(target.st_mode):
+            return open_for_writing(held, shown)
+        what = "a block device" if stat.S_ISBLK(target.st_mode) else "a socket"
+        raise KiwiError(f"{shown} is {what}; kiwi cp does not write into it: choose another destination")
+    finally:
+        os.close(held)
+
+
+def open_for_writing(held: int, name: str) -> int:
+    """The FIFO or character device held (O_PATH) opened for writing: the same inode, even
+    if its name changed meanwhile. A FIFO waits for its reader, as cp does. No O_TRUNC:
+    only regular files have something to cut."""
+    fd = os.open(f"/proc/self/fd/{held}", os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    if os.isatty(fd):
+        os.close(fd)
+        raise KiwiError(
+            f"{name} is a terminal; kiwi cp does not write a container's file to it (its escape"
+            " sequences would act on the terminal): copy to a file, or pipe through cat -v"
+        )
+    return fd
+
+
+def linked_file(held: int, st: os.stat_result, name: str) -> tuple[int, str]:
+    """(its folder, its name) for the regular file a host symlink leads to, checked to be
+    that very file."""
+    real = os.readlink(f"/proc/self/fd/{held}")
+    parent_path, _, base = real.rpartition("/")
+    if not real.startswith("/") or not base:
+        raise KiwiError(f"{name} leads to {real}, which kiwi cp cannot replace; give a path instead")
+    parent = os.open(parent_path or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        found = os.stat(base, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        found = None
+    if found is None or not same_file(found, st):
+        os.close(parent)
+        raise KiwiError(f"{name} changed on the host while it was copied; copy again")
+    return parent, base
+
+
+def stream_file(src: int, dst: int, size: int) -> int:
+    """The first size bytes of src written to dst, a FIFO or a device (no holes, no offset
+    of its own): the container may grow the file meanwhile, the copy ends where it was."""
+    done = 0
+    while done < size:
+        chunk = os.read(src, min(1 << 20, size - done))
+        if not chunk:
+            break  # shrank meanwhile
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view) :]
+        done += len(chunk)
+    return done
 
 
 PSEUDO_FILE_LIMIT = 16 << 20  # far above any /proc or /sys file
@@ -248,32 +418,42 @@ def leaf_name(path: str, fallback: str) -> str:
     return name if name not in ("", ".", "..") else fallback
 
 
-def destination(open_dir, path: str, src_name: str) -> tuple[int, str]:
-    """(folder fd, name) like cp: into an existing folder under the source's name, else as `path`."""
+def destination(open_dir, path: str, src_name: str) -> tuple[int, str, str]:
+    """(folder fd, name, the path shown) like cp: into an existing folder under the source's
+    name, else as `path`."""
     try:
-        return open_dir(path), src_name
+        return open_dir(path), src_name, os.path.join(path, src_name)
     except (FileNotFoundError, NotADirectoryError):
         pass
     name = os.path.basename(path.rstrip("/"))
     if name in ("", ".", ".."):
         raise KiwiError(f"{path}: give the new name or an existing folder as the destination")
-    return open_dir(os.path.dirname(path.rstrip("/")) or "/"), name
+    return open_dir(os.path.dirname(path.rstrip("/")) or "/"), name, path
 
 
-def copy_to(src: int, open_dir, dest: str, src_name: str, job: Copy) -> tuple[int, int]:
-    """Copy the open source (closed here) to dest, whose folders open_dir opens."""
+def copy_to(src: int, open_dir, dest: str, src_name: str, job: Copy) -> tuple[int, int, bool]:
+    """Copy the open source (closed here) to dest, whose folders open_dir opens:
+    (entries, bytes, written into a FIFO or device)."""
     try:
-        parent, name = destination(open_dir, dest, src_name)
+        parent, name, shown = destination(open_dir, dest, src_name)
         try:
-            job.run(src, parent, name)
+            job.run(src, parent, name, shown)
         finally:
             os.close(parent)
     finally:
         os.close(src)
-    return job.entries, job.bytes
+    return job.entries, job.bytes, job.streamed
 
 
-def copy_out(root: int, cpath: str, host_dest: str, label: str, shift: int = 0) -> tuple[int, int]:
+def copy_out(
+    root: int,
+    cpath: str,
+    host_dest: str,
+    label: str,
+    shift: int = 0,
+    archive: bool = False,
+    umask: int = 0o022,
+) -> tuple[int, int, bool]:
     try:
         src = open_in_container(root, cpath)
     except FileNotFoundError:
@@ -282,18 +462,19 @@ def copy_out(root: int, cpath: str, host_dest: str, label: str, shift: int = 0) 
     def host_dir(path):
         return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
-    return copy_to(
-        src, host_dir, host_dest, leaf_name(cpath, "root"), Copy(to_host=True, label=label, shift=shift)
-    )
+    job = Copy(to_host=True, label=label, shift=shift, archive=archive, umask=umask)
+    return copy_to(src, host_dir, host_dest, leaf_name(cpath, "root"), job)
 
 
-def copy_in(root: int, host_src: str, cpath: str, shift: int = 0) -> tuple[int, int]:
+def copy_in(
+    root: int, host_src: str, cpath: str, shift: int = 0, archive: bool = False
+) -> tuple[int, int, bool]:
     src = os.open(host_src, os.O_PATH | os.O_CLOEXEC)  # the user's own path: followed
 
     def container_dir(path):
         return open_in_container(root, path, os.O_PATH | os.O_DIRECTORY)
 
-    job = Copy(to_host=False, label=host_src, shift=shift)
+    job = Copy(to_host=False, label=host_src, shift=shift, archive=archive)
     if not shift:
         return copy_to(src, container_dir, cpath, leaf_name(host_src, "copy"), job)
     from .rootfs import acting_as
@@ -302,7 +483,7 @@ def copy_in(root: int, host_src: str, cpath: str, shift: int = 0) -> tuple[int, 
         return copy_to(src, container_dir, cpath, leaf_name(host_src, "copy"), job)
 
 
-def in_container_view(store, cid: str, work) -> tuple[int, int]:
+def in_container_view(store, cid: str, work) -> tuple[int, int, bool]:
     """work(root_fd, shift) on the container's root: the live one, or (stopped) an overlay of
     its image and state in a private namespace that goes away with the helper process.
     shift: the base of a running unprivileged container's ids as the host sees them there
@@ -358,8 +539,10 @@ def on_stopped_root(store, cid: str, lower: str, work):
             os.close(root)
 
 
-def copy(store, source: str, dest: str) -> tuple[int, int, str]:
-    """kiwi cp: (entries, bytes, the container's id)."""
+def copy(store, source: str, dest: str, archive: bool = False) -> tuple[int, int, str, bool]:
+    """kiwi cp: (entries, bytes, the container's id, written into a FIFO or device).
+    archive: keep numeric owners and modes (-a), else as a new file of the caller's
+    (out) or of the container's root (in)."""
     src_c, src_path = split_ref(source)
     dst_c, dst_path = split_ref(dest)
     if (src_c is None) == (dst_c is None):
@@ -368,13 +551,14 @@ def copy(store, source: str, dest: str) -> tuple[int, int, str]:
         )
     cid = store.resolve_container(src_c or dst_c)
     if src_c:
-        entries, size = in_container_view(
-            store, cid, lambda root, shift: copy_out(root, src_path, dst_path, source, shift)
+        umask = current_umask()
+        entries, size, streamed = in_container_view(
+            store, cid, lambda root, shift: copy_out(root, src_path, dst_path, source, shift, archive, umask)
         )
     else:
         if not os.path.lexists(src_path):
             raise KiwiError(f"no such file or folder: {src_path}")
-        entries, size = in_container_view(
-            store, cid, lambda root, shift: copy_in(root, src_path, dst_path, shift)
+        entries, size, streamed = in_container_view(
+            store, cid, lambda root, shift: copy_in(root, src_path, dst_path, shift, archive)
         )
-    return entries, size, cid
+    return entries, size, cid, streamed
