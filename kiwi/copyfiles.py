@@ -7,7 +7,8 @@ container's symlinks lead only inside it; everything below is walked one
 name at a time with O_NOFOLLOW from open folders (no recursion, no path
 looked up again), so swapping a folder for a link mid-copy leads nowhere.
 The copy is built under a temporary name and renamed into place at the end:
-a failure leaves nothing half-written. Never prints.
+a failure leaves nothing half-written; a copy to the host records where it stages,
+so that `kiwi cleanup` removes what a killed one left (StagingRecords). Never prints.
 
 Owners and modes, as `docker cp` and GNU cp without -p: out to the host the copy is
 the caller's (kiwi's real uid and gid), its modes masked by the umask; into a container
@@ -53,7 +54,15 @@ def split_ref(text: str) -> tuple[str | None, str]:
 class Copy:
     """One copy of a file, folder or symlink tree from an open source to a folder fd."""
 
-    def __init__(self, to_host: bool, label: str, shift: int = 0, archive: bool = False, umask: int = 0o022):
+    def __init__(
+        self,
+        to_host: bool,
+        label: str,
+        shift: int = 0,
+        archive: bool = False,
+        umask: int = 0o022,
+        records: StagingRecords | None = None,
+    ):
         self.to_host = to_host
         self.label = label  # the source as the user named it, for messages
         # A running unprivileged container's tree shows host ids <base>+id: shift is
@@ -65,6 +74,7 @@ class Copy:
         self.entries = 0
         self.bytes = 0
         self.streamed = False  # written into a FIFO or device, not a new file
+        self.records = records  # where a copy to the host stages, for `kiwi cleanup`
 
     # --- the top ---
     def run(self, src_path_fd: int, dst_parent: int, dst_name: str, shown: str = "") -> None:
@@ -87,7 +97,8 @@ class Copy:
 
     def staged(self, src_path_fd: int, st: os.stat_result, dst_parent: int, dst_name: str) -> None:
         """Built under a temporary name, renamed over dst_name once whole."""
-        tmp = f".kiwi-cp-{secrets.token_hex(4)}"
+        tmp = f"{STAGING_PREFIX}{secrets.token_hex(4)}"
+        record = self.records.begin(dst_parent, tmp) if self.records else None
         try:
             if stat.S_ISDIR(st.st_mode):
                 src = os.open(".", DIR_FLAGS, dir_fd=src_path_fd)
@@ -106,6 +117,9 @@ class Copy:
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise KiwiError(self.full_message()) from None
             raise
+        finally:
+            if record:
+                StagingRecords.end(record)
 
     def write_into(self, src_path_fd: int, dst: int, shown: str) -> None:
         """A regular file's data into an open FIFO or character device (closed here): no
@@ -289,6 +303,98 @@ def current_umask() -> int:
     return mask
 
 
+# --- what a killed copy left on the host ------------------------------------------------
+
+STAGING_PREFIX = ".kiwi-cp-"  # + 8 hex digits: the entry a copy builds before its rename
+RECORD_PREFIX = "cpstage-"  # + <pid>-<staging name>.json in the data folder's .tmp
+
+
+class StagingRecords:
+    """A copy to the host writes down where it stages (the folder's path, device and
+    inode, the staging name) in the data folder's .tmp before it makes the entry, and
+    removes the record once it renamed or removed it. `kiwi cleanup` removes the entry of
+    a record whose writer died (remove_leftovers), and only that: never an entry merely
+    named like one (a container names its files as it likes, and a folder it copies out
+    brings them), never one a live copy is building. Into a container nothing is
+    recorded: its leftovers stay its own (as the container's files)."""
+
+    def __init__(self, tmp_dir: str):
+        self.tmp_dir = tmp_dir
+
+    def begin(self, parent: int, name: str) -> str:
+        import json
+
+        st = os.fstat(parent)
+        folder = os.readlink(f"/proc/self/fd/{parent}")
+        path = os.path.join(self.tmp_dir, f"{RECORD_PREFIX}{os.getpid()}-{name}.json")
+        data = json.dumps({"folder": folder, "dev": st.st_dev, "ino": st.st_ino, "name": name})
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data.encode())
+        finally:
+            os.close(fd)
+        return path
+
+    @staticmethod
+    def end(path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def remove_leftovers(tmp_dir: str, alive) -> list[str]:
+    """For `kiwi cleanup`: the staging entries of copies to the host that died (their
+    record's pid is not alive(pid)), each checked to be in the very folder recorded
+    (device and inode) under its recorded name; then the records. What it removed."""
+    import json
+    import re
+
+    removed: list[str] = []
+    try:
+        names = os.listdir(tmp_dir)
+    except FileNotFoundError:
+        return removed
+    for record in names:
+        match = re.fullmatch(rf"{RECORD_PREFIX}(\d+)-(.*)\.json", record)
+        if not match or alive(int(match.group(1))):
+            continue
+        path = os.path.join(tmp_dir, record)
+        try:
+            with open(path, "rb") as f:
+                data = json.loads(f.read(1 << 16))
+            folder, dev, ino, name = data["folder"], data["dev"], data["ino"], data["name"]
+        except (OSError, ValueError, KeyError, TypeError):
+            folder = None  # cut short before its entry was made
+        if (
+            isinstance(folder, str)
+            and name == match.group(2)
+            and re.fullmatch(rf"{re.escape(STAGING_PREFIX)}[0-9a-f]{{8}}", name)
+        ):
+            removed += remove_staged(folder, dev, ino, name)
+        StagingRecords.end(path)
+    return removed
+
+
+def remove_staged(folder: str, dev: int, ino: int, name: str) -> list[str]:
+    try:
+        parent = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return []  # gone, or no longer a folder: nothing of the copy is left there
+    try:
+        st = os.fstat(parent)
+        if (st.st_dev, st.st_ino) != (dev, ino):
+            return []  # another folder has that path now
+        try:
+            os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return []  # renamed into place, or removed, before the copy was killed
+        fstree.remove_tree_at(parent, name)
+        return [f"half-copied {os.path.join(folder, name)}"]
+    finally:
+        os.close(parent)
+
+
 # --- an existing host destination -------------------------------------------------------
 
 
@@ -453,6 +559,7 @@ def copy_out(
     shift: int = 0,
     archive: bool = False,
     umask: int = 0o022,
+    records: StagingRecords | None = None,
 ) -> tuple[int, int, bool]:
     try:
         src = open_in_container(root, cpath)
@@ -462,7 +569,7 @@ def copy_out(
     def host_dir(path):
         return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
-    job = Copy(to_host=True, label=label, shift=shift, archive=archive, umask=umask)
+    job = Copy(to_host=True, label=label, shift=shift, archive=archive, umask=umask, records=records)
     return copy_to(src, host_dir, host_dest, leaf_name(cpath, "root"), job)
 
 
@@ -552,8 +659,11 @@ def copy(store, source: str, dest: str, archive: bool = False) -> tuple[int, int
     cid = store.resolve_container(src_c or dst_c)
     if src_c:
         umask = current_umask()
+        records = StagingRecords(str(store.tmp_dir))
         entries, size, streamed = in_container_view(
-            store, cid, lambda root, shift: copy_out(root, src_path, dst_path, source, shift, archive, umask)
+            store,
+            cid,
+            lambda root, shift: copy_out(root, src_path, dst_path, source, shift, archive, umask, records),
         )
     else:
         if not os.path.lexists(src_path):

@@ -387,3 +387,33 @@ def pexpect_eof():
     import pexpect
 
     return pexpect.EOF
+
+
+def test_cleanup_removes_what_a_killed_copy_left_and_only_that(kiwi, box, tmp_path):
+    """A cp killed at its rename leaves its .kiwi-cp-* staging entry in the host folder:
+    `kiwi cleanup` removes it, as the copy recorded it, and leaves entries merely named
+    so: the container's own (brought out by a folder it copied) and the admin's."""
+    in_box(kiwi, box, "mkdir /data/.kiwi-cp-0badc0de && echo theirs > /data/.kiwi-cp-0badc0de/f")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    kiwi("cp", f"{box}:/data", dest)
+    (dest / ".kiwi-cp-cafef00d").write_text("mine")
+    trace = tmp_path / "trace"
+    renames = "rename,renameat,renameat2"
+    kill_at_rename = ["strace", "-f", "-qq", "-o", str(trace), "-e", f"trace={renames}"]
+    kill_at_rename += ["-e", f"inject={renames}:signal=KILL:when=1"]
+    subprocess.run(
+        [*kill_at_rename, *kiwi.cmd, "cp", f"{box}:/data/sub", dest / "sub"],
+        env=kiwi.env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert ".kiwi-cp-" in trace.read_text()  # killed at the copy's own rename
+    [left] = [n for n in os.listdir(dest) if n not in ("data", ".kiwi-cp-cafef00d")]
+    assert left.startswith(".kiwi-cp-") and (dest / left / "deep" / "f").read_text() == "deep\n"
+    assert f"removed half-copied {dest / left}" in kiwi.out("cleanup").splitlines()
+    assert sorted(os.listdir(dest)) == [".kiwi-cp-cafef00d", "data"]
+    assert (dest / "data" / ".kiwi-cp-0badc0de" / "f").read_text() == "theirs\n"
+    assert not [n for n in os.listdir(kiwi.root / ".tmp") if n.startswith("cpstage-")]
+    kiwi("cp", f"{box}:/data/sub", dest / "sub")  # an ordinary copy leaves no record
+    assert not [n for n in os.listdir(kiwi.root / ".tmp") if n.startswith("cpstage-")]
