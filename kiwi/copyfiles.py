@@ -17,15 +17,16 @@ container sees them) and the modes. Set-id bits never come out (a container's
 setuid-root file must never run as root on the host), and go in only with --archive
 (they name the owner they were set for).
 
-The host side is the admin's: its paths resolve as the host's, symlinks included. A
-file copied out onto an existing FIFO or character device (or a host symlink to one:
-/dev/stdout) is written into it, as cp does, never renamed over it; onto a host symlink
-to a file it replaces that file; through a dangling one it is refused (cp too). A
-terminal is refused: the file's escape sequences would act on it.
+The host's paths resolve as the host's, but an existing symlink at the destination is
+replaced, never followed (a folder copied out brings the container's links), except the
+caller's own /dev/stdout and /dev/stderr. A file copied out onto an existing FIFO or
+character device, or onto those, is written into it, as cp does, never renamed over
+it; a terminal is refused (the file's escape sequences would act on it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -82,24 +83,18 @@ class Copy:
         shown: the destination as the user would name it, for messages."""
         st = os.fstat(src_path_fd)
         if self.to_host and stat.S_ISREG(st.st_mode):
-            target = existing_host_entry(dst_parent, dst_name, shown or dst_name)
-            if isinstance(target, int):
-                self.write_into(src_path_fd, target, shown or dst_name)
-                return
-            if target is not None:  # a host symlink's file: replaced where it is
-                parent, name = target
-                try:
-                    self.staged(src_path_fd, st, parent, name)
-                finally:
-                    os.close(parent)
+            into = existing_host_entry(dst_parent, dst_name, shown or dst_name)
+            if into is not None:
+                self.write_into(src_path_fd, into, shown or dst_name)
                 return
         self.staged(src_path_fd, st, dst_parent, dst_name)
 
     def staged(self, src_path_fd: int, st: os.stat_result, dst_parent: int, dst_name: str) -> None:
         """Built under a temporary name, renamed over dst_name once whole."""
         tmp = f"{STAGING_PREFIX}{secrets.token_hex(4)}"
-        record = self.records.begin(dst_parent, tmp) if self.records else None
+        record = None
         try:
+            record = self.records.begin(dst_parent, tmp) if self.records else None
             if stat.S_ISDIR(st.st_mode):
                 src = os.open(".", DIR_FLAGS, dir_fd=src_path_fd)
                 self.copy_tree(src, st, dst_parent, tmp)
@@ -398,77 +393,80 @@ def remove_staged(folder: str, dev: int, ino: int, name: str) -> list[str]:
 # --- an existing host destination -------------------------------------------------------
 
 
-def existing_host_entry(parent: int, name: str, shown: str) -> int | tuple[int, str] | None:
+def existing_host_entry(parent: int, name: str, shown: str) -> int | None:
     """Where a regular file copied out goes when the host already has `name` in the open
-    folder `parent`, as GNU cp has it (the host's paths are the admin's; its symlinks are
-    followed, unlike the container's):
-    - None: nothing there, a file or a folder: staged and renamed over it as usual
-      (a folder refuses the rename);
-    - an fd open for writing: a FIFO or a character device, or a host symlink to one
-      (/dev/stdout): the data goes into it;
-    - (folder fd, name): the file a host symlink leads to, to replace there.
-    A dangling symlink, a block device, a socket and a terminal are refused."""
+    folder `parent`:
+    - None: nothing there, a file, a folder or a symlink: staged and renamed over it as
+      before (a folder refuses the rename). A symlink is replaced, never followed: a
+      folder copied out brings the container's links (to /run/initctl, /dev/port, the
+      host's /etc/...), and a later copy into that folder must not write through them;
+    - an fd open for writing: a FIFO or character device itself (only the host's own
+      can be there: copies never make one), or the caller's own stdout or stderr
+      (/dev/stdout, /dev/stderr, /proc/self/fd/1, /dev/fd/2): the data goes into it, as
+      cp writes into them.
+    A block device, a socket and a terminal are refused."""
     try:
         st = os.stat(name, dir_fd=parent, follow_symlinks=False)
     except FileNotFoundError:
         return None
-    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
-        return None
-    try:  # what it is, or what the link leads to, held: the checks and the write see one entry
-        held = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=parent)
-    except FileNotFoundError:
-        raise KiwiError(
-            f"{shown} is a symlink to {os.readlink(name, dir_fd=parent)}, which does not exist;"
-            " kiwi cp does not write through it (as cp): remove it or give the path it names"
-        ) from None
-    except OSError as e:
-        if e.errno != errno.ELOOP:
-            raise
-        raise KiwiError(f"{shown}: too many levels of symlinks; remove it or choose another name") from None
-    try:
-        target = os.fstat(held)
-        if stat.S_ISDIR(target.st_mode):
-            raise KiwiError(f"{shown} is a symlink to a folder; give that folder as the destination")
-        if stat.S_ISREG(target.st_mode):
-            return linked_file(held, target, shown)
-        if stat.S_ISFIFO(target.st_mode) or stat.S_ISCHR(target.st_mode):
-            return open_for_writing(held, shown)
-        what = "a block device" if stat.S_ISBLK(target.st_mode) else "a socket"
+    if stat.S_ISLNK(st.st_mode):
+        n = caller_stdio(parent, name)
+        return None if n is None else stdio_for_writing(n, parent, name, shown)
+    if stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode):
+        # held as it is: the checks and the write see one inode, even if renamed meanwhile
+        held = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            if stat.S_IFMT(os.fstat(held).st_mode) != stat.S_IFMT(st.st_mode):
+                raise KiwiError(f"{shown} changed on the host while it was copied; copy again")
+            fd = os.open(f"/proc/self/fd/{held}", os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+        finally:
+            os.close(held)
+        return refuse_terminal(fd, shown)
+    if stat.S_ISBLK(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+        what = "a block device" if stat.S_ISBLK(st.st_mode) else "a socket"
         raise KiwiError(f"{shown} is {what}; kiwi cp does not write into it: choose another destination")
+    return None
+
+
+# What names the caller's stdout and stderr: /dev/stdout's link, /dev/fd/N's.
+STDIO_LINKS = {"/proc/self/fd/1": 1, "/proc/self/fd/2": 2, "/dev/fd/1": 1, "/dev/fd/2": 2}
+
+
+def caller_stdio(parent: int, name: str) -> int | None:
+    """1 or 2 when the symlink `name` in `parent` is the caller's stdout or stderr: it
+    says /proc/self/fd/1 (/dev/stdout), or it is 1 or 2 in this process's own fd folder
+    (/dev/fd/1, /proc/self/fd/2)."""
+    n = STDIO_LINKS.get(os.readlink(name, dir_fd=parent))
+    if n is None and name in ("1", "2"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{parent}") == f"/proc/{os.getpid()}/fd":
+                n = int(name)
+    return n
+
+
+def stdio_for_writing(n: int, parent: int, name: str, shown: str) -> int:
+    """A copy of fd n (written where the caller's shell pointed it: its offset, its
+    O_APPEND), once the link is seen to lead there."""
+    try:
+        held = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=parent)
+    except OSError:
+        raise KiwiError(f"{shown}: kiwi has no such output; give a file instead") from None
+    try:
+        if not same_file(os.fstat(held), os.fstat(n)):
+            raise KiwiError(f"{shown} changed while it was copied; copy again")
     finally:
         os.close(held)
+    return refuse_terminal(os.dup(n), shown)
 
 
-def open_for_writing(held: int, name: str) -> int:
-    """The FIFO or character device held (O_PATH) opened for writing: the same inode, even
-    if its name changed meanwhile. A FIFO waits for its reader, as cp does. No O_TRUNC:
-    only regular files have something to cut."""
-    fd = os.open(f"/proc/self/fd/{held}", os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+def refuse_terminal(fd: int, shown: str) -> int:
     if os.isatty(fd):
         os.close(fd)
         raise KiwiError(
-            f"{name} is a terminal; kiwi cp does not write a container's file to it (its escape"
+            f"{shown} is a terminal; kiwi cp does not write a container's file to it (its escape"
             " sequences would act on the terminal): copy to a file, or pipe through cat -v"
         )
     return fd
-
-
-def linked_file(held: int, st: os.stat_result, name: str) -> tuple[int, str]:
-    """(its folder, its name) for the regular file a host symlink leads to, checked to be
-    that very file."""
-    real = os.readlink(f"/proc/self/fd/{held}")
-    parent_path, _, base = real.rpartition("/")
-    if not real.startswith("/") or not base:
-        raise KiwiError(f"{name} leads to {real}, which kiwi cp cannot replace; give a path instead")
-    parent = os.open(parent_path or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        found = os.stat(base, dir_fd=parent, follow_symlinks=False)
-    except FileNotFoundError:
-        found = None
-    if found is None or not same_file(found, st):
-        os.close(parent)
-        raise KiwiError(f"{name} changed on the host while it was copied; copy again")
-    return parent, base
 
 
 def stream_file(src: int, dst: int, size: int) -> int:

@@ -1,8 +1,9 @@
 """kiwi cp's owners and modes (copyfiles.copy_mode, Copy.owner): out to the host the
 caller's, masked by the umask, as GNU cp without -p and docker cp; --archive keeps them.
 And where a file copied out goes when the host already has the name
-(copyfiles.existing_host_entry): into a FIFO or character device, through a host symlink,
-never renamed over them."""
+(copyfiles.existing_host_entry): into a FIFO or character device, never renamed over
+them, and a host symlink is replaced, never followed (but the
+caller's own /dev/stdout and /dev/stderr)."""
 
 from __future__ import annotations
 
@@ -73,11 +74,21 @@ def folder(tmp_path):
     os.close(fd)
 
 
-def test_nothing_a_file_or_a_folder_is_staged_as_before(tmp_path, folder):
+def test_nothing_a_file_a_folder_or_a_symlink_is_staged_as_before(tmp_path, folder):
+    """A symlink is replaced, never followed: a folder copied out brings the container's
+    links (to a host FIFO such as /run/initctl, a device, a host file)."""
     (tmp_path / "file").write_text("x")
     (tmp_path / "dir").mkdir()
-    for name in ("missing", "file", "dir"):
-        assert copyfiles.existing_host_entry(folder, name, name) is None
+    os.mkfifo(tmp_path / "fifo")
+    for target, name in (
+        ("fifo", "to-fifo"),
+        ("/dev/null", "to-null"),
+        ("file", "to-file"),
+        ("nowhere", "dangling"),
+    ):
+        os.symlink(target, tmp_path / name)
+    for name in ("missing", "file", "dir", "to-fifo", "to-null", "to-file", "dangling"):
+        assert copyfiles.existing_host_entry(folder, name, name) is None, name
 
 
 def read_fifo(path, into: list) -> threading.Thread:
@@ -90,16 +101,11 @@ def read_fifo(path, into: list) -> threading.Thread:
     return reader
 
 
-@pytest.mark.parametrize("through_link", [False, True])
-def test_a_fifo_is_written_into(tmp_path, folder, through_link):
+def test_a_fifo_is_written_into(tmp_path, folder):
     os.mkfifo(tmp_path / "fifo")
-    name = "fifo"
-    if through_link:
-        os.symlink(tmp_path / "fifo", tmp_path / "link")
-        name = "link"
     got: list[bytes] = []
     reader = read_fifo(tmp_path / "fifo", got)
-    fd = copyfiles.existing_host_entry(folder, name, name)
+    fd = copyfiles.existing_host_entry(folder, "fifo", "fifo")
     assert isinstance(fd, int)
     os.write(fd, b"data")
     os.close(fd)
@@ -108,40 +114,54 @@ def test_a_fifo_is_written_into(tmp_path, folder, through_link):
     assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode)
 
 
-def test_a_host_symlink_to_a_file_names_that_file(tmp_path, folder):
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "real").write_text("old")
-    os.symlink("sub/real", tmp_path / "link")
-    parent, name = copyfiles.existing_host_entry(folder, "link", "link")
+def test_the_callers_stdout_is_written_into(tmp_path):
+    """/dev/stdout (a link saying /proc/self/fd/1) and /dev/fd/1 (1 in this process's own
+    fd folder) are fd 1, written where it points (its offset kept)."""
+    (tmp_path / "dev").mkdir()
+    os.symlink("/proc/self/fd/1", tmp_path / "dev" / "stdout")
+    os.symlink("/proc/self/fd/1", tmp_path / "dev" / "one")  # the text counts, not the name
+    out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    saved = os.dup(1)
+    os.dup2(out, 1)
     try:
-        assert name == "real" and os.path.samestat(os.fstat(parent), os.stat(tmp_path / "sub"))
+        os.write(1, b"before\n")
+        for parent_path, name in ((tmp_path / "dev", "stdout"), (tmp_path / "dev", "one"), ("/dev/fd", "1")):
+            parent = os.open(parent_path, os.O_PATH | os.O_DIRECTORY)
+            try:
+                fd = copyfiles.existing_host_entry(parent, name, name)
+            finally:
+                os.close(parent)
+            assert isinstance(fd, int) and fd > 2
+            os.write(fd, f"{name}\n".encode())
+            os.close(fd)
     finally:
-        os.close(parent)
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(out)
+    assert (tmp_path / "out").read_text() == "before\nstdout\none\n1\n"
 
 
 def test_refused(tmp_path, folder):
-    os.symlink("nowhere", tmp_path / "dangling")
-    with pytest.raises(KiwiError, match="dangling is a symlink to nowhere, which does not exist"):
-        copyfiles.existing_host_entry(folder, "dangling", "dangling")
-    os.symlink(".", tmp_path / "dirlink")
-    with pytest.raises(KiwiError, match="is a symlink to a folder"):
-        copyfiles.existing_host_entry(folder, "dirlink", "dirlink")
-    os.symlink("loop", tmp_path / "loop")
-    with pytest.raises(KiwiError, match="too many levels of symlinks"):
-        copyfiles.existing_host_entry(folder, "loop", "loop")
     os.mknod(tmp_path / "blk", 0o600 | stat.S_IFBLK, os.makedev(7, 200))
     with pytest.raises(KiwiError, match="blk is a block device; kiwi cp does not write into it"):
         copyfiles.existing_host_entry(folder, "blk", "blk")
-    assert sorted(os.listdir(tmp_path)) == ["blk", "dangling", "dirlink", "loop"]
+    assert os.listdir(tmp_path) == ["blk"]
 
 
-def test_a_terminal_is_refused(tmp_path, folder):
+def test_a_terminal_is_refused(tmp_path):
     leader, follower = os.openpty()
+    saved = os.dup(2)
+    os.dup2(follower, 2)
     try:
-        os.symlink(f"/proc/self/fd/{follower}", tmp_path / "tty")
-        with pytest.raises(KiwiError, match="tty is a terminal; kiwi cp does not write"):
-            copyfiles.existing_host_entry(folder, "tty", "tty")
+        parent = os.open("/dev", os.O_PATH | os.O_DIRECTORY)
+        try:
+            with pytest.raises(KiwiError, match="/dev/stderr is a terminal; kiwi cp does not write"):
+                copyfiles.existing_host_entry(parent, "stderr", "/dev/stderr")
+        finally:
+            os.close(parent)
     finally:
+        os.dup2(saved, 2)
+        os.close(saved)
         os.close(leader)
         os.close(follower)
 
