@@ -43,6 +43,7 @@ def run(store: Store, failures: list[str] | None = None) -> list[str]:
     steps = [
         ("removing cgroups", lambda: clean_orphan_cgroups(store, keep), ()),
         ("removing network devices", lambda: clean_orphan_veths(store, keep), network_errors),
+        ("removing what killed copies left", lambda: clean_copy_leftovers(store), ()),
         ("removing half-written files", lambda: clean_tmp(store, failures), ()),
         ("removing images of killed restores", lambda: clean_abandoned_restores(store, failures), ()),
         ("removing half-written archives", lambda: clean_partial_archives(store), ()),
@@ -145,6 +146,14 @@ def staging_owner(name: str) -> int | None:
         if part.isdigit():
             return int(part)
     return None
+
+
+def clean_copy_leftovers(store: Store) -> list[str]:
+    """The .kiwi-cp-* staging entries killed `kiwi cp`s left on the host, as recorded
+    (copyfiles.StagingRecords); before clean_tmp, which would drop the records."""
+    from . import copyfiles
+
+    return copyfiles.remove_leftovers(str(store.tmp_dir), pid_alive)
 
 
 def clean_tmp(store: Store, failures: list[str]) -> list[str]:

@@ -334,14 +334,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy files or folders between a container and the host",
         description="kiwi cp <container>:/path host-path copies out of the container, "
         "kiwi cp host-path <container>:/path into it, running or stopped. Paths inside the "
-        "container resolve as in the container (its symlinks never lead out); folders are "
-        "copied whole, symlinks in them as symlinks; modes, times and numeric owners are kept "
-        "(setuid/setgid bits are dropped on the way out). Device nodes, FIFOs and sockets are "
+        "container resolve as in the container (its symlinks never lead out). Folders are copied whole, symlinks in them as symlinks; times are kept. Out, "
+        "the copy is owned by the user running kiwi, its modes masked by the umask (as cp "
+        "without -p); in, it is owned by the container's root, modes kept. With -a the numeric "
+        "owners (as the container sees them) and the modes are kept. Setuid/setgid bits never "
+        "come out, and go in only with -a. Device nodes, FIFOs and sockets in the source are "
         "refused. Into an existing folder the copy takes the source's name; an existing file is "
-        "replaced. A host path with a colon is written ./a:b.",
+        "replaced, and so is a symlink (never followed, but /dev/stdout and /dev/stderr); a "
+        "file copied out onto an existing FIFO or character device, or onto /dev/stdout (not "
+        "a terminal), is written into it. A host path with a colon is written ./a:b.",
     )
     p.add_argument("source", help="<container>:/path or a host path")
     p.add_argument("dest", help="a host path or <container>:/path")
+    p.add_argument(
+        "-a",
+        "--archive",
+        action="store_true",
+        help="keep numeric owners and modes (setuid/setgid only into the container)",
+    )
 
     p = sub.add_parser("snap", help="write a portable .kiwi archive of a container")
     p.add_argument("container")

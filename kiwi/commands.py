@@ -739,8 +739,12 @@ def cmd_cp(args) -> int:
     from . import copyfiles
 
     store = Store.open()
-    entries, size, _ = copyfiles.copy(store, args.source, args.dest)
-    out(f"copied {entries} file(s), {format_size(size)}, to {args.dest}")
+    entries, size, _, streamed = copyfiles.copy(store, args.source, args.dest, archive=args.archive)
+    summary = f"copied {entries} file(s), {format_size(size)}, to {args.dest}"
+    if streamed:  # into a FIFO or /dev/stdout: the summary must not join the data
+        print(summary, file=sys.stderr, flush=True)
+    else:
+        out(summary)
     return 0
 
 

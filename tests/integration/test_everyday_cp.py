@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def box(request, kiwi, busybox) -> str:
 
 
 def test_copy_out_keeps_modes_ids_and_links(kiwi, box, tmp_path):
-    out = kiwi.out("cp", f"{box}:/data", tmp_path)
+    out = kiwi.out("cp", "--archive", f"{box}:/data", tmp_path)
     assert out.startswith("copied 7 file(s)")
     data = tmp_path / "data"
     a = data / "a.txt"
@@ -37,7 +38,7 @@ def test_copy_out_keeps_modes_ids_and_links(kiwi, box, tmp_path):
     st = os.stat(a)
     assert stat.S_IMODE(st.st_mode) == 0o640 and (st.st_uid, st.st_gid) == (1234, 5678)
     assert os.readlink(data / "link") == "a.txt" and os.readlink(data / "abs") == "/etc/passwd"
-    # A setuid file of the container is never setuid on the host.
+    # A setuid file of the container is never setuid on the host, even with --archive.
     assert stat.S_IMODE(os.stat(data / "sub" / "deep" / "f").st_mode) == 0o755
     # A single file, to a new name, and into an existing folder.
     kiwi("cp", "cpbox:/data/a.txt", tmp_path / "renamed")
@@ -45,6 +46,75 @@ def test_copy_out_keeps_modes_ids_and_links(kiwi, box, tmp_path):
     kiwi("cp", "cpbox:/data/link", tmp_path / "data" / "sub")  # the link resolves inside: a.txt
     assert (data / "sub" / "link").read_text() == "hello\n"
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".kiwi-cp")]
+
+
+@pytest.fixture(params=["unprivileged", "privileged"])
+def owned(request, kiwi, busybox) -> str:
+    """A running container whose root gave a folder to uid 1000, world-writable."""
+    privileged = ("--privileged",) if request.param == "privileged" else ()
+    cid = kiwi.create("busybox", "--network", "host", *privileged)
+    kiwi.sh(
+        cid,
+        "mkdir -p /data/sticky && echo hi > /data/f && chown -R 1000:1000 /data && chmod 777 /data"
+        " && chmod 4777 /data/f && chmod 1777 /data/sticky && touch -d '2001-02-03 04:05:06' /data/f",
+    )
+    return cid
+
+
+def run_with_umask(kiwi, umask: int, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*kiwi.cmd, *map(str, args)], env=kiwi.env, umask=umask, capture_output=True, text=True, timeout=120
+    )
+
+
+def owner_mode(path) -> tuple[int, int, int]:
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+@pytest.mark.parametrize("state", ["running", "stopped"])
+def test_copy_out_is_the_callers_masked_by_the_umask(kiwi, owned, tmp_path, state):
+    """Root inside made /data uid 1000's and world-writable: copied out by the admin, it is
+    the admin's, with the admin's umask (as GNU cp without -p and docker cp), never a host
+    folder that uid 1000 owns or anyone writes into. --archive keeps the ids and modes."""
+    if state == "stopped":
+        kiwi("stop", owned, "--time", "1")
+    me = (os.getuid(), os.getgid())
+    done = run_with_umask(kiwi, 0o022, "cp", f"{owned}:/data", tmp_path / "plain")
+    assert done.returncode == 0, done.stderr
+    assert owner_mode(tmp_path / "plain") == (*me, 0o755)
+    assert owner_mode(tmp_path / "plain" / "f") == (*me, 0o755)  # no setuid
+    assert owner_mode(tmp_path / "plain" / "sticky") == (*me, 0o1755)
+    done = run_with_umask(kiwi, 0o077, "cp", f"{owned}:/data/f", tmp_path / "private")
+    assert done.returncode == 0, done.stderr
+    assert owner_mode(tmp_path / "private") == (*me, 0o700)
+    done = run_with_umask(kiwi, 0o077, "cp", "-a", f"{owned}:/data", tmp_path / "archive")
+    assert done.returncode == 0, done.stderr
+    assert owner_mode(tmp_path / "archive") == (1000, 1000, 0o777)
+    assert owner_mode(tmp_path / "archive" / "f") == (1000, 1000, 0o777)
+    assert owner_mode(tmp_path / "archive" / "sticky") == (1000, 1000, 0o1777)
+    for copy in ("plain", "archive"):  # times kept either way
+        assert os.stat(tmp_path / copy / "f").st_mtime == 981173106, copy
+
+
+def test_copy_in_is_the_containers_root(kiwi, owned, tmp_path):
+    """In, the copy is owned by the container's root as it sees it (an unprivileged one's
+    shifted id on the host), modes kept but setuid; -a keeps the host's ids and modes."""
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "tool").write_text("x")
+    os.chown(src / "tool", 1000, 1000)
+    os.chmod(src / "tool", 0o4750)
+    kiwi("cp", src, f"{owned}:/plain")
+    listing = kiwi.out("attach", owned, "--", "stat", "-c", "%u %g %a", "/plain/tool", "/plain")
+    assert listing.splitlines() == ["0 0 750", "0 0 755"]
+    kiwi("cp", "-a", src, f"{owned}:/kept")
+    assert kiwi.out("attach", owned, "--", "stat", "-c", "%u %g %a", "/kept/tool") == "1000 1000 4750"
+    kiwi("stop", owned, "--time", "1")  # and so the stopped one: its state holds its own ids
+    kiwi("cp", src / "tool", f"{owned}:/plain/again")
+    kiwi("cp", "-a", src / "tool", f"{owned}:/kept/again")
+    listing = kiwi.out("attach", owned, "--", "stat", "-c", "%u %g %a", "/plain/again", "/kept/again")
+    assert listing.splitlines() == ["0 0 750", "1000 1000 4750"]
 
 
 def test_copy_in_and_back(kiwi, box, tmp_path):
@@ -248,3 +318,96 @@ def test_a_container_a_killed_start_left_running_is_refused(kiwi, busybox, tmp_p
     kiwi("cleanup")
     kiwi("cp", tmp_path / "f", f"{cid}:/root/f")
     assert kiwi.out("attach", cid, "--", "cat", "/root/f") == "x"
+
+
+def read_fifo(path, into: list) -> threading.Thread:
+    def read():
+        with open(path, "rb") as f:
+            into.append(f.read())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return reader
+
+
+def test_an_existing_fifo_or_stdout_is_written_into_a_symlink_replaced(kiwi, box, tmp_path):
+    """As GNU cp: a file copied out onto a FIFO is written into it, never renamed over it,
+    and /dev/stdout (a symlink to /proc/self/fd/1) is kiwi's stdout. Any other host
+    symlink is replaced, never followed: a folder copied out brings the container's
+    links, and a later copy into it must not write through them on the host."""
+    os.mkfifo(tmp_path / "fifo")
+    got: list[bytes] = []
+    reader = read_fifo(tmp_path / "fifo", got)
+    done = kiwi("cp", f"{box}:/data/a.txt", tmp_path / "fifo")
+    reader.join(30)
+    assert got == [b"hello\n"]
+    assert done.stdout == "" and done.stderr == f"copied 1 file(s), 6B, to {tmp_path / 'fifo'}\n"
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode)
+
+    done = kiwi("cp", f"{box}:/data/a.txt", "/dev/stdout")
+    assert done.stdout == "hello\n" and done.stderr == "copied 1 file(s), 6B, to /dev/stdout\n"
+    assert os.readlink("/dev/stdout") == "/proc/self/fd/1"
+
+    # The container's links, copied out with a folder: a later copy into it replaces them.
+    victim = tmp_path / "host-file"
+    victim.write_text("HOST")
+    in_box(kiwi, box, f"ln -s {victim} /data/sub/to-host && ln -s {tmp_path / 'fifo'} /data/sub/to-fifo")
+    kiwi("cp", f"{box}:/data/sub", tmp_path / "copied")
+    for name in ("to-host", "to-fifo"):
+        kiwi("cp", f"{box}:/data/a.txt", tmp_path / "copied" / name)
+        assert (tmp_path / "copied" / name).read_text() == "hello\n"
+        assert not (tmp_path / "copied" / name).is_symlink()
+    assert victim.read_text() == "HOST"
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode)
+    # A folder onto a FIFO is refused, the FIFO left as it was.
+    done = kiwi("cp", f"{box}:/data/sub", tmp_path / "fifo", check=False)
+    assert done.returncode == 1 and "as a file where a folder goes" in done.stderr
+    assert sorted(os.listdir(tmp_path)) == ["copied", "fifo", "host-file"]
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode)
+
+
+def test_a_terminal_is_refused(kiwi, box, terminals):
+    """/dev/stdout a terminal: a container's file is not written to it (its escape
+    sequences would act on the admin's terminal)."""
+    child = terminals(kiwi.cmd[0], [*kiwi.cmd[1:], "cp", f"{box}:/data/a.txt", "/dev/stdout"], kiwi.env)
+    child.expect("kiwi: /dev/stdout is a terminal; kiwi cp does not write a container's file to it")
+    child.expect(pexpect_eof())
+    child.close()
+    assert child.exitstatus == 1 and "hello" not in child.before
+    assert os.readlink("/dev/stdout") == "/proc/self/fd/1"
+
+
+def pexpect_eof():
+    import pexpect
+
+    return pexpect.EOF
+
+
+def test_cleanup_removes_what_a_killed_copy_left_and_only_that(kiwi, box, tmp_path):
+    """A cp killed at its rename leaves its .kiwi-cp-* staging entry in the host folder:
+    `kiwi cleanup` removes it, as the copy recorded it, and leaves entries merely named
+    so: the container's own (brought out by a folder it copied) and the admin's."""
+    in_box(kiwi, box, "mkdir /data/.kiwi-cp-0badc0de && echo theirs > /data/.kiwi-cp-0badc0de/f")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    kiwi("cp", f"{box}:/data", dest)
+    (dest / ".kiwi-cp-cafef00d").write_text("mine")
+    trace = tmp_path / "trace"
+    renames = "rename,renameat,renameat2"
+    kill_at_rename = ["strace", "-f", "-qq", "-o", str(trace), "-e", f"trace={renames}"]
+    kill_at_rename += ["-e", f"inject={renames}:signal=KILL:when=1"]
+    subprocess.run(
+        [*kill_at_rename, *kiwi.cmd, "cp", f"{box}:/data/sub", dest / "sub"],
+        env=kiwi.env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert ".kiwi-cp-" in trace.read_text()  # killed at the copy's own rename
+    [left] = [n for n in os.listdir(dest) if n not in ("data", ".kiwi-cp-cafef00d")]
+    assert left.startswith(".kiwi-cp-") and (dest / left / "deep" / "f").read_text() == "deep\n"
+    assert f"removed half-copied {dest / left}" in kiwi.out("cleanup").splitlines()
+    assert sorted(os.listdir(dest)) == [".kiwi-cp-cafef00d", "data"]
+    assert (dest / "data" / ".kiwi-cp-0badc0de" / "f").read_text() == "theirs\n"
+    assert not [n for n in os.listdir(kiwi.root / ".tmp") if n.startswith("cpstage-")]
+    kiwi("cp", f"{box}:/data/sub", dest / "sub")  # an ordinary copy leaves no record
+    assert not [n for n in os.listdir(kiwi.root / ".tmp") if n.startswith("cpstage-")]
