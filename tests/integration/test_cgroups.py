@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cgroup_readback import cpu_usage_ns, folders, limits, memory_usage, oom_kills
 
-from conftest import outweigh_host_load
+from conftest import outweigh_host_load, wait_until
 from kiwi import cgroups
 from kiwi.errors import KiwiError
 
@@ -313,7 +313,7 @@ def test_freeze_stops_and_thaw_resumes(lab):
     assert not group.is_frozen()
     thawed_usage = cpu_usage_ns(group)
     # Progress, not speed: other load on the host may share the CPU.
-    assert _wait_for(lambda: cpu_usage_ns(group) - thawed_usage > 100_000_000)
+    assert wait_until(lambda: cpu_usage_ns(group) - thawed_usage > 100_000_000)
     assert spinner.poll() is None
 
 
@@ -321,7 +321,7 @@ def test_kill_all_takes_every_process_even_frozen(lab):
     group = lab.cgroup()
     shell = lab.start(group, "sh", "-c", "sleep 100 & sleep 100 & wait")
     spinner = lab.python(group, BUSY_FOREVER)
-    assert _wait_for(lambda: len(group.pids()) == 4)
+    assert wait_until(lambda: len(group.pids()) == 4)
     group.freeze()
 
     group.kill_all()
@@ -344,16 +344,6 @@ def test_remove_is_idempotent(lab):
     assert not group.exists()
     assert group.pids() == []
     group.kill_all()  # nothing to kill, no error
-
-
-def _wait_for(condition, seconds: float = 60.0) -> bool:
-    # Only a bound for a hang: in the cgroup v2 VM under load, starting sh and python took >5 s.
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_lowering_memory_below_usage(lab):

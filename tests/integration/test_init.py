@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_until
 from kiwi import security
 from kiwi import syscalls as sc
 
@@ -142,15 +143,6 @@ def exe_of(pid: int) -> str:
         return os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return ""
-
-
-def wait_until(condition, timeout=30.0, interval=0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import time
 import pexpect
 import pytest
 
-from conftest import alive
+from conftest import alive, wait_until
 
 BOTH_MODES = True
 MIB = 1 << 20
@@ -69,15 +69,6 @@ def servers_among(pids: list[int]) -> dict[str, int]:
 
 def server_pids(kiwi, cid: str) -> list[int]:
     return sorted(servers(kiwi, cid).values())
-
-
-def wait_until(condition, seconds: float = 30) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def assert_no_server_left(pids: list[int]) -> None:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import alive, wait_gone
+from conftest import alive, wait_gone, wait_until
 from kiwi import lxfs, security
 from kiwi.enter import HELPER_FD_BASE, spawn_helper
 from kiwi.proc import read_to_end, wait_exit_code
@@ -191,15 +191,6 @@ def test_a_socket_that_can_never_accept_ends_the_handler(tmp_path, pid_namespace
 
 def open_fds(pid: int) -> set[int]:
     return {int(name) for name in os.listdir(f"/proc/{pid}/fd")}
-
-
-def wait_until(condition, seconds: float = 10) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 NOFILE = 32  # the handler's RLIMIT_NOFILE in the test below: room for its own fds and a few more
