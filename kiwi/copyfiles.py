@@ -433,11 +433,18 @@ STDIO_LINKS = {"/proc/self/fd/1": 1, "/proc/self/fd/2": 2, "/dev/fd/1": 1, "/dev
 
 
 def caller_stdio(parent: int, name: str) -> int | None:
-    """1 or 2 when the symlink `name` in `parent` is the caller's stdout or stderr: it
-    says /proc/self/fd/1 (/dev/stdout), or it is 1 or 2 in this process's own fd folder
-    (/dev/fd/1, /proc/self/fd/2)."""
-    n = STDIO_LINKS.get(os.readlink(name, dir_fd=parent))
-    if n is None and name in ("1", "2"):
+    """1 or 2 when the symlink `name` in `parent` is the caller's stdout or stderr: the
+    host's own /dev/stdout or /dev/stderr saying /proc/self/fd/1, or 1 or 2 in this
+    process's own fd folder (/dev/fd/1, /proc/self/fd/2).
+    Only in the host's /dev: a link's text alone proves nothing, since a folder copied out
+    brings the container's links, and one saying /proc/self/fd/1 would have sent a later
+    copy onto it into kiwi's stdout (the admin's log or pipe) instead of replacing it."""
+    n = None
+    if name in ("stdout", "stderr"):
+        with contextlib.suppress(OSError):
+            if same_file(os.fstat(parent), os.stat("/dev")):
+                n = STDIO_LINKS.get(os.readlink(name, dir_fd=parent))
+    elif name in ("1", "2"):
         with contextlib.suppress(OSError):
             if os.readlink(f"/proc/self/fd/{parent}") == f"/proc/{os.getpid()}/fd":
                 n = int(name)

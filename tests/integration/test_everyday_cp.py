@@ -411,3 +411,22 @@ def test_cleanup_removes_what_a_killed_copy_left_and_only_that(kiwi, box, tmp_pa
     assert not [n for n in os.listdir(kiwi.root / ".tmp") if n.startswith("cpstage-")]
     kiwi("cp", f"{box}:/data/sub", dest / "sub")  # an ordinary copy leaves no record
     assert not [n for n in os.listdir(kiwi.root / ".tmp") if n.startswith("cpstage-")]
+
+
+def test_a_container_link_saying_stdout_is_replaced_not_written_through(kiwi, box, tmp_path):
+    """Red team: a link root inside made saying /proc/self/fd/1 (or /dev/fd/2), copied out
+    with a folder, is not the caller's stdout: a later copy onto it replaces it. The old
+    build wrote the file into kiwi's stdout or stderr (an admin's log, a pipe), a place the
+    admin never named; only the host's own /dev/stdout, /dev/stderr and /dev/fd/N are."""
+    in_box(
+        kiwi,
+        box,
+        "mkdir /planted && ln -s /proc/self/fd/1 /planted/out && ln -s /dev/fd/2 /planted/err"
+        " && ln -s /proc/self/fd/1 /planted/1",
+    )
+    kiwi("cp", f"{box}:/planted", tmp_path / "copied")
+    for name in ("out", "err", "1"):
+        done = kiwi("cp", f"{box}:/data/a.txt", tmp_path / "copied" / name)
+        assert "hello" not in done.stdout + done.stderr, name
+        assert (tmp_path / "copied" / name).read_text() == "hello\n", name
+        assert not (tmp_path / "copied" / name).is_symlink(), name

@@ -115,17 +115,24 @@ def test_a_fifo_is_written_into(tmp_path, folder):
 
 
 def test_the_callers_stdout_is_written_into(tmp_path):
-    """/dev/stdout (a link saying /proc/self/fd/1) and /dev/fd/1 (1 in this process's own
-    fd folder) are fd 1, written where it points (its offset kept)."""
+    """The host's /dev/stdout (a link saying /proc/self/fd/1) and /dev/fd/1 (1 in this
+    process's own fd folder) are fd 1, written where it points (its offset kept). A link
+    saying the same anywhere else (a container's, copied out with a folder) is not."""
     (tmp_path / "dev").mkdir()
     os.symlink("/proc/self/fd/1", tmp_path / "dev" / "stdout")
-    os.symlink("/proc/self/fd/1", tmp_path / "dev" / "one")  # the text counts, not the name
+    os.symlink("/proc/self/fd/1", tmp_path / "dev" / "1")
     out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     saved = os.dup(1)
     os.dup2(out, 1)
     try:
         os.write(1, b"before\n")
-        for parent_path, name in ((tmp_path / "dev", "stdout"), (tmp_path / "dev", "one"), ("/dev/fd", "1")):
+        for name in ("stdout", "1"):
+            parent = os.open(tmp_path / "dev", os.O_PATH | os.O_DIRECTORY)
+            try:
+                assert copyfiles.existing_host_entry(parent, name, name) is None
+            finally:
+                os.close(parent)
+        for parent_path, name in (("/dev", "stdout"), ("/dev/fd", "1")):
             parent = os.open(parent_path, os.O_PATH | os.O_DIRECTORY)
             try:
                 fd = copyfiles.existing_host_entry(parent, name, name)
@@ -138,7 +145,7 @@ def test_the_callers_stdout_is_written_into(tmp_path):
         os.dup2(saved, 1)
         os.close(saved)
         os.close(out)
-    assert (tmp_path / "out").read_text() == "before\nstdout\none\n1\n"
+    assert (tmp_path / "out").read_text() == "before\nstdout\n1\n"
 
 
 def test_refused(tmp_path, folder):
