@@ -214,7 +214,7 @@ def is_full(pool: dict, network: IPv4Network) -> bool:
 
 
 def holds_store_lock(store) -> bool:
-    return "global.lock" in getattr(store, "held_locks", {})
+    return store.holds_lock()
 
 
 def prune(state: dict, store) -> list[str]:

@@ -34,6 +34,7 @@ ID_LEN = layout.ID_LEN
 # upper layers hold setuid-root files an unprivileged host user must never reach.
 PRIVATE_MODE = 0o700
 FOLDER_ID_FILE = layout.FOLDER_ID
+GLOBAL_LOCK = "global.lock"  # lock(): ids, names and addresses
 
 
 def validate_name(name: str, what: str = "name") -> str:
@@ -268,7 +269,11 @@ class Store:
 
     def lock(self):
         """The global lock: id, name and IP allocation."""
-        return self._flock("global.lock")
+        return self._flock(GLOBAL_LOCK)
+
+    def holds_lock(self) -> bool:
+        """Whether this process holds lock() now (ipam prunes only under it)."""
+        return GLOBAL_LOCK in self.held_locks
 
     def container_lock(self, cid: str, wait: bool = True):
         """Every change to one container (start, stop, set, delete, snap ...)."""
